@@ -1,0 +1,391 @@
+//! Readers for the formats people already have. The container (JSON list, JSON object holding a
+//! list, JSONL, plain text, YAML) and the record shape (OpenAI messages, ShareGPT, instruction
+//! records, OpenAssistant messages or trees, transcripts, YAML dialogs) are both detected from the
+//! content; `--format` forces the shape and `--field-map` names instruction fields.
+
+mod json;
+mod oasst;
+mod records;
+mod text;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde_json::Value;
+
+use crate::{Conversation, Error, Pos, Result};
+
+/// The shape of the records in a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataFormat {
+    /// `{"messages":[{"role","content"}]}`: OpenAI chat format and chatforge's canonical JSONL.
+    Messages,
+    /// `{"conversations":[{"from":"human|gpt","value"}]}`.
+    ShareGpt,
+    /// Instruction/response records (Alpaca, Dolly, Q&A dumps) with auto-detected or mapped fields.
+    Instruction,
+    /// OpenAssistant oasst1 messages (`message_id`, `parent_id`, `role: prompter|assistant`).
+    Oasst,
+    /// OpenAssistant exported trees (`*.trees.jsonl`: `message_tree_id`, nested `prompt.replies`).
+    OasstTrees,
+    /// Plain `User: …` / `Assistant: …` transcripts, conversations separated by blank lines.
+    Transcript,
+    /// YAML dialog corpora: `conversations: [[turn, turn, …], …]`.
+    YamlDialog,
+}
+
+impl DataFormat {
+    pub const NAMES: &'static str =
+        "messages (openai), sharegpt, instruction (alpaca), oasst, oasst-trees, transcript, yaml";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DataFormat::Messages => "messages",
+            DataFormat::ShareGpt => "sharegpt",
+            DataFormat::Instruction => "instruction",
+            DataFormat::Oasst => "oasst",
+            DataFormat::OasstTrees => "oasst-trees",
+            DataFormat::Transcript => "transcript",
+            DataFormat::YamlDialog => "yaml",
+        }
+    }
+}
+
+impl FromStr for DataFormat {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "messages" | "openai" | "canonical" | "chatforge" => DataFormat::Messages,
+            "sharegpt" => DataFormat::ShareGpt,
+            "instruction" | "alpaca" | "qa" => DataFormat::Instruction,
+            "oasst" | "oasst1" => DataFormat::Oasst,
+            "oasst-trees" | "oasst_trees" | "trees" => DataFormat::OasstTrees,
+            "transcript" | "text" | "txt" => DataFormat::Transcript,
+            "yaml" | "yml" => DataFormat::YamlDialog,
+            other => {
+                return Err(Error::Invalid(format!(
+                    "unknown format '{other}': expected one of {}",
+                    DataFormat::NAMES
+                )));
+            }
+        })
+    }
+}
+
+/// How the records are stored in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Container {
+    JsonList,
+    /// A JSON object: one record (`key: None`) or a dict holding the list of records under `key`.
+    JsonObject { key: Option<String> },
+    Jsonl,
+    Text,
+    Yaml,
+}
+
+impl fmt::Display for Container {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Container::JsonList => write!(f, "JSON list"),
+            Container::JsonObject { key: Some(k) } => write!(f, "JSON dict, records under \"{k}\""),
+            Container::JsonObject { key: None } => write!(f, "JSON object (one record)"),
+            Container::Jsonl => write!(f, "JSONL"),
+            Container::Text => write!(f, "text"),
+            Container::Yaml => write!(f, "YAML"),
+        }
+    }
+}
+
+/// What was detected (or forced) for one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detected {
+    pub container: Container,
+    pub format: DataFormat,
+    /// For instruction records: which source field became what (`question→user, answer→assistant`).
+    pub fields: Option<String>,
+}
+
+impl fmt::Display for Detected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} · {}", self.container, self.format.name())?;
+        if let Some(fields) = &self.fields {
+            write!(f, " ({fields})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Which source field feeds which part of an instruction record, from
+/// `--field-map instruction=question,output=answer,domain=topic`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldMap {
+    pub instruction: Option<String>,
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub domain: Option<String>,
+    pub system: Option<String>,
+}
+
+impl FieldMap {
+    pub fn is_empty(&self) -> bool {
+        *self == FieldMap::default()
+    }
+}
+
+impl FromStr for FieldMap {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let mut map = FieldMap::default();
+        for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((target, source)) = pair.split_once('=') else {
+                return Err(Error::Invalid(format!(
+                    "field map entry '{pair}' is not TARGET=FIELD (e.g. instruction=question)"
+                )));
+            };
+            let source = Some(source.trim().to_string());
+            match target.trim() {
+                "instruction" | "user" | "prompt" | "question" => map.instruction = source,
+                "input" | "context" => map.input = source,
+                "output" | "assistant" | "response" | "answer" => map.output = source,
+                "domain" | "hash" | "category" => map.domain = source,
+                "system" => map.system = source,
+                other => {
+                    return Err(Error::Invalid(format!(
+                        "unknown field map target '{other}': expected instruction, input, output, domain or system"
+                    )));
+                }
+            }
+        }
+        Ok(map)
+    }
+}
+
+/// How to read one file.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    /// Force the record shape instead of detecting it.
+    pub format: Option<DataFormat>,
+    pub field_map: FieldMap,
+    /// OpenAssistant: keep only the best-ranked path of each tree.
+    pub oasst_best_only: bool,
+    /// Skip and count malformed records instead of failing on the first.
+    pub skip_invalid: bool,
+}
+
+/// The result of reading one file.
+#[derive(Debug)]
+pub struct FileRead {
+    pub detected: Detected,
+    /// Records seen (lines, list items, messages for `oasst`, conversations for text and YAML).
+    pub records: usize,
+    pub conversations: Vec<Conversation>,
+    /// Malformed records that were skipped (only with `skip_invalid`).
+    pub invalid: Vec<Error>,
+}
+
+/// Collects conversations and malformed records: fails on the first unless skipping.
+pub(crate) struct Sink<'a> {
+    path: &'a Path,
+    source: String,
+    skip_invalid: bool,
+    pub(crate) out: Vec<Conversation>,
+    pub(crate) invalid: Vec<Error>,
+}
+
+impl<'a> Sink<'a> {
+    fn new(path: &'a Path, skip_invalid: bool) -> Self {
+        Sink {
+            path,
+            source: path.display().to_string(),
+            skip_invalid,
+            out: Vec::new(),
+            invalid: Vec::new(),
+        }
+    }
+
+    pub(crate) fn error(&self, pos: Pos, msg: impl Into<String>) -> Error {
+        Error::record(self.path, pos, msg)
+    }
+
+    /// Takes one converted record: a valid conversation is kept (tagged with where it came from),
+    /// anything else is an error or, when skipping, counted.
+    pub(crate) fn push(
+        &mut self,
+        pos: Pos,
+        conversation: std::result::Result<Conversation, String>,
+    ) -> Result<()> {
+        match conversation.and_then(|c| c.validate().map(|()| c)) {
+            Ok(mut c) => {
+                if !c.meta.contains_key("source") {
+                    let at = match pos {
+                        Pos::Line(n) => format!("{}:{n}", self.source),
+                        other => format!("{} {other}", self.source),
+                    };
+                    c.meta.insert("source".into(), Value::String(at));
+                }
+                self.out.push(c);
+                Ok(())
+            }
+            Err(msg) => self.invalid(self.error(pos, msg)),
+        }
+    }
+
+    pub(crate) fn invalid(&mut self, err: Error) -> Result<()> {
+        if self.skip_invalid {
+            self.invalid.push(err);
+            Ok(())
+        } else {
+            Err(err)
+        }
+    }
+}
+
+/// Reads one file of any supported format into canonical conversations.
+pub fn read_file(path: &Path, opts: &ReadOptions) -> Result<FileRead> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = decode_utf8(path, &bytes)?;
+    if text.trim().is_empty() {
+        return Err(Error::file(path, "file is empty"));
+    }
+    let mut sink = Sink::new(path, opts.skip_invalid);
+    let (detected, records) = match container_for(path, text, opts.format)? {
+        container @ (Container::Text | Container::Yaml) => {
+            let (format, records) = if container == Container::Text {
+                (DataFormat::Transcript, text::read_transcripts(text, &mut sink)?)
+            } else {
+                (DataFormat::YamlDialog, text::read_yaml(path, text, &mut sink)?)
+            };
+            let detected = Detected {
+                container,
+                format,
+                fields: None,
+            };
+            (detected, records)
+        }
+        container => {
+            let items = json::records(path, text, &container, &mut sink)?;
+            let format = match opts.format {
+                Some(f) => f,
+                None if !opts.field_map.is_empty() => DataFormat::Instruction,
+                None => detect_format(path, &items)?,
+            };
+            let fields = (format == DataFormat::Instruction)
+                .then(|| items.first().map(|(_, v)| records::describe_fields(v, &opts.field_map)))
+                .flatten();
+            let n = items.len();
+            match format {
+                DataFormat::Oasst => oasst::read_messages(items, opts.oasst_best_only, &mut sink)?,
+                DataFormat::OasstTrees => {
+                    oasst::read_trees(items, opts.oasst_best_only, &mut sink)?
+                }
+                DataFormat::Transcript | DataFormat::YamlDialog => {
+                    return Err(Error::file(
+                        path,
+                        format!("--format {} does not fit a {container} file", format.name()),
+                    ));
+                }
+                _ => {
+                    for (line, value) in items {
+                        let c = records::convert(format, value, &opts.field_map);
+                        sink.push(Pos::Line(line), c)?;
+                    }
+                }
+            }
+            let detected = Detected {
+                container,
+                format,
+                fields,
+            };
+            (detected, n)
+        }
+    };
+    Ok(FileRead {
+        detected,
+        records,
+        conversations: sink.out,
+        invalid: sink.invalid,
+    })
+}
+
+/// UTF-8 check with the line and byte of the first bad sequence; a BOM is dropped.
+fn decode_utf8<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    std::str::from_utf8(bytes).map_err(|e| {
+        let at = e.valid_up_to();
+        let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        Error::file(
+            path,
+            format!("not valid UTF-8 at line {line} (byte {at}); re-encode the file as UTF-8"),
+        )
+    })
+}
+
+fn container_for(path: &Path, text: &str, forced: Option<DataFormat>) -> Result<Container> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    match forced {
+        Some(DataFormat::Transcript) => return Ok(Container::Text),
+        Some(DataFormat::YamlDialog) => return Ok(Container::Yaml),
+        _ => {}
+    }
+    let first = text.trim_start().chars().next();
+    if matches!(first, Some('[' | '{')) {
+        return json::detect_container(path, text);
+    }
+    if text::looks_like_transcript(text) {
+        return Ok(Container::Text);
+    }
+    if ext == "yaml" || ext == "yml" || text::looks_like_yaml_dialog(text) {
+        return Ok(Container::Yaml);
+    }
+    Err(Error::file(
+        path,
+        "unknown format: expected JSON, JSONL, a `User:`/`Assistant:` transcript or a YAML dialog corpus \
+         (`conversations:`); see docs/formats.md",
+    ))
+}
+
+/// Tells the record shape from the keys of the first records.
+fn detect_format(path: &Path, items: &[(usize, Value)]) -> Result<DataFormat> {
+    let Some((line, first)) = items.iter().find(|(_, v)| v.is_object()) else {
+        return Err(Error::file(path, "no JSON object records found"));
+    };
+    let obj = first.as_object().into_iter().flatten();
+    let keys: BTreeMap<&str, &Value> = obj.map(|(k, v)| (k.as_str(), v)).collect();
+    let has = |k: &str| keys.contains_key(k);
+    if keys.get("messages").is_some_and(|v| v.is_array()) {
+        return Ok(DataFormat::Messages);
+    }
+    if ["conversations", "conversation"]
+        .iter()
+        .any(|k| keys.get(k).is_some_and(|v| v.is_array()))
+    {
+        return Ok(DataFormat::ShareGpt);
+    }
+    if has("message_tree_id") && keys.get("prompt").is_some_and(|v| v.is_object()) {
+        return Ok(DataFormat::OasstTrees);
+    }
+    if has("message_id") && has("parent_id") && has("text") {
+        return Ok(DataFormat::Oasst);
+    }
+    if records::looks_like_instruction(first) {
+        return Ok(DataFormat::Instruction);
+    }
+    let names: Vec<&str> = keys.keys().copied().collect();
+    Err(Error::record(
+        path,
+        Pos::Line(*line),
+        format!(
+            "cannot tell the format from the record's fields [{}]; use --format ({}) or \
+             --field-map instruction=FIELD,output=FIELD",
+            names.join(", "),
+            DataFormat::NAMES
+        ),
+    ))
+}

@@ -1,0 +1,136 @@
+//! File helpers: atomic writes (temp file + rename, so a crash never leaves a half-written file),
+//! canonical JSONL reading and writing, and content hashes for manifests.
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::{Conversation, Error, Pos, Result};
+
+fn temp_sibling(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Writes `path` through `write` into a temporary sibling, syncs it and renames it into place.
+/// On any failure the temporary file is removed and an existing `path` is left untouched.
+pub fn atomic_write<F>(path: &Path, write: F) -> Result<()>
+where
+    F: FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+{
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let tmp = temp_sibling(path);
+    let result = (|| {
+        let mut w = BufWriter::new(File::create(&tmp)?);
+        write(&mut w)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+/// Writes conversations as canonical JSONL, one per line, atomically.
+pub fn write_jsonl(path: &Path, conversations: &[Conversation]) -> Result<()> {
+    atomic_write(path, |w| {
+        for c in conversations {
+            serde_json::to_writer(&mut *w, c)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+}
+
+/// Reads canonical JSONL (as written by `chatforge data import`). Blank lines are skipped;
+/// a malformed line is an error naming the file and line.
+pub fn read_jsonl(path: &Path) -> Result<Vec<Conversation>> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => {
+                Error::record(path, Pos::Line(i + 1), "not valid UTF-8")
+            }
+            _ => Error::io(path, e),
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let c: Conversation = serde_json::from_str(&line).map_err(|e| {
+            Error::record(
+                path,
+                Pos::Line(i + 1),
+                format!("not a canonical conversation ({e}); run `chatforge data import` first"),
+            )
+        })?;
+        c.validate()
+            .map_err(|msg| Error::record(path, Pos::Line(i + 1), msg))?;
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// Hex SHA-256 of a file's bytes.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Message, Role};
+
+    #[test]
+    fn failed_write_keeps_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        fs::write(&path, "old\n").unwrap();
+        let err = atomic_write(&path, |w| {
+            w.write_all(b"partial")?;
+            Err(std::io::Error::other("disk full"))
+        });
+        assert!(err.is_err());
+        assert_eq!(fs::read_to_string(&path).unwrap(), "old\n");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "temp file left behind");
+    }
+
+    #[test]
+    fn jsonl_round_trip_and_line_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.jsonl");
+        let convs = vec![Conversation::new(vec![
+            Message::new(Role::User, "hi"),
+            Message::new(Role::Assistant, "hello"),
+        ])];
+        write_jsonl(&path, &convs).unwrap();
+        assert_eq!(read_jsonl(&path).unwrap(), convs);
+
+        fs::write(&path, format!("{}\n{{\"messages\": 3}}\n", serde_json::to_string(&convs[0]).unwrap())).unwrap();
+        let err = read_jsonl(&path).unwrap_err().to_string();
+        assert!(err.contains("c.jsonl, line 2"), "{err}");
+    }
+}

@@ -1,0 +1,25 @@
+//! Conversations in, token shards out.
+//!
+//! Reading people's conversation data in the formats they already have ([`read_file`], [`import`]),
+//! the canonical [`Conversation`] they become, statistics, the memory-mapped token [`Shard`] and the
+//! seeded, document-aware [`BatchSampler`] that feeds training.
+
+mod conversation;
+mod error;
+mod formats;
+mod import;
+mod io;
+mod rng;
+mod sampler;
+mod shard;
+mod stats;
+
+pub use conversation::{Conversation, Message, Role, domain_tag};
+pub use error::{Error, Pos, Result};
+pub use formats::{Container, DataFormat, Detected, FieldMap, ReadOptions, read_file};
+pub use import::{FileReport, ImportOptions, ImportReport, collect_inputs, import, split};
+pub use io::{atomic_write, read_jsonl, sha256_file, write_jsonl};
+pub use rng::Rng;
+pub use sampler::{Batch, BatchSampler, SamplerConfig, SamplerState};
+pub use shard::{IdWidth, Shard, ShardHeader, ShardWriter};
+pub use stats::{Counted, Stats};
