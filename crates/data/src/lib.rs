@@ -16,7 +16,7 @@ mod stats;
 
 pub use conversation::{Conversation, Message, Role, domain_tag};
 pub use error::{Error, Pos, Result};
-pub use formats::{Container, DataFormat, Detected, FieldMap, ReadOptions, read_file};
+pub use formats::{Container, DataFormat, Detected, FieldMap, FileRead, ReadOptions, read_file};
 pub use import::{FileReport, ImportOptions, ImportReport, collect_inputs, import, split};
 pub use io::{atomic_write, read_jsonl, sha256_file, write_jsonl};
 pub use rng::Rng;
