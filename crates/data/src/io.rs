@@ -40,6 +40,44 @@ where
     })
 }
 
+/// Fills a directory through `fill` under a temporary sibling name, then moves it into place,
+/// replacing an existing `dir` only once the new one is complete.
+pub fn atomic_dir<F, E>(dir: &Path, fill: F) -> std::result::Result<(), E>
+where
+    F: FnOnce(&Path) -> std::result::Result<(), E>,
+    E: From<Error>,
+{
+    let tmp = temp_sibling(dir);
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let tmp = tmp.as_path();
+    if let Err(e) = fill(&tmp) {
+        let _ = fs::remove_dir_all(tmp);
+        return Err(e);
+    }
+    let old = dir.with_file_name(format!(
+        ".{}.old-{}",
+        dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let had_old = dir.exists();
+    if had_old {
+        fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    if let Err(e) = fs::rename(tmp, dir) {
+        if had_old {
+            let _ = fs::rename(&old, dir);
+        }
+        return Err(Error::io(dir, e).into());
+    }
+    if had_old {
+        fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}
+
 /// Writes conversations as canonical JSONL, one per line, atomically.
 pub fn write_jsonl(path: &Path, conversations: &[Conversation]) -> Result<()> {
     atomic_write(path, |w| {
@@ -116,6 +154,22 @@ mod tests {
         assert!(err.is_err());
         assert_eq!(fs::read_to_string(&path).unwrap(), "old\n");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "temp file left behind");
+    }
+
+    #[test]
+    fn atomic_dir_replaces_only_when_complete() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("art");
+        atomic_dir::<_, Error>(&dir, |d| fs::write(d.join("a"), "1").map_err(|e| Error::io(d, e))).unwrap();
+        let failed: Result<()> = atomic_dir(&dir, |d| {
+            fs::write(d.join("a"), "2").map_err(|e| Error::io(d, e))?;
+            Err(Error::Invalid("boom".into()))
+        });
+        assert!(failed.is_err());
+        assert_eq!(fs::read_to_string(dir.join("a")).unwrap(), "1");
+        atomic_dir::<_, Error>(&dir, |d| fs::write(d.join("b"), "3").map_err(|e| Error::io(d, e))).unwrap();
+        assert!(!dir.join("a").exists());
+        assert_eq!(fs::read_dir(root.path()).unwrap().count(), 1, "temporaries left behind");
     }
 
     #[test]

@@ -1,0 +1,14 @@
+//! Tokenizers for chatforge: training byte-level BPE (GPT-2 style) and Unigram (SentencePiece
+//! style) tokenizers with the `tokenizers` crate, loading `tokenizer.json` or GPT-2's
+//! `vocab.json` + `merges.txt`, and rendering conversations through the chat template into token
+//! ids and a loss mask ([`ChatTokenizer::render_chat`]).
+
+mod chat;
+mod error;
+mod stats;
+mod train;
+
+pub use chat::{ChatTokenizer, Persona, RenderOptions, Rendered, Template, specials};
+pub use error::{Error, Result};
+pub use stats::TokenizerStats;
+pub use train::{TOKENIZERS_VERSION, TokenizerKind, TrainOptions, TrainReport, ValSource, train, train_artifact};

@@ -1,0 +1,309 @@
+//! The chat template: how a conversation becomes token ids and a loss mask.
+//!
+//! With chat special tokens (tokenizers chatforge trains):
+//! ```text
+//! <|system|>{system prompt}\n{persona line}<|end|>     loss: none
+//! <|user|>{user content}<|end|>                       loss: none
+//! <|assistant|>{assistant content}<|end|>             loss: content and <|end|>
+//! ```
+//! Without them (GPT-2's own tokenizer, say) a plain-text form, so pretrained checkpoints can be
+//! fine-tuned without resizing their embeddings:
+//! ```text
+//! System: {system prompt}\n                            loss: none
+//! User: {user content}\n                               loss: none
+//! Assistant: {assistant content}<|endoftext|>          loss: " {content}" and the end-of-text token
+//! ```
+//! Message contents are encoded with special-token matching off, so text that spells
+//! `<|user|>` cannot inject a turn; the template's own special tokens are inserted by id.
+
+use std::path::Path;
+
+use chatforge_data::{Conversation, Role};
+use tokenizers::Tokenizer;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::AddedToken;
+
+use crate::{Error, Result};
+
+/// The special tokens of chatforge's chat template.
+pub mod specials {
+    pub const END_OF_TEXT: &str = "<|endoftext|>";
+    pub const SYSTEM: &str = "<|system|>";
+    pub const USER: &str = "<|user|>";
+    pub const ASSISTANT: &str = "<|assistant|>";
+    pub const END: &str = "<|end|>";
+    pub const UNK: &str = "<unk>";
+    /// In id order: trained tokenizers give these ids 0..5.
+    pub const CHAT: [&str; 5] = [END_OF_TEXT, SYSTEM, USER, ASSISTANT, END];
+    /// End-of-text spellings of other tokenizers, for the plain template.
+    pub const EOS_CANDIDATES: [&str; 3] = [END_OF_TEXT, "</s>", "<eos>"];
+}
+
+/// Which form of the template a tokenizer supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Template {
+    Chat {
+        end_of_text: u32,
+        system: u32,
+        user: u32,
+        assistant: u32,
+        end: u32,
+    },
+    Plain {
+        eos: Option<u32>,
+    },
+}
+
+/// How the assistant is asked to speak as someone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Persona {
+    #[default]
+    None,
+    /// Always this persona.
+    Fixed(String),
+    /// The `speaker` of the conversation's first assistant message, when it has one.
+    FromSpeaker,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RenderOptions {
+    /// System prompt for conversations that bring none.
+    pub system: Option<String>,
+    pub persona: Persona,
+    /// Prefix user turns with the conversation's domain tag (`#cooking …`).
+    pub domain_tag: bool,
+}
+
+/// Token ids and, per token, whether it carries loss in SFT.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rendered {
+    pub ids: Vec<u32>,
+    pub mask: Vec<u8>,
+}
+
+impl Rendered {
+    fn push(&mut self, ids: &[u32], loss: bool) {
+        self.ids.extend_from_slice(ids);
+        self.mask.extend(std::iter::repeat_n(u8::from(loss), ids.len()));
+    }
+}
+
+/// A tokenizer together with the chat template it supports.
+#[derive(Clone)]
+pub struct ChatTokenizer {
+    inner: Tokenizer,
+    template: Template,
+}
+
+impl std::fmt::Debug for ChatTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("template", &self.template)
+            .finish()
+    }
+}
+
+impl ChatTokenizer {
+    pub fn new(mut inner: Tokenizer) -> Self {
+        let id = |t: &str| inner.token_to_id(t);
+        let template = match specials::CHAT.map(id) {
+            [Some(end_of_text), Some(system), Some(user), Some(assistant), Some(end)] => Template::Chat {
+                end_of_text,
+                system,
+                user,
+                assistant,
+                end,
+            },
+            _ => Template::Plain {
+                eos: specials::EOS_CANDIDATES.iter().find_map(|t| id(t)),
+            },
+        };
+        // Content is text: never let it spell a special token.
+        inner.set_encode_special_tokens(true);
+        ChatTokenizer { inner, template }
+    }
+
+    /// Loads `tokenizer.json` (a file, or a directory holding one) or GPT-2's `vocab.json` +
+    /// `merges.txt` (a directory holding both, or the path of `vocab.json`).
+    pub fn load(path: &Path) -> Result<Self> {
+        let err = |msg: String| Error::Load { path: path.to_path_buf(), msg };
+        let (json, vocab) = if path.is_dir() {
+            (path.join("tokenizer.json"), path.join("vocab.json"))
+        } else if path.file_name().is_some_and(|n| n == "vocab.json") {
+            (path.with_file_name("tokenizer.json.absent"), path.to_path_buf())
+        } else {
+            (path.to_path_buf(), path.with_file_name("vocab.json.absent"))
+        };
+        if json.is_file() {
+            let inner = Tokenizer::from_file(&json).map_err(|e| err(format!("not a tokenizer.json: {e}")))?;
+            return Ok(Self::new(inner));
+        }
+        let merges = vocab.with_file_name("merges.txt");
+        if vocab.is_file() && merges.is_file() {
+            return Self::from_gpt2_files(&vocab, &merges).map_err(|e| err(e.to_string()));
+        }
+        if !path.exists() {
+            return Err(err("no such file or directory".into()));
+        }
+        Err(err("expected tokenizer.json, or vocab.json with merges.txt beside it".into()))
+    }
+
+    fn from_gpt2_files(vocab: &Path, merges: &Path) -> Result<Self> {
+        let (v, m) = (vocab.to_string_lossy(), merges.to_string_lossy());
+        let bpe = BPE::from_file(&v, &m).build()?;
+        let mut inner = Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
+        inner.with_decoder(Some(ByteLevel::default()));
+        inner.with_post_processor(Some(ByteLevel::default().trim_offsets(false)));
+        if inner.token_to_id(specials::END_OF_TEXT).is_some() {
+            inner.add_special_tokens([AddedToken::from(specials::END_OF_TEXT, true)])?;
+        }
+        Ok(Self::new(inner))
+    }
+
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+
+    pub fn template(&self) -> Template {
+        self.template
+    }
+
+    /// Vocabulary size including added (special) tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Ids of plain text (special-token spellings stay text).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.inner.encode_fast(text, false)?.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        Ok(self.inner.decode(ids, skip_special_tokens)?)
+    }
+
+    /// Tokens that end an assistant reply during generation.
+    pub fn stop_ids(&self) -> Vec<u32> {
+        match self.template {
+            Template::Chat { end, end_of_text, .. } => vec![end, end_of_text],
+            Template::Plain { eos } => eos.into_iter().collect(),
+        }
+    }
+
+    /// The id the sampler's padding and document ends use.
+    pub fn end_of_text(&self) -> Option<u32> {
+        match self.template {
+            Template::Chat { end_of_text, .. } => Some(end_of_text),
+            Template::Plain { eos } => eos,
+        }
+    }
+
+    fn system_text(conv: &Conversation, opts: &RenderOptions) -> Option<String> {
+        let own: Vec<&str> = conv
+            .messages
+            .iter()
+            .filter(|m| m.role == Role::System)
+            .map(|m| m.content.as_str())
+            .collect();
+        let system = if own.is_empty() { opts.system.clone() } else { Some(own.join("\n")) };
+        let persona = match &opts.persona {
+            Persona::None => None,
+            Persona::Fixed(name) => Some(name.clone()),
+            Persona::FromSpeaker => conv
+                .messages
+                .iter()
+                .find(|m| m.role == Role::Assistant)
+                .and_then(|m| m.speaker.clone()),
+        };
+        let lines: Vec<String> = system
+            .into_iter()
+            .chain(persona.map(|p| format!("Respond as {p}:")))
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        (!lines.is_empty()).then(|| lines.join("\n"))
+    }
+
+    fn user_text(conv: &Conversation, content: &str, opts: &RenderOptions) -> String {
+        match conv.domain().filter(|_| opts.domain_tag) {
+            Some(d) => {
+                let tag = chatforge_data::domain_tag(d);
+                if content.starts_with(&tag) { content.to_string() } else { format!("{tag}{content}") }
+            }
+            None => content.to_string(),
+        }
+    }
+
+    /// Renders a whole conversation for training: ids and the loss mask (assistant content and
+    /// the token that ends it).
+    pub fn render_chat(&self, conv: &Conversation, opts: &RenderOptions) -> Result<Rendered> {
+        let mut out = Rendered::default();
+        self.render_into(conv, opts, &mut out)?;
+        Ok(out)
+    }
+
+    /// Renders the conversation so far and opens the assistant's turn: the prompt to generate from.
+    pub fn render_prompt(&self, conv: &Conversation, opts: &RenderOptions) -> Result<Vec<u32>> {
+        let mut out = Rendered::default();
+        self.render_into(conv, opts, &mut out)?;
+        match self.template {
+            Template::Chat { assistant, .. } => out.push(&[assistant], false),
+            Template::Plain { .. } => out.push(&self.encode("Assistant:")?, false),
+        }
+        Ok(out.ids)
+    }
+
+    fn render_into(&self, conv: &Conversation, opts: &RenderOptions, out: &mut Rendered) -> Result<()> {
+        let system = Self::system_text(conv, opts);
+        let turns = conv.messages.iter().filter(|m| m.role != Role::System);
+        match self.template {
+            Template::Chat { system: sys, user, assistant, end, .. } => {
+                if let Some(text) = system {
+                    out.push(&[sys], false);
+                    out.push(&self.encode(&text)?, false);
+                    out.push(&[end], false);
+                }
+                for m in turns {
+                    if m.role == Role::User {
+                        out.push(&[user], false);
+                        out.push(&self.encode(&Self::user_text(conv, &m.content, opts))?, false);
+                        out.push(&[end], false);
+                    } else {
+                        out.push(&[assistant], false);
+                        out.push(&self.encode(&m.content)?, true);
+                        out.push(&[end], true);
+                    }
+                }
+            }
+            Template::Plain { eos } => {
+                if let Some(text) = system {
+                    out.push(&self.encode(&format!("System: {text}\n"))?, false);
+                }
+                for m in turns {
+                    if m.role == Role::User {
+                        let text = Self::user_text(conv, &m.content, opts);
+                        out.push(&self.encode(&format!("User: {text}\n"))?, false);
+                    } else {
+                        out.push(&self.encode("Assistant:")?, false);
+                        out.push(&self.encode(&format!(" {}", m.content))?, true);
+                        match eos {
+                            Some(eos) => out.push(&[eos], true),
+                            None => out.push(&self.encode("\n")?, true),
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
