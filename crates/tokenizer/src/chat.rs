@@ -24,6 +24,7 @@ use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::AddedToken;
 
+use crate::fast::{Encoder, FastBpe};
 use crate::{Error, Result};
 
 /// The special tokens of chatforge's chat template.
@@ -87,6 +88,12 @@ impl Rendered {
         self.ids.extend_from_slice(ids);
         self.mask.extend(std::iter::repeat_n(u8::from(loss), ids.len()));
     }
+
+    fn text(&mut self, enc: &mut Encoder<'_>, text: &str, loss: bool) -> Result<()> {
+        enc.encode_into(text, &mut self.ids)?;
+        self.mask.resize(self.ids.len(), u8::from(loss));
+        Ok(())
+    }
 }
 
 /// A tokenizer together with the chat template it supports.
@@ -94,6 +101,7 @@ impl Rendered {
 pub struct ChatTokenizer {
     inner: Tokenizer,
     template: Template,
+    fast: Option<FastBpe>,
 }
 
 impl std::fmt::Debug for ChatTokenizer {
@@ -122,7 +130,8 @@ impl ChatTokenizer {
         };
         // Content is text: never let it spell a special token.
         inner.set_encode_special_tokens(true);
-        ChatTokenizer { inner, template }
+        let fast = FastBpe::detect(&inner);
+        ChatTokenizer { inner, template, fast }
     }
 
     /// Loads `tokenizer.json` (a file, or a directory holding one) or GPT-2's `vocab.json` +
@@ -184,9 +193,21 @@ impl ChatTokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// Whether encoding takes the fast byte-level BPE path (see `fast.rs`).
+    pub fn uses_fast_encoder(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// An encoder that remembers the words it has seen: use one per thread for bulk work.
+    pub fn encoder(&self) -> Encoder<'_> {
+        Encoder::new(&self.inner, self.fast.as_ref())
+    }
+
     /// Ids of plain text (special-token spellings stay text).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.inner.encode_fast(text, false)?.get_ids().to_vec())
+        let mut ids = Vec::new();
+        self.encoder().encode_into(text, &mut ids)?;
+        Ok(ids)
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
@@ -247,58 +268,64 @@ impl ChatTokenizer {
     /// Renders a whole conversation for training: ids and the loss mask (assistant content and
     /// the token that ends it).
     pub fn render_chat(&self, conv: &Conversation, opts: &RenderOptions) -> Result<Rendered> {
+        self.render_with(&mut self.encoder(), conv, opts)
+    }
+
+    /// [`render_chat`](Self::render_chat) with a long-lived encoder (bulk tokenization).
+    pub fn render_with(&self, enc: &mut Encoder<'_>, conv: &Conversation, opts: &RenderOptions) -> Result<Rendered> {
         let mut out = Rendered::default();
-        self.render_into(conv, opts, &mut out)?;
+        self.render_into(enc, conv, opts, &mut out)?;
         Ok(out)
     }
 
     /// Renders the conversation so far and opens the assistant's turn: the prompt to generate from.
     pub fn render_prompt(&self, conv: &Conversation, opts: &RenderOptions) -> Result<Vec<u32>> {
+        let mut enc = self.encoder();
         let mut out = Rendered::default();
-        self.render_into(conv, opts, &mut out)?;
+        self.render_into(&mut enc, conv, opts, &mut out)?;
         match self.template {
             Template::Chat { assistant, .. } => out.push(&[assistant], false),
-            Template::Plain { .. } => out.push(&self.encode("Assistant:")?, false),
+            Template::Plain { .. } => out.text(&mut enc, "Assistant:", false)?,
         }
         Ok(out.ids)
     }
 
-    fn render_into(&self, conv: &Conversation, opts: &RenderOptions, out: &mut Rendered) -> Result<()> {
+    fn render_into(&self, enc: &mut Encoder<'_>, conv: &Conversation, opts: &RenderOptions, out: &mut Rendered) -> Result<()> {
         let system = Self::system_text(conv, opts);
         let turns = conv.messages.iter().filter(|m| m.role != Role::System);
         match self.template {
             Template::Chat { system: sys, user, assistant, end, .. } => {
                 if let Some(text) = system {
                     out.push(&[sys], false);
-                    out.push(&self.encode(&text)?, false);
+                    out.text(enc, &text, false)?;
                     out.push(&[end], false);
                 }
                 for m in turns {
                     if m.role == Role::User {
                         out.push(&[user], false);
-                        out.push(&self.encode(&Self::user_text(conv, &m.content, opts))?, false);
+                        out.text(enc, &Self::user_text(conv, &m.content, opts), false)?;
                         out.push(&[end], false);
                     } else {
                         out.push(&[assistant], false);
-                        out.push(&self.encode(&m.content)?, true);
+                        out.text(enc, &m.content, true)?;
                         out.push(&[end], true);
                     }
                 }
             }
             Template::Plain { eos } => {
                 if let Some(text) = system {
-                    out.push(&self.encode(&format!("System: {text}\n"))?, false);
+                    out.text(enc, &format!("System: {text}\n"), false)?;
                 }
                 for m in turns {
                     if m.role == Role::User {
                         let text = Self::user_text(conv, &m.content, opts);
-                        out.push(&self.encode(&format!("User: {text}\n"))?, false);
+                        out.text(enc, &format!("User: {text}\n"), false)?;
                     } else {
-                        out.push(&self.encode("Assistant:")?, false);
-                        out.push(&self.encode(&format!(" {}", m.content))?, true);
+                        out.text(enc, "Assistant:", false)?;
+                        out.text(enc, &format!(" {}", m.content), true)?;
                         match eos {
                             Some(eos) => out.push(&[eos], true),
-                            None => out.push(&self.encode("\n")?, true),
+                            None => out.text(enc, "\n", true)?,
                         }
                     }
                 }

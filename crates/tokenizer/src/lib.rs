@@ -5,10 +5,14 @@
 
 mod chat;
 mod error;
+mod fast;
+mod shard;
 mod stats;
 mod train;
 
 pub use chat::{ChatTokenizer, Persona, RenderOptions, Rendered, Template, specials};
 pub use error::{Error, Result};
+pub use fast::Encoder;
+pub use shard::{TokenizeReport, render_all, tokenize_file};
 pub use stats::TokenizerStats;
 pub use train::{TOKENIZERS_VERSION, TokenizerKind, TrainOptions, TrainReport, ValSource, train, train_artifact};

@@ -220,3 +220,39 @@ fn pinned_version_matches_the_workspace() {
     let pin = format!("tokenizers = {{ version = \"={}\"", chatforge_tokenizer::TOKENIZERS_VERSION);
     assert!(cargo.contains(&pin), "update TOKENIZERS_VERSION to the workspace pin");
 }
+
+/// Seeded strings mixing what real text has: words, contractions, runs of every kind of
+/// whitespace, digits, punctuation, accents, combining marks, CJK, Devanagari, emoji.
+fn tricky_texts() -> Vec<String> {
+    let parts = [
+        "hug", "Hug", " pug", "don't", "I'm", "we'll", "they're", "'s", "  ", "   ", "\t", "\n", "\n\n", " \n ", "\r\n",
+        "42", " 3.14", "1,000", "!!", " ?", "...", "é", "e\u{301}", "naïve", "日本語", " 東京", "हिन्दी", "🙂", " 🙂",
+        "Ⅻ", "x²", "\u{a0}", "—", "<|user|>", "'", " '", "a'b", "¿qué?",
+    ];
+    let mut rng = chatforge_data::Rng::new(5);
+    (0..400)
+        .map(|_| {
+            let n = 1 + rng.below(12) as usize;
+            (0..n).map(|_| parts[rng.below(parts.len() as u64) as usize]).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn fast_encoder_equals_the_tokenizers_pipeline() {
+    let corpus: Vec<String> = tricky_texts().into_iter().chain(TINY.iter().map(|s| s.to_string())).collect();
+    let trained = train(corpus.iter(), &TrainOptions { vocab_size: 400, min_frequency: 1, ..TrainOptions::default() }).unwrap();
+    let gpt2 = ChatTokenizer::load(&fixture("gpt2-tiny")).unwrap();
+    for tok in [trained, gpt2] {
+        assert!(tok.uses_fast_encoder());
+        let mut enc = tok.encoder();
+        for text in tricky_texts() {
+            let mut fast = Vec::new();
+            enc.encode_into(&text, &mut fast).unwrap();
+            let reference = tok.inner().encode(text.as_str(), false).unwrap().get_ids().to_vec();
+            assert_eq!(fast, reference, "{text:?}");
+        }
+    }
+    let unigram = train(corpus.iter(), &TrainOptions { kind: TokenizerKind::Unigram, vocab_size: 200, ..TrainOptions::default() }).unwrap();
+    assert!(!unigram.uses_fast_encoder());
+}

@@ -26,13 +26,26 @@ const LIST_KEYS: [&str; 9] = [
 fn syntax_error(path: &Path, e: &serde_json::Error) -> Error {
     Error::file(
         path,
-        format!("invalid JSON at line {}, column {}: {e}", e.line(), e.column()),
+        format!("invalid JSON at line {}, column {}: {}", e.line(), e.column(), message(e)),
     )
+}
+
+/// serde_json's message without its " at line L column C" suffix (we report the file's own line).
+fn message(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
 }
 
 pub(super) fn detect_container(path: &Path, text: &str) -> Result<Container> {
     if text.trim_start().starts_with('[') {
         return Ok(Container::JsonList);
+    }
+    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
+    if matches!(ext.as_deref(), Some("jsonl" | "ndjson")) {
+        return Ok(Container::Jsonl);
     }
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(obj)) => {
@@ -107,7 +120,7 @@ fn parse_items(
             let line = lines.line_of_raw(text, raw);
             serde_json::from_str(raw.get())
                 .map(|v| (line, v))
-                .map_err(|e| Error::record(path, Pos::Line(line), e.to_string()))
+                .map_err(|e| Error::record(path, Pos::Line(line), message(&e)))
         })
         .collect()
 }
@@ -152,7 +165,7 @@ pub(super) fn records(
                     Err(e) => sink.invalid(Error::record(
                         path,
                         Pos::Line(i + 1),
-                        format!("invalid JSON (column {}): {e}", e.column()),
+                        format!("invalid JSON at column {}: {}", e.column(), message(&e)),
                     ))?,
                 }
             }

@@ -38,7 +38,7 @@ pub enum DataFormat {
 
 impl DataFormat {
     pub const NAMES: &'static str =
-        "messages (openai), sharegpt, instruction (alpaca), oasst, oasst-trees, transcript, yaml";
+        "messages (openai), sharegpt, instruction (alpaca), oasst, oasst-trees, transcript, yaml-dialog";
 
     pub fn name(self) -> &'static str {
         match self {
@@ -48,7 +48,7 @@ impl DataFormat {
             DataFormat::Oasst => "oasst",
             DataFormat::OasstTrees => "oasst-trees",
             DataFormat::Transcript => "transcript",
-            DataFormat::YamlDialog => "yaml",
+            DataFormat::YamlDialog => "yaml-dialog",
         }
     }
 }
@@ -64,7 +64,7 @@ impl FromStr for DataFormat {
             "oasst" | "oasst1" => DataFormat::Oasst,
             "oasst-trees" | "oasst_trees" | "trees" => DataFormat::OasstTrees,
             "transcript" | "text" | "txt" => DataFormat::Transcript,
-            "yaml" | "yml" => DataFormat::YamlDialog,
+            "yaml" | "yml" | "yaml-dialog" => DataFormat::YamlDialog,
             other => {
                 return Err(Error::Invalid(format!(
                     "unknown format '{other}': expected one of {}",

@@ -1,0 +1,245 @@
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use chatforge_data::{DataFormat, FieldMap, ImportOptions, ReadOptions, Stats, import, split, write_jsonl};
+use chatforge_tokenizer::{ChatTokenizer, tokenize_file};
+use clap::{Args, Subcommand};
+
+use super::TemplateArgs;
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Read and merge conversation files of any supported format into canonical JSONL
+    Import(ImportArgs),
+    /// Counts, turns, characters, roles, domains and top speakers of a conversation file
+    Stats {
+        file: PathBuf,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+        /// How many domains and speakers to list
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
+    /// Show conversations rendered through the chat template, loss-carrying tokens highlighted
+    Show(ShowArgs),
+    /// Render conversations through the chat template into a token shard
+    Tokenize(TokenizeArgs),
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// Files or directories (directories are searched for .json, .jsonl, .txt, .yaml)
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Where to write the training conversations (canonical JSONL)
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// Where to write the validation conversations [default: OUT with .val.jsonl]
+    #[arg(long)]
+    pub val_out: Option<PathBuf>,
+    /// Fraction held out for validation; 0 writes no validation file
+    #[arg(long, default_value_t = 0.05)]
+    pub val_split: f64,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Force the record format instead of detecting it
+    #[arg(long, value_parser = parse_format, help = format!("Force the record format: {}", DataFormat::NAMES))]
+    pub format: Option<DataFormat>,
+    /// Name instruction fields, e.g. instruction=question,output=answer,domain=topic
+    #[arg(long, value_parser = parse_field_map)]
+    pub field_map: Option<FieldMap>,
+    /// Drop conversations that repeat an earlier one exactly
+    #[arg(long)]
+    pub dedupe: bool,
+    /// Drop conversations with fewer messages
+    #[arg(long, default_value_t = 1)]
+    pub min_turns: usize,
+    /// Drop conversations with more characters
+    #[arg(long)]
+    pub max_chars: Option<usize>,
+    /// Prefix each user turn with the record's domain as a tag (#domain)
+    #[arg(long)]
+    pub domain_tag: bool,
+    /// OpenAssistant trees: keep only the best-ranked path of each tree
+    #[arg(long)]
+    pub oasst_best_only: bool,
+    /// Skip and count malformed records instead of stopping at the first
+    #[arg(long)]
+    pub skip_invalid: bool,
+}
+
+#[derive(Args)]
+pub struct ShowArgs {
+    pub file: PathBuf,
+    /// Tokenizer directory or file
+    #[arg(long)]
+    pub tokenizer: PathBuf,
+    /// How many conversations to show
+    #[arg(short, default_value_t = 2)]
+    pub n: usize,
+    /// Show every token separately, as the tokenizer spells it
+    #[arg(long)]
+    pub tokens: bool,
+    #[command(flatten)]
+    pub template: TemplateArgs,
+}
+
+#[derive(Args)]
+pub struct TokenizeArgs {
+    pub file: PathBuf,
+    /// Tokenizer directory or file
+    #[arg(long)]
+    pub tokenizer: PathBuf,
+    /// The shard to write
+    #[arg(short, long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub template: TemplateArgs,
+}
+
+fn parse_format(s: &str) -> Result<DataFormat, String> {
+    s.parse().map_err(|e: chatforge_data::Error| e.to_string())
+}
+
+fn parse_field_map(s: &str) -> Result<FieldMap, String> {
+    s.parse().map_err(|e: chatforge_data::Error| e.to_string())
+}
+
+pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
+    match cmd {
+        DataCommand::Import(args) => import_cmd(&args),
+        DataCommand::Stats { file, json, top } => {
+            let report = import(&[file], &ImportOptions::default())?;
+            let stats = Stats::of(&report.conversations, top);
+            if json {
+                say!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                say!("{stats}");
+            }
+            Ok(())
+        }
+        DataCommand::Show(args) => show(&args),
+        DataCommand::Tokenize(args) => {
+            let tok = load_tokenizer(&args.tokenizer)?;
+            let r = tokenize_file(&args.file, &tok, &args.template.options(), &args.out)?;
+            say!(
+                "{}: {} conversations → {} tokens ({} carry loss) in {}, {:.1} MB/s",
+                r.input.display(),
+                r.conversations,
+                r.tokens,
+                r.loss_tokens,
+                r.output.display(),
+                r.mb_per_s()
+            );
+            Ok(())
+        }
+    }
+}
+
+pub fn load_tokenizer(path: &Path) -> anyhow::Result<ChatTokenizer> {
+    ChatTokenizer::load(path).context("loading the tokenizer")
+}
+
+/// `x.jsonl` → `x.val.jsonl`.
+pub fn val_path_for(out: &Path) -> PathBuf {
+    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    out.with_file_name(format!("{stem}.val.jsonl"))
+}
+
+pub fn import_cmd(args: &ImportArgs) -> anyhow::Result<()> {
+    let opts = ImportOptions {
+        read: ReadOptions {
+            format: args.format,
+            field_map: args.field_map.clone().unwrap_or_default(),
+            oasst_best_only: args.oasst_best_only,
+            skip_invalid: args.skip_invalid,
+        },
+        dedupe: args.dedupe,
+        min_turns: args.min_turns,
+        max_chars: args.max_chars,
+        domain_tag: args.domain_tag,
+    };
+    let report = import(&args.inputs, &opts)?;
+    for f in &report.files {
+        say!(
+            "{}: {} — {} records → {} conversations",
+            f.path.display(),
+            f.detected,
+            f.records,
+            f.conversations
+        );
+        if f.invalid > 0 {
+            say!("  skipped {} malformed records, e.g.:", f.invalid);
+            for e in &f.first_errors {
+                say!("    {e}");
+            }
+        }
+    }
+    let dropped = [
+        (report.dropped_duplicates, "duplicates"),
+        (report.dropped_short, "below --min-turns"),
+        (report.dropped_long, "over --max-chars"),
+    ];
+    for (n, why) in dropped.iter().filter(|(n, _)| *n > 0) {
+        say!("dropped {n} conversations: {why}");
+    }
+    if report.conversations.is_empty() {
+        bail!("no conversations left to write");
+    }
+    let (train, val) = split(report.conversations, args.val_split, args.seed)?;
+    write_jsonl(&args.out, &train)?;
+    say!("wrote {} training conversations to {}", train.len(), args.out.display());
+    if args.val_split > 0.0 {
+        let val_out = args.val_out.clone().unwrap_or_else(|| val_path_for(&args.out));
+        write_jsonl(&val_out, &val)?;
+        say!("wrote {} validation conversations to {} (seed {})", val.len(), val_out.display(), args.seed);
+    }
+    Ok(())
+}
+
+fn show(args: &ShowArgs) -> anyhow::Result<()> {
+    let tok = load_tokenizer(&args.tokenizer)?;
+    let convs = import(std::slice::from_ref(&args.file), &ImportOptions::default())?.conversations;
+    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let opts = args.template.options();
+    say!(
+        "template: {:?}; {} marks tokens that carry loss (assistant content and its end)",
+        tok.template(),
+        if color { "\x1b[1;32mgreen\x1b[0m" } else { "⟦…⟧" }
+    );
+    for (i, c) in convs.iter().take(args.n).enumerate() {
+        let r = tok.render_chat(c, &opts)?;
+        let loss = r.mask.iter().filter(|&&m| m == 1).count();
+        say!("\n── conversation {} · {} tokens, {} carry loss ──", i + 1, r.ids.len(), loss);
+        say!("{}", highlight(&tok, &r.ids, &r.mask, args.tokens, color)?);
+    }
+    Ok(())
+}
+
+/// Decodes runs of equal mask together, so multi-byte characters split across tokens stay whole.
+fn highlight(tok: &ChatTokenizer, ids: &[u32], mask: &[u8], per_token: bool, color: bool) -> anyhow::Result<String> {
+    let (on, off) = if color { ("\x1b[1;32m", "\x1b[0m") } else { ("⟦", "⟧") };
+    let mut out = String::new();
+    let mut start = 0;
+    while start < ids.len() {
+        let end = if per_token {
+            start + 1
+        } else {
+            start + mask[start..].iter().take_while(|&&m| m == mask[start]).count()
+        };
+        let text = if per_token {
+            format!("{}|", tok.id_to_token(ids[start]).unwrap_or_else(|| format!("<{}>", ids[start])))
+        } else {
+            tok.decode(&ids[start..end], false)?
+        };
+        if mask[start] == 1 {
+            out.push_str(&format!("{on}{text}{off}"));
+        } else {
+            out.push_str(&text);
+        }
+        start = end;
+    }
+    Ok(out)
+}

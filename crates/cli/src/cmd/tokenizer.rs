@@ -1,0 +1,120 @@
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use chatforge_data::atomic_dir;
+use chatforge_tokenizer::{ChatTokenizer, TokenizerKind, TrainOptions, ValSource, train_artifact};
+use clap::{Args, Subcommand};
+
+#[derive(Subcommand)]
+pub enum TokenizerCommand {
+    /// Train a byte-level BPE or Unigram tokenizer on canonical conversation files
+    Train(TrainArgs),
+    /// Load tokenizer.json or GPT-2 vocab.json + merges.txt, describe it, optionally save it as an artifact
+    Load {
+        path: PathBuf,
+        /// Write the tokenizer as an artifact directory (tokenizer.json + manifest.json)
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+        /// Text to encode as a sample
+        #[arg(long, default_value = "Hello! How can I help you today?")]
+        text: String,
+    },
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[arg(long, default_value = "bpe", value_parser = parse_kind)]
+    pub kind: TokenizerKind,
+    #[arg(long, default_value_t = 8000)]
+    pub vocab_size: usize,
+    /// Canonical conversation files (from `chatforge data import`)
+    #[arg(long, required = true, num_args = 1..)]
+    pub input: Vec<PathBuf>,
+    /// The artifact directory to write
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// Validation conversations for stats.json [default: INPUT's .val.jsonl, else a 5% hold-out]
+    #[arg(long)]
+    pub val: Option<PathBuf>,
+    /// BPE: minimum pair frequency for a merge
+    #[arg(long, default_value_t = 2)]
+    pub min_frequency: u64,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+fn parse_kind(s: &str) -> Result<TokenizerKind, String> {
+    s.parse().map_err(|e: chatforge_tokenizer::Error| e.to_string())
+}
+
+pub fn run(cmd: TokenizerCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenizerCommand::Train(args) => train(&args, std::io::stderr().is_terminal()),
+        TokenizerCommand::Load { path, out, text } => load(&path, out.as_deref(), &text),
+    }
+}
+
+pub fn train(args: &TrainArgs, show_progress: bool) -> anyhow::Result<()> {
+    let val = match &args.val {
+        Some(p) => ValSource::File(p.clone()),
+        None => ValSource::beside(&args.input[0]),
+    };
+    let opts = TrainOptions {
+        kind: args.kind,
+        vocab_size: args.vocab_size,
+        min_frequency: args.min_frequency,
+        seed: args.seed,
+        show_progress,
+    };
+    let r = train_artifact(&args.input, &val, &opts, &args.out)?;
+    let s = &r.stats;
+    say!(
+        "trained a {:?} tokenizer on {} conversations in {:.1} s: vocab {} (asked {})",
+        args.kind, r.train_conversations, r.seconds, s.vocab_size, args.vocab_size
+    );
+    say!(
+        "validation ({} conversations, {} texts): {:.2} chars/token, {:.2} bytes/token, unknown {:.3}%, coverage {:.2}%, vocab used {:.1}%",
+        r.val_conversations,
+        s.texts,
+        s.chars_per_token,
+        s.bytes_per_token,
+        100.0 * s.unknown_rate,
+        100.0 * s.char_coverage,
+        100.0 * s.vocab_used
+    );
+    say!("wrote {}/{{tokenizer.json, manifest.json, stats.json}}", args.out.display());
+    Ok(())
+}
+
+fn load(path: &std::path::Path, out: Option<&std::path::Path>, text: &str) -> anyhow::Result<()> {
+    let tok = ChatTokenizer::load(path)?;
+    say!(
+        "{}: vocab {} · template {:?} · stop ids {:?} · fast encoder {}",
+        path.display(),
+        tok.vocab_size(),
+        tok.template(),
+        tok.stop_ids(),
+        if tok.uses_fast_encoder() { "yes" } else { "no" }
+    );
+    let ids = tok.encode(text)?;
+    let pieces: Vec<String> = ids.iter().map(|&i| tok.id_to_token(i).unwrap_or_default()).collect();
+    say!("{text:?} → {} tokens: {}", ids.len(), pieces.join(" | "));
+    if let Some(out) = out {
+        let manifest = serde_json::json!({
+            "loaded_from": path.display().to_string(),
+            "vocab_size": tok.vocab_size(),
+            "template": format!("{:?}", tok.template()),
+        });
+        atomic_dir(out, |dir| -> anyhow::Result<()> {
+            let mut plain = tok.inner().clone();
+            plain.set_encode_special_tokens(false);
+            plain.save(dir.join("tokenizer.json"), true).map_err(|e| anyhow::anyhow!("{e}"))?;
+            std::fs::write(dir.join("manifest.json"), serde_json::to_string_pretty(&manifest)?)
+                .context("writing manifest.json")?;
+            Ok(())
+        })?;
+        say!("wrote {}/tokenizer.json", out.display());
+    }
+    Ok(())
+}
