@@ -27,7 +27,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "chatforge", version, about = "From conversation data to a chat model you trained yourself")]
+#[command(
+    name = "chatforge",
+    version,
+    about = "From conversation data to a chat model you trained yourself"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

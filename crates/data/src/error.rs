@@ -25,10 +25,7 @@ impl fmt::Display for Pos {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     /// One record is malformed; the rest of the file may be fine (`--skip-invalid` skips it).
     #[error("{}, {pos}: {msg}", path.display())]
     Record { path: PathBuf, pos: Pos, msg: String },

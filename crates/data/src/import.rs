@@ -72,7 +72,11 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     if out.is_empty() {
         return Err(Error::Invalid(format!(
             "no data files found in {} (looked for .{})",
-            inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            inputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             DATA_EXTENSIONS.join(", .")
         )));
     }
@@ -86,7 +90,9 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         .collect::<Result<_>>()?;
     entries.sort();
     for path in entries {
-        let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
         if hidden {
             continue;
         }
@@ -150,7 +156,11 @@ pub fn import(inputs: &[PathBuf], opts: &ImportOptions) -> Result<ImportReport> 
 /// Seeded train/validation split: the same seed and input always give the same split, and both
 /// parts keep the input order. A non-zero fraction holds out at least one conversation (when
 /// there are at least two).
-pub fn split(conversations: Vec<Conversation>, val_fraction: f64, seed: u64) -> Result<(Vec<Conversation>, Vec<Conversation>)> {
+pub fn split(
+    conversations: Vec<Conversation>,
+    val_fraction: f64,
+    seed: u64,
+) -> Result<(Vec<Conversation>, Vec<Conversation>)> {
     if !(0.0..1.0).contains(&val_fraction) {
         return Err(Error::Invalid(format!(
             "validation split must be in [0, 1), got {val_fraction}"
@@ -197,7 +207,10 @@ mod tests {
         let (_, v3) = split(all.clone(), 0.1, 8).unwrap();
         assert_ne!(v1, v3);
         // Order preserved: the val part is a subsequence of the input.
-        let pos: Vec<usize> = v1.iter().map(|c| all.iter().position(|a| a == c).unwrap()).collect();
+        let pos: Vec<usize> = v1
+            .iter()
+            .map(|c| all.iter().position(|a| a == c).unwrap())
+            .collect();
         assert!(pos.windows(2).all(|w| w[0] < w[1]));
     }
 

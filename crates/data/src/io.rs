@@ -53,13 +53,15 @@ where
     }
     fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let tmp = tmp.as_path();
-    if let Err(e) = fill(&tmp) {
+    if let Err(e) = fill(tmp) {
         let _ = fs::remove_dir_all(tmp);
         return Err(e);
     }
     let old = dir.with_file_name(format!(
         ".{}.old-{}",
-        dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let had_old = dir.exists();
@@ -96,9 +98,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Conversation>> {
     let mut out = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|e| match e.kind() {
-            std::io::ErrorKind::InvalidData => {
-                Error::record(path, Pos::Line(i + 1), "not valid UTF-8")
-            }
+            std::io::ErrorKind::InvalidData => Error::record(path, Pos::Line(i + 1), "not valid UTF-8"),
             _ => Error::io(path, e),
         })?;
         if line.trim().is_empty() {
@@ -130,11 +130,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]
@@ -153,7 +149,11 @@ mod tests {
         });
         assert!(err.is_err());
         assert_eq!(fs::read_to_string(&path).unwrap(), "old\n");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "temp file left behind");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temp file left behind"
+        );
     }
 
     #[test]
@@ -169,7 +169,11 @@ mod tests {
         assert_eq!(fs::read_to_string(dir.join("a")).unwrap(), "1");
         atomic_dir::<_, Error>(&dir, |d| fs::write(d.join("b"), "3").map_err(|e| Error::io(d, e))).unwrap();
         assert!(!dir.join("a").exists());
-        assert_eq!(fs::read_dir(root.path()).unwrap().count(), 1, "temporaries left behind");
+        assert_eq!(
+            fs::read_dir(root.path()).unwrap().count(),
+            1,
+            "temporaries left behind"
+        );
     }
 
     #[test]
@@ -183,7 +187,14 @@ mod tests {
         write_jsonl(&path, &convs).unwrap();
         assert_eq!(read_jsonl(&path).unwrap(), convs);
 
-        fs::write(&path, format!("{}\n{{\"messages\": 3}}\n", serde_json::to_string(&convs[0]).unwrap())).unwrap();
+        fs::write(
+            &path,
+            format!(
+                "{}\n{{\"messages\": 3}}\n",
+                serde_json::to_string(&convs[0]).unwrap()
+            ),
+        )
+        .unwrap();
         let err = read_jsonl(&path).unwrap_err().to_string();
         assert!(err.contains("c.jsonl, line 2"), "{err}");
     }

@@ -97,10 +97,15 @@ impl<'a> BatchSampler<'a> {
     /// A sampler that continues from a saved [`SamplerState`].
     pub fn resume(shard: &'a Shard, cfg: SamplerConfig, state: SamplerState) -> Result<Self> {
         if cfg.batch_size == 0 || cfg.seq_len == 0 {
-            return Err(Error::Invalid("batch size and sequence length must be at least 1".into()));
+            return Err(Error::Invalid(
+                "batch size and sequence length must be at least 1".into(),
+            ));
         }
         if !(0..shard.n_docs()).any(|d| shard.doc(d).len() >= 2) {
-            return Err(Error::shard(shard.path(), "no document has two tokens: nothing to train on"));
+            return Err(Error::shard(
+                shard.path(),
+                "no document has two tokens: nothing to train on",
+            ));
         }
         let mut s = BatchSampler {
             shard,
@@ -178,12 +183,13 @@ impl<'a> BatchSampler<'a> {
             self.ids.clear();
             self.shard.ids_into(piece.start..piece.end, &mut self.ids);
             let mask = self.shard.mask(piece.start + 1..piece.end);
-            for k in 0..piece.end - piece.start - 1 {
+            let pairs = self.ids.windows(2).zip(mask);
+            for (k, (pair, &loss)) in pairs.enumerate() {
                 let i = base + at + k;
-                batch.inputs[i] = self.ids[k];
-                batch.targets[i] = self.ids[k + 1];
+                batch.inputs[i] = pair[0];
+                batch.targets[i] = pair[1];
                 batch.target_mask[i] = 1;
-                batch.loss_mask[i] = mask[k];
+                batch.loss_mask[i] = loss;
                 batch.positions[i] = k as u32;
                 batch.segments[i] = seg as u32;
             }
@@ -254,7 +260,12 @@ mod tests {
     fn packs_whole_documents_without_crossing() {
         let dir = tempfile::tempdir().unwrap();
         let s = shard(dir.path(), &[4, 3, 5, 1]);
-        let cfg = SamplerConfig { batch_size: 2, seq_len: 6, seed: 0, shuffle: false };
+        let cfg = SamplerConfig {
+            batch_size: 2,
+            seq_len: 6,
+            seed: 0,
+            shuffle: false,
+        };
         let mut sampler = BatchSampler::new(&s, cfg).unwrap();
         // Pairs per doc: 3, 2, 4, 0 → rows [doc0, doc1] (5 of 6), [doc2] (4 of 6).
         assert_eq!(sampler.rows_in_epoch(), 2);
@@ -276,7 +287,12 @@ mod tests {
     fn long_documents_are_cut_with_one_token_overlap() {
         let dir = tempfile::tempdir().unwrap();
         let s = shard(dir.path(), &[10]);
-        let cfg = SamplerConfig { batch_size: 3, seq_len: 4, seed: 0, shuffle: false };
+        let cfg = SamplerConfig {
+            batch_size: 3,
+            seq_len: 4,
+            seed: 0,
+            shuffle: false,
+        };
         let b = BatchSampler::new(&s, cfg).unwrap().next_batch();
         // 9 pairs → 4 + 4 + 1.
         assert_eq!(b.inputs, [0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0]);
@@ -289,7 +305,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lens: Vec<usize> = (0..40).map(|i| 2 + (i * 7) % 9).collect();
         let s = shard(dir.path(), &lens);
-        let cfg = SamplerConfig { batch_size: 3, seq_len: 16, seed: 11, shuffle: true };
+        let cfg = SamplerConfig {
+            batch_size: 3,
+            seq_len: 16,
+            seed: 11,
+            shuffle: true,
+        };
         let mut a = BatchSampler::new(&s, cfg).unwrap();
         let run: Vec<Batch> = (0..20).map(|_| a.next_batch()).collect();
         let mut again = BatchSampler::new(&s, cfg).unwrap();
@@ -298,9 +319,14 @@ mod tests {
         let mut first = BatchSampler::new(&s, cfg).unwrap();
         (0..7).for_each(|_| drop(first.next_batch()));
         let mut resumed = BatchSampler::resume(&s, cfg, first.state()).unwrap();
-        assert_eq!(run[7..], (7..20).map(|_| resumed.next_batch()).collect::<Vec<_>>()[..]);
+        assert_eq!(
+            run[7..],
+            (7..20).map(|_| resumed.next_batch()).collect::<Vec<_>>()[..]
+        );
         // Another seed, another order; epochs differ from each other.
-        let other = BatchSampler::new(&s, SamplerConfig { seed: 12, ..cfg }).unwrap().next_batch();
+        let other = BatchSampler::new(&s, SamplerConfig { seed: 12, ..cfg })
+            .unwrap()
+            .next_batch();
         assert_ne!(other, run[0]);
         assert!(a.state().epoch >= 1);
     }
@@ -310,7 +336,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lens = [5usize, 1, 9, 2, 30, 3];
         let s = shard(dir.path(), &lens);
-        let cfg = SamplerConfig { batch_size: 2, seq_len: 8, seed: 3, shuffle: true };
+        let cfg = SamplerConfig {
+            batch_size: 2,
+            seq_len: 8,
+            seed: 3,
+            shuffle: true,
+        };
         let mut sampler = BatchSampler::new(&s, cfg).unwrap();
         let mut pairs = Vec::new();
         for b in sampler.epoch_batches() {

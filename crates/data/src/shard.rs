@@ -36,7 +36,11 @@ pub enum IdWidth {
 
 impl IdWidth {
     pub fn for_vocab(vocab_size: u32) -> IdWidth {
-        if vocab_size <= 1 << 16 { IdWidth::U16 } else { IdWidth::U32 }
+        if vocab_size <= 1 << 16 {
+            IdWidth::U16
+        } else {
+            IdWidth::U32
+        }
     }
 
     pub fn bytes(self) -> usize {
@@ -116,10 +120,14 @@ impl ShardWriter {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
         let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(|e| Error::io(&tmp, e))?);
-        out.write_all(&[0u8; HEADER_LEN]).map_err(|e| Error::io(&tmp, e))?;
+        out.write_all(&[0u8; HEADER_LEN])
+            .map_err(|e| Error::io(&tmp, e))?;
         Ok(ShardWriter {
             path: path.to_path_buf(),
             tmp,
@@ -136,7 +144,11 @@ impl ShardWriter {
     /// Appends one document. `mask[i]` is 1 where token `i` carries loss in SFT.
     pub fn push(&mut self, ids: &[u32], mask: &[u8]) -> Result<()> {
         if ids.len() != mask.len() {
-            return Err(Error::Invalid(format!("{} ids but {} mask values", ids.len(), mask.len())));
+            return Err(Error::Invalid(format!(
+                "{} ids but {} mask values",
+                ids.len(),
+                mask.len()
+            )));
         }
         if let Some(bad) = ids.iter().find(|&&id| id >= self.vocab_size) {
             return Err(Error::Invalid(format!(
@@ -146,11 +158,18 @@ impl ShardWriter {
         }
         self.buf.clear();
         match self.width {
-            IdWidth::U16 => ids.iter().for_each(|&id| self.buf.extend_from_slice(&(id as u16).to_le_bytes())),
-            IdWidth::U32 => ids.iter().for_each(|&id| self.buf.extend_from_slice(&id.to_le_bytes())),
+            IdWidth::U16 => ids
+                .iter()
+                .for_each(|&id| self.buf.extend_from_slice(&(id as u16).to_le_bytes())),
+            IdWidth::U32 => ids
+                .iter()
+                .for_each(|&id| self.buf.extend_from_slice(&id.to_le_bytes())),
         }
         self.crc.update(&self.buf);
-        let out = self.out.as_mut().ok_or_else(|| Error::Invalid("shard already finished".into()))?;
+        let out = self
+            .out
+            .as_mut()
+            .ok_or_else(|| Error::Invalid("shard already finished".into()))?;
         out.write_all(&self.buf).map_err(|e| Error::io(&self.tmp, e))?;
         self.mask.extend(mask.iter().map(|&m| u8::from(m != 0)));
         self.offsets.push(self.mask.len() as u64);
@@ -163,7 +182,10 @@ impl ShardWriter {
 
     /// Writes the tables and the header, syncs, and renames the shard into place.
     pub fn finish(mut self) -> Result<ShardHeader> {
-        let mut out = self.out.take().ok_or_else(|| Error::Invalid("shard already finished".into()))?;
+        let mut out = self
+            .out
+            .take()
+            .ok_or_else(|| Error::Invalid("shard already finished".into()))?;
         let n_tokens = self.mask.len();
         let pad = (HEADER_LEN + n_tokens * self.width.bytes() + n_tokens).next_multiple_of(8)
             - (HEADER_LEN + n_tokens * self.width.bytes() + n_tokens);
@@ -211,7 +233,10 @@ pub struct Shard {
 
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shard").field("path", &self.path).field("header", &self.header).finish()
+        f.debug_struct("Shard")
+            .field("path", &self.path)
+            .field("header", &self.header)
+            .finish()
     }
 }
 
@@ -222,7 +247,10 @@ impl Shard {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if len < HEADER_LEN as u64 {
-            return Err(Error::shard(path, format!("truncated: {len} bytes, the header alone is {HEADER_LEN}")));
+            return Err(Error::shard(
+                path,
+                format!("truncated: {len} bytes, the header alone is {HEADER_LEN}"),
+            ));
         }
         #[allow(unsafe_code)]
         // SAFETY: shards are only ever written to a temporary name and renamed into place, so the
@@ -230,19 +258,33 @@ impl Shard {
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let h = &map[..HEADER_LEN];
         if &h[0..8] != MAGIC {
-            return Err(Error::shard(path, "not a chatforge token shard (bad magic at byte 0)"));
+            return Err(Error::shard(
+                path,
+                "not a chatforge token shard (bad magic at byte 0)",
+            ));
         }
         let version = u32_at(h, 8);
         if version != VERSION {
-            return Err(Error::shard(path, format!("version {version} at byte 8, this build reads {VERSION}")));
+            return Err(Error::shard(
+                path,
+                format!("version {version} at byte 8, this build reads {VERSION}"),
+            ));
         }
         if u32_at(h, 44) != crc32fast::hash(&h[0..44]) {
-            return Err(Error::shard(path, "header checksum mismatch (bytes 0..48): the header is corrupt"));
+            return Err(Error::shard(
+                path,
+                "header checksum mismatch (bytes 0..48): the header is corrupt",
+            ));
         }
         let width = match u32_at(h, 12) {
             2 => IdWidth::U16,
             4 => IdWidth::U32,
-            w => return Err(Error::shard(path, format!("id width {w} at byte 12, expected 2 or 4"))),
+            w => {
+                return Err(Error::shard(
+                    path,
+                    format!("id width {w} at byte 12, expected 2 or 4"),
+                ));
+            }
         };
         let header = ShardHeader {
             width,
@@ -261,7 +303,10 @@ impl Shard {
             ));
         }
         if crc32fast::hash(&map[HEADER_LEN..]) != header.body_crc {
-            return Err(Error::shard(path, "checksum mismatch: the contents after byte 64 are corrupt"));
+            return Err(Error::shard(
+                path,
+                "checksum mismatch: the contents after byte 64 are corrupt",
+            ));
         }
         let shard = Shard {
             path: path.to_path_buf(),
@@ -274,12 +319,18 @@ impl Shard {
         for d in 0..=shard.header.n_docs as usize {
             let o = shard.offset(d);
             if (d == 0 && o != 0) || o < prev || o > header.n_tokens {
-                return Err(Error::shard(path, format!("document table broken at byte {}", offsets_at + 8 * d)));
+                return Err(Error::shard(
+                    path,
+                    format!("document table broken at byte {}", offsets_at + 8 * d),
+                ));
             }
             prev = o;
         }
         if prev != header.n_tokens {
-            return Err(Error::shard(path, "document table does not end at the last token"));
+            return Err(Error::shard(
+                path,
+                "document table does not end at the last token",
+            ));
         }
         Ok(shard)
     }
@@ -332,11 +383,19 @@ impl Shard {
         match self.header.width {
             IdWidth::U16 => {
                 let bytes = &self.map[HEADER_LEN + 2 * range.start..HEADER_LEN + 2 * range.end];
-                out.extend(bytes.chunks_exact(2).map(|c| u32::from(u16::from_le_bytes([c[0], c[1]]))));
+                out.extend(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|c| u32::from(u16::from_le_bytes([c[0], c[1]]))),
+                );
             }
             IdWidth::U32 => {
                 let bytes = &self.map[HEADER_LEN + 4 * range.start..HEADER_LEN + 4 * range.end];
-                out.extend(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+                out.extend(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                );
             }
         }
     }
@@ -365,7 +424,11 @@ mod tests {
         for vocab in [300u32, 70_000] {
             let path = dir.path().join(format!("s{vocab}.bin"));
             let big = vocab - 1;
-            let docs = vec![(vec![1, 2, big], vec![0, 1, 1]), (vec![], vec![]), (vec![7, 8], vec![1, 0])];
+            let docs = vec![
+                (vec![1, 2, big], vec![0, 1, 1]),
+                (vec![], vec![]),
+                (vec![7, 8], vec![1, 0]),
+            ];
             let h = write(&path, vocab, &docs);
             assert_eq!((h.n_tokens, h.n_docs), (5, 3));
             let s = Shard::open(&path).unwrap();
@@ -386,7 +449,11 @@ mod tests {
         let mut w = ShardWriter::create(&dir.path().join("s.bin"), 10).unwrap();
         assert!(w.push(&[10], &[0]).is_err());
         drop(w);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "temp file left behind");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "temp file left behind"
+        );
     }
 
     #[test]

@@ -33,7 +33,10 @@ pub struct Stats {
 }
 
 fn top(map: BTreeMap<String, usize>, n: usize) -> Vec<Counted> {
-    let mut v: Vec<Counted> = map.into_iter().map(|(name, count)| Counted { name, count }).collect();
+    let mut v: Vec<Counted> = map
+        .into_iter()
+        .map(|(name, count)| Counted { name, count })
+        .collect();
     v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
     v.truncate(n);
     v
@@ -52,7 +55,9 @@ impl Stats {
             s.messages += c.messages.len();
             s.min_turns = s.min_turns.min(c.messages.len());
             s.max_turns = s.max_turns.max(c.messages.len());
-            *domains.entry(c.domain().unwrap_or("(none)").to_string()).or_insert(0) += 1;
+            *domains
+                .entry(c.domain().unwrap_or("(none)").to_string())
+                .or_insert(0) += 1;
             for m in &c.messages {
                 let chars = m.content.chars().count();
                 s.characters += chars;
@@ -106,7 +111,11 @@ impl fmt::Display for Stats {
                 .join(", ")
         };
         writeln!(f, "domains        {}", list(&self.domains))?;
-        let speakers = if self.speakers.is_empty() { "(none named)".to_string() } else { list(&self.speakers) };
+        let speakers = if self.speakers.is_empty() {
+            "(none named)".to_string()
+        } else {
+            list(&self.speakers)
+        };
         write!(f, "top speakers   {speakers}")
     }
 }
@@ -119,22 +128,43 @@ mod tests {
     #[test]
     fn counts_by_hand() {
         let mut a = Conversation::new(vec![
-            Message { role: Role::User, content: "hey".into(), speaker: Some("ann".into()) },
+            Message {
+                role: Role::User,
+                content: "hey".into(),
+                speaker: Some("ann".into()),
+            },
             Message::new(Role::Assistant, "hello"),
         ]);
         a.meta.insert("domain".into(), "greetings".into());
         let b = Conversation::new(vec![
             Message::new(Role::System, "be kind"),
-            Message { role: Role::User, content: "hi".into(), speaker: Some("ann".into()) },
-            Message { role: Role::User, content: "you there?".into(), speaker: Some("bob".into()) },
+            Message {
+                role: Role::User,
+                content: "hi".into(),
+                speaker: Some("ann".into()),
+            },
+            Message {
+                role: Role::User,
+                content: "you there?".into(),
+                speaker: Some("bob".into()),
+            },
             Message::new(Role::Assistant, "yes"),
         ]);
         let s = Stats::of(&[a, b], 10);
-        assert_eq!((s.conversations, s.messages, s.min_turns, s.max_turns), (2, 6, 2, 4));
+        assert_eq!(
+            (s.conversations, s.messages, s.min_turns, s.max_turns),
+            (2, 6, 2, 4)
+        );
         assert_eq!(s.characters, 3 + 5 + 7 + 2 + 10 + 3);
         assert_eq!(s.roles["user"], 3);
         assert_eq!(s.role_chars["assistant"], 8);
-        assert_eq!(s.speakers[0], Counted { name: "ann".into(), count: 2 });
+        assert_eq!(
+            s.speakers[0],
+            Counted {
+                name: "ann".into(),
+                count: 2
+            }
+        );
         assert_eq!(s.domains.len(), 2);
         let text = s.to_string();
         assert!(text.contains("top speakers   ann 2, bob 1"), "{text}");

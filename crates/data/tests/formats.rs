@@ -1,5 +1,7 @@
 //! Every supported format read from `fixtures/`, with what detection reports and exact contents.
 
+#![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
+
 use std::path::PathBuf;
 
 use chatforge_data::{
@@ -7,7 +9,9 @@ use chatforge_data::{
 };
 
 fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(rel)
 }
 
 fn read(rel: &str) -> chatforge_data::FileRead {
@@ -24,12 +28,23 @@ fn openai_messages_jsonl() {
     assert_eq!(r.detected.container, Container::Jsonl);
     assert_eq!(r.detected.format, DataFormat::Messages);
     assert_eq!(r.conversations.len(), 3);
-    assert_eq!(roles(&r.conversations[0]), [Role::System, Role::User, Role::Assistant]);
+    assert_eq!(
+        roles(&r.conversations[0]),
+        [Role::System, Role::User, Role::Assistant]
+    );
     assert_eq!(r.conversations[1].messages[2].speaker.as_deref(), Some("sam"));
-    assert_eq!(r.conversations[2].messages[0].content, "How many legs does a spider have?");
+    assert_eq!(
+        r.conversations[2].messages[0].content,
+        "How many legs does a spider have?"
+    );
     assert_eq!(r.conversations[2].domain(), Some("animals"));
     // Blank line 3 is skipped; the source points at line 4.
-    assert!(r.conversations[2].meta["source"].as_str().unwrap().ends_with("openai.jsonl:4"));
+    assert!(
+        r.conversations[2].meta["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("openai.jsonl:4")
+    );
 }
 
 #[test]
@@ -39,17 +54,38 @@ fn sharegpt_json_list() {
     assert_eq!(r.detected.format, DataFormat::ShareGpt);
     assert_eq!(r.conversations.len(), 2);
     let second = &r.conversations[1];
-    assert_eq!(roles(second), [Role::System, Role::User, Role::Assistant, Role::User, Role::Assistant]);
+    assert_eq!(
+        roles(second),
+        [
+            Role::System,
+            Role::User,
+            Role::Assistant,
+            Role::User,
+            Role::Assistant
+        ]
+    );
     assert_eq!(second.messages[0].content, "Answer in one sentence.");
-    assert!(second.meta["source"].as_str().unwrap().ends_with("sharegpt.json:9"));
+    assert!(
+        second.meta["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("sharegpt.json:9")
+    );
 }
 
 #[test]
 fn alpaca_instruction_records() {
     let r = read("formats/alpaca.json");
     assert_eq!(r.detected.format, DataFormat::Instruction);
-    assert_eq!(r.detected.fields.as_deref(), Some("instruction→user, output→assistant"));
-    let texts: Vec<&str> = r.conversations.iter().map(|c| c.messages[0].content.as_str()).collect();
+    assert_eq!(
+        r.detected.fields.as_deref(),
+        Some("instruction→user, output→assistant")
+    );
+    let texts: Vec<&str> = r
+        .conversations
+        .iter()
+        .map(|c| c.messages[0].content.as_str())
+        .collect();
     assert_eq!(
         texts,
         [
@@ -63,8 +99,16 @@ fn alpaca_instruction_records() {
 #[test]
 fn dict_holding_a_list_with_detected_fields_and_domains() {
     let r = read("formats/qa_dict.json");
-    assert_eq!(r.detected.container, Container::JsonObject { key: Some("data".into()) });
-    assert_eq!(r.detected.fields.as_deref(), Some("question→user, answer→assistant, category→domain"));
+    assert_eq!(
+        r.detected.container,
+        Container::JsonObject {
+            key: Some("data".into())
+        }
+    );
+    assert_eq!(
+        r.detected.fields.as_deref(),
+        Some("question→user, answer→assistant, category→domain")
+    );
     let domains: Vec<Option<&str>> = r.conversations.iter().map(|c| c.domain()).collect();
     assert_eq!(domains, [Some("geography"), Some("literature"), Some("#science")]);
     assert_eq!(r.conversations[1].messages[1].content, "William Shakespeare.");
@@ -79,7 +123,10 @@ fn unknown_fields_need_a_field_map() {
     let path = fixture("formats/custom_fields.jsonl");
     let err = read_file(&path, &ReadOptions::default()).unwrap_err().to_string();
     assert!(err.contains("custom_fields.jsonl, line 1"), "{err}");
-    assert!(err.contains("[a, q, topic]") && err.contains("--field-map"), "{err}");
+    assert!(
+        err.contains("[a, q, topic]") && err.contains("--field-map"),
+        "{err}"
+    );
     let opts = ReadOptions {
         field_map: "instruction=q,output=a,domain=topic".parse::<FieldMap>().unwrap(),
         ..ReadOptions::default()
@@ -118,7 +165,10 @@ fn oasst_messages_flatten_best_first() {
 
     let best = read_file(
         &fixture("formats/oasst_messages.jsonl"),
-        &ReadOptions { oasst_best_only: true, ..ReadOptions::default() },
+        &ReadOptions {
+            oasst_best_only: true,
+            ..ReadOptions::default()
+        },
     )
     .unwrap();
     assert_eq!(best.conversations.len(), 2);
@@ -131,8 +181,14 @@ fn oasst_trees() {
     assert_eq!(r.detected.format, DataFormat::OasstTrees);
     assert_eq!(r.conversations.len(), 2);
     assert_eq!(r.conversations[0].messages.len(), 4);
-    assert_eq!(r.conversations[0].messages[3].content, "Six minutes gives a soft yolk.");
-    assert_eq!(r.conversations[1].messages[1].content, "Simmer it for about nine minutes.");
+    assert_eq!(
+        r.conversations[0].messages[3].content,
+        "Six minutes gives a soft yolk."
+    );
+    assert_eq!(
+        r.conversations[1].messages[1].content,
+        "Simmer it for about nine minutes."
+    );
 }
 
 #[test]
@@ -153,16 +209,27 @@ fn yaml_dialogs() {
     let r = read("formats/dialogs.yaml");
     assert_eq!(r.detected.format, DataFormat::YamlDialog);
     assert_eq!(r.conversations.len(), 2);
-    assert_eq!(roles(&r.conversations[0]), [Role::User, Role::Assistant, Role::User, Role::Assistant]);
+    assert_eq!(
+        roles(&r.conversations[0]),
+        [Role::User, Role::Assistant, Role::User, Role::Assistant]
+    );
     assert_eq!(r.conversations[1].domain(), Some("greetings"));
 }
 
 #[test]
 fn forced_format_overrides_detection() {
-    let opts = ReadOptions { format: Some(DataFormat::Transcript), ..ReadOptions::default() };
+    let opts = ReadOptions {
+        format: Some(DataFormat::Transcript),
+        ..ReadOptions::default()
+    };
     // A JSON file forced to be a transcript has no role lines: a clear error, not garbage.
-    let err = read_file(&fixture("formats/alpaca.json"), &opts).unwrap_err().to_string();
-    assert!(err.contains("alpaca.json, line 1") && err.contains("User:"), "{err}");
+    let err = read_file(&fixture("formats/alpaca.json"), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("alpaca.json, line 1") && err.contains("User:"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -173,8 +240,18 @@ fn malformed_jsonl_names_the_line_or_skips() {
         Error::Record { pos, .. } => assert_eq!(*pos, Pos::Line(3)),
         other => panic!("expected a record error, got {other}"),
     }
-    assert!(err.to_string().contains("malformed.jsonl, line 3: invalid JSON"), "{err}");
-    let r = read_file(&path, &ReadOptions { skip_invalid: true, ..ReadOptions::default() }).unwrap();
+    assert!(
+        err.to_string().contains("malformed.jsonl, line 3: invalid JSON"),
+        "{err}"
+    );
+    let r = read_file(
+        &path,
+        &ReadOptions {
+            skip_invalid: true,
+            ..ReadOptions::default()
+        },
+    )
+    .unwrap();
     assert_eq!(r.conversations.len(), 3);
     assert_eq!(r.invalid.len(), 1);
 }
@@ -188,7 +265,9 @@ fn whole_file_problems() {
         ("broken/syntax.json", "invalid JSON at line 2, column 15"),
     ];
     for (rel, expected) in cases {
-        let err = read_file(&fixture(rel), &ReadOptions::default()).unwrap_err().to_string();
+        let err = read_file(&fixture(rel), &ReadOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(expected), "{rel}: expected '{expected}' in '{err}'");
         assert!(err.contains(rel.rsplit('/').next().unwrap()), "{err}");
     }
@@ -199,14 +278,23 @@ fn bad_records_in_lists_and_trees() {
     let err = read_file(&fixture("broken/missing_output.json"), &ReadOptions::default())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("missing_output.json, line 3: no response field"), "{err}");
+    assert!(
+        err.contains("missing_output.json, line 3: no response field"),
+        "{err}"
+    );
     let err = read_file(&fixture("broken/orphan.oasst.jsonl"), &ReadOptions::default())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("line 3: parent message zz is not in the file"), "{err}");
+    assert!(
+        err.contains("line 3: parent message zz is not in the file"),
+        "{err}"
+    );
     let skipped = read_file(
         &fixture("broken/orphan.oasst.jsonl"),
-        &ReadOptions { skip_invalid: true, ..ReadOptions::default() },
+        &ReadOptions {
+            skip_invalid: true,
+            ..ReadOptions::default()
+        },
     )
     .unwrap();
     assert_eq!((skipped.conversations.len(), skipped.invalid.len()), (1, 1));
@@ -215,27 +303,69 @@ fn bad_records_in_lists_and_trees() {
 #[test]
 fn import_merges_a_directory_and_filters() {
     let opts = ImportOptions {
-        read: ReadOptions { skip_invalid: false, ..ReadOptions::default() },
+        read: ReadOptions {
+            skip_invalid: false,
+            ..ReadOptions::default()
+        },
         ..ImportOptions::default()
     };
     // custom_fields.jsonl needs a field map, so merge the others by name.
-    let inputs: Vec<PathBuf> = ["openai.jsonl", "sharegpt.json", "alpaca.json", "transcript.txt", "dialogs.yaml"]
-        .iter()
-        .map(|f| fixture(&format!("formats/{f}")))
-        .collect();
+    let inputs: Vec<PathBuf> = [
+        "openai.jsonl",
+        "sharegpt.json",
+        "alpaca.json",
+        "transcript.txt",
+        "dialogs.yaml",
+    ]
+    .iter()
+    .map(|f| fixture(&format!("formats/{f}")))
+    .collect();
     let all = import(&inputs, &opts).unwrap();
     assert_eq!(all.files.len(), 5);
     assert_eq!(all.conversations.len(), 3 + 2 + 3 + 2 + 2);
 
     let twice = [inputs[0].clone(), inputs[0].clone()];
-    let deduped = import(&twice, &ImportOptions { dedupe: true, ..opts.clone() }).unwrap();
+    let deduped = import(
+        &twice,
+        &ImportOptions {
+            dedupe: true,
+            ..opts.clone()
+        },
+    )
+    .unwrap();
     assert_eq!((deduped.conversations.len(), deduped.dropped_duplicates), (3, 3));
 
-    let filtered = import(&inputs, &ImportOptions { min_turns: 4, max_chars: Some(150), ..opts.clone() }).unwrap();
+    let filtered = import(
+        &inputs,
+        &ImportOptions {
+            min_turns: 4,
+            max_chars: Some(150),
+            ..opts.clone()
+        },
+    )
+    .unwrap();
     assert_eq!(filtered.dropped_short, 8);
-    assert!(filtered.conversations.iter().all(|c| c.messages.len() >= 4 && c.chars() <= 150));
+    assert!(
+        filtered
+            .conversations
+            .iter()
+            .all(|c| c.messages.len() >= 4 && c.chars() <= 150)
+    );
 
-    let tagged = import(&[fixture("formats/qa_dict.json")], &ImportOptions { domain_tag: true, ..opts }).unwrap();
-    assert_eq!(tagged.conversations[0].messages[0].content, "#geography What is the capital of Japan?");
-    assert_eq!(tagged.conversations[2].messages[0].content, "#science What gas do plants take in?");
+    let tagged = import(
+        &[fixture("formats/qa_dict.json")],
+        &ImportOptions {
+            domain_tag: true,
+            ..opts
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        tagged.conversations[0].messages[0].content,
+        "#geography What is the capital of Japan?"
+    );
+    assert_eq!(
+        tagged.conversations[2].messages[0].content,
+        "#science What gas do plants take in?"
+    );
 }

@@ -19,10 +19,10 @@
 use std::path::Path;
 
 use chatforge_data::{Conversation, Role};
+use tokenizers::AddedToken;
 use tokenizers::Tokenizer;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::AddedToken;
 
 use crate::fast::{Encoder, FastBpe};
 use crate::{Error, Result};
@@ -117,7 +117,13 @@ impl ChatTokenizer {
     pub fn new(mut inner: Tokenizer) -> Self {
         let id = |t: &str| inner.token_to_id(t);
         let template = match specials::CHAT.map(id) {
-            [Some(end_of_text), Some(system), Some(user), Some(assistant), Some(end)] => Template::Chat {
+            [
+                Some(end_of_text),
+                Some(system),
+                Some(user),
+                Some(assistant),
+                Some(end),
+            ] => Template::Chat {
                 end_of_text,
                 system,
                 user,
@@ -131,13 +137,20 @@ impl ChatTokenizer {
         // Content is text: never let it spell a special token.
         inner.set_encode_special_tokens(true);
         let fast = FastBpe::detect(&inner);
-        ChatTokenizer { inner, template, fast }
+        ChatTokenizer {
+            inner,
+            template,
+            fast,
+        }
     }
 
     /// Loads `tokenizer.json` (a file, or a directory holding one) or GPT-2's `vocab.json` +
     /// `merges.txt` (a directory holding both, or the path of `vocab.json`).
     pub fn load(path: &Path) -> Result<Self> {
-        let err = |msg: String| Error::Load { path: path.to_path_buf(), msg };
+        let err = |msg: String| Error::Load {
+            path: path.to_path_buf(),
+            msg,
+        };
         let (json, vocab) = if path.is_dir() {
             (path.join("tokenizer.json"), path.join("vocab.json"))
         } else if path.file_name().is_some_and(|n| n == "vocab.json") {
@@ -156,7 +169,9 @@ impl ChatTokenizer {
         if !path.exists() {
             return Err(err("no such file or directory".into()));
         }
-        Err(err("expected tokenizer.json, or vocab.json with merges.txt beside it".into()))
+        Err(err(
+            "expected tokenizer.json, or vocab.json with merges.txt beside it".into(),
+        ))
     }
 
     fn from_gpt2_files(vocab: &Path, merges: &Path) -> Result<Self> {
@@ -237,7 +252,11 @@ impl ChatTokenizer {
             .filter(|m| m.role == Role::System)
             .map(|m| m.content.as_str())
             .collect();
-        let system = if own.is_empty() { opts.system.clone() } else { Some(own.join("\n")) };
+        let system = if own.is_empty() {
+            opts.system.clone()
+        } else {
+            Some(own.join("\n"))
+        };
         let persona = match &opts.persona {
             Persona::None => None,
             Persona::Fixed(name) => Some(name.clone()),
@@ -259,7 +278,11 @@ impl ChatTokenizer {
         match conv.domain().filter(|_| opts.domain_tag) {
             Some(d) => {
                 let tag = chatforge_data::domain_tag(d);
-                if content.starts_with(&tag) { content.to_string() } else { format!("{tag}{content}") }
+                if content.starts_with(&tag) {
+                    content.to_string()
+                } else {
+                    format!("{tag}{content}")
+                }
             }
             None => content.to_string(),
         }
@@ -272,7 +295,12 @@ impl ChatTokenizer {
     }
 
     /// [`render_chat`](Self::render_chat) with a long-lived encoder (bulk tokenization).
-    pub fn render_with(&self, enc: &mut Encoder<'_>, conv: &Conversation, opts: &RenderOptions) -> Result<Rendered> {
+    pub fn render_with(
+        &self,
+        enc: &mut Encoder<'_>,
+        conv: &Conversation,
+        opts: &RenderOptions,
+    ) -> Result<Rendered> {
         let mut out = Rendered::default();
         self.render_into(enc, conv, opts, &mut out)?;
         Ok(out)
@@ -290,11 +318,23 @@ impl ChatTokenizer {
         Ok(out.ids)
     }
 
-    fn render_into(&self, enc: &mut Encoder<'_>, conv: &Conversation, opts: &RenderOptions, out: &mut Rendered) -> Result<()> {
+    fn render_into(
+        &self,
+        enc: &mut Encoder<'_>,
+        conv: &Conversation,
+        opts: &RenderOptions,
+        out: &mut Rendered,
+    ) -> Result<()> {
         let system = Self::system_text(conv, opts);
         let turns = conv.messages.iter().filter(|m| m.role != Role::System);
         match self.template {
-            Template::Chat { system: sys, user, assistant, end, .. } => {
+            Template::Chat {
+                system: sys,
+                user,
+                assistant,
+                end,
+                ..
+            } => {
                 if let Some(text) = system {
                     out.push(&[sys], false);
                     out.text(enc, &text, false)?;

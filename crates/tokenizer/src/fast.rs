@@ -76,10 +76,11 @@ fn split(regex: &Regex, text: &str, mut piece: impl FnMut(&str) -> Result<()>) -
         let mut end = m.end();
         let word = m.as_str();
         // `\s+(?!\S)`: a run of whitespace followed by a word leaves its last character to that word.
-        if end < text.len() && word.chars().all(char::is_whitespace) {
-            if let Some((last, _)) = word.char_indices().last().filter(|(i, _)| *i > 0) {
-                end = m.start() + last;
-            }
+        if end < text.len()
+            && word.chars().all(char::is_whitespace)
+            && let Some((last, _)) = word.char_indices().last().filter(|(i, _)| *i > 0)
+        {
+            end = m.start() + last;
         }
         piece(&text[m.start()..end])?;
         pos = end;
@@ -167,7 +168,10 @@ mod tests {
     #[test]
     fn splits_like_gpt2() {
         assert_eq!(pieces("Hello world"), ["Hello", " world"]);
-        assert_eq!(pieces("don't  stop\n\nnow "), ["don", "'t", " ", " stop", "\n", "\n", "now", " "]);
+        assert_eq!(
+            pieces("don't  stop\n\nnow "),
+            ["don", "'t", " ", " stop", "\n", "\n", "now", " "]
+        );
         assert_eq!(pieces("a\t b"), ["a", "\t", " b"]);
         assert_eq!(pieces("x \n y"), ["x", " \n", " y"]);
         assert_eq!(pieces("1,000.5!!"), ["1", ",", "000", ".", "5", "!!"]);

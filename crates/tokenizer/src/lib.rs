@@ -15,4 +15,6 @@ pub use error::{Error, Result};
 pub use fast::Encoder;
 pub use shard::{TokenizeReport, render_all, tokenize_file};
 pub use stats::TokenizerStats;
-pub use train::{TOKENIZERS_VERSION, TokenizerKind, TrainOptions, TrainReport, ValSource, train, train_artifact};
+pub use train::{
+    TOKENIZERS_VERSION, TokenizerKind, TrainOptions, TrainReport, ValSource, train, train_artifact,
+};

@@ -42,7 +42,11 @@ impl TokenizeReport {
 }
 
 /// Renders every conversation, splitting the work over the machine's cores.
-pub fn render_all(tok: &ChatTokenizer, convs: &[Conversation], opts: &RenderOptions) -> Result<Vec<Rendered>> {
+pub fn render_all(
+    tok: &ChatTokenizer,
+    convs: &[Conversation],
+    opts: &RenderOptions,
+) -> Result<Vec<Rendered>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = convs.len().div_ceil(threads).max(1);
     std::thread::scope(|s| {
@@ -51,7 +55,9 @@ pub fn render_all(tok: &ChatTokenizer, convs: &[Conversation], opts: &RenderOpti
             .map(|part| {
                 s.spawn(move || {
                     let mut enc = tok.encoder();
-                    part.iter().map(|c| tok.render_with(&mut enc, c, opts)).collect::<Result<Vec<_>>>()
+                    part.iter()
+                        .map(|c| tok.render_with(&mut enc, c, opts))
+                        .collect::<Result<Vec<_>>>()
                 })
             })
             .collect();
@@ -67,7 +73,12 @@ pub fn render_all(tok: &ChatTokenizer, convs: &[Conversation], opts: &RenderOpti
 }
 
 /// Tokenizes a canonical conversation file into a shard (and its `.json` sidecar).
-pub fn tokenize_file(input: &Path, tok: &ChatTokenizer, opts: &RenderOptions, output: &Path) -> Result<TokenizeReport> {
+pub fn tokenize_file(
+    input: &Path,
+    tok: &ChatTokenizer,
+    opts: &RenderOptions,
+    output: &Path,
+) -> Result<TokenizeReport> {
     let started = Instant::now();
     let convs = read_jsonl(input)?;
     let input_bytes = std::fs::metadata(input).map_or(0, |m| m.len());

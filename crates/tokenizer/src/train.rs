@@ -9,9 +9,9 @@ use std::time::Instant;
 use chatforge_data::{Conversation, atomic_dir, atomic_write, read_jsonl, sha256_file, split};
 use serde::Serialize;
 use serde_json::json;
+use tokenizers::models::TrainerWrapper;
 use tokenizers::models::bpe::BpeTrainer;
 use tokenizers::models::unigram::{Unigram, UnigramTrainer};
-use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::metaspace::Metaspace;
 use tokenizers::utils::ProgressFormat;
@@ -37,7 +37,9 @@ impl FromStr for TokenizerKind {
         match s.to_ascii_lowercase().as_str() {
             "bpe" | "byte-bpe" | "bytelevel" => Ok(TokenizerKind::Bpe),
             "unigram" | "sentencepiece" => Ok(TokenizerKind::Unigram),
-            other => Err(Error::Invalid(format!("unknown tokenizer kind '{other}': expected bpe or unigram"))),
+            other => Err(Error::Invalid(format!(
+                "unknown tokenizer kind '{other}': expected bpe or unigram"
+            ))),
         }
     }
 }
@@ -78,9 +80,16 @@ impl ValSource {
     /// The validation file `chatforge data import` wrote beside `input` (`x.jsonl` → `x.val.jsonl`),
     /// or a 5% hold-out when there is none.
     pub fn beside(input: &Path) -> ValSource {
-        let stem = input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = input
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let sibling = input.with_file_name(format!("{stem}.val.jsonl"));
-        if sibling.is_file() { ValSource::File(sibling) } else { ValSource::HoldOut(0.05) }
+        if sibling.is_file() {
+            ValSource::File(sibling)
+        } else {
+            ValSource::HoldOut(0.05)
+        }
     }
 }
 
@@ -93,9 +102,19 @@ fn texts(conversations: &[Conversation]) -> Vec<&str> {
 }
 
 /// Trains a tokenizer with the chat special tokens on `texts`.
-pub fn train<S: AsRef<str> + Send>(texts: impl Iterator<Item = S> + Send, opts: &TrainOptions) -> Result<ChatTokenizer> {
-    let special: Vec<AddedToken> = specials::CHAT.iter().map(|t| AddedToken::from(*t, true)).collect();
-    let progress = if opts.show_progress { ProgressFormat::Indicatif } else { ProgressFormat::Silent };
+pub fn train<S: AsRef<str> + Send>(
+    texts: impl Iterator<Item = S> + Send,
+    opts: &TrainOptions,
+) -> Result<ChatTokenizer> {
+    let special: Vec<AddedToken> = specials::CHAT
+        .iter()
+        .map(|t| AddedToken::from(*t, true))
+        .collect();
+    let progress = if opts.show_progress {
+        ProgressFormat::Indicatif
+    } else {
+        ProgressFormat::Silent
+    };
     if opts.vocab_size < 256 + specials::CHAT.len() && opts.kind == TokenizerKind::Bpe {
         return Err(Error::Invalid(format!(
             "vocab size {} is too small for byte-level BPE: it needs 256 byte tokens and {} special tokens",
@@ -150,7 +169,12 @@ pub struct TrainReport {
 }
 
 /// Trains on canonical conversation files and writes the artifact directory `out` atomically.
-pub fn train_artifact(inputs: &[PathBuf], val: &ValSource, opts: &TrainOptions, out: &Path) -> Result<TrainReport> {
+pub fn train_artifact(
+    inputs: &[PathBuf],
+    val: &ValSource,
+    opts: &TrainOptions,
+    out: &Path,
+) -> Result<TrainReport> {
     let started = Instant::now();
     let mut conversations = Vec::new();
     let mut input_meta = Vec::new();
@@ -164,7 +188,9 @@ pub fn train_artifact(inputs: &[PathBuf], val: &ValSource, opts: &TrainOptions, 
         conversations.extend(convs);
     }
     if conversations.is_empty() {
-        return Err(Error::Invalid("the inputs hold no conversations to train on".into()));
+        return Err(Error::Invalid(
+            "the inputs hold no conversations to train on".into(),
+        ));
     }
     let (train_set, val_set, val_meta) = match val {
         ValSource::File(path) => {

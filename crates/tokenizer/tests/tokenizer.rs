@@ -1,5 +1,7 @@
 //! Training, loading and the chat template, checked by hand on tiny corpora.
 
+#![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
+
 use chatforge_data::{Conversation, Message, Role, write_jsonl};
 use chatforge_testkit::fixture;
 use chatforge_tokenizer::{
@@ -10,7 +12,10 @@ use chatforge_tokenizer::{
 const TINY: [&str; 3] = ["hug hug hug", "pug pug", "hugs"];
 
 fn tiny_bpe(vocab_size: usize) -> ChatTokenizer {
-    let opts = TrainOptions { vocab_size, ..TrainOptions::default() };
+    let opts = TrainOptions {
+        vocab_size,
+        ..TrainOptions::default()
+    };
     train(TINY.iter(), &opts).unwrap()
 }
 
@@ -38,7 +43,14 @@ fn bpe_learns_the_expected_merges() {
 
 #[test]
 fn too_small_a_bpe_vocab_is_refused() {
-    let err = train(TINY.iter(), &TrainOptions { vocab_size: 100, ..TrainOptions::default() }).unwrap_err();
+    let err = train(
+        TINY.iter(),
+        &TrainOptions {
+            vocab_size: 100,
+            ..TrainOptions::default()
+        },
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("vocab size 100 is too small"), "{err}");
 }
 
@@ -47,7 +59,11 @@ fn unigram_trains_with_unknown_token() {
     let corpus: Vec<String> = (0..50)
         .map(|i| format!("the cat sat on the mat number {i} and the dog sat on the log"))
         .collect();
-    let opts = TrainOptions { kind: TokenizerKind::Unigram, vocab_size: 120, ..TrainOptions::default() };
+    let opts = TrainOptions {
+        kind: TokenizerKind::Unigram,
+        vocab_size: 120,
+        ..TrainOptions::default()
+    };
     let tok = train(corpus.iter(), &opts).unwrap();
     assert_eq!(tok.token_to_id(specials::END_OF_TEXT), Some(0));
     assert_eq!(tok.token_to_id(specials::UNK), Some(5));
@@ -68,7 +84,12 @@ fn conv(messages: &[(Role, &str)]) -> Conversation {
 #[test]
 fn chat_template_and_loss_mask_by_hand() {
     let tok = tiny_bpe(263);
-    let c = conv(&[(Role::User, "hug"), (Role::Assistant, "pug"), (Role::User, "hugs"), (Role::Assistant, "hug")]);
+    let c = conv(&[
+        (Role::User, "hug"),
+        (Role::Assistant, "pug"),
+        (Role::User, "hugs"),
+        (Role::Assistant, "hug"),
+    ]);
     let r = tok.render_chat(&c, &RenderOptions::default()).unwrap();
     let expected = [
         ("<|user|>", 0),
@@ -86,13 +107,21 @@ fn chat_template_and_loss_mask_by_hand() {
         ("hug", 1),
         ("<|end|>", 1),
     ];
-    let got: Vec<(String, u8)> = tokens(&tok, &r.ids).into_iter().zip(r.mask.iter().copied()).collect();
+    let got: Vec<(String, u8)> = tokens(&tok, &r.ids)
+        .into_iter()
+        .zip(r.mask.iter().copied())
+        .collect();
     let want: Vec<(String, u8)> = expected.iter().map(|(t, m)| (t.to_string(), *m)).collect();
     assert_eq!(got, want);
 
     // The prompt is the same prefix plus the opened assistant turn.
-    let prompt = tok.render_prompt(&conv(&[(Role::User, "hug")]), &RenderOptions::default()).unwrap();
-    assert_eq!(tokens(&tok, &prompt), ["<|user|>", "hug", "<|end|>", "<|assistant|>"]);
+    let prompt = tok
+        .render_prompt(&conv(&[(Role::User, "hug")]), &RenderOptions::default())
+        .unwrap();
+    assert_eq!(
+        tokens(&tok, &prompt),
+        ["<|user|>", "hug", "<|end|>", "<|assistant|>"]
+    );
     assert_eq!(tok.stop_ids(), [4, 0]);
 }
 
@@ -102,18 +131,36 @@ fn system_persona_and_domain_options() {
     let mut c = conv(&[(Role::User, "hug"), (Role::Assistant, "pug")]);
     c.messages[1].speaker = Some("Pug".into());
     c.meta.insert("domain".into(), "ug".into());
-    let opts = RenderOptions { system: Some("hug".into()), persona: Persona::FromSpeaker, domain_tag: true };
+    let opts = RenderOptions {
+        system: Some("hug".into()),
+        persona: Persona::FromSpeaker,
+        domain_tag: true,
+    };
     let r = tok.render_chat(&c, &opts).unwrap();
     let text = tok.decode(&r.ids, false).unwrap();
-    assert_eq!(text, "<|system|>hug\nRespond as Pug:<|end|><|user|>#ug hug<|end|><|assistant|>pug<|end|>");
+    assert_eq!(
+        text,
+        "<|system|>hug\nRespond as Pug:<|end|><|user|>#ug hug<|end|><|assistant|>pug<|end|>"
+    );
     // Only the assistant's content and its end carry loss.
-    let loss: Vec<u32> = r.ids.iter().zip(&r.mask).filter(|(_, m)| **m == 1).map(|(i, _)| *i).collect();
+    let loss: Vec<u32> = r
+        .ids
+        .iter()
+        .zip(&r.mask)
+        .filter(|(_, m)| **m == 1)
+        .map(|(i, _)| *i)
+        .collect();
     assert_eq!(tok.decode(&loss, false).unwrap(), "pug<|end|>");
     // The conversation's own system message wins over the default; a fixed persona is used as given.
     let mut own = c.clone();
     own.messages.insert(0, Message::new(Role::System, "pug"));
-    let opts = RenderOptions { persona: Persona::Fixed("Al".into()), ..opts };
-    let text = tok.decode(&tok.render_chat(&own, &opts).unwrap().ids, false).unwrap();
+    let opts = RenderOptions {
+        persona: Persona::Fixed("Al".into()),
+        ..opts
+    };
+    let text = tok
+        .decode(&tok.render_chat(&own, &opts).unwrap().ids, false)
+        .unwrap();
     assert!(text.starts_with("<|system|>pug\nRespond as Al:<|end|>"), "{text}");
 }
 
@@ -137,7 +184,10 @@ fn gpt2_files_load_with_the_plain_template() {
 
     let c = conv(&[(Role::User, "hug"), (Role::Assistant, "pug")]);
     let r = tok.render_chat(&c, &RenderOptions::default()).unwrap();
-    let got: Vec<(String, u8)> = tokens(&tok, &r.ids).into_iter().zip(r.mask.iter().copied()).collect();
+    let got: Vec<(String, u8)> = tokens(&tok, &r.ids)
+        .into_iter()
+        .zip(r.mask.iter().copied())
+        .collect();
     let want: Vec<(&str, u8)> = vec![
         ("User", 0),
         (":", 0),
@@ -158,7 +208,10 @@ fn gpt2_files_load_with_the_plain_template() {
     ];
     let want: Vec<(String, u8)> = want.into_iter().map(|(t, m)| (t.to_string(), m)).collect();
     assert_eq!(got, want);
-    assert_eq!(tok.decode(&r.ids, false).unwrap(), "User: hug\nAssistant: pug<|endoftext|>");
+    assert_eq!(
+        tok.decode(&r.ids, false).unwrap(),
+        "User: hug\nAssistant: pug<|endoftext|>"
+    );
 }
 
 #[test]
@@ -167,7 +220,9 @@ fn load_errors_name_the_path() {
     assert!(err.contains("nope") && err.contains("no such file"), "{err}");
     let err = ChatTokenizer::load(&fixture("formats")).unwrap_err().to_string();
     assert!(err.contains("expected tokenizer.json"), "{err}");
-    let err = ChatTokenizer::load(&fixture("formats/openai.jsonl")).unwrap_err().to_string();
+    let err = ChatTokenizer::load(&fixture("formats/openai.jsonl"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not a tokenizer.json"), "{err}");
 }
 
@@ -176,7 +231,12 @@ fn artifact_directory_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let train_path = dir.path().join("train.jsonl");
     let convs: Vec<Conversation> = (0..40)
-        .map(|i| conv(&[(Role::User, &format!("hug number {i}")), (Role::Assistant, "pug pug hug")]))
+        .map(|i| {
+            conv(&[
+                (Role::User, &format!("hug number {i}")),
+                (Role::Assistant, "pug pug hug"),
+            ])
+        })
         .collect();
     write_jsonl(&train_path, &convs).unwrap();
     assert_eq!(ValSource::beside(&train_path), ValSource::HoldOut(0.05));
@@ -186,8 +246,11 @@ fn artifact_directory_round_trip() {
     assert_eq!(val, ValSource::File(val_path.clone()));
 
     let out = dir.path().join("tok");
-    let opts = TrainOptions { vocab_size: 300, ..TrainOptions::default() };
-    let report = train_artifact(&[train_path.clone()], &val, &opts, &out).unwrap();
+    let opts = TrainOptions {
+        vocab_size: 300,
+        ..TrainOptions::default()
+    };
+    let report = train_artifact(std::slice::from_ref(&train_path), &val, &opts, &out).unwrap();
     assert_eq!((report.train_conversations, report.val_conversations), (40, 5));
     assert_eq!(report.stats.texts, 10);
     assert_eq!(report.stats.unknown_rate, 0.0);
@@ -198,7 +261,10 @@ fn artifact_directory_round_trip() {
     assert_eq!(manifest["kind"], "bpe");
     assert_eq!(manifest["inputs"][0]["sha256"].as_str().unwrap().len(), 64);
     assert_eq!(manifest["inputs"][0]["conversations"], 40);
-    assert_eq!(manifest["versions"]["tokenizers"], chatforge_tokenizer::TOKENIZERS_VERSION);
+    assert_eq!(
+        manifest["versions"]["tokenizers"],
+        chatforge_tokenizer::TOKENIZERS_VERSION
+    );
     let stats: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("stats.json")).unwrap()).unwrap();
     assert_eq!(stats["vocab_size"], report.tokenizer.vocab_size());
@@ -207,7 +273,10 @@ fn artifact_directory_round_trip() {
     let c = &convs[3];
     assert_eq!(
         loaded.render_chat(c, &RenderOptions::default()).unwrap(),
-        report.tokenizer.render_chat(c, &RenderOptions::default()).unwrap()
+        report
+            .tokenizer
+            .render_chat(c, &RenderOptions::default())
+            .unwrap()
     );
     // The saved file matches special tokens in text as other tools expect.
     let text = std::fs::read_to_string(out.join("tokenizer.json")).unwrap();
@@ -217,31 +286,85 @@ fn artifact_directory_round_trip() {
 #[test]
 fn pinned_version_matches_the_workspace() {
     let cargo = std::fs::read_to_string(chatforge_testkit::root().join("Cargo.toml")).unwrap();
-    let pin = format!("tokenizers = {{ version = \"={}\"", chatforge_tokenizer::TOKENIZERS_VERSION);
-    assert!(cargo.contains(&pin), "update TOKENIZERS_VERSION to the workspace pin");
+    let pin = format!(
+        "tokenizers = {{ version = \"={}\"",
+        chatforge_tokenizer::TOKENIZERS_VERSION
+    );
+    assert!(
+        cargo.contains(&pin),
+        "update TOKENIZERS_VERSION to the workspace pin"
+    );
 }
 
 /// Seeded strings mixing what real text has: words, contractions, runs of every kind of
 /// whitespace, digits, punctuation, accents, combining marks, CJK, Devanagari, emoji.
 fn tricky_texts() -> Vec<String> {
     let parts = [
-        "hug", "Hug", " pug", "don't", "I'm", "we'll", "they're", "'s", "  ", "   ", "\t", "\n", "\n\n", " \n ", "\r\n",
-        "42", " 3.14", "1,000", "!!", " ?", "...", "é", "e\u{301}", "naïve", "日本語", " 東京", "हिन्दी", "🙂", " 🙂",
-        "Ⅻ", "x²", "\u{a0}", "—", "<|user|>", "'", " '", "a'b", "¿qué?",
+        "hug",
+        "Hug",
+        " pug",
+        "don't",
+        "I'm",
+        "we'll",
+        "they're",
+        "'s",
+        "  ",
+        "   ",
+        "\t",
+        "\n",
+        "\n\n",
+        " \n ",
+        "\r\n",
+        "42",
+        " 3.14",
+        "1,000",
+        "!!",
+        " ?",
+        "...",
+        "é",
+        "e\u{301}",
+        "naïve",
+        "日本語",
+        " 東京",
+        "हिन्दी",
+        "🙂",
+        " 🙂",
+        "Ⅻ",
+        "x²",
+        "\u{a0}",
+        "—",
+        "<|user|>",
+        "'",
+        " '",
+        "a'b",
+        "¿qué?",
     ];
     let mut rng = chatforge_data::Rng::new(5);
     (0..400)
         .map(|_| {
             let n = 1 + rng.below(12) as usize;
-            (0..n).map(|_| parts[rng.below(parts.len() as u64) as usize]).collect()
+            (0..n)
+                .map(|_| parts[rng.below(parts.len() as u64) as usize])
+                .collect()
         })
         .collect()
 }
 
 #[test]
 fn fast_encoder_equals_the_tokenizers_pipeline() {
-    let corpus: Vec<String> = tricky_texts().into_iter().chain(TINY.iter().map(|s| s.to_string())).collect();
-    let trained = train(corpus.iter(), &TrainOptions { vocab_size: 400, min_frequency: 1, ..TrainOptions::default() }).unwrap();
+    let corpus: Vec<String> = tricky_texts()
+        .into_iter()
+        .chain(TINY.iter().map(|s| s.to_string()))
+        .collect();
+    let trained = train(
+        corpus.iter(),
+        &TrainOptions {
+            vocab_size: 400,
+            min_frequency: 1,
+            ..TrainOptions::default()
+        },
+    )
+    .unwrap();
     let gpt2 = ChatTokenizer::load(&fixture("gpt2-tiny")).unwrap();
     for tok in [trained, gpt2] {
         assert!(tok.uses_fast_encoder());
@@ -249,10 +372,23 @@ fn fast_encoder_equals_the_tokenizers_pipeline() {
         for text in tricky_texts() {
             let mut fast = Vec::new();
             enc.encode_into(&text, &mut fast).unwrap();
-            let reference = tok.inner().encode(text.as_str(), false).unwrap().get_ids().to_vec();
+            let reference = tok
+                .inner()
+                .encode(text.as_str(), false)
+                .unwrap()
+                .get_ids()
+                .to_vec();
             assert_eq!(fast, reference, "{text:?}");
         }
     }
-    let unigram = train(corpus.iter(), &TrainOptions { kind: TokenizerKind::Unigram, vocab_size: 200, ..TrainOptions::default() }).unwrap();
+    let unigram = train(
+        corpus.iter(),
+        &TrainOptions {
+            kind: TokenizerKind::Unigram,
+            vocab_size: 200,
+            ..TrainOptions::default()
+        },
+    )
+    .unwrap();
     assert!(!unigram.uses_fast_encoder());
 }

@@ -144,7 +144,10 @@ pub fn load_tokenizer(path: &Path) -> anyhow::Result<ChatTokenizer> {
 
 /// `x.jsonl` → `x.val.jsonl`.
 pub fn val_path_for(out: &Path) -> PathBuf {
-    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     out.with_file_name(format!("{stem}.val.jsonl"))
 }
 
@@ -190,11 +193,20 @@ pub fn import_cmd(args: &ImportArgs) -> anyhow::Result<()> {
     }
     let (train, val) = split(report.conversations, args.val_split, args.seed)?;
     write_jsonl(&args.out, &train)?;
-    say!("wrote {} training conversations to {}", train.len(), args.out.display());
+    say!(
+        "wrote {} training conversations to {}",
+        train.len(),
+        args.out.display()
+    );
     if args.val_split > 0.0 {
         let val_out = args.val_out.clone().unwrap_or_else(|| val_path_for(&args.out));
         write_jsonl(&val_out, &val)?;
-        say!("wrote {} validation conversations to {} (seed {})", val.len(), val_out.display(), args.seed);
+        say!(
+            "wrote {} validation conversations to {} (seed {})",
+            val.len(),
+            val_out.display(),
+            args.seed
+        );
     }
     Ok(())
 }
@@ -207,20 +219,39 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
     say!(
         "template: {:?}; {} marks tokens that carry loss (assistant content and its end)",
         tok.template(),
-        if color { "\x1b[1;32mgreen\x1b[0m" } else { "⟦…⟧" }
+        if color {
+            "\x1b[1;32mgreen\x1b[0m"
+        } else {
+            "⟦…⟧"
+        }
     );
     for (i, c) in convs.iter().take(args.n).enumerate() {
         let r = tok.render_chat(c, &opts)?;
         let loss = r.mask.iter().filter(|&&m| m == 1).count();
-        say!("\n── conversation {} · {} tokens, {} carry loss ──", i + 1, r.ids.len(), loss);
+        say!(
+            "\n── conversation {} · {} tokens, {} carry loss ──",
+            i + 1,
+            r.ids.len(),
+            loss
+        );
         say!("{}", highlight(&tok, &r.ids, &r.mask, args.tokens, color)?);
     }
     Ok(())
 }
 
 /// Decodes runs of equal mask together, so multi-byte characters split across tokens stay whole.
-fn highlight(tok: &ChatTokenizer, ids: &[u32], mask: &[u8], per_token: bool, color: bool) -> anyhow::Result<String> {
-    let (on, off) = if color { ("\x1b[1;32m", "\x1b[0m") } else { ("⟦", "⟧") };
+fn highlight(
+    tok: &ChatTokenizer,
+    ids: &[u32],
+    mask: &[u8],
+    per_token: bool,
+    color: bool,
+) -> anyhow::Result<String> {
+    let (on, off) = if color {
+        ("\x1b[1;32m", "\x1b[0m")
+    } else {
+        ("⟦", "⟧")
+    };
     let mut out = String::new();
     let mut start = 0;
     while start < ids.len() {
@@ -230,7 +261,11 @@ fn highlight(tok: &ChatTokenizer, ids: &[u32], mask: &[u8], per_token: bool, col
             start + mask[start..].iter().take_while(|&&m| m == mask[start]).count()
         };
         let text = if per_token {
-            format!("{}|", tok.id_to_token(ids[start]).unwrap_or_else(|| format!("<{}>", ids[start])))
+            format!(
+                "{}|",
+                tok.id_to_token(ids[start])
+                    .unwrap_or_else(|| format!("<{}>", ids[start]))
+            )
         } else {
             tok.decode(&ids[start..end], false)?
         };

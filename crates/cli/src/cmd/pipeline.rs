@@ -58,10 +58,19 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
 
     say!("\n── 3/3 tokenize ──");
     let tok = ChatTokenizer::load(&tok_dir)?;
-    for (name, jsonl) in [("train", train_jsonl.clone()), ("val", data_dir.join("train.val.jsonl"))] {
+    for (name, jsonl) in [
+        ("train", train_jsonl.clone()),
+        ("val", data_dir.join("train.val.jsonl")),
+    ] {
         let shard = data_dir.join(format!("{name}.bin"));
         let r = tokenize_file(&jsonl, &tok, &RenderOptions::default(), &shard)?;
-        say!("{}: {} conversations → {} tokens ({} carry loss)", shard.display(), r.conversations, r.tokens, r.loss_tokens);
+        say!(
+            "{}: {} conversations → {} tokens ({} carry loss)",
+            shard.display(),
+            r.conversations,
+            r.tokens,
+            r.loss_tokens
+        );
     }
 
     say!(

@@ -71,7 +71,11 @@ pub fn train(args: &TrainArgs, show_progress: bool) -> anyhow::Result<()> {
     let s = &r.stats;
     say!(
         "trained a {:?} tokenizer on {} conversations in {:.1} s: vocab {} (asked {})",
-        args.kind, r.train_conversations, r.seconds, s.vocab_size, args.vocab_size
+        args.kind,
+        r.train_conversations,
+        r.seconds,
+        s.vocab_size,
+        args.vocab_size
     );
     say!(
         "validation ({} conversations, {} texts): {:.2} chars/token, {:.2} bytes/token, unknown {:.3}%, coverage {:.2}%, vocab used {:.1}%",
@@ -83,7 +87,10 @@ pub fn train(args: &TrainArgs, show_progress: bool) -> anyhow::Result<()> {
         100.0 * s.char_coverage,
         100.0 * s.vocab_used
     );
-    say!("wrote {}/{{tokenizer.json, manifest.json, stats.json}}", args.out.display());
+    say!(
+        "wrote {}/{{tokenizer.json, manifest.json, stats.json}}",
+        args.out.display()
+    );
     Ok(())
 }
 
@@ -98,7 +105,10 @@ fn load(path: &std::path::Path, out: Option<&std::path::Path>, text: &str) -> an
         if tok.uses_fast_encoder() { "yes" } else { "no" }
     );
     let ids = tok.encode(text)?;
-    let pieces: Vec<String> = ids.iter().map(|&i| tok.id_to_token(i).unwrap_or_default()).collect();
+    let pieces: Vec<String> = ids
+        .iter()
+        .map(|&i| tok.id_to_token(i).unwrap_or_default())
+        .collect();
     say!("{text:?} → {} tokens: {}", ids.len(), pieces.join(" | "));
     if let Some(out) = out {
         let manifest = serde_json::json!({
@@ -109,9 +119,14 @@ fn load(path: &std::path::Path, out: Option<&std::path::Path>, text: &str) -> an
         atomic_dir(out, |dir| -> anyhow::Result<()> {
             let mut plain = tok.inner().clone();
             plain.set_encode_special_tokens(false);
-            plain.save(dir.join("tokenizer.json"), true).map_err(|e| anyhow::anyhow!("{e}"))?;
-            std::fs::write(dir.join("manifest.json"), serde_json::to_string_pretty(&manifest)?)
-                .context("writing manifest.json")?;
+            plain
+                .save(dir.join("tokenizer.json"), true)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            std::fs::write(
+                dir.join("manifest.json"),
+                serde_json::to_string_pretty(&manifest)?,
+            )
+            .context("writing manifest.json")?;
             Ok(())
         })?;
         say!("wrote {}/tokenizer.json", out.display());

@@ -26,7 +26,12 @@ const LIST_KEYS: [&str; 9] = [
 fn syntax_error(path: &Path, e: &serde_json::Error) -> Error {
     Error::file(
         path,
-        format!("invalid JSON at line {}, column {}: {}", e.line(), e.column(), message(e)),
+        format!(
+            "invalid JSON at line {}, column {}: {}",
+            e.line(),
+            e.column(),
+            message(e)
+        ),
     )
 }
 
@@ -109,12 +114,7 @@ impl Lines {
     }
 }
 
-fn parse_items(
-    path: &Path,
-    text: &str,
-    lines: &Lines,
-    raws: Vec<&RawValue>,
-) -> Result<Vec<(usize, Value)>> {
+fn parse_items(path: &Path, text: &str, lines: &Lines, raws: Vec<&RawValue>) -> Result<Vec<(usize, Value)>> {
     raws.into_iter()
         .map(|raw| {
             let line = lines.line_of_raw(text, raw);
@@ -134,8 +134,7 @@ pub(super) fn records(
     let lines = Lines::new(text);
     match container {
         Container::JsonList => {
-            let raws: Vec<&RawValue> =
-                serde_json::from_str(text).map_err(|e| syntax_error(path, &e))?;
+            let raws: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| syntax_error(path, &e))?;
             parse_items(path, text, &lines, raws)
         }
         Container::JsonObject { key: Some(key) } => {
@@ -144,9 +143,8 @@ pub(super) fn records(
             let list = obj
                 .get(key)
                 .ok_or_else(|| Error::file(path, format!("no \"{key}\" list in the JSON object")))?;
-            let raws: Vec<&RawValue> = serde_json::from_str(list.get()).map_err(|e| {
-                Error::file(path, format!("\"{key}\" is not a list of records: {e}"))
-            })?;
+            let raws: Vec<&RawValue> = serde_json::from_str(list.get())
+                .map_err(|e| Error::file(path, format!("\"{key}\" is not a list of records: {e}")))?;
             parse_items(path, text, &lines, raws)
         }
         Container::JsonObject { key: None } => {

@@ -80,7 +80,9 @@ impl FromStr for DataFormat {
 pub enum Container {
     JsonList,
     /// A JSON object: one record (`key: None`) or a dict holding the list of records under `key`.
-    JsonObject { key: Option<String> },
+    JsonObject {
+        key: Option<String>,
+    },
     Jsonl,
     Text,
     Yaml,
@@ -274,14 +276,16 @@ pub fn read_file(path: &Path, opts: &ReadOptions) -> Result<FileRead> {
                 None => detect_format(path, &items)?,
             };
             let fields = (format == DataFormat::Instruction)
-                .then(|| items.first().map(|(_, v)| records::describe_fields(v, &opts.field_map)))
+                .then(|| {
+                    items
+                        .first()
+                        .map(|(_, v)| records::describe_fields(v, &opts.field_map))
+                })
                 .flatten();
             let n = items.len();
             match format {
                 DataFormat::Oasst => oasst::read_messages(items, opts.oasst_best_only, &mut sink)?,
-                DataFormat::OasstTrees => {
-                    oasst::read_trees(items, opts.oasst_best_only, &mut sink)?
-                }
+                DataFormat::OasstTrees => oasst::read_trees(items, opts.oasst_best_only, &mut sink)?,
                 DataFormat::Transcript | DataFormat::YamlDialog => {
                     return Err(Error::file(
                         path,

@@ -68,7 +68,10 @@ pub(super) fn read_messages(items: Vec<(usize, Value)>, best_only: bool, sink: &
             }
         };
         index.insert(id.to_string(), forest.nodes.len());
-        parents.push((line, obj.get("parent_id").and_then(Value::as_str).map(str::to_string)));
+        parents.push((
+            line,
+            obj.get("parent_id").and_then(Value::as_str).map(str::to_string),
+        ));
         tree_info.push((obj.get("message_tree_id").cloned(), obj.get("lang").cloned()));
         forest.nodes.push(Node {
             line,
@@ -117,7 +120,11 @@ pub(super) fn read_trees(items: Vec<(usize, Value)>, best_only: bool, sink: &mut
     emit(&mut forest, best_only, sink)
 }
 
-fn add_subtree(nodes: &mut Vec<Node>, obj: &Map<String, Value>, line: usize) -> std::result::Result<Option<usize>, String> {
+fn add_subtree(
+    nodes: &mut Vec<Node>,
+    obj: &Map<String, Value>,
+    line: usize,
+) -> std::result::Result<Option<usize>, String> {
     if is_deleted(obj) {
         return Ok(None);
     }
@@ -141,13 +148,12 @@ fn emit(forest: &mut Forest, best_only: bool, sink: &mut Sink<'_>) -> Result<()>
     // Best rank (0) first; unranked replies after ranked ones, in file order.
     let ranks: Vec<Option<f64>> = forest.nodes.iter().map(|n| n.rank).collect();
     for node in &mut forest.nodes {
-        node.children
-            .sort_by(|a, b| match (ranks[*a], ranks[*b]) {
-                (Some(x), Some(y)) => x.total_cmp(&y),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (None, None) => std::cmp::Ordering::Equal,
-            });
+        node.children.sort_by(|a, b| match (ranks[*a], ranks[*b]) {
+            (Some(x), Some(y)) => x.total_cmp(&y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        });
     }
     for (root, tree, lang) in &forest.roots {
         let mut paths = Vec::new();
@@ -181,7 +187,13 @@ fn emit(forest: &mut Forest, best_only: bool, sink: &mut Sink<'_>) -> Result<()>
     Ok(())
 }
 
-fn collect_paths(nodes: &[Node], at: usize, prefix: &mut Vec<usize>, best_only: bool, out: &mut Vec<Vec<usize>>) {
+fn collect_paths(
+    nodes: &[Node],
+    at: usize,
+    prefix: &mut Vec<usize>,
+    best_only: bool,
+    out: &mut Vec<Vec<usize>>,
+) {
     prefix.push(at);
     let children = &nodes[at].children;
     if children.is_empty() {

@@ -82,9 +82,8 @@ fn text_of(v: &Value, what: &str) -> Result<String, String> {
 }
 
 fn role_of(name: &str, index: usize) -> Result<Role, String> {
-    Role::parse_loose(name).ok_or_else(|| {
-        format!("message {index}: unknown role '{name}' (expected user, assistant or system)")
-    })
+    Role::parse_loose(name)
+        .ok_or_else(|| format!("message {index}: unknown role '{name}' (expected user, assistant or system)"))
 }
 
 fn turns(list: &[Value], role_key: &str, content_key: &str) -> Result<Vec<Message>, String> {
@@ -99,8 +98,7 @@ fn turns(list: &[Value], role_key: &str, content_key: &str) -> Result<Vec<Messag
             let role = get(role_key)
                 .and_then(Value::as_str)
                 .ok_or_else(|| format!("message {n} has no \"{role_key}\""))?;
-            let content = get(content_key)
-                .ok_or_else(|| format!("message {n} has no \"{content_key}\""))?;
+            let content = get(content_key).ok_or_else(|| format!("message {n} has no \"{content_key}\""))?;
             let speaker = ["speaker", "name"]
                 .iter()
                 .find_map(|k| t.get(*k).and_then(Value::as_str))
@@ -157,15 +155,19 @@ fn sharegpt(mut obj: Map<String, Value>) -> Converted {
     let list = match obj.remove("conversations").or_else(|| obj.remove("conversation")) {
         Some(Value::Array(list)) => list,
         Some(other) => {
-            return Err(format!("\"conversations\" should be a list, got {}", kind(&other)));
+            return Err(format!(
+                "\"conversations\" should be a list, got {}",
+                kind(&other)
+            ));
         }
         None => return Err("no \"conversations\" list".into()),
     };
     let mut messages = turns(&list, "from", "value")?;
-    if let Some(system) = obj.remove("system").and_then(|s| s.as_str().map(str::to_string)) {
-        if !system.trim().is_empty() && messages.first().is_none_or(|m| m.role != Role::System) {
-            messages.insert(0, Message::new(Role::System, system));
-        }
+    let system = obj.remove("system").and_then(|s| s.as_str().map(str::to_string));
+    if let Some(system) = system.filter(|s| !s.trim().is_empty())
+        && messages.first().is_none_or(|m| m.role != Role::System)
+    {
+        messages.insert(0, Message::new(Role::System, system));
     }
     Ok(with_meta(messages, obj))
 }
@@ -235,10 +237,16 @@ fn field_text(obj: &Map<String, Value>, key: &str) -> Result<String, String> {
 fn instruction(obj: &Map<String, Value>, map: &FieldMap) -> Converted {
     let keys = resolve(obj, map);
     let user_key = keys.user.ok_or_else(|| {
-        format!("no prompt field (one of {}); use --field-map instruction=FIELD", USER_KEYS.join(", "))
+        format!(
+            "no prompt field (one of {}); use --field-map instruction=FIELD",
+            USER_KEYS.join(", ")
+        )
     })?;
     let output_key = keys.output.ok_or_else(|| {
-        format!("no response field (one of {}); use --field-map output=FIELD", OUTPUT_KEYS.join(", "))
+        format!(
+            "no response field (one of {}); use --field-map output=FIELD",
+            OUTPUT_KEYS.join(", ")
+        )
     })?;
     let mut user = field_text(obj, user_key)?;
     if let Some(k) = keys.context.filter(|k| non_empty(obj, k)) {

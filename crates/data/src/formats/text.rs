@@ -35,7 +35,11 @@ pub(super) fn read_transcripts(text: &str, sink: &mut Sink<'_>) -> Result<usize>
     let mut current: Vec<Message> = Vec::new();
     let mut start = 0;
     let mut broken: Option<(usize, String)> = None;
-    let mut flush = |current: &mut Vec<Message>, start: usize, broken: &mut Option<(usize, String)>, sink: &mut Sink<'_>| -> Result<()> {
+    let mut flush = |current: &mut Vec<Message>,
+                     start: usize,
+                     broken: &mut Option<(usize, String)>,
+                     sink: &mut Sink<'_>|
+     -> Result<()> {
         if let Some((line, msg)) = broken.take() {
             current.clear();
             count += 1;
@@ -64,7 +68,10 @@ pub(super) fn read_transcripts(text: &str, sink: &mut Sink<'_>) -> Result<usize>
             }
             (None, None) => {
                 if broken.is_none() {
-                    broken = Some((i + 1, "expected a line starting with a role, e.g. `User:` or `Assistant:`".into()));
+                    broken = Some((
+                        i + 1,
+                        "expected a line starting with a role, e.g. `User:` or `Assistant:`".into(),
+                    ));
                 }
             }
         }
@@ -76,8 +83,8 @@ pub(super) fn read_transcripts(text: &str, sink: &mut Sink<'_>) -> Result<usize>
 /// `conversations: [[turn, turn, …], …]`, turns alternating user and assistant;
 /// `categories: [name]` becomes the domain.
 pub(super) fn read_yaml(path: &Path, text: &str, sink: &mut Sink<'_>) -> Result<usize> {
-    let doc: Value = yaml_serde::from_str(text)
-        .map_err(|e| Error::file(path, format!("invalid YAML: {e}")))?;
+    let doc: Value =
+        yaml_serde::from_str(text).map_err(|e| Error::file(path, format!("invalid YAML: {e}")))?;
     let domain = doc
         .get("categories")
         .and_then(|c| c.as_array().and_then(|a| a.first()).or(Some(c)))
