@@ -47,6 +47,9 @@ enum Command {
     Tokenizer(cmd::tokenizer::TokenizerCommand),
     /// Run the whole path on the bundled sample data
     Pipeline(cmd::pipeline::PipelineArgs),
+    /// Measure throughput, beside the Python reference
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
 }
 
 fn run() -> anyhow::Result<()> {
@@ -54,6 +57,7 @@ fn run() -> anyhow::Result<()> {
         Command::Data(c) => cmd::data::run(c),
         Command::Tokenizer(c) => cmd::tokenizer::run(c),
         Command::Pipeline(a) => cmd::pipeline::run(a),
+        Command::Bench(c) => cmd::bench::run(c),
     }
 }
 

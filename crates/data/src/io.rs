@@ -91,6 +91,24 @@ pub fn write_jsonl(path: &Path, conversations: &[Conversation]) -> Result<()> {
     })
 }
 
+/// Parses one line of canonical JSONL: `None` for a blank line, an error naming the file and
+/// line for anything that is not a valid conversation.
+pub fn parse_jsonl_line(path: &Path, line_no: usize, line: &str) -> Result<Option<Conversation>> {
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    let c: Conversation = serde_json::from_str(line).map_err(|e| {
+        Error::record(
+            path,
+            Pos::Line(line_no),
+            format!("not a canonical conversation ({e}); run `chatforge data import` first"),
+        )
+    })?;
+    c.validate()
+        .map_err(|msg| Error::record(path, Pos::Line(line_no), msg))?;
+    Ok(Some(c))
+}
+
 /// Reads canonical JSONL (as written by `chatforge data import`). Blank lines are skipped;
 /// a malformed line is an error naming the file and line.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Conversation>> {
@@ -101,27 +119,30 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Conversation>> {
             std::io::ErrorKind::InvalidData => Error::record(path, Pos::Line(i + 1), "not valid UTF-8"),
             _ => Error::io(path, e),
         })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let c: Conversation = serde_json::from_str(&line).map_err(|e| {
-            Error::record(
-                path,
-                Pos::Line(i + 1),
-                format!("not a canonical conversation ({e}); run `chatforge data import` first"),
-            )
-        })?;
-        c.validate()
-            .map_err(|msg| Error::record(path, Pos::Line(i + 1), msg))?;
-        out.push(c);
+        out.extend(parse_jsonl_line(path, i + 1, &line)?);
     }
     Ok(out)
+}
+
+/// Incremental SHA-256 for manifests, fed as data streams past.
+#[derive(Default, Clone)]
+pub struct ContentHash(Sha256);
+
+impl ContentHash {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// Lower-case hex digest.
+    pub fn hex(self) -> String {
+        self.0.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 /// Hex SHA-256 of a file's bytes.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = Sha256::new();
+    let mut hasher = ContentHash::default();
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
@@ -130,13 +151,24 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher.hex())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{Message, Role};
+
+    #[test]
+    fn sha256_known_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("abc");
+        fs::write(&path, "abc").unwrap();
+        assert_eq!(
+            sha256_file(&path).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
 
     #[test]
     fn failed_write_keeps_the_old_file() {

@@ -13,7 +13,7 @@ mod train;
 pub use chat::{ChatTokenizer, Persona, RenderOptions, Rendered, Template, specials};
 pub use error::{Error, Result};
 pub use fast::Encoder;
-pub use shard::{TokenizeReport, render_all, tokenize_file};
+pub use shard::{TokenizeReport, tokenize_file};
 pub use stats::TokenizerStats;
 pub use train::{
     TOKENIZERS_VERSION, TokenizerKind, TrainOptions, TrainReport, ValSource, train, train_artifact,

@@ -1,14 +1,20 @@
-//! `chatforge data tokenize`: conversations → a token shard, rendered through the chat template
-//! on all cores, written in input order, with a JSON sidecar saying what produced it.
+//! `chatforge data tokenize`: conversations → a token shard. The file is read in blocks of lines;
+//! each block is parsed and rendered through the chat template on all cores and written in input
+//! order, so memory stays bounded whatever the corpus size. A JSON sidecar says what produced it.
 
+use std::fs::File;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use chatforge_data::{Conversation, ShardWriter, read_jsonl, sha256_file};
+use chatforge_data::{ContentHash, Pos, ShardWriter, parse_jsonl_line};
 use serde::Serialize;
 
 use crate::train::write_json;
 use crate::{ChatTokenizer, Persona, RenderOptions, Rendered, Result};
+
+/// Bytes of JSONL parsed and rendered together.
+const BLOCK_BYTES: usize = 16 << 20;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TokenizeReport {
@@ -41,27 +47,50 @@ impl TokenizeReport {
     }
 }
 
-/// Renders every conversation, splitting the work over the machine's cores.
-pub fn render_all(
+/// Parses and renders the lines of `block` (whose first line is `first_line` of `path`),
+/// splitting the work over the machine's cores; results keep the input order.
+fn render_block(
     tok: &ChatTokenizer,
-    convs: &[Conversation],
+    path: &Path,
+    block: &str,
+    first_line: usize,
     opts: &RenderOptions,
 ) -> Result<Vec<Rendered>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = convs.len().div_ceil(threads).max(1);
+    // Cut the block at line ends into one part per thread, remembering where each starts.
+    let mut parts = Vec::with_capacity(threads);
+    let (mut start, mut line) = (0, first_line);
+    for t in 1..=threads {
+        let target = block.len() * t / threads;
+        let end = if t == threads {
+            block.len()
+        } else {
+            block[target..]
+                .find('\n')
+                .map_or(block.len(), |i| target + i + 1)
+                .max(start)
+        };
+        parts.push((line, &block[start..end]));
+        line += block[start..end].bytes().filter(|&b| b == b'\n').count();
+        start = end;
+    }
     std::thread::scope(|s| {
-        let handles: Vec<_> = convs
-            .chunks(chunk)
-            .map(|part| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|(first, part)| {
                 s.spawn(move || {
                     let mut enc = tok.encoder();
-                    part.iter()
-                        .map(|c| tok.render_with(&mut enc, c, opts))
-                        .collect::<Result<Vec<_>>>()
+                    let mut out = Vec::new();
+                    for (i, text) in part.lines().enumerate() {
+                        if let Some(c) = parse_jsonl_line(path, first + i, text)? {
+                            out.push(tok.render_with(&mut enc, &c, opts)?);
+                        }
+                    }
+                    Ok::<_, crate::Error>(out)
                 })
             })
             .collect();
-        let mut out = Vec::with_capacity(convs.len());
+        let mut out = Vec::new();
         for h in handles {
             match h.join() {
                 Ok(part) => out.extend(part?),
@@ -80,22 +109,52 @@ pub fn tokenize_file(
     output: &Path,
 ) -> Result<TokenizeReport> {
     let started = Instant::now();
-    let convs = read_jsonl(input)?;
-    let input_bytes = std::fs::metadata(input).map_or(0, |m| m.len());
-    let rendered = render_all(tok, &convs, opts)?;
+    let io_err = |e| chatforge_data::Error::Io {
+        path: input.to_path_buf(),
+        source: e,
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, File::open(input).map_err(io_err)?);
     let mut w = ShardWriter::create(output, tok.vocab_size() as u32)?;
-    let mut loss_tokens = 0u64;
-    for r in &rendered {
-        loss_tokens += r.mask.iter().map(|&m| u64::from(m)).sum::<u64>();
-        w.push(&r.ids, &r.mask)?;
+    let mut hash = ContentHash::default();
+    let (mut lines, mut input_bytes, mut conversations, mut loss_tokens) = (0usize, 0u64, 0usize, 0u64);
+    let mut block = String::with_capacity(BLOCK_BYTES + (1 << 16));
+    loop {
+        block.clear();
+        let first_line = lines + 1;
+        while block.len() < BLOCK_BYTES {
+            match reader.read_line(&mut block) {
+                Ok(0) => break,
+                Ok(_) => lines += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    let at = Pos::Line(lines + 1);
+                    return Err(chatforge_data::Error::Record {
+                        path: input.to_path_buf(),
+                        pos: at,
+                        msg: "not valid UTF-8".into(),
+                    }
+                    .into());
+                }
+                Err(e) => return Err(io_err(e).into()),
+            }
+        }
+        if block.is_empty() {
+            break;
+        }
+        hash.update(block.as_bytes());
+        input_bytes += block.len() as u64;
+        for r in render_block(tok, input, &block, first_line, opts)? {
+            loss_tokens += r.mask.iter().map(|&m| u64::from(m)).sum::<u64>();
+            conversations += 1;
+            w.push(&r.ids, &r.mask)?;
+        }
     }
     let header = w.finish()?;
     let report = TokenizeReport {
         input: input.to_path_buf(),
-        input_sha256: sha256_file(input)?,
+        input_sha256: hash.hex(),
         input_bytes,
         output: output.to_path_buf(),
-        conversations: convs.len(),
+        conversations,
         tokens: header.n_tokens,
         loss_tokens,
         vocab_size: tok.vocab_size(),

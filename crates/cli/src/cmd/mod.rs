@@ -1,3 +1,4 @@
+pub mod bench;
 pub mod data;
 pub mod pipeline;
 pub mod tokenizer;
