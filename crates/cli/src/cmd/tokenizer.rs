@@ -70,7 +70,7 @@ pub fn train(args: &TrainArgs, show_progress: bool) -> anyhow::Result<()> {
     let r = train_artifact(&args.input, &val, &opts, &args.out)?;
     let s = &r.stats;
     say!(
-        "trained a {:?} tokenizer on {} conversations in {:.1} s: vocab {} (asked {})",
+        "trained a {:?} tokenizer on {} conversations in {:.2} s: vocab {} (asked {})",
         args.kind,
         r.train_conversations,
         r.seconds,
