@@ -1,0 +1,337 @@
+//! GPT-2 (Radford et al. 2019), laid out as Hugging Face's `GPT2LMHeadModel` and trained as in
+//! nanoGPT: pre-LayerNorm blocks, learned positions, Conv1D-style linears whose weight is stored
+//! `(in, out)`, an output head tied to the token embedding. Parameter names are HF's, so a
+//! checkpoint is an HF `model.safetensors` as it is.
+//!
+//! Packed training rows carry per-token positions and an attention mask that keeps each
+//! conversation to itself; generation uses the plain causal mask and a [`KvCache`].
+
+// B=batch, T=time, S=keys (cache + T), C=n_embd, H=heads, D=head_dim, V=vocab
+
+use candle_core::{D, DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use chatforge_data::Rng;
+
+use crate::ops;
+use crate::{Activation, GptConfig, Result};
+
+/// How attention may look back.
+#[derive(Debug, Clone)]
+pub enum AttnMask {
+    /// Every token sees itself and everything before it (including the cache).
+    Causal,
+    /// An additive mask `(B, 1, T, S)`: 0 where allowed, −∞ elsewhere (see [`AttnMask::packed`]).
+    Additive(Tensor),
+}
+
+impl AttnMask {
+    /// Causal attention restricted to tokens of the same segment (conversation) of a packed row.
+    pub fn packed(segments: &[u32], batch: usize, t: usize, device: &Device) -> Result<AttnMask> {
+        let mut m = vec![f32::NEG_INFINITY; batch * t * t];
+        for b in 0..batch {
+            let seg = &segments[b * t..(b + 1) * t];
+            for i in 0..t {
+                let row = &mut m[(b * t + i) * t..(b * t + i + 1) * t];
+                for j in 0..=i {
+                    if seg[j] == seg[i] {
+                        row[j] = 0.0;
+                    }
+                }
+            }
+        }
+        Ok(AttnMask::Additive(Tensor::from_vec(m, (batch, 1, t, t), device)?))
+    }
+}
+
+/// Inverted dropout with masks drawn from a seeded [`Rng`], so runs (and resumed runs) repeat.
+#[derive(Debug, Clone)]
+pub struct Dropout {
+    pub p: f32,
+    pub rng: Rng,
+}
+
+impl Dropout {
+    pub fn apply(&mut self, x: &Tensor) -> Result<Tensor> {
+        if self.p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 - self.p;
+        let scale = 1.0 / keep;
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| if self.rng.next_f64() < f64::from(keep) { scale } else { 0.0 })
+            .collect();
+        Ok((x * Tensor::from_vec(mask, x.shape(), x.device())?)?)
+    }
+}
+
+fn drop(x: Tensor, dropout: &mut Option<&mut Dropout>) -> Result<Tensor> {
+    match dropout {
+        Some(d) => d.apply(&x),
+        None => Ok(x),
+    }
+}
+
+/// A linear layer in GPT-2's Conv1D layout: `y = x W + b` with `W: (in, out)`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn new(n_in: usize, n_out: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        Ok(Linear {
+            weight: vb.get((n_in, n_out), "weight")?,
+            bias: if bias { Some(vb.get(n_out, "bias")?) } else { None },
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let y = x.reshape((b * t, c))?.matmul(&self.weight)?; // (B*T, out)
+        let y = match &self.bias {
+            Some(bias) => y.broadcast_add(bias)?,
+            None => y,
+        };
+        Ok(y.reshape((b, t, ()))?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn new(c: usize, bias: bool, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: vb.get(c, "weight")?,
+            bias: if bias { Some(vb.get(c, "bias")?) } else { None },
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::layer_norm(x, &self.weight, self.bias.as_ref(), self.eps)
+    }
+}
+
+/// Keys and values of the tokens seen so far, per layer: `(B, H, S, D)` each.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new(n_layer: usize) -> Self {
+        KvCache { layers: vec![None; n_layer] }
+    }
+
+    /// Tokens cached so far.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(|l| *l = None);
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CausalSelfAttention {
+    c_attn: Linear,
+    c_proj: Linear,
+    n_head: usize,
+}
+
+impl CausalSelfAttention {
+    fn new(cfg: &GptConfig, vb: VarBuilder) -> Result<Self> {
+        let c = cfg.n_embd;
+        Ok(CausalSelfAttention {
+            c_attn: Linear::new(c, 3 * c, cfg.bias, vb.pp("c_attn"))?,
+            c_proj: Linear::new(c, c, cfg.bias, vb.pp("c_proj"))?,
+            n_head: cfg.n_head,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &AttnMask,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        dropout: &mut Option<&mut Dropout>,
+    ) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let (h, d) = (self.n_head, c / self.n_head);
+        let qkv = self.c_attn.forward(x)?; // (B, T, 3C)
+        let split = |i: usize| -> Result<Tensor> {
+            Ok(qkv.narrow(2, i * c, c)?.reshape((b, t, h, d))?.transpose(1, 2)?.contiguous()?) // (B, H, T, D)
+        };
+        let (q, mut k, mut v) = (split(0)?, split(1)?, split(2)?);
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?; // (B, H, S, D)
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let s = k.dim(2)?;
+        let att = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?; // (B, H, T, S)
+        let att = match mask {
+            AttnMask::Additive(m) => att.broadcast_add(m)?,
+            AttnMask::Causal => att.broadcast_add(&ops::causal_mask(t, s, x.device())?)?,
+        };
+        let att = drop(candle_nn::ops::softmax(&att, D::Minus1)?, dropout)?;
+        let y = att.matmul(&v)?; // (B, H, T, D)
+        let y = y.transpose(1, 2)?.reshape((b, t, c))?; // (B, T, C)
+        drop(self.c_proj.forward(&y)?, dropout)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    c_fc: Linear,
+    c_proj: Linear,
+    activation: Activation,
+}
+
+impl Mlp {
+    fn new(cfg: &GptConfig, vb: VarBuilder) -> Result<Self> {
+        let c = cfg.n_embd;
+        Ok(Mlp {
+            c_fc: Linear::new(c, 4 * c, cfg.bias, vb.pp("c_fc"))?,
+            c_proj: Linear::new(4 * c, c, cfg.bias, vb.pp("c_proj"))?,
+            activation: cfg.activation,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, dropout: &mut Option<&mut Dropout>) -> Result<Tensor> {
+        let x = self.c_fc.forward(x)?; // (B, T, 4C)
+        let x = match self.activation {
+            Activation::GeluTanh => x.gelu()?,
+            Activation::GeluErf => x.gelu_erf()?,
+        };
+        drop(self.c_proj.forward(&x)?, dropout)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Block {
+    ln_1: LayerNorm,
+    attn: CausalSelfAttention,
+    ln_2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn new(cfg: &GptConfig, vb: VarBuilder) -> Result<Self> {
+        let (c, eps) = (cfg.n_embd, cfg.layer_norm_eps);
+        Ok(Block {
+            ln_1: LayerNorm::new(c, cfg.bias, eps, vb.pp("ln_1"))?,
+            attn: CausalSelfAttention::new(cfg, vb.pp("attn"))?,
+            ln_2: LayerNorm::new(c, cfg.bias, eps, vb.pp("ln_2"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &AttnMask,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        dropout: &mut Option<&mut Dropout>,
+    ) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, mask, cache, dropout)?)?;
+        let x = (&x + self.mlp.forward(&self.ln_2.forward(&x)?, dropout)?)?;
+        Ok(x)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Gpt {
+    cfg: GptConfig,
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    lm_head: Tensor,
+}
+
+impl Gpt {
+    /// Builds the model from weights named as in HF GPT-2 (`transformer.h.0.attn.c_attn.weight`, …).
+    pub fn new(cfg: &GptConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let t = vb.pp("transformer");
+        let wte = t.get((cfg.vocab_size, cfg.n_embd), "wte.weight")?;
+        let lm_head = if cfg.tie_embeddings { wte.clone() } else { vb.get((cfg.vocab_size, cfg.n_embd), "lm_head.weight")? };
+        Ok(Gpt {
+            cfg: cfg.clone(),
+            wpe: t.get((cfg.n_ctx, cfg.n_embd), "wpe.weight")?,
+            blocks: (0..cfg.n_layer).map(|i| Block::new(cfg, t.pp(format!("h.{i}")))).collect::<Result<_>>()?,
+            ln_f: LayerNorm::new(cfg.n_embd, cfg.bias, cfg.layer_norm_eps, t.pp("ln_f"))?,
+            wte,
+            lm_head,
+        })
+    }
+
+    pub fn config(&self) -> &GptConfig {
+        &self.cfg
+    }
+
+    /// Final hidden states `(B, T, C)` for token ids `(B, T)` at `positions` `(B, T)`.
+    pub fn hidden(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: &AttnMask,
+        mut cache: Option<&mut KvCache>,
+        mut dropout: Option<&mut Dropout>,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let tok = self.wte.embedding(&ids.flatten_all()?)?.reshape((b, t, ()))?; // (B, T, C)
+        let pos = self.wpe.embedding(&positions.flatten_all()?)?.reshape((b, t, ()))?; // (B, T, C)
+        let mut x = drop((tok + pos)?, &mut dropout)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| {
+                if c.layers.len() <= i {
+                    c.layers.resize(i + 1, None);
+                }
+                &mut c.layers[i]
+            });
+            x = block.forward(&x, mask, slot, &mut dropout)?;
+        }
+        self.ln_f.forward(&x)
+    }
+
+    /// Next-token logits `(B, T, V)`.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: &AttnMask,
+        cache: Option<&mut KvCache>,
+        dropout: Option<&mut Dropout>,
+    ) -> Result<Tensor> {
+        let h = self.hidden(ids, positions, mask, cache, dropout)?;
+        self.logits(&h)
+    }
+
+    /// Projects hidden states `(B, T, C)` onto the vocabulary.
+    pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        let (b, t, c) = h.dims3()?;
+        let logits = h.reshape((b * t, c))?.matmul(&self.lm_head.t()?)?; // (B*T, V)
+        Ok(logits.reshape((b, t, ()))?)
+    }
+
+    /// Positions `(B, T)` for a plain batch that starts after `offset` cached tokens.
+    pub fn positions(b: usize, t: usize, offset: usize, device: &Device) -> Result<Tensor> {
+        let row: Vec<u32> = (offset as u32..(offset + t) as u32).collect();
+        Ok(Tensor::new(row.as_slice(), device)?.unsqueeze(0)?.repeat((b, 1))?.to_dtype(DType::U32)?)
+    }
+}

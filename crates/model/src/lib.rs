@@ -1,0 +1,30 @@
+//! The GPT: configuration, weights in Hugging Face's GPT-2 layout, the forward pass with a KV cache
+//! and packed-sequence attention, and the numerical ops it is built from.
+
+mod config;
+mod gpt;
+pub mod ops;
+mod params;
+
+pub use config::{Activation, GptConfig};
+pub use gpt::{AttnMask, Block, Dropout, Gpt, KvCache, LayerNorm, Linear};
+pub use params::{
+    Init, ParamSpec, Params, Weights, check_weights, init_weights, load_hf, load_weights, param_specs, save_weights,
+    weights_file,
+};
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config: {0}")]
+    Config(String),
+    #[error("{}: {msg}", path.display())]
+    Weights { path: PathBuf, msg: String },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

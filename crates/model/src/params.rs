@@ -1,0 +1,208 @@
+//! A model's weights by name: their specification (shape, initialisation, weight decay), seeded
+//! initialisation, and loading/saving in the Hugging Face layouts (`model.safetensors`,
+//! `pytorch_model.bin`; f32, f16 or bf16 stored, f32 in memory).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
+use chatforge_data::Rng;
+
+use crate::{Error, GptConfig, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    Normal(f64),
+    Zeros,
+    Ones,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub init: Init,
+    /// AdamW weight decay applies (matrices of linear layers; not biases, norms or embeddings).
+    pub decay: bool,
+}
+
+/// Every parameter of a GPT with `cfg`, in a fixed order, named as in HF GPT-2.
+pub fn param_specs(cfg: &GptConfig) -> Vec<ParamSpec> {
+    let (c, v) = (cfg.n_embd, cfg.vocab_size);
+    // nanoGPT: N(0, 0.02), residual projections scaled by 1/√(2·n_layer).
+    let std = 0.02;
+    let proj_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
+    let mut specs = Vec::new();
+    let mut add = |name: String, shape: Vec<usize>, init: Init, decay: bool| {
+        specs.push(ParamSpec { name, shape, init, decay });
+    };
+    add("transformer.wte.weight".into(), vec![v, c], Init::Normal(std), false);
+    add("transformer.wpe.weight".into(), vec![cfg.n_ctx, c], Init::Normal(std), false);
+    let norm = |add: &mut dyn FnMut(String, Vec<usize>, Init, bool), p: String| {
+        add(format!("{p}.weight"), vec![c], Init::Ones, false);
+        if cfg.bias {
+            add(format!("{p}.bias"), vec![c], Init::Zeros, false);
+        }
+    };
+    let linear = |add: &mut dyn FnMut(String, Vec<usize>, Init, bool), p: String, n_in: usize, n_out: usize, s: f64| {
+        add(format!("{p}.weight"), vec![n_in, n_out], Init::Normal(s), true);
+        if cfg.bias {
+            add(format!("{p}.bias"), vec![n_out], Init::Zeros, false);
+        }
+    };
+    for i in 0..cfg.n_layer {
+        let h = format!("transformer.h.{i}");
+        norm(&mut add, format!("{h}.ln_1"));
+        linear(&mut add, format!("{h}.attn.c_attn"), c, 3 * c, std);
+        linear(&mut add, format!("{h}.attn.c_proj"), c, c, proj_std);
+        norm(&mut add, format!("{h}.ln_2"));
+        linear(&mut add, format!("{h}.mlp.c_fc"), c, 4 * c, std);
+        linear(&mut add, format!("{h}.mlp.c_proj"), 4 * c, c, proj_std);
+    }
+    norm(&mut add, "transformer.ln_f".into());
+    if !cfg.tie_embeddings {
+        add("lm_head.weight".into(), vec![v, c], Init::Normal(std), false);
+    }
+    specs
+}
+
+/// Named f32 tensors.
+pub type Weights = HashMap<String, Tensor>;
+
+/// Fresh weights drawn from `rng` (candle's CPU backend has no seed of its own).
+pub fn init_weights(cfg: &GptConfig, rng: &mut Rng, device: &Device) -> Result<Weights> {
+    cfg.validate()?;
+    param_specs(cfg)
+        .into_iter()
+        .map(|s| {
+            let n: usize = s.shape.iter().product();
+            let data: Vec<f32> = match s.init {
+                Init::Normal(std) => (0..n).map(|_| (rng.normal() * std) as f32).collect(),
+                Init::Zeros => vec![0.0; n],
+                Init::Ones => vec![1.0; n],
+            };
+            Ok((s.name, Tensor::from_vec(data, s.shape, device)?))
+        })
+        .collect()
+}
+
+/// Brings names from other GPT-2 checkpoints to ours: the original OpenAI-converted files have no
+/// `transformer.` prefix; attention-mask buffers are not weights.
+fn normalise(raw: Vec<(String, Tensor)>) -> Result<Weights> {
+    let mut out = Weights::new();
+    for (name, t) in raw {
+        if name.ends_with(".attn.bias") && t.rank() == 4 || name.ends_with(".attn.masked_bias") {
+            continue;
+        }
+        let name = if name.starts_with("transformer.") || name == "lm_head.weight" { name } else { format!("transformer.{name}") };
+        out.insert(name, t.to_dtype(DType::F32)?);
+    }
+    Ok(out)
+}
+
+/// Checks loaded weights against the config: every parameter present with its shape, nothing
+/// unexpected. A tied `lm_head.weight` (some files store it) is dropped.
+pub fn check_weights(cfg: &GptConfig, mut w: Weights, source: &Path) -> Result<Weights> {
+    let err = |msg: String| Error::Weights { path: source.to_path_buf(), msg };
+    if cfg.tie_embeddings {
+        w.remove("lm_head.weight");
+    }
+    let specs = param_specs(cfg);
+    for s in &specs {
+        match w.get(&s.name) {
+            None => return Err(err(format!("missing tensor {}", s.name))),
+            Some(t) if t.dims() != s.shape.as_slice() => {
+                return Err(err(format!("tensor {} has shape {:?}, the config says {:?}", s.name, t.dims(), s.shape)));
+            }
+            Some(_) => {}
+        }
+    }
+    if w.len() != specs.len() {
+        let known: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        let mut extra: Vec<&String> = w.keys().filter(|k| !known.contains(k.as_str())).collect();
+        extra.sort();
+        return Err(err(format!("unexpected tensors {extra:?}: the checkpoint is not of this config")));
+    }
+    Ok(w)
+}
+
+/// Reads `model.safetensors` or `pytorch_model.bin` (a file, or the folder holding one).
+pub fn load_weights(path: &Path, cfg: &GptConfig, device: &Device) -> Result<Weights> {
+    let file = weights_file(path)?;
+    let err = |e: candle_core::Error| Error::Weights { path: file.clone(), msg: e.to_string() };
+    let raw: Vec<(String, Tensor)> = if file.extension().is_some_and(|e| e == "safetensors") {
+        candle_core::safetensors::load(&file, device).map_err(err)?.into_iter().collect()
+    } else {
+        candle_core::pickle::read_all(&file).map_err(err)?
+    };
+    check_weights(cfg, normalise(raw)?, &file)
+}
+
+/// `model.safetensors` (preferred) or `pytorch_model.bin` in a folder, or the file itself.
+pub fn weights_file(path: &Path) -> Result<PathBuf> {
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    for name in ["model.safetensors", "pytorch_model.bin"] {
+        if path.join(name).is_file() {
+            return Ok(path.join(name));
+        }
+    }
+    Err(Error::Weights { path: path.to_path_buf(), msg: "no model.safetensors or pytorch_model.bin here".into() })
+}
+
+/// Reads an HF GPT-2-family folder: `config.json` and its weights.
+pub fn load_hf(dir: &Path, device: &Device) -> Result<(GptConfig, Weights)> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::Io { path: cfg_path.clone(), source: e })?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Weights { path: cfg_path.clone(), msg: format!("invalid JSON: {e}") })?;
+    let cfg = GptConfig::from_hf(&v)?;
+    let w = load_weights(dir, &cfg, device)?;
+    Ok((cfg, w))
+}
+
+/// Writes weights as safetensors (sorted names), through a temporary file.
+pub fn save_weights(w: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
+    let tmp = path.with_extension("safetensors.tmp");
+    let w: HashMap<&str, Tensor> = w.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    candle_core::safetensors::save(&w, &tmp).map_err(|e| Error::Weights { path: tmp.clone(), msg: e.to_string() })?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })
+}
+
+/// Trainable weights: one [`Var`] per parameter, in [`param_specs`] order.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub cfg: GptConfig,
+    pub vars: Vec<(ParamSpec, Var)>,
+}
+
+impl Params {
+    pub fn from_weights(cfg: &GptConfig, mut w: Weights) -> Result<Params> {
+        let vars = param_specs(cfg)
+            .into_iter()
+            .map(|s| {
+                let t = w.remove(&s.name).ok_or_else(|| Error::Config(format!("no tensor {}", s.name)))?;
+                let var = Var::from_tensor(&t)?;
+                Ok((s, var))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Params { cfg: cfg.clone(), vars })
+    }
+
+    /// A builder whose tensors are these vars, so the model's gradients reach them.
+    pub fn var_builder(&self, device: &Device) -> VarBuilder<'static> {
+        let ts = self.vars.iter().map(|(s, v)| (s.name.clone(), v.as_tensor().clone())).collect();
+        VarBuilder::from_tensors(ts, DType::F32, device)
+    }
+
+    /// A snapshot of the current values, by name.
+    pub fn tensors(&self) -> BTreeMap<String, Tensor> {
+        self.vars.iter().map(|(s, v)| (s.name.clone(), v.as_tensor().detach())).collect()
+    }
+
+    pub fn count(&self) -> usize {
+        self.vars.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+}

@@ -1,0 +1,127 @@
+//! Checkpoints: everything a resumed run needs to continue exactly where it stopped — weights,
+//! optimizer moments, step, sampler position, dropout RNG, best validation loss and the config —
+//! written under a temporary name and renamed into place, with content hashes checked on load.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use chatforge_data::{SamplerState, atomic_dir, sha256_file};
+use chatforge_model::{Params, save_weights};
+use serde::{Deserialize, Serialize};
+
+use crate::{AdamW, Error, Result, TrainConfig};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointState {
+    /// Optimizer steps completed.
+    pub step: u64,
+    pub sampler: SamplerState,
+    pub dropout_rng: u64,
+    pub best_val_loss: Option<f64>,
+    pub evals_since_best: u64,
+    pub config: TrainConfig,
+    /// SHA-256 of each file beside `state.json`.
+    pub files: BTreeMap<String, String>,
+}
+
+pub fn step_dir(run: &Path, step: u64) -> PathBuf {
+    run.join("checkpoints").join(format!("step_{step:06}"))
+}
+
+/// Writes `dir` atomically: `model.safetensors`, `optimizer.safetensors` (if given), `config.json`, `state.json`.
+pub fn save(dir: &Path, params: &Params, opt: Option<&AdamW>, state: &CheckpointState) -> Result<()> {
+    atomic_dir(dir, |tmp| -> Result<()> {
+        save_weights(&params.tensors(), &tmp.join("model.safetensors"))?;
+        let mut files = BTreeMap::new();
+        files.insert("model.safetensors".to_string(), sha256_file(&tmp.join("model.safetensors"))?);
+        if let Some(opt) = opt {
+            let mut t = BTreeMap::new();
+            for (i, (spec, var)) in params.vars.iter().enumerate() {
+                t.insert(format!("m.{}", spec.name), Tensor::from_slice(&opt.m[i], var.shape(), &Device::Cpu)?);
+                t.insert(format!("v.{}", spec.name), Tensor::from_slice(&opt.v[i], var.shape(), &Device::Cpu)?);
+            }
+            save_weights(&t, &tmp.join("optimizer.safetensors"))?;
+            files.insert("optimizer.safetensors".to_string(), sha256_file(&tmp.join("optimizer.safetensors"))?);
+        }
+        write_json(&tmp.join("config.json"), &params.cfg.to_hf())?;
+        let state = CheckpointState { files, ..state.clone() };
+        write_json(&tmp.join("state.json"), &state)?;
+        Ok(())
+    })
+}
+
+pub(crate) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    chatforge_data::atomic_write(path, |w| {
+        serde_json::to_writer_pretty(&mut *w, v)?;
+        std::io::Write::write_all(w, b"\n")
+    })?;
+    Ok(())
+}
+
+/// Reads and verifies `state.json` and the hashes of the files it lists.
+pub fn read_state(dir: &Path) -> Result<CheckpointState> {
+    let path = dir.join("state.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
+    let state: CheckpointState =
+        serde_json::from_str(&text).map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))?;
+    for (name, hash) in &state.files {
+        let actual = sha256_file(&dir.join(name))?;
+        if &actual != hash {
+            return Err(Error::Checkpoint(format!("{}: hash mismatch, the file is corrupt", dir.join(name).display())));
+        }
+    }
+    Ok(state)
+}
+
+/// Checkpoint directories of a run, newest first.
+pub fn list(run: &Path) -> Vec<(u64, PathBuf)> {
+    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(run.join("checkpoints"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("step_")?.parse().ok()?;
+            Some((step, e.path()))
+        })
+        .collect();
+    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out
+}
+
+/// The newest checkpoint that verifies, with a warning for each newer one that did not.
+pub fn latest_valid(run: &Path) -> (Option<(PathBuf, CheckpointState)>, Vec<String>) {
+    let mut warnings = Vec::new();
+    for (_, dir) in list(run) {
+        match read_state(&dir) {
+            Ok(state) => return (Some((dir, state)), warnings),
+            Err(e) => warnings.push(format!("skipping checkpoint {}: {e}", dir.display())),
+        }
+    }
+    (None, warnings)
+}
+
+/// Loads the optimizer moments saved beside a checkpoint.
+pub fn load_optimizer(dir: &Path, params: &Params, opt: &mut AdamW) -> Result<()> {
+    let path = dir.join("optimizer.safetensors");
+    let t = candle_core::safetensors::load(&path, &Device::Cpu)
+        .map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))?;
+    for (i, (spec, _)) in params.vars.iter().enumerate() {
+        let get = |k: String| -> Result<Vec<f32>> {
+            let x = t.get(&k).ok_or_else(|| Error::Checkpoint(format!("{}: no tensor {k}", path.display())))?;
+            Ok(x.flatten_all()?.to_vec1()?)
+        };
+        opt.m[i] = get(format!("m.{}", spec.name))?;
+        opt.v[i] = get(format!("v.{}", spec.name))?;
+    }
+    Ok(())
+}
+
+/// Removes all but the newest `keep` checkpoints.
+pub fn prune(run: &Path, keep: usize) -> Result<()> {
+    for (_, dir) in list(run).into_iter().skip(keep.max(1)) {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::Io { path: dir.clone(), source: e })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! `TrainConfig`: a model section and a training section, as in `configs/*.toml`.
+
+use std::path::{Path, PathBuf};
+
+use chatforge_model::GptConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::{AdamWConfig, Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Loss on every token.
+    Pretrain,
+    /// Loss only where the shard's mask says: the assistant's turns.
+    Sft,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "pretrain" => Ok(Mode::Pretrain),
+            "sft" => Ok(Mode::Sft),
+            other => Err(Error::Config(format!("mode '{other}': expected pretrain or sft"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainSettings {
+    pub mode: Mode,
+    /// Start from an HF GPT-2-family folder or an earlier run instead of random weights.
+    pub init: Option<PathBuf>,
+    pub data: Option<PathBuf>,
+    pub val: Option<PathBuf>,
+    /// Stop after this many optimizer steps…
+    pub max_steps: Option<u64>,
+    /// …or after this many passes over the data (whichever is given; `max_steps` wins).
+    pub epochs: Option<f64>,
+    pub batch_size: usize,
+    /// Tokens per row [default: the model's context].
+    pub seq_len: Option<usize>,
+    /// Accumulate micro-batches until a step has seen at least this many positions [default: one micro-batch].
+    pub tokens_per_step: Option<usize>,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_steps: u64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Clip the global gradient norm to this (0: off).
+    pub grad_clip: f64,
+    pub eval_every: u64,
+    /// Validation batches per evaluation [default: the whole validation shard].
+    pub eval_batches: Option<usize>,
+    /// Stop after this many evaluations without a better validation loss.
+    pub patience: Option<u64>,
+    pub checkpoint_every: u64,
+    /// Checkpoints kept besides `best/`.
+    pub keep_last: usize,
+    pub seed: u64,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        TrainSettings {
+            mode: Mode::Sft,
+            init: None,
+            data: None,
+            val: None,
+            max_steps: None,
+            epochs: None,
+            batch_size: 8,
+            seq_len: None,
+            tokens_per_step: None,
+            lr: 1e-3,
+            min_lr: 1e-4,
+            warmup_steps: 20,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            grad_clip: 1.0,
+            eval_every: 50,
+            eval_batches: None,
+            patience: None,
+            checkpoint_every: 100,
+            keep_last: 2,
+            seed: 1337,
+        }
+    }
+}
+
+impl TrainSettings {
+    pub fn adamw(&self) -> AdamWConfig {
+        AdamWConfig { lr: self.lr, beta1: self.beta1, beta2: self.beta2, eps: self.eps, weight_decay: self.weight_decay }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: GptConfig,
+    pub train: TrainSettings,
+}
+
+impl TrainConfig {
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Checks what can be checked before any data is read; messages name the field.
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate().map_err(|e| Error::Config(e.to_string()))?;
+        let t = &self.train;
+        let bad = |m: String| Err(Error::Config(m));
+        if t.batch_size == 0 {
+            return bad("train.batch_size must be at least 1".into());
+        }
+        if let Some(s) = t.seq_len
+            && (s == 0 || s > self.model.n_ctx)
+        {
+            return bad(format!("train.seq_len = {s} must be in 1..={} (model.n_ctx)", self.model.n_ctx));
+        }
+        if !(t.lr > 0.0) || t.min_lr < 0.0 || t.min_lr > t.lr {
+            return bad(format!("train.lr = {} and train.min_lr = {} need 0 <= min_lr <= lr, lr > 0", t.lr, t.min_lr));
+        }
+        if t.max_steps.is_none() && t.epochs.is_none() {
+            return bad("give train.max_steps or train.epochs".into());
+        }
+        if t.eval_every == 0 || t.checkpoint_every == 0 {
+            return bad("train.eval_every and train.checkpoint_every must be at least 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,33 @@
+//! The one training loop: pre-training and supervised fine-tuning of a GPT on token shards,
+//! with AdamW, warm-up + cosine schedule, gradient clipping and accumulation, validation, early
+//! stopping, and checkpoints from which a killed run resumes with identical per-step losses.
+
+mod checkpoint;
+mod config;
+mod optim;
+mod run;
+
+pub use checkpoint::{CheckpointState, latest_valid, list as list_checkpoints, read_state, step_dir};
+pub use config::{Mode, TrainConfig, TrainSettings};
+pub use optim::{AdamW, AdamWConfig, clip_grad_norm, lr_at};
+pub use run::{Event, TrainSummary, load_init, train};
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config: {0}")]
+    Config(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Data(#[from] chatforge_data::Error),
+    #[error(transparent)]
+    Model(#[from] chatforge_model::Error),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
