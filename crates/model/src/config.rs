@@ -100,11 +100,19 @@ impl GptConfig {
     /// Checks what the model needs before any work starts; messages name the field.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::Config(msg));
-        if self.vocab_size == 0 || self.n_ctx == 0 || self.n_layer == 0 || self.n_head == 0 || self.n_embd == 0 {
+        if self.vocab_size == 0
+            || self.n_ctx == 0
+            || self.n_layer == 0
+            || self.n_head == 0
+            || self.n_embd == 0
+        {
             return bad("vocab_size, n_ctx, n_layer, n_head and n_embd must all be at least 1".into());
         }
         if self.n_embd % self.n_head != 0 {
-            return bad(format!("n_head = {} does not divide n_embd = {}", self.n_head, self.n_embd));
+            return bad(format!(
+                "n_head = {} does not divide n_embd = {}",
+                self.n_head, self.n_embd
+            ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout = {} must be in [0, 1)", self.dropout));
@@ -116,7 +124,11 @@ impl GptConfig {
     pub fn n_params(&self) -> usize {
         let (c, v, l) = (self.n_embd, self.vocab_size, self.n_layer);
         let b = usize::from(self.bias);
-        let block = 2 * (c + b * c) + (c * 3 * c + b * 3 * c) + (c * c + b * c) + (c * 4 * c + b * 4 * c) + (4 * c * c + b * c);
+        let block = 2 * (c + b * c)
+            + (c * 3 * c + b * 3 * c)
+            + (c * c + b * c)
+            + (c * 4 * c + b * 4 * c)
+            + (4 * c * c + b * c);
         let head = if self.tie_embeddings { 0 } else { v * c };
         v * c + self.n_ctx * c + l * block + (c + b * c) + head
     }
@@ -124,28 +136,47 @@ impl GptConfig {
     /// Reads a Hugging Face GPT-2 `config.json`.
     pub fn from_hf(v: &Value) -> Result<Self> {
         let get = |k: &str| v.get(k).and_then(Value::as_u64).map(|n| n as usize);
-        let need = |k: &str| get(k).ok_or_else(|| Error::Config(format!("config.json has no integer \"{k}\"")));
+        let need =
+            |k: &str| get(k).ok_or_else(|| Error::Config(format!("config.json has no integer \"{k}\"")));
         if let Some(t) = v.get("model_type").and_then(Value::as_str)
             && t != "gpt2"
         {
-            return Err(Error::Config(format!("model_type \"{t}\" is not a GPT-2-family model")));
+            return Err(Error::Config(format!(
+                "model_type \"{t}\" is not a GPT-2-family model"
+            )));
         }
-        let activation = match v.get("activation_function").and_then(Value::as_str).unwrap_or("gelu_new") {
+        let activation = match v
+            .get("activation_function")
+            .and_then(Value::as_str)
+            .unwrap_or("gelu_new")
+        {
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
             "gelu" => Activation::GeluErf,
-            other => return Err(Error::Config(format!("activation_function \"{other}\" is not supported"))),
+            other => {
+                return Err(Error::Config(format!(
+                    "activation_function \"{other}\" is not supported"
+                )));
+            }
         };
         let cfg = GptConfig {
             vocab_size: need("vocab_size")?,
-            n_ctx: get("n_positions").or_else(|| get("n_ctx")).ok_or_else(|| Error::Config("config.json has no \"n_positions\"".into()))?,
+            n_ctx: get("n_positions")
+                .or_else(|| get("n_ctx"))
+                .ok_or_else(|| Error::Config("config.json has no \"n_positions\"".into()))?,
             n_layer: need("n_layer")?,
             n_head: need("n_head")?,
             n_embd: need("n_embd")?,
             dropout: v.get("resid_pdrop").and_then(Value::as_f64).unwrap_or(0.1) as f32,
             bias: true,
-            tie_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(true),
+            tie_embeddings: v
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
             activation,
-            layer_norm_eps: v.get("layer_norm_epsilon").and_then(Value::as_f64).unwrap_or(1e-5),
+            layer_norm_eps: v
+                .get("layer_norm_epsilon")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-5),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -189,10 +220,21 @@ mod tests {
     #[test]
     fn hf_round_trip_and_validation() {
         let cfg = GptConfig::bench();
-        assert_eq!(GptConfig::from_hf(&cfg.to_hf()).unwrap(), GptConfig { dropout: 0.0, ..cfg.clone() });
+        assert_eq!(
+            GptConfig::from_hf(&cfg.to_hf()).unwrap(),
+            GptConfig {
+                dropout: 0.0,
+                ..cfg.clone()
+            }
+        );
         let bad = GptConfig { n_head: 5, ..cfg };
-        assert_eq!(bad.validate().unwrap_err().to_string(), "config: n_head = 5 does not divide n_embd = 384");
-        let err = GptConfig::from_hf(&json!({"model_type": "llama"})).unwrap_err().to_string();
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "config: n_head = 5 does not divide n_embd = 384"
+        );
+        let err = GptConfig::from_hf(&json!({"model_type": "llama"}))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a GPT-2-family model"), "{err}");
     }
 }

@@ -58,7 +58,13 @@ impl Dropout {
         let keep = 1.0 - self.p;
         let scale = 1.0 / keep;
         let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| if self.rng.next_f64() < f64::from(keep) { scale } else { 0.0 })
+            .map(|_| {
+                if self.rng.next_f64() < f64::from(keep) {
+                    scale
+                } else {
+                    0.0
+                }
+            })
             .collect();
         Ok((x * Tensor::from_vec(mask, x.shape(), x.device())?)?)
     }
@@ -126,12 +132,17 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(n_layer: usize) -> Self {
-        KvCache { layers: vec![None; n_layer] }
+        KvCache {
+            layers: vec![None; n_layer],
+        }
     }
 
     /// Tokens cached so far.
     pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -171,7 +182,11 @@ impl CausalSelfAttention {
         let (h, d) = (self.n_head, c / self.n_head);
         let qkv = self.c_attn.forward(x)?; // (B, T, 3C)
         let split = |i: usize| -> Result<Tensor> {
-            Ok(qkv.narrow(2, i * c, c)?.reshape((b, t, h, d))?.transpose(1, 2)?.contiguous()?) // (B, H, T, D)
+            Ok(qkv
+                .narrow(2, i * c, c)?
+                .reshape((b, t, h, d))?
+                .transpose(1, 2)?
+                .contiguous()?) // (B, H, T, D)
         };
         let (q, mut k, mut v) = (split(0)?, split(1)?, split(2)?);
         if let Some(slot) = cache {
@@ -269,11 +284,17 @@ impl Gpt {
         cfg.validate()?;
         let t = vb.pp("transformer");
         let wte = t.get((cfg.vocab_size, cfg.n_embd), "wte.weight")?;
-        let lm_head = if cfg.tie_embeddings { wte.clone() } else { vb.get((cfg.vocab_size, cfg.n_embd), "lm_head.weight")? };
+        let lm_head = if cfg.tie_embeddings {
+            wte.clone()
+        } else {
+            vb.get((cfg.vocab_size, cfg.n_embd), "lm_head.weight")?
+        };
         Ok(Gpt {
             cfg: cfg.clone(),
             wpe: t.get((cfg.n_ctx, cfg.n_embd), "wpe.weight")?,
-            blocks: (0..cfg.n_layer).map(|i| Block::new(cfg, t.pp(format!("h.{i}")))).collect::<Result<_>>()?,
+            blocks: (0..cfg.n_layer)
+                .map(|i| Block::new(cfg, t.pp(format!("h.{i}"))))
+                .collect::<Result<_>>()?,
             ln_f: LayerNorm::new(cfg.n_embd, cfg.bias, cfg.layer_norm_eps, t.pp("ln_f"))?,
             wte,
             lm_head,
@@ -295,7 +316,10 @@ impl Gpt {
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let tok = self.wte.embedding(&ids.flatten_all()?)?.reshape((b, t, ()))?; // (B, T, C)
-        let pos = self.wpe.embedding(&positions.flatten_all()?)?.reshape((b, t, ()))?; // (B, T, C)
+        let pos = self
+            .wpe
+            .embedding(&positions.flatten_all()?)?
+            .reshape((b, t, ()))?; // (B, T, C)
         let mut x = drop((tok + pos)?, &mut dropout)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| {
@@ -332,6 +356,9 @@ impl Gpt {
     /// Positions `(B, T)` for a plain batch that starts after `offset` cached tokens.
     pub fn positions(b: usize, t: usize, offset: usize, device: &Device) -> Result<Tensor> {
         let row: Vec<u32> = (offset as u32..(offset + t) as u32).collect();
-        Ok(Tensor::new(row.as_slice(), device)?.unsqueeze(0)?.repeat((b, 1))?.to_dtype(DType::U32)?)
+        Ok(Tensor::new(row.as_slice(), device)?
+            .unsqueeze(0)?
+            .repeat((b, 1))?
+            .to_dtype(DType::U32)?)
     }
 }

@@ -9,8 +9,8 @@ mod params;
 pub use config::{Activation, GptConfig};
 pub use gpt::{AttnMask, Block, Dropout, Gpt, KvCache, LayerNorm, Linear};
 pub use params::{
-    Init, ParamSpec, Params, Weights, check_weights, init_weights, load_hf, load_weights, param_specs, save_weights,
-    weights_file,
+    Init, ParamSpec, Params, Weights, check_weights, init_weights, load_hf, load_weights, param_specs,
+    save_weights, weights_file,
 };
 
 use std::path::PathBuf;

@@ -35,17 +35,36 @@ pub fn param_specs(cfg: &GptConfig) -> Vec<ParamSpec> {
     let proj_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
     let mut specs = Vec::new();
     let mut add = |name: String, shape: Vec<usize>, init: Init, decay: bool| {
-        specs.push(ParamSpec { name, shape, init, decay });
+        specs.push(ParamSpec {
+            name,
+            shape,
+            init,
+            decay,
+        });
     };
-    add("transformer.wte.weight".into(), vec![v, c], Init::Normal(std), false);
-    add("transformer.wpe.weight".into(), vec![cfg.n_ctx, c], Init::Normal(std), false);
+    add(
+        "transformer.wte.weight".into(),
+        vec![v, c],
+        Init::Normal(std),
+        false,
+    );
+    add(
+        "transformer.wpe.weight".into(),
+        vec![cfg.n_ctx, c],
+        Init::Normal(std),
+        false,
+    );
     let norm = |add: &mut dyn FnMut(String, Vec<usize>, Init, bool), p: String| {
         add(format!("{p}.weight"), vec![c], Init::Ones, false);
         if cfg.bias {
             add(format!("{p}.bias"), vec![c], Init::Zeros, false);
         }
     };
-    let linear = |add: &mut dyn FnMut(String, Vec<usize>, Init, bool), p: String, n_in: usize, n_out: usize, s: f64| {
+    let linear = |add: &mut dyn FnMut(String, Vec<usize>, Init, bool),
+                  p: String,
+                  n_in: usize,
+                  n_out: usize,
+                  s: f64| {
         add(format!("{p}.weight"), vec![n_in, n_out], Init::Normal(s), true);
         if cfg.bias {
             add(format!("{p}.bias"), vec![n_out], Init::Zeros, false);
@@ -95,7 +114,11 @@ fn normalise(raw: Vec<(String, Tensor)>) -> Result<Weights> {
         if name.ends_with(".attn.bias") && t.rank() == 4 || name.ends_with(".attn.masked_bias") {
             continue;
         }
-        let name = if name.starts_with("transformer.") || name == "lm_head.weight" { name } else { format!("transformer.{name}") };
+        let name = if name.starts_with("transformer.") || name == "lm_head.weight" {
+            name
+        } else {
+            format!("transformer.{name}")
+        };
         out.insert(name, t.to_dtype(DType::F32)?);
     }
     Ok(out)
@@ -104,7 +127,10 @@ fn normalise(raw: Vec<(String, Tensor)>) -> Result<Weights> {
 /// Checks loaded weights against the config: every parameter present with its shape, nothing
 /// unexpected. A tied `lm_head.weight` (some files store it) is dropped.
 pub fn check_weights(cfg: &GptConfig, mut w: Weights, source: &Path) -> Result<Weights> {
-    let err = |msg: String| Error::Weights { path: source.to_path_buf(), msg };
+    let err = |msg: String| Error::Weights {
+        path: source.to_path_buf(),
+        msg,
+    };
     if cfg.tie_embeddings {
         w.remove("lm_head.weight");
     }
@@ -113,7 +139,12 @@ pub fn check_weights(cfg: &GptConfig, mut w: Weights, source: &Path) -> Result<W
         match w.get(&s.name) {
             None => return Err(err(format!("missing tensor {}", s.name))),
             Some(t) if t.dims() != s.shape.as_slice() => {
-                return Err(err(format!("tensor {} has shape {:?}, the config says {:?}", s.name, t.dims(), s.shape)));
+                return Err(err(format!(
+                    "tensor {} has shape {:?}, the config says {:?}",
+                    s.name,
+                    t.dims(),
+                    s.shape
+                )));
             }
             Some(_) => {}
         }
@@ -122,7 +153,9 @@ pub fn check_weights(cfg: &GptConfig, mut w: Weights, source: &Path) -> Result<W
         let known: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         let mut extra: Vec<&String> = w.keys().filter(|k| !known.contains(k.as_str())).collect();
         extra.sort();
-        return Err(err(format!("unexpected tensors {extra:?}: the checkpoint is not of this config")));
+        return Err(err(format!(
+            "unexpected tensors {extra:?}: the checkpoint is not of this config"
+        )));
     }
     Ok(w)
 }
@@ -130,9 +163,15 @@ pub fn check_weights(cfg: &GptConfig, mut w: Weights, source: &Path) -> Result<W
 /// Reads `model.safetensors` or `pytorch_model.bin` (a file, or the folder holding one).
 pub fn load_weights(path: &Path, cfg: &GptConfig, device: &Device) -> Result<Weights> {
     let file = weights_file(path)?;
-    let err = |e: candle_core::Error| Error::Weights { path: file.clone(), msg: e.to_string() };
+    let err = |e: candle_core::Error| Error::Weights {
+        path: file.clone(),
+        msg: e.to_string(),
+    };
     let raw: Vec<(String, Tensor)> = if file.extension().is_some_and(|e| e == "safetensors") {
-        candle_core::safetensors::load(&file, device).map_err(err)?.into_iter().collect()
+        candle_core::safetensors::load(&file, device)
+            .map_err(err)?
+            .into_iter()
+            .collect()
     } else {
         candle_core::pickle::read_all(&file).map_err(err)?
     };
@@ -149,15 +188,23 @@ pub fn weights_file(path: &Path) -> Result<PathBuf> {
             return Ok(path.join(name));
         }
     }
-    Err(Error::Weights { path: path.to_path_buf(), msg: "no model.safetensors or pytorch_model.bin here".into() })
+    Err(Error::Weights {
+        path: path.to_path_buf(),
+        msg: "no model.safetensors or pytorch_model.bin here".into(),
+    })
 }
 
 /// Reads an HF GPT-2-family folder: `config.json` and its weights.
 pub fn load_hf(dir: &Path, device: &Device) -> Result<(GptConfig, Weights)> {
     let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::Io { path: cfg_path.clone(), source: e })?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Weights { path: cfg_path.clone(), msg: format!("invalid JSON: {e}") })?;
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::Io {
+        path: cfg_path.clone(),
+        source: e,
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Weights {
+        path: cfg_path.clone(),
+        msg: format!("invalid JSON: {e}"),
+    })?;
     let cfg = GptConfig::from_hf(&v)?;
     let w = load_weights(dir, &cfg, device)?;
     Ok((cfg, w))
@@ -167,8 +214,14 @@ pub fn load_hf(dir: &Path, device: &Device) -> Result<(GptConfig, Weights)> {
 pub fn save_weights(w: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
     let tmp = path.with_extension("safetensors.tmp");
     let w: HashMap<&str, Tensor> = w.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    candle_core::safetensors::save(&w, &tmp).map_err(|e| Error::Weights { path: tmp.clone(), msg: e.to_string() })?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })
+    candle_core::safetensors::save(&w, &tmp).map_err(|e| Error::Weights {
+        path: tmp.clone(),
+        msg: e.to_string(),
+    })?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })
 }
 
 /// Trainable weights: one [`Var`] per parameter, in [`param_specs`] order.
@@ -183,23 +236,35 @@ impl Params {
         let vars = param_specs(cfg)
             .into_iter()
             .map(|s| {
-                let t = w.remove(&s.name).ok_or_else(|| Error::Config(format!("no tensor {}", s.name)))?;
+                let t = w
+                    .remove(&s.name)
+                    .ok_or_else(|| Error::Config(format!("no tensor {}", s.name)))?;
                 let var = Var::from_tensor(&t)?;
                 Ok((s, var))
             })
             .collect::<Result<_>>()?;
-        Ok(Params { cfg: cfg.clone(), vars })
+        Ok(Params {
+            cfg: cfg.clone(),
+            vars,
+        })
     }
 
     /// A builder whose tensors are these vars, so the model's gradients reach them.
     pub fn var_builder(&self, device: &Device) -> VarBuilder<'static> {
-        let ts = self.vars.iter().map(|(s, v)| (s.name.clone(), v.as_tensor().clone())).collect();
+        let ts = self
+            .vars
+            .iter()
+            .map(|(s, v)| (s.name.clone(), v.as_tensor().clone()))
+            .collect();
         VarBuilder::from_tensors(ts, DType::F32, device)
     }
 
     /// A snapshot of the current values, by name.
     pub fn tensors(&self) -> BTreeMap<String, Tensor> {
-        self.vars.iter().map(|(s, v)| (s.name.clone(), v.as_tensor().detach())).collect()
+        self.vars
+            .iter()
+            .map(|(s, v)| (s.name.clone(), v.as_tensor().detach()))
+            .collect()
     }
 
     pub fn count(&self) -> usize {

@@ -7,7 +7,10 @@ use chatforge_data::Rng;
 use chatforge_model::{AttnMask, Gpt, GptConfig, Params, init_weights, ops};
 
 fn tiny() -> (GptConfig, Params, Gpt) {
-    let cfg = GptConfig { n_ctx: 16, ..GptConfig::tiny(50) };
+    let cfg = GptConfig {
+        n_ctx: 16,
+        ..GptConfig::tiny(50)
+    };
     let w = init_weights(&cfg, &mut Rng::new(1), &Device::Cpu).unwrap();
     let params = Params::from_weights(&cfg, w).unwrap();
     let gpt = Gpt::new(&cfg, params.var_builder(&Device::Cpu)).unwrap();
@@ -19,15 +22,31 @@ fn ids(v: &[u32]) -> Tensor {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(D::Minus1).unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(D::Minus1)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 #[test]
 fn every_parameter_gets_a_gradient() {
     for bias in [true, false] {
         for tie in [true, false] {
-            let cfg = GptConfig { n_ctx: 16, bias, tie_embeddings: tie, ..GptConfig::tiny(50) };
-            let params = Params::from_weights(&cfg, init_weights(&cfg, &mut Rng::new(2), &Device::Cpu).unwrap()).unwrap();
+            let cfg = GptConfig {
+                n_ctx: 16,
+                bias,
+                tie_embeddings: tie,
+                ..GptConfig::tiny(50)
+            };
+            let params =
+                Params::from_weights(&cfg, init_weights(&cfg, &mut Rng::new(2), &Device::Cpu).unwrap())
+                    .unwrap();
             let gpt = Gpt::new(&cfg, params.var_builder(&Device::Cpu)).unwrap();
             let x = Tensor::new(&[[1u32, 5, 9, 3, 7, 2], [4, 4, 8, 1, 0, 6]], &Device::Cpu).unwrap();
             let pos = Gpt::positions(2, 6, 0, &Device::Cpu).unwrap();
@@ -37,9 +56,15 @@ fn every_parameter_gets_a_gradient() {
             let loss = ops::cross_entropy(&logits.reshape((12, 50)).unwrap(), &targets, &weights).unwrap();
             let grads = loss.backward().unwrap();
             for (spec, var) in &params.vars {
-                let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {}", spec.name));
+                let g = grads
+                    .get(var.as_tensor())
+                    .unwrap_or_else(|| panic!("no gradient for {}", spec.name));
                 let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
-                assert!(norm > 0.0, "zero gradient for {} (bias {bias}, tied {tie})", spec.name);
+                assert!(
+                    norm > 0.0,
+                    "zero gradient for {} (bias {bias}, tied {tie})",
+                    spec.name
+                );
             }
         }
     }
@@ -49,28 +74,62 @@ fn every_parameter_gets_a_gradient() {
 fn initial_loss_is_near_uniform() {
     let (_, _, gpt) = tiny();
     let x = ids(&[1, 2, 3, 4, 5, 6, 7, 8]);
-    let logits = gpt.forward(&x, &Gpt::positions(1, 8, 0, &Device::Cpu).unwrap(), &AttnMask::Causal, None, None).unwrap();
-    let t = Tensor::new(&[2u32, 3, 4, 5, 6, 7, 8, 9], &Device::Cpu).unwrap();
-    let loss: f32 = ops::cross_entropy(&logits.squeeze(0).unwrap(), &t, &Tensor::ones(8, DType::F32, &Device::Cpu).unwrap())
-        .unwrap()
-        .to_scalar()
+    let logits = gpt
+        .forward(
+            &x,
+            &Gpt::positions(1, 8, 0, &Device::Cpu).unwrap(),
+            &AttnMask::Causal,
+            None,
+            None,
+        )
         .unwrap();
-    assert!((loss - 50f32.ln()).abs() < 0.1, "loss {loss}, ln V = {}", 50f32.ln());
+    let t = Tensor::new(&[2u32, 3, 4, 5, 6, 7, 8, 9], &Device::Cpu).unwrap();
+    let loss: f32 = ops::cross_entropy(
+        &logits.squeeze(0).unwrap(),
+        &t,
+        &Tensor::ones(8, DType::F32, &Device::Cpu).unwrap(),
+    )
+    .unwrap()
+    .to_scalar()
+    .unwrap();
+    assert!(
+        (loss - 50f32.ln()).abs() < 0.1,
+        "loss {loss}, ln V = {}",
+        50f32.ln()
+    );
 }
 
 #[test]
 fn kv_cache_gives_the_same_logits() {
     let (cfg, _, gpt) = tiny();
     let seq = [3u32, 14, 15, 9, 26, 5, 35];
-    let full = gpt.forward(&ids(&seq), &Gpt::positions(1, 7, 0, &Device::Cpu).unwrap(), &AttnMask::Causal, None, None).unwrap();
+    let full = gpt
+        .forward(
+            &ids(&seq),
+            &Gpt::positions(1, 7, 0, &Device::Cpu).unwrap(),
+            &AttnMask::Causal,
+            None,
+            None,
+        )
+        .unwrap();
     let mut cache = chatforge_model::KvCache::new(cfg.n_layer);
     // A prompt of 4, then one token at a time.
-    let mut parts = vec![gpt
-        .forward(&ids(&seq[..4]), &Gpt::positions(1, 4, 0, &Device::Cpu).unwrap(), &AttnMask::Causal, Some(&mut cache), None)
-        .unwrap()];
+    let mut parts = vec![
+        gpt.forward(
+            &ids(&seq[..4]),
+            &Gpt::positions(1, 4, 0, &Device::Cpu).unwrap(),
+            &AttnMask::Causal,
+            Some(&mut cache),
+            None,
+        )
+        .unwrap(),
+    ];
     for (i, &tok) in seq[4..].iter().enumerate() {
         let pos = Gpt::positions(1, 1, 4 + i, &Device::Cpu).unwrap();
-        parts.push(gpt.forward(&ids(&[tok]), &pos, &AttnMask::Causal, Some(&mut cache), None).unwrap());
+        parts.push(
+            gpt.forward(&ids(&[tok]), &pos, &AttnMask::Causal, Some(&mut cache), None)
+                .unwrap(),
+        );
     }
     assert_eq!(cache.len(), 7);
     let stepped = Tensor::cat(&parts, 1).unwrap();
@@ -86,13 +145,18 @@ fn packed_rows_keep_conversations_apart() {
         gpt.forward(&ids(s), &pos, &AttnMask::Causal, None, None).unwrap()
     };
     let row: Vec<u32> = a.iter().chain(&b).copied().collect();
-    let positions = Tensor::new(&[0u32, 1, 2, 3, 0, 1, 2], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let positions = Tensor::new(&[0u32, 1, 2, 3, 0, 1, 2], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let mask = AttnMask::packed(&[0, 0, 0, 0, 1, 1, 1], 1, 7, &Device::Cpu).unwrap();
     let packed = gpt.forward(&ids(&row), &positions, &mask, None, None).unwrap();
     assert!(max_diff(&packed.narrow(1, 0, 4).unwrap(), &alone(&a)) < 1e-5);
     assert!(max_diff(&packed.narrow(1, 4, 3).unwrap(), &alone(&b)) < 1e-5);
     // Without the mask the second conversation would see the first.
-    let causal = gpt.forward(&ids(&row), &positions, &AttnMask::Causal, None, None).unwrap();
+    let causal = gpt
+        .forward(&ids(&row), &positions, &AttnMask::Causal, None, None)
+        .unwrap();
     assert!(max_diff(&causal.narrow(1, 4, 3).unwrap(), &alone(&b)) > 1e-3);
 }
 
@@ -103,7 +167,11 @@ fn save_and_load_round_trip() {
     let path = dir.path().join("model.safetensors");
     chatforge_model::save_weights(&params.tensors(), &path).unwrap();
     let w = chatforge_model::load_weights(dir.path(), &cfg, &Device::Cpu).unwrap();
-    let again = Gpt::new(&cfg, candle_nn::VarBuilder::from_tensors(w, DType::F32, &Device::Cpu)).unwrap();
+    let again = Gpt::new(
+        &cfg,
+        candle_nn::VarBuilder::from_tensors(w, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
     let x = ids(&[1, 2, 3]);
     let pos = Gpt::positions(1, 3, 0, &Device::Cpu).unwrap();
     let a = gpt.forward(&x, &pos, &AttnMask::Causal, None, None).unwrap();
@@ -111,6 +179,11 @@ fn save_and_load_round_trip() {
     assert_eq!(max_diff(&a, &b), 0.0);
     // A checkpoint of another shape is refused with the tensor named.
     let other = GptConfig { n_embd: 64, ..cfg };
-    let err = chatforge_model::load_weights(dir.path(), &other, &Device::Cpu).unwrap_err().to_string();
-    assert!(err.contains("model.safetensors") && err.contains("transformer.wte.weight has shape [50, 32]"), "{err}");
+    let err = chatforge_model::load_weights(dir.path(), &other, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.safetensors") && err.contains("transformer.wte.weight has shape [50, 32]"),
+        "{err}"
+    );
 }

@@ -34,18 +34,33 @@ pub fn save(dir: &Path, params: &Params, opt: Option<&AdamW>, state: &Checkpoint
     atomic_dir(dir, |tmp| -> Result<()> {
         save_weights(&params.tensors(), &tmp.join("model.safetensors"))?;
         let mut files = BTreeMap::new();
-        files.insert("model.safetensors".to_string(), sha256_file(&tmp.join("model.safetensors"))?);
+        files.insert(
+            "model.safetensors".to_string(),
+            sha256_file(&tmp.join("model.safetensors"))?,
+        );
         if let Some(opt) = opt {
             let mut t = BTreeMap::new();
             for (i, (spec, var)) in params.vars.iter().enumerate() {
-                t.insert(format!("m.{}", spec.name), Tensor::from_slice(&opt.m[i], var.shape(), &Device::Cpu)?);
-                t.insert(format!("v.{}", spec.name), Tensor::from_slice(&opt.v[i], var.shape(), &Device::Cpu)?);
+                t.insert(
+                    format!("m.{}", spec.name),
+                    Tensor::from_slice(&opt.m[i], var.shape(), &Device::Cpu)?,
+                );
+                t.insert(
+                    format!("v.{}", spec.name),
+                    Tensor::from_slice(&opt.v[i], var.shape(), &Device::Cpu)?,
+                );
             }
             save_weights(&t, &tmp.join("optimizer.safetensors"))?;
-            files.insert("optimizer.safetensors".to_string(), sha256_file(&tmp.join("optimizer.safetensors"))?);
+            files.insert(
+                "optimizer.safetensors".to_string(),
+                sha256_file(&tmp.join("optimizer.safetensors"))?,
+            );
         }
         write_json(&tmp.join("config.json"), &params.cfg.to_hf())?;
-        let state = CheckpointState { files, ..state.clone() };
+        let state = CheckpointState {
+            files,
+            ..state.clone()
+        };
         write_json(&tmp.join("state.json"), &state)?;
         Ok(())
     })
@@ -62,13 +77,19 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
 /// Reads and verifies `state.json` and the hashes of the files it lists.
 pub fn read_state(dir: &Path) -> Result<CheckpointState> {
     let path = dir.join("state.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::Io {
+        path: path.clone(),
+        source: e,
+    })?;
     let state: CheckpointState =
         serde_json::from_str(&text).map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))?;
     for (name, hash) in &state.files {
         let actual = sha256_file(&dir.join(name))?;
         if &actual != hash {
-            return Err(Error::Checkpoint(format!("{}: hash mismatch, the file is corrupt", dir.join(name).display())));
+            return Err(Error::Checkpoint(format!(
+                "{}: hash mismatch, the file is corrupt",
+                dir.join(name).display()
+            )));
         }
     }
     Ok(state)
@@ -109,7 +130,9 @@ pub fn load_optimizer(dir: &Path, params: &Params, opt: &mut AdamW) -> Result<()
         .map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))?;
     for (i, (spec, _)) in params.vars.iter().enumerate() {
         let get = |k: String| -> Result<Vec<f32>> {
-            let x = t.get(&k).ok_or_else(|| Error::Checkpoint(format!("{}: no tensor {k}", path.display())))?;
+            let x = t
+                .get(&k)
+                .ok_or_else(|| Error::Checkpoint(format!("{}: no tensor {k}", path.display())))?;
             Ok(x.flatten_all()?.to_vec1()?)
         };
         opt.m[i] = get(format!("m.{}", spec.name))?;
@@ -121,7 +144,10 @@ pub fn load_optimizer(dir: &Path, params: &Params, opt: &mut AdamW) -> Result<()
 /// Removes all but the newest `keep` checkpoints.
 pub fn prune(run: &Path, keep: usize) -> Result<()> {
     for (_, dir) in list(run).into_iter().skip(keep.max(1)) {
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::Io { path: dir.clone(), source: e })?;
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::Io {
+            path: dir.clone(),
+            source: e,
+        })?;
     }
     Ok(())
 }

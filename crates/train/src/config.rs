@@ -96,7 +96,13 @@ impl Default for TrainSettings {
 
 impl TrainSettings {
     pub fn adamw(&self) -> AdamWConfig {
-        AdamWConfig { lr: self.lr, beta1: self.beta1, beta2: self.beta2, eps: self.eps, weight_decay: self.weight_decay }
+        AdamWConfig {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        }
     }
 }
 
@@ -109,7 +115,10 @@ pub struct TrainConfig {
 
 impl TrainConfig {
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
         toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
@@ -124,10 +133,16 @@ impl TrainConfig {
         if let Some(s) = t.seq_len
             && (s == 0 || s > self.model.n_ctx)
         {
-            return bad(format!("train.seq_len = {s} must be in 1..={} (model.n_ctx)", self.model.n_ctx));
+            return bad(format!(
+                "train.seq_len = {s} must be in 1..={} (model.n_ctx)",
+                self.model.n_ctx
+            ));
         }
         if !(t.lr > 0.0) || t.min_lr < 0.0 || t.min_lr > t.lr {
-            return bad(format!("train.lr = {} and train.min_lr = {} need 0 <= min_lr <= lr, lr > 0", t.lr, t.min_lr));
+            return bad(format!(
+                "train.lr = {} and train.min_lr = {} need 0 <= min_lr <= lr, lr > 0",
+                t.lr, t.min_lr
+            ));
         }
         if t.max_steps.is_none() && t.epochs.is_none() {
             return bad("give train.max_steps or train.epochs".into());

@@ -17,7 +17,13 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }
+        AdamWConfig {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        }
     }
 }
 
@@ -33,7 +39,12 @@ pub struct AdamW {
 impl AdamW {
     pub fn new(cfg: AdamWConfig, params: &[(ParamSpec, Var)]) -> Self {
         let zeros = || params.iter().map(|(_, p)| vec![0f32; p.elem_count()]).collect();
-        AdamW { cfg, step: 0, m: zeros(), v: zeros() }
+        AdamW {
+            cfg,
+            step: 0,
+            m: zeros(),
+            v: zeros(),
+        }
     }
 
     /// One update at learning rate `lr`; `grads[i]` belongs to `params[i]` (None: no gradient, skipped).
@@ -49,7 +60,11 @@ impl AdamW {
             let Some(grad) = grad else { continue };
             let g: Vec<f32> = grad.flatten_all()?.to_vec1()?;
             let mut p: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
-            let decay = if spec.decay { (1.0 - lr * c.weight_decay) as f32 } else { 1.0 };
+            let decay = if spec.decay {
+                (1.0 - lr * c.weight_decay) as f32
+            } else {
+                1.0
+            };
             let (m, v) = (&mut self.m[i], &mut self.v[i]);
             for k in 0..p.len() {
                 p[k] *= decay;

@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use chatforge_data::{Batch, BatchSampler, Rng, SamplerConfig, SamplerState, Shard, sha256_file};
-use chatforge_model::{AttnMask, Dropout, Gpt, GptConfig, Params, Weights, init_weights, load_hf, load_weights, ops};
+use chatforge_model::{
+    AttnMask, Dropout, Gpt, GptConfig, Params, Weights, init_weights, load_hf, load_weights, ops,
+};
 use serde::Serialize;
 
 use crate::checkpoint::{self, CheckpointState, write_json};
@@ -18,12 +20,40 @@ use crate::{Error, Mode, Result, TrainConfig};
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    Start { steps: u64, start_step: u64, params: usize, rows_per_epoch: usize, micro_batches: usize, resumed_from: Option<PathBuf> },
-    Step { step: u64, loss: f64, lr: f64, grad_norm: f64, tokens_per_s: f64, epoch: f64, elapsed_s: f64 },
-    Eval { step: u64, val_loss: f64, best_val_loss: f64, improved: bool },
-    Checkpoint { step: u64, path: PathBuf },
-    Warning { message: String },
-    Stopped { step: u64, reason: String },
+    Start {
+        steps: u64,
+        start_step: u64,
+        params: usize,
+        rows_per_epoch: usize,
+        micro_batches: usize,
+        resumed_from: Option<PathBuf>,
+    },
+    Step {
+        step: u64,
+        loss: f64,
+        lr: f64,
+        grad_norm: f64,
+        tokens_per_s: f64,
+        epoch: f64,
+        elapsed_s: f64,
+    },
+    Eval {
+        step: u64,
+        val_loss: f64,
+        best_val_loss: f64,
+        improved: bool,
+    },
+    Checkpoint {
+        step: u64,
+        path: PathBuf,
+    },
+    Warning {
+        message: String,
+    },
+    Stopped {
+        step: u64,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -41,7 +71,13 @@ pub struct TrainSummary {
 /// Weights to start from: an HF GPT-2-family folder, an earlier run (its `best/`, else its newest
 /// checkpoint), or a checkpoint folder.
 pub fn load_init(path: &Path, device: &Device) -> Result<(GptConfig, Weights)> {
-    let candidates = [path.join("best"), checkpoint::list(path).first().map(|(_, d)| d.clone()).unwrap_or_default()];
+    let candidates = [
+        path.join("best"),
+        checkpoint::list(path)
+            .first()
+            .map(|(_, d)| d.clone())
+            .unwrap_or_default(),
+    ];
     let dir = if path.join("config.json").is_file() {
         path.to_path_buf()
     } else if let Some(d) = candidates.into_iter().find(|d| d.join("config.json").is_file()) {
@@ -61,7 +97,13 @@ fn to_tensor(v: &[u32], shape: (usize, usize), dev: &Device) -> Result<Tensor> {
 
 /// The micro-batch's loss (a scalar with a graph) and how many positions carry it; `None` when
 /// none does (an SFT row of prompts only).
-fn batch_loss(model: &Gpt, batch: &Batch, mode: Mode, dropout: Option<&mut Dropout>, dev: &Device) -> Result<Option<(Tensor, usize)>> {
+fn batch_loss(
+    model: &Gpt,
+    batch: &Batch,
+    mode: Mode,
+    dropout: Option<&mut Dropout>,
+    dev: &Device,
+) -> Result<Option<(Tensor, usize)>> {
     let (b, t) = (batch.batch_size, batch.seq_len);
     let weights: &[u8] = match mode {
         Mode::Pretrain => &batch.target_mask,
@@ -79,7 +121,10 @@ fn batch_loss(model: &Gpt, batch: &Batch, mode: Mode, dropout: Option<&mut Dropo
     let targets = Tensor::from_slice(&batch.targets, b * t, dev)?;
     let w: Vec<f32> = weights.iter().map(|&x| f32::from(x)).collect();
     let w = Tensor::from_vec(w, b * t, dev)?;
-    Ok(Some((ops::cross_entropy(&logits.reshape((b * t, v))?, &targets, &w)?, n)))
+    Ok(Some((
+        ops::cross_entropy(&logits.reshape((b * t, v))?, &targets, &w)?,
+        n,
+    )))
 }
 
 /// Mean loss over the validation batches, weighted by the positions that carry loss; no backward.
@@ -91,7 +136,11 @@ fn estimate_loss(model: &Gpt, batches: &[Batch], mode: Mode, dev: &Device) -> Re
             count += n;
         }
     }
-    Ok(if count == 0 { f64::NAN } else { total / count as f64 })
+    Ok(if count == 0 {
+        f64::NAN
+    } else {
+        total / count as f64
+    })
 }
 
 struct Log(std::fs::File);
@@ -106,20 +155,30 @@ impl Log {
 
 /// Trains `cfg` into the run directory `run`. With `resume`, continues from the newest checkpoint
 /// that verifies. `stop` ends the run after the current step (with a checkpoint).
-pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, on_event: &mut dyn FnMut(&Event), stop: &AtomicBool) -> Result<TrainSummary> {
+pub fn train(
+    cfg: &TrainConfig,
+    run: &Path,
+    resume: bool,
+    on_event: &mut dyn FnMut(&Event),
+    stop: &AtomicBool,
+) -> Result<TrainSummary> {
     let started = Instant::now();
     let dev = Device::Cpu;
     let mut cfg = cfg.clone();
     cfg.validate()?;
     let t = cfg.train.clone();
-    std::fs::create_dir_all(run).map_err(|e| Error::Io { path: run.to_path_buf(), source: e })?;
-    let mut log = Log(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(run.join("logs.jsonl"))
-            .map_err(|e| Error::Io { path: run.join("logs.jsonl"), source: e })?,
-    );
+    std::fs::create_dir_all(run).map_err(|e| Error::Io {
+        path: run.to_path_buf(),
+        source: e,
+    })?;
+    let mut log = Log(std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run.join("logs.jsonl"))
+        .map_err(|e| Error::Io {
+            path: run.join("logs.jsonl"),
+            source: e,
+        })?);
     let mut emit = |e: Event, log: &mut Log| {
         log.write(&e);
         on_event(&e);
@@ -137,23 +196,35 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, on_event: &mut dyn FnM
     let weights = match (&resumed, &t.init) {
         (Some((dir, state)), _) => {
             if state.config.model != cfg.model {
-                return Err(Error::Config(format!("--resume: the model in {} differs from this config", dir.display())));
+                return Err(Error::Config(format!(
+                    "--resume: the model in {} differs from this config",
+                    dir.display()
+                )));
             }
             load_weights(dir, &cfg.model, &dev)?
         }
         (None, Some(init)) => {
             let (init_cfg, w) = load_init(init, &dev)?;
-            cfg.model = GptConfig { dropout: cfg.model.dropout, ..init_cfg };
+            cfg.model = GptConfig {
+                dropout: cfg.model.dropout,
+                ..init_cfg
+            };
             w
         }
         (None, None) => init_weights(&cfg.model, &mut Rng::new(t.seed), &dev)?,
     };
     let seq_len = t.seq_len.unwrap_or(cfg.model.n_ctx);
     if seq_len > cfg.model.n_ctx {
-        return Err(Error::Config(format!("train.seq_len = {seq_len} is above the model's position table (n_ctx = {})", cfg.model.n_ctx)));
+        return Err(Error::Config(format!(
+            "train.seq_len = {seq_len} is above the model's position table (n_ctx = {})",
+            cfg.model.n_ctx
+        )));
     }
 
-    let data = t.data.clone().ok_or_else(|| Error::Config("no training data (train.data or --data)".into()))?;
+    let data = t
+        .data
+        .clone()
+        .ok_or_else(|| Error::Config("no training data (train.data or --data)".into()))?;
     let shard = Shard::open(&data)?;
     if shard.vocab_size() as usize > cfg.model.vocab_size {
         return Err(Error::Config(format!(
@@ -167,13 +238,20 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, on_event: &mut dyn FnM
     if let Some(v) = &val_shard
         && v.vocab_size() != shard.vocab_size()
     {
-        return Err(Error::Config("training and validation shards come from different tokenizers".into()));
+        return Err(Error::Config(
+            "training and validation shards come from different tokenizers".into(),
+        ));
     }
 
     let params = Params::from_weights(&cfg.model, weights)?;
     let model = Gpt::new(&cfg.model, params.var_builder(&dev))?;
     let mut opt = AdamW::new(t.adamw(), &params.vars);
-    let scfg = SamplerConfig { batch_size: t.batch_size, seq_len, seed: t.seed, shuffle: true };
+    let scfg = SamplerConfig {
+        batch_size: t.batch_size,
+        seq_len,
+        seed: t.seed,
+        shuffle: true,
+    };
     let (mut step, mut sampler_state, mut dropout_rng) = (0, SamplerState::default(), t.seed ^ 0xD0D0);
     let (mut best, mut since_best) = (None::<f64>, 0u64);
     if let Some((dir, state)) = &resumed {
@@ -183,10 +261,19 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, on_event: &mut dyn FnM
         (best, since_best) = (state.best_val_loss, state.evals_since_best);
     }
     let mut sampler = BatchSampler::resume(&shard, scfg, sampler_state)?;
-    let mut dropout = Dropout { p: cfg.model.dropout, rng: Rng::from_state(dropout_rng) };
+    let mut dropout = Dropout {
+        p: cfg.model.dropout,
+        rng: Rng::from_state(dropout_rng),
+    };
     let val_batches: Vec<Batch> = match &val_shard {
         Some(v) => {
-            let mut s = BatchSampler::new(v, SamplerConfig { shuffle: false, ..scfg })?;
+            let mut s = BatchSampler::new(
+                v,
+                SamplerConfig {
+                    shuffle: false,
+                    ..scfg
+                },
+            )?;
             let mut b = s.epoch_batches();
             if let Some(n) = t.eval_batches {
                 b.truncate(n);
@@ -196,7 +283,9 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, on_event: &mut dyn FnM
         None => Vec::new(),
     };
 
-    let micro = t.tokens_per_step.map_or(1, |n| n.div_ceil(t.batch_size * seq_len).max(1));
+    let micro = t
+        .tokens_per_step
+        .map_or(1, |n| n.div_ceil(t.batch_size * seq_len).max(1));
     let steps = t.max_steps.unwrap_or_else(|| {
         let rows = t.epochs.unwrap_or(1.0) * sampler.rows_in_epoch() as f64;
         (rows / (t.batch_size * micro) as f64).ceil().max(1.0) as u64
@@ -215,7 +304,13 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, on_event: &mut dyn FnM
         &mut log,
     );
 
-    let save = |step: u64, sampler: &BatchSampler, dropout: &Dropout, best: Option<f64>, since: u64, opt: &AdamW| -> Result<PathBuf> {
+    let save = |step: u64,
+                sampler: &BatchSampler,
+                dropout: &Dropout,
+                best: Option<f64>,
+                since: u64,
+                opt: &AdamW|
+     -> Result<PathBuf> {
         let state = CheckpointState {
             step,
             sampler: sampler.state(),
@@ -231,7 +326,15 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, on_event: &mut dyn FnM
         Ok(dir)
     };
 
-    let mut summary = TrainSummary { steps: step, last_loss: None, best_val_loss: best, tokens: 0, seconds: 0.0, stopped: None, losses: Vec::new() };
+    let mut summary = TrainSummary {
+        steps: step,
+        last_loss: None,
+        best_val_loss: best,
+        tokens: 0,
+        seconds: 0.0,
+        stopped: None,
+        losses: Vec::new(),
+    };
     while step < steps {
         let t0 = Instant::now();
         let lr = lr_at(step, t.lr, t.min_lr, t.warmup_steps, steps);
@@ -243,7 +346,9 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, on_event: &mut dyn FnM
             let batch = sampler.next_batch();
             summary.tokens += (batch.batch_size * batch.seq_len) as u64;
             let drop_ref = (dropout.p > 0.0).then_some(&mut dropout);
-            let Some((loss, _)) = batch_loss(&model, &batch, t.mode, drop_ref, &dev)? else { continue };
+            let Some((loss, _)) = batch_loss(&model, &batch, t.mode, drop_ref, &dev)? else {
+                continue;
+            };
             loss_sum += f64::from(loss.to_scalar::<f32>()?);
             used += 1;
             let g = (loss / micro as f64)?.backward()?;
@@ -259,7 +364,11 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, on_event: &mut dyn FnM
         let grad_norm = clip_grad_norm(&mut grads, t.grad_clip)?;
         opt.update(&params.vars, &grads, lr)?;
         step += 1;
-        let loss = if used == 0 { f64::NAN } else { loss_sum / used as f64 };
+        let loss = if used == 0 {
+            f64::NAN
+        } else {
+            loss_sum / used as f64
+        };
         summary.losses.push(loss);
         summary.last_loss = Some(loss);
         let secs = t0.elapsed().as_secs_f64();
@@ -296,9 +405,19 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, on_event: &mut dyn FnM
             } else {
                 since_best += 1;
             }
-            emit(Event::Eval { step, val_loss: val, best_val_loss: best.unwrap_or(val), improved }, &mut log);
+            emit(
+                Event::Eval {
+                    step,
+                    val_loss: val,
+                    best_val_loss: best.unwrap_or(val),
+                    improved,
+                },
+                &mut log,
+            );
             if t.patience.is_some_and(|p| since_best >= p) {
-                stop_reason = Some(format!("early stopping: no better validation loss in {since_best} evaluations"));
+                stop_reason = Some(format!(
+                    "early stopping: no better validation loss in {since_best} evaluations"
+                ));
             }
         }
         if step % t.checkpoint_every == 0 || step == steps || stop_reason.is_some() {
@@ -306,7 +425,13 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, on_event: &mut dyn FnM
             emit(Event::Checkpoint { step, path: dir }, &mut log);
         }
         if let Some(reason) = stop_reason {
-            emit(Event::Stopped { step, reason: reason.clone() }, &mut log);
+            emit(
+                Event::Stopped {
+                    step,
+                    reason: reason.clone(),
+                },
+                &mut log,
+            );
             summary.stopped = Some(reason);
             break;
         }
@@ -314,14 +439,32 @@ pub fn train(cfg: &TrainConfig, run: &Path, resume: bool, on_event: &mut dyn FnM
     summary.steps = step;
     summary.best_val_loss = best;
     summary.seconds = started.elapsed().as_secs_f64();
-    write_manifest(run, &cfg, &data, t.val.as_deref(), if summary.stopped.is_some() { "stopped" } else { "done" })?;
+    write_manifest(
+        run,
+        &cfg,
+        &data,
+        t.val.as_deref(),
+        if summary.stopped.is_some() {
+            "stopped"
+        } else {
+            "done"
+        },
+    )?;
     Ok(summary)
 }
 
-fn write_manifest(run: &Path, cfg: &TrainConfig, data: &Path, val: Option<&Path>, status: &str) -> Result<()> {
+fn write_manifest(
+    run: &Path,
+    cfg: &TrainConfig,
+    data: &Path,
+    val: Option<&Path>,
+    status: &str,
+) -> Result<()> {
     let input = |p: &Path| -> Result<serde_json::Value> {
         let sidecar = chatforge_tokenizer::TokenizeReport::sidecar(p);
-        let meta = std::fs::read_to_string(&sidecar).ok().and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+        let meta = std::fs::read_to_string(&sidecar)
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
         Ok(serde_json::json!({"path": p.display().to_string(), "sha256": sha256_file(p)?, "tokenized": meta}))
     };
     let manifest = serde_json::json!({

@@ -46,7 +46,12 @@ mod tests {
         let x = Tensor::new(&[[1f32, 2., 3., 4.]], &Device::Cpu).unwrap();
         let w = Tensor::new(&[1f32, 1., 2., 2.], &Device::Cpu).unwrap();
         let b = Tensor::new(&[0f32, 1., 0., 1.], &Device::Cpu).unwrap();
-        let y: Vec<f32> = layer_norm(&x, &w, Some(&b), 0.0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = layer_norm(&x, &w, Some(&b), 0.0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         // mean 2.5, variance 1.25
         let s = 1.25f32.sqrt();
         let expected = [-1.5 / s, -0.5 / s + 1.0, 2.0 * 0.5 / s, 2.0 * 1.5 / s + 1.0];
@@ -69,10 +74,16 @@ mod tests {
         let targets = Tensor::new(&[0u32, 1], &Device::Cpu).unwrap();
         let both = Tensor::new(&[1f32, 1.], &Device::Cpu).unwrap();
         let second = Tensor::new(&[0f32, 1.], &Device::Cpu).unwrap();
-        let l: f32 = cross_entropy(&logits, &targets, &both).unwrap().to_scalar().unwrap();
+        let l: f32 = cross_entropy(&logits, &targets, &both)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         let expected = (2f32.ln() + (1.5f32).ln()) / 2.0; // -log(1/2), -log(2/3)
         assert!((l - expected).abs() < 1e-6);
-        let l: f32 = cross_entropy(&logits, &targets, &second).unwrap().to_scalar().unwrap();
+        let l: f32 = cross_entropy(&logits, &targets, &second)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert!((l - 1.5f32.ln()).abs() < 1e-6);
     }
 }

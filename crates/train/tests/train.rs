@@ -1,0 +1,196 @@
+//! The training loop on tiny configs: it learns, it repeats itself, and a crashed run resumes
+//! with exactly the losses an uninterrupted one has.
+
+#![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use chatforge_data::{Rng, ShardWriter};
+use chatforge_model::GptConfig;
+use chatforge_train::{Event, Mode, TrainConfig, TrainSettings, list_checkpoints, train};
+
+/// Conversations of a simple pattern: "a b c … " counting up from a random start, second half masked.
+fn shard(path: &Path, docs: usize, seed: u64) -> PathBuf {
+    let mut w = ShardWriter::create(path, 40).unwrap();
+    let mut rng = Rng::new(seed);
+    for _ in 0..docs {
+        let start = rng.below(20) as u32;
+        let len = 6 + rng.below(10) as usize;
+        let ids: Vec<u32> = (0..len as u32).map(|i| (start + i) % 40).collect();
+        let mask: Vec<u8> = (0..len).map(|i| u8::from(i >= len / 2)).collect();
+        w.push(&ids, &mask).unwrap();
+    }
+    w.finish().unwrap();
+    path.to_path_buf()
+}
+
+fn config(dir: &Path, steps: u64) -> TrainConfig {
+    TrainConfig {
+        model: GptConfig {
+            n_ctx: 32,
+            dropout: 0.1,
+            ..GptConfig::tiny(40)
+        },
+        train: TrainSettings {
+            mode: Mode::Sft,
+            data: Some(shard(&dir.join("train.bin"), 200, 1)),
+            val: Some(shard(&dir.join("val.bin"), 20, 2)),
+            max_steps: Some(steps),
+            batch_size: 4,
+            tokens_per_step: Some(200),
+            lr: 3e-3,
+            warmup_steps: 3,
+            eval_every: 4,
+            checkpoint_every: 4,
+            keep_last: 3,
+            seed: 5,
+            ..TrainSettings::default()
+        },
+    }
+}
+
+fn run(cfg: &TrainConfig, dir: &Path, resume: bool) -> Vec<f64> {
+    train(cfg, dir, resume, &mut |_| {}, &AtomicBool::new(false))
+        .unwrap()
+        .losses
+}
+
+#[test]
+fn it_learns_and_repeats_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 60);
+    cfg.train.lr = 1e-2;
+    let a = run(&cfg, &dir.path().join("a"), false);
+    let b = run(&cfg, &dir.path().join("b"), false);
+    assert_eq!(a, b, "same seed, same data: same losses");
+    assert!(a[59] < 0.4 * a[0], "loss went from {} to {}", a[0], a[59]);
+    let other = run(
+        &TrainConfig {
+            train: TrainSettings {
+                seed: 6,
+                ..cfg.train.clone()
+            },
+            ..cfg.clone()
+        },
+        &dir.path().join("c"),
+        false,
+    );
+    assert_ne!(a, other);
+    // The run directory holds what it promises.
+    let run_dir = dir.path().join("a");
+    for f in [
+        "manifest.json",
+        "config.json",
+        "logs.jsonl",
+        "best/model.safetensors",
+        "best/state.json",
+    ] {
+        assert!(run_dir.join(f).is_file(), "{f} missing");
+    }
+    let steps: Vec<u64> = list_checkpoints(&run_dir).iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps, [60, 56, 52], "keep_last = 3");
+    let log = std::fs::read_to_string(run_dir.join("logs.jsonl")).unwrap();
+    assert_eq!(
+        log.lines().filter(|l| l.contains("\"event\":\"step\"")).count(),
+        60
+    );
+    assert!(log.contains("\"event\":\"eval\""));
+}
+
+#[test]
+fn a_crashed_run_resumes_with_identical_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 14);
+    let full = run(&cfg, &dir.path().join("full"), false);
+
+    // Crash after step 10: the newest checkpoint is step 8, so steps 9–10 are redone.
+    let crashed = dir.path().join("crashed");
+    let result = std::panic::catch_unwind(|| {
+        train(
+            &cfg,
+            &crashed,
+            false,
+            &mut |e| {
+                if let Event::Step { step: 10, .. } = e {
+                    panic!("simulated crash");
+                }
+            },
+            &AtomicBool::new(false),
+        )
+    });
+    assert!(result.is_err());
+    let resumed = run(&cfg, &crashed, true);
+    assert_eq!(resumed.len(), 6, "steps 9..=14");
+    assert_eq!(
+        resumed[..],
+        full[8..],
+        "resumed losses must equal the uninterrupted run's"
+    );
+
+    // A corrupt newest checkpoint is skipped with a warning; the one before is used.
+    let (_, newest) = &list_checkpoints(&crashed)[0];
+    std::fs::write(newest.join("model.safetensors"), b"garbage").unwrap();
+    let mut warned = Vec::new();
+    let summary = train(
+        &TrainConfig {
+            train: TrainSettings {
+                max_steps: Some(16),
+                ..cfg.train.clone()
+            },
+            ..cfg.clone()
+        },
+        &crashed,
+        true,
+        &mut |e| {
+            if let Event::Warning { message } = e {
+                warned.push(message.clone());
+            }
+        },
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert!(warned.iter().any(|w| w.contains("hash mismatch")), "{warned:?}");
+    assert_eq!(summary.losses.len(), 4, "resumed from step 12");
+}
+
+#[test]
+fn impossible_configs_fail_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 5);
+    let err = |c: TrainConfig| {
+        train(
+            &c,
+            &dir.path().join("x"),
+            false,
+            &mut |_| {},
+            &AtomicBool::new(false),
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    let e = err(TrainConfig {
+        model: GptConfig {
+            n_head: 3,
+            ..cfg.model.clone()
+        },
+        ..cfg.clone()
+    });
+    assert!(e.contains("n_head = 3 does not divide n_embd = 32"), "{e}");
+    let e = err(TrainConfig {
+        train: TrainSettings {
+            seq_len: Some(64),
+            ..cfg.train.clone()
+        },
+        ..cfg.clone()
+    });
+    assert!(e.contains("train.seq_len = 64"), "{e}");
+    let e = err(TrainConfig {
+        model: GptConfig {
+            vocab_size: 30,
+            ..cfg.model.clone()
+        },
+        ..cfg.clone()
+    });
+    assert!(e.contains("has 40 tokens but model.vocab_size is 30"), "{e}");
+}
