@@ -108,7 +108,7 @@ impl GptConfig {
         {
             return bad("vocab_size, n_ctx, n_layer, n_head and n_embd must all be at least 1".into());
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return bad(format!(
                 "n_head = {} does not divide n_embd = {}",
                 self.n_head, self.n_embd

@@ -228,10 +228,7 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor, dropout: &mut Option<&mut Dropout>) -> Result<Tensor> {
         let x = self.c_fc.forward(x)?; // (B, T, 4C)
-        let x = match self.activation {
-            Activation::GeluTanh => x.gelu()?,
-            Activation::GeluErf => x.gelu_erf()?,
-        };
+        let x = ops::gelu(&x, self.activation)?;
         drop(self.c_proj.forward(&x)?, dropout)
     }
 }

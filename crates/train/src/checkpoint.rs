@@ -107,7 +107,7 @@ pub fn list(run: &Path) -> Vec<(u64, PathBuf)> {
             Some((step, e.path()))
         })
         .collect();
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
     out
 }
 

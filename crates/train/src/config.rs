@@ -138,7 +138,7 @@ impl TrainConfig {
                 self.model.n_ctx
             ));
         }
-        if !(t.lr > 0.0) || t.min_lr < 0.0 || t.min_lr > t.lr {
+        if t.lr.is_nan() || t.lr <= 0.0 || t.min_lr < 0.0 || t.min_lr > t.lr {
             return bad(format!(
                 "train.lr = {} and train.min_lr = {} need 0 <= min_lr <= lr, lr > 0",
                 t.lr, t.min_lr

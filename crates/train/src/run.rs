@@ -165,6 +165,15 @@ pub fn train(
     let started = Instant::now();
     let dev = Device::Cpu;
     let mut cfg = cfg.clone();
+    let data = cfg
+        .train
+        .data
+        .clone()
+        .ok_or_else(|| Error::Config("no training data (train.data or --data)".into()))?;
+    let shard = Shard::open(&data)?;
+    if cfg.model.vocab_size == 0 {
+        cfg.model.vocab_size = shard.vocab_size() as usize; // "0: take the tokenizer's size from the shard"
+    }
     cfg.validate()?;
     let t = cfg.train.clone();
     std::fs::create_dir_all(run).map_err(|e| Error::Io {
@@ -478,4 +487,39 @@ fn write_manifest(
         "dtype": format!("{:?}", DType::F32),
     });
     write_json(&run.join("manifest.json"), &manifest)
+}
+
+/// The loss of a model that ignores context: cross-entropy, on the targets of `val` that carry
+/// loss in `mode`, of the token frequencies of `train` (add-one smoothed). A trained model should
+/// be well below it.
+pub fn unigram_baseline(train: &Shard, val: &Shard, mode: Mode) -> f64 {
+    let targets = |s: &Shard| -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut ids = Vec::new();
+        for d in 0..s.n_docs() {
+            let r = s.doc(d);
+            ids.clear();
+            s.ids_into(r.clone(), &mut ids);
+            let mask = s.mask(r);
+            for i in 1..ids.len() {
+                if mode == Mode::Pretrain || mask[i] == 1 {
+                    out.push(ids[i]);
+                }
+            }
+        }
+        out
+    };
+    let v = train.vocab_size() as usize;
+    let mut counts = vec![1f64; v];
+    let train_targets = targets(train);
+    for &t in &train_targets {
+        counts[t as usize] += 1.0;
+    }
+    let total = train_targets.len() as f64 + v as f64;
+    let val_targets = targets(val);
+    let nll: f64 = val_targets
+        .iter()
+        .map(|&t| -(counts[t as usize] / total).ln())
+        .sum();
+    nll / val_targets.len().max(1) as f64
 }

@@ -2,6 +2,7 @@ pub mod bench;
 pub mod data;
 pub mod pipeline;
 pub mod tokenizer;
+pub mod train;
 
 use chatforge_tokenizer::{Persona, RenderOptions};
 use clap::Args;

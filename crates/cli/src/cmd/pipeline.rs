@@ -1,7 +1,12 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use candle_core::{DType, Device};
+use chatforge_data::{Conversation, Message, Role, Shard};
+use chatforge_infer::{Sampling, reply};
+use chatforge_model::{Gpt, load_hf};
 use chatforge_tokenizer::{ChatTokenizer, RenderOptions, TokenizerKind, tokenize_file};
+use chatforge_train::{Mode, TrainConfig, unigram_baseline};
 use clap::Args;
 
 use super::data::{ImportArgs, import_cmd};
@@ -24,7 +29,7 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let data_dir = args.out.join("data");
     let train_jsonl = data_dir.join("train.jsonl");
-    say!("── 1/3 import {} ──", args.data.display());
+    say!("── 1/5 import {} ──", args.data.display());
     import_cmd(&ImportArgs {
         inputs: vec![args.data.clone()],
         out: train_jsonl.clone(),
@@ -41,7 +46,7 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
         skip_invalid: false,
     })?;
 
-    say!("\n── 2/3 tokenizer ──");
+    say!("\n── 2/5 tokenizer ──");
     let tok_dir = args.out.join("tokenizer");
     super::tokenizer::train(
         &TrainArgs {
@@ -56,7 +61,7 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
         false,
     )?;
 
-    say!("\n── 3/3 tokenize ──");
+    say!("\n── 3/5 tokenize ──");
     let tok = ChatTokenizer::load(&tok_dir)?;
     for (name, jsonl) in [
         ("train", train_jsonl.clone()),
@@ -74,10 +79,67 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
     }
 
     say!(
-        "\ndone in {:.1} s. Written under {}:\n  data/train.jsonl, data/train.val.jsonl   canonical conversations\n  tokenizer/                               tokenizer.json, manifest.json, stats.json\n  data/train.bin, data/val.bin             token shards (+ .json sidecars)",
+        "\n── 4/5 train ({}) ──",
+        if args.quick {
+            "configs/tiny.toml"
+        } else {
+            "configs/small.toml"
+        }
+    );
+    let mut cfg: TrainConfig = toml::from_str(if args.quick { TINY } else { SMALL })?;
+    cfg.train.data = Some(data_dir.join("train.bin"));
+    cfg.train.val = Some(data_dir.join("val.bin"));
+    // A fresh run: earlier checkpoints of this directory would otherwise be resumed or pruned against.
+    for old in ["checkpoints", "best"] {
+        let p = args.out.join(old);
+        if p.exists() {
+            std::fs::remove_dir_all(&p)?;
+        }
+    }
+    let _ = std::fs::remove_file(args.out.join("logs.jsonl"));
+    let summary = super::train::run_training(&cfg, &args.out, false, Some(&tok_dir))?;
+
+    say!("\n── 5/5 evaluate ──");
+    let train_shard = Shard::open(&data_dir.join("train.bin"))?;
+    let val_shard = Shard::open(&data_dir.join("val.bin"))?;
+    let baseline = unigram_baseline(&train_shard, &val_shard, Mode::Sft);
+    let best = summary.best_val_loss.unwrap_or(f64::NAN);
+    say!(
+        "validation loss on assistant tokens: {best:.3} (perplexity {:.1}); unigram baseline {baseline:.3} (perplexity {:.1})",
+        best.exp(),
+        baseline.exp()
+    );
+    let (model_cfg, weights) = load_hf(&args.out.join("best"), &Device::Cpu)?;
+    let model = Gpt::new(
+        &model_cfg,
+        candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu),
+    )?;
+    for prompt in PROMPTS {
+        let conv = Conversation::new(vec![Message::new(Role::User, prompt)]);
+        let answer = reply(
+            &model,
+            &tok,
+            &conv,
+            &RenderOptions::default(),
+            48,
+            &Sampling::greedy(),
+        )?;
+        say!("  user: {prompt}\n  assistant: {answer}");
+    }
+
+    say!(
+        "\ndone in {:.1} s. Written under {}:\n  data/train.jsonl, data/train.val.jsonl   canonical conversations\n  tokenizer/                               tokenizer.json, manifest.json, stats.json\n  data/train.bin, data/val.bin             token shards (+ .json sidecars)\n  best/, checkpoints/                      model weights (HF GPT-2 layout), optimizer state\n  manifest.json, config.json, logs.jsonl   what produced the run, the model config, per-step events",
         started.elapsed().as_secs_f64(),
         args.out.display()
     );
-    say!("Model training is not part of chatforge yet: the pipeline stops after tokenization.");
     Ok(())
 }
+
+const TINY: &str = include_str!("../../../../configs/tiny.toml");
+const SMALL: &str = include_str!("../../../../configs/small.toml");
+const PROMPTS: [&str; 4] = [
+    "Hi!",
+    "What is the capital of France?",
+    "How many legs does a spider have?",
+    "How do I make a cup of tea?",
+];

@@ -2,7 +2,11 @@
 //! tensor ops (which candle differentiates); fused kernels that replace them for speed live beside
 //! them and are tested against these references, forward and backward.
 
+mod gelu;
+
 use candle_core::{D, DType, Device, Tensor};
+
+pub use gelu::gelu;
 
 use crate::Result;
 

@@ -1,0 +1,179 @@
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use chatforge_train::{Event, Mode, TrainConfig, TrainSummary, train};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// TOML config with [model] and [train] sections (see configs/)
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Training shard (from `chatforge data tokenize`)
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Validation shard
+    #[arg(long)]
+    pub val: Option<PathBuf>,
+    /// The run directory
+    #[arg(short, long)]
+    pub out: PathBuf,
+    #[arg(long, value_parser = parse_mode)]
+    pub mode: Option<Mode>,
+    /// Start from an HF GPT-2-family folder or an earlier run
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Continue from the newest checkpoint in the run directory
+    #[arg(long)]
+    pub resume: bool,
+    /// Copy this tokenizer's tokenizer.json into the run directory
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse().map_err(|e: chatforge_train::Error| e.to_string())
+}
+
+impl TrainArgs {
+    pub fn config(&self) -> anyhow::Result<TrainConfig> {
+        let mut cfg = match &self.config {
+            Some(p) => TrainConfig::from_toml_file(p)?,
+            None => TrainConfig::default(),
+        };
+        let t = &mut cfg.train;
+        t.data = self.data.clone().or(t.data.take());
+        t.val = self.val.clone().or(t.val.take());
+        t.init = self.init.clone().or(t.init.take());
+        if let Some(m) = self.mode {
+            t.mode = m;
+        }
+        if let Some(s) = self.max_steps {
+            t.max_steps = Some(s);
+        }
+        if let Some(e) = self.epochs {
+            t.epochs = Some(e);
+            if self.max_steps.is_none() {
+                t.max_steps = None;
+            }
+        }
+        t.lr = self.lr.unwrap_or(t.lr);
+        t.batch_size = self.batch_size.unwrap_or(t.batch_size);
+        t.seed = self.seed.unwrap_or(t.seed);
+        Ok(cfg)
+    }
+}
+
+/// Shows progress: a bar on a terminal, otherwise a line every tenth of the run.
+pub fn reporter() -> impl FnMut(&Event) {
+    let tty = std::io::stderr().is_terminal();
+    let mut bar: Option<ProgressBar> = None;
+    let mut total = 0u64;
+    move |e: &Event| match e {
+        Event::Start {
+            steps,
+            start_step,
+            params,
+            resumed_from,
+            ..
+        } => {
+            total = *steps;
+            say!(
+                "training {params} parameters for {steps} steps{}",
+                match resumed_from {
+                    Some(d) => format!(", resuming from {} (step {start_step})", d.display()),
+                    None => String::new(),
+                }
+            );
+            if tty {
+                let b = ProgressBar::new(*steps).with_position(*start_step);
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                bar = Some(b);
+            }
+        }
+        Event::Step {
+            step,
+            loss,
+            lr,
+            tokens_per_s,
+            ..
+        } => match &bar {
+            Some(b) => {
+                b.set_position(*step);
+                b.set_message(format!("loss {loss:.4} lr {lr:.2e} {tokens_per_s:.0} tok/s"));
+            }
+            None if total > 0 && (step % (total / 10).max(1) == 0 || *step == total) => {
+                say!("step {step}/{total}  loss {loss:.4}  lr {lr:.2e}  {tokens_per_s:.0} tokens/s");
+            }
+            None => {}
+        },
+        Event::Eval {
+            step,
+            val_loss,
+            best_val_loss,
+            ..
+        } => {
+            let line = format!("step {step}: validation loss {val_loss:.4} (best {best_val_loss:.4})");
+            match &bar {
+                Some(b) => b.println(line),
+                None => say!("{line}"),
+            }
+        }
+        Event::Warning { message } => eprintln!("warning: {message}"),
+        Event::Stopped { reason, .. } => say!("stopped: {reason}"),
+        Event::Checkpoint { .. } => {}
+    }
+}
+
+pub fn run_training(
+    cfg: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    tokenizer: Option<&Path>,
+) -> anyhow::Result<TrainSummary> {
+    if let Some(tok) = tokenizer {
+        let src = if tok.is_dir() {
+            tok.join("tokenizer.json")
+        } else {
+            tok.to_path_buf()
+        };
+        std::fs::create_dir_all(out)?;
+        std::fs::copy(&src, out.join("tokenizer.json"))
+            .with_context(|| format!("copying {}", src.display()))?;
+    }
+    let mut report = reporter();
+    let summary = train(cfg, out, resume, &mut report, &AtomicBool::new(false))?;
+    say!(
+        "{} steps in {:.1} s; last training loss {}, best validation loss {}; run in {}",
+        summary.steps,
+        summary.seconds,
+        summary.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        summary.best_val_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        out.display()
+    );
+    Ok(summary)
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let cfg = args.config()?;
+    run_training(&cfg, &args.out, args.resume, args.tokenizer.as_deref())?;
+    Ok(())
+}
