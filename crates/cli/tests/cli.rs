@@ -211,7 +211,7 @@ fn bad_input_is_a_clear_error_and_keeps_earlier_output() {
 }
 
 #[test]
-fn pipeline_quick_trains_a_tokenizer_and_writes_shards() {
+fn pipeline_quick_runs_the_whole_path() {
     let dir = tempfile::tempdir().unwrap();
     let sample = root().join("data/sample");
     let out = ok(
@@ -233,7 +233,25 @@ fn pipeline_quick_trains_a_tokenizer_and_writes_shards() {
         out.contains("instructions.json: JSON list · instruction"),
         "{out}"
     );
-    assert!(out.contains("stops after tokenization"), "{out}");
+    assert!(out.contains("validation loss on assistant tokens"), "{out}");
+    assert!(
+        out.contains("  user: What is the capital of France?\n  assistant: "),
+        "{out}"
+    );
+    // The model learned something: validation loss well below the unigram baseline.
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("validation loss on assistant tokens"))
+        .unwrap();
+    let nums: Vec<f64> = line
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (val, baseline) = (nums[0], nums[2]);
+    assert!(
+        val < 0.8 * baseline,
+        "validation {val} vs unigram baseline {baseline}"
+    );
     let run = dir.path().join("run");
     for f in [
         "data/train.jsonl",
@@ -244,6 +262,11 @@ fn pipeline_quick_trains_a_tokenizer_and_writes_shards() {
         "data/train.bin",
         "data/train.bin.json",
         "data/val.bin",
+        "manifest.json",
+        "config.json",
+        "tokenizer.json",
+        "logs.jsonl",
+        "best/model.safetensors",
     ] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
