@@ -189,27 +189,20 @@ mod tests {
         let s = Sampling {
             temperature: 5.0,
             top_k: 1,
-            top_p: 1.0,
-            repetition_penalty: 1.0,
-            seed: 0,
+            ..Sampling::greedy()
         };
         assert!((0..50).all(|_| s.pick(&logits, &[], &mut rng) == 1));
         // top_p small keeps only the best token.
         let s = Sampling {
             temperature: 1.0,
-            top_k: 0,
             top_p: 0.1,
-            repetition_penalty: 1.0,
-            seed: 0,
+            ..Sampling::greedy()
         };
         assert!((0..50).all(|_| s.pick(&logits, &[], &mut rng) == 1));
         // Sampling at temperature 1 follows the softmax: token 1 about 66% of the time.
         let s = Sampling {
             temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            repetition_penalty: 1.0,
-            seed: 0,
+            ..Sampling::greedy()
         };
         let hits = (0..10_000)
             .filter(|_| s.pick(&logits, &[], &mut rng) == 1)
