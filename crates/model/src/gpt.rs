@@ -8,7 +8,7 @@
 
 // B=batch, T=time, S=keys (cache + T), C=n_embd, H=heads, D=head_dim, V=vocab
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use chatforge_data::Rng;
 
@@ -202,7 +202,7 @@ impl CausalSelfAttention {
             AttnMask::Additive(m) => att.broadcast_add(m)?,
             AttnMask::Causal => att.broadcast_add(&ops::causal_mask(t, s, x.device())?)?,
         };
-        let att = drop(candle_nn::ops::softmax(&att, D::Minus1)?, dropout)?;
+        let att = drop(ops::softmax_last_dim(&att)?, dropout)?;
         let y = att.matmul(&v)?; // (B, H, T, D)
         let y = y.transpose(1, 2)?.reshape((b, t, c))?; // (B, T, C)
         drop(self.c_proj.forward(&y)?, dropout)

@@ -10,7 +10,7 @@ mod run;
 pub use checkpoint::{CheckpointState, latest_valid, list as list_checkpoints, read_state, step_dir};
 pub use config::{Mode, TrainConfig, TrainSettings};
 pub use optim::{AdamW, AdamWConfig, clip_grad_norm, lr_at};
-pub use run::{Event, TrainSummary, load_init, train, unigram_baseline};
+pub use run::{Event, StepOutcome, TrainSummary, load_init, optimizer_step, train, unigram_baseline};
 
 use std::path::PathBuf;
 

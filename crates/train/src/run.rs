@@ -115,7 +115,9 @@ fn batch_loss(
     }
     let ids = to_tensor(&batch.inputs, (b, t), dev)?;
     let pos = to_tensor(&batch.positions, (b, t), dev)?;
-    let mask = AttnMask::packed(&batch.segments, b, t, dev)?;
+    // Rows that hold one document and no padding need only the plain causal mask.
+    let single = batch.segments.iter().all(|&s| s == 0) && batch.target_mask.iter().all(|&m| m == 1);
+    let mask = if single { AttnMask::Causal } else { AttnMask::packed(&batch.segments, b, t, dev)? };
     let logits = model.forward(&ids, &pos, &mask, None, dropout)?; // (B, T, V)
     let v = logits.dim(2)?;
     let targets = Tensor::from_slice(&batch.targets, b * t, dev)?;
@@ -125,6 +127,59 @@ fn batch_loss(
         ops::cross_entropy(&logits.reshape((b * t, v))?, &targets, &w)?,
         n,
     )))
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy)]
+pub struct StepOutcome {
+    /// Mean of the micro-batches' losses (NaN when none carried loss).
+    pub loss: f64,
+    /// Micro-batches that carried loss.
+    pub used: usize,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Positions processed.
+    pub positions: usize,
+}
+
+/// One optimizer step: `micro` batches from `next`, gradients accumulated (each micro-batch's
+/// mean loss / `micro`), clipped to `clip`, AdamW at `lr`.
+#[allow(clippy::too_many_arguments)] // the step's whole state, passed explicitly
+pub fn optimizer_step(
+    model: &Gpt,
+    params: &Params,
+    opt: &mut AdamW,
+    mut next: impl FnMut() -> Batch,
+    micro: usize,
+    mode: Mode,
+    lr: f64,
+    clip: f64,
+    dropout: &mut Dropout,
+    dev: &Device,
+) -> Result<StepOutcome> {
+    let mut grads: Vec<Option<Tensor>> = vec![None; params.vars.len()];
+    let (mut loss_sum, mut used, mut positions) = (0f64, 0usize, 0usize);
+    for _ in 0..micro {
+        let batch = next();
+        positions += batch.batch_size * batch.seq_len;
+        let drop_ref = (dropout.p > 0.0).then_some(&mut *dropout);
+        let Some((loss, _)) = batch_loss(model, &batch, mode, drop_ref, dev)? else { continue };
+        loss_sum += f64::from(loss.to_scalar::<f32>()?);
+        used += 1;
+        let g = (loss / micro as f64)?.backward()?;
+        for (slot, (_, var)) in grads.iter_mut().zip(&params.vars) {
+            if let Some(gv) = g.get(var.as_tensor()) {
+                *slot = Some(match slot.take() {
+                    Some(acc) => (acc + gv)?,
+                    None => gv.clone(),
+                });
+            }
+        }
+    }
+    let grad_norm = clip_grad_norm(&mut grads, clip)?;
+    opt.update(&params.vars, &grads, lr)?;
+    let loss = if used == 0 { f64::NAN } else { loss_sum / used as f64 };
+    Ok(StepOutcome { loss, used, grad_norm, positions })
 }
 
 /// Mean loss over the validation batches, weighted by the positions that carry loss; no backward.
@@ -347,37 +402,10 @@ pub fn train(
     while step < steps {
         let t0 = Instant::now();
         let lr = lr_at(step, t.lr, t.min_lr, t.warmup_steps, steps);
-        // Accumulate gradients over `micro` batches; each contributes its mean loss / micro.
-        let mut grads: Vec<Option<Tensor>> = vec![None; params.vars.len()];
-        let mut loss_sum = 0f64;
-        let mut used = 0usize;
-        for _ in 0..micro {
-            let batch = sampler.next_batch();
-            summary.tokens += (batch.batch_size * batch.seq_len) as u64;
-            let drop_ref = (dropout.p > 0.0).then_some(&mut dropout);
-            let Some((loss, _)) = batch_loss(&model, &batch, t.mode, drop_ref, &dev)? else {
-                continue;
-            };
-            loss_sum += f64::from(loss.to_scalar::<f32>()?);
-            used += 1;
-            let g = (loss / micro as f64)?.backward()?;
-            for (slot, (_, var)) in grads.iter_mut().zip(&params.vars) {
-                if let Some(gv) = g.get(var.as_tensor()) {
-                    *slot = Some(match slot.take() {
-                        Some(acc) => (acc + gv)?,
-                        None => gv.clone(),
-                    });
-                }
-            }
-        }
-        let grad_norm = clip_grad_norm(&mut grads, t.grad_clip)?;
-        opt.update(&params.vars, &grads, lr)?;
+        let out = optimizer_step(&model, &params, &mut opt, || sampler.next_batch(), micro, t.mode, lr, t.grad_clip, &mut dropout, &dev)?;
+        summary.tokens += out.positions as u64;
+        let (loss, grad_norm) = (out.loss, out.grad_norm);
         step += 1;
-        let loss = if used == 0 {
-            f64::NAN
-        } else {
-            loss_sum / used as f64
-        };
         summary.losses.push(loss);
         summary.last_loss = Some(loss);
         let secs = t0.elapsed().as_secs_f64();

@@ -13,6 +13,20 @@ use clap::{Args, Subcommand};
 pub enum BenchCommand {
     /// `data tokenize` throughput (MB/s) on a corpus grown from the sample data
     Tokenize(TokenizeBench),
+    /// Training throughput (tokens/s, GFLOP/s, peak memory) of the bench model (configs/bench.toml)
+    Train(TrainBench),
+}
+
+#[derive(Args)]
+pub struct TrainBench {
+    /// Timed steps (after the warm-up ones)
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Python with torch installed: also runs scripts/reference/bench_train_torch.py (SDPA and plain attention)
+    #[arg(long)]
+    pub reference_python: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -36,6 +50,7 @@ pub struct TokenizeBench {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Tokenize(args) => tokenize(&args),
+        BenchCommand::Train(args) => train_bench(&args),
     }
 }
 
@@ -138,6 +153,91 @@ fn tokenize(args: &TokenizeBench) -> anyhow::Result<()> {
             pb / 1e6 / ps,
             v["tokens"].as_f64().unwrap_or(f64::NAN) / 1e6 / ps
         );
+    }
+    Ok(())
+}
+
+/// Peak resident memory of this process, in MB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn train_bench(args: &TrainBench) -> anyhow::Result<()> {
+    use candle_core::Device;
+    use chatforge_data::{Batch, Rng};
+    use chatforge_model::{Dropout, Gpt, GptConfig, Params, init_weights};
+    use chatforge_train::{AdamW, AdamWConfig, Mode, optimizer_step};
+
+    let cfg = GptConfig::bench();
+    let (b, t, v) = (8usize, cfg.n_ctx, cfg.vocab_size);
+    let dev = Device::Cpu;
+    let params = Params::from_weights(&cfg, init_weights(&cfg, &mut Rng::new(0), &dev)?)?;
+    let model = Gpt::new(&cfg, params.var_builder(&dev))?;
+    let mut opt = AdamW::new(AdamWConfig { lr: 6e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }, &params.vars);
+    let mut dropout = Dropout { p: 0.0, rng: Rng::new(0) };
+    let mut rng = Rng::new(1);
+    let mut random_batch = || Batch {
+        batch_size: b,
+        seq_len: t,
+        inputs: (0..b * t).map(|_| rng.below(v as u64) as u32).collect(),
+        targets: (0..b * t).map(|_| rng.below(v as u64) as u32).collect(),
+        target_mask: vec![1; b * t],
+        loss_mask: vec![1; b * t],
+        positions: (0..b).flat_map(|_| 0..t as u32).collect(),
+        segments: vec![0; b * t],
+    };
+    // nanoGPT's estimate: 6 N (N without the position table) + attention's 12 L H Q T per token.
+    let n = cfg.n_params() - cfg.n_ctx * cfg.n_embd;
+    let flops_per_token = (6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim() * t) as f64;
+    let mut times = Vec::new();
+    for i in 0..args.warmup + args.steps {
+        let batch = random_batch();
+        let t0 = std::time::Instant::now();
+        optimizer_step(&model, &params, &mut opt, || batch.clone(), 1, Mode::Pretrain, 6e-4, 1.0, &mut dropout, &dev)?;
+        if i >= args.warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let s = median(times);
+    let tps = (b * t) as f64 / s;
+    say!(
+        "chatforge   bench model ({:.1} M parameters, batch {b}×{t}, f32, AdamW): {tps:.0} tokens/s, {:.1} GFLOP/s, {s:.3} s/step, peak RSS {:.0} MB",
+        cfg.n_params() as f64 / 1e6,
+        flops_per_token * tps / 1e9,
+        peak_rss_mb()
+    );
+    if let Some(py) = &args.reference_python {
+        let mut best = 0f64;
+        for attention in ["sdpa", "math"] {
+            let out = Command::new(py)
+                .arg("scripts/reference/bench_train_torch.py")
+                .args(["--attention", attention, "--steps", &args.steps.to_string(), "--warmup", &args.warmup.to_string()])
+                .output()
+                .context("running scripts/reference/bench_train_torch.py")?;
+            if !out.status.success() {
+                bail!("bench_train_torch.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+            }
+            let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            let rt = r["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+            best = best.max(rt);
+            say!(
+                "{:<11} torch {}: {rt:.0} tokens/s, {:.1} GFLOP/s, {:.3} s/step, peak RSS {:.0} MB",
+                r["impl"].as_str().unwrap_or("pytorch"),
+                r["torch"].as_str().unwrap_or("?"),
+                r["gflops"].as_f64().unwrap_or(f64::NAN),
+                r["step_s"].as_f64().unwrap_or(f64::NAN),
+                r["peak_rss_mb"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+        say!("ratio: chatforge / fastest PyTorch = {:.2}x", tps / best);
     }
     Ok(())
 }

@@ -2,21 +2,21 @@
 //! tensor ops (which candle differentiates); fused kernels that replace them for speed live beside
 //! them and are tested against these references, forward and backward.
 
+mod fused;
 mod gelu;
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
+pub use fused::{cross_entropy_fused, normalize, softmax_last_dim};
 pub use gelu::gelu;
 
 use crate::Result;
 
-/// Layer normalisation over the last dimension. (candle's own `LayerNorm` and `ops::layer_norm`
-/// have no backward: gradients would silently stop there.)
+/// Layer normalisation over the last dimension: the fused [`normalize`] (candle's own `LayerNorm`
+/// and `ops::layer_norm` have no backward), then the affine part in autograd so the weight and
+/// bias get their gradients.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let xc = x.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    let y = xc.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(weight)?;
+    let y = normalize(x, eps)?.broadcast_mul(weight)?;
     Ok(match bias {
         Some(b) => y.broadcast_add(b)?,
         None => y,
@@ -33,12 +33,10 @@ pub fn causal_mask(t: usize, s: usize, device: &Device) -> Result<Tensor> {
 }
 
 /// Mean cross-entropy of `logits` `(N, V)` against `targets` `(N)`, each position weighted by
-/// `weights` `(N)` (0 or 1: which positions carry loss). Returns a scalar.
+/// `weights` `(N)` (0 or 1: which positions carry loss). Returns a scalar. Fused: see
+/// [`cross_entropy_fused`], tested against `log_softmax` + `gather`.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> Result<Tensor> {
-    let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?; // (N, V)
-    let picked = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?; // (N)
-    let total = weights.sum_all()?;
-    Ok((picked.mul(weights)?.sum_all()?.neg()? / total)?)
+    cross_entropy_fused(&logits.to_dtype(DType::F32)?, targets, weights)
 }
 
 #[cfg(test)]

@@ -1,0 +1,351 @@
+//! Fused row-wise kernels with hand-written backward: softmax, layer normalisation (without the
+//! affine part, which stays in autograd) and weighted cross-entropy. Each replaces a chain of
+//! candle ops that would allocate a full-size tensor per step, forward and backward; each is
+//! tested against that chain below.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+
+use crate::Result;
+
+fn f32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else { candle_core::bail!("{op}: expected f32") };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+fn u32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [u32]> {
+    let CpuStorage::U32(v) = s else { candle_core::bail!("{op}: expected u32 targets") };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// Runs `f(row_index, out_row)` over rows of `d` values, split across the machine's cores.
+pub(crate) fn par_rows(out: &mut [f32], d: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let rows = out.len() / d.max(1);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = rows.div_ceil(threads).max(1);
+    if threads == 1 || out.len() < 1 << 15 {
+        out.chunks_mut(d).enumerate().for_each(|(r, row)| f(r, row));
+        return;
+    }
+    std::thread::scope(|s| {
+        for (i, part) in out.chunks_mut(per * d).enumerate() {
+            let f = &f;
+            s.spawn(move || part.chunks_mut(d).enumerate().for_each(|(r, row)| f(i * per + r, row)));
+        }
+    });
+}
+
+fn last_dim(l: &Layout) -> usize {
+    l.shape().dims().last().copied().unwrap_or(1)
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "chatforge-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32s(s, l, "softmax")?;
+        let d = last_dim(l);
+        let mut y = vec![0f32; x.len()];
+        par_rows(&mut y, d, |r, out| {
+            let row = &x[r * d..(r + 1) * d];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o = (v - max).exp();
+                sum += *o;
+            }
+            let inv = 1.0 / sum;
+            out.iter_mut().for_each(|o| *o *= inv);
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?))
+    }
+}
+
+/// `(y, dy) → y · (dy − Σ dy·y)` per row.
+struct SoftmaxGrad;
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "chatforge-softmax-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (y, g) = (f32s(s1, l1, "softmax-grad")?, f32s(s2, l2, "softmax-grad")?);
+        let d = last_dim(l1);
+        let mut dx = vec![0f32; y.len()];
+        par_rows(&mut dx, d, |r, out| {
+            let (yr, gr) = (&y[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
+            let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+            for ((o, &yv), &gv) in out.iter_mut().zip(yr).zip(gr) {
+                *o = yv * (gv - dot);
+            }
+        });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// Softmax over the last dimension, with a fused backward.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(Softmax)?)
+}
+
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+struct Normalize(f32);
+
+impl CustomOp1 for Normalize {
+    fn name(&self) -> &'static str {
+        "chatforge-normalize"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32s(s, l, "normalize")?;
+        let d = last_dim(l);
+        let mut y = vec![0f32; x.len()];
+        par_rows(&mut y, d, |r, out| {
+            let row = &x[r * d..(r + 1) * d];
+            let (mean, rstd) = row_stats(row, self.0);
+            out.iter_mut().zip(row).for_each(|(o, &v)| *o = (v - mean) * rstd);
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &NormalizeGrad(self.0))?))
+    }
+}
+
+/// `(x, dy) → rstd · (dy − mean(dy) − x̂ · mean(dy · x̂))` per row.
+struct NormalizeGrad(f32);
+
+impl CustomOp2 for NormalizeGrad {
+    fn name(&self) -> &'static str {
+        "chatforge-normalize-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, g) = (f32s(s1, l1, "normalize-grad")?, f32s(s2, l2, "normalize-grad")?);
+        let d = last_dim(l1);
+        let mut dx = vec![0f32; x.len()];
+        par_rows(&mut dx, d, |r, out| {
+            let (xr, gr) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
+            let (mean, rstd) = row_stats(xr, self.0);
+            let n = d as f32;
+            let g_mean = gr.iter().sum::<f32>() / n;
+            let gx_mean = xr.iter().zip(gr).map(|(&v, &gv)| (v - mean) * rstd * gv).sum::<f32>() / n;
+            for ((o, &v), &gv) in out.iter_mut().zip(xr).zip(gr) {
+                *o = rstd * (gv - g_mean - (v - mean) * rstd * gx_mean);
+            }
+        });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// `(x − mean) / √(var + eps)` over the last dimension, with a fused backward.
+pub fn normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(Normalize(eps as f32))?)
+}
+
+/// Weighted mean cross-entropy: `Σ wᵢ · nllᵢ / Σ wᵢ` over rows of logits.
+struct CrossEntropy;
+
+impl CrossEntropy {
+    fn inputs<'a>(
+        s1: &'a CpuStorage,
+        l1: &Layout,
+        s2: &'a CpuStorage,
+        l2: &Layout,
+        s3: &'a CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(&'a [f32], &'a [u32], &'a [f32], usize, f32)> {
+        let logits = f32s(s1, l1, "cross-entropy")?;
+        let targets = u32s(s2, l2, "cross-entropy")?;
+        let weights = f32s(s3, l3, "cross-entropy")?;
+        let v = last_dim(l1);
+        if targets.len() * v != logits.len() || weights.len() != targets.len() {
+            candle_core::bail!("cross-entropy: {} logits, {} targets, {} weights", logits.len(), targets.len(), weights.len());
+        }
+        if let Some(&t) = targets.iter().find(|&&t| t as usize >= v) {
+            candle_core::bail!("cross-entropy: target {t} outside the vocabulary of {v}");
+        }
+        let total: f32 = weights.iter().sum();
+        Ok((logits, targets, weights, v, total))
+    }
+}
+
+impl CustomOp3 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "chatforge-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (logits, targets, weights, v, total) = Self::inputs(s1, l1, s2, l2, s3, l3)?;
+        let mut nll = vec![0f32; targets.len()];
+        par_rows(&mut nll, 1, |r, out| {
+            if weights[r] == 0.0 {
+                return;
+            }
+            let row = &logits[r * v..(r + 1) * v];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let lse = max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+            out[0] = weights[r] * (lse - row[targets[r] as usize]);
+        });
+        let loss = nll.iter().map(|&x| f64::from(x)).sum::<f64>() / f64::from(total);
+        Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        weights: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = logits.apply_op3_no_bwd(targets, weights, &CrossEntropyGrad)?;
+        Ok((Some(d.broadcast_mul(grad)?), None, None))
+    }
+}
+
+/// `∂loss/∂logits = wᵢ / Σw · (softmax(row) − onehot(target))`.
+struct CrossEntropyGrad;
+
+impl CustomOp3 for CrossEntropyGrad {
+    fn name(&self) -> &'static str {
+        "chatforge-cross-entropy-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (logits, targets, weights, v, total) = CrossEntropy::inputs(s1, l1, s2, l2, s3, l3)?;
+        let mut d = vec![0f32; logits.len()];
+        par_rows(&mut d, v, |r, out| {
+            let scale = weights[r] / total;
+            if scale == 0.0 {
+                return;
+            }
+            let row = &logits[r * v..(r + 1) * v];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (o, &x) in out.iter_mut().zip(row) {
+                *o = (x - max).exp();
+                sum += *o;
+            }
+            let k = scale / sum;
+            out.iter_mut().for_each(|o| *o *= k);
+            out[targets[r] as usize] -= scale;
+        });
+        Ok((CpuStorage::F32(d), l1.shape().clone()))
+    }
+}
+
+/// Fused weighted cross-entropy of `logits` `(N, V)` f32 against `targets` `(N)` u32.
+pub fn cross_entropy_fused(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    Ok(logits.contiguous()?.apply_op3(&targets.contiguous()?, &weights.contiguous()?, CrossEntropy)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{D, DType, Device, Var};
+    use chatforge_data::Rng;
+
+    fn random(shape: &[usize], seed: u64) -> Var {
+        let mut rng = Rng::new(seed);
+        let n: usize = shape.iter().product();
+        Var::from_vec((0..n).map(|_| (rng.normal() * 2.0) as f32).collect(), shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(D::Minus1).unwrap().to_scalar().unwrap()
+    }
+
+    /// Compares `fused` with `plain` on x: forward, and backward of Σ out · w for a random w.
+    fn check(shape: &[usize], fused: impl Fn(&Tensor) -> Tensor, plain: impl Fn(&Tensor) -> Tensor, tol: f32) {
+        let x = random(shape, 1);
+        let w = random(shape, 2).as_tensor().detach();
+        let (a, b) = (fused(x.as_tensor()), plain(x.as_tensor()));
+        assert!(max_diff(&a, &b) < tol, "forward differs by {}", max_diff(&a, &b));
+        let ga = (a * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (b * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
+        assert!(max_diff(ga, gb) < tol, "backward differs by {}", max_diff(ga, gb));
+    }
+
+    #[test]
+    fn softmax_matches_candle() {
+        check(&[3, 5, 70], |x| softmax_last_dim(x).unwrap(), |x| candle_nn::ops::softmax(x, D::Minus1).unwrap(), 1e-6);
+    }
+
+    #[test]
+    fn softmax_with_masked_entries() {
+        let m = crate::ops::causal_mask(4, 4, &Device::Cpu).unwrap();
+        check(
+            &[2, 4, 4],
+            |x| softmax_last_dim(&x.broadcast_add(&m).unwrap()).unwrap(),
+            |x| candle_nn::ops::softmax(&x.broadcast_add(&m).unwrap(), D::Minus1).unwrap(),
+            1e-6,
+        );
+    }
+
+    #[test]
+    fn normalize_matches_the_composition() {
+        let plain = |x: &Tensor| {
+            let mean = x.mean_keepdim(D::Minus1).unwrap();
+            let xc = x.broadcast_sub(&mean).unwrap();
+            let var = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+            xc.broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap()).unwrap()
+        };
+        check(&[6, 7, 96], |x| normalize(x, 1e-5).unwrap(), plain, 2e-5);
+    }
+
+    #[test]
+    fn cross_entropy_matches_the_composition() {
+        let logits = random(&[50, 37], 3);
+        let mut rng = Rng::new(4);
+        let targets = Tensor::from_vec((0..50).map(|_| rng.below(37) as u32).collect::<Vec<_>>(), 50, &Device::Cpu).unwrap();
+        let weights = Tensor::from_vec((0..50).map(|i| (i % 3 != 0) as u8 as f32).collect::<Vec<_>>(), 50, &Device::Cpu).unwrap();
+        let fused = cross_entropy_fused(logits.as_tensor(), &targets, &weights).unwrap();
+        let logp = candle_nn::ops::log_softmax(logits.as_tensor(), D::Minus1).unwrap();
+        let picked = logp.gather(&targets.unsqueeze(1).unwrap(), 1).unwrap().squeeze(1).unwrap();
+        let plain = (picked.mul(&weights).unwrap().sum_all().unwrap().neg().unwrap() / weights.sum_all().unwrap()).unwrap();
+        assert!(max_diff(&fused, &plain) < 1e-5);
+        let (gf, gp) = ((&fused * 3.0).unwrap().backward().unwrap(), (plain * 3.0).unwrap().backward().unwrap());
+        let d = max_diff(gf.get(logits.as_tensor()).unwrap(), gp.get(logits.as_tensor()).unwrap());
+        assert!(d < 1e-6, "gradient differs by {d}");
+        assert_eq!(fused.dtype(), DType::F32);
+    }
+}
