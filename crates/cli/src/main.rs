@@ -69,6 +69,9 @@ fn keep_freed_memory() {
     // SAFETY: sets a process-wide allocator option; called once at start-up before other threads exist.
     unsafe {
         libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+        // One large arena up front (address space only, committed on use): big tensors are carved
+        // from it instead of fresh OS mappings. If the reservation fails, mimalloc works as before.
+        let _ = libmimalloc_sys::mi_reserve_os_memory_ex(8 << 30, false, true, false, std::ptr::null_mut());
     }
 }
 

@@ -196,13 +196,13 @@ impl CausalSelfAttention {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let s = k.dim(2)?;
-        let att = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?; // (B, H, T, S)
+        let q = (q * (1.0 / (d as f64).sqrt()))?; // scaling q is 4x cheaper than scaling q·kᵀ
+        let att = q.matmul(&k.t()?)?; // (B, H, T, S)
         let att = match mask {
-            AttnMask::Additive(m) => att.broadcast_add(m)?,
-            AttnMask::Causal => att.broadcast_add(&ops::causal_mask(t, s, x.device())?)?,
+            AttnMask::Additive(m) => ops::softmax_last_dim(&att.broadcast_add(m)?)?,
+            AttnMask::Causal => ops::softmax_causal(&att)?,
         };
-        let att = drop(ops::softmax_last_dim(&att)?, dropout)?;
+        let att = drop(att, dropout)?;
         let y = att.matmul(&v)?; // (B, H, T, D)
         let y = y.transpose(1, 2)?.reshape((b, t, c))?; // (B, T, C)
         drop(self.c_proj.forward(&y)?, dropout)

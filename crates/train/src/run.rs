@@ -117,7 +117,11 @@ fn batch_loss(
     let pos = to_tensor(&batch.positions, (b, t), dev)?;
     // Rows that hold one document and no padding need only the plain causal mask.
     let single = batch.segments.iter().all(|&s| s == 0) && batch.target_mask.iter().all(|&m| m == 1);
-    let mask = if single { AttnMask::Causal } else { AttnMask::packed(&batch.segments, b, t, dev)? };
+    let mask = if single {
+        AttnMask::Causal
+    } else {
+        AttnMask::packed(&batch.segments, b, t, dev)?
+    };
     let logits = model.forward(&ids, &pos, &mask, None, dropout)?; // (B, T, V)
     let v = logits.dim(2)?;
     let targets = Tensor::from_slice(&batch.targets, b * t, dev)?;
@@ -163,7 +167,9 @@ pub fn optimizer_step(
         let batch = next();
         positions += batch.batch_size * batch.seq_len;
         let drop_ref = (dropout.p > 0.0).then_some(&mut *dropout);
-        let Some((loss, _)) = batch_loss(model, &batch, mode, drop_ref, dev)? else { continue };
+        let Some((loss, _)) = batch_loss(model, &batch, mode, drop_ref, dev)? else {
+            continue;
+        };
         loss_sum += f64::from(loss.to_scalar::<f32>()?);
         used += 1;
         let g = (loss / micro as f64)?.backward()?;
@@ -178,8 +184,17 @@ pub fn optimizer_step(
     }
     let grad_norm = clip_grad_norm(&mut grads, clip)?;
     opt.update(&params.vars, &grads, lr)?;
-    let loss = if used == 0 { f64::NAN } else { loss_sum / used as f64 };
-    Ok(StepOutcome { loss, used, grad_norm, positions })
+    let loss = if used == 0 {
+        f64::NAN
+    } else {
+        loss_sum / used as f64
+    };
+    Ok(StepOutcome {
+        loss,
+        used,
+        grad_norm,
+        positions,
+    })
 }
 
 /// Mean loss over the validation batches, weighted by the positions that carry loss; no backward.
@@ -402,7 +417,18 @@ pub fn train(
     while step < steps {
         let t0 = Instant::now();
         let lr = lr_at(step, t.lr, t.min_lr, t.warmup_steps, steps);
-        let out = optimizer_step(&model, &params, &mut opt, || sampler.next_batch(), micro, t.mode, lr, t.grad_clip, &mut dropout, &dev)?;
+        let out = optimizer_step(
+            &model,
+            &params,
+            &mut opt,
+            || sampler.next_batch(),
+            micro,
+            t.mode,
+            lr,
+            t.grad_clip,
+            &mut dropout,
+            &dev,
+        )?;
         summary.tokens += out.positions as u64;
         let (loss, grad_norm) = (out.loss, out.grad_norm);
         step += 1;

@@ -176,13 +176,65 @@ fn train_bench(args: &TrainBench) -> anyhow::Result<()> {
     use chatforge_model::{Dropout, Gpt, GptConfig, Params, init_weights};
     use chatforge_train::{AdamW, AdamWConfig, Mode, optimizer_step};
 
+    // The references run first, in their own processes: a child forked after our peak would
+    // report our peak as its own (Linux carries ru_maxrss across exec).
+    let best_torch = match &args.reference_python {
+        None => None,
+        Some(py) => {
+            let mut best = 0f64;
+            for attention in ["sdpa", "math"] {
+                let out = Command::new(py)
+                    .arg("scripts/reference/bench_train_torch.py")
+                    .args([
+                        "--attention",
+                        attention,
+                        "--steps",
+                        &args.steps.to_string(),
+                        "--warmup",
+                        &args.warmup.to_string(),
+                    ])
+                    .output()
+                    .context("running scripts/reference/bench_train_torch.py")?;
+                if !out.status.success() {
+                    bail!(
+                        "bench_train_torch.py failed:\n{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                let rt = r["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+                best = best.max(rt);
+                say!(
+                    "{:<11} torch {}: {rt:.0} tokens/s, {:.1} GFLOP/s, {:.3} s/step, peak RSS {:.0} MB",
+                    r["impl"].as_str().unwrap_or("pytorch"),
+                    r["torch"].as_str().unwrap_or("?"),
+                    r["gflops"].as_f64().unwrap_or(f64::NAN),
+                    r["step_s"].as_f64().unwrap_or(f64::NAN),
+                    r["peak_rss_mb"].as_f64().unwrap_or(f64::NAN)
+                );
+            }
+            Some(best)
+        }
+    };
     let cfg = GptConfig::bench();
     let (b, t, v) = (8usize, cfg.n_ctx, cfg.vocab_size);
     let dev = Device::Cpu;
     let params = Params::from_weights(&cfg, init_weights(&cfg, &mut Rng::new(0), &dev)?)?;
     let model = Gpt::new(&cfg, params.var_builder(&dev))?;
-    let mut opt = AdamW::new(AdamWConfig { lr: 6e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }, &params.vars);
-    let mut dropout = Dropout { p: 0.0, rng: Rng::new(0) };
+    let mut opt = AdamW::new(
+        AdamWConfig {
+            lr: 6e-4,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        },
+        &params.vars,
+    );
+    let mut dropout = Dropout {
+        p: 0.0,
+        rng: Rng::new(0),
+    };
     let mut rng = Rng::new(1);
     let mut random_batch = || Batch {
         batch_size: b,
@@ -201,7 +253,18 @@ fn train_bench(args: &TrainBench) -> anyhow::Result<()> {
     for i in 0..args.warmup + args.steps {
         let batch = random_batch();
         let t0 = std::time::Instant::now();
-        optimizer_step(&model, &params, &mut opt, || batch.clone(), 1, Mode::Pretrain, 6e-4, 1.0, &mut dropout, &dev)?;
+        optimizer_step(
+            &model,
+            &params,
+            &mut opt,
+            || batch.clone(),
+            1,
+            Mode::Pretrain,
+            6e-4,
+            1.0,
+            &mut dropout,
+            &dev,
+        )?;
         if i >= args.warmup {
             times.push(t0.elapsed().as_secs_f64());
         }
@@ -214,29 +277,7 @@ fn train_bench(args: &TrainBench) -> anyhow::Result<()> {
         flops_per_token * tps / 1e9,
         peak_rss_mb()
     );
-    if let Some(py) = &args.reference_python {
-        let mut best = 0f64;
-        for attention in ["sdpa", "math"] {
-            let out = Command::new(py)
-                .arg("scripts/reference/bench_train_torch.py")
-                .args(["--attention", attention, "--steps", &args.steps.to_string(), "--warmup", &args.warmup.to_string()])
-                .output()
-                .context("running scripts/reference/bench_train_torch.py")?;
-            if !out.status.success() {
-                bail!("bench_train_torch.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
-            }
-            let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-            let rt = r["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
-            best = best.max(rt);
-            say!(
-                "{:<11} torch {}: {rt:.0} tokens/s, {:.1} GFLOP/s, {:.3} s/step, peak RSS {:.0} MB",
-                r["impl"].as_str().unwrap_or("pytorch"),
-                r["torch"].as_str().unwrap_or("?"),
-                r["gflops"].as_f64().unwrap_or(f64::NAN),
-                r["step_s"].as_f64().unwrap_or(f64::NAN),
-                r["peak_rss_mb"].as_f64().unwrap_or(f64::NAN)
-            );
-        }
+    if let Some(best) = best_torch {
         say!("ratio: chatforge / fastest PyTorch = {:.2}x", tps / best);
     }
     Ok(())

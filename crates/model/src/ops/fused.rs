@@ -8,7 +8,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Te
 use crate::Result;
 
 fn f32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else { candle_core::bail!("{op}: expected f32") };
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op}: expected f32")
+    };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
         None => candle_core::bail!("{op}: input must be contiguous"),
@@ -16,7 +18,9 @@ fn f32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a 
 }
 
 fn u32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [u32]> {
-    let CpuStorage::U32(v) = s else { candle_core::bail!("{op}: expected u32 targets") };
+    let CpuStorage::U32(v) = s else {
+        candle_core::bail!("{op}: expected u32 targets")
+    };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
         None => candle_core::bail!("{op}: input must be contiguous"),
@@ -35,7 +39,11 @@ pub(crate) fn par_rows(out: &mut [f32], d: usize, f: impl Fn(usize, &mut [f32]) 
     std::thread::scope(|s| {
         for (i, part) in out.chunks_mut(per * d).enumerate() {
             let f = &f;
-            s.spawn(move || part.chunks_mut(d).enumerate().for_each(|(r, row)| f(i * per + r, row)));
+            s.spawn(move || {
+                part.chunks_mut(d)
+                    .enumerate()
+                    .for_each(|(r, row)| f(i * per + r, row))
+            });
         }
     });
 }
@@ -44,7 +52,11 @@ fn last_dim(l: &Layout) -> usize {
     l.shape().dims().last().copied().unwrap_or(1)
 }
 
-struct Softmax;
+/// Softmax over the last dimension; with `causal`, rows are queries `(…, T, S)` and query `i`
+/// sees keys `0..=i + S − T` only (the causal mask, applied without materialising it).
+struct Softmax {
+    causal: bool,
+}
 
 impl CustomOp1 for Softmax {
     fn name(&self) -> &'static str {
@@ -54,9 +66,17 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32s(s, l, "softmax")?;
         let d = last_dim(l);
+        let dims = l.shape().dims();
+        let t = if dims.len() >= 2 { dims[dims.len() - 2] } else { 1 };
+        let causal = self.causal;
+        if causal && t > d {
+            candle_core::bail!("causal softmax: {t} queries but only {d} keys");
+        }
         let mut y = vec![0f32; x.len()];
         par_rows(&mut y, d, |r, out| {
-            let row = &x[r * d..(r + 1) * d];
+            let visible = if causal { r % t + (d - t) + 1 } else { d };
+            let (out, _) = out.split_at_mut(visible);
+            let row = &x[r * d..r * d + visible];
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
             for (o, &v) in out.iter_mut().zip(row) {
@@ -82,7 +102,13 @@ impl CustomOp2 for SoftmaxGrad {
         "chatforge-softmax-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (y, g) = (f32s(s1, l1, "softmax-grad")?, f32s(s2, l2, "softmax-grad")?);
         let d = last_dim(l1);
         let mut dx = vec![0f32; y.len()];
@@ -99,7 +125,13 @@ impl CustomOp2 for SoftmaxGrad {
 
 /// Softmax over the last dimension, with a fused backward.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    Ok(x.contiguous()?.apply_op1(Softmax)?)
+    Ok(x.contiguous()?.apply_op1(Softmax { causal: false })?)
+}
+
+/// Causal attention weights: softmax over keys `(…, T, S)` where query `i` sees keys
+/// `0..=i + S − T` (the last `T` of `S` keys are the queries themselves). Masked weights are 0.
+pub fn softmax_causal(x: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(Softmax { causal: true })?)
 }
 
 fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
@@ -129,7 +161,10 @@ impl CustomOp1 for Normalize {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &NormalizeGrad(self.0))?))
+        Ok(Some(
+            arg.contiguous()?
+                .apply_op2_no_bwd(&grad.contiguous()?, &NormalizeGrad(self.0))?,
+        ))
     }
 }
 
@@ -141,7 +176,13 @@ impl CustomOp2 for NormalizeGrad {
         "chatforge-normalize-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, g) = (f32s(s1, l1, "normalize-grad")?, f32s(s2, l2, "normalize-grad")?);
         let d = last_dim(l1);
         let mut dx = vec![0f32; x.len()];
@@ -150,7 +191,12 @@ impl CustomOp2 for NormalizeGrad {
             let (mean, rstd) = row_stats(xr, self.0);
             let n = d as f32;
             let g_mean = gr.iter().sum::<f32>() / n;
-            let gx_mean = xr.iter().zip(gr).map(|(&v, &gv)| (v - mean) * rstd * gv).sum::<f32>() / n;
+            let gx_mean = xr
+                .iter()
+                .zip(gr)
+                .map(|(&v, &gv)| (v - mean) * rstd * gv)
+                .sum::<f32>()
+                / n;
             for ((o, &v), &gv) in out.iter_mut().zip(xr).zip(gr) {
                 *o = rstd * (gv - g_mean - (v - mean) * rstd * gx_mean);
             }
@@ -181,7 +227,12 @@ impl CrossEntropy {
         let weights = f32s(s3, l3, "cross-entropy")?;
         let v = last_dim(l1);
         if targets.len() * v != logits.len() || weights.len() != targets.len() {
-            candle_core::bail!("cross-entropy: {} logits, {} targets, {} weights", logits.len(), targets.len(), weights.len());
+            candle_core::bail!(
+                "cross-entropy: {} logits, {} targets, {} weights",
+                logits.len(),
+                targets.len(),
+                weights.len()
+            );
         }
         if let Some(&t) = targets.iter().find(|&&t| t as usize >= v) {
             candle_core::bail!("cross-entropy: target {t} outside the vocabulary of {v}");
@@ -274,7 +325,9 @@ impl CustomOp3 for CrossEntropyGrad {
 
 /// Fused weighted cross-entropy of `logits` `(N, V)` f32 against `targets` `(N)` u32.
 pub fn cross_entropy_fused(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> Result<Tensor> {
-    Ok(logits.contiguous()?.apply_op3(&targets.contiguous()?, &weights.contiguous()?, CrossEntropy)?)
+    Ok(logits
+        .contiguous()?
+        .apply_op3(&targets.contiguous()?, &weights.contiguous()?, CrossEntropy)?)
 }
 
 #[cfg(test)]
@@ -286,15 +339,34 @@ mod tests {
     fn random(shape: &[usize], seed: u64) -> Var {
         let mut rng = Rng::new(seed);
         let n: usize = shape.iter().product();
-        Var::from_vec((0..n).map(|_| (rng.normal() * 2.0) as f32).collect(), shape, &Device::Cpu).unwrap()
+        Var::from_vec(
+            (0..n).map(|_| (rng.normal() * 2.0) as f32).collect(),
+            shape,
+            &Device::Cpu,
+        )
+        .unwrap()
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(D::Minus1).unwrap().to_scalar().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(D::Minus1)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
     }
 
     /// Compares `fused` with `plain` on x: forward, and backward of Σ out · w for a random w.
-    fn check(shape: &[usize], fused: impl Fn(&Tensor) -> Tensor, plain: impl Fn(&Tensor) -> Tensor, tol: f32) {
+    fn check(
+        shape: &[usize],
+        fused: impl Fn(&Tensor) -> Tensor,
+        plain: impl Fn(&Tensor) -> Tensor,
+        tol: f32,
+    ) {
         let x = random(shape, 1);
         let w = random(shape, 2).as_tensor().detach();
         let (a, b) = (fused(x.as_tensor()), plain(x.as_tensor()));
@@ -307,7 +379,12 @@ mod tests {
 
     #[test]
     fn softmax_matches_candle() {
-        check(&[3, 5, 70], |x| softmax_last_dim(x).unwrap(), |x| candle_nn::ops::softmax(x, D::Minus1).unwrap(), 1e-6);
+        check(
+            &[3, 5, 70],
+            |x| softmax_last_dim(x).unwrap(),
+            |x| candle_nn::ops::softmax(x, D::Minus1).unwrap(),
+            1e-6,
+        );
     }
 
     #[test]
@@ -319,6 +396,19 @@ mod tests {
             |x| candle_nn::ops::softmax(&x.broadcast_add(&m).unwrap(), D::Minus1).unwrap(),
             1e-6,
         );
+    }
+
+    #[test]
+    fn causal_softmax_equals_masked_softmax() {
+        for (t, s) in [(4, 4), (2, 5)] {
+            let m = crate::ops::causal_mask(t, s, &Device::Cpu).unwrap();
+            check(
+                &[3, t, s],
+                |x| softmax_causal(x).unwrap(),
+                |x| candle_nn::ops::softmax(&x.broadcast_add(&m).unwrap(), D::Minus1).unwrap(),
+                1e-6,
+            );
+        }
     }
 
     #[test]
@@ -336,15 +426,37 @@ mod tests {
     fn cross_entropy_matches_the_composition() {
         let logits = random(&[50, 37], 3);
         let mut rng = Rng::new(4);
-        let targets = Tensor::from_vec((0..50).map(|_| rng.below(37) as u32).collect::<Vec<_>>(), 50, &Device::Cpu).unwrap();
-        let weights = Tensor::from_vec((0..50).map(|i| (i % 3 != 0) as u8 as f32).collect::<Vec<_>>(), 50, &Device::Cpu).unwrap();
+        let targets = Tensor::from_vec(
+            (0..50).map(|_| rng.below(37) as u32).collect::<Vec<_>>(),
+            50,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let weights = Tensor::from_vec(
+            (0..50).map(|i| (i % 3 != 0) as u8 as f32).collect::<Vec<_>>(),
+            50,
+            &Device::Cpu,
+        )
+        .unwrap();
         let fused = cross_entropy_fused(logits.as_tensor(), &targets, &weights).unwrap();
         let logp = candle_nn::ops::log_softmax(logits.as_tensor(), D::Minus1).unwrap();
-        let picked = logp.gather(&targets.unsqueeze(1).unwrap(), 1).unwrap().squeeze(1).unwrap();
-        let plain = (picked.mul(&weights).unwrap().sum_all().unwrap().neg().unwrap() / weights.sum_all().unwrap()).unwrap();
+        let picked = logp
+            .gather(&targets.unsqueeze(1).unwrap(), 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap();
+        let plain = (picked.mul(&weights).unwrap().sum_all().unwrap().neg().unwrap()
+            / weights.sum_all().unwrap())
+        .unwrap();
         assert!(max_diff(&fused, &plain) < 1e-5);
-        let (gf, gp) = ((&fused * 3.0).unwrap().backward().unwrap(), (plain * 3.0).unwrap().backward().unwrap());
-        let d = max_diff(gf.get(logits.as_tensor()).unwrap(), gp.get(logits.as_tensor()).unwrap());
+        let (gf, gp) = (
+            (&fused * 3.0).unwrap().backward().unwrap(),
+            (plain * 3.0).unwrap().backward().unwrap(),
+        );
+        let d = max_diff(
+            gf.get(logits.as_tensor()).unwrap(),
+            gp.get(logits.as_tensor()).unwrap(),
+        );
         assert!(d < 1e-6, "gradient differs by {d}");
         assert_eq!(fused.dtype(), DType::F32);
     }

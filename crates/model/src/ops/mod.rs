@@ -7,7 +7,7 @@ mod gelu;
 
 use candle_core::{DType, Device, Tensor};
 
-pub use fused::{cross_entropy_fused, normalize, softmax_last_dim};
+pub use fused::{cross_entropy_fused, normalize, softmax_causal, softmax_last_dim};
 pub use gelu::gelu;
 
 use crate::Result;
