@@ -213,6 +213,15 @@ pub fn normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
 /// Weighted mean cross-entropy: `Σ wᵢ · nllᵢ / Σ wᵢ` over rows of logits.
 struct CrossEntropy;
 
+/// The checked inputs of the cross-entropy kernels.
+struct CeInputs<'a> {
+    logits: &'a [f32],
+    targets: &'a [u32],
+    weights: &'a [f32],
+    vocab: usize,
+    total: f32,
+}
+
 impl CrossEntropy {
     fn inputs<'a>(
         s1: &'a CpuStorage,
@@ -221,7 +230,7 @@ impl CrossEntropy {
         l2: &Layout,
         s3: &'a CpuStorage,
         l3: &Layout,
-    ) -> candle_core::Result<(&'a [f32], &'a [u32], &'a [f32], usize, f32)> {
+    ) -> candle_core::Result<CeInputs<'a>> {
         let logits = f32s(s1, l1, "cross-entropy")?;
         let targets = u32s(s2, l2, "cross-entropy")?;
         let weights = f32s(s3, l3, "cross-entropy")?;
@@ -238,7 +247,13 @@ impl CrossEntropy {
             candle_core::bail!("cross-entropy: target {t} outside the vocabulary of {v}");
         }
         let total: f32 = weights.iter().sum();
-        Ok((logits, targets, weights, v, total))
+        Ok(CeInputs {
+            logits,
+            targets,
+            weights,
+            vocab: v,
+            total,
+        })
     }
 }
 
@@ -256,7 +271,13 @@ impl CustomOp3 for CrossEntropy {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (logits, targets, weights, v, total) = Self::inputs(s1, l1, s2, l2, s3, l3)?;
+        let CeInputs {
+            logits,
+            targets,
+            weights,
+            vocab: v,
+            total,
+        } = Self::inputs(s1, l1, s2, l2, s3, l3)?;
         let mut nll = vec![0f32; targets.len()];
         par_rows(&mut nll, 1, |r, out| {
             if weights[r] == 0.0 {
@@ -301,7 +322,13 @@ impl CustomOp3 for CrossEntropyGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (logits, targets, weights, v, total) = CrossEntropy::inputs(s1, l1, s2, l2, s3, l3)?;
+        let CeInputs {
+            logits,
+            targets,
+            weights,
+            vocab: v,
+            total,
+        } = CrossEntropy::inputs(s1, l1, s2, l2, s3, l3)?;
         let mut d = vec![0f32; logits.len()];
         par_rows(&mut d, v, |r, out| {
             let scale = weights[r] / total;
