@@ -5,11 +5,13 @@
 mod checkpoint;
 mod config;
 mod optim;
+mod plot;
 mod run;
 
 pub use checkpoint::{CheckpointState, latest_valid, list as list_checkpoints, read_state, step_dir};
 pub use config::{Mode, TrainConfig, TrainSettings};
 pub use optim::{AdamW, AdamWConfig, clip_grad_norm, lr_at};
+pub use plot::{loss_plot, read_curves};
 pub use run::{Event, StepOutcome, TrainSummary, load_init, optimizer_step, train, unigram_baseline};
 
 use std::path::PathBuf;

@@ -501,7 +501,16 @@ pub fn train(
     }
     summary.steps = step;
     summary.best_val_loss = best;
+    if let Err(e) = crate::plot::loss_plot(&run.join("logs.jsonl"), &run.join("plots/loss.png")) {
+        emit(
+            Event::Warning {
+                message: format!("no loss plot: {e}"),
+            },
+            &mut log,
+        );
+    }
     summary.seconds = started.elapsed().as_secs_f64();
+    write_json(&run.join("summary.json"), &summary)?;
     write_manifest(
         run,
         &cfg,

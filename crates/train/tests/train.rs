@@ -88,6 +88,15 @@ fn it_learns_and_repeats_itself() {
     ] {
         assert!(run_dir.join(f).is_file(), "{f} missing");
     }
+    let png = std::fs::read(run_dir.join("plots/loss.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(
+        u32::from_be_bytes([png[16], png[17], png[18], png[19]]),
+        960,
+        "PNG width"
+    );
+    let (train_curve, val_curve) = chatforge_train::read_curves(&run_dir.join("logs.jsonl")).unwrap();
+    assert_eq!((train_curve.len(), val_curve.len()), (60, 15));
     let steps: Vec<u64> = list_checkpoints(&run_dir).iter().map(|(s, _)| *s).collect();
     assert_eq!(steps, [60, 56, 52], "keep_last = 3");
     let log = std::fs::read_to_string(run_dir.join("logs.jsonl")).unwrap();
