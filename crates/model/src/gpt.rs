@@ -96,7 +96,7 @@ impl Linear {
         let (b, t, c) = x.dims3()?;
         let y = x.reshape((b * t, c))?.matmul(&self.weight)?; // (B*T, out)
         let y = match &self.bias {
-            Some(bias) => y.broadcast_add(bias)?,
+            Some(bias) => ops::add_bias(&y, bias)?,
             None => y,
         };
         Ok(y.reshape((b, t, ()))?)

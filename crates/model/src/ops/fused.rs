@@ -488,3 +488,309 @@ mod tests {
         assert_eq!(fused.dtype(), DType::F32);
     }
 }
+
+/// Column sums of a row-major `(rows, cols)` matrix, rows split across cores.
+fn column_sums(g: &[f32], cols: usize) -> Vec<f32> {
+    let rows = g.len() / cols.max(1);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(rows.max(1));
+    let per = rows.div_ceil(threads.max(1)).max(1);
+    let partial: Vec<Vec<f32>> = std::thread::scope(|s| {
+        let handles: Vec<_> = g
+            .chunks(per * cols)
+            .map(|part| {
+                s.spawn(move || {
+                    let mut acc = vec![0f32; cols];
+                    for row in part.chunks_exact(cols) {
+                        acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+                    }
+                    acc
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let mut out = vec![0f32; cols];
+    for p in partial {
+        out.iter_mut().zip(p).for_each(|(o, v)| *o += v);
+    }
+    out
+}
+
+/// `x + b` for `x` `(…, C)` and `b` `(C)`; backward: `dx = dy`, `db = Σ_rows dy`.
+struct AddBias;
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "chatforge-add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, b) = (f32s(s1, l1, "add-bias")?, f32s(s2, l2, "add-bias")?);
+        let c = last_dim(l1);
+        if b.len() != c {
+            candle_core::bail!("add-bias: {} bias values for rows of {c}", b.len());
+        }
+        let mut y = vec![0f32; x.len()];
+        par_rows(&mut y, c, |r, out| {
+            out.iter_mut()
+                .zip(&x[r * c..(r + 1) * c])
+                .zip(b)
+                .for_each(|((o, &v), &bv)| *o = v + bv);
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.contiguous()?;
+        let c = b.dim(0)?;
+        let db = {
+            let (storage, layout) = g.storage_and_layout();
+            let candle_core::Storage::Cpu(cpu) = &*storage else {
+                candle_core::bail!("add-bias: only the CPU backend is supported")
+            };
+            column_sums(f32s(cpu, layout, "add-bias-grad")?, c)
+        };
+        Ok((Some(g.clone()), Some(Tensor::from_vec(db, c, b.device())?)))
+    }
+}
+
+/// `x + bias` broadcast over the last dimension, with a fused backward for the bias.
+pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op2(&bias.contiguous()?, AddBias)?)
+}
+
+#[cfg(test)]
+mod bias_tests {
+    use super::*;
+    use candle_core::{D, Device, Var};
+
+    #[test]
+    fn add_bias_matches_broadcast_add() {
+        let x = Var::from_vec(
+            (0..600).map(|i| (i as f32 * 0.37).sin()).collect(),
+            (4, 10, 15),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let b = Var::from_vec((0..15).map(|i| i as f32 * 0.1).collect(), 15, &Device::Cpu).unwrap();
+        let w = Tensor::from_vec(
+            (0..600).map(|i| (i as f32 * 0.11).cos()).collect(),
+            (4, 10, 15),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let fused = add_bias(x.as_tensor(), b.as_tensor()).unwrap();
+        let plain = x.as_tensor().broadcast_add(b.as_tensor()).unwrap();
+        let diff = |a: &Tensor, c: &Tensor| -> f32 {
+            (a - c)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(D::Minus1)
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        assert_eq!(diff(&fused, &plain), 0.0);
+        let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = (plain * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(diff(gf.get(b.as_tensor()).unwrap(), gp.get(b.as_tensor()).unwrap()) < 1e-5);
+        assert_eq!(
+            diff(gf.get(x.as_tensor()).unwrap(), gp.get(x.as_tensor()).unwrap()),
+            0.0
+        );
+    }
+}
+
+/// Layer norm with its affine part in one op: `y = (x − mean)·rstd·w + b` per row of `x` `(…, C)`.
+struct LayerNormOp(f32);
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "chatforge-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (
+            f32s(s1, l1, "layer-norm")?,
+            f32s(s2, l2, "layer-norm")?,
+            f32s(s3, l3, "layer-norm")?,
+        );
+        let c = last_dim(l1);
+        if w.len() != c || b.len() != c {
+            candle_core::bail!(
+                "layer-norm: weight {} and bias {} for rows of {c}",
+                w.len(),
+                b.len()
+            );
+        }
+        let mut y = vec![0f32; x.len()];
+        par_rows(&mut y, c, |r, out| {
+            let row = &x[r * c..(r + 1) * c];
+            let (mean, rstd) = row_stats(row, self.0);
+            for (((o, &v), &wv), &bv) in out.iter_mut().zip(row).zip(w).zip(b) {
+                *o = (v - mean) * rstd * wv + bv;
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = w.dim(0)?;
+        let n = x.elem_count();
+        // One kernel computes all three gradients, packed as [dx | dw | db].
+        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormGrad(self.0))?;
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, n, c)?;
+        let db = packed.narrow(0, n + c, c)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// `(x, w, dy) → [dx | dw | db]` of [`LayerNormOp`].
+struct LayerNormGrad(f32);
+
+impl CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "chatforge-layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, g) = (
+            f32s(s1, l1, "layer-norm-grad")?,
+            f32s(s2, l2, "layer-norm-grad")?,
+            f32s(s3, l3, "layer-norm-grad")?,
+        );
+        let c = last_dim(l1);
+        let n = x.len();
+        let mut dx = vec![0f32; n];
+        // Per row: x̂, dx̂ = dy·w, dx = rstd · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂)).
+        par_rows(&mut dx, c, |r, out| {
+            let (xr, gr) = (&x[r * c..(r + 1) * c], &g[r * c..(r + 1) * c]);
+            let (mean, rstd) = row_stats(xr, self.0);
+            let (mut sum_g, mut sum_gx) = (0f32, 0f32);
+            for ((&v, &gv), &wv) in xr.iter().zip(gr).zip(w) {
+                let gh = gv * wv;
+                sum_g += gh;
+                sum_gx += gh * (v - mean) * rstd;
+            }
+            let (mg, mgx) = (sum_g / c as f32, sum_gx / c as f32);
+            for (((o, &v), &gv), &wv) in out.iter_mut().zip(xr).zip(gr).zip(w) {
+                *o = rstd * (gv * wv - mg - (v - mean) * rstd * mgx);
+            }
+        });
+        // dw = Σ_rows dy · x̂, db = Σ_rows dy.
+        let mut gx = vec![0f32; n];
+        par_rows(&mut gx, c, |r, out| {
+            let (xr, gr) = (&x[r * c..(r + 1) * c], &g[r * c..(r + 1) * c]);
+            let (mean, rstd) = row_stats(xr, self.0);
+            out.iter_mut()
+                .zip(xr)
+                .zip(gr)
+                .for_each(|((o, &v), &gv)| *o = gv * (v - mean) * rstd);
+        });
+        let dw = column_sums(&gx, c);
+        let db = column_sums(g, c);
+        dx.extend(dw);
+        dx.extend(db);
+        let len = dx.len();
+        Ok((CpuStorage::F32(dx), Shape::from(len)))
+    }
+}
+
+/// Layer normalisation with weight and bias, forward and backward each in one kernel.
+pub fn layer_norm_fused(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        LayerNormOp(eps as f32),
+    )?)
+}
+
+#[cfg(test)]
+mod layer_norm_tests {
+    use super::*;
+    use candle_core::{D, Device, Var};
+
+    #[test]
+    fn fused_layer_norm_matches_the_composition() {
+        let v = |n: usize, k: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * k).sin() * 2.0 + 0.3).collect() };
+        let x = Var::from_vec(v(6 * 40, 0.37), (6, 40), &Device::Cpu).unwrap();
+        let w = Var::from_vec(v(40, 0.5), 40, &Device::Cpu).unwrap();
+        let b = Var::from_vec(v(40, 0.9), 40, &Device::Cpu).unwrap();
+        let up = Tensor::from_vec(v(6 * 40, 0.13), (6, 40), &Device::Cpu).unwrap();
+        let fused = layer_norm_fused(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap();
+        let plain = {
+            let t = x.as_tensor();
+            let mean = t.mean_keepdim(D::Minus1).unwrap();
+            let xc = t.broadcast_sub(&mean).unwrap();
+            let var = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+            let xhat = xc.broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap()).unwrap();
+            xhat.broadcast_mul(w.as_tensor())
+                .unwrap()
+                .broadcast_add(b.as_tensor())
+                .unwrap()
+        };
+        let diff = |a: &Tensor, c: &Tensor| -> f32 {
+            (a - c)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(D::Minus1)
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        assert!(diff(&fused, &plain) < 1e-5);
+        let gf = (fused * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = (plain * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        for var in [&x, &w, &b] {
+            let d = diff(gf.get(var.as_tensor()).unwrap(), gp.get(var.as_tensor()).unwrap());
+            assert!(d < 1e-4, "gradient differs by {d}");
+        }
+    }
+}

@@ -7,7 +7,9 @@ mod gelu;
 
 use candle_core::{DType, Device, Tensor};
 
-pub use fused::{cross_entropy_fused, normalize, softmax_causal, softmax_last_dim};
+pub use fused::{
+    add_bias, cross_entropy_fused, layer_norm_fused, normalize, softmax_causal, softmax_last_dim,
+};
 pub use gelu::gelu;
 
 use crate::Result;
@@ -16,6 +18,9 @@ use crate::Result;
 /// and `ops::layer_norm` have no backward), then the affine part in autograd so the weight and
 /// bias get their gradients.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    if let Some(b) = bias {
+        return layer_norm_fused(x, weight, b, eps);
+    }
     let y = normalize(x, eps)?.broadcast_mul(weight)?;
     Ok(match bias {
         Some(b) => y.broadcast_add(b)?,
