@@ -196,11 +196,13 @@ impl CausalSelfAttention {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let q = (q * (1.0 / (d as f64).sqrt()))?; // scaling q is 4x cheaper than scaling q·kᵀ
-        let att = q.matmul(&k.t()?)?; // (B, H, T, S)
+        let scale = 1.0 / (d as f64).sqrt();
         let att = match mask {
-            AttnMask::Additive(m) => ops::softmax_last_dim(&att.broadcast_add(m)?)?,
-            AttnMask::Causal => ops::softmax_causal(&att)?,
+            AttnMask::Additive(m) => {
+                let scores = (q * scale)?.matmul(&k.t()?)?; // (B, H, T, S)
+                ops::softmax_last_dim(&scores.broadcast_add(m)?)?
+            }
+            AttnMask::Causal => ops::causal_attention_weights(&q, &k, scale)?, // (B, H, T, S)
         };
         let att = drop(att, dropout)?;
         let y = att.matmul(&v)?; // (B, H, T, D)

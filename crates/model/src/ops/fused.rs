@@ -95,7 +95,7 @@ impl CustomOp1 for Softmax {
 }
 
 /// `(y, dy) → y · (dy − Σ dy·y)` per row.
-struct SoftmaxGrad;
+pub(crate) struct SoftmaxGrad;
 
 impl CustomOp2 for SoftmaxGrad {
     fn name(&self) -> &'static str {

@@ -4,6 +4,7 @@
 
 mod fused;
 mod gelu;
+mod scores;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -11,6 +12,7 @@ pub use fused::{
     add_bias, cross_entropy_fused, layer_norm_fused, normalize, softmax_causal, softmax_last_dim,
 };
 pub use gelu::gelu;
+pub use scores::causal_attention_weights;
 
 use crate::Result;
 
