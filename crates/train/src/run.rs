@@ -71,23 +71,19 @@ pub struct TrainSummary {
 /// Weights to start from: an HF GPT-2-family folder, an earlier run (its `best/`, else its newest
 /// checkpoint), or a checkpoint folder.
 pub fn load_init(path: &Path, device: &Device) -> Result<(GptConfig, Weights)> {
-    let candidates = [
-        path.join("best"),
-        checkpoint::list(path)
-            .first()
-            .map(|(_, d)| d.clone())
-            .unwrap_or_default(),
-    ];
-    let dir = if path.join("config.json").is_file() {
-        path.to_path_buf()
-    } else if let Some(d) = candidates.into_iter().find(|d| d.join("config.json").is_file()) {
-        d
-    } else {
-        return Err(Error::Config(format!(
-            "--init {}: expected an HF folder (config.json + model.safetensors or pytorch_model.bin) or a chatforge run",
-            path.display()
-        )));
-    };
+    // An HF folder holds config.json and weights; a run holds config.json too, but its weights
+    // are in best/ or its checkpoints.
+    let latest = checkpoint::list(path).first().map(|(_, d)| d.clone());
+    let dir = [Some(path.to_path_buf()), Some(path.join("best")), latest]
+        .into_iter()
+        .flatten()
+        .find(|d| d.join("config.json").is_file() && chatforge_model::weights_file(d).is_ok())
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "--init {}: expected an HF folder (config.json + model.safetensors or pytorch_model.bin) or a chatforge run",
+                path.display()
+            ))
+        })?;
     Ok(load_hf(&dir, device)?)
 }
 

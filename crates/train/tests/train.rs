@@ -203,3 +203,38 @@ fn impossible_configs_fail_before_training() {
     });
     assert!(e.contains("has 40 tokens but model.vocab_size is 30"), "{e}");
 }
+
+#[test]
+fn init_from_an_earlier_run_continues_its_learning() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 40);
+    cfg.train.lr = 1e-2;
+    let first = run(&cfg, &dir.path().join("first"), false);
+    // A new run initialised from the first one's best/ starts where that one ended, not from scratch.
+    let mut next = cfg.clone();
+    next.train.init = Some(dir.path().join("first"));
+    next.model.n_embd = 64; // ignored: the model comes from --init
+    let second = run(&next, &dir.path().join("second"), false);
+    assert!(
+        second[0] < 0.6 * first[0],
+        "first run began at {}, the initialised one at {}",
+        first[0],
+        second[0]
+    );
+    let err = train(
+        &TrainConfig {
+            train: TrainSettings {
+                init: Some(dir.path().join("nothing")),
+                ..cfg.train.clone()
+            },
+            ..cfg.clone()
+        },
+        &dir.path().join("third"),
+        false,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("expected an HF folder"), "{err}");
+}
