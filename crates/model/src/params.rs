@@ -259,7 +259,8 @@ impl Params {
         VarBuilder::from_tensors(ts, DType::F32, device)
     }
 
-    /// A snapshot of the current values, by name.
+    /// The current values by name, detached from autograd but sharing storage with the vars (so
+    /// they follow every update).
     pub fn tensors(&self) -> BTreeMap<String, Tensor> {
         self.vars
             .iter()

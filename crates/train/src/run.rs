@@ -320,6 +320,14 @@ pub fn train(
 
     let params = Params::from_weights(&cfg.model, weights)?;
     let model = Gpt::new(&cfg.model, params.var_builder(&dev))?;
+    // The same weights, detached: validation through it records no graph for backward.
+    let eval_model = {
+        let detached = params.tensors().into_iter().collect();
+        Gpt::new(
+            &cfg.model,
+            candle_nn::VarBuilder::from_tensors(detached, DType::F32, &dev),
+        )?
+    };
     let mut opt = AdamW::new(t.adamw(), &params.vars);
     let scfg = SamplerConfig {
         batch_size: t.batch_size,
@@ -446,7 +454,7 @@ pub fn train(
 
         let mut stop_reason = stop.load(Ordering::Relaxed).then(|| "stop requested".to_string());
         if !val_batches.is_empty() && (step % t.eval_every == 0 || step == steps) {
-            let val = estimate_loss(&model, &val_batches, t.mode, &dev)?;
+            let val = estimate_loss(&eval_model, &val_batches, t.mode, &dev)?;
             let improved = best.is_none_or(|b| val < b);
             if improved {
                 best = Some(val);

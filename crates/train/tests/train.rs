@@ -97,6 +97,12 @@ fn it_learns_and_repeats_itself() {
     );
     let (train_curve, val_curve) = chatforge_train::read_curves(&run_dir.join("logs.jsonl")).unwrap();
     assert_eq!((train_curve.len(), val_curve.len()), (60, 15));
+    // Validation follows the weights as they train (it runs on detached views of the same storage).
+    let (first_val, last_val) = (val_curve[&4], val_curve[&60]);
+    assert!(
+        last_val < 0.6 * first_val,
+        "validation went from {first_val} to {last_val}"
+    );
     let steps: Vec<u64> = list_checkpoints(&run_dir).iter().map(|(s, _)| *s).collect();
     assert_eq!(steps, [60, 56, 52], "keep_last = 3");
     let log = std::fs::read_to_string(run_dir.join("logs.jsonl")).unwrap();
