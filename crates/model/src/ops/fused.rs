@@ -7,7 +7,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Te
 
 use crate::Result;
 
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+pub(crate) fn f32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("{op}: expected f32")
     };
@@ -48,7 +48,7 @@ pub(crate) fn par_rows(out: &mut [f32], d: usize, f: impl Fn(usize, &mut [f32]) 
     });
 }
 
-fn last_dim(l: &Layout) -> usize {
+pub(crate) fn last_dim(l: &Layout) -> usize {
     l.shape().dims().last().copied().unwrap_or(1)
 }
 
@@ -360,6 +360,7 @@ pub fn cross_entropy_fused(logits: &Tensor, targets: &Tensor, weights: &Tensor) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::max_abs_diff;
     use candle_core::{D, DType, Device, Var};
     use chatforge_data::Rng;
 
@@ -374,19 +375,6 @@ mod tests {
         .unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(D::Minus1)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
-
     /// Compares `fused` with `plain` on x: forward, and backward of Σ out · w for a random w.
     fn check(
         shape: &[usize],
@@ -397,11 +385,19 @@ mod tests {
         let x = random(shape, 1);
         let w = random(shape, 2).as_tensor().detach();
         let (a, b) = (fused(x.as_tensor()), plain(x.as_tensor()));
-        assert!(max_diff(&a, &b) < tol, "forward differs by {}", max_diff(&a, &b));
+        assert!(
+            max_abs_diff(&a, &b) < tol,
+            "forward differs by {}",
+            max_abs_diff(&a, &b)
+        );
         let ga = (a * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let gb = (b * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
-        assert!(max_diff(ga, gb) < tol, "backward differs by {}", max_diff(ga, gb));
+        assert!(
+            max_abs_diff(ga, gb) < tol,
+            "backward differs by {}",
+            max_abs_diff(ga, gb)
+        );
     }
 
     #[test]
@@ -475,12 +471,12 @@ mod tests {
         let plain = (picked.mul(&weights).unwrap().sum_all().unwrap().neg().unwrap()
             / weights.sum_all().unwrap())
         .unwrap();
-        assert!(max_diff(&fused, &plain) < 1e-5);
+        assert!(max_abs_diff(&fused, &plain) < 1e-5);
         let (gf, gp) = (
             (&fused * 3.0).unwrap().backward().unwrap(),
             (plain * 3.0).unwrap().backward().unwrap(),
         );
-        let d = max_diff(
+        let d = max_abs_diff(
             gf.get(logits.as_tensor()).unwrap(),
             gp.get(logits.as_tensor()).unwrap(),
         );
@@ -579,7 +575,8 @@ pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod bias_tests {
     use super::*;
-    use candle_core::{D, Device, Var};
+    use crate::ops::max_abs_diff;
+    use candle_core::{Device, Var};
 
     #[test]
     fn add_bias_matches_broadcast_add() {
@@ -598,24 +595,12 @@ mod bias_tests {
         .unwrap();
         let fused = add_bias(x.as_tensor(), b.as_tensor()).unwrap();
         let plain = x.as_tensor().broadcast_add(b.as_tensor()).unwrap();
-        let diff = |a: &Tensor, c: &Tensor| -> f32 {
-            (a - c)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(D::Minus1)
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
-        assert_eq!(diff(&fused, &plain), 0.0);
+        assert_eq!(max_abs_diff(&fused, &plain), 0.0);
         let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let gp = (plain * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(diff(gf.get(b.as_tensor()).unwrap(), gp.get(b.as_tensor()).unwrap()) < 1e-5);
+        assert!(max_abs_diff(gf.get(b.as_tensor()).unwrap(), gp.get(b.as_tensor()).unwrap()) < 1e-5);
         assert_eq!(
-            diff(gf.get(x.as_tensor()).unwrap(), gp.get(x.as_tensor()).unwrap()),
+            max_abs_diff(gf.get(x.as_tensor()).unwrap(), gp.get(x.as_tensor()).unwrap()),
             0.0
         );
     }
@@ -752,6 +737,7 @@ pub fn layer_norm_fused(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) ->
 #[cfg(test)]
 mod layer_norm_tests {
     use super::*;
+    use crate::ops::max_abs_diff;
     use candle_core::{D, Device, Var};
 
     #[test]
@@ -773,23 +759,11 @@ mod layer_norm_tests {
                 .broadcast_add(b.as_tensor())
                 .unwrap()
         };
-        let diff = |a: &Tensor, c: &Tensor| -> f32 {
-            (a - c)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(D::Minus1)
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
-        assert!(diff(&fused, &plain) < 1e-5);
+        assert!(max_abs_diff(&fused, &plain) < 1e-5);
         let gf = (fused * &up).unwrap().sum_all().unwrap().backward().unwrap();
         let gp = (plain * &up).unwrap().sum_all().unwrap().backward().unwrap();
         for var in [&x, &w, &b] {
-            let d = diff(gf.get(var.as_tensor()).unwrap(), gp.get(var.as_tensor()).unwrap());
+            let d = max_abs_diff(gf.get(var.as_tensor()).unwrap(), gp.get(var.as_tensor()).unwrap());
             assert!(d < 1e-4, "gradient differs by {d}");
         }
     }

@@ -4,6 +4,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
+use super::fused::f32s;
 use crate::{Activation, Result};
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
@@ -25,16 +26,6 @@ fn gelu_erf(x: f32) -> f32 {
 
 fn gelu_erf_grad(x: f32) -> f32 {
     0.5 * (1.0 + candle_core::cpu::erf::erf_f32(x * INV_SQRT_2)) + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
-}
-
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{op}: only f32 is supported")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{op}: input must be contiguous"),
-    }
 }
 
 /// Applies `f` to `x` elementwise, on all cores for large inputs.
@@ -59,7 +50,7 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous(s, l, "gelu")?;
+        let x = f32s(s, l, "gelu")?;
         let y = match self.0 {
             Activation::GeluTanh => par_map(x, gelu_tanh),
             Activation::GeluErf => par_map(x, gelu_erf),
@@ -89,8 +80,8 @@ impl CustomOp2 for GeluGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1, "gelu-grad")?;
-        let g = contiguous(s2, l2, "gelu-grad")?;
+        let x = f32s(s1, l1, "gelu-grad")?;
+        let g = f32s(s2, l2, "gelu-grad")?;
         let d: fn(f32) -> f32 = match self.0 {
             Activation::GeluTanh => gelu_tanh_grad,
             Activation::GeluErf => gelu_erf_grad,
@@ -109,7 +100,8 @@ pub fn gelu(x: &Tensor, activation: Activation) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{D, Device, Var};
+    use crate::ops::max_abs_diff;
+    use candle_core::{Device, Var};
 
     #[test]
     fn matches_candle_forward_and_backward() {
@@ -127,19 +119,7 @@ mod tests {
                 Activation::GeluErf => x.as_tensor().gelu_erf().unwrap(),
             };
             let fused = gelu(x.as_tensor(), act).unwrap();
-            let diff = |a: &Tensor, b: &Tensor| -> f32 {
-                (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(D::Minus1)
-                    .unwrap()
-                    .to_scalar()
-                    .unwrap()
-            };
-            assert!(diff(&reference, &fused) < 1e-5, "{act:?} forward");
+            assert!(max_abs_diff(&reference, &fused) < 1e-5, "{act:?} forward");
             let g_ref = (reference * &w).unwrap().sum_all().unwrap().backward().unwrap();
             let g_fused = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
             let (a, b) = (
@@ -147,7 +127,11 @@ mod tests {
                 g_fused.get(x.as_tensor()).unwrap(),
             );
             // candle's reference rounds its coefficients (0.0356774, 0.797885): allow for that.
-            assert!(diff(a, b) < 2e-4, "{act:?} backward differs by {}", diff(a, b));
+            assert!(
+                max_abs_diff(a, b) < 2e-4,
+                "{act:?} backward differs by {}",
+                max_abs_diff(a, b)
+            );
         }
     }
 }

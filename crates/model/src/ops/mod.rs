@@ -30,6 +30,22 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f64) 
     })
 }
 
+/// Largest absolute difference of two tensors (for the kernels' tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    #[allow(clippy::unwrap_used)] // test support
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(candle_core::D::Minus1)
+        .unwrap();
+    #[allow(clippy::unwrap_used)] // test support
+    d.to_scalar().unwrap()
+}
+
 /// The additive causal mask for `t` new tokens after `s - t` cached ones: `(t, s)`.
 pub fn causal_mask(t: usize, s: usize, device: &Device) -> Result<Tensor> {
     let offset = s - t;

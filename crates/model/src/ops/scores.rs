@@ -5,17 +5,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
+use super::fused::f32s;
 use crate::Result;
-
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("attention scores: expected f32")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("attention scores: inputs must be contiguous"),
-    }
-}
 
 struct CausalScores {
     scale: f32,
@@ -33,7 +24,10 @@ impl CustomOp2 for CausalScores {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (q, k) = (f32s(s1, l1)?, f32s(s2, l2)?);
+        let (q, k) = (
+            f32s(s1, l1, "attention scores")?,
+            f32s(s2, l2, "attention scores")?,
+        );
         let (qd, kd) = (l1.shape().dims(), l2.shape().dims());
         let [b, h, t, d] = qd else {
             candle_core::bail!("attention scores: q must be (B, H, T, D)")
@@ -128,6 +122,7 @@ pub fn causal_attention_weights(q: &Tensor, k: &Tensor, scale: f64) -> Result<Te
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::max_abs_diff;
     use candle_core::{D, Device, Var};
     use chatforge_data::Rng;
 
@@ -145,27 +140,15 @@ mod tests {
             let scores = (q.as_tensor().matmul(&k.as_tensor().t().unwrap()).unwrap() * 0.5).unwrap();
             let mask = crate::ops::causal_mask(t, s, &Device::Cpu).unwrap();
             let plain = candle_nn::ops::softmax(&scores.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
-            let diff = |a: &Tensor, b: &Tensor| -> f32 {
-                (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(D::Minus1)
-                    .unwrap()
-                    .to_scalar()
-                    .unwrap()
-            };
             assert!(
-                diff(&fused, &plain) < 1e-6,
+                max_abs_diff(&fused, &plain) < 1e-6,
                 "forward differs by {}",
-                diff(&fused, &plain)
+                max_abs_diff(&fused, &plain)
             );
             let gf = (fused * &up).unwrap().sum_all().unwrap().backward().unwrap();
             let gp = (plain * &up).unwrap().sum_all().unwrap().backward().unwrap();
             for v in [&q, &k] {
-                let d = diff(gf.get(v.as_tensor()).unwrap(), gp.get(v.as_tensor()).unwrap());
+                let d = max_abs_diff(gf.get(v.as_tensor()).unwrap(), gp.get(v.as_tensor()).unwrap());
                 assert!(d < 1e-5, "gradient differs by {d}");
             }
         }
