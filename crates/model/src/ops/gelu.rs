@@ -4,7 +4,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
-use super::fused::f32s;
+use super::fused::{f32s, par_rows};
 use crate::{Activation, Result};
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
@@ -31,14 +31,7 @@ fn gelu_erf_grad(x: f32) -> f32 {
 /// Applies `f` to `x` elementwise, on all cores for large inputs.
 fn par_map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = x.len().div_ceil(threads).max(1 << 14);
-    std::thread::scope(|s| {
-        for (o, i) in out.chunks_mut(chunk).zip(x.chunks(chunk)) {
-            let f = &f;
-            s.spawn(move || o.iter_mut().zip(i).for_each(|(o, &x)| *o = f(x)));
-        }
-    });
+    par_rows(&mut out, 1, |i, o| o[0] = f(x[i]));
     out
 }
 
