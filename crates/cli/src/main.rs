@@ -52,6 +52,12 @@ enum Command {
     Tokenizer(cmd::tokenizer::TokenizerCommand),
     /// Pre-train or fine-tune a GPT on token shards
     Train(cmd::train::TrainArgs),
+    /// Talk to a model in the terminal (or through stdin)
+    Chat(cmd::chat::ChatArgs),
+    /// Generate from prompts, one streamed or many batched
+    Generate(cmd::generate::GenerateArgs),
+    /// Evaluate a model: loss, perplexity, bits per byte, BLEU, ROUGE, sample replies
+    Eval(cmd::eval::EvalArgs),
     /// Run the whole path on the bundled sample data
     Pipeline(cmd::pipeline::PipelineArgs),
     /// Measure throughput, beside the Python reference
@@ -81,6 +87,9 @@ fn run() -> anyhow::Result<()> {
         Command::Data(c) => cmd::data::run(c),
         Command::Tokenizer(c) => cmd::tokenizer::run(c),
         Command::Train(a) => cmd::train::run(a),
+        Command::Chat(a) => cmd::chat::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
         Command::Pipeline(a) => cmd::pipeline::run(a),
         Command::Bench(c) => cmd::bench::run(c),
     }

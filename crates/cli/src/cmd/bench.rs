@@ -15,6 +15,32 @@ pub enum BenchCommand {
     Tokenize(TokenizeBench),
     /// Training throughput (tokens/s, GFLOP/s, peak memory) of the bench model (configs/bench.toml)
     Train(TrainBench),
+    /// Decoding throughput (tokens/s) at batch 1 and 8, for the bench model and GPT-2-small shape
+    Generate(GenerateBench),
+}
+
+#[derive(Args)]
+pub struct GenerateBench {
+    /// Model shapes: bench (12 M parameters, vocab 4096) and gpt2 (124 M, vocab 50257), random weights
+    #[arg(long, value_delimiter = ',', default_value = "bench,gpt2")]
+    pub shapes: Vec<String>,
+    /// Prompt lengths (tokens of context before decoding starts)
+    #[arg(long, value_delimiter = ',', default_value = "16,256,1000")]
+    pub contexts: Vec<usize>,
+    /// New tokens per run (fewer where the 1024-token context ends first)
+    #[arg(long, default_value_t = 200)]
+    pub new: usize,
+    /// Batch sizes (batch 1 is the latency case; more is throughput)
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    pub batches: Vec<usize>,
+    /// Weight types of the decoder
+    #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
+    pub weights: Vec<chatforge_infer::WeightType>,
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Python with torch + transformers: also runs scripts/reference/bench_generate_torch.py
+    #[arg(long)]
+    pub reference_python: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -51,6 +77,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Tokenize(args) => tokenize(&args),
         BenchCommand::Train(args) => train_bench(&args),
+        BenchCommand::Generate(args) => generate_bench(&args),
     }
 }
 
@@ -281,4 +308,100 @@ fn train_bench(args: &TrainBench) -> anyhow::Result<()> {
         say!("ratio: chatforge / fastest PyTorch = {:.2}x", tps / best);
     }
     Ok(())
+}
+
+fn generate_bench(args: &GenerateBench) -> anyhow::Result<()> {
+    use candle_core::Device;
+    use chatforge_data::Rng;
+    use chatforge_infer::{Engine, Request, Sampling, generate};
+    use chatforge_model::{GptConfig, init_weights};
+
+    say!(
+        "greedy decoding, KV cache, random weights, {} thread(s); tokens/s of new tokens after the prompt (median of {})",
+        rayon_threads(),
+        args.runs
+    );
+    for shape in &args.shapes {
+        let cfg = match shape.as_str() {
+            "bench" => GptConfig {
+                n_ctx: 1024,
+                dropout: 0.0,
+                ..GptConfig::bench()
+            },
+            "gpt2" => GptConfig {
+                dropout: 0.0,
+                ..GptConfig::gpt2()
+            },
+            other => bail!("unknown shape {other:?} (expected bench or gpt2)"),
+        };
+        let weights = init_weights(&cfg, &mut Rng::new(0), &Device::Cpu)?;
+        for &ctx in &args.contexts {
+            if ctx >= cfg.n_ctx {
+                bail!("context {ctx} does not fit the {}-token model", cfg.n_ctx);
+            }
+            let new = args.new.min(cfg.n_ctx - ctx);
+            for &batch in &args.batches {
+                let torch = match &args.reference_python {
+                    Some(py) => {
+                        let out = Command::new(py)
+                            .arg("scripts/reference/bench_generate_torch.py")
+                            .args(["--shape", shape, "--context", &ctx.to_string(), "--new", &new.to_string()])
+                            .args(["--batch", &batch.to_string(), "--runs", &args.runs.to_string()])
+                            .output()
+                            .context("running scripts/reference/bench_generate_torch.py")?;
+                        if !out.status.success() {
+                            bail!("bench_generate_torch.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+                        }
+                        let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                        Some(r["tokens_per_s"].as_f64().unwrap_or(f64::NAN))
+                    }
+                    None => None,
+                };
+                let mut line = format!("{shape:<5} context {ctx:>4} +{new:>3} new, batch {batch}:");
+                if let Some(t) = torch {
+                    line += &format!(" pytorch {t:>7.1}");
+                }
+                for &wt in &args.weights {
+                    let engine = Engine::new(&cfg, &weights, wt)?;
+                    let mut rng = Rng::new(1);
+                    let reqs: Vec<Request> = (0..batch)
+                        .map(|_| Request {
+                            prompt: (0..ctx).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect(),
+                            max_new_tokens: new,
+                            sampling: Sampling::greedy(),
+                            stop_ids: Vec::new(),
+                            stop_strings: Vec::new(),
+                        })
+                        .collect();
+                    generate(&engine, None, &reqs[..1], 1, None, |_, _| {})?; // warm-up
+                    // As the reference does: decoding time is a whole run less a run that stops
+                    // after the prompt's pass and first token.
+                    let run = |n: usize| -> anyhow::Result<f64> {
+                        let reqs: Vec<Request> = reqs.iter().map(|r| Request { max_new_tokens: n, ..r.clone() }).collect();
+                        let t0 = std::time::Instant::now();
+                        generate(&engine, None, &reqs, batch, None, |_, _| {})?;
+                        Ok(t0.elapsed().as_secs_f64())
+                    };
+                    let mut rates = Vec::new();
+                    for _ in 0..args.runs {
+                        let first = run(1)?;
+                        let total = run(new)?;
+                        rates.push((batch * (new - 1)) as f64 / (total - first));
+                    }
+                    let r = median(rates);
+                    line += &format!(
+                        " | chatforge {:?} {r:>7.1}{}",
+                        wt,
+                        torch.map_or(String::new(), |t| format!(" ({:.2}x)", r / t))
+                    );
+                }
+                say!("{line}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -1,4 +1,7 @@
 pub mod bench;
+pub mod chat;
+pub mod eval;
+pub mod generate;
 pub mod data;
 pub mod pipeline;
 pub mod tokenizer;
@@ -36,4 +39,128 @@ impl TemplateArgs {
             domain_tag: self.domain_tag,
         }
     }
+}
+
+/// Which model to load, shared by `chat`, `generate` and `eval`.
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// A run directory or a Hugging Face GPT-2-family folder
+    #[arg(long)]
+    pub model: std::path::PathBuf,
+    /// For a run: best, latest, a step number, or a checkpoint folder
+    #[arg(long, default_value = "best")]
+    pub checkpoint: chatforge_infer::Checkpoint,
+    /// Tokenizer to use instead of the one beside the model
+    #[arg(long)]
+    pub tokenizer: Option<std::path::PathBuf>,
+    /// Precision of the decoder's weights: f32, or bf16 (half the memory traffic, ~1e-2 logit error)
+    #[arg(long, default_value = "f32")]
+    pub weights: chatforge_infer::WeightType,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> anyhow::Result<chatforge_infer::LoadedModel> {
+        let m = chatforge_infer::LoadedModel::open(
+            &self.model,
+            &self.checkpoint,
+            self.tokenizer.as_deref(),
+            self.weights,
+        )?;
+        eprintln!(
+            "model: {} ({:.1} M parameters, context {}, {}), weights {}",
+            self.model.display(),
+            m.config.n_params() as f64 / 1e6,
+            m.config.n_ctx,
+            if m.chat { "chat template" } else { "no chat template: raw text" },
+            m.weights_dir.display()
+        );
+        Ok(m)
+    }
+}
+
+/// Sampling settings, shared by `chat` and `generate`; transformers' `generate` semantics.
+#[derive(Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// 0 means greedy
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0: all)
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Keep the most likely tokens up to this probability mass, in (0, 1]
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Penalise tokens already present (1: off)
+    #[arg(long, default_value_t = 1.1)]
+    pub repetition_penalty: f32,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 200)]
+    pub max_new_tokens: usize,
+    /// Stop when this text appears (repeatable; not included in the reply)
+    #[arg(long)]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    pub fn sampling(&self) -> anyhow::Result<chatforge_infer::Sampling> {
+        let s = chatforge_infer::Sampling {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+        };
+        s.validate()?;
+        Ok(s)
+    }
+}
+
+/// Conditioning at inference, rendered as in training.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ConditionArgs {
+    /// System prompt
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Respond as this persona ("Respond as NAME:" in the system turn, as in training)
+    #[arg(long)]
+    pub persona: Option<String>,
+    /// Domain tag for user turns ("#tag ", as `data import --domain-tag` wrote in training)
+    #[arg(long)]
+    pub domain: Option<String>,
+}
+
+impl ConditionArgs {
+    pub fn options(&self) -> RenderOptions {
+        RenderOptions {
+            system: self.system.clone(),
+            persona: self.persona.clone().map_or(Persona::None, Persona::Fixed),
+            domain_tag: self.domain.is_some(),
+        }
+    }
+
+    /// A one-message conversation in this domain.
+    pub fn conversation(&self, user: &str) -> chatforge_data::Conversation {
+        let mut c = chatforge_data::Conversation::new(vec![chatforge_data::Message::new(
+            chatforge_data::Role::User,
+            user,
+        )]);
+        if let Some(d) = &self.domain {
+            c.meta.insert("domain".into(), d.clone().into());
+        }
+        c
+    }
+}
+
+/// Sets a flag on Ctrl-C instead of ending the process (once per process; later calls reuse it).
+pub fn interrupt_flag() -> &'static std::sync::atomic::AtomicBool {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static FLAG: AtomicBool = AtomicBool::new(false);
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        if let Err(e) = ctrlc::set_handler(|| FLAG.store(true, Ordering::SeqCst)) {
+            eprintln!("warning: Ctrl-C will end the program: {e}");
+        }
+    });
+    &FLAG
 }

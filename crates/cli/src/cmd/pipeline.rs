@@ -1,10 +1,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
-use chatforge_data::{Conversation, Message, Role, Shard};
-use chatforge_infer::{Sampling, reply};
-use chatforge_model::{Gpt, load_hf};
+use chatforge_data::Shard;
 use chatforge_tokenizer::{ChatTokenizer, RenderOptions, TokenizerKind, tokenize_file};
 use chatforge_train::{Mode, TrainConfig, unigram_baseline};
 use clap::Args;
@@ -109,23 +106,7 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
         best.exp(),
         baseline.exp()
     );
-    let (model_cfg, weights) = load_hf(&args.out.join("best"), &Device::Cpu)?;
-    let model = Gpt::new(
-        &model_cfg,
-        candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu),
-    )?;
-    for prompt in PROMPTS {
-        let conv = Conversation::new(vec![Message::new(Role::User, prompt)]);
-        let answer = reply(
-            &model,
-            &tok,
-            &conv,
-            &RenderOptions::default(),
-            48,
-            &Sampling::greedy(),
-        )?;
-        say!("  user: {prompt}\n  assistant: {answer}");
-    }
+    super::train::evaluate_run(&cfg, &args.out)?;
 
     say!(
         "\ndone in {:.1} s. Written under {}:\n  data/train.jsonl, data/train.val.jsonl   canonical conversations\n  tokenizer/                               tokenizer.json, manifest.json, stats.json\n  data/train.bin, data/val.bin             token shards (+ .json sidecars)\n  best/, checkpoints/                      model weights (HF GPT-2 layout), optimizer state\n  manifest.json, config.json, logs.jsonl   what produced the run, the model config, per-step events",
@@ -137,9 +118,3 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
 
 const TINY: &str = include_str!("../../../../configs/tiny.toml");
 const SMALL: &str = include_str!("../../../../configs/small.toml");
-const PROMPTS: [&str; 4] = [
-    "Hi!",
-    "What is the capital of France?",
-    "How many legs does a spider have?",
-    "How do I make a cup of tea?",
-];

@@ -29,6 +29,14 @@ fn gelu_erf_grad(x: f32) -> f32 {
 }
 
 /// Applies `f` to `x` elementwise, on all cores for large inputs.
+/// The activation of one value (for code that works on plain slices, such as the decoder).
+pub fn gelu_scalar(activation: Activation, x: f32) -> f32 {
+    match activation {
+        Activation::GeluTanh => gelu_tanh(x),
+        Activation::GeluErf => gelu_erf(x),
+    }
+}
+
 fn par_map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     par_rows(&mut out, 1, |i, o| o[0] = f(x[i]));

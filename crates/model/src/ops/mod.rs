@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 pub use fused::{
     add_bias, cross_entropy_fused, layer_norm_fused, normalize, softmax_causal, softmax_last_dim,
 };
-pub use gelu::gelu;
+pub use gelu::{gelu, gelu_scalar};
 pub use scores::causal_attention_weights;
 
 use crate::Result;

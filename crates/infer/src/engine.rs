@@ -1,0 +1,438 @@
+//! The decoder: GPT-2's forward pass for generation, on plain slices with a KV cache per sequence.
+//!
+//! Training needs autograd and goes through candle ([`chatforge_model::Gpt`]); generation does not,
+//! and at one token per step candle's per-op overhead and fresh allocations cost more than the
+//! arithmetic. Here every weight matrix is streamed once per step for all the sequences of a batch
+//! (see [`crate::kernels`]), and each sequence keeps its own cache of keys and values, appended in
+//! place, so sequences of different lengths batch together without padding and the cost of a new
+//! token does not grow with recomputation of the prefix.
+//!
+//! The same weights give the same logits as [`chatforge_model::Gpt::forward`] (tested to 1e-4) and
+//! as transformers' `GPT2LMHeadModel` (tested in `tests/hf_generate.rs`).
+
+use candle_core::{DType, Tensor};
+use chatforge_model::{Activation, GptConfig, Weights, ops::gelu_scalar};
+use rayon::prelude::*;
+
+use crate::kernels::{self, Layout, Matrix, axpy_f32, dot_f32};
+use crate::{Error, Result};
+
+/// Precision of the weight matrices (norms, biases and the cache stay f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightType {
+    #[default]
+    F32,
+    /// Half the bytes per step; logits differ from f32 by about 1e-2.
+    Bf16,
+}
+
+impl std::str::FromStr for WeightType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(WeightType::F32),
+            "bf16" => Ok(WeightType::Bf16),
+            _ => Err(format!("unknown weight type {s:?} (expected f32 or bf16)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Norm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    ln_1: Norm,
+    c_attn: Matrix,
+    c_attn_b: Option<Vec<f32>>,
+    attn_proj: Matrix,
+    attn_proj_b: Option<Vec<f32>>,
+    ln_2: Norm,
+    c_fc: Matrix,
+    c_fc_b: Option<Vec<f32>>,
+    mlp_proj: Matrix,
+    mlp_proj_b: Option<Vec<f32>>,
+}
+
+/// A GPT ready for generation.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    cfg: GptConfig,
+    wte: Matrix,
+    wpe: Vec<f32>,
+    layers: Vec<Layer>,
+    ln_f: Norm,
+    /// `None`: tied to `wte`.
+    lm_head: Option<Matrix>,
+    weight_type: WeightType,
+}
+
+/// One sequence's keys and values, per layer `(len, C)` row-major.
+#[derive(Debug, Clone, Default)]
+pub struct Sequence {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl Sequence {
+    /// Tokens cached so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets the cache (keeps the memory).
+    pub fn clear(&mut self) {
+        self.k.iter_mut().chain(self.v.iter_mut()).for_each(Vec::clear);
+        self.len = 0;
+    }
+
+    /// Keeps the first `len` tokens only.
+    pub fn truncate(&mut self, len: usize, c: usize) {
+        if len < self.len {
+            self.k.iter_mut().chain(self.v.iter_mut()).for_each(|x| x.truncate(len * c));
+            self.len = len;
+        }
+    }
+}
+
+fn tensor_vec(w: &Weights, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let t = w
+        .get(name)
+        .ok_or_else(|| Error::Invalid(format!("weights have no {name}")))?;
+    if t.dims() != shape {
+        return Err(Error::Invalid(format!(
+            "{name} has shape {:?}, the config needs {shape:?}",
+            t.dims()
+        )));
+    }
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+}
+
+impl Engine {
+    /// Builds the decoder from weights named as in HF GPT-2 (see [`chatforge_model::load_hf`]).
+    pub fn new(cfg: &GptConfig, w: &Weights, weight_type: WeightType) -> Result<Engine> {
+        cfg.validate()?;
+        let (c, v) = (cfg.n_embd, cfg.vocab_size);
+        let bf16 = weight_type == WeightType::Bf16;
+        let get = |name: &str, shape: &[usize]| tensor_vec(w, name, shape);
+        let opt = |name: &str, shape: &[usize]| -> Result<Option<Vec<f32>>> {
+            if cfg.bias { get(name, shape).map(Some) } else { Ok(None) }
+        };
+        let norm = |p: &str| -> Result<Norm> {
+            Ok(Norm {
+                weight: get(&format!("{p}.weight"), &[c])?,
+                bias: match opt(&format!("{p}.bias"), &[c])? {
+                    Some(b) => b,
+                    None => vec![0.0; c],
+                },
+            })
+        };
+        let mat = |name: &str, rows: usize, cols: usize| -> Result<Matrix> {
+            Ok(Matrix::new(get(name, &[rows, cols])?, rows, cols, Layout::InOut, bf16))
+        };
+        let layers = (0..cfg.n_layer)
+            .map(|i| {
+                let p = format!("transformer.h.{i}");
+                Ok(Layer {
+                    ln_1: norm(&format!("{p}.ln_1"))?,
+                    c_attn: mat(&format!("{p}.attn.c_attn.weight"), c, 3 * c)?,
+                    c_attn_b: opt(&format!("{p}.attn.c_attn.bias"), &[3 * c])?,
+                    attn_proj: mat(&format!("{p}.attn.c_proj.weight"), c, c)?,
+                    attn_proj_b: opt(&format!("{p}.attn.c_proj.bias"), &[c])?,
+                    ln_2: norm(&format!("{p}.ln_2"))?,
+                    c_fc: mat(&format!("{p}.mlp.c_fc.weight"), c, 4 * c)?,
+                    c_fc_b: opt(&format!("{p}.mlp.c_fc.bias"), &[4 * c])?,
+                    mlp_proj: mat(&format!("{p}.mlp.c_proj.weight"), 4 * c, c)?,
+                    mlp_proj_b: opt(&format!("{p}.mlp.c_proj.bias"), &[c])?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let lm_head = if cfg.tie_embeddings {
+            None
+        } else {
+            Some(Matrix::new(get("lm_head.weight", &[v, c])?, v, c, Layout::OutIn, bf16))
+        };
+        Ok(Engine {
+            cfg: cfg.clone(),
+            wte: Matrix::new(get("transformer.wte.weight", &[v, c])?, v, c, Layout::OutIn, bf16),
+            wpe: get("transformer.wpe.weight", &[cfg.n_ctx, c])?,
+            layers,
+            ln_f: norm("transformer.ln_f")?,
+            lm_head,
+            weight_type,
+        })
+    }
+
+    /// Builds the decoder from named tensors (a [`chatforge_model::Params::tensors`] map, say).
+    pub fn from_tensors<'a>(
+        cfg: &GptConfig,
+        tensors: impl IntoIterator<Item = (&'a String, &'a Tensor)>,
+        weight_type: WeightType,
+    ) -> Result<Engine> {
+        let w: Weights = tensors.into_iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        Engine::new(cfg, &w, weight_type)
+    }
+
+    pub fn config(&self) -> &GptConfig {
+        &self.cfg
+    }
+
+    pub fn weight_type(&self) -> WeightType {
+        self.weight_type
+    }
+
+    /// Bytes of weights one decoding step reads.
+    pub fn weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| l.c_attn.bytes() + l.attn_proj.bytes() + l.c_fc.bytes() + l.mlp_proj.bytes())
+            .sum();
+        layers + self.lm_head.as_ref().unwrap_or(&self.wte).bytes()
+    }
+
+    pub fn new_sequence(&self) -> Sequence {
+        Sequence {
+            k: vec![Vec::new(); self.cfg.n_layer],
+            v: vec![Vec::new(); self.cfg.n_layer],
+            len: 0,
+        }
+    }
+
+    /// Appends `tokens[i]` to `seqs[i]` for every `i` in one pass over the weights, and returns the
+    /// logits `(rows, V)`: of every new token when `all_logits`, else of each sequence's last.
+    pub fn forward(&self, seqs: &mut [&mut Sequence], tokens: &[&[u32]], all_logits: bool) -> Result<Vec<f32>> {
+        if seqs.len() != tokens.len() {
+            return Err(Error::Invalid("one token list per sequence".into()));
+        }
+        let (c, n_ctx) = (self.cfg.n_embd, self.cfg.n_ctx);
+        // Rows: (sequence, position) of every new token, sequence by sequence.
+        let mut rows: Vec<(usize, usize)> = Vec::new();
+        for (s, (seq, toks)) in seqs.iter().zip(tokens).enumerate() {
+            if toks.is_empty() {
+                return Err(Error::Invalid("nothing to feed a sequence".into()));
+            }
+            if seq.len + toks.len() > n_ctx {
+                return Err(Error::ContextFull {
+                    needed: seq.len + toks.len(),
+                    n_ctx,
+                });
+            }
+            for &t in toks.iter() {
+                if t as usize >= self.cfg.vocab_size {
+                    return Err(Error::Invalid(format!(
+                        "token id {t} is outside the model's vocabulary of {}",
+                        self.cfg.vocab_size
+                    )));
+                }
+            }
+            rows.extend((0..toks.len()).map(|i| (s, seq.len + i)));
+        }
+        let m = rows.len();
+        let ids: Vec<u32> = tokens.iter().flat_map(|t| t.iter().copied()).collect();
+        let mut x = vec![0f32; m * c];
+        for (r, (row, &id)) in x.chunks_mut(c).zip(&ids).enumerate() {
+            self.wte.row_into(id as usize, row);
+            let p = rows[r].1;
+            row.iter_mut().zip(&self.wpe[p * c..(p + 1) * c]).for_each(|(a, b)| *a += b);
+        }
+        let mut h = vec![0f32; m * c];
+        let mut qkv = vec![0f32; m * 3 * c];
+        let mut att = vec![0f32; m * c];
+        let mut proj = vec![0f32; m * c];
+        let mut fc = vec![0f32; m * 4 * c];
+        for (li, l) in self.layers.iter().enumerate() {
+            layer_norm(&x, &l.ln_1, self.cfg.layer_norm_eps, &mut h);
+            kernels::matmul(&h, m, &l.c_attn, l.c_attn_b.as_deref(), &mut qkv);
+            // Append this layer's keys and values, then attend.
+            for (r, &(s, _)) in rows.iter().enumerate() {
+                let row = &qkv[r * 3 * c..(r + 1) * 3 * c];
+                seqs[s].k[li].extend_from_slice(&row[c..2 * c]);
+                seqs[s].v[li].extend_from_slice(&row[2 * c..]);
+            }
+            self.attention(seqs, li, &rows, &qkv, &mut att);
+            kernels::matmul(&att, m, &l.attn_proj, l.attn_proj_b.as_deref(), &mut proj);
+            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+            layer_norm(&x, &l.ln_2, self.cfg.layer_norm_eps, &mut h);
+            kernels::matmul(&h, m, &l.c_fc, l.c_fc_b.as_deref(), &mut fc);
+            gelu(&mut fc, self.cfg.activation);
+            kernels::matmul(&fc, m, &l.mlp_proj, l.mlp_proj_b.as_deref(), &mut proj);
+            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+        }
+        for (seq, toks) in seqs.iter_mut().zip(tokens) {
+            seq.len += toks.len();
+        }
+        // Final norm and the head, for the rows whose logits are wanted.
+        let keep: Vec<usize> = if all_logits {
+            (0..m).collect()
+        } else {
+            let mut last = Vec::new();
+            let mut end = 0;
+            for t in tokens {
+                end += t.len();
+                last.push(end - 1);
+            }
+            last
+        };
+        let sel: Vec<f32> = keep.iter().flat_map(|&r| x[r * c..(r + 1) * c].iter().copied()).collect();
+        let mut hs = vec![0f32; sel.len()];
+        layer_norm(&sel, &self.ln_f, self.cfg.layer_norm_eps, &mut hs);
+        let v = self.cfg.vocab_size;
+        let mut logits = vec![0f32; keep.len() * v];
+        let head = self.lm_head.as_ref().unwrap_or(&self.wte);
+        kernels::matmul(&hs, keep.len(), head, None, &mut logits);
+        Ok(logits)
+    }
+
+    /// Causal attention of each row over its own sequence's cache (which already holds the row).
+    fn attention(&self, seqs: &[&mut Sequence], li: usize, rows: &[(usize, usize)], qkv: &[f32], out: &mut [f32]) {
+        let (c, nh) = (self.cfg.n_embd, self.cfg.n_head);
+        let d = c / nh;
+        let scale = 1.0 / (d as f32).sqrt();
+        // One task per (row, head): `out` viewed as (rows·heads, D).
+        out.par_chunks_mut(d).enumerate().for_each_init(Vec::new, |scores, (i, y)| {
+            let (r, h) = (i / nh, i % nh);
+            let (s, pos) = rows[r];
+            let (k, v) = (&seqs[s].k[li], &seqs[s].v[li]);
+            let q = &qkv[r * 3 * c + h * d..r * 3 * c + (h + 1) * d];
+            scores.clear();
+            scores.extend((0..=pos).map(|j| dot_f32(q, &k[j * c + h * d..j * c + (h + 1) * d]) * scale));
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            scores.iter_mut().for_each(|s| {
+                *s = (*s - max).exp();
+                sum += *s;
+            });
+            let inv = 1.0 / sum;
+            y.fill(0.0);
+            for (j, p) in scores.iter().enumerate() {
+                axpy_f32(p * inv, &v[j * c + h * d..j * c + (h + 1) * d], y);
+            }
+        });
+    }
+}
+
+fn layer_norm(x: &[f32], n: &Norm, eps: f64, out: &mut [f32]) {
+    let c = n.weight.len();
+    for (row, o) in x.chunks(c).zip(out.chunks_mut(c)) {
+        let mean = row.iter().sum::<f32>() / c as f32;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
+        let inv = 1.0 / (var + eps as f32).sqrt();
+        for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(&n.weight).zip(&n.bias) {
+            *o = (v - mean) * inv * w + b;
+        }
+    }
+}
+
+fn gelu(x: &mut [f32], a: Activation) {
+    if x.len() < 1 << 14 {
+        x.iter_mut().for_each(|v| *v = gelu_scalar(a, *v));
+    } else {
+        x.par_chunks_mut(1 << 12)
+            .for_each(|c| c.iter_mut().for_each(|v| *v = gelu_scalar(a, *v)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+    use chatforge_data::Rng;
+    use chatforge_model::{AttnMask, Gpt, init_weights};
+
+    use super::*;
+
+    fn model(cfg: &GptConfig) -> (Gpt, Weights) {
+        let w = init_weights(cfg, &mut Rng::new(3), &Device::Cpu).unwrap();
+        let vb = candle_nn::VarBuilder::from_tensors(w.clone(), DType::F32, &Device::Cpu);
+        (Gpt::new(cfg, vb).unwrap(), w)
+    }
+
+    fn candle_logits(gpt: &Gpt, ids: &[u32]) -> Vec<Vec<f32>> {
+        let t = ids.len();
+        let x = Tensor::from_slice(ids, (1, t), &Device::Cpu).unwrap();
+        let pos = Gpt::positions(1, t, 0, &Device::Cpu).unwrap();
+        let l = gpt.forward(&x, &pos, &AttnMask::Causal, None, None).unwrap();
+        l.squeeze(0).unwrap().to_vec2().unwrap()
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn matches_the_training_forward_with_and_without_cache() {
+        for tie in [true, false] {
+            let cfg = GptConfig {
+                tie_embeddings: tie,
+                activation: if tie { Activation::GeluTanh } else { Activation::GeluErf },
+                ..GptConfig::tiny(97)
+            };
+            let (gpt, w) = model(&cfg);
+            let eng = Engine::new(&cfg, &w, WeightType::F32).unwrap();
+            let ids: Vec<u32> = (0..21).map(|i| (i * 7 + 3) % 97).collect();
+            let want = candle_logits(&gpt, &ids);
+            // Whole prompt at once (the gemm path, more than 8 rows), every row's logits.
+            let mut seq = eng.new_sequence();
+            let all = eng.forward(&mut [&mut seq], &[&ids], true).unwrap();
+            for (r, row) in all.chunks(97).enumerate() {
+                assert!(max_diff(row, &want[r]) < 1e-4, "prompt row {r}");
+            }
+            // Token by token through the cache (the streaming path).
+            let mut seq = eng.new_sequence();
+            for (r, id) in ids.iter().enumerate() {
+                let l = eng.forward(&mut [&mut seq], &[&[*id]], false).unwrap();
+                assert!(max_diff(&l, &want[r]) < 1e-4, "cached step {r}");
+            }
+            assert_eq!(seq.len(), ids.len());
+        }
+    }
+
+    #[test]
+    fn batched_sequences_of_different_lengths_match_single_ones() {
+        let cfg = GptConfig::tiny(61);
+        let (_, w) = model(&cfg);
+        let eng = Engine::new(&cfg, &w, WeightType::F32).unwrap();
+        let prompts: [&[u32]; 3] = [&[1, 2, 3], &[4, 5, 6, 7, 8, 9, 10], &[11]];
+        let mut single = Vec::new();
+        for p in prompts {
+            let mut s = eng.new_sequence();
+            eng.forward(&mut [&mut s], &[p], false).unwrap();
+            single.push(eng.forward(&mut [&mut s], &[&[42]], false).unwrap());
+        }
+        let mut seqs: Vec<Sequence> = prompts.iter().map(|_| eng.new_sequence()).collect();
+        let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
+        let first = eng.forward(&mut refs, &prompts, false).unwrap();
+        assert_eq!(first.len(), 3 * 61);
+        let next = eng.forward(&mut refs, &[&[42], &[42], &[42]], false).unwrap();
+        for (i, want) in single.iter().enumerate() {
+            assert!(max_diff(&next[i * 61..(i + 1) * 61], want) < 1e-5, "sequence {i}");
+        }
+    }
+
+    #[test]
+    fn bf16_weights_stay_close_and_context_is_enforced() {
+        let cfg = GptConfig::tiny(61);
+        let (_, w) = model(&cfg);
+        let f = Engine::new(&cfg, &w, WeightType::F32).unwrap();
+        let b = Engine::new(&cfg, &w, WeightType::Bf16).unwrap();
+        assert!(b.weight_bytes() * 2 == f.weight_bytes());
+        let ids = [5u32, 9, 13, 2];
+        let lf = f.forward(&mut [&mut f.new_sequence()], &[&ids], false).unwrap();
+        let lb = b.forward(&mut [&mut b.new_sequence()], &[&ids], false).unwrap();
+        assert!(max_diff(&lf, &lb) < 0.05, "{}", max_diff(&lf, &lb));
+        let long = vec![1u32; cfg.n_ctx + 1];
+        let err = f.forward(&mut [&mut f.new_sequence()], &[&long], false).unwrap_err();
+        assert!(err.to_string().contains("context"), "{err}");
+        let err = f.forward(&mut [&mut f.new_sequence()], &[&[61]], false).unwrap_err();
+        assert!(err.to_string().contains("vocabulary"), "{err}");
+    }
+}

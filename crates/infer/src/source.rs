@@ -1,0 +1,214 @@
+//! Where a model comes from: a chatforge run directory (its best checkpoint, the newest, or a
+//! chosen step) or a Hugging Face GPT-2-family folder, with the tokenizer that goes with it.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use candle_core::Device;
+use chatforge_model::{GptConfig, load_hf};
+use chatforge_tokenizer::{ChatTokenizer, Template};
+
+use crate::engine::{Engine, WeightType};
+use crate::{Error, Result};
+
+/// Which checkpoint of a run to load.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Checkpoint {
+    /// `best/` (lowest validation loss); the newest checkpoint when the run has no `best/`.
+    #[default]
+    Best,
+    /// The newest `checkpoints/step_*`.
+    Latest,
+    Step(u64),
+    Path(PathBuf),
+}
+
+impl FromStr for Checkpoint {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s {
+            "best" => Checkpoint::Best,
+            "latest" => Checkpoint::Latest,
+            _ => match s.trim_start_matches("step_").parse::<u64>() {
+                Ok(n) => Checkpoint::Step(n),
+                Err(_) => Checkpoint::Path(PathBuf::from(s)),
+            },
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// A chatforge run directory.
+    Run,
+    /// A Hugging Face GPT-2-family folder.
+    Hf,
+}
+
+/// A model ready to generate, with its tokenizer and where it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedModel {
+    pub engine: Engine,
+    pub tokenizer: ChatTokenizer,
+    pub config: GptConfig,
+    pub kind: ModelKind,
+    /// The run directory or HF folder given.
+    pub root: PathBuf,
+    /// The folder whose weights were loaded.
+    pub weights_dir: PathBuf,
+    /// Whether prompts go through the chat template by default (`--raw` otherwise): true for runs
+    /// and for folders whose tokenizer has a chat template.
+    pub chat: bool,
+}
+
+fn is_weights_dir(d: &Path) -> bool {
+    d.join("config.json").is_file() && chatforge_model::weights_file(d).is_ok()
+}
+
+/// A run's checkpoints, newest first.
+pub fn checkpoints(run: &Path) -> Vec<(u64, PathBuf)> {
+    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(run.join("checkpoints"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("step_")?.parse().ok()?;
+            is_weights_dir(&e.path()).then(|| (step, e.path()))
+        })
+        .collect();
+    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out
+}
+
+fn is_run(path: &Path) -> bool {
+    path.join("best").is_dir() || path.join("checkpoints").is_dir()
+}
+
+/// The folder of weights `path` + `checkpoint` name, and whether `path` is a run.
+pub fn resolve(path: &Path, checkpoint: &Checkpoint) -> Result<(ModelKind, PathBuf)> {
+    let err = |msg: String| Error::Load {
+        path: path.to_path_buf(),
+        msg,
+    };
+    if !path.exists() {
+        return Err(err("no such file or directory".into()));
+    }
+    if !is_run(path) {
+        if *checkpoint != Checkpoint::Best {
+            return Err(err("--checkpoint applies to a run directory; this is not one".into()));
+        }
+        if is_weights_dir(path) {
+            return Ok((ModelKind::Hf, path.to_path_buf()));
+        }
+        return Err(err(
+            "not a model: expected a chatforge run (best/ or checkpoints/) or an HF folder (config.json with model.safetensors or pytorch_model.bin)".into(),
+        ));
+    }
+    let latest = || {
+        checkpoints(path)
+            .into_iter()
+            .next()
+            .map(|(_, d)| d)
+            .ok_or_else(|| err("the run has no checkpoint yet".into()))
+    };
+    let dir = match checkpoint {
+        Checkpoint::Best if is_weights_dir(&path.join("best")) => path.join("best"),
+        Checkpoint::Best | Checkpoint::Latest => latest()?,
+        Checkpoint::Step(n) => checkpoints(path)
+            .into_iter()
+            .find(|(s, _)| s == n)
+            .map(|(_, d)| d)
+            .ok_or_else(|| {
+                let have: Vec<String> = checkpoints(path).iter().map(|(s, _)| s.to_string()).collect();
+                err(format!(
+                    "no checkpoint at step {n} (have: {})",
+                    if have.is_empty() { "none".into() } else { have.join(", ") }
+                ))
+            })?,
+        Checkpoint::Path(p) => {
+            let p = if p.is_absolute() || p.exists() { p.clone() } else { path.join(p) };
+            if !is_weights_dir(&p) {
+                return Err(err(format!("{} holds no checkpoint", p.display())));
+            }
+            p
+        }
+    };
+    Ok((ModelKind::Run, dir))
+}
+
+fn find_tokenizer(kind: ModelKind, root: &Path, weights: &Path) -> Option<PathBuf> {
+    let mut dirs = vec![weights.to_path_buf(), root.to_path_buf()];
+    if kind == ModelKind::Run {
+        dirs.push(root.join("tokenizer"));
+    }
+    dirs.into_iter()
+        .find(|d| d.join("tokenizer.json").is_file() || (d.join("vocab.json").is_file() && d.join("merges.txt").is_file()))
+}
+
+/// Whether an HF folder declares a chat template (`tokenizer_config.json`'s `chat_template`).
+fn declares_chat_template(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v.get("chat_template").is_some_and(|t| !t.is_null()))
+}
+
+impl LoadedModel {
+    /// Loads `path` (a run or an HF folder); `tokenizer` overrides the one found beside it.
+    pub fn open(
+        path: &Path,
+        checkpoint: &Checkpoint,
+        tokenizer: Option<&Path>,
+        weight_type: WeightType,
+    ) -> Result<LoadedModel> {
+        let (kind, weights_dir) = resolve(path, checkpoint)?;
+        let (config, weights) = load_hf(&weights_dir, &Device::Cpu)?;
+        let tok_path = match tokenizer {
+            Some(t) => t.to_path_buf(),
+            None => find_tokenizer(kind, path, &weights_dir).ok_or_else(|| Error::Load {
+                path: path.to_path_buf(),
+                msg: "no tokenizer.json (or vocab.json + merges.txt) beside the model: pass --tokenizer".into(),
+            })?,
+        };
+        let tok = ChatTokenizer::load(&tok_path)?;
+        if tok.vocab_size() > config.vocab_size {
+            return Err(Error::Load {
+                path: tok_path,
+                msg: format!(
+                    "the tokenizer has {} tokens but the model only {}: they do not belong together",
+                    tok.vocab_size(),
+                    config.vocab_size
+                ),
+            });
+        }
+        let engine = Engine::new(&config, &weights, weight_type)?;
+        let chat = kind == ModelKind::Run
+            || matches!(tok.template(), Template::Chat { .. })
+            || declares_chat_template(path);
+        Ok(LoadedModel {
+            engine,
+            tokenizer: tok,
+            config,
+            kind,
+            root: path.to_path_buf(),
+            weights_dir,
+            chat,
+        })
+    }
+
+    /// Where evaluation results go: `eval/` of the run, or of the folder.
+    pub fn eval_dir(&self) -> PathBuf {
+        self.root.join("eval")
+    }
+}
+
+/// Text that ends a reply in the plain template (GPT-2's tokenizer has no end-of-turn token, so
+/// a model may go on to write the next `User:` turn).
+pub fn template_stop_strings(tok: &ChatTokenizer) -> Vec<String> {
+    match tok.template() {
+        Template::Chat { .. } => Vec::new(),
+        Template::Plain { .. } => vec!["\nUser:".into(), "\nSystem:".into()],
+    }
+}
