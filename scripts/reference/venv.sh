@@ -12,7 +12,7 @@ exec 9>"$venv.lock"
 flock 9
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
   echo "chatforge: building the Python reference venv in $venv" >&2
-  python3 -m venv "$venv" >&2
+  python3 -m venv "$(readlink -f "$venv")" >&2
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req" >&2
   echo "$want" > "$venv/.requirements.sha256"
 fi
