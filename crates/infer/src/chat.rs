@@ -28,7 +28,12 @@ pub struct ChatSession<'a> {
 }
 
 impl<'a> ChatSession<'a> {
-    pub fn new(model: &'a LoadedModel, options: RenderOptions, sampling: Sampling, max_new_tokens: usize) -> Self {
+    pub fn new(
+        model: &'a LoadedModel,
+        options: RenderOptions,
+        sampling: Sampling,
+        max_new_tokens: usize,
+    ) -> Self {
         ChatSession {
             model,
             conversation: Conversation::default(),
@@ -96,7 +101,12 @@ impl<'a> ChatSession<'a> {
 
     /// Sends a user message and generates the reply, passing its text to `on_text` as it comes.
     /// The reply joins the history (an interrupted one too, as far as it got).
-    pub fn send(&mut self, user: &str, cancel: Option<&AtomicBool>, mut on_text: impl FnMut(&str)) -> Result<Output> {
+    pub fn send(
+        &mut self,
+        user: &str,
+        cancel: Option<&AtomicBool>,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<Output> {
         self.conversation.messages.push(Message::new(Role::User, user));
         let prompt = match self.prompt() {
             Ok(p) => p,
@@ -122,16 +132,25 @@ impl<'a> ChatSession<'a> {
         self.turns += 1;
         // The plain template puts a space after "Assistant:"; the reply starts at its first word.
         let mut started = false;
-        let mut out = generate(&self.model.engine, Some(tok), std::slice::from_ref(&req), 1, cancel, |_, piece| {
-            let piece = if started { piece } else { piece.trim_start() };
-            if !piece.is_empty() {
-                started = true;
-                on_text(piece);
-            }
-        })?;
+        let mut out = generate(
+            &self.model.engine,
+            Some(tok),
+            std::slice::from_ref(&req),
+            1,
+            cancel,
+            |_, piece| {
+                let piece = if started { piece } else { piece.trim_start() };
+                if !piece.is_empty() {
+                    started = true;
+                    on_text(piece);
+                }
+            },
+        )?;
         let mut out = out.pop().ok_or_else(|| Error::Invalid("no reply".into()))?;
         out.text = out.text.trim().to_string();
-        self.conversation.messages.push(Message::new(Role::Assistant, out.text.clone()));
+        self.conversation
+            .messages
+            .push(Message::new(Role::Assistant, out.text.clone()));
         Ok(out)
     }
 
@@ -141,7 +160,8 @@ impl<'a> ChatSession<'a> {
         if let Some(system) = &self.options.system
             && !conv.messages.iter().any(|m| m.role == Role::System)
         {
-            conv.messages.insert(0, Message::new(Role::System, system.clone()));
+            conv.messages
+                .insert(0, Message::new(Role::System, system.clone()));
         }
         chatforge_data::write_jsonl(path, std::slice::from_ref(&conv))?;
         Ok(())

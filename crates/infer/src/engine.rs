@@ -98,7 +98,10 @@ impl Sequence {
     /// Keeps the first `len` tokens only.
     pub fn truncate(&mut self, len: usize, c: usize) {
         if len < self.len {
-            self.k.iter_mut().chain(self.v.iter_mut()).for_each(|x| x.truncate(len * c));
+            self.k
+                .iter_mut()
+                .chain(self.v.iter_mut())
+                .for_each(|x| x.truncate(len * c));
             self.len = len;
         }
     }
@@ -125,7 +128,11 @@ impl Engine {
         let bf16 = weight_type == WeightType::Bf16;
         let get = |name: &str, shape: &[usize]| tensor_vec(w, name, shape);
         let opt = |name: &str, shape: &[usize]| -> Result<Option<Vec<f32>>> {
-            if cfg.bias { get(name, shape).map(Some) } else { Ok(None) }
+            if cfg.bias {
+                get(name, shape).map(Some)
+            } else {
+                Ok(None)
+            }
         };
         let norm = |p: &str| -> Result<Norm> {
             Ok(Norm {
@@ -137,7 +144,13 @@ impl Engine {
             })
         };
         let mat = |name: &str, rows: usize, cols: usize| -> Result<Matrix> {
-            Ok(Matrix::new(get(name, &[rows, cols])?, rows, cols, Layout::InOut, bf16))
+            Ok(Matrix::new(
+                get(name, &[rows, cols])?,
+                rows,
+                cols,
+                Layout::InOut,
+                bf16,
+            ))
         };
         let layers = (0..cfg.n_layer)
             .map(|i| {
@@ -159,7 +172,13 @@ impl Engine {
         let lm_head = if cfg.tie_embeddings {
             None
         } else {
-            Some(Matrix::new(get("lm_head.weight", &[v, c])?, v, c, Layout::OutIn, bf16))
+            Some(Matrix::new(
+                get("lm_head.weight", &[v, c])?,
+                v,
+                c,
+                Layout::OutIn,
+                bf16,
+            ))
         };
         Ok(Engine {
             cfg: cfg.clone(),
@@ -210,7 +229,12 @@ impl Engine {
 
     /// Appends `tokens[i]` to `seqs[i]` for every `i` in one pass over the weights, and returns the
     /// logits `(rows, V)`: of every new token when `all_logits`, else of each sequence's last.
-    pub fn forward(&self, seqs: &mut [&mut Sequence], tokens: &[&[u32]], all_logits: bool) -> Result<Vec<f32>> {
+    pub fn forward(
+        &self,
+        seqs: &mut [&mut Sequence],
+        tokens: &[&[u32]],
+        all_logits: bool,
+    ) -> Result<Vec<f32>> {
         if seqs.len() != tokens.len() {
             return Err(Error::Invalid("one token list per sequence".into()));
         }
@@ -243,7 +267,9 @@ impl Engine {
         for (r, (row, &id)) in x.chunks_mut(c).zip(&ids).enumerate() {
             self.wte.row_into(id as usize, row);
             let p = rows[r].1;
-            row.iter_mut().zip(&self.wpe[p * c..(p + 1) * c]).for_each(|(a, b)| *a += b);
+            row.iter_mut()
+                .zip(&self.wpe[p * c..(p + 1) * c])
+                .for_each(|(a, b)| *a += b);
         }
         let mut h = vec![0f32; m * c];
         let mut qkv = vec![0f32; m * 3 * c];
@@ -283,7 +309,10 @@ impl Engine {
             }
             last
         };
-        let sel: Vec<f32> = keep.iter().flat_map(|&r| x[r * c..(r + 1) * c].iter().copied()).collect();
+        let sel: Vec<f32> = keep
+            .iter()
+            .flat_map(|&r| x[r * c..(r + 1) * c].iter().copied())
+            .collect();
         let mut hs = vec![0f32; sel.len()];
         layer_norm(&sel, &self.ln_f, self.cfg.layer_norm_eps, &mut hs);
         let v = self.cfg.vocab_size;
@@ -294,30 +323,39 @@ impl Engine {
     }
 
     /// Causal attention of each row over its own sequence's cache (which already holds the row).
-    fn attention(&self, seqs: &[&mut Sequence], li: usize, rows: &[(usize, usize)], qkv: &[f32], out: &mut [f32]) {
+    fn attention(
+        &self,
+        seqs: &[&mut Sequence],
+        li: usize,
+        rows: &[(usize, usize)],
+        qkv: &[f32],
+        out: &mut [f32],
+    ) {
         let (c, nh) = (self.cfg.n_embd, self.cfg.n_head);
         let d = c / nh;
         let scale = 1.0 / (d as f32).sqrt();
         // One task per (row, head): `out` viewed as (rows·heads, D).
-        out.par_chunks_mut(d).enumerate().for_each_init(Vec::new, |scores, (i, y)| {
-            let (r, h) = (i / nh, i % nh);
-            let (s, pos) = rows[r];
-            let (k, v) = (&seqs[s].k[li], &seqs[s].v[li]);
-            let q = &qkv[r * 3 * c + h * d..r * 3 * c + (h + 1) * d];
-            scores.clear();
-            scores.extend((0..=pos).map(|j| dot_f32(q, &k[j * c + h * d..j * c + (h + 1) * d]) * scale));
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            scores.iter_mut().for_each(|s| {
-                *s = (*s - max).exp();
-                sum += *s;
+        out.par_chunks_mut(d)
+            .enumerate()
+            .for_each_init(Vec::new, |scores, (i, y)| {
+                let (r, h) = (i / nh, i % nh);
+                let (s, pos) = rows[r];
+                let (k, v) = (&seqs[s].k[li], &seqs[s].v[li]);
+                let q = &qkv[r * 3 * c + h * d..r * 3 * c + (h + 1) * d];
+                scores.clear();
+                scores.extend((0..=pos).map(|j| dot_f32(q, &k[j * c + h * d..j * c + (h + 1) * d]) * scale));
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                scores.iter_mut().for_each(|s| {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                });
+                let inv = 1.0 / sum;
+                y.fill(0.0);
+                for (j, p) in scores.iter().enumerate() {
+                    axpy_f32(p * inv, &v[j * c + h * d..j * c + (h + 1) * d], y);
+                }
             });
-            let inv = 1.0 / sum;
-            y.fill(0.0);
-            for (j, p) in scores.iter().enumerate() {
-                axpy_f32(p * inv, &v[j * c + h * d..j * c + (h + 1) * d], y);
-            }
-        });
     }
 }
 
@@ -373,7 +411,11 @@ mod tests {
         for tie in [true, false] {
             let cfg = GptConfig {
                 tie_embeddings: tie,
-                activation: if tie { Activation::GeluTanh } else { Activation::GeluErf },
+                activation: if tie {
+                    Activation::GeluTanh
+                } else {
+                    Activation::GeluErf
+                },
                 ..GptConfig::tiny(97)
             };
             let (gpt, w) = model(&cfg);
@@ -430,9 +472,13 @@ mod tests {
         let lb = b.forward(&mut [&mut b.new_sequence()], &[&ids], false).unwrap();
         assert!(max_diff(&lf, &lb) < 0.05, "{}", max_diff(&lf, &lb));
         let long = vec![1u32; cfg.n_ctx + 1];
-        let err = f.forward(&mut [&mut f.new_sequence()], &[&long], false).unwrap_err();
+        let err = f
+            .forward(&mut [&mut f.new_sequence()], &[&long], false)
+            .unwrap_err();
         assert!(err.to_string().contains("context"), "{err}");
-        let err = f.forward(&mut [&mut f.new_sequence()], &[&[61]], false).unwrap_err();
+        let err = f
+            .forward(&mut [&mut f.new_sequence()], &[&[61]], false)
+            .unwrap_err();
         assert!(err.to_string().contains("vocabulary"), "{err}");
     }
 }

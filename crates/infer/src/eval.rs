@@ -202,7 +202,10 @@ pub fn evaluate(
     let started = Instant::now();
     opts.sampling.validate()?;
     let tok = &model.tokenizer;
-    let seqs = data.iter().map(|c| scored(model, c, opts)).collect::<Result<Vec<_>>>()?;
+    let seqs = data
+        .iter()
+        .map(|c| scored(model, c, opts))
+        .collect::<Result<Vec<_>>>()?;
     let (nll_sum, tokens) = nll(model, &seqs)?;
     let bytes: usize = seqs.iter().map(|s| s.bytes).sum();
     if !data.is_empty() && tokens == 0 {
@@ -211,7 +214,11 @@ pub fn evaluate(
             LossOn::All => "the data has no text".into(),
         }));
     }
-    let loss = if tokens > 0 { nll_sum / tokens as f64 } else { f64::NAN };
+    let loss = if tokens > 0 {
+        nll_sum / tokens as f64
+    } else {
+        f64::NAN
+    };
 
     let n_ctx = model.config.n_ctx;
     let request = |conv: &Conversation| -> Result<Request> {
@@ -336,7 +343,11 @@ pub fn read_prompts(path: &Path) -> Result<Vec<Conversation>> {
                     .ok_or_else(|| bad("expected a string, {\"prompt\": …} or {\"messages\": […]}".into()))?;
                 Conversation::new(vec![Message::new(Role::User, p)])
             }
-            _ => return Err(bad("expected a string, {\"prompt\": …} or {\"messages\": […]}".into())),
+            _ => {
+                return Err(bad(
+                    "expected a string, {\"prompt\": …} or {\"messages\": […]}".into()
+                ));
+            }
         };
         out.push(conv);
     }
@@ -355,13 +366,17 @@ pub fn write_metrics(dir: &Path, metrics: &Metrics) -> Result<std::path::PathBuf
 
 /// Reads the metrics of a run (`run/eval/metrics.json`), a folder holding `metrics.json`, or the file.
 pub fn read_metrics(path: &Path) -> Result<Metrics> {
-    let file = [path.join("eval").join("metrics.json"), path.join("metrics.json"), path.to_path_buf()]
-        .into_iter()
-        .find(|p| p.is_file())
-        .ok_or_else(|| Error::Load {
-            path: path.to_path_buf(),
-            msg: "no eval/metrics.json here: run `chatforge eval` on it first".into(),
-        })?;
+    let file = [
+        path.join("eval").join("metrics.json"),
+        path.join("metrics.json"),
+        path.to_path_buf(),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .ok_or_else(|| Error::Load {
+        path: path.to_path_buf(),
+        msg: "no eval/metrics.json here: run `chatforge eval` on it first".into(),
+    })?;
     let text = std::fs::read_to_string(&file).map_err(|e| Error::Io {
         path: file.clone(),
         source: e,

@@ -134,7 +134,10 @@ pub fn generate(
             next += 1;
         }
         if !admitted.is_empty() {
-            let prompts: Vec<&[u32]> = admitted.iter().map(|s| requests[s.req].prompt.as_slice()).collect();
+            let prompts: Vec<&[u32]> = admitted
+                .iter()
+                .map(|s| requests[s.req].prompt.as_slice())
+                .collect();
             let mut seqs: Vec<&mut Sequence> = admitted.iter_mut().map(|s| &mut s.seq).collect();
             let logits = engine.forward(&mut seqs, &prompts, false)?;
             let now = Instant::now();

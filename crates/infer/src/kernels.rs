@@ -280,7 +280,9 @@ fn dot_into<E: Elem, const FMA: bool>(a: &[f32], b: &[E], out: &mut f32) {
 
 #[inline(always)]
 fn axpy_into<E: Elem, const FMA: bool>(a: f32, x: &[E], y: &mut [f32]) {
-    y.iter_mut().zip(x).for_each(|(yy, xx)| *yy = fmadd::<FMA>(a, xx.f(), *yy));
+    y.iter_mut()
+        .zip(x)
+        .for_each(|(yy, xx)| *yy = fmadd::<FMA>(a, xx.f(), *yy));
 }
 
 multiversion!(fn dot_any(a: &[f32], b: &[E], out: &mut f32) => dot_into);
@@ -302,7 +304,8 @@ pub fn matmul(x: &[f32], m: usize, w: &Matrix, bias: Option<&[f32]>, out: &mut [
         }
     }
     if let Some(b) = bias {
-        out.chunks_mut(n).for_each(|row| row.iter_mut().zip(b).for_each(|(o, b)| *o += b));
+        out.chunks_mut(n)
+            .for_each(|row| row.iter_mut().zip(b).for_each(|(o, b)| *o += b));
     }
 }
 
@@ -433,7 +436,13 @@ mod tests {
     #[test]
     fn every_path_matches_the_naive_product() {
         // Odd sizes: remainders of the row pairs, the 16-lane dots and the output blocks.
-        for (m, k, n) in [(1, 37, 515), (3, 300, 77), (8, 129, 600), (20, 65, 33), (1, 1024, 300)] {
+        for (m, k, n) in [
+            (1, 37, 515),
+            (3, 300, 77),
+            (8, 129, 600),
+            (20, 65, 33),
+            (1, 1024, 300),
+        ] {
             let x = data(m * k, 1);
             for layout in [Layout::InOut, Layout::OutIn] {
                 let (rows, cols) = match layout {
@@ -447,10 +456,17 @@ mod tests {
                     let mat = Matrix::new(w.clone(), rows, cols, layout, bf16);
                     let mut out = vec![0f32; m * n];
                     matmul(&x, m, &mat, Some(&bias), &mut out);
-                    let tol = if bf16 { 0.05 * (k as f32).sqrt() } else { 1e-4 * (k as f32).sqrt() };
+                    let tol = if bf16 {
+                        0.05 * (k as f32).sqrt()
+                    } else {
+                        1e-4 * (k as f32).sqrt()
+                    };
                     for (i, (o, e)) in out.iter().zip(&want).enumerate() {
                         let e = e + bias[i % n];
-                        assert!((o - e).abs() <= tol, "{m}x{k}x{n} {layout:?} bf16={bf16}: {o} vs {e}");
+                        assert!(
+                            (o - e).abs() <= tol,
+                            "{m}x{k}x{n} {layout:?} bf16={bf16}: {o} vs {e}"
+                        );
                     }
                 }
             }
@@ -475,6 +491,10 @@ mod tests {
         assert!((dot_f32(&a, &b) - want).abs() < 1e-4);
         let mut y = b.clone();
         axpy_f32(2.0, &a, &mut y);
-        assert!(y.iter().zip(a.iter().zip(&b)).all(|(y, (a, b))| (y - (2.0 * a + b)).abs() < 1e-6));
+        assert!(
+            y.iter()
+                .zip(a.iter().zip(&b))
+                .all(|(y, (a, b))| (y - (2.0 * a + b)).abs() < 1e-6)
+        );
     }
 }

@@ -40,7 +40,11 @@ pub enum Error {
     #[error(
         "prompt {index} has {tokens} tokens, the model's context is {n_ctx}: shorten it, or pass --truncate to keep its end"
     )]
-    PromptTooLong { index: usize, tokens: usize, n_ctx: usize },
+    PromptTooLong {
+        index: usize,
+        tokens: usize,
+        n_ctx: usize,
+    },
     #[error("{}: {source}", path.display())]
     Io {
         path: std::path::PathBuf,

@@ -32,7 +32,10 @@ fn regexes() -> &'static [(Regex, &'static str); 4] {
 
 /// sacreBLEU's default `13a` tokenisation (mteval-v13a).
 pub fn tokenize_13a(line: &str) -> Vec<String> {
-    let mut line = line.replace("<skipped>", "").replace("-\n", "").replace('\n', " ");
+    let mut line = line
+        .replace("<skipped>", "")
+        .replace("-\n", "")
+        .replace('\n', " ");
     if line.contains('&') {
         line = line
             .replace("&quot;", "\"")
@@ -162,7 +165,10 @@ pub struct Rouge {
 
 fn rouge_n(target: &[String], pred: &[String], n: usize) -> Prf {
     let (t, p) = (ngrams(target, n), ngrams(pred, n));
-    let overlap = p.iter().map(|(g, &c)| c.min(t.get(g).copied().unwrap_or(0))).sum();
+    let overlap = p
+        .iter()
+        .map(|(g, &c)| c.min(t.get(g).copied().unwrap_or(0)))
+        .sum();
     Prf::new(overlap, p.values().sum(), t.values().sum())
 }
 
@@ -171,7 +177,11 @@ fn lcs(a: &[String], b: &[String]) -> usize {
     let mut cur = vec![0usize; b.len() + 1];
     for x in a {
         for (j, y) in b.iter().enumerate() {
-            cur[j + 1] = if x == y { prev[j] + 1 } else { prev[j + 1].max(cur[j]) };
+            cur[j + 1] = if x == y {
+                prev[j] + 1
+            } else {
+                prev[j + 1].max(cur[j])
+            };
         }
         std::mem::swap(&mut prev, &mut cur);
     }
@@ -228,8 +238,8 @@ mod tests {
         assert_eq!(
             tokenize_13a("Hello, world. It costs $3.50 (approx.) - e.g. 1-2 &amp; more!"),
             [
-                "Hello", ",", "world", ".", "It", "costs", "$", "3.50", "(", "approx", ".", ")", "-", "e", ".",
-                "g", ".", "1", "-", "2", "&", "more", "!"
+                "Hello", ",", "world", ".", "It", "costs", "$", "3.50", "(", "approx", ".", ")", "-", "e",
+                ".", "g", ".", "1", "-", "2", "&", "more", "!"
             ]
         );
     }

@@ -105,7 +105,10 @@ impl Sampling {
         idx.sort_by(desc);
         let max = logits[idx[0]];
         let t = f64::from(self.temperature);
-        let mut probs: Vec<f64> = idx.iter().map(|&i| ((f64::from(logits[i]) - f64::from(max)) / t).exp()).collect();
+        let mut probs: Vec<f64> = idx
+            .iter()
+            .map(|&i| ((f64::from(logits[i]) - f64::from(max)) / t).exp())
+            .collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);
         if self.top_p < 1.0 {
@@ -183,12 +186,16 @@ mod tests {
             temperature: 1.0,
             ..Sampling::greedy()
         };
-        let hits = (0..10_000).filter(|_| pick(&s, &logits, &[], &mut rng) == 1).count();
+        let hits = (0..10_000)
+            .filter(|_| pick(&s, &logits, &[], &mut rng) == 1)
+            .count();
         assert!((6300..6900).contains(&hits), "{hits}");
         // The same seed gives the same draws.
         let draws = |seed| {
             let mut r = Rng::new(seed);
-            (0..20).map(|_| pick(&s, &logits, &[], &mut r)).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| pick(&s, &logits, &[], &mut r))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draws(5), draws(5));
         assert_ne!(draws(5), draws(6));
@@ -197,10 +204,34 @@ mod tests {
     #[test]
     fn invalid_values_are_named() {
         for (s, word) in [
-            (Sampling { temperature: -0.1, ..Sampling::default() }, "temperature"),
-            (Sampling { top_p: 0.0, ..Sampling::default() }, "top-p"),
-            (Sampling { top_p: 1.5, ..Sampling::default() }, "top-p"),
-            (Sampling { repetition_penalty: 0.0, ..Sampling::default() }, "repetition"),
+            (
+                Sampling {
+                    temperature: -0.1,
+                    ..Sampling::default()
+                },
+                "temperature",
+            ),
+            (
+                Sampling {
+                    top_p: 0.0,
+                    ..Sampling::default()
+                },
+                "top-p",
+            ),
+            (
+                Sampling {
+                    top_p: 1.5,
+                    ..Sampling::default()
+                },
+                "top-p",
+            ),
+            (
+                Sampling {
+                    repetition_penalty: 0.0,
+                    ..Sampling::default()
+                },
+                "repetition",
+            ),
         ] {
             let e = s.validate().unwrap_err().to_string();
             assert!(e.contains(word), "{e}");

@@ -97,7 +97,9 @@ pub fn resolve(path: &Path, checkpoint: &Checkpoint) -> Result<(ModelKind, PathB
     }
     if !is_run(path) {
         if *checkpoint != Checkpoint::Best {
-            return Err(err("--checkpoint applies to a run directory; this is not one".into()));
+            return Err(err(
+                "--checkpoint applies to a run directory; this is not one".into()
+            ));
         }
         if is_weights_dir(path) {
             return Ok((ModelKind::Hf, path.to_path_buf()));
@@ -124,11 +126,19 @@ pub fn resolve(path: &Path, checkpoint: &Checkpoint) -> Result<(ModelKind, PathB
                 let have: Vec<String> = checkpoints(path).iter().map(|(s, _)| s.to_string()).collect();
                 err(format!(
                     "no checkpoint at step {n} (have: {})",
-                    if have.is_empty() { "none".into() } else { have.join(", ") }
+                    if have.is_empty() {
+                        "none".into()
+                    } else {
+                        have.join(", ")
+                    }
                 ))
             })?,
         Checkpoint::Path(p) => {
-            let p = if p.is_absolute() || p.exists() { p.clone() } else { path.join(p) };
+            let p = if p.is_absolute() || p.exists() {
+                p.clone()
+            } else {
+                path.join(p)
+            };
             if !is_weights_dir(&p) {
                 return Err(err(format!("{} holds no checkpoint", p.display())));
             }
@@ -143,8 +153,10 @@ fn find_tokenizer(kind: ModelKind, root: &Path, weights: &Path) -> Option<PathBu
     if kind == ModelKind::Run {
         dirs.push(root.join("tokenizer"));
     }
-    dirs.into_iter()
-        .find(|d| d.join("tokenizer.json").is_file() || (d.join("vocab.json").is_file() && d.join("merges.txt").is_file()))
+    dirs.into_iter().find(|d| {
+        d.join("tokenizer.json").is_file()
+            || (d.join("vocab.json").is_file() && d.join("merges.txt").is_file())
+    })
 }
 
 /// Whether an HF folder declares a chat template (`tokenizer_config.json`'s `chat_template`).
@@ -169,7 +181,8 @@ impl LoadedModel {
             Some(t) => t.to_path_buf(),
             None => find_tokenizer(kind, path, &weights_dir).ok_or_else(|| Error::Load {
                 path: path.to_path_buf(),
-                msg: "no tokenizer.json (or vocab.json + merges.txt) beside the model: pass --tokenizer".into(),
+                msg: "no tokenizer.json (or vocab.json + merges.txt) beside the model: pass --tokenizer"
+                    .into(),
             })?,
         };
         let tok = ChatTokenizer::load(&tok_path)?;

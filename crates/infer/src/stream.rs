@@ -85,7 +85,13 @@ impl StopText {
         let end = if self.stopped {
             self.text.len()
         } else {
-            let hold = self.stops.iter().map(String::len).max().unwrap_or(1).saturating_sub(1);
+            let hold = self
+                .stops
+                .iter()
+                .map(String::len)
+                .max()
+                .unwrap_or(1)
+                .saturating_sub(1);
             floor_boundary(&self.text, self.text.len().saturating_sub(hold))
         };
         let start = self.sent.min(end);

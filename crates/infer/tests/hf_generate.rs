@@ -10,11 +10,19 @@ use chatforge_testkit::{fixture, python, run_reference};
 use serde_json::Value;
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -27,19 +35,37 @@ fn greedy_generation_matches_transformers_with_and_without_cache() {
     let Some(py) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
     let tok = fixture("gpt2-tiny");
-    run_reference(&py, "hf_generate.py", &[dir.path().to_str().unwrap(), tok.to_str().unwrap()]);
+    run_reference(
+        &py,
+        "hf_generate.py",
+        &[dir.path().to_str().unwrap(), tok.to_str().unwrap()],
+    );
     let reference: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("reference.json")).unwrap()).unwrap();
     let prompt = ids(&reference["prompt"]);
-    let model = LoadedModel::open(&dir.path().join("model"), &Checkpoint::Best, None, WeightType::F32).unwrap();
+    let model = LoadedModel::open(
+        &dir.path().join("model"),
+        &Checkpoint::Best,
+        None,
+        WeightType::F32,
+    )
+    .unwrap();
     assert_eq!(model.kind, ModelKind::Hf);
-    assert!(!model.chat, "a plain GPT-2 folder has no chat template: raw by default");
+    assert!(
+        !model.chat,
+        "a plain GPT-2 folder has no chat template: raw by default"
+    );
     let eng = &model.engine;
     let v = model.config.vocab_size;
 
     for key in ["cache", "no_cache"] {
         let want = ids(&reference[key]["tokens"]);
-        let logits: Vec<Vec<f32>> = reference[key]["logits"].as_array().unwrap().iter().map(floats).collect();
+        let logits: Vec<Vec<f32>> = reference[key]["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(floats)
+            .collect();
         assert_eq!(want.len(), 50);
         // Through the public generation path (always cached).
         let got = generate_ids(eng, &prompt, 50, &[], &Sampling::greedy()).unwrap();

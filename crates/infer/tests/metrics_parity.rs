@@ -13,19 +13,43 @@ use serde_json::Value;
 fn bleu_and_rouge_match_sacrebleu_and_rouge_score() {
     let Some(py) = python() else { return };
     let pairs = fixture("metrics/pairs.jsonl");
-    let reference: Value = serde_json::from_str(&run_reference(&py, "metrics_reference.py", &[pairs.to_str().unwrap()])).unwrap();
+    let reference: Value = serde_json::from_str(&run_reference(
+        &py,
+        "metrics_reference.py",
+        &[pairs.to_str().unwrap()],
+    ))
+    .unwrap();
     let text = std::fs::read_to_string(&pairs).unwrap();
     let rows: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let hyps: Vec<String> = rows.iter().map(|r| r["hypothesis"].as_str().unwrap().to_string()).collect();
-    let refs: Vec<String> = rows.iter().map(|r| r["reference"].as_str().unwrap().to_string()).collect();
+    let hyps: Vec<String> = rows
+        .iter()
+        .map(|r| r["hypothesis"].as_str().unwrap().to_string())
+        .collect();
+    let refs: Vec<String> = rows
+        .iter()
+        .map(|r| r["reference"].as_str().unwrap().to_string())
+        .collect();
 
     // The 13a tokens, string for string.
-    for (s, want) in hyps.iter().chain(&refs).zip(reference["tokens_13a"].as_array().unwrap()) {
-        assert_eq!(tokenize_13a(s).join(" "), want.as_str().unwrap(), "13a tokens of {s:?}");
+    for (s, want) in hyps
+        .iter()
+        .chain(&refs)
+        .zip(reference["tokens_13a"].as_array().unwrap())
+    {
+        assert_eq!(
+            tokenize_13a(s).join(" "),
+            want.as_str().unwrap(),
+            "13a tokens of {s:?}"
+        );
     }
     let b = corpus_bleu(&hyps, &refs);
     let rb = &reference["bleu"];
-    assert!((b.score - rb["score"].as_f64().unwrap()).abs() < 0.01, "BLEU {} vs {}", b.score, rb["score"]);
+    assert!(
+        (b.score - rb["score"].as_f64().unwrap()).abs() < 0.01,
+        "BLEU {} vs {}",
+        b.score,
+        rb["score"]
+    );
     assert!((b.brevity_penalty - rb["bp"].as_f64().unwrap()).abs() < 1e-9);
     assert_eq!(b.sys_len as u64, rb["sys_len"].as_u64().unwrap());
     assert_eq!(b.ref_len as u64, rb["ref_len"].as_u64().unwrap());
@@ -45,7 +69,15 @@ fn bleu_and_rouge_match_sacrebleu_and_rouge_score() {
     }
     let mean = mean_rouge(&refs, &hyps);
     let wm = &reference["rouge_mean_f"];
-    for (name, got) in [("rouge1", mean.rouge1.f1), ("rouge2", mean.rouge2.f1), ("rougeL", mean.rouge_l.f1)] {
-        assert!((got - wm[name].as_f64().unwrap()).abs() < 0.01, "{name} mean F1 {got} vs {}", wm[name]);
+    for (name, got) in [
+        ("rouge1", mean.rouge1.f1),
+        ("rouge2", mean.rouge2.f1),
+        ("rougeL", mean.rouge_l.f1),
+    ] {
+        assert!(
+            (got - wm[name].as_f64().unwrap()).abs() < 0.01,
+            "{name} mean F1 {got} vs {}",
+            wm[name]
+        );
     }
 }

@@ -345,12 +345,22 @@ fn generate_bench(args: &GenerateBench) -> anyhow::Result<()> {
                     Some(py) => {
                         let out = Command::new(py)
                             .arg("scripts/reference/bench_generate_torch.py")
-                            .args(["--shape", shape, "--context", &ctx.to_string(), "--new", &new.to_string()])
+                            .args([
+                                "--shape",
+                                shape,
+                                "--context",
+                                &ctx.to_string(),
+                                "--new",
+                                &new.to_string(),
+                            ])
                             .args(["--batch", &batch.to_string(), "--runs", &args.runs.to_string()])
                             .output()
                             .context("running scripts/reference/bench_generate_torch.py")?;
                         if !out.status.success() {
-                            bail!("bench_generate_torch.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+                            bail!(
+                                "bench_generate_torch.py failed:\n{}",
+                                String::from_utf8_lossy(&out.stderr)
+                            );
                         }
                         let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
                         Some(r["tokens_per_s"].as_f64().unwrap_or(f64::NAN))
@@ -366,7 +376,9 @@ fn generate_bench(args: &GenerateBench) -> anyhow::Result<()> {
                     let mut rng = Rng::new(1);
                     let reqs: Vec<Request> = (0..batch)
                         .map(|_| Request {
-                            prompt: (0..ctx).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect(),
+                            prompt: (0..ctx)
+                                .map(|_| rng.below(cfg.vocab_size as u64) as u32)
+                                .collect(),
                             max_new_tokens: new,
                             sampling: Sampling::greedy(),
                             stop_ids: Vec::new(),
@@ -377,7 +389,13 @@ fn generate_bench(args: &GenerateBench) -> anyhow::Result<()> {
                     // As the reference does: decoding time is a whole run less a run that stops
                     // after the prompt's pass and first token.
                     let run = |n: usize| -> anyhow::Result<f64> {
-                        let reqs: Vec<Request> = reqs.iter().map(|r| Request { max_new_tokens: n, ..r.clone() }).collect();
+                        let reqs: Vec<Request> = reqs
+                            .iter()
+                            .map(|r| Request {
+                                max_new_tokens: n,
+                                ..r.clone()
+                            })
+                            .collect();
                         let t0 = std::time::Instant::now();
                         generate(&engine, None, &reqs, batch, None, |_, _| {})?;
                         Ok(t0.elapsed().as_secs_f64())

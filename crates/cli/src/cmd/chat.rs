@@ -71,7 +71,11 @@ fn handle(session: &mut ChatSession<'_>, line: &str, interactive: bool) -> Next 
     let _ = std::io::stdout().flush();
     let result = session.send(line, Some(flag), |piece| {
         // Replies are one line in piped mode, so scripts can read them line by line.
-        let piece = if interactive { piece.to_string() } else { piece.replace('\n', " ") };
+        let piece = if interactive {
+            piece.to_string()
+        } else {
+            piece.replace('\n', " ")
+        };
         print!("{piece}");
         let _ = std::io::stdout().flush();
     });
@@ -108,9 +112,10 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     }
     say!("{HELP}");
     let mut editor = rustyline::DefaultEditor::new()?;
-    let history = args.history.clone().or_else(|| {
-        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/chatforge/chat_history"))
-    });
+    let history = args
+        .history
+        .clone()
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/chatforge/chat_history")));
     if let Some(h) = &history {
         let _ = editor.load_history(h);
     }

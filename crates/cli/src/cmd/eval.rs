@@ -78,7 +78,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     };
     let prompts = match &args.prompts {
         Some(p) => read_prompts(p)?,
-        None if m.chat => DEFAULT_PROMPTS.iter().map(|p| args.condition.conversation(p)).collect(),
+        None if m.chat => DEFAULT_PROMPTS
+            .iter()
+            .map(|p| args.condition.conversation(p))
+            .collect(),
         None => Vec::new(),
     };
     let mut opts = EvalOptions {
@@ -116,7 +119,13 @@ pub fn run_eval(
 }
 
 fn rows(m: &Metrics) -> Vec<(&'static str, String)> {
-    let f = |x: f64, p: usize| if x.is_finite() { format!("{x:.p$}") } else { "-".into() };
+    let f = |x: f64, p: usize| {
+        if x.is_finite() {
+            format!("{x:.p$}")
+        } else {
+            "-".into()
+        }
+    };
     let mut r = Vec::new();
     if m.tokens > 0 {
         let on = match m.loss_on {
@@ -130,7 +139,10 @@ fn rows(m: &Metrics) -> Vec<(&'static str, String)> {
         r.push(("bits per byte", f(m.bits_per_byte, 4)));
     }
     if let Some(b) = &m.bleu {
-        r.push(("BLEU-4", format!("{} (BP {})", f(b.score, 2), f(b.brevity_penalty, 3))));
+        r.push((
+            "BLEU-4",
+            format!("{} (BP {})", f(b.score, 2), f(b.brevity_penalty, 3)),
+        ));
     }
     if let Some(g) = &m.rouge {
         r.push(("ROUGE-1 F1", f(g.rouge1.f1, 4)));
@@ -145,7 +157,12 @@ pub fn print_metrics(m: &Metrics) {
         say!("  {k:<20} {v}");
     }
     for s in m.samples.iter().take(3) {
-        say!("  sample  user: {}\n          reference: {}\n          reply: {}", s.prompt, s.reference, s.reply);
+        say!(
+            "  sample  user: {}\n          reference: {}\n          reply: {}",
+            s.prompt,
+            s.reference,
+            s.reply
+        );
     }
     for p in &m.prompts {
         say!("  user: {}\n  assistant: {}", p.prompt, p.reply);
@@ -158,13 +175,25 @@ fn compare(a: &Path, b: &Path) -> anyhow::Result<()> {
     let (wa, wb) = (a.display().to_string(), b.display().to_string());
     say!("  {:<20} {:<28} {:<28}", "", wa, wb);
     let mut keys: Vec<&str> = ra.iter().map(|(k, _)| *k).collect();
-    keys.extend(rb.iter().map(|(k, _)| *k).filter(|k| !ra.iter().any(|(x, _)| x == k)));
+    keys.extend(
+        rb.iter()
+            .map(|(k, _)| *k)
+            .filter(|k| !ra.iter().any(|(x, _)| x == k)),
+    );
     for k in keys {
-        let get = |r: &[(&str, String)]| r.iter().find(|(x, _)| *x == k).map_or("-".to_string(), |(_, v)| v.clone());
+        let get = |r: &[(&str, String)]| {
+            r.iter()
+                .find(|(x, _)| *x == k)
+                .map_or("-".to_string(), |(_, v)| v.clone())
+        };
         say!("  {k:<20} {:<28} {:<28}", get(&ra), get(&rb));
     }
     if ma.data != mb.data {
-        say!("  note: evaluated on different data ({:?} vs {:?})", ma.data, mb.data);
+        say!(
+            "  note: evaluated on different data ({:?} vs {:?})",
+            ma.data,
+            mb.data
+        );
     }
     Ok(())
 }

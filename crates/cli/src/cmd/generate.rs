@@ -107,7 +107,11 @@ fn requests(args: &GenerateArgs, m: &LoadedModel, convs: &[Conversation]) -> any
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let m = args.model.load()?;
-    let mut convs: Vec<Conversation> = args.prompt.iter().map(|p| args.condition.conversation(p)).collect();
+    let mut convs: Vec<Conversation> = args
+        .prompt
+        .iter()
+        .map(|p| args.condition.conversation(p))
+        .collect();
     if let Some(f) = &args.prompts_file {
         let mut more = read_prompts(f)?;
         if let Some(d) = &args.condition.domain {
@@ -123,12 +127,19 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let reqs = requests(&args, &m, &convs)?;
     let cancel = interrupt_flag();
     let stream = args.out.is_none() && convs.len() == 1;
-    let outs = generate(&m.engine, Some(&m.tokenizer), &reqs, args.batch_size, Some(cancel), |_, piece| {
-        if stream {
-            print!("{piece}");
-            let _ = std::io::stdout().flush();
-        }
-    })?;
+    let outs = generate(
+        &m.engine,
+        Some(&m.tokenizer),
+        &reqs,
+        args.batch_size,
+        Some(cancel),
+        |_, piece| {
+            if stream {
+                print!("{piece}");
+                let _ = std::io::stdout().flush();
+            }
+        },
+    )?;
     if stream {
         say!("");
     }
@@ -159,7 +170,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         }
         None if !stream => {
             for r in &records {
-                say!("── {} ── {}\n{}", r.index + 1, user_text(&convs[r.index]), r.text.trim());
+                say!(
+                    "── {} ── {}\n{}",
+                    r.index + 1,
+                    user_text(&convs[r.index]),
+                    r.text.trim()
+                );
             }
         }
         None => {}
@@ -170,7 +186,14 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     eprintln!(
         "{new} new tokens in {secs:.2} s; tokens/s per prompt: {}{}",
         tps.join(", "),
-        if outs.iter().any(|o| o.finish == chatforge_infer::Finish::Cancelled) { " (interrupted)" } else { "" }
+        if outs
+            .iter()
+            .any(|o| o.finish == chatforge_infer::Finish::Cancelled)
+        {
+            " (interrupted)"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

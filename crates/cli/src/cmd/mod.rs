@@ -1,8 +1,8 @@
 pub mod bench;
 pub mod chat;
+pub mod data;
 pub mod eval;
 pub mod generate;
-pub mod data;
 pub mod pipeline;
 pub mod tokenizer;
 pub mod train;
@@ -71,7 +71,11 @@ impl ModelArgs {
             self.model.display(),
             m.config.n_params() as f64 / 1e6,
             m.config.n_ctx,
-            if m.chat { "chat template" } else { "no chat template: raw text" },
+            if m.chat {
+                "chat template"
+            } else {
+                "no chat template: raw text"
+            },
             m.weights_dir.display()
         );
         Ok(m)
@@ -82,7 +86,7 @@ impl ModelArgs {
 #[derive(Args, Clone, Debug)]
 pub struct SamplingArgs {
     /// 0 means greedy
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Keep the k most likely tokens (0: all)
     #[arg(long, default_value_t = 40)]

@@ -208,7 +208,10 @@ pub fn evaluate_run(cfg: &TrainConfig, run: &Path) -> anyhow::Result<chatforge_i
         None => Vec::new(),
     };
     let opts = EvalOptions {
-        render: sidecar.as_ref().map(super::eval::sidecar_render).unwrap_or_default(),
+        render: sidecar
+            .as_ref()
+            .map(super::eval::sidecar_render)
+            .unwrap_or_default(),
         loss_on: match cfg.train.mode {
             Mode::Sft => LossOn::Assistant,
             Mode::Pretrain => LossOn::All,
@@ -219,7 +222,10 @@ pub fn evaluate_run(cfg: &TrainConfig, run: &Path) -> anyhow::Result<chatforge_i
     let prompts: Vec<chatforge_data::Conversation> = DEFAULT_PROMPTS
         .iter()
         .map(|p| {
-            chatforge_data::Conversation::new(vec![chatforge_data::Message::new(chatforge_data::Role::User, *p)])
+            chatforge_data::Conversation::new(vec![chatforge_data::Message::new(
+                chatforge_data::Role::User,
+                *p,
+            )])
         })
         .collect();
     super::eval::run_eval(&m, &data, source.as_deref(), &prompts, &opts, &m.eval_dir())

@@ -1,0 +1,452 @@
+//! `chatforge chat`, `generate` and `eval` as a person runs them, on a small run trained here
+//! from the sample data.
+
+#![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use chatforge_testkit::root;
+
+fn exec(args: &[&str], cwd: &Path, stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatforge"))
+        .args(args)
+        .current_dir(cwd)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn ok(args: &[&str], cwd: &Path, stdin: Option<&str>) -> String {
+    let out = exec(args, cwd, stdin);
+    assert!(
+        out.status.success(),
+        "chatforge {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str], cwd: &Path) -> String {
+    let out = exec(args, cwd, None);
+    assert!(!out.status.success(), "chatforge {args:?} should have failed");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+const CONFIG: &str = r#"
+[model]
+vocab_size = 0
+n_ctx = 64
+n_layer = 2
+n_head = 2
+n_embd = 32
+dropout = 0.0
+
+[train]
+mode = "sft"
+max_steps = 60
+batch_size = 8
+lr = 3e-3
+warmup_steps = 5
+eval_every = 30
+checkpoint_every = 30
+seed = 3
+"#;
+
+/// A trained run shared by the tests of this file: (directory, run path).
+fn trained() -> &'static (tempfile::TempDir, PathBuf) {
+    static RUN: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let sample = root().join("data/sample");
+        ok(
+            &["data", "import", sample.to_str().unwrap(), "-o", "train.jsonl"],
+            d,
+            None,
+        );
+        ok(
+            &[
+                "tokenizer",
+                "train",
+                "--vocab-size",
+                "500",
+                "--input",
+                "train.jsonl",
+                "-o",
+                "tok",
+            ],
+            d,
+            None,
+        );
+        ok(
+            &[
+                "data",
+                "tokenize",
+                "train.jsonl",
+                "--tokenizer",
+                "tok",
+                "-o",
+                "train.bin",
+            ],
+            d,
+            None,
+        );
+        ok(
+            &[
+                "data",
+                "tokenize",
+                "train.val.jsonl",
+                "--tokenizer",
+                "tok",
+                "-o",
+                "val.bin",
+            ],
+            d,
+            None,
+        );
+        std::fs::write(d.join("cfg.toml"), CONFIG).unwrap();
+        let out = ok(
+            &[
+                "train",
+                "--config",
+                "cfg.toml",
+                "--data",
+                "train.bin",
+                "--val",
+                "val.bin",
+                "--tokenizer",
+                "tok",
+                "-o",
+                "run",
+            ],
+            d,
+            None,
+        );
+        // Training ends with the evaluation of its best checkpoint.
+        assert!(out.contains("perplexity") && out.contains("BLEU-4"), "{out}");
+        assert!(d.join("run/eval/metrics.json").is_file());
+        let run = d.join("run");
+        (dir, run)
+    })
+}
+
+fn replies(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("assistant:"))
+        .map(str::trim)
+        .collect()
+}
+
+#[test]
+fn chat_over_stdin_replies_honours_reset_and_saves() {
+    let (dir, run) = trained();
+    let model = run.to_str().unwrap();
+    let script = "Hi!\nWhat is the capital of France?\n/reset\nHow do I make tea?\n/save saved.jsonl\n/exit\nnever read\n";
+    let out = ok(
+        &[
+            "chat",
+            "--model",
+            model,
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "24",
+        ],
+        dir.path(),
+        Some(script),
+    );
+    assert_eq!(replies(&out).len(), 3, "{out}");
+    assert!(out.contains("(conversation cleared)"), "{out}");
+    // After /reset the history holds the last exchange only.
+    let saved = std::fs::read_to_string(dir.path().join("saved.jsonl")).unwrap();
+    let conv: serde_json::Value = serde_json::from_str(saved.trim()).unwrap();
+    let msgs = conv["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 2, "{saved}");
+    assert_eq!(msgs[0]["content"], "How do I make tea?");
+    // Greedy replies to the same first message are the same whatever came before in other sessions,
+    // and sampled sessions repeat exactly with the same seed.
+    let again = ok(
+        &[
+            "chat",
+            "--model",
+            model,
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "24",
+        ],
+        dir.path(),
+        Some("Hi!\n"),
+    );
+    assert_eq!(replies(&again)[0], replies(&out)[0]);
+    let sampled = |seed: &str| {
+        ok(
+            &["chat", "--model", model, "--seed", seed, "--max-new-tokens", "24"],
+            dir.path(),
+            Some("Hi!\nTell me something.\n"),
+        )
+    };
+    assert_eq!(sampled("5"), sampled("5"));
+}
+
+#[test]
+fn batched_generation_keeps_input_order_and_equals_single_prompts() {
+    let (dir, run) = trained();
+    let d = dir.path();
+    let model = run.to_str().unwrap();
+    let prompts = [
+        "Hi!",
+        "What is the capital of France and why is it famous for its food?",
+        "How many legs does a spider have?",
+        "Tea?",
+        "Tell me about the weather today in a few words please.",
+    ];
+    let file: String = prompts
+        .iter()
+        .map(|p| format!("{}\n", serde_json::json!({ "prompt": p })))
+        .collect();
+    std::fs::write(d.join("prompts.jsonl"), file).unwrap();
+    ok(
+        &[
+            "generate",
+            "--model",
+            model,
+            "--prompts-file",
+            "prompts.jsonl",
+            "--batch-size",
+            "3",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "20",
+            "-o",
+            "out.jsonl",
+        ],
+        d,
+        None,
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(d.join("out.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), prompts.len());
+    for (i, (rec, p)) in lines.iter().zip(prompts).enumerate() {
+        assert_eq!(rec["index"], i);
+        assert_eq!(rec["prompt"], p);
+        assert!(rec["tokens_per_s"].as_f64().unwrap() >= 0.0);
+        // The same prompt alone gives the same greedy text.
+        let single = ok(
+            &[
+                "generate",
+                "--model",
+                model,
+                "--prompt",
+                p,
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "20",
+            ],
+            d,
+            None,
+        );
+        assert_eq!(single.trim(), rec["text"].as_str().unwrap().trim(), "prompt {i}");
+    }
+}
+
+#[test]
+fn stop_strings_cut_the_reply() {
+    let (dir, run) = trained();
+    let model = run.to_str().unwrap();
+    // Raw text, sampled with a fixed seed: long and the same every time.
+    let base = [
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "The",
+        "--raw",
+        "--temperature",
+        "1",
+        "--top-k",
+        "0",
+        "--seed",
+        "3",
+    ];
+    let full = ok(
+        &[&base[..], &["--max-new-tokens", "40"]].concat(),
+        dir.path(),
+        None,
+    );
+    let words: Vec<&str> = full.split_whitespace().collect();
+    assert!(words.len() >= 3, "{full}");
+    let stop = words[2];
+    let cut = ok(
+        &[&base[..], &["--max-new-tokens", "40", "--stop", stop]].concat(),
+        dir.path(),
+        None,
+    );
+    let at = full.find(stop).unwrap();
+    assert_eq!(cut.trim_end(), full[..at].trim_end());
+}
+
+#[test]
+fn eval_writes_metrics_and_compares_runs() {
+    let (dir, run) = trained();
+    let d = dir.path();
+    let model = run.to_str().unwrap();
+    std::fs::write(d.join("tests.jsonl"), "\"Hi!\"\n{\"prompt\": \"Who are you?\"}\n").unwrap();
+    let out = ok(
+        &[
+            "eval",
+            "--model",
+            model,
+            "--data",
+            "train.val.jsonl",
+            "--prompts",
+            "tests.jsonl",
+            "--max-samples",
+            "8",
+            "--max-new-tokens",
+            "16",
+            "-o",
+            "evalA",
+        ],
+        d,
+        None,
+    );
+    for word in [
+        "perplexity",
+        "bits per byte",
+        "BLEU-4",
+        "ROUGE-1 F1",
+        "ROUGE-L F1",
+        "Who are you?",
+    ] {
+        assert!(out.contains(word), "missing {word}:\n{out}");
+    }
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("evalA/metrics.json")).unwrap()).unwrap();
+    let loss = m["loss"].as_f64().unwrap();
+    assert!(loss > 0.0 && (m["perplexity"].as_f64().unwrap() - loss.exp()).abs() < 1e-6);
+    assert_eq!(m["samples"].as_array().unwrap().len(), 8);
+    assert_eq!(m["prompts"].as_array().unwrap().len(), 2);
+    // Every token instead of assistant tokens: more tokens scored.
+    ok(
+        &[
+            "eval",
+            "--model",
+            model,
+            "--data",
+            "train.val.jsonl",
+            "--loss-on",
+            "all",
+            "--max-samples",
+            "0",
+            "-o",
+            "evalB",
+        ],
+        d,
+        None,
+    );
+    let b: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("evalB/metrics.json")).unwrap()).unwrap();
+    assert!(b["tokens"].as_u64().unwrap() > m["tokens"].as_u64().unwrap());
+    let cmp = ok(&["eval", "--compare", "evalA", "evalB"], d, None);
+    assert!(
+        cmp.contains("evalA") && cmp.contains("evalB") && cmp.contains("loss"),
+        "{cmp}"
+    );
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let (dir, run) = trained();
+    let d = dir.path();
+    let model = run.to_str().unwrap();
+    let e = fails(&["generate", "--model", "no/such/model", "--prompt", "x"], d);
+    assert!(e.contains("no/such/model") && e.contains("no such file"), "{e}");
+    let e = fails(&["generate", "--model", "tok", "--prompt", "x"], d);
+    assert!(e.contains("not a model"), "{e}");
+    let e = fails(
+        &["generate", "--model", model, "--prompt", "x", "--top-p", "1.5"],
+        d,
+    );
+    assert!(e.contains("top-p"), "{e}");
+    let e = fails(
+        &[
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            "x",
+            "--temperature",
+            "-1",
+        ],
+        d,
+    );
+    assert!(e.contains("temperature"), "{e}");
+    let e = fails(
+        &[
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            "x",
+            "--checkpoint",
+            "999",
+        ],
+        d,
+    );
+    assert!(e.contains("no checkpoint at step 999"), "{e}");
+    let long = "word ".repeat(200);
+    let e = fails(&["generate", "--model", model, "--prompt", &long], d);
+    assert!(e.contains("context") && e.contains("--truncate"), "{e}");
+    let out = exec(
+        &[
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            &long,
+            "--truncate",
+            "--max-new-tokens",
+            "5",
+        ],
+        d,
+        None,
+    );
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning: prompt 1 cut"));
+    // A checkpoint can be picked by step.
+    ok(
+        &[
+            "generate",
+            "--model",
+            model,
+            "--checkpoint",
+            "30",
+            "--prompt",
+            "Hi",
+            "--max-new-tokens",
+            "4",
+        ],
+        d,
+        None,
+    );
+}
