@@ -140,7 +140,7 @@ fn nll(model: &LoadedModel, seqs: &[Scored]) -> Result<(f64, usize)> {
         let mut start = 0;
         while start + 1 < s.ids.len() {
             let end = (start + n_ctx).min(s.ids.len());
-            if s.mask[start + 1..end].iter().any(|&m| m == 1) {
+            if s.mask[start + 1..end].contains(&1) {
                 windows.push((i, start, end));
             }
             start = end - 1;
@@ -184,8 +184,7 @@ fn nll(model: &LoadedModel, seqs: &[Scored]) -> Result<(f64, usize)> {
 fn prompt_text(conv: &Conversation) -> String {
     conv.messages
         .iter()
-        .filter(|m| m.role == Role::User)
-        .next_back()
+        .rfind(|m| m.role == Role::User)
         .map(|m| m.content.clone())
         .unwrap_or_default()
 }

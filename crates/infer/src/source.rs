@@ -78,7 +78,7 @@ pub fn checkpoints(run: &Path) -> Vec<(u64, PathBuf)> {
             is_weights_dir(&e.path()).then(|| (step, e.path()))
         })
         .collect();
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|c| std::cmp::Reverse(c.0));
     out
 }
 
