@@ -184,18 +184,26 @@ fn axpy_rows<E: Elem, const FMA: bool>(
 ) {
     let m = y.len() / n;
     let mut i = i0;
-    while i + 2 <= i1 {
-        let (w0, w1) = (&w[i * n..(i + 1) * n], &w[(i + 1) * n..(i + 2) * n]);
+    // Four rows of W per pass over y: y is loaded and stored once for four multiply-adds.
+    while i + 4 <= i1 {
+        let w0 = &w[i * n..(i + 1) * n];
+        let w1 = &w[(i + 1) * n..(i + 2) * n];
+        let w2 = &w[(i + 2) * n..(i + 3) * n];
+        let w3 = &w[(i + 3) * n..(i + 4) * n];
         for r in 0..m {
-            let (a0, a1) = (x[r * k + i], x[r * k + i + 1]);
+            let a = &x[r * k + i..r * k + i + 4];
+            let (a0, a1, a2, a3) = (a[0], a[1], a[2], a[3]);
             let yr = &mut y[r * n..(r + 1) * n];
-            for ((yy, p), q) in yr.iter_mut().zip(w0).zip(w1) {
-                *yy = fmadd::<FMA>(a1, q.f(), fmadd::<FMA>(a0, p.f(), *yy));
+            for ((((yy, p), q), s), t) in yr.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3) {
+                let v = fmadd::<FMA>(a0, p.f(), *yy);
+                let v = fmadd::<FMA>(a1, q.f(), v);
+                let v = fmadd::<FMA>(a2, s.f(), v);
+                *yy = fmadd::<FMA>(a3, t.f(), v);
             }
         }
-        i += 2;
+        i += 4;
     }
-    if i < i1 {
+    while i < i1 {
         let w0 = &w[i * n..(i + 1) * n];
         for r in 0..m {
             let a0 = x[r * k + i];
@@ -204,16 +212,19 @@ fn axpy_rows<E: Elem, const FMA: bool>(
                 *yy = fmadd::<FMA>(a0, p.f(), *yy);
             }
         }
+        i += 1;
     }
 }
 
 #[inline(always)]
 fn dot<E: Elem, const FMA: bool>(a: &[f32], b: &[E]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    // 64 lanes: four independent vector accumulators on AVX-512, so the adds do not wait on
+    // each other's latency.
+    let mut acc = [0f32; 64];
+    let (ac, bc) = (a.chunks_exact(64), b.chunks_exact(64));
     let (ar, br) = (ac.remainder(), bc.remainder());
     for (x, y) in ac.zip(bc) {
-        for l in 0..16 {
+        for l in 0..64 {
             acc[l] = fmadd::<FMA>(x[l], y[l].f(), acc[l]);
         }
     }
