@@ -86,7 +86,13 @@ pub struct Matrix {
 }
 
 impl Matrix {
+    /// `data` is row-major `(rows, cols)`. An `(in, out)` matrix is stored packed in panels of
+    /// [`PANEL`] columns (see [`pack_panels`]).
     pub fn new(data: Vec<f32>, rows: usize, cols: usize, layout: Layout, bf16: bool) -> Matrix {
+        let data = match layout {
+            Layout::InOut => pack_panels(&data, rows, cols),
+            Layout::OutIn => data,
+        };
         let store = if bf16 {
             Store::Bf16(data.iter().map(|&x| Bf16::from_f32(x)).collect())
         } else {
@@ -115,7 +121,7 @@ impl Matrix {
         }
     }
 
-    /// Bytes of weight data.
+    /// Bytes of weight data (with panel padding).
     pub fn bytes(&self) -> usize {
         match &self.store {
             Store::F32(v) => v.len() * 4,
@@ -135,12 +141,46 @@ impl Matrix {
         }
     }
 
+    /// The matrix as plain row-major f32 `(rows, cols)`.
     fn to_f32(&self) -> std::borrow::Cow<'_, [f32]> {
-        match &self.store {
-            Store::F32(v) => std::borrow::Cow::Borrowed(v),
+        let flat = match &self.store {
+            Store::F32(v) => std::borrow::Cow::Borrowed(v.as_slice()),
             Store::Bf16(v) => std::borrow::Cow::Owned(v.iter().map(|w| w.to_f32()).collect()),
+        };
+        match self.layout {
+            Layout::OutIn => flat,
+            Layout::InOut => std::borrow::Cow::Owned(unpack_panels(&flat, self.rows, self.cols)),
         }
     }
+}
+
+/// Columns per panel of a packed `(in, out)` matrix: 64 f32 are four AVX-512 registers.
+pub const PANEL: usize = 64;
+
+/// `(k, n)` row-major → panels of [`PANEL`] columns, each `(k, PANEL)` row-major and contiguous,
+/// the last one padded with zeros. A panel's product with a row of x streams its weights front to
+/// back while the 64 sums stay in registers.
+pub fn pack_panels(w: &[f32], k: usize, n: usize) -> Vec<f32> {
+    let np = n.div_ceil(PANEL);
+    let mut out = vec![0f32; np * k * PANEL];
+    for (p, panel) in out.chunks_mut(k * PANEL).enumerate() {
+        let (j0, j1) = (p * PANEL, ((p + 1) * PANEL).min(n));
+        for (i, row) in panel.chunks_mut(PANEL).enumerate() {
+            row[..j1 - j0].copy_from_slice(&w[i * n + j0..i * n + j1]);
+        }
+    }
+    out
+}
+
+fn unpack_panels(packed: &[f32], k: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; k * n];
+    for (p, panel) in packed.chunks(k * PANEL).enumerate() {
+        let (j0, j1) = (p * PANEL, ((p + 1) * PANEL).min(n));
+        for (i, row) in panel.chunks(PANEL).enumerate() {
+            out[i * n + j0..i * n + j1].copy_from_slice(&row[..j1 - j0]);
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,47 +212,30 @@ fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA { a.mul_add(b, c) } else { a * b + c }
 }
 
-/// `y[r] += Σ_{i in i0..i1} x[r][i] · W[i]` for `m` rows; `W` is `(k, n)`, `y` is `(m, n)`.
+/// `out[r] = x[r] · P` for one packed panel `P: (k, PANEL)` and `rows ≤ M` rows of `x: (rows, k)`;
+/// `out` is `(rows, PANEL)`.
 #[inline(always)]
-fn axpy_rows<E: Elem, const FMA: bool>(
-    x: &[f32],
-    k: usize,
-    w: &[E],
-    n: usize,
-    (i0, i1): (usize, usize),
-    y: &mut [f32],
-) {
-    let m = y.len() / n;
-    let mut i = i0;
-    // Four rows of W per pass over y: y is loaded and stored once for four multiply-adds.
-    while i + 4 <= i1 {
-        let w0 = &w[i * n..(i + 1) * n];
-        let w1 = &w[(i + 1) * n..(i + 2) * n];
-        let w2 = &w[(i + 2) * n..(i + 3) * n];
-        let w3 = &w[(i + 3) * n..(i + 4) * n];
-        for r in 0..m {
-            let a = &x[r * k + i..r * k + i + 4];
-            let (a0, a1, a2, a3) = (a[0], a[1], a[2], a[3]);
-            let yr = &mut y[r * n..(r + 1) * n];
-            for ((((yy, p), q), s), t) in yr.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3) {
-                let v = fmadd::<FMA>(a0, p.f(), *yy);
-                let v = fmadd::<FMA>(a1, q.f(), v);
-                let v = fmadd::<FMA>(a2, s.f(), v);
-                *yy = fmadd::<FMA>(a3, t.f(), v);
+fn panel_m<E: Elem, const FMA: bool, const M: usize>(x: &[f32], k: usize, rows: usize, panel: &[E], out: &mut [f32]) {
+    let mut acc = [[0f32; PANEL]; M];
+    for (i, w) in panel.chunks_exact(PANEL).enumerate().take(k) {
+        for (r, a) in acc.iter_mut().enumerate().take(rows) {
+            let xv = x[r * k + i];
+            for (s, wv) in a.iter_mut().zip(w) {
+                *s = fmadd::<FMA>(xv, wv.f(), *s);
             }
         }
-        i += 4;
     }
-    while i < i1 {
-        let w0 = &w[i * n..(i + 1) * n];
-        for r in 0..m {
-            let a0 = x[r * k + i];
-            let yr = &mut y[r * n..(r + 1) * n];
-            for (yy, p) in yr.iter_mut().zip(w0) {
-                *yy = fmadd::<FMA>(a0, p.f(), *yy);
-            }
-        }
-        i += 1;
+    for (a, o) in acc.iter().zip(out.chunks_exact_mut(PANEL)).take(rows) {
+        o.copy_from_slice(a);
+    }
+}
+
+#[inline(always)]
+fn panel_rows<E: Elem, const FMA: bool>(x: &[f32], k: usize, rows: usize, panel: &[E], out: &mut [f32]) {
+    match rows {
+        1 => panel_m::<E, FMA, 1>(x, k, rows, panel, out),
+        2 => panel_m::<E, FMA, 2>(x, k, rows, panel, out),
+        _ => panel_m::<E, FMA, 4>(x, k, rows, panel, out),
     }
 }
 
@@ -281,7 +304,7 @@ macro_rules! multiversion {
     };
 }
 
-multiversion!(fn axpy_band(x: &[f32], k: usize, w: &[E], n: usize, band: (usize, usize), y: &mut [f32]) => axpy_rows);
+multiversion!(fn panel_band(x: &[f32], k: usize, rows: usize, panel: &[E], out: &mut [f32]) => panel_rows);
 multiversion!(fn dot_band(x: &[f32], k: usize, w: &[E], v0: usize, out: &mut [f32]) => dot_rows);
 
 #[inline(always)]
@@ -321,24 +344,26 @@ pub fn matmul(x: &[f32], m: usize, w: &Matrix, bias: Option<&[f32]>, out: &mut [
 }
 
 fn streaming_in_out<E: Elem>(x: &[f32], m: usize, w: &[E], k: usize, n: usize, out: &mut [f32]) {
-    let threads = rayon::current_num_threads().max(1);
-    // Bands of whole rows: each streams a contiguous part of W. Small matrices take one band.
-    let bands = threads.min((k * n / (1 << 16)).max(1)).min(k);
-    if bands == 1 {
-        out.fill(0.0);
-        axpy_band(x, k, w, n, (0, k), out);
-        return;
+    // One task per panel (each streams its own contiguous k×64 block), four rows of x at a time.
+    let np = n.div_ceil(PANEL);
+    let mut blocks = vec![0f32; np * m * PANEL]; // [panel][row][64]
+    let work = |p: usize, o: &mut [f32]| {
+        let panel = &w[p * k * PANEL..(p + 1) * k * PANEL];
+        for r0 in (0..m).step_by(4) {
+            let rows = (m - r0).min(4);
+            panel_band(&x[r0 * k..], k, rows, panel, &mut o[r0 * PANEL..(r0 + rows) * PANEL]);
+        }
+    };
+    if k * n < 1 << 15 {
+        blocks.chunks_mut(m * PANEL).enumerate().for_each(|(p, o)| work(p, o));
+    } else {
+        blocks.par_chunks_mut(m * PANEL).enumerate().for_each(|(p, o)| work(p, o));
     }
-    let per = k.div_ceil(bands);
-    let mut partial = vec![0f32; bands * m * n];
-    partial.par_chunks_mut(m * n).enumerate().for_each(|(b, y)| {
-        let band = (b * per, ((b + 1) * per).min(k));
-        axpy_band(x, k, w, n, band, y);
-    });
-    let (first, rest) = partial.split_at(m * n);
-    out.copy_from_slice(first);
-    for p in rest.chunks(m * n) {
-        out.iter_mut().zip(p).for_each(|(o, p)| *o += p);
+    for (p, block) in blocks.chunks(m * PANEL).enumerate() {
+        let (j0, j1) = (p * PANEL, ((p + 1) * PANEL).min(n));
+        for (r, row) in block.chunks(PANEL).enumerate() {
+            out[r * n + j0..r * n + j1].copy_from_slice(&row[..j1 - j0]);
+        }
     }
 }
 
@@ -460,6 +485,9 @@ mod tests {
                     Layout::InOut => (k, n),
                     Layout::OutIn => (n, k),
                 };
+                if layout == Layout::InOut {
+                    assert_eq!(unpack_panels(&pack_panels(&data(k * n, 2), k, n), k, n), data(k * n, 2));
+                }
                 let w = data(k * n, 2);
                 let want = naive(&x, m, &w, k, n, layout);
                 let bias = data(n, 3);
