@@ -14,7 +14,7 @@ use candle_core::{DType, Tensor};
 use chatforge_model::{Activation, GptConfig, Weights, ops::gelu_scalar};
 use rayon::prelude::*;
 
-use crate::kernels::{self, Layout, Matrix, axpy_f32, dot_f32};
+use crate::kernels::{self, Layout, Matrix};
 use crate::{Error, Result};
 
 /// Precision of the weight matrices (norms, biases and the cache stay f32).
@@ -342,19 +342,8 @@ impl Engine {
                 let (s, pos) = rows[r];
                 let (k, v) = (&seqs[s].k[li], &seqs[s].v[li]);
                 let q = &qkv[r * 3 * c + h * d..r * 3 * c + (h + 1) * d];
-                scores.clear();
-                scores.extend((0..=pos).map(|j| dot_f32(q, &k[j * c + h * d..j * c + (h + 1) * d]) * scale));
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                scores.iter_mut().for_each(|s| {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                });
-                let inv = 1.0 / sum;
-                y.fill(0.0);
-                for (j, p) in scores.iter().enumerate() {
-                    axpy_f32(p * inv, &v[j * c + h * d..j * c + (h + 1) * d], y);
-                }
+                scores.resize(pos + 1, 0.0);
+                kernels::attend(q, k, v, c, h * d, scale, scores, y);
             });
     }
 }

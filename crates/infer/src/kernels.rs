@@ -275,14 +275,17 @@ fn dot_rows<E: Elem, const FMA: bool>(x: &[f32], k: usize, w: &[E], v0: usize, o
 macro_rules! multiversion {
     ($(#[$doc:meta])* fn $name:ident($($p:ident: $t:ty),*) => $kernel:ident) => {
         $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
         fn $name<E: Elem>($($p: $t),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
                 fn avx512<E: Elem>($($p: $t),*) {
                     $kernel::<E, true>($($p),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
                 fn avx2<E: Elem>($($p: $t),*) {
                     $kernel::<E, true>($($p),*)
                 }
@@ -320,6 +323,49 @@ fn axpy_into<E: Elem, const FMA: bool>(a: f32, x: &[E], y: &mut [f32]) {
 }
 
 multiversion!(fn dot_any(a: &[f32], b: &[E], out: &mut f32) => dot_into);
+
+/// One head of attention for one query: scores against `n` cached keys, softmax, weighted sum of
+/// the values. Keys and values are rows of width `c`, the head's part at `off..off + q.len()`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_k<E: Elem, const FMA: bool>(
+    q: &[f32],
+    k: &[E],
+    v: &[E],
+    c: usize,
+    off: usize,
+    scale: f32,
+    scores: &mut [f32],
+    y: &mut [f32],
+) {
+    let d = q.len();
+    for (j, s) in scores.iter_mut().enumerate() {
+        *s = dot::<E, FMA>(q, &k[j * c + off..j * c + off + d]) * scale;
+    }
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    y.fill(0.0);
+    for (j, p) in scores.iter().enumerate() {
+        let p = p * inv;
+        for (yy, vv) in y.iter_mut().zip(&v[j * c + off..j * c + off + d]) {
+            *yy = fmadd::<FMA>(p, vv.f(), *yy);
+        }
+    }
+}
+
+multiversion!(fn attend_any(q: &[f32], k: &[E], v: &[E], c: usize, off: usize, scale: f32, scores: &mut [f32], y: &mut [f32]) => attend_k);
+
+/// Causal attention of one query head over `scores.len()` cached positions (see [`attend_k`]),
+/// vectorised for this CPU.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(q: &[f32], k: &[f32], v: &[f32], c: usize, off: usize, scale: f32, scores: &mut [f32], y: &mut [f32]) {
+    attend_any(q, k, v, c, off, scale, scores, y)
+}
 multiversion!(fn axpy_any(a: f32, x: &[E], y: &mut [f32]) => axpy_into);
 
 /// `out = x · W (+ bias)` for `x: (m, n_in)`, `out: (m, n_out)`.

@@ -386,25 +386,17 @@ fn generate_bench(args: &GenerateBench) -> anyhow::Result<()> {
                         })
                         .collect();
                     generate(&engine, None, &reqs[..1], 1, None, |_, _| {})?; // warm-up
-                    // As the reference does: decoding time is a whole run less a run that stops
-                    // after the prompt's pass and first token.
-                    let run = |n: usize| -> anyhow::Result<f64> {
-                        let reqs: Vec<Request> = reqs
-                            .iter()
-                            .map(|r| Request {
-                                max_new_tokens: n,
-                                ..r.clone()
-                            })
-                            .collect();
-                        let t0 = std::time::Instant::now();
-                        generate(&engine, None, &reqs, batch, None, |_, _| {})?;
-                        Ok(t0.elapsed().as_secs_f64())
-                    };
+                    // Decoding time: from the end of the prompts' pass (all admitted together) to
+                    // the last token, as the reference times it.
                     let mut rates = Vec::new();
                     for _ in 0..args.runs {
-                        let first = run(1)?;
-                        let total = run(new)?;
-                        rates.push((batch * (new - 1)) as f64 / (total - first));
+                        let outs = generate(&engine, None, &reqs, batch, None, |_, _| {})?;
+                        let decode = outs
+                            .iter()
+                            .map(|o| (o.ids.len() - 1) as f64 / o.tokens_per_s)
+                            .fold(0.0, f64::max);
+                        let steps: usize = outs.iter().map(|o| o.ids.len() - 1).sum();
+                        rates.push(steps as f64 / decode);
                     }
                     let r = median(rates);
                     line += &format!(
