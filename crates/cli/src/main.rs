@@ -52,6 +52,9 @@ enum Command {
     Tokenizer(cmd::tokenizer::TokenizerCommand),
     /// Pre-train or fine-tune a GPT on token shards
     Train(cmd::train::TrainArgs),
+    /// LoRA adapters: merge one into its base
+    #[command(subcommand)]
+    Lora(cmd::lora::LoraCommand),
     /// Talk to a model in the terminal (or through stdin)
     Chat(cmd::chat::ChatArgs),
     /// Generate from prompts, one streamed or many batched
@@ -87,6 +90,7 @@ fn run() -> anyhow::Result<()> {
         Command::Data(c) => cmd::data::run(c),
         Command::Tokenizer(c) => cmd::tokenizer::run(c),
         Command::Train(a) => cmd::train::run(a),
+        Command::Lora(c) => cmd::lora::run(c),
         Command::Chat(a) => cmd::chat::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Eval(a) => cmd::eval::run(a),

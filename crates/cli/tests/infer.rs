@@ -450,3 +450,109 @@ fn bad_input_is_a_clear_error() {
         None,
     );
 }
+
+#[test]
+fn lora_runs_adapters_and_merge_agree() {
+    let (dir, run) = trained();
+    let d = dir.path();
+    let base = run.to_str().unwrap();
+    let out = ok(
+        &[
+            "train",
+            "--config",
+            "cfg.toml",
+            "--data",
+            "train.bin",
+            "--val",
+            "val.bin",
+            "--mode",
+            "lora",
+            "--init",
+            base,
+            "--lora-rank",
+            "4",
+            "--lora-targets",
+            "c_attn,c_fc",
+            "--max-steps",
+            "20",
+            "--lr",
+            "1e-2",
+            "--adapter-name",
+            "alice",
+            "--no-eval",
+            "-o",
+            "lora",
+        ],
+        d,
+        None,
+    );
+    assert!(out.contains("trainable params:"), "{out}");
+    let greedy = |model: &str, extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            "How do I make tea?",
+            "--temperature",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--max-new-tokens", "24"]);
+        ok(&args, d, None)
+    };
+    // The LoRA run (base + its best adapter), the base with the adapter named, and the merged
+    // folder all generate the same text.
+    let from_run = greedy("lora", &[]);
+    let with_adapter = greedy(base, &["--adapter", "lora/adapters/alice"]);
+    ok(
+        &[
+            "lora",
+            "merge",
+            "--base",
+            base,
+            "--adapter",
+            "lora/adapters/alice",
+            "-o",
+            "merged",
+        ],
+        d,
+        None,
+    );
+    let merged = greedy("merged", &[]);
+    assert_eq!(from_run, with_adapter);
+    assert_eq!(from_run, merged);
+    let e = fails(
+        &[
+            "lora",
+            "merge",
+            "--base",
+            base,
+            "--adapter",
+            "lora/adapters/alice",
+            "-o",
+            "merged",
+        ],
+        d,
+    );
+    assert!(e.contains("--force"), "{e}");
+    // In chat, /persona NAME switches to the run's adapter of that name.
+    let chat = ok(
+        &[
+            "chat",
+            "--model",
+            "lora",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "8",
+        ],
+        d,
+        Some("/persona alice\nHi!\n/persona\nHi!\n"),
+    );
+    assert!(
+        chat.contains("(adapter: alice)") && chat.contains("(no adapter)"),
+        "{chat}"
+    );
+    assert_eq!(replies(&chat).len(), 2);
+}

@@ -12,9 +12,10 @@ use crate::sampling::Sampling;
 use crate::source::{LoadedModel, template_stop_strings};
 use crate::{Error, Result};
 
+/// The state of a chat; the model is passed to each call, so it can change between turns (a
+/// persona's adapter, say).
 #[derive(Debug, Clone)]
-pub struct ChatSession<'a> {
-    model: &'a LoadedModel,
+pub struct ChatSession {
     /// The conversation so far (system prompt, user and assistant turns).
     pub conversation: Conversation,
     pub options: RenderOptions,
@@ -27,15 +28,9 @@ pub struct ChatSession<'a> {
     pub trimmed: usize,
 }
 
-impl<'a> ChatSession<'a> {
-    pub fn new(
-        model: &'a LoadedModel,
-        options: RenderOptions,
-        sampling: Sampling,
-        max_new_tokens: usize,
-    ) -> Self {
+impl ChatSession {
+    pub fn new(options: RenderOptions, sampling: Sampling, max_new_tokens: usize) -> Self {
         ChatSession {
-            model,
             conversation: Conversation::default(),
             options,
             sampling,
@@ -72,9 +67,9 @@ impl<'a> ChatSession<'a> {
 
     /// The prompt for the next reply: the history, dropping the oldest turns until it leaves
     /// room for the reply.
-    pub fn prompt(&mut self) -> Result<Vec<u32>> {
-        let tok = &self.model.tokenizer;
-        let n_ctx = self.model.config.n_ctx;
+    pub fn prompt(&mut self, model: &LoadedModel) -> Result<Vec<u32>> {
+        let tok = &model.tokenizer;
+        let n_ctx = model.config.n_ctx;
         let budget = n_ctx.saturating_sub(self.max_new_tokens.min(n_ctx / 2)).max(1);
         let mut conv = self.conversation.clone();
         self.trimmed = 0;
@@ -103,19 +98,20 @@ impl<'a> ChatSession<'a> {
     /// The reply joins the history (an interrupted one too, as far as it got).
     pub fn send(
         &mut self,
+        model: &LoadedModel,
         user: &str,
         cancel: Option<&AtomicBool>,
         mut on_text: impl FnMut(&str),
     ) -> Result<Output> {
         self.conversation.messages.push(Message::new(Role::User, user));
-        let prompt = match self.prompt() {
+        let prompt = match self.prompt(model) {
             Ok(p) => p,
             Err(e) => {
                 self.conversation.messages.pop();
                 return Err(e);
             }
         };
-        let tok = &self.model.tokenizer;
+        let tok = &model.tokenizer;
         let mut stops = template_stop_strings(tok);
         stops.extend(self.stop_strings.iter().cloned());
         let req = Request {
@@ -133,7 +129,7 @@ impl<'a> ChatSession<'a> {
         // The plain template puts a space after "Assistant:"; the reply starts at its first word.
         let mut started = false;
         let mut out = generate(
-            &self.model.engine,
+            &model.engine,
             Some(tok),
             std::slice::from_ref(&req),
             1,

@@ -215,7 +215,13 @@ fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 /// `out[r] = x[r] · P` for one packed panel `P: (k, PANEL)` and `rows ≤ M` rows of `x: (rows, k)`;
 /// `out` is `(rows, PANEL)`.
 #[inline(always)]
-fn panel_m<E: Elem, const FMA: bool, const M: usize>(x: &[f32], k: usize, rows: usize, panel: &[E], out: &mut [f32]) {
+fn panel_m<E: Elem, const FMA: bool, const M: usize>(
+    x: &[f32],
+    k: usize,
+    rows: usize,
+    panel: &[E],
+    out: &mut [f32],
+) {
     let mut acc = [[0f32; PANEL]; M];
     for (i, w) in panel.chunks_exact(PANEL).enumerate().take(k) {
         for (r, a) in acc.iter_mut().enumerate().take(rows) {
@@ -363,7 +369,16 @@ multiversion!(fn attend_any(q: &[f32], k: &[E], v: &[E], c: usize, off: usize, s
 /// Causal attention of one query head over `scores.len()` cached positions (see [`attend_k`]),
 /// vectorised for this CPU.
 #[allow(clippy::too_many_arguments)]
-pub fn attend(q: &[f32], k: &[f32], v: &[f32], c: usize, off: usize, scale: f32, scores: &mut [f32], y: &mut [f32]) {
+pub fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    c: usize,
+    off: usize,
+    scale: f32,
+    scores: &mut [f32],
+    y: &mut [f32],
+) {
     attend_any(q, k, v, c, off, scale, scores, y)
 }
 multiversion!(fn axpy_any(a: f32, x: &[E], y: &mut [f32]) => axpy_into);
@@ -397,13 +412,25 @@ fn streaming_in_out<E: Elem>(x: &[f32], m: usize, w: &[E], k: usize, n: usize, o
         let panel = &w[p * k * PANEL..(p + 1) * k * PANEL];
         for r0 in (0..m).step_by(4) {
             let rows = (m - r0).min(4);
-            panel_band(&x[r0 * k..], k, rows, panel, &mut o[r0 * PANEL..(r0 + rows) * PANEL]);
+            panel_band(
+                &x[r0 * k..],
+                k,
+                rows,
+                panel,
+                &mut o[r0 * PANEL..(r0 + rows) * PANEL],
+            );
         }
     };
     if k * n < 1 << 15 {
-        blocks.chunks_mut(m * PANEL).enumerate().for_each(|(p, o)| work(p, o));
+        blocks
+            .chunks_mut(m * PANEL)
+            .enumerate()
+            .for_each(|(p, o)| work(p, o));
     } else {
-        blocks.par_chunks_mut(m * PANEL).enumerate().for_each(|(p, o)| work(p, o));
+        blocks
+            .par_chunks_mut(m * PANEL)
+            .enumerate()
+            .for_each(|(p, o)| work(p, o));
     }
     for (p, block) in blocks.chunks(m * PANEL).enumerate() {
         let (j0, j1) = (p * PANEL, ((p + 1) * PANEL).min(n));
@@ -532,7 +559,10 @@ mod tests {
                     Layout::OutIn => (n, k),
                 };
                 if layout == Layout::InOut {
-                    assert_eq!(unpack_panels(&pack_panels(&data(k * n, 2), k, n), k, n), data(k * n, 2));
+                    assert_eq!(
+                        unpack_panels(&pack_panels(&data(k * n, 2), k, n), k, n),
+                        data(k * n, 2)
+                    );
                 }
                 let w = data(k * n, 2);
                 let want = naive(&x, m, &w, k, n, layout);

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use candle_core::Device;
-use chatforge_model::{GptConfig, load_hf};
+use chatforge_model::lora::{is_adapter_dir, load_adapter, merge};
+use chatforge_model::{GptConfig, LoraConfig, Weights, load_hf};
 use chatforge_tokenizer::{ChatTokenizer, Template};
 
 use crate::engine::{Engine, WeightType};
@@ -60,10 +61,15 @@ pub struct LoadedModel {
     /// Whether prompts go through the chat template by default (`--raw` otherwise): true for runs
     /// and for folders whose tokenizer has a chat template.
     pub chat: bool,
+    /// The LoRA adapter folded into the engine's weights, if any.
+    pub adapter: Option<PathBuf>,
+    /// The base weights before any adapter, kept so adapters can be switched without reloading.
+    base: Option<Weights>,
+    weight_type: WeightType,
 }
 
 fn is_weights_dir(d: &Path) -> bool {
-    d.join("config.json").is_file() && chatforge_model::weights_file(d).is_ok()
+    (d.join("config.json").is_file() && chatforge_model::weights_file(d).is_ok()) || is_adapter_dir(d)
 }
 
 /// A run's checkpoints, newest first.
@@ -148,10 +154,14 @@ pub fn resolve(path: &Path, checkpoint: &Checkpoint) -> Result<(ModelKind, PathB
     Ok((ModelKind::Run, dir))
 }
 
-fn find_tokenizer(kind: ModelKind, root: &Path, weights: &Path) -> Option<PathBuf> {
+fn find_tokenizer(kind: ModelKind, root: &Path, weights: &Path, base: Option<&Path>) -> Option<PathBuf> {
     let mut dirs = vec![weights.to_path_buf(), root.to_path_buf()];
     if kind == ModelKind::Run {
         dirs.push(root.join("tokenizer"));
+    }
+    if let Some(b) = base {
+        dirs.push(b.to_path_buf());
+        dirs.extend(b.parent().map(Path::to_path_buf));
     }
     dirs.into_iter().find(|d| {
         d.join("tokenizer.json").is_file()
@@ -168,22 +178,41 @@ fn declares_chat_template(dir: &Path) -> bool {
 }
 
 impl LoadedModel {
-    /// Loads `path` (a run or an HF folder); `tokenizer` overrides the one found beside it.
+    /// Loads `path` (a run or an HF folder); `tokenizer` overrides the one found beside it;
+    /// `adapter` (a PEFT LoRA folder, or the name of one in the run's `adapters/`) is folded in.
     pub fn open(
         path: &Path,
         checkpoint: &Checkpoint,
         tokenizer: Option<&Path>,
         weight_type: WeightType,
     ) -> Result<LoadedModel> {
+        Self::open_with(path, checkpoint, tokenizer, None, weight_type)
+    }
+
+    pub fn open_with(
+        path: &Path,
+        checkpoint: &Checkpoint,
+        tokenizer: Option<&Path>,
+        adapter: Option<&str>,
+        weight_type: WeightType,
+    ) -> Result<LoadedModel> {
         let (kind, weights_dir) = resolve(path, checkpoint)?;
-        let (config, weights) = load_hf(&weights_dir, &Device::Cpu)?;
+        // A LoRA run's checkpoints are adapters: the base is the run's --init.
+        let (base_dir, run_adapter) = if is_adapter_dir(&weights_dir) {
+            (Some(lora_base(path, &weights_dir)?), Some(weights_dir.clone()))
+        } else {
+            (None, None)
+        };
+        let (config, weights) = load_hf(base_dir.as_deref().unwrap_or(&weights_dir), &Device::Cpu)?;
         let tok_path = match tokenizer {
             Some(t) => t.to_path_buf(),
-            None => find_tokenizer(kind, path, &weights_dir).ok_or_else(|| Error::Load {
-                path: path.to_path_buf(),
-                msg: "no tokenizer.json (or vocab.json + merges.txt) beside the model: pass --tokenizer"
-                    .into(),
-            })?,
+            None => {
+                find_tokenizer(kind, path, &weights_dir, base_dir.as_deref()).ok_or_else(|| Error::Load {
+                    path: path.to_path_buf(),
+                    msg: "no tokenizer.json (or vocab.json + merges.txt) beside the model: pass --tokenizer"
+                        .into(),
+                })?
+            }
         };
         let tok = ChatTokenizer::load(&tok_path)?;
         if tok.vocab_size() > config.vocab_size {
@@ -196,7 +225,15 @@ impl LoadedModel {
                 ),
             });
         }
-        let engine = Engine::new(&config, &weights, weight_type)?;
+        let adapter = match adapter {
+            Some(a) => Some(find_adapter(path, a)?),
+            None => run_adapter,
+        };
+        let keep_base = kind == ModelKind::Run && path.join("adapters").is_dir() || adapter.is_some();
+        let engine = match &adapter {
+            Some(a) => Engine::new(&config, &with_adapter(&weights, &config, a)?, weight_type)?,
+            None => Engine::new(&config, &weights, weight_type)?,
+        };
         let chat = kind == ModelKind::Run
             || matches!(tok.template(), Template::Chat { .. })
             || declares_chat_template(path);
@@ -208,13 +245,99 @@ impl LoadedModel {
             root: path.to_path_buf(),
             weights_dir,
             chat,
+            adapter,
+            base: keep_base.then_some(weights),
+            weight_type,
         })
+    }
+
+    /// Switches to another adapter (a folder, or a name in the run's `adapters/`), or back to the
+    /// base with `None`, without reading the base again.
+    pub fn use_adapter(&mut self, adapter: Option<&str>) -> Result<()> {
+        let base = self.base.as_ref().ok_or_else(|| {
+            Error::Invalid("this model was loaded without adapters; open it with one to switch".into())
+        })?;
+        let dir = adapter.map(|a| find_adapter(&self.root, a)).transpose()?;
+        let weights = match &dir {
+            Some(d) => with_adapter(base, &self.config, d)?,
+            None => base.clone(),
+        };
+        self.engine = Engine::new(&self.config, &weights, self.weight_type)?;
+        self.adapter = dir;
+        Ok(())
+    }
+
+    /// Adapter names in the run's `adapters/`.
+    pub fn adapter_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.root.join("adapters"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| is_adapter_dir(&e.path()))
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        names.sort();
+        names
     }
 
     /// Where evaluation results go: `eval/` of the run, or of the folder.
     pub fn eval_dir(&self) -> PathBuf {
         self.root.join("eval")
     }
+}
+
+/// A PEFT adapter folder: `a` itself, or `root/adapters/a`.
+pub fn find_adapter(root: &Path, a: &str) -> Result<PathBuf> {
+    let direct = PathBuf::from(a);
+    for d in [direct.clone(), root.join("adapters").join(a)] {
+        if is_adapter_dir(&d) {
+            return Ok(d);
+        }
+    }
+    Err(Error::Load {
+        path: direct,
+        msg: format!(
+            "no LoRA adapter here (adapter_config.json + adapter_model.safetensors), nor in {}",
+            root.join("adapters").display()
+        ),
+    })
+}
+
+/// Base weights with the adapter in `dir` folded in.
+pub fn with_adapter(base: &Weights, config: &GptConfig, dir: &Path) -> Result<Weights> {
+    let (lcfg, adapter): (LoraConfig, Weights) = load_adapter(dir, config, &Device::Cpu)?;
+    Ok(merge(base, &lcfg, &adapter, config)?)
+}
+
+/// The base model of a LoRA run: its `train.init`, from the checkpoint's state or the adapter's
+/// config (which records the absolute path).
+fn lora_base(run: &Path, adapter: &Path) -> Result<PathBuf> {
+    let read = |p: PathBuf| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
+    };
+    let mut candidates = Vec::new();
+    if let Some(v) = read(adapter.join("adapter_config.json"))
+        && let Some(b) = v["base_model_name_or_path"].as_str()
+    {
+        candidates.push(PathBuf::from(b));
+    }
+    if let Some(v) = read(adapter.join("state.json"))
+        && let Some(b) = v["config"]["train"]["init"].as_str()
+    {
+        candidates.push(PathBuf::from(b));
+        candidates.push(run.join("..").join(b));
+    }
+    for c in &candidates {
+        if let Ok((_, dir)) = resolve(c, &Checkpoint::Best)
+            && !is_adapter_dir(&dir)
+        {
+            return Ok(dir);
+        }
+    }
+    Err(Error::Load {
+        path: adapter.to_path_buf(),
+        msg: format!("a LoRA checkpoint whose base model cannot be found (looked for {candidates:?})"),
+    })
 }
 
 /// Text that ends a reply in the plain template (GPT-2's tokenizer has no end-of-turn token, so

@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use chatforge_data::Rng;
 
+use crate::lora::LoraConfig;
 use crate::ops;
 use crate::{Activation, GptConfig, Result};
 
@@ -52,10 +53,15 @@ pub struct Dropout {
 
 impl Dropout {
     pub fn apply(&mut self, x: &Tensor) -> Result<Tensor> {
-        if self.p <= 0.0 {
+        self.apply_p(x, self.p)
+    }
+
+    /// Dropout with probability `p` instead of the model's (LoRA's own dropout), from the same stream.
+    pub fn apply_p(&mut self, x: &Tensor, p: f32) -> Result<Tensor> {
+        if p <= 0.0 {
             return Ok(x.clone());
         }
-        let keep = 1.0 - self.p;
+        let keep = 1.0 - p;
         let scale = 1.0 / keep;
         let mask: Vec<f32> = (0..x.elem_count())
             .map(|_| {
@@ -77,30 +83,72 @@ fn drop(x: Tensor, dropout: &mut Option<&mut Dropout>) -> Result<Tensor> {
     }
 }
 
-/// A linear layer in GPT-2's Conv1D layout: `y = x W + b` with `W: (in, out)`.
+/// A low-rank update of a frozen linear layer: `s · (dropout(x) Aᵀ) Bᵀ` (see [`crate::lora`]).
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    /// `(r, in)`.
+    pub a: Tensor,
+    /// `(out, r)`.
+    pub b: Tensor,
+    pub scale: f64,
+    pub dropout: f32,
+}
+
+/// A linear layer in GPT-2's Conv1D layout: `y = x W + b` with `W: (in, out)`, plus an optional
+/// LoRA adapter.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub lora: Option<LoraAdapter>,
 }
 
 impl Linear {
-    fn new(n_in: usize, n_out: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+    fn new(n_in: usize, n_out: usize, bias: bool, vb: VarBuilder, lora: Option<&LoraConfig>) -> Result<Self> {
+        let lora = match lora {
+            Some(l) => Some(LoraAdapter {
+                a: vb.get((l.rank, n_in), "lora_A.weight")?,
+                b: vb.get((n_out, l.rank), "lora_B.weight")?,
+                scale: l.scale(),
+                dropout: l.dropout,
+            }),
+            None => None,
+        };
         Ok(Linear {
             weight: vb.get((n_in, n_out), "weight")?,
             bias: if bias { Some(vb.get(n_out, "bias")?) } else { None },
+            lora,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_t(x, &mut None)
+    }
+
+    /// With `dropout` (training), the adapter's input is dropped out at its own rate.
+    pub fn forward_t(&self, x: &Tensor, dropout: &mut Option<&mut Dropout>) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
-        let y = x.reshape((b * t, c))?.matmul(&self.weight)?; // (B*T, out)
-        let y = match &self.bias {
+        let x = x.reshape((b * t, c))?;
+        let y = x.matmul(&self.weight)?; // (B*T, out)
+        let mut y = match &self.bias {
             Some(bias) => ops::add_bias(&y, bias)?,
             None => y,
         };
+        if let Some(l) = &self.lora {
+            let xin = match dropout {
+                Some(d) => d.apply_p(&x, l.dropout)?,
+                None => x.clone(),
+            };
+            let z = xin.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?; // (B*T, out)
+            y = (y + (z * l.scale)?)?;
+        }
         Ok(y.reshape((b, t, ()))?)
     }
+}
+
+/// The adapter settings for module `name` (`c_attn`, `c_proj`, `c_fc`), if LoRA targets it.
+fn lora_for<'a>(lora: Option<&'a LoraConfig>, name: &str) -> Option<&'a LoraConfig> {
+    lora.filter(|l| l.targets.iter().any(|t| t == name))
 }
 
 #[derive(Debug, Clone)]
@@ -162,11 +210,11 @@ pub struct CausalSelfAttention {
 }
 
 impl CausalSelfAttention {
-    fn new(cfg: &GptConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &GptConfig, vb: VarBuilder, lora: Option<&LoraConfig>) -> Result<Self> {
         let c = cfg.n_embd;
         Ok(CausalSelfAttention {
-            c_attn: Linear::new(c, 3 * c, cfg.bias, vb.pp("c_attn"))?,
-            c_proj: Linear::new(c, c, cfg.bias, vb.pp("c_proj"))?,
+            c_attn: Linear::new(c, 3 * c, cfg.bias, vb.pp("c_attn"), lora_for(lora, "c_attn"))?,
+            c_proj: Linear::new(c, c, cfg.bias, vb.pp("c_proj"), lora_for(lora, "c_proj"))?,
             n_head: cfg.n_head,
         })
     }
@@ -180,7 +228,7 @@ impl CausalSelfAttention {
     ) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
         let (h, d) = (self.n_head, c / self.n_head);
-        let qkv = self.c_attn.forward(x)?; // (B, T, 3C)
+        let qkv = self.c_attn.forward_t(x, dropout)?; // (B, T, 3C)
         let split = |i: usize| -> Result<Tensor> {
             Ok(qkv
                 .narrow(2, i * c, c)?
@@ -207,7 +255,8 @@ impl CausalSelfAttention {
         let att = drop(att, dropout)?;
         let y = att.matmul(&v)?; // (B, H, T, D)
         let y = y.transpose(1, 2)?.reshape((b, t, c))?; // (B, T, C)
-        drop(self.c_proj.forward(&y)?, dropout)
+        let y = self.c_proj.forward_t(&y, dropout)?;
+        drop(y, dropout)
     }
 }
 
@@ -219,19 +268,20 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    fn new(cfg: &GptConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &GptConfig, vb: VarBuilder, lora: Option<&LoraConfig>) -> Result<Self> {
         let c = cfg.n_embd;
         Ok(Mlp {
-            c_fc: Linear::new(c, 4 * c, cfg.bias, vb.pp("c_fc"))?,
-            c_proj: Linear::new(4 * c, c, cfg.bias, vb.pp("c_proj"))?,
+            c_fc: Linear::new(c, 4 * c, cfg.bias, vb.pp("c_fc"), lora_for(lora, "c_fc"))?,
+            c_proj: Linear::new(4 * c, c, cfg.bias, vb.pp("c_proj"), lora_for(lora, "c_proj"))?,
             activation: cfg.activation,
         })
     }
 
     fn forward(&self, x: &Tensor, dropout: &mut Option<&mut Dropout>) -> Result<Tensor> {
-        let x = self.c_fc.forward(x)?; // (B, T, 4C)
+        let x = self.c_fc.forward_t(x, dropout)?; // (B, T, 4C)
         let x = ops::gelu(&x, self.activation)?;
-        drop(self.c_proj.forward(&x)?, dropout)
+        let x = self.c_proj.forward_t(&x, dropout)?;
+        drop(x, dropout)
     }
 }
 
@@ -244,13 +294,13 @@ pub struct Block {
 }
 
 impl Block {
-    fn new(cfg: &GptConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &GptConfig, vb: VarBuilder, lora: Option<&LoraConfig>) -> Result<Self> {
         let (c, eps) = (cfg.n_embd, cfg.layer_norm_eps);
         Ok(Block {
             ln_1: LayerNorm::new(c, cfg.bias, eps, vb.pp("ln_1"))?,
-            attn: CausalSelfAttention::new(cfg, vb.pp("attn"))?,
+            attn: CausalSelfAttention::new(cfg, vb.pp("attn"), lora)?,
             ln_2: LayerNorm::new(c, cfg.bias, eps, vb.pp("ln_2"))?,
-            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"), lora)?,
         })
     }
 
@@ -280,7 +330,15 @@ pub struct Gpt {
 impl Gpt {
     /// Builds the model from weights named as in HF GPT-2 (`transformer.h.0.attn.c_attn.weight`, …).
     pub fn new(cfg: &GptConfig, vb: VarBuilder) -> Result<Self> {
+        Gpt::with_lora(cfg, vb, None)
+    }
+
+    /// With `lora`, the targeted layers also read `….lora_A.weight` and `….lora_B.weight` from `vb`.
+    pub fn with_lora(cfg: &GptConfig, vb: VarBuilder, lora: Option<&LoraConfig>) -> Result<Self> {
         cfg.validate()?;
+        if let Some(l) = lora {
+            l.validate()?;
+        }
         let t = vb.pp("transformer");
         let wte = t.get((cfg.vocab_size, cfg.n_embd), "wte.weight")?;
         let lm_head = if cfg.tie_embeddings {
@@ -292,7 +350,7 @@ impl Gpt {
             cfg: cfg.clone(),
             wpe: t.get((cfg.n_ctx, cfg.n_embd), "wpe.weight")?,
             blocks: (0..cfg.n_layer)
-                .map(|i| Block::new(cfg, t.pp(format!("h.{i}"))))
+                .map(|i| Block::new(cfg, t.pp(format!("h.{i}")), lora))
                 .collect::<Result<_>>()?,
             ln_f: LayerNorm::new(cfg.n_embd, cfg.bias, cfg.layer_norm_eps, t.pp("ln_f"))?,
             wte,

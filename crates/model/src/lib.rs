@@ -3,14 +3,16 @@
 
 mod config;
 mod gpt;
+pub mod lora;
 pub mod ops;
 mod params;
 
 pub use config::{Activation, GptConfig};
 pub use gpt::{AttnMask, Block, Dropout, Gpt, KvCache, LayerNorm, Linear};
+pub use lora::LoraConfig;
 pub use params::{
-    Init, ParamSpec, Params, Weights, check_weights, init_weights, load_hf, load_weights, param_specs,
-    save_weights, weights_file,
+    Init, ParamSpec, Params, Weights, check_weights, init_specs, init_weights, load_hf, load_weights,
+    param_specs, save_weights, weights_file,
 };
 
 use std::path::PathBuf;

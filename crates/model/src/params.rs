@@ -14,6 +14,8 @@ use crate::{Error, GptConfig, Result};
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Init {
     Normal(f64),
+    /// U(−bound, bound).
+    Uniform(f64),
     Zeros,
     Ones,
 }
@@ -92,16 +94,24 @@ pub type Weights = HashMap<String, Tensor>;
 /// Fresh weights drawn from `rng` (candle's CPU backend has no seed of its own).
 pub fn init_weights(cfg: &GptConfig, rng: &mut Rng, device: &Device) -> Result<Weights> {
     cfg.validate()?;
-    param_specs(cfg)
-        .into_iter()
+    init_specs(&param_specs(cfg), rng, device)
+}
+
+/// Tensors for `specs`, drawn in order from `rng`.
+pub fn init_specs(specs: &[ParamSpec], rng: &mut Rng, device: &Device) -> Result<Weights> {
+    specs
+        .iter()
         .map(|s| {
             let n: usize = s.shape.iter().product();
             let data: Vec<f32> = match s.init {
                 Init::Normal(std) => (0..n).map(|_| (rng.normal() * std) as f32).collect(),
+                Init::Uniform(b) => (0..n)
+                    .map(|_| ((rng.next_f64() * 2.0 - 1.0) * b) as f32)
+                    .collect(),
                 Init::Zeros => vec![0.0; n],
                 Init::Ones => vec![1.0; n],
             };
-            Ok((s.name, Tensor::from_vec(data, s.shape, device)?))
+            Ok((s.name.clone(), Tensor::from_vec(data, s.shape.clone(), device)?))
         })
         .collect()
 }
@@ -229,9 +239,30 @@ pub fn save_weights(w: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
 pub struct Params {
     pub cfg: GptConfig,
     pub vars: Vec<(ParamSpec, Var)>,
+    /// Set when the vars are a LoRA adapter of a frozen base rather than the whole model.
+    pub lora: Option<crate::LoraConfig>,
 }
 
 impl Params {
+    /// Trainable LoRA adapter weights (`….lora_A.weight`, `….lora_B.weight`) for `lora` on `cfg`.
+    pub fn from_adapter(cfg: &GptConfig, lora: &crate::LoraConfig, mut w: Weights) -> Result<Params> {
+        let vars = lora
+            .param_specs(cfg)
+            .into_iter()
+            .map(|s| {
+                let t = w
+                    .remove(&s.name)
+                    .ok_or_else(|| Error::Config(format!("no tensor {}", s.name)))?;
+                Ok((s, Var::from_tensor(&t)?))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Params {
+            cfg: cfg.clone(),
+            vars,
+            lora: Some(lora.clone()),
+        })
+    }
+
     pub fn from_weights(cfg: &GptConfig, mut w: Weights) -> Result<Params> {
         let vars = param_specs(cfg)
             .into_iter()
@@ -246,6 +277,7 @@ impl Params {
         Ok(Params {
             cfg: cfg.clone(),
             vars,
+            lora: None,
         })
     }
 

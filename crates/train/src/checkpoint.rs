@@ -32,12 +32,29 @@ pub fn step_dir(run: &Path, step: u64) -> PathBuf {
 /// Writes `dir` atomically: `model.safetensors`, `optimizer.safetensors` (if given), `config.json`, `state.json`.
 pub fn save(dir: &Path, params: &Params, opt: Option<&AdamW>, state: &CheckpointState) -> Result<()> {
     atomic_dir(dir, |tmp| -> Result<()> {
-        save_weights(&params.tensors(), &tmp.join("model.safetensors"))?;
         let mut files = BTreeMap::new();
-        files.insert(
-            "model.safetensors".to_string(),
-            sha256_file(&tmp.join("model.safetensors"))?,
-        );
+        match &params.lora {
+            // A LoRA run's checkpoint is a PEFT adapter folder (plus optimizer and state).
+            Some(lora) => {
+                let base = state.config.train.init.as_ref().map(|p| {
+                    std::fs::canonicalize(p)
+                        .unwrap_or_else(|_| p.clone())
+                        .display()
+                        .to_string()
+                });
+                chatforge_model::lora::write_adapter_files(tmp, lora, &params.tensors(), base.as_deref())?;
+                for f in ["adapter_model.safetensors", "adapter_config.json"] {
+                    files.insert(f.to_string(), sha256_file(&tmp.join(f))?);
+                }
+            }
+            None => {
+                save_weights(&params.tensors(), &tmp.join("model.safetensors"))?;
+                files.insert(
+                    "model.safetensors".to_string(),
+                    sha256_file(&tmp.join("model.safetensors"))?,
+                );
+            }
+        }
         if let Some(opt) = opt {
             let mut t = BTreeMap::new();
             for (i, (spec, var)) in params.vars.iter().enumerate() {

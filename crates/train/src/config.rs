@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use chatforge_model::GptConfig;
+use chatforge_model::{GptConfig, LoraConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::{AdamWConfig, Error, Result};
@@ -14,6 +14,15 @@ pub enum Mode {
     Pretrain,
     /// Loss only where the shard's mask says: the assistant's turns.
     Sft,
+    /// SFT of a LoRA adapter on a frozen base (`train.init`); see the `[lora]` section.
+    Lora,
+}
+
+impl Mode {
+    /// Whether the loss is masked to the assistant's turns.
+    pub fn masked(self) -> bool {
+        matches!(self, Mode::Sft | Mode::Lora)
+    }
 }
 
 impl std::str::FromStr for Mode {
@@ -22,7 +31,10 @@ impl std::str::FromStr for Mode {
         match s {
             "pretrain" => Ok(Mode::Pretrain),
             "sft" => Ok(Mode::Sft),
-            other => Err(Error::Config(format!("mode '{other}': expected pretrain or sft"))),
+            "lora" => Ok(Mode::Lora),
+            other => Err(Error::Config(format!(
+                "mode '{other}': expected pretrain, sft or lora"
+            ))),
         }
     }
 }
@@ -62,6 +74,8 @@ pub struct TrainSettings {
     /// Checkpoints kept besides `best/`.
     pub keep_last: usize,
     pub seed: u64,
+    /// LoRA: also write the best adapter to `adapters/<name>/` (one adapter per persona on one base).
+    pub adapter_name: Option<String>,
 }
 
 impl Default for TrainSettings {
@@ -90,6 +104,7 @@ impl Default for TrainSettings {
             checkpoint_every: 100,
             keep_last: 2,
             seed: 1337,
+            adapter_name: None,
         }
     }
 }
@@ -111,6 +126,8 @@ impl TrainSettings {
 pub struct TrainConfig {
     pub model: GptConfig,
     pub train: TrainSettings,
+    /// Used when `train.mode = "lora"`.
+    pub lora: LoraConfig,
 }
 
 impl TrainConfig {
@@ -149,6 +166,19 @@ impl TrainConfig {
         }
         if t.eval_every == 0 || t.checkpoint_every == 0 {
             return bad("train.eval_every and train.checkpoint_every must be at least 1".into());
+        }
+        if t.mode == crate::Mode::Lora {
+            self.lora.validate().map_err(|e| Error::Config(e.to_string()))?;
+            if t.init.is_none() {
+                return bad("mode lora adapts a pretrained model: give train.init (--init)".into());
+            }
+        }
+        if let Some(n) = &t.adapter_name
+            && (n.is_empty() || !n.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '_'))
+        {
+            return bad(format!(
+                "train.adapter_name {n:?}: use letters, digits, '-' and '_' (it names a folder)"
+            ));
         }
         Ok(())
     }

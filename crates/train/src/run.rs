@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use chatforge_data::{Batch, BatchSampler, Rng, SamplerConfig, SamplerState, Shard, sha256_file};
+use std::collections::HashMap;
+
 use chatforge_model::{
     AttnMask, Dropout, Gpt, GptConfig, Params, Weights, init_weights, load_hf, load_weights, ops,
 };
@@ -23,7 +25,10 @@ pub enum Event {
     Start {
         steps: u64,
         start_step: u64,
+        /// Trainable parameters (the adapter's, for LoRA).
         params: usize,
+        /// All parameters, frozen ones included.
+        total_params: usize,
         rows_per_epoch: usize,
         micro_batches: usize,
         resumed_from: Option<PathBuf>,
@@ -101,9 +106,10 @@ fn batch_loss(
     dev: &Device,
 ) -> Result<Option<(Tensor, usize)>> {
     let (b, t) = (batch.batch_size, batch.seq_len);
-    let weights: &[u8] = match mode {
-        Mode::Pretrain => &batch.target_mask,
-        Mode::Sft => &batch.loss_mask,
+    let weights: &[u8] = if mode.masked() {
+        &batch.loss_mask
+    } else {
+        &batch.target_mask
     };
     let n: usize = weights.iter().map(|&w| w as usize).sum();
     if n == 0 {
@@ -268,8 +274,36 @@ pub fn train(
         }
         resumed = found;
     }
-    let weights = match (&resumed, &t.init) {
-        (Some((dir, state)), _) => {
+    // LoRA: the base always comes from --init and stays frozen; the adapter is what trains.
+    let lora = (t.mode == Mode::Lora).then(|| cfg.lora.clone());
+    let mut frozen: Weights = Weights::new();
+    let weights = match (&resumed, &t.init, &lora) {
+        (resumed, Some(init), Some(l)) => {
+            let (init_cfg, base) = load_init(init, &dev)?;
+            cfg.model = GptConfig {
+                dropout: cfg.model.dropout,
+                ..init_cfg
+            };
+            frozen = base;
+            match resumed {
+                Some((dir, state)) => {
+                    if state.config.model != cfg.model || state.config.lora != *l {
+                        return Err(Error::Config(format!(
+                            "--resume: the model or adapter in {} differs from this config",
+                            dir.display()
+                        )));
+                    }
+                    chatforge_model::lora::load_adapter(dir, &cfg.model, &dev)?.1
+                }
+                None => l.init(&cfg.model, &mut Rng::new(t.seed ^ 0x10_4A), &dev)?,
+            }
+        }
+        (_, None, Some(_)) => {
+            return Err(Error::Config(
+                "mode lora adapts a pretrained model: give train.init (--init)".into(),
+            ));
+        }
+        (Some((dir, state)), _, None) => {
             if state.config.model != cfg.model {
                 return Err(Error::Config(format!(
                     "--resume: the model in {} differs from this config",
@@ -278,7 +312,7 @@ pub fn train(
             }
             load_weights(dir, &cfg.model, &dev)?
         }
-        (None, Some(init)) => {
+        (None, Some(init), None) => {
             let (init_cfg, w) = load_init(init, &dev)?;
             cfg.model = GptConfig {
                 dropout: cfg.model.dropout,
@@ -286,7 +320,7 @@ pub fn train(
             };
             w
         }
-        (None, None) => init_weights(&cfg.model, &mut Rng::new(t.seed), &dev)?,
+        (None, None, None) => init_weights(&cfg.model, &mut Rng::new(t.seed), &dev)?,
     };
     let seq_len = t.seq_len.unwrap_or(cfg.model.n_ctx);
     if seq_len > cfg.model.n_ctx {
@@ -318,16 +352,37 @@ pub fn train(
         ));
     }
 
-    let params = Params::from_weights(&cfg.model, weights)?;
-    let model = Gpt::new(&cfg.model, params.var_builder(&dev))?;
-    // The same weights, detached: validation through it records no graph for backward.
-    let eval_model = {
-        let detached = params.tensors().into_iter().collect();
-        Gpt::new(
+    let params = match &lora {
+        Some(l) => Params::from_adapter(&cfg.model, l, weights)?,
+        None => Params::from_weights(&cfg.model, weights)?,
+    };
+    // The trainable vars, and for LoRA the frozen base beside them (plain tensors: no gradient).
+    let model = {
+        let mut ts: HashMap<String, Tensor> = frozen.clone();
+        ts.extend(
+            params
+                .vars
+                .iter()
+                .map(|(s, v)| (s.name.clone(), v.as_tensor().clone())),
+        );
+        Gpt::with_lora(
             &cfg.model,
-            candle_nn::VarBuilder::from_tensors(detached, DType::F32, &dev),
+            candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev),
+            lora.as_ref(),
         )?
     };
+    // The same weights, detached: validation through it records no graph for backward.
+    let eval_model = {
+        let mut ts: HashMap<String, Tensor> = frozen.clone();
+        ts.extend(params.tensors());
+        Gpt::with_lora(
+            &cfg.model,
+            candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev),
+            lora.as_ref(),
+        )?
+    };
+    let total_params = cfg.model.n_params();
+    drop(frozen);
     let mut opt = AdamW::new(t.adamw(), &params.vars);
     let scfg = SamplerConfig {
         batch_size: t.batch_size,
@@ -380,6 +435,11 @@ pub fn train(
             steps,
             start_step: step,
             params: params.count(),
+            total_params: if lora.is_some() {
+                total_params + params.count()
+            } else {
+                params.count()
+            },
             rows_per_epoch: sampler.rows_in_epoch(),
             micro_batches: micro,
             resumed_from: resumed.as_ref().map(|(d, _)| d.clone()),
@@ -505,6 +565,24 @@ pub fn train(
     }
     summary.steps = step;
     summary.best_val_loss = best;
+    if let (Some(name), Some(_)) = (&t.adapter_name, &lora) {
+        // The best adapter (or the last, without validation) under adapters/<name>/, PEFT layout.
+        let src = if chatforge_model::lora::is_adapter_dir(&run.join("best")) {
+            run.join("best")
+        } else {
+            checkpoint::step_dir(run, step)
+        };
+        let dst = run.join("adapters").join(name);
+        chatforge_data::atomic_dir(&dst, |tmp| -> Result<()> {
+            for f in ["adapter_config.json", "adapter_model.safetensors"] {
+                std::fs::copy(src.join(f), tmp.join(f)).map_err(|e| Error::Io {
+                    path: src.join(f),
+                    source: e,
+                })?;
+            }
+            Ok(())
+        })?;
+    }
     if let Err(e) = crate::plot::loss_plot(&run.join("logs.jsonl"), &run.join("plots/loss.png")) {
         emit(
             Event::Warning {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use chatforge_data::{Rng, ShardWriter};
-use chatforge_model::GptConfig;
+use chatforge_model::{GptConfig, LoraConfig};
 use chatforge_train::{Event, Mode, TrainConfig, TrainSettings, list_checkpoints, train};
 
 /// Conversations of a simple pattern: "a b c … " counting up from a random start, second half masked.
@@ -47,6 +47,7 @@ fn config(dir: &Path, steps: u64) -> TrainConfig {
             seed: 5,
             ..TrainSettings::default()
         },
+        lora: LoraConfig::default(),
     }
 }
 
@@ -243,4 +244,88 @@ fn init_from_an_earlier_run_continues_its_learning() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("expected an HF folder"), "{err}");
+}
+
+#[test]
+fn lora_trains_only_the_adapter_and_leaves_the_base_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A base that has learnt something, then a LoRA run on top of it.
+    let mut base_cfg = config(d, 12);
+    base_cfg.train.lr = 1e-2;
+    run(&base_cfg, &d.join("base"), false);
+    let base_file = d.join("base/best/model.safetensors");
+    let base_hash = chatforge_data::sha256_file(&base_file).unwrap();
+
+    let mut cfg = config(d, 80);
+    cfg.train.mode = Mode::Lora;
+    cfg.train.init = Some(d.join("base"));
+    cfg.train.lr = 2e-2;
+    cfg.train.warmup_steps = 10;
+    cfg.train.adapter_name = Some("alice".into());
+    cfg.lora = LoraConfig {
+        rank: 4,
+        alpha: 16.0,
+        dropout: 0.05,
+        targets: vec!["c_attn".into(), "c_proj".into(), "c_fc".into()],
+    };
+    let (mut trainable, mut total) = (0, 0);
+    let summary = train(
+        &cfg,
+        &d.join("lora"),
+        false,
+        &mut |e| {
+            if let Event::Start {
+                params, total_params, ..
+            } = e
+            {
+                (trainable, total) = (*params, *total_params);
+            }
+        },
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    // Rank 4 on c_attn (32→96), attn c_proj (32→32), c_fc (32→128), mlp c_proj (128→32), 2 layers.
+    let per_layer = 4 * (32 + 96) + 4 * (32 + 32) + 4 * (32 + 128) + 4 * (128 + 32);
+    assert_eq!(trainable, 2 * per_layer);
+    assert_eq!(total, base_cfg.model.n_params() + trainable);
+    let l = &summary.losses;
+    // A rank-4 update of a 2-layer, 32-wide model learns slowly but surely (seeded: no flakiness).
+    let (first, last) = (
+        l[..3].iter().sum::<f64>() / 3.0,
+        l[l.len() - 10..].iter().sum::<f64>() / 10.0,
+    );
+    assert!(last < first - 0.1, "LoRA loss went from {first} to {last}");
+    // The base is untouched; checkpoints hold the adapter and its optimizer state only.
+    assert_eq!(chatforge_data::sha256_file(&base_file).unwrap(), base_hash);
+    let ckpt = &list_checkpoints(&d.join("lora"))[0].1;
+    assert!(chatforge_model::lora::is_adapter_dir(ckpt));
+    assert!(!ckpt.join("model.safetensors").exists());
+    let opt = candle_core::safetensors::load(ckpt.join("optimizer.safetensors"), &candle_core::Device::Cpu)
+        .unwrap();
+    assert_eq!(
+        opt.len(),
+        2 * 2 * 8,
+        "m and v for 8 adapter matrices per layer pair"
+    );
+    assert!(opt.keys().all(|k| k.contains(".lora_")), "{:?}", opt.keys());
+    // The named adapter is the best one, in PEFT's layout.
+    let named = d.join("lora/adapters/alice");
+    assert!(chatforge_model::lora::is_adapter_dir(&named));
+    assert_eq!(
+        std::fs::read(named.join("adapter_model.safetensors")).unwrap(),
+        std::fs::read(d.join("lora/best/adapter_model.safetensors")).unwrap()
+    );
+    // Resuming the finished run adds nothing and keeps the adapter; a LoRA run needs a base.
+    let mut no_base = cfg.clone();
+    no_base.train.init = None;
+    let e = train(
+        &no_base,
+        &d.join("x"),
+        false,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("give train.init"), "{e}");
 }

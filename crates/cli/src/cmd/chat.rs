@@ -4,7 +4,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
-use chatforge_infer::{ChatSession, Finish};
+use chatforge_infer::{ChatSession, Finish, LoadedModel};
 use clap::Args;
 
 use super::{ConditionArgs, ModelArgs, SamplingArgs, interrupt_flag};
@@ -30,7 +30,7 @@ enum Next {
     Exit,
 }
 
-fn handle(session: &mut ChatSession<'_>, line: &str, interactive: bool) -> Next {
+fn handle(session: &mut ChatSession, model: &mut LoadedModel, line: &str, interactive: bool) -> Next {
     let line = line.trim();
     if line.is_empty() {
         return Next::Continue;
@@ -45,7 +45,21 @@ fn handle(session: &mut ChatSession<'_>, line: &str, interactive: bool) -> Next 
                 say!("(conversation cleared)");
             }
             "persona" => {
-                session.set_persona((!arg.is_empty()).then_some(arg));
+                // A persona with its own adapter (adapters/NAME in the run) switches to it;
+                // otherwise the persona is the instruction in the system turn.
+                let has_adapter = !arg.is_empty() && model.adapter_names().iter().any(|n| n == arg);
+                if has_adapter || model.adapter.is_some() {
+                    let target = has_adapter.then_some(arg);
+                    if let Err(e) = model.use_adapter(target) {
+                        eprintln!("error: {e}");
+                        return Next::Continue;
+                    }
+                    match target {
+                        Some(a) => say!("(adapter: {a})"),
+                        None => say!("(no adapter)"),
+                    }
+                }
+                session.set_persona((!arg.is_empty() && !has_adapter).then_some(arg));
                 if arg.is_empty() {
                     say!("(no persona)");
                 } else {
@@ -69,7 +83,7 @@ fn handle(session: &mut ChatSession<'_>, line: &str, interactive: bool) -> Next 
         print!("assistant: ");
     }
     let _ = std::io::stdout().flush();
-    let result = session.send(line, Some(flag), |piece| {
+    let result = session.send(model, line, Some(flag), |piece| {
         // Replies are one line in piped mode, so scripts can read them line by line.
         let piece = if interactive {
             piece.to_string()
@@ -91,9 +105,8 @@ fn handle(session: &mut ChatSession<'_>, line: &str, interactive: bool) -> Next 
 }
 
 pub fn run(args: ChatArgs) -> anyhow::Result<()> {
-    let m = args.model.load()?;
+    let mut m = args.model.load()?;
     let mut session = ChatSession::new(
-        &m,
         args.condition.options(),
         args.sampling.sampling()?,
         args.sampling.max_new_tokens,
@@ -104,7 +117,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     interrupt_flag();
     if !std::io::stdin().is_terminal() {
         for line in std::io::stdin().lock().lines() {
-            if let Next::Exit = handle(&mut session, &line?, false) {
+            if let Next::Exit = handle(&mut session, &mut m, &line?, false) {
                 break;
             }
         }
@@ -125,7 +138,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
                 if !line.trim().is_empty() {
                     let _ = editor.add_history_entry(line.as_str());
                 }
-                if let Next::Exit = handle(&mut session, &line, true) {
+                if let Next::Exit = handle(&mut session, &mut m, &line, true) {
                     break;
                 }
             }

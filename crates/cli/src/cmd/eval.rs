@@ -25,6 +25,9 @@ pub struct EvalArgs {
     pub tokenizer: Option<PathBuf>,
     #[arg(long, default_value = "f32")]
     pub weights: WeightType,
+    /// A LoRA adapter to apply: a PEFT folder, or the name of one in the run's adapters/
+    #[arg(long)]
+    pub adapter: Option<String>,
     /// Held-out conversations (any format `data import` reads)
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -63,6 +66,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         checkpoint: args.checkpoint.clone(),
         tokenizer: args.tokenizer.clone(),
         weights: args.weights,
+        adapter: args.adapter.clone(),
     }
     .load()?;
     let loss_on = match args.loss_on.as_deref() {

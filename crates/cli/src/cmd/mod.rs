@@ -3,6 +3,7 @@ pub mod chat;
 pub mod data;
 pub mod eval;
 pub mod generate;
+pub mod lora;
 pub mod pipeline;
 pub mod tokenizer;
 pub mod train;
@@ -56,14 +57,18 @@ pub struct ModelArgs {
     /// Precision of the decoder's weights: f32, or bf16 (half the memory traffic, ~1e-2 logit error)
     #[arg(long, default_value = "f32")]
     pub weights: chatforge_infer::WeightType,
+    /// A LoRA adapter to apply: a PEFT folder, or the name of one in the run's adapters/
+    #[arg(long)]
+    pub adapter: Option<String>,
 }
 
 impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<chatforge_infer::LoadedModel> {
-        let m = chatforge_infer::LoadedModel::open(
+        let m = chatforge_infer::LoadedModel::open_with(
             &self.model,
             &self.checkpoint,
             self.tokenizer.as_deref(),
+            self.adapter.as_deref(),
             self.weights,
         )?;
         eprintln!(
@@ -78,6 +83,9 @@ impl ModelArgs {
             },
             m.weights_dir.display()
         );
+        if let Some(a) = &m.adapter {
+            eprintln!("adapter: {}", a.display());
+        }
         Ok(m)
     }
 }

@@ -45,6 +45,21 @@ pub struct TrainArgs {
     /// Skip the evaluation of the best checkpoint after training
     #[arg(long)]
     pub no_eval: bool,
+    /// LoRA rank (`--mode lora`)
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    /// LoRA alpha: the update is scaled by alpha / rank
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// Dropout on the adapters' input
+    #[arg(long)]
+    pub lora_dropout: Option<f32>,
+    /// Layers to adapt: c_attn, c_proj, c_fc (comma-separated)
+    #[arg(long, value_delimiter = ',')]
+    pub lora_targets: Option<Vec<String>>,
+    /// Also write the best adapter to adapters/NAME/ in the run (one adapter per persona)
+    #[arg(long)]
+    pub adapter_name: Option<String>,
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -64,6 +79,23 @@ impl TrainArgs {
         if let Some(m) = self.mode {
             t.mode = m;
         }
+        if self.adapter_name.is_some() {
+            t.adapter_name = self.adapter_name.clone();
+        }
+        let l = &mut cfg.lora;
+        if let Some(r) = self.lora_rank {
+            l.rank = r;
+        }
+        if let Some(a) = self.lora_alpha {
+            l.alpha = a;
+        }
+        if let Some(d) = self.lora_dropout {
+            l.dropout = d;
+        }
+        if let Some(ts) = &self.lora_targets {
+            l.targets = ts.clone();
+        }
+        let t = &mut cfg.train;
         if let Some(s) = self.max_steps {
             t.max_steps = Some(s);
         }
@@ -90,10 +122,17 @@ pub fn reporter() -> impl FnMut(&Event) {
             steps,
             start_step,
             params,
+            total_params,
             resumed_from,
             ..
         } => {
             total = *steps;
+            if params != total_params {
+                say!(
+                    "trainable params: {params} || all params: {total_params} || trainable%: {:.4}",
+                    100.0 * *params as f64 / *total_params as f64
+                );
+            }
             say!(
                 "training {params} parameters for {steps} steps{}",
                 match resumed_from {
@@ -213,7 +252,7 @@ pub fn evaluate_run(cfg: &TrainConfig, run: &Path) -> anyhow::Result<chatforge_i
             .map(super::eval::sidecar_render)
             .unwrap_or_default(),
         loss_on: match cfg.train.mode {
-            Mode::Sft => LossOn::Assistant,
+            Mode::Sft | Mode::Lora => LossOn::Assistant,
             Mode::Pretrain => LossOn::All,
         },
         max_samples: 32,

@@ -1,0 +1,336 @@
+//! LoRA (Hu et al. 2021): a frozen linear layer `W` plus a trainable low-rank update, `y = x W + b +
+//! s · (x Aᵀ) Bᵀ` with `A: (r, in)`, `B: (out, r)` and `s = alpha / r`. `A` starts small and random,
+//! `B` at zero, so an untrained adapter changes nothing.
+//!
+//! Adapters are stored as PEFT stores them for GPT-2 (`adapter_config.json` +
+//! `adapter_model.safetensors`, tensors `base_model.model.transformer.h.{i}.attn.c_attn.lora_A.weight`
+//! …, `fan_in_fan_out` because GPT-2's Conv1D weights are `(in, out)`), so `peft` loads what chatforge
+//! writes and the other way round.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use chatforge_data::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::params::{Init, ParamSpec, Weights};
+use crate::{Error, GptConfig, Result};
+
+/// The linear layers of a GPT-2 block, by their HF module names.
+pub const TARGETS: [&str; 3] = ["c_attn", "c_proj", "c_fc"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f32,
+    /// Module names (`c_attn`, `c_proj`, `c_fc`); `c_proj` covers both the attention's and the MLP's.
+    pub targets: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        LoraConfig {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.05,
+            targets: vec!["c_attn".into()],
+        }
+    }
+}
+
+/// One adapted layer: `(module path, n_in, n_out)`, e.g. `("transformer.h.0.attn.c_attn", 64, 192)`.
+pub type Target = (String, usize, usize);
+
+impl LoraConfig {
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.rank == 0 {
+            return Err(Error::Config("lora rank must be at least 1".into()));
+        }
+        if self.alpha.is_nan() || self.alpha <= 0.0 {
+            return Err(Error::Config(format!(
+                "lora alpha {} must be positive",
+                self.alpha
+            )));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::Config(format!(
+                "lora dropout {} must be in [0, 1)",
+                self.dropout
+            )));
+        }
+        if self.targets.is_empty() {
+            return Err(Error::Config(
+                "lora targets: name at least one of c_attn, c_proj, c_fc".into(),
+            ));
+        }
+        for t in &self.targets {
+            if !TARGETS.contains(&t.as_str()) {
+                return Err(Error::Config(format!(
+                    "lora target {t:?} is not a GPT-2 linear layer (c_attn, c_proj, c_fc)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The adapted layers of a GPT with `cfg`, in model order.
+    pub fn layers(&self, cfg: &GptConfig) -> Vec<Target> {
+        let c = cfg.n_embd;
+        let has = |t: &str| self.targets.iter().any(|x| x == t);
+        let mut out = Vec::new();
+        for i in 0..cfg.n_layer {
+            let h = format!("transformer.h.{i}");
+            if has("c_attn") {
+                out.push((format!("{h}.attn.c_attn"), c, 3 * c));
+            }
+            if has("c_proj") {
+                out.push((format!("{h}.attn.c_proj"), c, c));
+            }
+            if has("c_fc") {
+                out.push((format!("{h}.mlp.c_fc"), c, 4 * c));
+            }
+            if has("c_proj") {
+                out.push((format!("{h}.mlp.c_proj"), 4 * c, c));
+            }
+        }
+        out
+    }
+
+    /// The adapter's parameters (named as inside the model: `….c_attn.lora_A.weight`), in order.
+    /// `A` draws from PEFT's default (Kaiming-uniform with a = √5: U(±1/√in)), `B` is zero.
+    pub fn param_specs(&self, cfg: &GptConfig) -> Vec<ParamSpec> {
+        self.layers(cfg)
+            .into_iter()
+            .flat_map(|(p, n_in, n_out)| {
+                [
+                    ParamSpec {
+                        name: format!("{p}.lora_A.weight"),
+                        shape: vec![self.rank, n_in],
+                        init: Init::Uniform(1.0 / (n_in as f64).sqrt()),
+                        decay: false,
+                    },
+                    ParamSpec {
+                        name: format!("{p}.lora_B.weight"),
+                        shape: vec![n_out, self.rank],
+                        init: Init::Zeros,
+                        decay: false,
+                    },
+                ]
+            })
+            .collect()
+    }
+
+    /// Fresh adapter weights drawn from `rng`.
+    pub fn init(&self, cfg: &GptConfig, rng: &mut Rng, device: &Device) -> Result<Weights> {
+        crate::params::init_specs(&self.param_specs(cfg), rng, device)
+    }
+
+    /// PEFT's `adapter_config.json`.
+    pub fn to_peft(&self, base: Option<&str>) -> Value {
+        json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base,
+            "r": self.rank,
+            "lora_alpha": self.alpha,
+            "lora_dropout": self.dropout,
+            "target_modules": self.targets,
+            "fan_in_fan_out": true,
+            "bias": "none",
+            "inference_mode": true,
+            "init_lora_weights": true,
+            "use_rslora": false,
+            "use_dora": false,
+            "modules_to_save": null,
+            "layers_to_transform": null,
+            "layers_pattern": null,
+            "rank_pattern": {},
+            "alpha_pattern": {},
+            "revision": null,
+        })
+    }
+
+    /// Reads PEFT's `adapter_config.json`, refusing what chatforge cannot reproduce.
+    pub fn from_peft(v: &Value) -> Result<LoraConfig> {
+        let bad = |m: String| Err(Error::Config(format!("adapter_config.json: {m}")));
+        if v["peft_type"].as_str() != Some("LORA") {
+            return bad(format!("peft_type {} is not LORA", v["peft_type"]));
+        }
+        for (key, ok) in [
+            ("use_rslora", v["use_rslora"].as_bool() != Some(true)),
+            ("use_dora", v["use_dora"].as_bool() != Some(true)),
+            ("bias", v["bias"].as_str().is_none_or(|b| b == "none")),
+            (
+                "rank_pattern",
+                v["rank_pattern"].as_object().is_none_or(|o| o.is_empty()),
+            ),
+            (
+                "alpha_pattern",
+                v["alpha_pattern"].as_object().is_none_or(|o| o.is_empty()),
+            ),
+            ("layers_to_transform", v["layers_to_transform"].is_null()),
+            ("modules_to_save", v["modules_to_save"].is_null()),
+        ] {
+            if !ok {
+                return bad(format!("{key} = {} is not supported", v[key]));
+            }
+        }
+        let targets: Vec<String> = match &v["target_modules"] {
+            Value::String(s) => vec![s.clone()],
+            Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+            other => return bad(format!("target_modules {other} is not a list of names")),
+        };
+        let cfg = LoraConfig {
+            rank: v["r"].as_u64().unwrap_or(0) as usize,
+            alpha: v["lora_alpha"].as_f64().unwrap_or(0.0),
+            dropout: v["lora_dropout"].as_f64().unwrap_or(0.0) as f32,
+            targets,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+const PEFT_PREFIX: &str = "base_model.model.";
+
+/// Writes an adapter folder in PEFT's layout (through a temporary folder, renamed at the end).
+pub fn save_adapter(
+    dir: &Path,
+    cfg: &LoraConfig,
+    adapter: &BTreeMap<String, Tensor>,
+    base: Option<&str>,
+) -> Result<()> {
+    let io = |path: &Path, e: std::io::Error| Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let tmp = dir.with_extension("tmp-adapter");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    write_adapter_files(&tmp, cfg, adapter, base)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))
+}
+
+/// Writes `adapter_model.safetensors` (PEFT names) and `adapter_config.json` into an existing folder.
+pub fn write_adapter_files(
+    dir: &Path,
+    cfg: &LoraConfig,
+    adapter: &BTreeMap<String, Tensor>,
+    base: Option<&str>,
+) -> Result<()> {
+    let peft: BTreeMap<String, Tensor> = adapter
+        .iter()
+        .map(|(k, v)| (format!("{PEFT_PREFIX}{k}"), v.clone()))
+        .collect();
+    crate::params::save_weights(&peft, &dir.join("adapter_model.safetensors"))?;
+    let text = serde_json::to_string_pretty(&cfg.to_peft(base)).map_err(|e| Error::Config(e.to_string()))?;
+    std::fs::write(dir.join("adapter_config.json"), text).map_err(|e| Error::Io {
+        path: dir.join("adapter_config.json"),
+        source: e,
+    })
+}
+
+/// Whether `dir` holds a PEFT adapter.
+pub fn is_adapter_dir(dir: &Path) -> bool {
+    dir.join("adapter_config.json").is_file()
+        && (dir.join("adapter_model.safetensors").is_file() || dir.join("adapter_model.bin").is_file())
+}
+
+/// Reads a PEFT LoRA adapter folder: its config and tensors named as inside the model.
+pub fn load_adapter(dir: &Path, model: &GptConfig, device: &Device) -> Result<(LoraConfig, Weights)> {
+    let err = |msg: String| Error::Weights {
+        path: dir.to_path_buf(),
+        msg,
+    };
+    let cfg_path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::Io {
+        path: cfg_path.clone(),
+        source: e,
+    })?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| err(format!("adapter_config.json: {e}")))?;
+    let cfg = LoraConfig::from_peft(&v)?;
+    let file = ["adapter_model.safetensors", "adapter_model.bin"]
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.is_file())
+        .ok_or_else(|| err("no adapter_model.safetensors".into()))?;
+    let raw: Vec<(String, Tensor)> = if file.extension().is_some_and(|e| e == "safetensors") {
+        candle_core::safetensors::load(&file, device)
+            .map_err(|e| err(e.to_string()))?
+            .into_iter()
+            .collect()
+    } else {
+        candle_core::pickle::read_all(&file).map_err(|e| err(e.to_string()))?
+    };
+    let mut w = HashMap::new();
+    for (k, t) in raw {
+        // PEFT writes `….lora_A.weight`; older versions and some tools keep the adapter name
+        // (`….lora_A.default.weight`).
+        let k = k
+            .strip_prefix(PEFT_PREFIX)
+            .unwrap_or(&k)
+            .replace(".default.weight", ".weight");
+        w.insert(k, t.to_dtype(DType::F32)?);
+    }
+    let specs = cfg.param_specs(model);
+    for s in &specs {
+        match w.get(&s.name) {
+            None => return Err(err(format!("missing tensor {}", s.name))),
+            Some(t) if t.dims() != s.shape.as_slice() => {
+                return Err(err(format!(
+                    "{} has shape {:?}; with rank {} on this model it must be {:?}",
+                    s.name,
+                    t.dims(),
+                    cfg.rank,
+                    s.shape
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    if w.len() != specs.len() {
+        let known: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        let mut extra: Vec<&String> = w.keys().filter(|k| !known.contains(k.as_str())).collect();
+        extra.sort();
+        return Err(err(format!(
+            "tensors {extra:?} do not belong to a LoRA adapter of this model"
+        )));
+    }
+    Ok((cfg, w))
+}
+
+/// Folds an adapter into base weights: `W += s · Aᵀ Bᵀ` for every adapted layer. Returns a new map.
+pub fn merge(base: &Weights, cfg: &LoraConfig, adapter: &Weights, model: &GptConfig) -> Result<Weights> {
+    let mut out = base.clone();
+    let s = cfg.scale();
+    for (p, _, _) in cfg.layers(model) {
+        let name = format!("{p}.weight");
+        let w = out
+            .get(&name)
+            .ok_or_else(|| Error::Config(format!("the base has no {name}")))?;
+        let get = |n: String| {
+            adapter
+                .get(&n)
+                .ok_or_else(|| Error::Config(format!("the adapter has no {n}")))
+        };
+        let a = get(format!("{p}.lora_A.weight"))?; // (r, in)
+        let b = get(format!("{p}.lora_B.weight"))?; // (out, r)
+        let delta = (a.t()?.matmul(&b.t()?)? * s)?; // (in, out)
+        let merged = (w + delta)?;
+        out.insert(name, merged);
+    }
+    Ok(out)
+}
