@@ -219,7 +219,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     run_training(&cfg, &args.out, args.resume, args.tokenizer.as_deref())?;
     if !args.no_eval {
         say!("\nevaluation of the best checkpoint:");
-        evaluate_run(&cfg, &args.out)?;
+        // The run is done and saved whatever happens here: a failed evaluation is a warning.
+        if let Err(e) = evaluate_run(&cfg, &args.out) {
+            eprintln!(
+                "warning: no evaluation: {e:#} (run `chatforge eval --model {}` later)",
+                args.out.display()
+            );
+        }
     }
     Ok(())
 }
