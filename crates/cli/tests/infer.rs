@@ -556,3 +556,83 @@ fn lora_runs_adapters_and_merge_agree() {
     );
     assert_eq!(replies(&chat).len(), 2);
 }
+
+#[test]
+fn ctrl_c_stops_the_reply_not_the_session() {
+    use candle_core::Device;
+    use chatforge_model::{GptConfig, init_weights, save_weights};
+    // A random model with a long context and the GPT-2-style fixture tokenizer: replies run until
+    // interrupted.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = GptConfig {
+        n_ctx: 4096,
+        n_layer: 2,
+        n_head: 4,
+        n_embd: 128,
+        dropout: 0.0,
+        ..GptConfig::tiny(265)
+    };
+    let w = init_weights(&cfg, &mut chatforge_data::Rng::new(0), &Device::Cpu).unwrap();
+    let model = d.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    save_weights(&w.into_iter().collect(), &model.join("model.safetensors")).unwrap();
+    std::fs::write(model.join("config.json"), cfg.to_hf().to_string()).unwrap();
+    for f in ["vocab.json", "merges.txt"] {
+        std::fs::copy(chatforge_testkit::fixture("gpt2-tiny").join(f), model.join(f)).unwrap();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatforge"))
+        .args([
+            "chat",
+            "--model",
+            "model",
+            "--max-new-tokens",
+            "4000",
+            "--temperature",
+            "1",
+            "--top-k",
+            "0",
+        ])
+        .current_dir(d)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"Tell me a long story\n").unwrap();
+    // Interrupt once the reply has begun to stream (4,000 tokens would take far longer).
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut all = Vec::new();
+        let mut buf = [0u8; 256];
+        let mut told = false;
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            if !told && all.len() > "assistant: ".len() + 20 {
+                told = true;
+                let _ = tx.send(());
+            }
+        }
+        String::from_utf8_lossy(&all).to_string()
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(120)).unwrap();
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // The session goes on to the next line.
+    stdin.write_all(b"/reset\n/exit\n").unwrap();
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let stdout = reader.join().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(stdout.contains("(conversation cleared)"), "{stdout}");
+    assert!(stdout.contains("(interrupted)"), "{stdout}");
+}

@@ -285,30 +285,14 @@ pub fn load_adapter(dir: &Path, model: &GptConfig, device: &Device) -> Result<(L
             .replace(".default.weight", ".weight");
         w.insert(k, t.to_dtype(DType::F32)?);
     }
-    let specs = cfg.param_specs(model);
-    for s in &specs {
-        match w.get(&s.name) {
-            None => return Err(err(format!("missing tensor {}", s.name))),
-            Some(t) if t.dims() != s.shape.as_slice() => {
-                return Err(err(format!(
-                    "{} has shape {:?}; with rank {} on this model it must be {:?}",
-                    s.name,
-                    t.dims(),
-                    cfg.rank,
-                    s.shape
-                )));
-            }
-            Some(_) => {}
-        }
-    }
-    if w.len() != specs.len() {
-        let known: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-        let mut extra: Vec<&String> = w.keys().filter(|k| !known.contains(k.as_str())).collect();
-        extra.sort();
-        return Err(err(format!(
-            "tensors {extra:?} do not belong to a LoRA adapter of this model"
-        )));
-    }
+    let expect = format!("with rank {} on this model it must be", cfg.rank);
+    crate::params::match_specs(
+        &cfg.param_specs(model),
+        &w,
+        &expect,
+        "they do not belong to a LoRA adapter of this model",
+    )
+    .map_err(err)?;
     Ok((cfg, w))
 }
 

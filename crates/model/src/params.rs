@@ -144,17 +144,34 @@ pub fn check_weights(cfg: &GptConfig, mut w: Weights, source: &Path) -> Result<W
     if cfg.tie_embeddings {
         w.remove("lm_head.weight");
     }
-    let specs = param_specs(cfg);
-    for s in &specs {
+    match_specs(
+        &param_specs(cfg),
+        &w,
+        "the config says",
+        "the checkpoint is not of this config",
+    )
+    .map_err(err)?;
+    Ok(w)
+}
+
+/// Checks named tensors against `specs`: each present with its shape, and nothing else. The
+/// message names the first problem; `expect` and `foreign` word the shape and extra-tensor cases.
+pub(crate) fn match_specs(
+    specs: &[ParamSpec],
+    w: &Weights,
+    expect: &str,
+    foreign: &str,
+) -> std::result::Result<(), String> {
+    for s in specs {
         match w.get(&s.name) {
-            None => return Err(err(format!("missing tensor {}", s.name))),
+            None => return Err(format!("missing tensor {}", s.name)),
             Some(t) if t.dims() != s.shape.as_slice() => {
-                return Err(err(format!(
-                    "tensor {} has shape {:?}, the config says {:?}",
+                return Err(format!(
+                    "tensor {} has shape {:?}, {expect} {:?}",
                     s.name,
                     t.dims(),
                     s.shape
-                )));
+                ));
             }
             Some(_) => {}
         }
@@ -163,11 +180,9 @@ pub fn check_weights(cfg: &GptConfig, mut w: Weights, source: &Path) -> Result<W
         let known: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         let mut extra: Vec<&String> = w.keys().filter(|k| !known.contains(k.as_str())).collect();
         extra.sort();
-        return Err(err(format!(
-            "unexpected tensors {extra:?}: the checkpoint is not of this config"
-        )));
+        return Err(format!("unexpected tensors {extra:?}: {foreign}"));
     }
-    Ok(w)
+    Ok(())
 }
 
 /// Reads `model.safetensors` or `pytorch_model.bin` (a file, or the folder holding one).
