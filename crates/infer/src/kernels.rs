@@ -316,20 +316,6 @@ macro_rules! multiversion {
 multiversion!(fn panel_band(x: &[f32], k: usize, rows: usize, panel: &[E], out: &mut [f32]) => panel_rows);
 multiversion!(fn dot_band(x: &[f32], k: usize, w: &[E], v0: usize, out: &mut [f32]) => dot_rows);
 
-#[inline(always)]
-fn dot_into<E: Elem, const FMA: bool>(a: &[f32], b: &[E], out: &mut f32) {
-    *out = dot::<E, FMA>(a, b);
-}
-
-#[inline(always)]
-fn axpy_into<E: Elem, const FMA: bool>(a: f32, x: &[E], y: &mut [f32]) {
-    y.iter_mut()
-        .zip(x)
-        .for_each(|(yy, xx)| *yy = fmadd::<FMA>(a, xx.f(), *yy));
-}
-
-multiversion!(fn dot_any(a: &[f32], b: &[E], out: &mut f32) => dot_into);
-
 /// One head of attention for one query: scores against `n` cached keys, softmax, weighted sum of
 /// the values. Keys and values are rows of width `c`, the head's part at `off..off + q.len()`.
 #[inline(always)]
@@ -381,7 +367,6 @@ pub fn attend(
 ) {
     attend_any(q, k, v, c, off, scale, scores, y)
 }
-multiversion!(fn axpy_any(a: f32, x: &[E], y: &mut [f32]) => axpy_into);
 
 /// `out = x · W (+ bias)` for `x: (m, n_in)`, `out: (m, n_out)`.
 pub fn matmul(x: &[f32], m: usize, w: &Matrix, bias: Option<&[f32]>, out: &mut [f32]) {
@@ -503,18 +488,6 @@ fn gemm_f32(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
     }
 }
 
-/// `a · b`, vectorised for this CPU.
-pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let mut out = 0f32;
-    dot_any(a, b, &mut out);
-    out
-}
-
-/// `y += a · x`, vectorised for this CPU.
-pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
-    axpy_any(a, x, y)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -597,19 +570,5 @@ mod tests {
         assert_eq!(Bf16::from_f32(1.0 + 3.0 / 256.0).to_f32(), 1.0 + 4.0 / 256.0);
         assert!(Bf16::from_f32(f32::NAN).to_f32().is_nan());
         assert_eq!(Bf16::from_f32(f32::INFINITY).to_f32(), f32::INFINITY);
-    }
-
-    #[test]
-    fn vector_helpers() {
-        let (a, b) = (data(100, 4), data(100, 5));
-        let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        assert!((dot_f32(&a, &b) - want).abs() < 1e-4);
-        let mut y = b.clone();
-        axpy_f32(2.0, &a, &mut y);
-        assert!(
-            y.iter()
-                .zip(a.iter().zip(&b))
-                .all(|(y, (a, b))| (y - (2.0 * a + b)).abs() < 1e-6)
-        );
     }
 }

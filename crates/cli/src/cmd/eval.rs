@@ -88,7 +88,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             .collect(),
         None => Vec::new(),
     };
-    let mut opts = EvalOptions {
+    let opts = EvalOptions {
         render: args.condition.options(),
         loss_on,
         max_samples: args.max_samples,
@@ -96,10 +96,6 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size,
         ..EvalOptions::default()
     };
-    if let Some(d) = &args.condition.domain {
-        opts.render.domain_tag = true;
-        let _ = d;
-    }
     let out = args.out.clone().unwrap_or_else(|| m.eval_dir());
     run_eval(&m, &data, args.data.as_deref(), &prompts, &opts, &out)?;
     Ok(())
