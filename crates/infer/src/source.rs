@@ -203,7 +203,11 @@ impl LoadedModel {
         } else {
             (None, None)
         };
-        let (config, weights) = load_hf(base_dir.as_deref().unwrap_or(&weights_dir), &Device::Cpu)?;
+        let (config, mut weights) = load_hf(base_dir.as_deref().unwrap_or(&weights_dir), &Device::Cpu)?;
+        if let Some(kind) = trained_quant(&weights_dir) {
+            // A QLoRA adapter learnt against the quantised base: decode with that base.
+            quant_round_trip(&mut weights, kind)?;
+        }
         let tok_path = match tokenizer {
             Some(t) => t.to_path_buf(),
             None => {
@@ -284,6 +288,32 @@ impl LoadedModel {
     pub fn eval_dir(&self) -> PathBuf {
         self.root.join("eval")
     }
+}
+
+/// The quantisation a QLoRA checkpoint's base was trained in (from its `state.json`).
+fn trained_quant(dir: &Path) -> Option<chatforge_model::quant::QuantKind> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).ok()?).ok()?;
+    serde_json::from_value(v["config"]["lora"]["quant"].clone()).ok()
+}
+
+/// Replaces every linear weight by its quantised-then-dequantised value.
+fn quant_round_trip(w: &mut Weights, kind: chatforge_model::quant::QuantKind) -> Result<()> {
+    use chatforge_model::quant::QuantWeight;
+    for (name, t) in w.iter_mut() {
+        let linear = [
+            ".attn.c_attn.weight",
+            ".attn.c_proj.weight",
+            ".mlp.c_fc.weight",
+            ".mlp.c_proj.weight",
+        ];
+        if linear.iter().any(|s| name.ends_with(s)) {
+            let (r, c) = t.dims2()?;
+            let q = QuantWeight::quantize(&t.flatten_all()?.to_vec1::<f32>()?, r, c, kind);
+            *t = candle_core::Tensor::from_vec(q.dequantize(), (r, c), &Device::Cpu)?;
+        }
+    }
+    Ok(())
 }
 
 /// A PEFT adapter folder: `a` itself, or `root/adapters/a`.

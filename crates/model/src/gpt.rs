@@ -14,6 +14,7 @@ use chatforge_data::Rng;
 
 use crate::lora::LoraConfig;
 use crate::ops;
+use crate::quant::{QuantKind, QuantWeight, quant_matmul};
 use crate::{Activation, GptConfig, Result};
 
 /// How attention may look back.
@@ -94,17 +95,31 @@ pub struct LoraAdapter {
     pub dropout: f32,
 }
 
+/// A linear layer's weight: f32 (trainable or not), or block-quantised and frozen (QLoRA).
+#[derive(Debug, Clone)]
+pub enum LinearWeight {
+    Full(Tensor),
+    Quant(std::sync::Arc<QuantWeight>),
+}
+
 /// A linear layer in GPT-2's Conv1D layout: `y = x W + b` with `W: (in, out)`, plus an optional
 /// LoRA adapter.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    pub weight: Tensor,
+    pub weight: LinearWeight,
     pub bias: Option<Tensor>,
     pub lora: Option<LoraAdapter>,
 }
 
 impl Linear {
-    fn new(n_in: usize, n_out: usize, bias: bool, vb: VarBuilder, lora: Option<&LoraConfig>) -> Result<Self> {
+    fn new(
+        n_in: usize,
+        n_out: usize,
+        bias: bool,
+        vb: VarBuilder,
+        lora: Option<&LoraConfig>,
+        quant: Option<QuantKind>,
+    ) -> Result<Self> {
         let lora = match lora {
             Some(l) => Some(LoraAdapter {
                 a: vb.get((l.rank, n_in), "lora_A.weight")?,
@@ -114,8 +129,18 @@ impl Linear {
             }),
             None => None,
         };
+        let w = vb.get((n_in, n_out), "weight")?;
+        let weight = match quant {
+            Some(kind) => {
+                let data: Vec<f32> = w.flatten_all()?.to_vec1()?;
+                LinearWeight::Quant(std::sync::Arc::new(QuantWeight::quantize(
+                    &data, n_in, n_out, kind,
+                )))
+            }
+            None => LinearWeight::Full(w),
+        };
         Ok(Linear {
-            weight: vb.get((n_in, n_out), "weight")?,
+            weight,
             bias: if bias { Some(vb.get(n_out, "bias")?) } else { None },
             lora,
         })
@@ -129,7 +154,10 @@ impl Linear {
     pub fn forward_t(&self, x: &Tensor, dropout: &mut Option<&mut Dropout>) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
         let x = x.reshape((b * t, c))?;
-        let y = x.matmul(&self.weight)?; // (B*T, out)
+        let y = match &self.weight {
+            LinearWeight::Full(w) => x.matmul(w)?, // (B*T, out)
+            LinearWeight::Quant(q) => quant_matmul(&x, q)?,
+        };
         let mut y = match &self.bias {
             Some(bias) => ops::add_bias(&y, bias)?,
             None => y,
@@ -146,9 +174,23 @@ impl Linear {
     }
 }
 
-/// The adapter settings for module `name` (`c_attn`, `c_proj`, `c_fc`), if LoRA targets it.
-fn lora_for<'a>(lora: Option<&'a LoraConfig>, name: &str) -> Option<&'a LoraConfig> {
-    lora.filter(|l| l.targets.iter().any(|t| t == name))
+fn linear(
+    n_in: usize,
+    n_out: usize,
+    bias: bool,
+    vb: VarBuilder,
+    (lora, quant): (Option<&LoraConfig>, Option<QuantKind>),
+) -> Result<Linear> {
+    Linear::new(n_in, n_out, bias, vb, lora, quant)
+}
+
+/// The adapter settings for module `name` (`c_attn`, `c_proj`, `c_fc`), if LoRA targets it, and
+/// the quantisation of every frozen linear layer (QLoRA).
+fn lora_for<'a>(lora: Option<&'a LoraConfig>, name: &str) -> (Option<&'a LoraConfig>, Option<QuantKind>) {
+    (
+        lora.filter(|l| l.targets.iter().any(|t| t == name)),
+        lora.and_then(|l| l.quant),
+    )
 }
 
 #[derive(Debug, Clone)]
@@ -213,8 +255,8 @@ impl CausalSelfAttention {
     fn new(cfg: &GptConfig, vb: VarBuilder, lora: Option<&LoraConfig>) -> Result<Self> {
         let c = cfg.n_embd;
         Ok(CausalSelfAttention {
-            c_attn: Linear::new(c, 3 * c, cfg.bias, vb.pp("c_attn"), lora_for(lora, "c_attn"))?,
-            c_proj: Linear::new(c, c, cfg.bias, vb.pp("c_proj"), lora_for(lora, "c_proj"))?,
+            c_attn: linear(c, 3 * c, cfg.bias, vb.pp("c_attn"), lora_for(lora, "c_attn"))?,
+            c_proj: linear(c, c, cfg.bias, vb.pp("c_proj"), lora_for(lora, "c_proj"))?,
             n_head: cfg.n_head,
         })
     }
@@ -271,8 +313,8 @@ impl Mlp {
     fn new(cfg: &GptConfig, vb: VarBuilder, lora: Option<&LoraConfig>) -> Result<Self> {
         let c = cfg.n_embd;
         Ok(Mlp {
-            c_fc: Linear::new(c, 4 * c, cfg.bias, vb.pp("c_fc"), lora_for(lora, "c_fc"))?,
-            c_proj: Linear::new(4 * c, c, cfg.bias, vb.pp("c_proj"), lora_for(lora, "c_proj"))?,
+            c_fc: linear(c, 4 * c, cfg.bias, vb.pp("c_fc"), lora_for(lora, "c_fc"))?,
+            c_proj: linear(4 * c, c, cfg.bias, vb.pp("c_proj"), lora_for(lora, "c_proj"))?,
             activation: cfg.activation,
         })
     }

@@ -6,6 +6,7 @@ mod gpt;
 pub mod lora;
 pub mod ops;
 mod params;
+pub mod quant;
 
 pub use config::{Activation, GptConfig};
 pub use gpt::{AttnMask, Block, Dropout, Gpt, KvCache, LayerNorm, Linear};

@@ -29,6 +29,9 @@ pub struct LoraConfig {
     pub dropout: f32,
     /// Module names (`c_attn`, `c_proj`, `c_fc`); `c_proj` covers both the attention's and the MLP's.
     pub targets: Vec<String>,
+    /// QLoRA: keep every linear layer of the frozen base in this block-quantised form.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quant: Option<crate::quant::QuantKind>,
 }
 
 impl Default for LoraConfig {
@@ -38,6 +41,7 @@ impl Default for LoraConfig {
             alpha: 16.0,
             dropout: 0.05,
             targets: vec!["c_attn".into()],
+            quant: None,
         }
     }
 }
@@ -193,6 +197,7 @@ impl LoraConfig {
             alpha: v["lora_alpha"].as_f64().unwrap_or(0.0),
             dropout: v["lora_dropout"].as_f64().unwrap_or(0.0) as f32,
             targets,
+            quant: None,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -16,12 +16,19 @@ pub enum Mode {
     Sft,
     /// SFT of a LoRA adapter on a frozen base (`train.init`); see the `[lora]` section.
     Lora,
+    /// LoRA on a base whose linear layers are kept block-quantised (`lora.quant`, default q4).
+    Qlora,
 }
 
 impl Mode {
     /// Whether the loss is masked to the assistant's turns.
     pub fn masked(self) -> bool {
-        matches!(self, Mode::Sft | Mode::Lora)
+        matches!(self, Mode::Sft | Mode::Lora | Mode::Qlora)
+    }
+
+    /// Whether an adapter trains on a frozen base.
+    pub fn adapter(self) -> bool {
+        matches!(self, Mode::Lora | Mode::Qlora)
     }
 }
 
@@ -167,7 +174,7 @@ impl TrainConfig {
         if t.eval_every == 0 || t.checkpoint_every == 0 {
             return bad("train.eval_every and train.checkpoint_every must be at least 1".into());
         }
-        if t.mode == crate::Mode::Lora {
+        if t.mode.adapter() {
             self.lora.validate().map_err(|e| Error::Config(e.to_string()))?;
             if t.init.is_none() {
                 return bad("mode lora adapts a pretrained model: give train.init (--init)".into());

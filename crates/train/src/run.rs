@@ -275,7 +275,12 @@ pub fn train(
         resumed = found;
     }
     // LoRA: the base always comes from --init and stays frozen; the adapter is what trains.
-    let lora = (t.mode == Mode::Lora).then(|| cfg.lora.clone());
+    // QLoRA is LoRA on a quantised base (q4 unless the config says q8); plain LoRA never quantises.
+    cfg.lora.quant = match t.mode {
+        Mode::Qlora => Some(cfg.lora.quant.unwrap_or(chatforge_model::quant::QuantKind::Q4)),
+        _ => None,
+    };
+    let lora = t.mode.adapter().then(|| cfg.lora.clone());
     let mut frozen: Weights = Weights::new();
     let weights = match (&resumed, &t.init, &lora) {
         (resumed, Some(init), Some(l)) => {

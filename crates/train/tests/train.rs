@@ -268,6 +268,7 @@ fn lora_trains_only_the_adapter_and_leaves_the_base_alone() {
         alpha: 16.0,
         dropout: 0.05,
         targets: vec!["c_attn".into(), "c_proj".into(), "c_fc".into()],
+        quant: None,
     };
     let (mut trainable, mut total) = (0, 0);
     let summary = train(
@@ -316,7 +317,26 @@ fn lora_trains_only_the_adapter_and_leaves_the_base_alone() {
         std::fs::read(named.join("adapter_model.safetensors")).unwrap(),
         std::fs::read(d.join("lora/best/adapter_model.safetensors")).unwrap()
     );
-    // Resuming the finished run adds nothing and keeps the adapter; a LoRA run needs a base.
+    // QLoRA: the same on a q4 base (dequantised on the fly, forward and backward).
+    let mut q = cfg.clone();
+    q.train.mode = Mode::Qlora;
+    q.train.adapter_name = None;
+    let ql = train(&q, &d.join("qlora"), false, &mut |_| {}, &AtomicBool::new(false))
+        .unwrap()
+        .losses;
+    let (qf, qlast) = (
+        ql[..3].iter().sum::<f64>() / 3.0,
+        ql[ql.len() - 10..].iter().sum::<f64>() / 10.0,
+    );
+    assert!(qlast < qf - 0.1, "QLoRA loss went from {qf} to {qlast}");
+    assert_ne!(ql, *l, "q4 weights are not the f32 ones");
+    let state = chatforge_train::read_state(&list_checkpoints(&d.join("qlora"))[0].1).unwrap();
+    assert_eq!(
+        state.config.lora.quant,
+        Some(chatforge_model::quant::QuantKind::Q4)
+    );
+    assert_eq!(chatforge_data::sha256_file(&base_file).unwrap(), base_hash);
+    // A LoRA run needs a base.
     let mut no_base = cfg.clone();
     no_base.train.init = None;
     let e = train(

@@ -57,6 +57,9 @@ pub struct TrainArgs {
     /// Layers to adapt: c_attn, c_proj, c_fc (comma-separated)
     #[arg(long, value_delimiter = ',')]
     pub lora_targets: Option<Vec<String>>,
+    /// QLoRA: keep the frozen base's linear layers in q4 or q8 (`--mode qlora`; default q4)
+    #[arg(long)]
+    pub quant: Option<chatforge_model::quant::QuantKind>,
     /// Also write the best adapter to adapters/NAME/ in the run (one adapter per persona)
     #[arg(long)]
     pub adapter_name: Option<String>,
@@ -94,6 +97,9 @@ impl TrainArgs {
         }
         if let Some(ts) = &self.lora_targets {
             l.targets = ts.clone();
+        }
+        if self.quant.is_some() {
+            l.quant = self.quant;
         }
         let t = &mut cfg.train;
         if let Some(s) = self.max_steps {
@@ -258,7 +264,7 @@ pub fn evaluate_run(cfg: &TrainConfig, run: &Path) -> anyhow::Result<chatforge_i
             .map(super::eval::sidecar_render)
             .unwrap_or_default(),
         loss_on: match cfg.train.mode {
-            Mode::Sft | Mode::Lora => LossOn::Assistant,
+            Mode::Sft | Mode::Lora | Mode::Qlora => LossOn::Assistant,
             Mode::Pretrain => LossOn::All,
         },
         max_samples: 32,

@@ -8,6 +8,7 @@ mod scores;
 
 use candle_core::{DType, Device, Tensor};
 
+pub(crate) use fused::f32s as fused_f32s;
 pub use fused::{
     add_bias, cross_entropy_fused, layer_norm_fused, normalize, softmax_causal, softmax_last_dim,
 };
