@@ -84,6 +84,19 @@ fn keep_freed_memory() {
     }
 }
 
+/// Returns freed memory to the kernel now (benchmarks that measure a phase's own peak call this
+/// before resetting the peak), then goes back to keeping it.
+pub(crate) fn release_freed_memory() {
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = libmimalloc_sys::mi_option_use_numa_nodes - 1;
+    #[allow(unsafe_code)]
+    // SAFETY: allocator options and a collection, called between phases of a single-threaded benchmark.
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+        libmimalloc_sys::mi_collect(true);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+    }
+}
+
 fn run() -> anyhow::Result<()> {
     keep_freed_memory();
     match Cli::parse().command {

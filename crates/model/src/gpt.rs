@@ -14,7 +14,7 @@ use chatforge_data::Rng;
 
 use crate::lora::LoraConfig;
 use crate::ops;
-use crate::quant::{QuantKind, QuantWeight, quant_matmul};
+use crate::quant::{FrozenMatMul, QuantKind, QuantWeight, quant_matmul};
 use crate::{Activation, GptConfig, Result};
 
 /// How attention may look back.
@@ -99,6 +99,8 @@ pub struct LoraAdapter {
 #[derive(Debug, Clone)]
 pub enum LinearWeight {
     Full(Tensor),
+    /// f32 but frozen (LoRA's base): no weight gradient is computed.
+    Frozen(Tensor),
     Quant(std::sync::Arc<QuantWeight>),
 }
 
@@ -119,6 +121,7 @@ impl Linear {
         vb: VarBuilder,
         lora: Option<&LoraConfig>,
         quant: Option<QuantKind>,
+        frozen: bool,
     ) -> Result<Self> {
         let lora = match lora {
             Some(l) => Some(LoraAdapter {
@@ -130,14 +133,15 @@ impl Linear {
             None => None,
         };
         let w = vb.get((n_in, n_out), "weight")?;
-        let weight = match quant {
-            Some(kind) => {
+        let weight = match (quant, frozen) {
+            (Some(kind), _) => {
                 let data: Vec<f32> = w.flatten_all()?.to_vec1()?;
                 LinearWeight::Quant(std::sync::Arc::new(QuantWeight::quantize(
                     &data, n_in, n_out, kind,
                 )))
             }
-            None => LinearWeight::Full(w),
+            (None, true) => LinearWeight::Frozen(w),
+            (None, false) => LinearWeight::Full(w),
         };
         Ok(Linear {
             weight,
@@ -156,6 +160,10 @@ impl Linear {
         let x = x.reshape((b * t, c))?;
         let y = match &self.weight {
             LinearWeight::Full(w) => x.matmul(w)?, // (B*T, out)
+            LinearWeight::Frozen(w) => x.contiguous()?.apply_op1(FrozenMatMul {
+                w: w.clone(),
+                transposed: false,
+            })?,
             LinearWeight::Quant(q) => quant_matmul(&x, q)?,
         };
         let mut y = match &self.bias {
@@ -179,17 +187,21 @@ fn linear(
     n_out: usize,
     bias: bool,
     vb: VarBuilder,
-    (lora, quant): (Option<&LoraConfig>, Option<QuantKind>),
+    (lora, quant, frozen): (Option<&LoraConfig>, Option<QuantKind>, bool),
 ) -> Result<Linear> {
-    Linear::new(n_in, n_out, bias, vb, lora, quant)
+    Linear::new(n_in, n_out, bias, vb, lora, quant, frozen)
 }
 
 /// The adapter settings for module `name` (`c_attn`, `c_proj`, `c_fc`), if LoRA targets it, and
 /// the quantisation of every frozen linear layer (QLoRA).
-fn lora_for<'a>(lora: Option<&'a LoraConfig>, name: &str) -> (Option<&'a LoraConfig>, Option<QuantKind>) {
+fn lora_for<'a>(
+    lora: Option<&'a LoraConfig>,
+    name: &str,
+) -> (Option<&'a LoraConfig>, Option<QuantKind>, bool) {
     (
         lora.filter(|l| l.targets.iter().any(|t| t == name)),
         lora.and_then(|l| l.quant),
+        lora.is_some(),
     )
 }
 
@@ -367,6 +379,8 @@ pub struct Gpt {
     blocks: Vec<Block>,
     ln_f: LayerNorm,
     lm_head: Tensor,
+    /// LoRA: the base (and so the output head) is frozen.
+    frozen: bool,
 }
 
 impl Gpt {
@@ -397,6 +411,7 @@ impl Gpt {
             ln_f: LayerNorm::new(cfg.n_embd, cfg.bias, cfg.layer_norm_eps, t.pp("ln_f"))?,
             wte,
             lm_head,
+            frozen: lora.is_some(),
         })
     }
 
@@ -448,7 +463,15 @@ impl Gpt {
     /// Projects hidden states `(B, T, C)` onto the vocabulary.
     pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
         let (b, t, c) = h.dims3()?;
-        let logits = h.reshape((b * t, c))?.matmul(&self.lm_head.t()?)?; // (B*T, V)
+        let h = h.reshape((b * t, c))?;
+        let logits = if self.frozen {
+            h.contiguous()?.apply_op1(FrozenMatMul {
+                w: self.lm_head.clone(),
+                transposed: true,
+            })?
+        } else {
+            h.matmul(&self.lm_head.t()?)? // (B*T, V)
+        };
         Ok(logits.reshape((b, t, ()))?)
     }
 

@@ -238,6 +238,51 @@ impl CustomOp1 for QuantMatMulT {
     }
 }
 
+/// `x · W` (or `x · Wᵀ`) for a frozen f32 `W`: the backward gives the input's gradient only.
+/// candle's matmul backward computes the weight's gradient too, even for a tensor that is not a
+/// variable; for LoRA on a frozen base that is a third of the step's arithmetic and a
+/// weight-sized buffer per layer, for nothing.
+#[derive(Debug, Clone)]
+pub struct FrozenMatMul {
+    pub w: Tensor,
+    /// Multiply by `Wᵀ` (`W: (out, in)`, the output head) instead of `W: (in, out)`.
+    pub transposed: bool,
+}
+
+impl CustomOp1 for FrozenMatMul {
+    fn name(&self) -> &'static str {
+        "chatforge-frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = fused_f32s(s, l, "frozen matmul")?;
+        let (m, k) = l.shape().dims2()?;
+        let (storage, wl) = self.w.storage_and_layout();
+        let candle_core::Storage::Cpu(ws) = &*storage else {
+            candle_core::bail!("frozen matmul: the weight must be on the CPU")
+        };
+        let w = fused_f32s(ws, wl, "frozen matmul weight")?;
+        let (r, c) = self.w.dims2()?;
+        let (wk, n) = if self.transposed { (c, r) } else { (r, c) };
+        if wk != k {
+            candle_core::bail!("frozen matmul: x has {k} columns, the weight expects {wk}");
+        }
+        Ok((
+            CpuStorage::F32(product(x, m, k, w, n, self.transposed)),
+            Shape::from((m, n)),
+        ))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let w = self.w.detach();
+        Ok(Some(if self.transposed {
+            grad.matmul(&w)?
+        } else {
+            grad.matmul(&w.t()?)?
+        }))
+    }
+}
+
 /// `x · W` through the quantised weight (`x: (m, in)`).
 pub fn quant_matmul(x: &Tensor, w: &Arc<QuantWeight>) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op1(QuantMatMul(w.clone()))?)
@@ -284,6 +329,43 @@ mod tests {
             // 4 blocks a row (the last padded): a byte or half a byte a value, 4 bytes a scale.
             let per_value = if kind == QuantKind::Q8 { BLOCK } else { BLOCK / 2 };
             assert_eq!(q.bytes(), rows * 4 * (per_value + 4));
+        }
+    }
+
+    #[test]
+    fn frozen_matmul_matches_matmul_and_leaves_the_weight_alone() {
+        let (m, k, n) = (6, 40, 24);
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::from_vec(data(m * k, 5), (m, k), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::from_vec(data(k * n, 6), (k, n), &dev).unwrap()).unwrap();
+        let up = Tensor::from_vec(data(m * n, 7), (m, n), &dev).unwrap();
+        for transposed in [false, true] {
+            let wt = if transposed {
+                w.as_tensor().t().unwrap().contiguous().unwrap()
+            } else {
+                w.as_tensor().clone()
+            };
+            let op = FrozenMatMul { w: wt, transposed };
+            let ours = x.as_tensor().contiguous().unwrap().apply_op1(op).unwrap();
+            let plain = x.as_tensor().matmul(w.as_tensor()).unwrap();
+            let d = (&ours - &plain)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
+            let g1 = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (plain * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let gx = (g1.get(x.as_tensor()).unwrap() - g2.get(x.as_tensor()).unwrap()).unwrap();
+            let gx = gx.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            assert!(gx.to_scalar::<f32>().unwrap() < 1e-5);
+            assert!(
+                g1.get(w.as_tensor()).is_none(),
+                "no gradient for the frozen weight"
+            );
         }
     }
 

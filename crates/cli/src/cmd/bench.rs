@@ -17,6 +17,32 @@ pub enum BenchCommand {
     Train(TrainBench),
     /// Decoding throughput (tokens/s) at batch 1 and 8, for the bench model and GPT-2-small shape
     Generate(GenerateBench),
+    /// Fine-tuning a GPT-2-small-shaped model: full, LoRA and QLoRA steps (tokens/s, peak memory)
+    Finetune(FinetuneBench),
+}
+
+#[derive(Args)]
+pub struct FinetuneBench {
+    /// Modes to compare, each in its own process: full, lora, qlora
+    #[arg(long, value_delimiter = ',', default_value = "full,lora,qlora")]
+    pub modes: Vec<String>,
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub seq: usize,
+    /// LoRA rank (on c_attn, c_proj and c_fc)
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    /// QLoRA's quantisation
+    #[arg(long, default_value = "q4")]
+    pub quant: chatforge_model::quant::QuantKind,
+    /// Internal: run one mode in this process and print its JSON line
+    #[arg(long, hide = true)]
+    pub child: bool,
 }
 
 #[derive(Args)]
@@ -78,6 +104,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Tokenize(args) => tokenize(&args),
         BenchCommand::Train(args) => train_bench(&args),
         BenchCommand::Generate(args) => generate_bench(&args),
+        BenchCommand::Finetune(args) => finetune_bench(&args),
     }
 }
 
@@ -414,4 +441,182 @@ fn generate_bench(args: &GenerateBench) -> anyhow::Result<()> {
 
 fn rayon_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Resets this process's peak RSS (Linux: `5` to /proc/self/clear_refs).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
+    use candle_core::{DType, Device};
+    use chatforge_data::{Batch, Rng};
+    use chatforge_model::{Dropout, Gpt, GptConfig, LoraConfig, Params, init_weights};
+    use chatforge_train::{AdamW, AdamWConfig, Mode, optimizer_step};
+
+    if !args.child {
+        say!(
+            "GPT-2-small shape (124 M parameters), batch {}×{}, f32 compute, AdamW, random tokens; LoRA rank {} on c_attn, c_proj, c_fc",
+            args.batch,
+            args.seq,
+            args.rank
+        );
+        let exe = std::env::current_exe()?;
+        let mut full_tps = None;
+        for mode in &args.modes {
+            let out = Command::new(&exe)
+                .args(["bench", "finetune", "--child", "--modes", mode])
+                .args([
+                    "--steps",
+                    &args.steps.to_string(),
+                    "--warmup",
+                    &args.warmup.to_string(),
+                ])
+                .args(["--batch", &args.batch.to_string(), "--seq", &args.seq.to_string()])
+                .args([
+                    "--rank",
+                    &args.rank.to_string(),
+                    "--quant",
+                    &format!("{:?}", args.quant).to_lowercase(),
+                ])
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "bench finetune --modes {mode} failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            let tps = r["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+            if mode == "full" {
+                full_tps = Some(tps);
+            }
+            say!(
+                "{mode:<6} trainable {:>11}  {tps:>6.0} tokens/s{}  step {:.2} s  training peak RSS {:>5.0} MB (model in memory {:.0} MB)",
+                r["trainable"].as_u64().unwrap_or(0),
+                full_tps
+                    .filter(|_| mode != "full")
+                    .map_or(String::new(), |f| format!(" ({:.2}x full)", tps / f)),
+                r["step_s"].as_f64().unwrap_or(f64::NAN),
+                r["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
+                r["model_rss_mb"].as_f64().unwrap_or(f64::NAN),
+            );
+        }
+        return Ok(());
+    }
+
+    let mode = args.modes.first().map(String::as_str).unwrap_or("full");
+    let dev = Device::Cpu;
+    let cfg = GptConfig {
+        dropout: 0.0,
+        ..GptConfig::gpt2()
+    };
+    let weights = init_weights(&cfg, &mut Rng::new(0), &dev)?;
+    let lora = LoraConfig {
+        rank: args.rank,
+        alpha: 2.0 * args.rank as f64,
+        dropout: 0.0,
+        targets: vec!["c_attn".into(), "c_proj".into(), "c_fc".into()],
+        quant: (mode == "qlora").then_some(args.quant),
+    };
+    let (params, model) = match mode {
+        "full" => {
+            let params = Params::from_weights(&cfg, weights)?;
+            let model = Gpt::new(&cfg, params.var_builder(&dev))?;
+            (params, model)
+        }
+        "lora" | "qlora" => {
+            let adapter = lora.init(&cfg, &mut Rng::new(1), &dev)?;
+            let params = Params::from_adapter(&cfg, &lora, adapter)?;
+            let mut ts = weights;
+            ts.extend(
+                params
+                    .vars
+                    .iter()
+                    .map(|(s, v)| (s.name.clone(), v.as_tensor().clone())),
+            );
+            let model = Gpt::with_lora(
+                &cfg,
+                candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev),
+                Some(&lora),
+            )?;
+            (params, model)
+        }
+        other => bail!("unknown mode {other:?} (expected full, lora or qlora)"),
+    };
+    // What the model holds from here on; the training peak is measured from this point.
+    crate::release_freed_memory();
+    let model_rss = current_rss_mb();
+    reset_peak_rss();
+    let mut opt = AdamW::new(
+        AdamWConfig {
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+        &params.vars,
+    );
+    let mut dropout = Dropout {
+        p: 0.0,
+        rng: Rng::new(0),
+    };
+    let (b, t, v) = (args.batch, args.seq, cfg.vocab_size);
+    let mut rng = Rng::new(2);
+    let mut times = Vec::new();
+    for i in 0..args.warmup + args.steps {
+        let batch = Batch {
+            batch_size: b,
+            seq_len: t,
+            inputs: (0..b * t).map(|_| rng.below(v as u64) as u32).collect(),
+            targets: (0..b * t).map(|_| rng.below(v as u64) as u32).collect(),
+            target_mask: vec![1; b * t],
+            loss_mask: vec![1; b * t],
+            positions: (0..b).flat_map(|_| 0..t as u32).collect(),
+            segments: vec![0; b * t],
+        };
+        let t0 = std::time::Instant::now();
+        optimizer_step(
+            &model,
+            &params,
+            &mut opt,
+            || batch.clone(),
+            1,
+            Mode::Pretrain,
+            1e-4,
+            1.0,
+            &mut dropout,
+            &dev,
+        )?;
+        if i >= args.warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let s = median(times);
+    say!(
+        "{}",
+        serde_json::json!({
+            "mode": mode,
+            "trainable": params.count(),
+            "tokens_per_s": (b * t) as f64 / s,
+            "step_s": s,
+            "peak_rss_mb": peak_rss_mb(),
+            "model_rss_mb": model_rss,
+        })
+    );
+    Ok(())
+}
+
+/// Resident memory of this process now, in MB.
+fn current_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
