@@ -336,6 +336,33 @@ fn lora_trains_only_the_adapter_and_leaves_the_base_alone() {
         Some(chatforge_model::quant::QuantKind::Q4)
     );
     assert_eq!(chatforge_data::sha256_file(&base_file).unwrap(), base_hash);
+    // A crashed LoRA run resumes (adapter and moments from the checkpoint, base from --init) with
+    // the losses of an uninterrupted one.
+    let mut short = cfg.clone();
+    short.train.max_steps = Some(14);
+    short.train.adapter_name = None;
+    let full = run(&short, &d.join("lora-full"), false);
+    let crashed = d.join("lora-crashed");
+    let result = std::panic::catch_unwind(|| {
+        train(
+            &short,
+            &crashed,
+            false,
+            &mut |e| {
+                if let Event::Step { step: 10, .. } = e {
+                    panic!("simulated crash");
+                }
+            },
+            &AtomicBool::new(false),
+        )
+    });
+    assert!(result.is_err());
+    let resumed = run(&short, &crashed, true);
+    assert_eq!(
+        resumed[..],
+        full[8..],
+        "resumed LoRA losses must equal the uninterrupted run's"
+    );
     // A LoRA run needs a base.
     let mut no_base = cfg.clone();
     no_base.train.init = None;
