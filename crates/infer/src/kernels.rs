@@ -448,44 +448,8 @@ fn streaming_out_in<E: Elem>(x: &[f32], m: usize, w: &[E], k: usize, n: usize, o
 
 fn gemm_f32(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
     let (k, n) = (w.n_in(), w.n_out());
-    let data = w.to_f32();
-    // W as (k, n): InOut is that already; OutIn is (n, k), read transposed through its strides.
-    let (rhs_cs, rhs_rs) = match w.layout {
-        Layout::InOut => (1isize, n as isize),
-        Layout::OutIn => (k as isize, 1isize),
-    };
-    let threads = rayon::current_num_threads().max(1);
-    #[allow(unsafe_code)]
-    // SAFETY: `out` is m×n row-major (column stride 1, row stride n), `x` is m×k row-major, and
-    // `data` holds k×n values addressed by (rhs_cs, rhs_rs) as above; sizes checked by the caller
-    // (debug) and by construction of `Matrix`; `out` does not alias the inputs.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            data.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            if threads > 1 {
-                gemm::Parallelism::Rayon(threads)
-            } else {
-                gemm::Parallelism::None
-            },
-        );
-    }
+    // W as (k, n): InOut unpacked is that already; OutIn is (n, k), read transposed.
+    chatforge_model::ops::matmul_into(x, m, k, &w.to_f32(), n, w.layout == Layout::OutIn, out);
 }
 
 #[cfg(test)]

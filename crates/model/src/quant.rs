@@ -146,43 +146,7 @@ pub struct QuantMatMul(pub Arc<QuantWeight>);
 
 fn product(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, transpose_w: bool) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
-    // W as (k, n): plain row-major, or (n, k) read transposed.
-    let (rhs_cs, rhs_rs) = if transpose_w {
-        (k as isize, 1)
-    } else {
-        (1, n as isize)
-    };
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-    #[allow(unsafe_code)]
-    // SAFETY: `out` is m×n row-major, `x` m×k row-major and `w` holds k·n values addressed by the
-    // strides above; the caller passes slices of exactly those sizes; nothing aliases `out`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            if threads > 1 {
-                gemm::Parallelism::Rayon(threads)
-            } else {
-                gemm::Parallelism::None
-            },
-        );
-    }
+    crate::ops::matmul_into(x, m, k, w, n, transpose_w, &mut out);
     out
 }
 

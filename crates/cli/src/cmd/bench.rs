@@ -226,7 +226,7 @@ fn peak_rss_mb() -> f64 {
 
 fn train_bench(args: &TrainBench) -> anyhow::Result<()> {
     use candle_core::Device;
-    use chatforge_data::{Batch, Rng};
+    use chatforge_data::Rng;
     use chatforge_model::{Dropout, Gpt, GptConfig, Params, init_weights};
     use chatforge_train::{AdamW, AdamWConfig, Mode, optimizer_step};
 
@@ -290,16 +290,7 @@ fn train_bench(args: &TrainBench) -> anyhow::Result<()> {
         rng: Rng::new(0),
     };
     let mut rng = Rng::new(1);
-    let mut random_batch = || Batch {
-        batch_size: b,
-        seq_len: t,
-        inputs: (0..b * t).map(|_| rng.below(v as u64) as u32).collect(),
-        targets: (0..b * t).map(|_| rng.below(v as u64) as u32).collect(),
-        target_mask: vec![1; b * t],
-        loss_mask: vec![1; b * t],
-        positions: (0..b).flat_map(|_| 0..t as u32).collect(),
-        segments: vec![0; b * t],
-    };
+    let mut random_batch = || random_batch(&mut rng, b, t, v);
     // nanoGPT's estimate: 6 N (N without the position table) + attention's 12 L H Q T per token.
     let n = cfg.n_params() - cfg.n_ctx * cfg.n_embd;
     let flops_per_token = (6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim() * t) as f64;
@@ -450,7 +441,7 @@ fn reset_peak_rss() {
 
 fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
     use candle_core::{DType, Device};
-    use chatforge_data::{Batch, Rng};
+    use chatforge_data::Rng;
     use chatforge_model::{Dropout, Gpt, GptConfig, LoraConfig, Params, init_weights};
     use chatforge_train::{AdamW, AdamWConfig, Mode, optimizer_step};
 
@@ -566,16 +557,7 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
     let mut rng = Rng::new(2);
     let mut times = Vec::new();
     for i in 0..args.warmup + args.steps {
-        let batch = Batch {
-            batch_size: b,
-            seq_len: t,
-            inputs: (0..b * t).map(|_| rng.below(v as u64) as u32).collect(),
-            targets: (0..b * t).map(|_| rng.below(v as u64) as u32).collect(),
-            target_mask: vec![1; b * t],
-            loss_mask: vec![1; b * t],
-            positions: (0..b).flat_map(|_| 0..t as u32).collect(),
-            segments: vec![0; b * t],
-        };
+        let batch = random_batch(&mut rng, b, t, v);
         let t0 = std::time::Instant::now();
         optimizer_step(
             &model,
@@ -619,4 +601,18 @@ fn current_rss_mb() -> f64 {
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// A batch of random tokens: every position carries loss, one document per row.
+fn random_batch(rng: &mut chatforge_data::Rng, b: usize, t: usize, v: usize) -> chatforge_data::Batch {
+    chatforge_data::Batch {
+        batch_size: b,
+        seq_len: t,
+        inputs: (0..b * t).map(|_| rng.below(v as u64) as u32).collect(),
+        targets: (0..b * t).map(|_| rng.below(v as u64) as u32).collect(),
+        target_mask: vec![1; b * t],
+        loss_mask: vec![1; b * t],
+        positions: (0..b).flat_map(|_| 0..t as u32).collect(),
+        segments: vec![0; b * t],
+    }
 }
