@@ -57,6 +57,26 @@ fn run(cfg: &TrainConfig, dir: &Path, resume: bool) -> Vec<f64> {
         .losses
 }
 
+/// Starts a fresh run in `dir` and makes it panic right after step `at`, as a crash would.
+fn crash_after(cfg: &TrainConfig, dir: &Path, at: u64) {
+    let result = std::panic::catch_unwind(|| {
+        train(
+            cfg,
+            dir,
+            false,
+            &mut |e| {
+                if let Event::Step { step, .. } = e
+                    && *step == at
+                {
+                    panic!("simulated crash");
+                }
+            },
+            &AtomicBool::new(false),
+        )
+    });
+    assert!(result.is_err(), "the run should have crashed at step {at}");
+}
+
 #[test]
 fn it_learns_and_repeats_itself() {
     let dir = tempfile::tempdir().unwrap();
@@ -122,20 +142,7 @@ fn a_crashed_run_resumes_with_identical_losses() {
 
     // Crash after step 10: the newest checkpoint is step 8, so steps 9–10 are redone.
     let crashed = dir.path().join("crashed");
-    let result = std::panic::catch_unwind(|| {
-        train(
-            &cfg,
-            &crashed,
-            false,
-            &mut |e| {
-                if let Event::Step { step: 10, .. } = e {
-                    panic!("simulated crash");
-                }
-            },
-            &AtomicBool::new(false),
-        )
-    });
-    assert!(result.is_err());
+    crash_after(&cfg, &crashed, 10);
     let resumed = run(&cfg, &crashed, true);
     assert_eq!(resumed.len(), 6, "steps 9..=14");
     assert_eq!(
@@ -343,20 +350,7 @@ fn lora_trains_only_the_adapter_and_leaves_the_base_alone() {
     short.train.adapter_name = None;
     let full = run(&short, &d.join("lora-full"), false);
     let crashed = d.join("lora-crashed");
-    let result = std::panic::catch_unwind(|| {
-        train(
-            &short,
-            &crashed,
-            false,
-            &mut |e| {
-                if let Event::Step { step: 10, .. } = e {
-                    panic!("simulated crash");
-                }
-            },
-            &AtomicBool::new(false),
-        )
-    });
-    assert!(result.is_err());
+    crash_after(&short, &crashed, 10);
     let resumed = run(&short, &crashed, true);
     assert_eq!(
         resumed[..],

@@ -213,11 +213,16 @@ fn tokenize(args: &TokenizeBench) -> anyhow::Result<()> {
 
 /// Peak resident memory of this process, in MB.
 fn peak_rss_mb() -> f64 {
+    status_mb("VmHWM:")
+}
+
+/// A memory line of /proc/self/status (`VmHWM:`, `VmRSS:`), in MB.
+fn status_mb(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
@@ -592,15 +597,7 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
 
 /// Resident memory of this process now, in MB.
 fn current_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    status_mb("VmRSS:")
 }
 
 /// A batch of random tokens: every position carries loss, one document per row.
