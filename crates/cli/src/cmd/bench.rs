@@ -184,21 +184,12 @@ fn tokenize(args: &TokenizeBench) -> anyhow::Result<()> {
             None => tok_dir.join("tokenizer.json"),
         };
         let script = PathBuf::from("scripts/reference/bench_tokenize.py");
-        let out = Command::new(py)
-            .arg(&script)
+        let mut cmd = Command::new(py);
+        cmd.arg(&script)
             .arg(&tok_json)
             .arg(&jsonl)
-            .arg(args.repeats.max(1).to_string())
-            .output()
-            .with_context(|| format!("running {} {}", py.display(), script.display()))?;
-        if !out.status.success() {
-            bail!(
-                "{} failed:\n{}",
-                script.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            .arg(args.repeats.max(1).to_string());
+        let v = json_of(&mut cmd, &script.display().to_string())?;
         let ps = v["seconds"].as_f64().unwrap_or(f64::NAN);
         let pb = v["text_bytes"].as_f64().unwrap_or(f64::NAN);
         say!(
@@ -242,25 +233,16 @@ fn train_bench(args: &TrainBench) -> anyhow::Result<()> {
         Some(py) => {
             let mut best = 0f64;
             for attention in ["sdpa", "math"] {
-                let out = Command::new(py)
-                    .arg("scripts/reference/bench_train_torch.py")
-                    .args([
-                        "--attention",
-                        attention,
-                        "--steps",
-                        &args.steps.to_string(),
-                        "--warmup",
-                        &args.warmup.to_string(),
-                    ])
-                    .output()
-                    .context("running scripts/reference/bench_train_torch.py")?;
-                if !out.status.success() {
-                    bail!(
-                        "bench_train_torch.py failed:\n{}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
-                let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                let mut cmd = Command::new(py);
+                cmd.arg("scripts/reference/bench_train_torch.py").args([
+                    "--attention",
+                    attention,
+                    "--steps",
+                    &args.steps.to_string(),
+                    "--warmup",
+                    &args.warmup.to_string(),
+                ]);
+                let r = json_of(&mut cmd, "scripts/reference/bench_train_torch.py")?;
                 let rt = r["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
                 best = best.max(rt);
                 say!(
@@ -366,8 +348,8 @@ fn generate_bench(args: &GenerateBench) -> anyhow::Result<()> {
             for &batch in &args.batches {
                 let torch = match &args.reference_python {
                     Some(py) => {
-                        let out = Command::new(py)
-                            .arg("scripts/reference/bench_generate_torch.py")
+                        let mut cmd = Command::new(py);
+                        cmd.arg("scripts/reference/bench_generate_torch.py")
                             .args([
                                 "--shape",
                                 shape,
@@ -376,16 +358,8 @@ fn generate_bench(args: &GenerateBench) -> anyhow::Result<()> {
                                 "--new",
                                 &new.to_string(),
                             ])
-                            .args(["--batch", &batch.to_string(), "--runs", &args.runs.to_string()])
-                            .output()
-                            .context("running scripts/reference/bench_generate_torch.py")?;
-                        if !out.status.success() {
-                            bail!(
-                                "bench_generate_torch.py failed:\n{}",
-                                String::from_utf8_lossy(&out.stderr)
-                            );
-                        }
-                        let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                            .args(["--batch", &batch.to_string(), "--runs", &args.runs.to_string()]);
+                        let r = json_of(&mut cmd, "scripts/reference/bench_generate_torch.py")?;
                         Some(r["tokens_per_s"].as_f64().unwrap_or(f64::NAN))
                     }
                     None => None,
@@ -460,8 +434,8 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
         let exe = std::env::current_exe()?;
         let mut full_tps = None;
         for mode in &args.modes {
-            let out = Command::new(&exe)
-                .args(["bench", "finetune", "--child", "--modes", mode])
+            let mut cmd = Command::new(&exe);
+            cmd.args(["bench", "finetune", "--child", "--modes", mode])
                 .args([
                     "--steps",
                     &args.steps.to_string(),
@@ -474,15 +448,8 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
                     &args.rank.to_string(),
                     "--quant",
                     &format!("{:?}", args.quant).to_lowercase(),
-                ])
-                .output()?;
-            if !out.status.success() {
-                bail!(
-                    "bench finetune --modes {mode} failed:\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                ]);
+            let r = json_of(&mut cmd, &format!("bench finetune --modes {mode}"))?;
             let tps = r["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
             if mode == "full" {
                 full_tps = Some(tps);
@@ -612,4 +579,14 @@ fn random_batch(rng: &mut chatforge_data::Rng, b: usize, t: usize, v: usize) -> 
         positions: (0..b).flat_map(|_| 0..t as u32).collect(),
         segments: vec![0; b * t],
     }
+}
+
+/// Runs a benchmark child process (a Python reference, or this binary in one mode) and parses the
+/// JSON line it prints; a failure carries the child's stderr.
+fn json_of(cmd: &mut Command, what: &str) -> anyhow::Result<serde_json::Value> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!("{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("{what} printed no JSON line"))
 }
