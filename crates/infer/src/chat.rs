@@ -70,7 +70,7 @@ impl ChatSession {
     pub fn prompt(&mut self, model: &LoadedModel) -> Result<Vec<u32>> {
         let tok = &model.tokenizer;
         let n_ctx = model.config.n_ctx;
-        let budget = n_ctx.saturating_sub(self.max_new_tokens.min(n_ctx / 2)).max(1);
+        let budget = crate::generate::prompt_budget(n_ctx, self.max_new_tokens);
         let mut conv = self.conversation.clone();
         self.trimmed = 0;
         loop {

@@ -222,7 +222,7 @@ pub fn evaluate(
     let n_ctx = model.config.n_ctx;
     let request = |conv: &Conversation| -> Result<Request> {
         let mut prompt = tok.render_prompt(conv, &opts.render)?;
-        let keep = n_ctx.saturating_sub(opts.max_new_tokens.min(n_ctx / 2)).max(1);
+        let keep = crate::generate::prompt_budget(n_ctx, opts.max_new_tokens);
         if prompt.len() > keep {
             prompt.drain(..prompt.len() - keep);
         }

@@ -12,6 +12,11 @@ use crate::sampling::Sampling;
 use crate::stream::{StopText, TextStream};
 use crate::{Error, Result};
 
+/// Tokens a prompt may take so that `max_new` tokens (at most half the context) still fit after it.
+pub fn prompt_budget(n_ctx: usize, max_new: usize) -> usize {
+    n_ctx.saturating_sub(max_new.min(n_ctx / 2)).max(1)
+}
+
 /// One prompt to continue.
 #[derive(Debug, Clone)]
 pub struct Request {

@@ -13,13 +13,10 @@ pub mod stream;
 
 pub use chat::ChatSession;
 pub use engine::{Engine, Sequence, WeightType};
-pub use generate::{Finish, Output, Request, generate, generate_ids};
+pub use generate::{Finish, Output, Request, generate, generate_ids, prompt_budget};
 pub use sampling::Sampling;
 pub use source::{Checkpoint, LoadedModel, ModelKind};
 pub use stream::{StopText, TextStream};
-
-use chatforge_data::Conversation;
-use chatforge_tokenizer::{ChatTokenizer, RenderOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -53,29 +50,3 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// The assistant's reply (greedy or sampled) to a conversation whose last message is the user's.
-pub fn reply(
-    engine: &Engine,
-    tok: &ChatTokenizer,
-    conv: &Conversation,
-    opts: &RenderOptions,
-    max_new: usize,
-    sampling: &Sampling,
-) -> Result<String> {
-    let mut prompt = tok.render_prompt(conv, opts)?;
-    let n_ctx = engine.config().n_ctx;
-    let budget = n_ctx.saturating_sub(max_new.min(n_ctx / 2)).max(1);
-    if prompt.len() > budget {
-        prompt.drain(..prompt.len() - budget);
-    }
-    let req = Request {
-        prompt,
-        max_new_tokens: max_new,
-        sampling: *sampling,
-        stop_ids: tok.stop_ids(),
-        stop_strings: source::template_stop_strings(tok),
-    };
-    let mut out = generate(engine, Some(tok), std::slice::from_ref(&req), 1, None, |_, _| {})?;
-    Ok(out.pop().map(|o| o.text.trim().to_string()).unwrap_or_default())
-}

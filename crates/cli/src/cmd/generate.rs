@@ -90,7 +90,7 @@ fn requests(args: &GenerateArgs, m: &LoadedModel, convs: &[Conversation]) -> any
                         prompt.len()
                     );
                 }
-                let keep = n_ctx.saturating_sub(args.sampling.max_new_tokens.min(n_ctx / 2)).max(1);
+                let keep = chatforge_infer::prompt_budget(n_ctx, args.sampling.max_new_tokens);
                 eprintln!("warning: prompt {} cut from {} to its last {keep} tokens", i + 1, prompt.len());
                 prompt.drain(..prompt.len() - keep);
             }
