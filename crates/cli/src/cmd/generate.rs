@@ -74,14 +74,13 @@ fn requests(args: &GenerateArgs, m: &LoadedModel, convs: &[Conversation]) -> any
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let (mut prompt, mut stop_ids, mut stops) = if raw {
+            let (mut prompt, stop_ids, mut stops) = if raw {
                 let text: Vec<&str> = c.messages.iter().map(|m| m.content.as_str()).collect();
                 (tok.encode(&text.join("\n"))?, tok.end_of_text().into_iter().collect(), Vec::new())
             } else {
                 (tok.render_prompt(c, &opts)?, tok.stop_ids(), template_stop_strings(tok))
             };
             stops.extend(args.sampling.stop.iter().cloned());
-            stop_ids.dedup();
             if prompt.len() >= n_ctx {
                 if !args.truncate {
                     anyhow::bail!(
