@@ -555,6 +555,42 @@ fn lora_runs_adapters_and_merge_agree() {
         "{chat}"
     );
     assert_eq!(replies(&chat).len(), 2);
+    // QLoRA from the command line, with gradient checkpointing; the run generates.
+    let out = ok(
+        &[
+            "train",
+            "--config",
+            "cfg.toml",
+            "--data",
+            "train.bin",
+            "--val",
+            "val.bin",
+            "--mode",
+            "qlora",
+            "--quant",
+            "q8",
+            "--grad-checkpoint",
+            "--init",
+            base,
+            "--max-steps",
+            "4",
+            "--no-eval",
+            "-o",
+            "qlora",
+        ],
+        d,
+        None,
+    );
+    assert!(out.contains("trainable params:"), "{out}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("qlora/manifest.json")).unwrap()).unwrap();
+    let t = &manifest["config"]["train"];
+    assert_eq!(
+        (&t["mode"], &t["grad_checkpoint"]),
+        (&"qlora".into(), &true.into()),
+        "{t}"
+    );
+    assert!(!greedy("qlora", &[]).trim().is_empty());
 }
 
 #[test]

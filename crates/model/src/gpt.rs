@@ -8,7 +8,8 @@
 
 // B=batch, T=time, S=keys (cache + T), C=n_embd, H=heads, D=head_dim, V=vocab
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use chatforge_data::Rng;
 
@@ -75,6 +76,13 @@ impl Dropout {
             .collect();
         Ok((x * Tensor::from_vec(mask, x.shape(), x.device())?)?)
     }
+}
+
+/// The gradient with respect to a segment's input, which the next (earlier) segment carries back.
+fn input_grad(g: &GradStore, input: &Var) -> Result<Tensor> {
+    g.get(input.as_tensor()).cloned().ok_or_else(|| {
+        crate::Error::Config("checkpointed backward: a segment's output does not depend on its input".into())
+    })
 }
 
 fn drop(x: Tensor, dropout: &mut Option<&mut Dropout>) -> Result<Tensor> {
@@ -445,6 +453,63 @@ impl Gpt {
             x = block.forward(&x, mask, slot, &mut dropout)?;
         }
         self.ln_f.forward(&x)
+    }
+
+    /// Gradient checkpointing (Chen et al. 2016, "Training deep nets with sublinear memory cost"):
+    /// the forward pass keeps only each block's input, and the backward pass recomputes one block
+    /// at a time from it, drawing the same dropout masks again from the RNG state saved before the
+    /// block. Activation memory falls from every block's to one block's, for one more forward pass.
+    ///
+    /// `loss` maps the logits `(B, T, V)` to a scalar. Each partial backward's gradients (the
+    /// head's, each block's, then the embeddings') go to `sink`, which sums them per variable; a
+    /// variable used twice (the tied head) appears in two stores. Returns the loss, detached; the
+    /// dropout stream ends where an ordinary forward pass would leave it.
+    pub fn backward_checkpointed(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: &AttnMask,
+        mut dropout: Option<&mut Dropout>,
+        loss: impl FnOnce(&Tensor) -> Result<Tensor>,
+        sink: &mut dyn FnMut(&GradStore) -> Result<()>,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let tok = self.wte.embedding(&ids.flatten_all()?)?.reshape((b, t, ()))?;
+        let pos = self
+            .wpe
+            .embedding(&positions.flatten_all()?)?
+            .reshape((b, t, ()))?;
+        let emb = drop((tok + pos)?, &mut dropout)?; // keeps its (small) graph for the last backward
+        let mut saved = Vec::with_capacity(self.blocks.len());
+        let mut x = emb.detach();
+        for block in &self.blocks {
+            saved.push((x.clone(), dropout.as_ref().map(|d| d.rng.state())));
+            // Detaching drops the block's graph, and with it the block's activations.
+            x = block.forward(&x, mask, None, &mut dropout)?.detach();
+        }
+        let end_state = dropout.as_ref().map(|d| d.rng.state());
+
+        let h = Var::from_tensor(&x)?;
+        let value = loss(&self.logits(&self.ln_f.forward(h.as_tensor())?)?)?;
+        let g = value.backward()?;
+        let mut grad = input_grad(&g, &h)?;
+        sink(&g)?;
+        for (block, (input, state)) in self.blocks.iter().zip(saved).rev() {
+            if let (Some(d), Some(s)) = (dropout.as_deref_mut(), state) {
+                d.rng = Rng::from_state(s);
+            }
+            let xv = Var::from_tensor(&input)?;
+            let out = block.forward(xv.as_tensor(), mask, None, &mut dropout)?;
+            // d(sum(out · grad))/dθ is the vector–Jacobian product that backward needs.
+            let g = (out * &grad)?.sum_all()?.backward()?;
+            grad = input_grad(&g, &xv)?;
+            sink(&g)?;
+        }
+        sink(&(emb * grad)?.sum_all()?.backward()?)?;
+        if let (Some(d), Some(s)) = (dropout, end_state) {
+            d.rng = Rng::from_state(s);
+        }
+        Ok(value.detach())
     }
 
     /// Next-token logits `(B, T, V)`.

@@ -187,3 +187,138 @@ fn save_and_load_round_trip() {
         "{err}"
     );
 }
+
+/// Each trainable variable's gradient in `g`, in `params.vars` order.
+fn take(params: &Params, g: &candle_core::backprop::GradStore) -> Vec<Option<Tensor>> {
+    params
+        .vars
+        .iter()
+        .map(|(_, v)| g.get(v.as_tensor()).cloned())
+        .collect()
+}
+
+/// Gradients of every trainable variable, by name, summed over partial backward passes.
+fn grads_by_name(params: &Params, stores: &[Vec<Option<Tensor>>]) -> Vec<(String, Tensor)> {
+    params
+        .vars
+        .iter()
+        .enumerate()
+        .map(|(i, (spec, _))| {
+            let mut sum: Option<Tensor> = None;
+            for g in stores {
+                if let Some(t) = &g[i] {
+                    sum = Some(match sum {
+                        Some(s) => (s + t).unwrap(),
+                        None => t.clone(),
+                    });
+                }
+            }
+            (
+                spec.name.clone(),
+                sum.unwrap_or_else(|| panic!("no gradient for {}", spec.name)),
+            )
+        })
+        .collect()
+}
+
+/// Gradient checkpointing recomputes blocks in backward: the gradients, the loss and the dropout
+/// stream must be those of the ordinary backward (dropout on, a packed mask, tied and untied heads,
+/// and a LoRA model whose base is frozen).
+#[test]
+fn checkpointed_backward_gives_the_same_gradients() {
+    use chatforge_model::{Dropout, LoraConfig};
+    let dev = Device::Cpu;
+    let x = Tensor::new(&[[1u32, 5, 9, 3, 7, 2], [4, 4, 8, 1, 0, 6]], &dev).unwrap();
+    let pos = Tensor::new(&[[0u32, 1, 2, 0, 1, 2], [0, 1, 2, 3, 4, 5]], &dev).unwrap();
+    let mask = AttnMask::packed(&[0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0], 2, 6, &dev).unwrap();
+    let targets = Tensor::new(&[5u32, 9, 3, 7, 2, 1, 4, 8, 1, 0, 6, 3], &dev).unwrap();
+    let weights = Tensor::new(&[1f32, 1., 0., 1., 1., 1., 0., 1., 1., 1., 1., 1.], &dev).unwrap();
+    let loss_of = |logits: &Tensor| ops::cross_entropy(&logits.reshape((12, 50))?, &targets, &weights);
+    for (tie, lora) in [(true, false), (false, false), (true, true)] {
+        let cfg = GptConfig {
+            n_ctx: 16,
+            tie_embeddings: tie,
+            dropout: 0.2,
+            ..GptConfig::tiny(50)
+        };
+        let base = init_weights(&cfg, &mut Rng::new(3), &dev).unwrap();
+        let (params, gpt) = if lora {
+            let l = LoraConfig {
+                dropout: 0.1,
+                targets: vec!["c_attn".into(), "c_proj".into(), "c_fc".into()],
+                ..LoraConfig::default()
+            };
+            let params =
+                Params::from_adapter(&cfg, &l, l.init(&cfg, &mut Rng::new(4), &dev).unwrap()).unwrap();
+            // B starts at zero, which would leave A without gradient: give B values.
+            for (i, (_, var)) in params.vars.iter().enumerate() {
+                let t = var.as_tensor();
+                let r = (Tensor::randn(0f32, 0.1, t.shape(), &dev).unwrap() * (i + 1) as f64).unwrap();
+                var.set(&r).unwrap();
+            }
+            let mut ts = base;
+            ts.extend(
+                params
+                    .vars
+                    .iter()
+                    .map(|(s, v)| (s.name.clone(), v.as_tensor().clone())),
+            );
+            let vb = candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev);
+            let gpt = Gpt::with_lora(&cfg, vb, Some(&l)).unwrap();
+            (params, gpt)
+        } else {
+            let params = Params::from_weights(&cfg, base).unwrap();
+            let gpt = Gpt::new(&cfg, params.var_builder(&dev)).unwrap();
+            (params, gpt)
+        };
+
+        let mut d1 = Dropout {
+            p: 0.2,
+            rng: Rng::new(9),
+        };
+        let logits = gpt.forward(&x, &pos, &mask, None, Some(&mut d1)).unwrap();
+        let loss1 = loss_of(&logits).unwrap();
+        let plain = grads_by_name(&params, &[take(&params, &loss1.backward().unwrap())]);
+
+        let mut d2 = Dropout {
+            p: 0.2,
+            rng: Rng::new(9),
+        };
+        let mut stores = Vec::new();
+        let loss2 = gpt
+            .backward_checkpointed(&x, &pos, &mask, Some(&mut d2), loss_of, &mut |g| {
+                stores.push(take(&params, g));
+                Ok(())
+            })
+            .unwrap();
+        let ckpt = grads_by_name(&params, &stores);
+
+        let (l1, l2): (f32, f32) = (loss1.to_scalar().unwrap(), loss2.to_scalar().unwrap());
+        assert!(
+            (l1 - l2).abs() < 1e-6,
+            "loss {l1} vs {l2} (tied {tie}, lora {lora})"
+        );
+        assert_eq!(
+            d1.rng.state(),
+            d2.rng.state(),
+            "the dropout stream must end in the same place"
+        );
+        for ((name, a), (_, b)) in plain.iter().zip(&ckpt) {
+            let scale = a
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(scale > 0.0, "{name}: zero gradient");
+            let d = max_diff(a, b);
+            assert!(
+                d <= 1e-5 * scale.max(1.0),
+                "{name}: checkpointed gradient differs by {d} (tied {tie}, lora {lora})"
+            );
+        }
+    }
+}

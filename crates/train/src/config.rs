@@ -39,8 +39,9 @@ impl std::str::FromStr for Mode {
             "pretrain" => Ok(Mode::Pretrain),
             "sft" => Ok(Mode::Sft),
             "lora" => Ok(Mode::Lora),
+            "qlora" => Ok(Mode::Qlora),
             other => Err(Error::Config(format!(
-                "mode '{other}': expected pretrain, sft or lora"
+                "mode '{other}': expected pretrain, sft, lora or qlora"
             ))),
         }
     }
@@ -83,6 +84,8 @@ pub struct TrainSettings {
     pub seed: u64,
     /// LoRA: also write the best adapter to `adapters/<name>/` (one adapter per persona on one base).
     pub adapter_name: Option<String>,
+    /// Recompute each block's activations in backward instead of keeping them (long contexts).
+    pub grad_checkpoint: bool,
 }
 
 impl Default for TrainSettings {
@@ -112,6 +115,7 @@ impl Default for TrainSettings {
             keep_last: 2,
             seed: 1337,
             adapter_name: None,
+            grad_checkpoint: false,
         }
     }
 }

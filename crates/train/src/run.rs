@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use chatforge_data::{Batch, BatchSampler, Rng, SamplerConfig, SamplerState, Shard, sha256_file};
 use std::collections::HashMap;
@@ -96,8 +97,57 @@ fn to_tensor(v: &[u32], shape: (usize, usize), dev: &Device) -> Result<Tensor> {
     Ok(Tensor::from_slice(v, shape, dev)?)
 }
 
+/// A micro-batch as tensors: the model's inputs and what weights the loss.
+struct Inputs {
+    ids: Tensor,
+    pos: Tensor,
+    mask: AttnMask,
+    targets: Tensor,
+    weights: Tensor,
+    /// Positions that carry loss.
+    n: usize,
+}
+
+impl Inputs {
+    /// `None` when no position carries loss (an SFT row of prompts only).
+    fn new(batch: &Batch, mode: Mode, dev: &Device) -> Result<Option<Inputs>> {
+        let (b, t) = (batch.batch_size, batch.seq_len);
+        let weights: &[u8] = if mode.masked() {
+            &batch.loss_mask
+        } else {
+            &batch.target_mask
+        };
+        let n: usize = weights.iter().map(|&w| w as usize).sum();
+        if n == 0 {
+            return Ok(None);
+        }
+        // Rows that hold one document and no padding need only the plain causal mask.
+        let single = batch.segments.iter().all(|&s| s == 0) && batch.target_mask.iter().all(|&m| m == 1);
+        let mask = if single {
+            AttnMask::Causal
+        } else {
+            AttnMask::packed(&batch.segments, b, t, dev)?
+        };
+        let w: Vec<f32> = weights.iter().map(|&x| f32::from(x)).collect();
+        Ok(Some(Inputs {
+            ids: to_tensor(&batch.inputs, (b, t), dev)?,
+            pos: to_tensor(&batch.positions, (b, t), dev)?,
+            mask,
+            targets: Tensor::from_slice(&batch.targets, b * t, dev)?,
+            weights: Tensor::from_vec(w, b * t, dev)?,
+            n,
+        }))
+    }
+
+    /// The weighted mean cross-entropy of `logits` `(B, T, V)`.
+    fn loss(&self, logits: &Tensor) -> chatforge_model::Result<Tensor> {
+        let (b, t, v) = logits.dims3()?;
+        ops::cross_entropy(&logits.reshape((b * t, v))?, &self.targets, &self.weights)
+    }
+}
+
 /// The micro-batch's loss (a scalar with a graph) and how many positions carry it; `None` when
-/// none does (an SFT row of prompts only).
+/// none does.
 fn batch_loss(
     model: &Gpt,
     batch: &Batch,
@@ -105,34 +155,11 @@ fn batch_loss(
     dropout: Option<&mut Dropout>,
     dev: &Device,
 ) -> Result<Option<(Tensor, usize)>> {
-    let (b, t) = (batch.batch_size, batch.seq_len);
-    let weights: &[u8] = if mode.masked() {
-        &batch.loss_mask
-    } else {
-        &batch.target_mask
-    };
-    let n: usize = weights.iter().map(|&w| w as usize).sum();
-    if n == 0 {
+    let Some(x) = Inputs::new(batch, mode, dev)? else {
         return Ok(None);
-    }
-    let ids = to_tensor(&batch.inputs, (b, t), dev)?;
-    let pos = to_tensor(&batch.positions, (b, t), dev)?;
-    // Rows that hold one document and no padding need only the plain causal mask.
-    let single = batch.segments.iter().all(|&s| s == 0) && batch.target_mask.iter().all(|&m| m == 1);
-    let mask = if single {
-        AttnMask::Causal
-    } else {
-        AttnMask::packed(&batch.segments, b, t, dev)?
     };
-    let logits = model.forward(&ids, &pos, &mask, None, dropout)?; // (B, T, V)
-    let v = logits.dim(2)?;
-    let targets = Tensor::from_slice(&batch.targets, b * t, dev)?;
-    let w: Vec<f32> = weights.iter().map(|&x| f32::from(x)).collect();
-    let w = Tensor::from_vec(w, b * t, dev)?;
-    Ok(Some((
-        ops::cross_entropy(&logits.reshape((b * t, v))?, &targets, &w)?,
-        n,
-    )))
+    let logits = model.forward(&x.ids, &x.pos, &x.mask, None, dropout)?;
+    Ok(Some((x.loss(&logits)?, x.n)))
 }
 
 /// What one optimizer step did.
@@ -149,7 +176,8 @@ pub struct StepOutcome {
 }
 
 /// One optimizer step: `micro` batches from `next`, gradients accumulated (each micro-batch's
-/// mean loss / `micro`), clipped to `clip`, AdamW at `lr`.
+/// mean loss / `micro`), clipped to `clip`, AdamW at `lr`. With `checkpoint`, each micro-batch's
+/// backward recomputes block activations instead of keeping them ([`Gpt::backward_checkpointed`]).
 #[allow(clippy::too_many_arguments)] // the step's whole state, passed explicitly
 pub fn optimizer_step(
     model: &Gpt,
@@ -160,6 +188,7 @@ pub fn optimizer_step(
     mode: Mode,
     lr: f64,
     clip: f64,
+    checkpoint: bool,
     dropout: &mut Dropout,
     dev: &Device,
 ) -> Result<StepOutcome> {
@@ -168,21 +197,36 @@ pub fn optimizer_step(
     for _ in 0..micro {
         let batch = next();
         positions += batch.batch_size * batch.seq_len;
-        let drop_ref = (dropout.p > 0.0).then_some(&mut *dropout);
-        let Some((loss, _)) = batch_loss(model, &batch, mode, drop_ref, dev)? else {
+        let Some(x) = Inputs::new(&batch, mode, dev)? else {
             continue;
+        };
+        let drop_ref = (dropout.p > 0.0).then_some(&mut *dropout);
+        // candle leaves a variable's gradient attached to the graph that computed it (the
+        // activations it was multiplied with): detached, the graph is freed with the store.
+        let mut sink = |g: &GradStore| -> chatforge_model::Result<()> {
+            for (slot, (_, var)) in grads.iter_mut().zip(&params.vars) {
+                if let Some(gv) = g.get(var.as_tensor()) {
+                    let gv = gv.detach();
+                    *slot = Some(match slot.take() {
+                        Some(acc) => (acc + gv)?,
+                        None => gv,
+                    });
+                }
+            }
+            Ok(())
+        };
+        let loss = if checkpoint {
+            let scaled = |logits: &Tensor| Ok((x.loss(logits)? / micro as f64)?);
+            let l = model.backward_checkpointed(&x.ids, &x.pos, &x.mask, drop_ref, scaled, &mut sink)?;
+            (l * micro as f64)?
+        } else {
+            let logits = model.forward(&x.ids, &x.pos, &x.mask, None, drop_ref)?;
+            let l = x.loss(&logits)?;
+            sink(&(&l / micro as f64)?.backward()?)?;
+            l
         };
         loss_sum += f64::from(loss.to_scalar::<f32>()?);
         used += 1;
-        let g = (loss / micro as f64)?.backward()?;
-        for (slot, (_, var)) in grads.iter_mut().zip(&params.vars) {
-            if let Some(gv) = g.get(var.as_tensor()) {
-                *slot = Some(match slot.take() {
-                    Some(acc) => (acc + gv)?,
-                    None => gv.clone(),
-                });
-            }
-        }
     }
     let grad_norm = clip_grad_norm(&mut grads, clip)?;
     opt.update(&params.vars, &grads, lr)?;
@@ -495,6 +539,7 @@ pub fn train(
             t.mode,
             lr,
             t.grad_clip,
+            t.grad_checkpoint,
             &mut dropout,
             &dev,
         )?;

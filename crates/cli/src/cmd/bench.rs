@@ -23,7 +23,8 @@ pub enum BenchCommand {
 
 #[derive(Args)]
 pub struct FinetuneBench {
-    /// Modes to compare, each in its own process: full, lora, qlora
+    /// Modes to compare, each in its own process: full, lora, qlora; a "-gc" suffix (lora-gc)
+    /// adds gradient checkpointing
     #[arg(long, value_delimiter = ',', default_value = "full,lora,qlora")]
     pub modes: Vec<String>,
     #[arg(long, default_value_t = 3)]
@@ -40,6 +41,10 @@ pub struct FinetuneBench {
     /// QLoRA's quantisation
     #[arg(long, default_value = "q4")]
     pub quant: chatforge_model::quant::QuantKind,
+    /// Python with torch, transformers and peft: also runs scripts/reference/bench_finetune_torch.py
+    /// for each mode (PyTorch has no CPU QLoRA, so qlora runs alone)
+    #[arg(long)]
+    pub reference_python: Option<PathBuf>,
     /// Internal: run one mode in this process and print its JSON line
     #[arg(long, hide = true)]
     pub child: bool,
@@ -294,6 +299,7 @@ fn train_bench(args: &TrainBench) -> anyhow::Result<()> {
             Mode::Pretrain,
             6e-4,
             1.0,
+            false,
             &mut dropout,
             &dev,
         )?;
@@ -454,21 +460,59 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
             if mode == "full" {
                 full_tps = Some(tps);
             }
-            say!(
-                "{mode:<6} trainable {:>11}  {tps:>6.0} tokens/s{}  step {:.2} s  training peak RSS {:>5.0} MB (model in memory {:.0} MB)",
-                r["trainable"].as_u64().unwrap_or(0),
+            let line = |who: &str, r: &serde_json::Value, vs: String| {
+                say!(
+                    "{mode:<8} {who:<9} trainable {:>11}  {:>6.0} tokens/s{vs}  step {:.2} s  training peak RSS {:>5.0} MB (model in memory {:.0} MB)",
+                    r["trainable"].as_u64().unwrap_or(0),
+                    r["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+                    r["step_s"].as_f64().unwrap_or(f64::NAN),
+                    r["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
+                    r["model_rss_mb"].as_f64().unwrap_or(f64::NAN),
+                );
+            };
+            line(
+                "chatforge",
+                &r,
                 full_tps
                     .filter(|_| mode != "full")
                     .map_or(String::new(), |f| format!(" ({:.2}x full)", tps / f)),
-                r["step_s"].as_f64().unwrap_or(f64::NAN),
-                r["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
-                r["model_rss_mb"].as_f64().unwrap_or(f64::NAN),
             );
+            if let Some(py) = args
+                .reference_python
+                .as_ref()
+                .filter(|_| !mode.starts_with("qlora"))
+            {
+                let mut cmd = Command::new(py);
+                cmd.arg("scripts/reference/bench_finetune_torch.py")
+                    .args(["--mode", mode.trim_end_matches("-gc")])
+                    .args(mode.ends_with("-gc").then_some("--gc"))
+                    .args([
+                        "--steps",
+                        &args.steps.to_string(),
+                        "--warmup",
+                        &args.warmup.to_string(),
+                    ])
+                    .args(["--batch", &args.batch.to_string(), "--seq", &args.seq.to_string()])
+                    .args([
+                        "--rank",
+                        &args.rank.to_string(),
+                        "--threads",
+                        &rayon_threads().to_string(),
+                    ]);
+                let t = json_of(&mut cmd, "scripts/reference/bench_finetune_torch.py")?;
+                let torch_tps = t["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+                let who = format!("torch {}", t["torch"].as_str().unwrap_or("?"));
+                line(&who, &t, format!(" (chatforge {:.2}x)", tps / torch_tps));
+            }
         }
         return Ok(());
     }
 
     let mode = args.modes.first().map(String::as_str).unwrap_or("full");
+    let (mode, checkpoint) = match mode.strip_suffix("-gc") {
+        Some(m) => (m, true),
+        None => (mode, false),
+    };
     let dev = Device::Cpu;
     let cfg = GptConfig {
         dropout: 0.0,
@@ -505,7 +549,7 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
             )?;
             (params, model)
         }
-        other => bail!("unknown mode {other:?} (expected full, lora or qlora)"),
+        other => bail!("unknown mode {other:?} (expected full, lora or qlora, optionally with -gc)"),
     };
     // What the model holds from here on; the training peak is measured from this point.
     crate::release_freed_memory();
@@ -540,6 +584,7 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
             Mode::Pretrain,
             1e-4,
             1.0,
+            checkpoint,
             &mut dropout,
             &dev,
         )?;

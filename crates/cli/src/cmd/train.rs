@@ -63,6 +63,10 @@ pub struct TrainArgs {
     /// Also write the best adapter to adapters/NAME/ in the run (one adapter per persona)
     #[arg(long)]
     pub adapter_name: Option<String>,
+    /// Recompute block activations in backward instead of storing them: less memory for long
+    /// contexts, about a third more compute per step
+    #[arg(long)]
+    pub grad_checkpoint: bool,
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -85,6 +89,7 @@ impl TrainArgs {
         if self.adapter_name.is_some() {
             t.adapter_name = self.adapter_name.clone();
         }
+        t.grad_checkpoint |= self.grad_checkpoint;
         let l = &mut cfg.lora;
         if let Some(r) = self.lora_rank {
             l.rank = r;

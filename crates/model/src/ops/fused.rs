@@ -660,8 +660,9 @@ impl CustomOp3 for LayerNormOp {
         // One kernel computes all three gradients, packed as [dx | dw | db].
         let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormGrad(self.0))?;
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, n, c)?;
-        let db = packed.narrow(0, n + c, c)?;
+        // Copied out: a view would keep the whole packed buffer alive with the parameter's gradient.
+        let dw = packed.narrow(0, n, c)?.copy()?;
+        let db = packed.narrow(0, n + c, c)?.copy()?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
 }
