@@ -52,6 +52,8 @@ enum Command {
     Tokenizer(cmd::tokenizer::TokenizerCommand),
     /// Pre-train or fine-tune a GPT on token shards
     Train(cmd::train::TrainArgs),
+    /// Export a model for other tools: a Hugging Face folder or GGUF; `export info` inspects one
+    Export(cmd::export::ExportArgs),
     /// LoRA adapters: merge one into its base
     #[command(subcommand)]
     Lora(cmd::lora::LoraCommand),
@@ -104,6 +106,7 @@ fn run() -> anyhow::Result<()> {
         Command::Tokenizer(c) => cmd::tokenizer::run(c),
         Command::Train(a) => cmd::train::run(a),
         Command::Lora(c) => cmd::lora::run(c),
+        Command::Export(c) => cmd::export::run(c),
         Command::Chat(a) => cmd::chat::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Eval(a) => cmd::eval::run(a),

@@ -5,6 +5,7 @@ pub mod chat;
 pub mod engine;
 pub mod eval;
 pub mod generate;
+pub mod gguf;
 pub mod kernels;
 pub mod metrics;
 pub mod sampling;
@@ -15,7 +16,7 @@ pub use chat::ChatSession;
 pub use engine::{Engine, Sequence, WeightType};
 pub use generate::{Finish, Output, Request, generate, generate_ids, prompt_budget};
 pub use sampling::Sampling;
-pub use source::{Checkpoint, LoadedModel, ModelKind};
+pub use source::{Checkpoint, LoadedModel, ModelKind, ModelSource};
 pub use stream::{StopText, TextStream};
 
 #[derive(Debug, thiserror::Error)]

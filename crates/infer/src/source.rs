@@ -45,6 +45,8 @@ pub enum ModelKind {
     Run,
     /// A Hugging Face GPT-2-family folder.
     Hf,
+    /// A GGUF file (as `chatforge export --format gguf` writes).
+    Gguf,
 }
 
 /// A model ready to generate, with its tokenizer and where it came from.
@@ -177,25 +179,71 @@ fn declares_chat_template(dir: &Path) -> bool {
         .is_some_and(|v| v.get("chat_template").is_some_and(|t| !t.is_null()))
 }
 
-impl LoadedModel {
-    /// Loads `path` (a run or an HF folder); `tokenizer` overrides the one found beside it;
-    /// `adapter` (a PEFT LoRA folder, or the name of one in the run's `adapters/`) is folded in.
+/// A model's parts as found on disk, before an engine is built: what export and the loader share.
+#[derive(Debug, Clone)]
+pub struct ModelSource {
+    pub config: GptConfig,
+    /// The base weights (HF names, f32), before any adapter.
+    pub base: Weights,
+    pub tokenizer: ChatTokenizer,
+    /// The tokenizer's file (`tokenizer.json` or the folder of `vocab.json` + `merges.txt`);
+    /// `None` when it came from inside a GGUF file.
+    pub tokenizer_path: Option<PathBuf>,
+    pub kind: ModelKind,
+    /// The run directory, HF folder or GGUF file given.
+    pub root: PathBuf,
+    /// The folder (or GGUF file) whose weights were loaded.
+    pub weights_dir: PathBuf,
+    /// The LoRA adapter to fold into the base, if any.
+    pub adapter: Option<PathBuf>,
+    /// The base of a LoRA run (its `--init`), when the checkpoint is an adapter.
+    pub base_dir: Option<PathBuf>,
+    /// The QLoRA quantisation the adapter was trained against (the base went through it).
+    pub quant: Option<chatforge_model::quant::QuantKind>,
+}
+
+impl ModelSource {
+    /// Finds and reads `path` (a run, an HF folder or a GGUF file); `tokenizer` overrides the one
+    /// found beside it; `adapter` (a PEFT LoRA folder, or the name of one in the run's
+    /// `adapters/`) is recorded to be folded in.
     pub fn open(
         path: &Path,
         checkpoint: &Checkpoint,
         tokenizer: Option<&Path>,
-        weight_type: WeightType,
-    ) -> Result<LoadedModel> {
-        Self::open_with(path, checkpoint, tokenizer, None, weight_type)
-    }
-
-    pub fn open_with(
-        path: &Path,
-        checkpoint: &Checkpoint,
-        tokenizer: Option<&Path>,
         adapter: Option<&str>,
-        weight_type: WeightType,
-    ) -> Result<LoadedModel> {
+    ) -> Result<ModelSource> {
+        // An export folder holding a GGUF file and no HF weights stands for the file.
+        let gguf_in_dir = path.join("model.gguf");
+        let path = if path.is_dir() && gguf_in_dir.is_file() && !path.join("config.json").is_file() {
+            gguf_in_dir.as_path()
+        } else {
+            path
+        };
+        if crate::gguf::is_gguf(path) {
+            if *checkpoint != Checkpoint::Best || adapter.is_some() {
+                return Err(Error::Load {
+                    path: path.to_path_buf(),
+                    msg: "a GGUF file has one set of weights: --checkpoint and --adapter do not apply".into(),
+                });
+            }
+            let (config, base, tok) = crate::gguf::read(path)?;
+            let tokenizer = match tokenizer {
+                Some(t) => ChatTokenizer::load(t)?,
+                None => tok,
+            };
+            return Ok(ModelSource {
+                config,
+                base,
+                tokenizer,
+                tokenizer_path: None,
+                kind: ModelKind::Gguf,
+                root: path.to_path_buf(),
+                weights_dir: path.to_path_buf(),
+                adapter: None,
+                base_dir: None,
+                quant: None,
+            });
+        }
         let (kind, weights_dir) = resolve(path, checkpoint)?;
         // A LoRA run's checkpoints are adapters: the base is the run's --init.
         let (base_dir, run_adapter) = if is_adapter_dir(&weights_dir) {
@@ -203,10 +251,11 @@ impl LoadedModel {
         } else {
             (None, None)
         };
-        let (config, mut weights) = load_hf(base_dir.as_deref().unwrap_or(&weights_dir), &Device::Cpu)?;
-        if let Some(kind) = trained_quant(&weights_dir) {
+        let (config, mut base) = load_hf(base_dir.as_deref().unwrap_or(&weights_dir), &Device::Cpu)?;
+        let quant = trained_quant(&weights_dir);
+        if let Some(kind) = quant {
             // A QLoRA adapter learnt against the quantised base: decode with that base.
-            quant_round_trip(&mut weights, kind)?;
+            quant_round_trip(&mut base, kind)?;
         }
         let tok_path = match tokenizer {
             Some(t) => t.to_path_buf(),
@@ -233,24 +282,66 @@ impl LoadedModel {
             Some(a) => Some(find_adapter(path, a)?),
             None => run_adapter,
         };
-        let keep_base = kind == ModelKind::Run && path.join("adapters").is_dir() || adapter.is_some();
-        let engine = match &adapter {
-            Some(a) => Engine::new(&config, &with_adapter(&weights, &config, a)?, weight_type)?,
-            None => Engine::new(&config, &weights, weight_type)?,
-        };
-        let chat = kind == ModelKind::Run
-            || matches!(tok.template(), Template::Chat { .. })
-            || declares_chat_template(path);
-        Ok(LoadedModel {
-            engine,
-            tokenizer: tok,
+        Ok(ModelSource {
             config,
+            base,
+            tokenizer: tok,
+            tokenizer_path: Some(tok_path),
             kind,
             root: path.to_path_buf(),
             weights_dir,
-            chat,
             adapter,
-            base: keep_base.then_some(weights),
+            base_dir,
+            quant,
+        })
+    }
+
+    /// The weights to run: the base with the adapter, if any, folded in.
+    pub fn merged(&self) -> Result<Weights> {
+        match &self.adapter {
+            Some(a) => with_adapter(&self.base, &self.config, a),
+            None => Ok(self.base.clone()),
+        }
+    }
+}
+
+impl LoadedModel {
+    /// Loads `path` (a run, an HF folder or a GGUF file); `tokenizer` overrides the one found
+    /// beside it.
+    pub fn open(
+        path: &Path,
+        checkpoint: &Checkpoint,
+        tokenizer: Option<&Path>,
+        weight_type: WeightType,
+    ) -> Result<LoadedModel> {
+        Self::open_with(path, checkpoint, tokenizer, None, weight_type)
+    }
+
+    /// [`open`](Self::open) with `adapter` (a PEFT LoRA folder, or the name of one in the run's
+    /// `adapters/`) folded in.
+    pub fn open_with(
+        path: &Path,
+        checkpoint: &Checkpoint,
+        tokenizer: Option<&Path>,
+        adapter: Option<&str>,
+        weight_type: WeightType,
+    ) -> Result<LoadedModel> {
+        let src = ModelSource::open(path, checkpoint, tokenizer, adapter)?;
+        let engine = Engine::new(&src.config, &src.merged()?, weight_type)?;
+        let keep_base = src.kind == ModelKind::Run && path.join("adapters").is_dir() || src.adapter.is_some();
+        let chat = src.kind != ModelKind::Hf
+            || matches!(src.tokenizer.template(), Template::Chat { .. })
+            || declares_chat_template(path);
+        Ok(LoadedModel {
+            engine,
+            tokenizer: src.tokenizer,
+            config: src.config,
+            kind: src.kind,
+            root: src.root,
+            weights_dir: src.weights_dir,
+            chat,
+            adapter: src.adapter,
+            base: keep_base.then_some(src.base),
             weight_type,
         })
     }
@@ -284,9 +375,12 @@ impl LoadedModel {
         names
     }
 
-    /// Where evaluation results go: `eval/` of the run, or of the folder.
+    /// Where evaluation results go: `eval/` of the run, or of the folder (beside a GGUF file).
     pub fn eval_dir(&self) -> PathBuf {
-        self.root.join("eval")
+        match self.kind {
+            ModelKind::Gguf => self.root.with_extension("eval"),
+            _ => self.root.join("eval"),
+        }
     }
 }
 

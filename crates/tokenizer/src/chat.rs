@@ -174,6 +174,26 @@ impl ChatTokenizer {
         ))
     }
 
+    /// From the text of a `tokenizer.json` (as embedded in a GGUF file).
+    pub fn from_json(json: &str) -> Result<Self> {
+        let inner: Tokenizer = json.parse().map_err(|e| Error::Load {
+            path: "tokenizer.json".into(),
+            msg: format!("not a tokenizer.json: {e}"),
+        })?;
+        Ok(Self::new(inner))
+    }
+
+    /// The tokenizer as `tokenizer.json` text, for other tools: special tokens in input text are
+    /// matched as usual there (chatforge itself never matches them in content).
+    pub fn to_json(&self) -> Result<String> {
+        let mut t = self.inner.clone();
+        t.set_encode_special_tokens(false);
+        t.to_string(false).map_err(|e| Error::Load {
+            path: "tokenizer.json".into(),
+            msg: format!("cannot serialise the tokenizer: {e}"),
+        })
+    }
+
     fn from_gpt2_files(vocab: &Path, merges: &Path) -> Result<Self> {
         let (v, m) = (vocab.to_string_lossy(), merges.to_string_lossy());
         let bpe = BPE::from_file(&v, &m).build()?;
@@ -285,6 +305,48 @@ impl ChatTokenizer {
                 }
             }
             None => content.to_string(),
+        }
+    }
+
+    /// This template as a Jinja string for Hugging Face's `tokenizer.apply_chat_template`: the same
+    /// text as [`render_prompt`](Self::render_prompt) (with `add_generation_prompt`) and
+    /// [`render_chat`](Self::render_chat) (without). `system_prompt` and `persona` are optional
+    /// variables (pass them as keyword arguments); domain tags are not rendered.
+    pub fn jinja_template(&self) -> String {
+        // The system block, as `system_text` builds it: the conversation's own system messages
+        // (joined by newlines) or the default, then the persona line; blank lines dropped.
+        const SYSTEM: &str = "{%- set ns = namespace(sys=[], lines=[]) -%}\
+            {%- for m in messages if m['role'] == 'system' -%}{%- set ns.sys = ns.sys + [m['content']] -%}{%- endfor -%}\
+            {%- if ns.sys -%}{%- set s = ns.sys | join('\\n') -%}\
+            {%- elif system_prompt is defined and system_prompt -%}{%- set s = system_prompt -%}\
+            {%- else -%}{%- set s = '' -%}{%- endif -%}\
+            {%- if s | trim -%}{%- set ns.lines = ns.lines + [s] -%}{%- endif -%}\
+            {%- if persona is defined and persona -%}{%- set ns.lines = ns.lines + ['Respond as ' + persona + ':'] -%}{%- endif -%}";
+        match self.template {
+            Template::Chat { .. } => format!(
+                "{SYSTEM}\
+                {{%- if ns.lines -%}}<|system|>{{{{ ns.lines | join('\\n') }}}}<|end|>{{%- endif -%}}\
+                {{%- for m in messages if m['role'] != 'system' -%}}\
+                {{%- if m['role'] == 'user' -%}}<|user|>{{{{ m['content'] }}}}<|end|>\
+                {{%- else -%}}<|assistant|>{{{{ m['content'] }}}}<|end|>{{%- endif -%}}\
+                {{%- endfor -%}}\
+                {{%- if add_generation_prompt -%}}<|assistant|>{{%- endif -%}}"
+            ),
+            Template::Plain { eos } => {
+                let end = match eos.and_then(|id| self.inner.id_to_token(id)) {
+                    Some(t) => t,
+                    None => "{{ '\\n' }}".to_string(),
+                };
+                format!(
+                    "{SYSTEM}\
+                    {{%- if ns.lines -%}}{{{{ 'System: ' + (ns.lines | join('\\n')) + '\\n' }}}}{{%- endif -%}}\
+                    {{%- for m in messages if m['role'] != 'system' -%}}\
+                    {{%- if m['role'] == 'user' -%}}{{{{ 'User: ' + m['content'] + '\\n' }}}}\
+                    {{%- else -%}}{{{{ 'Assistant: ' + m['content'] }}}}{end}{{%- endif -%}}\
+                    {{%- endfor -%}}\
+                    {{%- if add_generation_prompt -%}}Assistant:{{%- endif -%}}"
+                )
+            }
         }
     }
 

@@ -2,6 +2,7 @@ pub mod bench;
 pub mod chat;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod lora;
 pub mod pipeline;
@@ -45,7 +46,7 @@ impl TemplateArgs {
 /// Which model to load, shared by `chat`, `generate` and `eval`.
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// A run directory or a Hugging Face GPT-2-family folder
+    /// A run directory, a Hugging Face GPT-2-family folder, or a GGUF file (or an export folder holding one)
     #[arg(long)]
     pub model: std::path::PathBuf,
     /// For a run: best, latest, a step number, or a checkpoint folder

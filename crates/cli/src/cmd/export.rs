@@ -1,0 +1,147 @@
+//! `chatforge export`: a model in the formats other tools read, and `export info` to inspect one.
+
+use std::path::PathBuf;
+
+use chatforge_export::{ExportOptions, Format, GgufQuant};
+use chatforge_infer::ModelSource;
+use clap::{Args, Subcommand};
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ExportArgs {
+    #[command(subcommand)]
+    pub command: Option<ExportCommand>,
+    #[command(flatten)]
+    pub write: Option<WriteArgs>,
+}
+
+#[derive(Subcommand)]
+pub enum ExportCommand {
+    /// Show what an export (or HF folder, or GGUF file) holds: format, parameters, dtypes, size,
+    /// tokenizer, and the manifest of the run that produced it
+    Info {
+        path: PathBuf,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct WriteArgs {
+    /// A run directory, a Hugging Face GPT-2-family folder, or a GGUF file
+    #[arg(long)]
+    pub model: PathBuf,
+    /// For a run: best, latest, a step number, or a checkpoint folder
+    #[arg(long, default_value = "best")]
+    pub checkpoint: chatforge_infer::Checkpoint,
+    /// Tokenizer to use instead of the one beside the model
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// A LoRA adapter to fold in: a PEFT folder, or the name of one in the run's adapters/
+    #[arg(long)]
+    pub adapter: Option<String>,
+    /// hf (transformers folder) or gguf (llama.cpp)
+    #[arg(long, value_parser = parse_format)]
+    pub format: Format,
+    /// GGUF weight type: f32, f16, q8_0 or q4_0
+    #[arg(long, default_value = "f32", value_parser = parse_quant)]
+    pub quant: GgufQuant,
+    /// Output directory
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// Replace the output directory if it exists
+    #[arg(long)]
+    pub force: bool,
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    s.parse().map_err(|e: chatforge_export::Error| e.to_string())
+}
+
+fn parse_quant(s: &str) -> Result<GgufQuant, String> {
+    s.parse().map_err(|e: chatforge_export::Error| e.to_string())
+}
+
+pub fn run(args: ExportArgs) -> anyhow::Result<()> {
+    match (args.command, args.write) {
+        (Some(ExportCommand::Info { path, json }), _) => info(&path, json),
+        (None, Some(w)) => write(&w),
+        (None, None) => anyhow::bail!("give --model, --format and -o, or `export info PATH`"),
+    }
+}
+
+fn write(a: &WriteArgs) -> anyhow::Result<()> {
+    if a.quant != GgufQuant::F32 && a.format != Format::Gguf {
+        anyhow::bail!("--quant {} applies to --format gguf", a.quant.name());
+    }
+    let src = ModelSource::open(
+        &a.model,
+        &a.checkpoint,
+        a.tokenizer.as_deref(),
+        a.adapter.as_deref(),
+    )?;
+    let t0 = std::time::Instant::now();
+    let manifest = chatforge_export::export(
+        &src,
+        &ExportOptions {
+            format: a.format,
+            gguf_quant: a.quant,
+            force: a.force,
+        },
+        &a.out,
+    )?;
+    let bytes: u64 = manifest["files"]
+        .as_array()
+        .map(|f| f.iter().filter_map(|x| x["bytes"].as_u64()).sum())
+        .unwrap_or(0);
+    say!(
+        "exported {} ({:.1} M parameters{}) as {:?} to {} ({:.1} MB) in {:.1} s",
+        a.model.display(),
+        src.config.n_params() as f64 / 1e6,
+        src.adapter
+            .as_ref()
+            .map_or(String::new(), |ad| format!(", adapter {} merged", ad.display())),
+        a.format,
+        a.out.display(),
+        bytes as f64 / 1e6,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn info(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let i = chatforge_export::info(path)?;
+    if json {
+        say!("{}", serde_json::to_string_pretty(&i)?);
+        return Ok(());
+    }
+    say!("{}: {}", i.format, i.path);
+    say!(
+        "  {} tensors, {:.2} M parameters, {:.1} MB on disk",
+        i.tensors,
+        i.parameters as f64 / 1e6,
+        i.bytes as f64 / 1e6
+    );
+    let dtypes: Vec<String> = i.dtypes.iter().map(|(d, n)| format!("{d} ×{n}")).collect();
+    say!("  dtypes: {}", dtypes.join(", "));
+    say!("  tokenizer: {}", i.tokenizer);
+    if let Some(m) = &i.manifest {
+        say!(
+            "  exported from {} ({}, checkpoint {}), quantization {}",
+            m["source"]["path"].as_str().unwrap_or("?"),
+            m["source"]["kind"].as_str().unwrap_or("?"),
+            m["source"]["checkpoint"].as_str().unwrap_or("?"),
+            m["quantization"].as_str().unwrap_or("none")
+        );
+        if let Some(r) = m.get("run_manifest").filter(|r| !r.is_null()) {
+            say!(
+                "  run: mode {}, seed {}, status {}",
+                r["config"]["train"]["mode"].as_str().unwrap_or("?"),
+                r["seed"],
+                r["status"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! `chatforge export` as a person runs it, each format checked by its real consumer: the HF folder
+//! by transformers, the GGUF file by the `gguf` package and by chatforge's own loader.
+
+#![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
+
+mod common;
+
+use std::path::Path;
+
+use chatforge_data::{Conversation, Message, Role};
+use chatforge_infer::{Checkpoint, LoadedModel, WeightType};
+use chatforge_testkit::{python, run_reference};
+use chatforge_tokenizer::RenderOptions;
+use common::{fails, ok, trained};
+use serde_json::{Value, json};
+
+fn conversation(turns: &[(&str, &str)]) -> Conversation {
+    Conversation::new(
+        turns
+            .iter()
+            .map(|(role, content)| Message {
+                role: match *role {
+                    "system" => Role::System,
+                    "user" => Role::User,
+                    _ => Role::Assistant,
+                },
+                content: (*content).to_string(),
+                speaker: None,
+            })
+            .collect(),
+    )
+}
+
+/// chatforge's logits for `ids` from the model at `path`: (positions × vocab), flat.
+fn our_logits(path: &Path, ids: &[u32]) -> Vec<f32> {
+    let m = LoadedModel::open(path, &Checkpoint::Best, None, WeightType::F32).unwrap();
+    let mut seq = m.engine.new_sequence();
+    m.engine.forward(&mut [&mut seq], &[ids], true).unwrap()
+}
+
+fn flat(v: &Value) -> Vec<f32> {
+    fn go(v: &Value, out: &mut Vec<f32>) {
+        match v {
+            Value::Array(a) => a.iter().for_each(|x| go(x, out)),
+            Value::Number(n) => out.push(n.as_f64().unwrap() as f32),
+            _ => panic!("not a number: {v}"),
+        }
+    }
+    let mut out = Vec::new();
+    go(v, &mut out);
+    out
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn hf_export_loads_in_transformers_with_our_logits_tokens_and_template() {
+    let (dir, run) = trained();
+    let d = dir.path();
+    let out = ok(
+        &[
+            "export",
+            "--model",
+            run.to_str().unwrap(),
+            "--format",
+            "hf",
+            "-o",
+            "hf",
+        ],
+        d,
+        None,
+    );
+    assert!(out.contains("exported"), "{out}");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "export_manifest.json",
+    ] {
+        assert!(d.join("hf").join(f).is_file(), "{f} missing");
+    }
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("hf/export_manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["format"], "hf");
+    assert_eq!(manifest["source"]["kind"], "run");
+    assert!(
+        manifest["run_manifest"]["config"]["train"].is_object(),
+        "{manifest}"
+    );
+    let files = manifest["files"].as_array().unwrap();
+    assert!(
+        files
+            .iter()
+            .any(|f| f["path"] == "model.safetensors" && f["sha256"].as_str().unwrap().len() == 64)
+    );
+    // The exported folder is a model chatforge loads too, with the run's logits.
+    let ids: Vec<u32> = vec![1, 2, 40, 41, 42, 7, 300, 4, 3, 99];
+    let ours = our_logits(run, &ids);
+    assert_eq!(max_diff(&ours, &our_logits(&d.join("hf"), &ids)), 0.0);
+    // `export info` reads it back.
+    let info = ok(&["export", "info", "hf"], d, None);
+    assert!(info.contains("hf:") && info.contains("exported from"), "{info}");
+
+    let Some(py) = python() else { return };
+    let tok = chatforge_tokenizer::ChatTokenizer::load(&d.join("hf")).unwrap();
+    let texts = [
+        "How do I make tea?",
+        "Ünïcödé — and emoji 🍵, spaces  twice.\nNew line",
+    ];
+    let convs = [
+        conversation(&[
+            ("user", "Hi!"),
+            ("assistant", "Hello, how can I help?"),
+            ("user", "Tea?"),
+        ]),
+        conversation(&[
+            ("system", "You are terse."),
+            ("user", "What is 2+2?"),
+            ("assistant", "4"),
+            ("user", "And 3+3?"),
+        ]),
+    ];
+    let as_json = |c: &Conversation| -> Value {
+        c.messages
+            .iter()
+            .map(|m| {
+                let role = match m.role {
+                    Role::System => "system",
+                    Role::User => "user",
+                    Role::Assistant => "assistant",
+                };
+                json!({"role": role, "content": m.content})
+            })
+            .collect()
+    };
+    let req = json!({
+        "ids": [ids],
+        "texts": texts,
+        "conversations": convs.iter().map(as_json).collect::<Vec<_>>(),
+    });
+    std::fs::write(d.join("req.json"), req.to_string()).unwrap();
+    let hf = d.join("hf");
+    let r: Value = serde_json::from_str(&run_reference(
+        &py,
+        "export_check.py",
+        &["hf", hf.to_str().unwrap(), d.join("req.json").to_str().unwrap()],
+    ))
+    .unwrap();
+    let diff = max_diff(&ours, &flat(&r["logits"][0]));
+    assert!(diff < 1e-4, "logits differ from transformers' by {diff}");
+    for (i, t) in texts.iter().enumerate() {
+        let mut mine = Vec::new();
+        tok.encoder().encode_into(t, &mut mine).unwrap();
+        let theirs: Vec<u32> = serde_json::from_value(r["encodings"][i].clone()).unwrap();
+        assert_eq!(mine, theirs, "encoding of {t:?}");
+    }
+    let opts = RenderOptions::default();
+    for (i, c) in convs.iter().enumerate() {
+        let decode = |ids: &[u32]| tok.inner().decode(ids, false).unwrap();
+        let chat = &r["chat"][i];
+        let full = tok.render_chat(c, &opts).unwrap();
+        assert_eq!(chat["text"], decode(&full.ids), "conversation {i} rendered");
+        let prompt = tok.render_prompt(c, &opts).unwrap();
+        assert_eq!(chat["prompt_text"], decode(&prompt), "conversation {i} prompt");
+        let theirs: Vec<u32> = serde_json::from_value(chat["prompt_ids"].clone()).unwrap();
+        assert_eq!(theirs, prompt, "conversation {i}: the prompt's ids");
+    }
+}
+
+#[test]
+fn gguf_export_reads_back_in_gguf_and_in_chatforge() {
+    let (dir, run) = trained();
+    let d = dir.path();
+    let model = run.to_str().unwrap();
+    let ids: Vec<u32> = vec![1, 2, 40, 41, 42, 7, 300, 4, 3, 99];
+    let ours = our_logits(run, &ids);
+    let scale = ours.iter().fold(0f32, |m, x| m.max(x.abs()));
+    // Logit error bounds by weight type, relative to the largest logit.
+    for (quant, bound) in [("f32", 1e-5), ("f16", 2e-3), ("q8_0", 2e-2), ("q4_0", 0.25)] {
+        let out = format!("gguf-{quant}");
+        ok(
+            &[
+                "export", "--model", model, "--format", "gguf", "--quant", quant, "-o", &out,
+            ],
+            d,
+            None,
+        );
+        let file = d.join(&out).join("model.gguf");
+        let theirs = our_logits(&file, &ids);
+        let diff = max_diff(&ours, &theirs) / scale;
+        assert!(
+            diff <= bound,
+            "{quant}: logits differ by {diff} of the largest (bound {bound})"
+        );
+        // Chat works from the export folder (its GGUF file), tokenizer included.
+        let chat = ok(
+            &[
+                "chat",
+                "--model",
+                &out,
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "6",
+            ],
+            d,
+            Some("Hi!\n"),
+        );
+        assert!(chat.contains("assistant:"), "{chat}");
+        if quant == "q4_0" {
+            let info = ok(&["export", "info", &out, "--json"], d, None);
+            let info: Value = serde_json::from_str(&info).unwrap();
+            assert_eq!(info["format"], "gguf");
+            assert!(info["dtypes"]["q4_0"].as_u64().unwrap() > 0, "{info}");
+            assert_eq!(info["manifest"]["quantization"], "q4_0");
+        }
+    }
+
+    let Some(py) = python() else { return };
+    let file = d.join("gguf-q8_0/model.gguf");
+    let r: Value = serde_json::from_str(&run_reference(
+        &py,
+        "export_check.py",
+        &["gguf", file.to_str().unwrap()],
+    ))
+    .unwrap();
+    assert_eq!(r["version"], 3);
+    let meta = &r["meta"];
+    let cfg = LoadedModel::open(run, &Checkpoint::Best, None, WeightType::F32)
+        .unwrap()
+        .config;
+    assert_eq!(meta["general.architecture"], "gpt2");
+    assert_eq!(meta["gpt2.block_count"], cfg.n_layer);
+    assert_eq!(meta["gpt2.embedding_length"], cfg.n_embd);
+    assert_eq!(meta["gpt2.context_length"], cfg.n_ctx);
+    assert_eq!(meta["gpt2.attention.head_count"], cfg.n_head);
+    assert_eq!(meta["tokenizer.ggml.model"], "gpt2");
+    let tok = chatforge_tokenizer::ChatTokenizer::load(&run.join("tokenizer.json")).unwrap();
+    let tokens = meta["tokenizer.ggml.tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), cfg.vocab_size);
+    for (t, id) in tok.inner().get_vocab(true) {
+        assert_eq!(tokens[id as usize], t, "token {id}");
+    }
+    assert!(meta["tokenizer.ggml.merges"].as_array().unwrap().len() > 100);
+    assert_eq!(meta["tokenizer.chat_template"], tok.jinja_template());
+    assert_eq!(
+        meta["tokenizer.ggml.eos_token_id"],
+        tok.inner().token_to_id("<|end|>").unwrap()
+    );
+    // Every tensor, as the gguf package dequantises it, equals what chatforge's loader reads.
+    let (_, weights, _) = chatforge_infer::gguf::read(&file).unwrap();
+    let tensors = r["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), weights.len());
+    for t in tensors {
+        let name = t["name"].as_str().unwrap();
+        let hf = weights
+            .keys()
+            .find(|k| chatforge_infer::gguf::gguf_name(k).unwrap().0 == name)
+            .unwrap_or_else(|| panic!("{name} has no HF counterpart"));
+        let (_, transposed) = chatforge_infer::gguf::gguf_name(hf).unwrap();
+        let w = &weights[hf];
+        // The GGUF tensor is the HF one, transposed for the linear layers.
+        let w = if transposed {
+            w.t().unwrap().contiguous().unwrap()
+        } else {
+            w.clone()
+        };
+        let v: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        let sum: f64 = v.iter().map(|&x| f64::from(x)).sum();
+        let abs: f64 = v.iter().map(|&x| f64::from(x).abs()).sum();
+        assert!(
+            (sum - t["sum"].as_f64().unwrap()).abs() <= 1e-4 * abs.max(1.0),
+            "{name}: sum"
+        );
+        assert!(
+            (abs - t["abs_sum"].as_f64().unwrap()).abs() <= 1e-4 * abs.max(1.0),
+            "{name}: sum of |x|"
+        );
+        for (a, b) in v.iter().zip(flat(&t["first"])) {
+            assert!((a - b).abs() <= 1e-6, "{name}: {a} vs {b}");
+        }
+        let ty = t["type"].as_str().unwrap();
+        assert_eq!(ty, if w.rank() == 2 { "Q8_0" } else { "F32" }, "{name}");
+    }
+}
+
+#[test]
+fn bad_exports_are_clear_errors_and_leave_nothing() {
+    let (dir, run) = trained();
+    let d = dir.path();
+    let model = run.to_str().unwrap();
+    let e = fails(&["export", "--model", model, "--format", "onnx2", "-o", "x"], d);
+    assert!(e.contains("unknown export format"), "{e}");
+    std::fs::create_dir_all(d.join("taken")).unwrap();
+    let e = fails(&["export", "--model", model, "--format", "hf", "-o", "taken"], d);
+    assert!(e.contains("--force"), "{e}");
+    // A run with no checkpoint yet.
+    std::fs::create_dir_all(d.join("empty-run/checkpoints")).unwrap();
+    let e = fails(
+        &["export", "--model", "empty-run", "--format", "hf", "-o", "y"],
+        d,
+    );
+    assert!(e.contains("no checkpoint"), "{e}");
+    assert!(!d.join("y").exists());
+    // A failure while writing (here a tensor missing from the weights) leaves no output.
+    let mut src = chatforge_infer::ModelSource::open(run, &Checkpoint::Best, None, None).unwrap();
+    src.base.remove("transformer.h.1.mlp.c_fc.weight").unwrap();
+    let opts = chatforge_export::ExportOptions {
+        format: chatforge_export::Format::Gguf,
+        gguf_quant: chatforge_export::GgufQuant::Q4_0,
+        force: false,
+    };
+    let e = chatforge_export::export(&src, &opts, &d.join("z")).unwrap_err();
+    assert!(e.to_string().contains("transformer.h.1.mlp.c_fc.weight"), "{e}");
+    assert!(!d.join("z").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    // --force replaces an export.
+    ok(
+        &[
+            "export", "--model", model, "--format", "hf", "-o", "taken", "--force",
+        ],
+        d,
+        None,
+    );
+    assert!(d.join("taken/model.safetensors").is_file());
+}

@@ -1,0 +1,122 @@
+//! `chatforge export info`: what an exported file or folder holds.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::Content;
+use serde::Serialize;
+
+use crate::{Error, Result, io_err};
+
+/// What an export holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Info {
+    pub path: String,
+    /// `hf`, `gguf`.
+    pub format: String,
+    pub tensors: usize,
+    pub parameters: u64,
+    /// Tensor count per dtype.
+    pub dtypes: BTreeMap<String, usize>,
+    /// Bytes on disk (the folder's files, or the file).
+    pub bytes: u64,
+    /// Tokenizer: vocabulary size and chat template presence.
+    pub tokenizer: serde_json::Value,
+    /// `export_manifest.json` beside it, if any (with the producing run's manifest).
+    pub manifest: Option<serde_json::Value>,
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn read_json(p: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
+}
+
+/// Inspects an export directory, an HF folder or a GGUF file.
+pub fn info(path: &Path) -> Result<Info> {
+    let (dir, gguf) = if path.is_dir() {
+        let g = path.join("model.gguf");
+        (path.to_path_buf(), g.is_file().then_some(g))
+    } else {
+        let dir = path
+            .parent()
+            .map_or_else(|| Path::new(".").to_path_buf(), Path::to_path_buf);
+        (
+            dir,
+            chatforge_infer::gguf::is_gguf(path).then(|| path.to_path_buf()),
+        )
+    };
+    let manifest = read_json(&dir.join("export_manifest.json"));
+    if let Some(g) = gguf {
+        let mut f = std::fs::File::open(&g).map_err(io_err(&g))?;
+        let c = Content::read(&mut f).map_err(|e| Error::Invalid(format!("{}: {e}", g.display())))?;
+        let mut dtypes = BTreeMap::new();
+        let mut parameters = 0u64;
+        for t in c.tensor_infos.values() {
+            *dtypes
+                .entry(format!("{:?}", t.ggml_dtype).to_lowercase())
+                .or_insert(0) += 1;
+            parameters += t.shape.elem_count() as u64;
+        }
+        let vocab = c
+            .metadata
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.to_vec().ok())
+            .map(Vec::len);
+        return Ok(Info {
+            path: g.display().to_string(),
+            format: "gguf".into(),
+            tensors: c.tensor_infos.len(),
+            parameters,
+            dtypes,
+            bytes: std::fs::metadata(&g).map_err(io_err(&g))?.len(),
+            tokenizer: serde_json::json!({
+                "tokens": vocab,
+                "chat_template": c.metadata.contains_key("tokenizer.chat_template"),
+                "huggingface_json": c.metadata.contains_key("tokenizer.huggingface.json"),
+            }),
+            manifest,
+        });
+    }
+    let weights = chatforge_model::weights_file(path).map_err(|_| {
+        Error::Invalid(format!(
+            "{}: not an export (no model.gguf or model.safetensors)",
+            path.display()
+        ))
+    })?;
+    let tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu)?;
+    let mut dtypes = BTreeMap::new();
+    let mut parameters = 0u64;
+    for t in tensors.values() {
+        *dtypes
+            .entry(format!("{:?}", t.dtype()).to_lowercase())
+            .or_insert(0) += 1;
+        parameters += t.elem_count() as u64;
+    }
+    let tc = read_json(&path.join("tokenizer_config.json"));
+    let vocab = chatforge_tokenizer::ChatTokenizer::load(path)
+        .ok()
+        .map(|t| t.vocab_size());
+    Ok(Info {
+        path: path.display().to_string(),
+        format: "hf".into(),
+        tensors: tensors.len(),
+        parameters,
+        dtypes,
+        bytes: dir_bytes(path),
+        tokenizer: serde_json::json!({
+            "tokens": vocab,
+            "chat_template": tc.as_ref().is_some_and(|t| t.get("chat_template").is_some()),
+        }),
+        manifest,
+    })
+}

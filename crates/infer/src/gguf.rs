@@ -1,0 +1,160 @@
+//! GGUF files of GPT-2 models, as `chatforge export --format gguf` writes them and llama.cpp
+//! reads them: tensor names in llama.cpp's scheme, architecture keys under `gpt2.`, the tokenizer
+//! under `tokenizer.` (both llama.cpp's `tokenizer.ggml.*` and the whole `tokenizer.huggingface.json`).
+//! This module maps names and reads a file back into HF-named f32 weights.
+
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::{Device, Tensor};
+use chatforge_model::{Activation, GptConfig, Weights};
+use chatforge_tokenizer::ChatTokenizer;
+
+use crate::{Error, Result};
+
+/// GGUF's magic number: "GGUF" little-endian.
+pub const MAGIC: u32 = 0x4655_4747;
+
+/// Whether `path` is a GGUF file (by its magic number).
+pub fn is_gguf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    path.is_file()
+        && std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .is_ok()
+        && u32::from_le_bytes(magic) == MAGIC
+}
+
+/// llama.cpp's name for an HF GPT-2 tensor, and whether its matrix is stored transposed (HF's
+/// Conv1D keeps `(in, out)`; ggml wants `(out, in)` row-major, so `ne = [in, out]`).
+pub fn gguf_name(hf: &str) -> Option<(String, bool)> {
+    let fixed = match hf {
+        "transformer.wte.weight" => Some("token_embd.weight"),
+        "transformer.wpe.weight" => Some("position_embd.weight"),
+        "transformer.ln_f.weight" => Some("output_norm.weight"),
+        "transformer.ln_f.bias" => Some("output_norm.bias"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some((f.to_string(), false));
+    }
+    let rest = hf.strip_prefix("transformer.h.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, kind) = part.rsplit_once('.')?;
+    let name = match module {
+        "ln_1" => "attn_norm",
+        "attn.c_attn" => "attn_qkv",
+        "attn.c_proj" => "attn_output",
+        "ln_2" => "ffn_norm",
+        "mlp.c_fc" => "ffn_up",
+        "mlp.c_proj" => "ffn_down",
+        _ => return None,
+    };
+    let transposed = kind == "weight" && !name.ends_with("norm");
+    Some((format!("blk.{layer}.{name}.{kind}"), transposed))
+}
+
+fn load_err(path: &Path, msg: impl Into<String>) -> Error {
+    Error::Load {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+fn int(v: &Value) -> Option<usize> {
+    v.to_u32()
+        .map(|x| x as usize)
+        .or_else(|_| v.to_u64().map(|x| x as usize))
+        .or_else(|_| v.to_i32().map(|x| x as usize))
+        .ok()
+}
+
+/// Reads a GPT-2 GGUF file: the config from its `gpt2.*` keys, every tensor dequantised to f32
+/// under its HF name, and the tokenizer embedded in it.
+pub fn read(path: &Path) -> Result<(GptConfig, Weights, ChatTokenizer)> {
+    let mut f = std::fs::File::open(path).map_err(|e| load_err(path, e.to_string()))?;
+    let content =
+        Content::read(&mut f).map_err(|e| load_err(path, format!("not a readable GGUF file: {e}")))?;
+    let meta = &content.metadata;
+    let arch = meta
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .ok_or_else(|| load_err(path, "no general.architecture key"))?;
+    if arch != "gpt2" {
+        return Err(load_err(
+            path,
+            format!("architecture {arch:?}: chatforge reads GPT-2 GGUF files only"),
+        ));
+    }
+    let key = |k: &str| {
+        meta.get(&format!("gpt2.{k}"))
+            .and_then(int)
+            .ok_or_else(|| load_err(path, format!("no integer key gpt2.{k}")))
+    };
+    let emb = content
+        .tensor_infos
+        .get("token_embd.weight")
+        .ok_or_else(|| load_err(path, "no token_embd.weight tensor"))?;
+    let eps = meta
+        .get("gpt2.attention.layer_norm_epsilon")
+        .and_then(|v| v.to_f32().ok())
+        .unwrap_or(1e-5);
+    let flag = |k: &str, default: bool| meta.get(k).and_then(|v| v.to_bool().ok()).unwrap_or(default);
+    let config = GptConfig {
+        vocab_size: emb.shape.dims()[0],
+        n_ctx: key("context_length")?,
+        n_layer: key("block_count")?,
+        n_head: key("attention.head_count")?,
+        n_embd: key("embedding_length")?,
+        dropout: 0.0,
+        bias: content.tensor_infos.contains_key("blk.0.attn_qkv.bias"),
+        tie_embeddings: !content.tensor_infos.contains_key("output.weight"),
+        activation: if flag("chatforge.gelu_erf", false) {
+            Activation::GeluErf
+        } else {
+            Activation::GeluTanh
+        },
+        layer_norm_eps: f64::from(eps),
+    };
+    config.validate()?;
+    let dev = Device::Cpu;
+    let mut weights = Weights::new();
+    for spec in chatforge_model::param_specs(&config) {
+        let (name, transposed) =
+            gguf_name(&spec.name).ok_or_else(|| load_err(path, format!("no GGUF name for {}", spec.name)))?;
+        let q = content
+            .tensor(&mut f, &name, &dev)
+            .map_err(|e| load_err(path, format!("tensor {name}: {e}")))?;
+        let mut t: Tensor = q.dequantize(&dev)?;
+        if transposed {
+            t = t.t()?.contiguous()?;
+        }
+        if t.dims() != spec.shape.as_slice() {
+            return Err(load_err(
+                path,
+                format!(
+                    "tensor {name} has shape {:?}, expected {:?}",
+                    t.dims(),
+                    spec.shape
+                ),
+            ));
+        }
+        weights.insert(spec.name.clone(), t);
+    }
+    let tokenizer = match meta
+        .get("tokenizer.huggingface.json")
+        .and_then(|v| v.to_string().ok())
+    {
+        Some(json) => ChatTokenizer::from_json(json)?,
+        None => {
+            return Err(load_err(
+                path,
+                "no tokenizer.huggingface.json key: pass --tokenizer with the model's tokenizer.json",
+            ));
+        }
+    };
+    Ok((config, weights, tokenizer))
+}
