@@ -388,6 +388,9 @@ fn lora_runs_adapters_and_merge_agree() {
     let merged = greedy("merged", &[]);
     assert_eq!(from_run, with_adapter);
     assert_eq!(from_run, merged);
+    // Exporting the LoRA run folds its adapter in, as merge does.
+    ok(&["export", "--model", "lora", "--format", "hf", "-o", "lora-hf"], d, None);
+    assert_eq!(from_run, greedy("lora-hf", &[]));
     let e = fails(
         &[
             "lora",
