@@ -9,7 +9,7 @@ use std::path::Path;
 
 use chatforge_data::{Conversation, Message, Role};
 use chatforge_infer::{Checkpoint, LoadedModel, WeightType};
-use chatforge_testkit::{python, run_reference};
+use chatforge_testkit::{json_floats, max_abs_diff, python, run_reference};
 use chatforge_tokenizer::RenderOptions;
 use common::{fails, ok, trained};
 use serde_json::{Value, json};
@@ -36,24 +36,6 @@ fn our_logits(path: &Path, ids: &[u32]) -> Vec<f32> {
     let m = LoadedModel::open(path, &Checkpoint::Best, None, WeightType::F32).unwrap();
     let mut seq = m.engine.new_sequence();
     m.engine.forward(&mut [&mut seq], &[ids], true).unwrap()
-}
-
-fn flat(v: &Value) -> Vec<f32> {
-    fn go(v: &Value, out: &mut Vec<f32>) {
-        match v {
-            Value::Array(a) => a.iter().for_each(|x| go(x, out)),
-            Value::Number(n) => out.push(n.as_f64().unwrap() as f32),
-            _ => panic!("not a number: {v}"),
-        }
-    }
-    let mut out = Vec::new();
-    go(v, &mut out);
-    out
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 #[test]
@@ -101,7 +83,7 @@ fn hf_export_loads_in_transformers_with_our_logits_tokens_and_template() {
     // The exported folder is a model chatforge loads too, with the run's logits.
     let ids: Vec<u32> = vec![1, 2, 40, 41, 42, 7, 300, 4, 3, 99];
     let ours = our_logits(run, &ids);
-    assert_eq!(max_diff(&ours, &our_logits(&d.join("hf"), &ids)), 0.0);
+    assert_eq!(max_abs_diff(&ours, &our_logits(&d.join("hf"), &ids)), 0.0);
     // `export info` reads it back.
     let info = ok(&["export", "info", "hf"], d, None);
     assert!(info.contains("hf:") && info.contains("exported from"), "{info}");
@@ -151,7 +133,7 @@ fn hf_export_loads_in_transformers_with_our_logits_tokens_and_template() {
         &["hf", hf.to_str().unwrap(), d.join("req.json").to_str().unwrap()],
     ))
     .unwrap();
-    let diff = max_diff(&ours, &flat(&r["logits"][0]));
+    let diff = max_abs_diff(&ours, &json_floats(&r["logits"][0]));
     assert!(diff < 1e-4, "logits differ from transformers' by {diff}");
     for (i, t) in texts.iter().enumerate() {
         let mut mine = Vec::new();
@@ -192,7 +174,7 @@ fn gguf_export_reads_back_in_gguf_and_in_chatforge() {
         );
         let file = d.join(&out).join("model.gguf");
         let theirs = our_logits(&file, &ids);
-        let diff = max_diff(&ours, &theirs) / scale;
+        let diff = max_abs_diff(&ours, &theirs) / scale;
         assert!(
             diff <= bound,
             "{quant}: logits differ by {diff} of the largest (bound {bound})"
@@ -281,7 +263,7 @@ fn gguf_export_reads_back_in_gguf_and_in_chatforge() {
             (abs - t["abs_sum"].as_f64().unwrap()).abs() <= 1e-4 * abs.max(1.0),
             "{name}: sum of |x|"
         );
-        for (a, b) in v.iter().zip(flat(&t["first"])) {
+        for (a, b) in v.iter().zip(json_floats(&t["first"])) {
             assert!((a - b).abs() <= 1e-6, "{name}: {a} vs {b}");
         }
         let ty = t["type"].as_str().unwrap();

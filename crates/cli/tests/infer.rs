@@ -389,7 +389,11 @@ fn lora_runs_adapters_and_merge_agree() {
     assert_eq!(from_run, with_adapter);
     assert_eq!(from_run, merged);
     // Exporting the LoRA run folds its adapter in, as merge does.
-    ok(&["export", "--model", "lora", "--format", "hf", "-o", "lora-hf"], d, None);
+    ok(
+        &["export", "--model", "lora", "--format", "hf", "-o", "lora-hf"],
+        d,
+        None,
+    );
     assert_eq!(from_run, greedy("lora-hf", &[]));
     let e = fails(
         &[

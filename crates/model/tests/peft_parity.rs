@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use chatforge_data::Rng;
 use chatforge_model::lora::{load_adapter, merge, save_adapter};
 use chatforge_model::{AttnMask, Gpt, GptConfig, LoraConfig, Weights, load_hf};
-use chatforge_testkit::{python, run_reference};
+use chatforge_testkit::{json_floats, max_abs_diff, python, run_reference};
 use serde_json::Value;
 
 fn logits(cfg: &GptConfig, w: &Weights, lora: Option<&LoraConfig>, ids: &[Vec<u32>]) -> Vec<f32> {
@@ -22,23 +22,6 @@ fn logits(cfg: &GptConfig, w: &Weights, lora: Option<&LoraConfig>, ids: &[Vec<u3
     let pos = Gpt::positions(b, t, 0, &Device::Cpu).unwrap();
     let l = model.forward(&x, &pos, &AttnMask::Causal, None, None).unwrap();
     l.flatten_all().unwrap().to_vec1().unwrap()
-}
-
-fn flat(v: &Value) -> Vec<f32> {
-    fn go(v: &Value, out: &mut Vec<f32>) {
-        match v {
-            Value::Array(a) => a.iter().for_each(|x| go(x, out)),
-            x => out.push(x.as_f64().unwrap() as f32),
-        }
-    }
-    let mut out = Vec::new();
-    go(v, &mut out);
-    out
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 fn with(base: &Weights, adapter: &Weights) -> Weights {
@@ -69,16 +52,16 @@ fn adapters_round_trip_with_peft() {
         .collect();
     let (cfg, base) = load_hf(&d.join("base"), &Device::Cpu).unwrap();
     let base_logits = logits(&cfg, &base, None, &ids);
-    assert!(max_diff(&base_logits, &flat(&reference["base"])) < 1e-4);
+    assert!(max_abs_diff(&base_logits, &json_floats(&reference["base"])) < 1e-4);
 
     // PEFT's adapter, read here.
     let (lcfg, adapter) = load_adapter(&d.join("adapter"), &cfg, &Device::Cpu).unwrap();
     assert_eq!((lcfg.rank, lcfg.alpha), (4, 8.0));
     let adapted = logits(&cfg, &with(&base, &adapter), Some(&lcfg), &ids);
-    let diff = max_diff(&adapted, &flat(&reference["adapted"]));
+    let diff = max_abs_diff(&adapted, &json_floats(&reference["adapted"]));
     assert!(diff < 1e-4, "PEFT adapter: logits differ by {diff}");
     assert!(
-        max_diff(&adapted, &base_logits) > 1e-2,
+        max_abs_diff(&adapted, &base_logits) > 1e-2,
         "the adapter should change the model"
     );
 
@@ -86,9 +69,9 @@ fn adapters_round_trip_with_peft() {
     let merged = merge(&base, &lcfg, &adapter, &cfg).unwrap();
     let m = logits(&cfg, &merged, None, &ids);
     assert!(
-        max_diff(&m, &adapted) < 1e-5,
+        max_abs_diff(&m, &adapted) < 1e-5,
         "merged differs by {}",
-        max_diff(&m, &adapted)
+        max_abs_diff(&m, &adapted)
     );
 
     // A fresh adapter is the identity: B = 0.
@@ -123,6 +106,6 @@ fn adapters_round_trip_with_peft() {
         ],
     );
     let got: Value = serde_json::from_str(&out).unwrap();
-    let diff = max_diff(&want, &flat(&got["logits"]));
+    let diff = max_abs_diff(&want, &json_floats(&got["logits"]));
     assert!(diff < 1e-4, "chatforge adapter in PEFT: logits differ by {diff}");
 }

@@ -53,3 +53,22 @@ pub fn run_reference(python: &PathBuf, script: &str, args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).expect("reference output is UTF-8")
 }
+
+/// Every number in a (nested) JSON array, in order, as f32: logits and tensors a reference printed.
+pub fn json_floats(v: &serde_json::Value) -> Vec<f32> {
+    fn go(v: &serde_json::Value, out: &mut Vec<f32>) {
+        match v {
+            serde_json::Value::Array(a) => a.iter().for_each(|x| go(x, out)),
+            x => out.push(x.as_f64().unwrap_or_else(|| panic!("not a number: {x}")) as f32),
+        }
+    }
+    let mut out = Vec::new();
+    go(v, &mut out);
+    out
+}
+
+/// The largest absolute difference between two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}

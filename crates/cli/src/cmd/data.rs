@@ -45,10 +45,10 @@ pub struct ImportArgs {
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
     /// Force the record format instead of detecting it
-    #[arg(long, value_parser = parse_format, help = format!("Force the record format: {}", DataFormat::NAMES))]
+    #[arg(long, value_parser = super::parse::<DataFormat>, help = format!("Force the record format: {}", DataFormat::NAMES))]
     pub format: Option<DataFormat>,
     /// Name instruction fields, e.g. instruction=question,output=answer,domain=topic
-    #[arg(long, value_parser = parse_field_map)]
+    #[arg(long, value_parser = super::parse::<FieldMap>)]
     pub field_map: Option<FieldMap>,
     /// Drop conversations that repeat an earlier one exactly
     #[arg(long)]
@@ -97,14 +97,6 @@ pub struct TokenizeArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub template: TemplateArgs,
-}
-
-fn parse_format(s: &str) -> Result<DataFormat, String> {
-    s.parse().map_err(|e: chatforge_data::Error| e.to_string())
-}
-
-fn parse_field_map(s: &str) -> Result<FieldMap, String> {
-    s.parse().map_err(|e: chatforge_data::Error| e.to_string())
 }
 
 pub fn run(cmd: DataCommand) -> anyhow::Result<()> {

@@ -42,10 +42,10 @@ pub struct WriteArgs {
     #[arg(long)]
     pub adapter: Option<String>,
     /// hf (transformers folder) or gguf (llama.cpp)
-    #[arg(long, value_parser = parse_format)]
+    #[arg(long, value_parser = super::parse::<Format>)]
     pub format: Format,
     /// GGUF weight type: f32, f16, q8_0 or q4_0
-    #[arg(long, default_value = "f32", value_parser = parse_quant)]
+    #[arg(long, default_value = "f32", value_parser = super::parse::<GgufQuant>)]
     pub quant: GgufQuant,
     /// Output directory
     #[arg(short, long)]
@@ -53,14 +53,6 @@ pub struct WriteArgs {
     /// Replace the output directory if it exists
     #[arg(long)]
     pub force: bool,
-}
-
-fn parse_format(s: &str) -> Result<Format, String> {
-    s.parse().map_err(|e: chatforge_export::Error| e.to_string())
-}
-
-fn parse_quant(s: &str) -> Result<GgufQuant, String> {
-    s.parse().map_err(|e: chatforge_export::Error| e.to_string())
 }
 
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {

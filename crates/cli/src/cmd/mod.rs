@@ -177,3 +177,11 @@ pub fn interrupt_flag() -> &'static std::sync::atomic::AtomicBool {
     });
     &FLAG
 }
+
+/// clap's value parser for a library type's `FromStr`: its error message as clap shows it.
+pub fn parse<T: std::str::FromStr>(s: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse().map_err(|e: T::Err| e.to_string())
+}

@@ -24,7 +24,7 @@ pub enum TokenizerCommand {
 
 #[derive(Args)]
 pub struct TrainArgs {
-    #[arg(long, default_value = "bpe", value_parser = parse_kind)]
+    #[arg(long, default_value = "bpe", value_parser = super::parse::<TokenizerKind>)]
     pub kind: TokenizerKind,
     #[arg(long, default_value_t = 8000)]
     pub vocab_size: usize,
@@ -42,10 +42,6 @@ pub struct TrainArgs {
     pub min_frequency: u64,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
-}
-
-fn parse_kind(s: &str) -> Result<TokenizerKind, String> {
-    s.parse().map_err(|e: chatforge_tokenizer::Error| e.to_string())
 }
 
 pub fn run(cmd: TokenizerCommand) -> anyhow::Result<()> {

@@ -21,7 +21,7 @@ pub struct TrainArgs {
     /// The run directory
     #[arg(short, long)]
     pub out: PathBuf,
-    #[arg(long, value_parser = parse_mode)]
+    #[arg(long, value_parser = super::parse::<Mode>)]
     pub mode: Option<Mode>,
     /// Start from an HF GPT-2-family folder or an earlier run
     #[arg(long)]
@@ -67,10 +67,6 @@ pub struct TrainArgs {
     /// contexts, about a third more compute per step
     #[arg(long)]
     pub grad_checkpoint: bool,
-}
-
-fn parse_mode(s: &str) -> Result<Mode, String> {
-    s.parse().map_err(|e: chatforge_train::Error| e.to_string())
 }
 
 impl TrainArgs {
