@@ -6,6 +6,12 @@ usage: export_check.py hf DIR REQUEST_JSON
     "logits" (per row, every position), "encodings" (ids of each text, no special tokens added),
     "chat" (per conversation: the template's text with and without the generation prompt, and the
     prompt's ids).
+usage: export_check.py onnx DIR REQUEST_JSON
+    Checks DIR/model.onnx with onnx.checker (full check), then runs it with onnxruntime (CPU).
+    REQUEST_JSON holds "prompt" (token ids) and "new" (tokens to generate). Prints JSON: "logits" of
+    the prompt's pass (every position, empty past), "tokens" of a greedy generation that feeds each
+    step's present.* back as past_key_values.*, and "batch2_diff" (the prompt as a batch of two
+    rows against the single row).
 usage: export_check.py gguf FILE
     Reads FILE with the gguf package (GGUFReader). Prints JSON: "version", every metadata key with
     its value (arrays in full), and every tensor: name, type, shape (ne order), and its values
@@ -38,6 +44,46 @@ if kind == "hf":
                                                         return_dict=True)["input_ids"]),
         })
     print(json.dumps(out))
+elif kind == "onnx":
+    import os
+
+    import onnx
+    import onnxruntime as ort
+
+    path, req = os.path.join(sys.argv[2], "model.onnx"), json.load(open(sys.argv[3]))
+    onnx.checker.check_model(path, full_check=True)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    pasts = [i for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
+    heads, head_dim = pasts[0].shape[1], pasts[0].shape[3]
+
+    def run(ids, past, start):
+        b, t = ids.shape
+        feed = {"input_ids": ids, "attention_mask": np.ones((b, start + t), dtype=np.int64),
+                "position_ids": np.tile(np.arange(start, start + t, dtype=np.int64), (b, 1))}
+        for i in pasts:
+            feed[i.name] = past[i.name] if past else np.zeros((b, heads, 0, head_dim), dtype=np.float32)
+        outs = sess.run(None, feed)
+        names = [o.name for o in sess.get_outputs()]
+        res = dict(zip(names, outs))
+        nxt = {n.replace("present.", "past_key_values."): v for n, v in res.items() if n.startswith("present.")}
+        return res["logits"], nxt
+
+    prompt = np.array([req["prompt"]], dtype=np.int64)
+    logits, past = run(prompt, None, 0)
+    logits2, _ = run(np.concatenate([prompt, prompt]), None, 0)
+    tokens, pos = [], prompt.shape[1]
+    tok = int(logits[0, -1].argmax())
+    for _ in range(req["new"]):
+        tokens.append(tok)
+        step, past = run(np.array([[tok]], dtype=np.int64), past, pos)
+        pos += 1
+        tok = int(step[0, -1].argmax())
+    print(json.dumps({"logits": logits[0].tolist(), "tokens": tokens,
+                      "batch2_diff": float(np.abs(logits2 - np.concatenate([logits, logits])).max()),
+                      "inputs": [i.name for i in sess.get_inputs()],
+                      "outputs": [o.name for o in sess.get_outputs()]}))
 elif kind == "gguf":
     from gguf import GGUFReader, GGUFValueType
     from gguf.quants import dequantize

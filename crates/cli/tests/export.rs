@@ -271,6 +271,117 @@ fn gguf_export_reads_back_in_gguf_and_in_chatforge() {
     }
 }
 
+/// chatforge's greedy continuation of `prompt` by `n` tokens, decoded with its KV cache.
+fn our_greedy(path: &Path, prompt: &[u32], n: usize) -> Vec<u32> {
+    let m = LoadedModel::open(path, &Checkpoint::Best, None, WeightType::F32).unwrap();
+    let v = m.config.vocab_size;
+    let mut seq = m.engine.new_sequence();
+    let argmax = |l: &[f32]| {
+        let last = &l[l.len() - v..];
+        (0..v).max_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap() as u32
+    };
+    let mut tok = argmax(&m.engine.forward(&mut [&mut seq], &[prompt], false).unwrap());
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(tok);
+        tok = argmax(&m.engine.forward(&mut [&mut seq], &[&[tok]], false).unwrap());
+    }
+    out
+}
+
+#[test]
+fn onnx_export_runs_in_onnxruntime_with_our_logits_and_tokens() {
+    let (dir, run) = trained();
+    let d = dir.path();
+    let model = run.to_str().unwrap();
+    let prompt: Vec<u32> = vec![1, 2, 40, 41, 42, 7, 300, 4, 3];
+    let ours = our_logits(run, &prompt);
+    let greedy = our_greedy(run, &prompt, 20);
+    let scale = ours.iter().fold(0f32, |m, x| m.max(x.abs()));
+    // f32 (weights inline), f32 with external data, and int8 linear layers.
+    for (out, extra) in [
+        ("onnx", vec![]),
+        ("onnx-ext", vec!["--external-data"]),
+        ("onnx-int8", vec!["--quantize", "int8"]),
+    ] {
+        let mut args = vec!["export", "--model", model, "--format", "onnx", "-o", out];
+        args.extend(&extra);
+        ok(&args, d, None);
+        assert!(d.join(out).join("model.onnx").is_file());
+        assert!(d.join(out).join("tokenizer.json").is_file() && d.join(out).join("config.json").is_file());
+        assert_eq!(
+            d.join(out).join("model.onnx.data").is_file(),
+            out == "onnx-ext",
+            "{out}"
+        );
+        let v = ok(&["export", "verify", out], d, None);
+        assert!(v.contains("ok: opset 17") && v.contains("2 layers"), "{v}");
+    }
+    let e = fails(&["export", "verify", "hf-missing"], d);
+    assert!(!e.is_empty());
+    // A truncated external data file is caught.
+    std::fs::create_dir_all(d.join("onnx-broken")).unwrap();
+    std::fs::copy(d.join("onnx-ext/model.onnx"), d.join("onnx-broken/model.onnx")).unwrap();
+    let data = std::fs::read(d.join("onnx-ext/model.onnx.data")).unwrap();
+    std::fs::write(d.join("onnx-broken/model.onnx.data"), &data[..data.len() / 2]).unwrap();
+    let e = fails(&["export", "verify", "onnx-broken"], d);
+    assert!(e.contains("beyond the end of model.onnx.data"), "{e}");
+    let info: Value = serde_json::from_str(&ok(&["export", "info", "onnx-int8", "--json"], d, None)).unwrap();
+    assert_eq!(info["format"], "onnx");
+    assert_eq!(info["manifest"]["quantization"], "int8");
+    assert!(info["dtypes"]["MatMulInteger"].as_u64().unwrap() == 8, "{info}");
+
+    let Some(py) = python() else { return };
+    std::fs::write(
+        d.join("onnx-req.json"),
+        json!({"prompt": prompt, "new": 20}).to_string(),
+    )
+    .unwrap();
+    for out in ["onnx", "onnx-ext", "onnx-int8"] {
+        let r: Value = serde_json::from_str(&run_reference(
+            &py,
+            "export_check.py",
+            &[
+                "onnx",
+                d.join(out).to_str().unwrap(),
+                d.join("onnx-req.json").to_str().unwrap(),
+            ],
+        ))
+        .unwrap();
+        assert!(
+            r["inputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i == "past_key_values.1.value")
+        );
+        assert!(
+            r["outputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| o == "present.1.value")
+        );
+        assert!(
+            r["batch2_diff"].as_f64().unwrap() < 1e-5,
+            "{out}: batch of two differs"
+        );
+        let diff = max_abs_diff(&ours, &json_floats(&r["logits"]));
+        eprintln!("{out}: logits within {diff} of chatforge's (largest logit {scale})");
+        if out == "onnx-int8" {
+            // Documented bound: int8 weights per column and uint8 activations per tensor.
+            assert!(
+                diff <= 0.05 * scale,
+                "{out}: logits differ by {diff} (largest logit {scale})"
+            );
+        } else {
+            assert!(diff < 1e-4, "{out}: logits differ from onnxruntime's by {diff}");
+            let theirs: Vec<u32> = serde_json::from_value(r["tokens"].clone()).unwrap();
+            assert_eq!(theirs, greedy, "{out}: greedy tokens with the cache");
+        }
+    }
+}
+
 #[test]
 fn bad_exports_are_clear_errors_and_leave_nothing() {
     let (dir, run) = trained();
@@ -295,6 +406,7 @@ fn bad_exports_are_clear_errors_and_leave_nothing() {
     let opts = chatforge_export::ExportOptions {
         format: chatforge_export::Format::Gguf,
         gguf_quant: chatforge_export::GgufQuant::Q4_0,
+        onnx: Default::default(),
         force: false,
     };
     let e = chatforge_export::export(&src, &opts, &d.join("z")).unwrap_err();

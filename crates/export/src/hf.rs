@@ -42,6 +42,14 @@ pub(crate) fn special_ids(src: &ModelSource) -> SpecialIds {
 /// Writes `config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json` and
 /// `generation_config.json` for `weights` (HF names already) into `dir`.
 pub fn write_hf(src: &ModelSource, weights: &Weights, dir: &Path) -> Result<()> {
+    let sorted: BTreeMap<String, candle_core::Tensor> =
+        weights.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    save_weights(&sorted, &dir.join("model.safetensors"))?;
+    write_side_files(src, dir)
+}
+
+/// Everything of the HF folder but the weights: config, tokenizer, chat template, generation defaults.
+pub(crate) fn write_side_files(src: &ModelSource, dir: &Path) -> Result<()> {
     let tok = &src.tokenizer;
     let ids = special_ids(src);
     let token = |id: Option<u32>| id.and_then(|i| tok.inner().id_to_token(i));
@@ -49,9 +57,6 @@ pub fn write_hf(src: &ModelSource, weights: &Weights, dir: &Path) -> Result<()> 
     config["bos_token_id"] = json!(ids.bos);
     config["eos_token_id"] = json!(ids.eos);
     write_json(&dir.join("config.json"), &config)?;
-    let sorted: BTreeMap<String, candle_core::Tensor> =
-        weights.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    save_weights(&sorted, &dir.join("model.safetensors"))?;
     let path = dir.join("tokenizer.json");
     std::fs::write(&path, tok.to_json()?).map_err(io_err(&path))?;
     let unk = tok

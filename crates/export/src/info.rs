@@ -12,11 +12,11 @@ use crate::{Error, Result, io_err};
 #[derive(Debug, Clone, Serialize)]
 pub struct Info {
     pub path: String,
-    /// `hf`, `gguf`.
+    /// `hf`, `onnx`, `gguf`.
     pub format: String,
     pub tensors: usize,
     pub parameters: u64,
-    /// Tensor count per dtype.
+    /// Tensor count per dtype (for ONNX: node count per operator).
     pub dtypes: BTreeMap<String, usize>,
     /// Bytes on disk (the folder's files, or the file).
     pub bytes: u64,
@@ -56,6 +56,32 @@ pub fn info(path: &Path) -> Result<Info> {
         )
     };
     let manifest = read_json(&dir.join("export_manifest.json"));
+    let onnx = if path.is_dir() {
+        path.join("model.onnx")
+    } else {
+        path.to_path_buf()
+    };
+    if onnx.extension().is_some_and(|e| e == "onnx") && onnx.is_file() {
+        let s = crate::onnx::verify(&onnx)?;
+        let vocab = chatforge_tokenizer::ChatTokenizer::load(&dir)
+            .ok()
+            .map(|t| t.vocab_size());
+        return Ok(Info {
+            path: onnx.display().to_string(),
+            format: "onnx".into(),
+            tensors: s.initializers,
+            parameters: s.parameters,
+            dtypes: s.ops.clone(),
+            bytes: dir_bytes(&dir),
+            tokenizer: serde_json::json!({
+                "tokens": vocab,
+                "opset": s.opset,
+                "kv_cache_layers": s.layers,
+                "external_initializers": s.external,
+            }),
+            manifest,
+        });
+    }
     if let Some(g) = gguf {
         let mut f = std::fs::File::open(&g).map_err(io_err(&g))?;
         let c = Content::read(&mut f).map_err(|e| Error::Invalid(format!("{}: {e}", g.display())))?;

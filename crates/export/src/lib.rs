@@ -6,6 +6,7 @@
 mod gguf;
 mod hf;
 mod info;
+pub mod onnx;
 
 use std::path::{Path, PathBuf};
 
@@ -52,6 +53,9 @@ pub enum Format {
     Hf,
     /// `model.gguf`: weights (f32, f16, q8_0 or q4_0), architecture keys and the tokenizer.
     Gguf,
+    /// `model.onnx` (+ `model.onnx.data`): the decoder with KV-cache inputs and outputs, beside the
+    /// HF folder's config and tokenizer files.
+    Onnx,
 }
 
 impl std::str::FromStr for Format {
@@ -60,8 +64,9 @@ impl std::str::FromStr for Format {
         match s {
             "hf" => Ok(Format::Hf),
             "gguf" => Ok(Format::Gguf),
+            "onnx" => Ok(Format::Onnx),
             other => Err(Error::Invalid(format!(
-                "unknown export format {other:?}: expected hf or gguf"
+                "unknown export format {other:?}: expected hf, onnx or gguf"
             ))),
         }
     }
@@ -72,6 +77,8 @@ pub struct ExportOptions {
     pub format: Format,
     /// GGUF weight type [default f32].
     pub gguf_quant: GgufQuant,
+    /// ONNX: int8 linear layers, external data.
+    pub onnx: onnx::OnnxOptions,
     /// Replace an existing output directory.
     pub force: bool,
 }
@@ -107,6 +114,13 @@ pub fn export(src: &ModelSource, opts: &ExportOptions, out: &Path) -> Result<ser
             Format::Gguf => {
                 write_gguf(src, &weights, opts.gguf_quant, &tmp.join("model.gguf"))?;
                 Some(opts.gguf_quant.name())
+            }
+            Format::Onnx => {
+                onnx::write_onnx(&src.config, &weights, opts.onnx, tmp)?;
+                // The tokenizer, config and chat template travel with the graph, as Optimum lays out.
+                hf::write_side_files(src, tmp)?;
+                onnx::verify(tmp)?;
+                opts.onnx.int8.then_some("int8")
             }
         };
         manifest = make_manifest(src, opts.format, quantization, tmp)?;

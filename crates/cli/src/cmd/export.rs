@@ -25,6 +25,9 @@ pub enum ExportCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check an ONNX export without running it: opset, KV-cache inputs and outputs, that every
+    /// node reads defined values, and every weight's bytes (inline or external)
+    Verify { path: PathBuf },
 }
 
 #[derive(Args)]
@@ -41,12 +44,18 @@ pub struct WriteArgs {
     /// A LoRA adapter to fold in: a PEFT folder, or the name of one in the run's adapters/
     #[arg(long)]
     pub adapter: Option<String>,
-    /// hf (transformers folder) or gguf (llama.cpp)
+    /// hf (transformers folder), onnx (onnxruntime, with KV cache) or gguf (llama.cpp)
     #[arg(long, value_parser = super::parse::<Format>)]
     pub format: Format,
     /// GGUF weight type: f32, f16, q8_0 or q4_0
     #[arg(long, default_value = "f32", value_parser = super::parse::<GgufQuant>)]
     pub quant: GgufQuant,
+    /// ONNX: int8 weights for the linear layers (dynamic quantisation of their inputs)
+    #[arg(long, value_parser = ["int8"])]
+    pub quantize: Option<String>,
+    /// ONNX: store the weights in model.onnx.data (automatic past 2 GB)
+    #[arg(long)]
+    pub external_data: bool,
     /// Output directory
     #[arg(short, long)]
     pub out: PathBuf,
@@ -58,6 +67,19 @@ pub struct WriteArgs {
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     match (args.command, args.write) {
         (Some(ExportCommand::Info { path, json }), _) => info(&path, json),
+        (Some(ExportCommand::Verify { path }), _) => {
+            let s = chatforge_export::onnx::verify(&path)?;
+            say!(
+                "ok: opset {}, {} layers with KV cache, {} nodes, {} initializers ({} external), {:.2} M parameters",
+                s.opset,
+                s.layers,
+                s.nodes,
+                s.initializers,
+                s.external,
+                s.parameters as f64 / 1e6
+            );
+            Ok(())
+        }
         (None, Some(w)) => write(&w),
         (None, None) => anyhow::bail!("give --model, --format and -o, or `export info PATH`"),
     }
@@ -66,6 +88,9 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
 fn write(a: &WriteArgs) -> anyhow::Result<()> {
     if a.quant != GgufQuant::F32 && a.format != Format::Gguf {
         anyhow::bail!("--quant {} applies to --format gguf", a.quant.name());
+    }
+    if (a.quantize.is_some() || a.external_data) && a.format != Format::Onnx {
+        anyhow::bail!("--quantize and --external-data apply to --format onnx");
     }
     let src = ModelSource::open(
         &a.model,
@@ -79,6 +104,10 @@ fn write(a: &WriteArgs) -> anyhow::Result<()> {
         &ExportOptions {
             format: a.format,
             gguf_quant: a.quant,
+            onnx: chatforge_export::onnx::OnnxOptions {
+                int8: a.quantize.is_some(),
+                external_data: a.external_data,
+            },
             force: a.force,
         },
         &a.out,
