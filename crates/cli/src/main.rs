@@ -63,6 +63,10 @@ enum Command {
     Generate(cmd::generate::GenerateArgs),
     /// Evaluate a model: loss, perplexity, bits per byte, BLEU, ROUGE, sample replies
     Eval(cmd::eval::EvalArgs),
+    /// The training service: HTTP API and workers on a durable job queue
+    Serve(cmd::serve::ServiceArgs),
+    /// A worker on a shared queue and data root (scale out `serve`)
+    Worker(cmd::serve::ServiceArgs),
     /// Run the whole path on the bundled sample data
     Pipeline(cmd::pipeline::PipelineArgs),
     /// Measure throughput, beside the Python reference
@@ -107,6 +111,8 @@ fn run() -> anyhow::Result<()> {
         Command::Train(a) => cmd::train::run(a),
         Command::Lora(c) => cmd::lora::run(c),
         Command::Export(c) => cmd::export::run(c),
+        Command::Serve(c) => cmd::serve::serve(c),
+        Command::Worker(c) => cmd::serve::worker(c),
         Command::Chat(a) => cmd::chat::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Eval(a) => cmd::eval::run(a),

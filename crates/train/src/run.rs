@@ -261,6 +261,29 @@ fn estimate_loss(model: &Gpt, batches: &[Batch], mode: Mode, dev: &Device) -> Re
 
 struct Log(std::fs::File);
 
+/// Keeps the lines of `logs.jsonl` that are whole JSON events of steps up to `step` (and events
+/// without a step); a line cut short by a crash is dropped too.
+fn trim_log(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                v.get("step")
+                    .and_then(serde_json::Value::as_u64)
+                    .is_none_or(|s| s <= step)
+            })
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if kept.len() != text.len() {
+        chatforge_data::atomic_write(path, |w| w.write_all(kept.as_bytes()))?;
+    }
+    Ok(())
+}
+
 impl Log {
     fn write(&mut self, e: &Event) {
         if let Ok(line) = serde_json::to_string(e) {
@@ -296,6 +319,17 @@ pub fn train(
         path: run.to_path_buf(),
         source: e,
     })?;
+    // Where the weights come from: a checkpoint of this run, an --init model, or the seed.
+    let (resumed, resume_warnings) = if resume {
+        checkpoint::latest_valid(run)
+    } else {
+        (None, Vec::new())
+    };
+    // Steps logged after the checkpoint (by a run that died) happen again: drop them, so the log
+    // holds each step once.
+    if let Some((_, state)) = &resumed {
+        trim_log(&run.join("logs.jsonl"), state.step)?;
+    }
     let mut log = Log(std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -309,14 +343,8 @@ pub fn train(
         on_event(&e);
     };
 
-    // Where the weights come from: a checkpoint of this run, an --init model, or the seed.
-    let mut resumed: Option<(PathBuf, CheckpointState)> = None;
-    if resume {
-        let (found, warnings) = checkpoint::latest_valid(run);
-        for w in warnings {
-            emit(Event::Warning { message: w }, &mut log);
-        }
-        resumed = found;
+    for w in resume_warnings {
+        emit(Event::Warning { message: w }, &mut log);
     }
     // LoRA: the base always comes from --init and stays frozen; the adapter is what trains.
     // QLoRA is LoRA on a quantised base (q4 unless the config says q8); plain LoRA never quantises.

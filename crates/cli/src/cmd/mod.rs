@@ -6,6 +6,7 @@ pub mod export;
 pub mod generate;
 pub mod lora;
 pub mod pipeline;
+pub mod serve;
 pub mod tokenizer;
 pub mod train;
 

@@ -1,0 +1,74 @@
+//! `chatforge serve` and `chatforge worker`: the training service.
+
+use std::path::PathBuf;
+
+use chatforge_serve::ServeConfig;
+use clap::Args;
+
+#[derive(Args)]
+pub struct ServiceArgs {
+    /// TOML file with [api], [queue] and [worker] sections and data_root
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8000]
+    #[arg(long)]
+    pub bind: Option<String>,
+    /// Where runs, tokenizers and the queue live [default: ./chatforge-data]
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+    /// The job queue: sqlite://PATH [default: sqlite://<data root>/queue.sqlite]
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Workers in this process (serve: 0 runs the API alone)
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Require `Authorization: Bearer TOKEN` on every route but the health checks
+    #[arg(long, env = "CHATFORGE_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Print the effective settings (secrets masked) and exit
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+impl ServiceArgs {
+    /// Defaults < config file < CHATFORGE__* environment < flags.
+    fn config(&self) -> anyhow::Result<ServeConfig> {
+        let mut c = ServeConfig::load(self.config.as_deref(), std::env::vars())?;
+        if let Some(b) = &self.bind {
+            c.api.bind = b.clone();
+        }
+        if let Some(d) = &self.data_root {
+            c.data_root = d.clone();
+        }
+        if let Some(q) = &self.queue {
+            c.queue.url = Some(q.clone());
+        }
+        if let Some(w) = self.workers {
+            c.worker.count = w;
+        }
+        if self.api_token.is_some() {
+            c.api.token = self.api_token.clone();
+        }
+        c.validate()?;
+        c.queue_path()?;
+        Ok(c)
+    }
+}
+
+pub fn serve(args: ServiceArgs) -> anyhow::Result<()> {
+    let cfg = args.config()?;
+    if args.print_config {
+        say!("{}", cfg.to_masked_toml());
+        return Ok(());
+    }
+    Ok(chatforge_serve::serve(cfg)?)
+}
+
+pub fn worker(args: ServiceArgs) -> anyhow::Result<()> {
+    let cfg = args.config()?;
+    if args.print_config {
+        say!("{}", cfg.to_masked_toml());
+        return Ok(());
+    }
+    Ok(chatforge_serve::work(cfg)?)
+}

@@ -1,0 +1,202 @@
+//! The service's settings: defaults, then a TOML file, then environment variables with nested keys
+//! (`CHATFORGE__QUEUE__URL`, `CHATFORGE__API__TOKEN`, …), then command-line flags (applied by the CLI).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    pub api: ApiConfig,
+    pub queue: QueueConfig,
+    pub worker: WorkerConfig,
+    /// Where runs, tokenizers, exports and the queue file live; request paths resolve inside it.
+    pub data_root: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    pub bind: String,
+    /// Bearer token every route but /healthz and /readyz requires, when set.
+    pub token: Option<String>,
+    /// Largest request body, bytes.
+    pub max_body: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// `sqlite://PATH` [default: `sqlite://<data_root>/queue.sqlite`].
+    pub url: Option<String>,
+    /// Queued jobs allowed before submissions get 429.
+    pub max_queued: usize,
+    /// Attempts per job (a failure or a lost worker uses one).
+    pub max_attempts: u32,
+    /// First retry delay, doubled each attempt.
+    pub backoff_s: f64,
+    /// Finished jobs are forgotten after this long.
+    pub ttl_s: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// In-process workers of `chatforge serve` (0: API only).
+    pub count: usize,
+    pub heartbeat_s: f64,
+    /// A running job whose worker has not heartbeated for this long is queued again.
+    pub lease_s: f64,
+    /// How often an idle worker looks for work.
+    pub poll_s: f64,
+    /// Per-job time limit [default: none].
+    pub job_timeout_s: Option<f64>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            api: ApiConfig::default(),
+            queue: QueueConfig::default(),
+            worker: WorkerConfig::default(),
+            data_root: PathBuf::from("chatforge-data"),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            bind: "127.0.0.1:8000".into(),
+            token: None,
+            max_body: 1 << 20,
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            url: None,
+            max_queued: 100,
+            max_attempts: 3,
+            backoff_s: 5.0,
+            ttl_s: 7.0 * 86_400.0,
+        }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            count: 1,
+            heartbeat_s: 2.0,
+            lease_s: 15.0,
+            poll_s: 0.5,
+            job_timeout_s: None,
+        }
+    }
+}
+
+impl ServeConfig {
+    /// Defaults, overlaid by `file` (TOML) and then by `CHATFORGE__SECTION__KEY` variables of `env`.
+    pub fn load(file: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> Result<ServeConfig> {
+        let mut v =
+            toml::Value::try_from(ServeConfig::default()).map_err(|e| Error::Config(e.to_string()))?;
+        if let Some(f) = file {
+            let text = std::fs::read_to_string(f).map_err(|e| Error::Io {
+                path: f.to_path_buf(),
+                source: e,
+            })?;
+            let overlay: toml::Value =
+                toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", f.display())))?;
+            merge(&mut v, overlay);
+        }
+        for (k, val) in env {
+            let Some(rest) = k.strip_prefix("CHATFORGE__") else {
+                continue;
+            };
+            let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+            // The value as TOML when it parses (numbers, booleans), else as a string.
+            let parsed = toml::from_str::<toml::Table>(&format!("x = {val}"))
+                .ok()
+                .and_then(|t| t.get("x").cloned())
+                .unwrap_or(toml::Value::String(val.clone()));
+            let mut node = &mut v;
+            for (i, key) in path.iter().enumerate() {
+                let table = node
+                    .as_table_mut()
+                    .ok_or_else(|| Error::Config(format!("{k}: {key} is not a section")))?;
+                if i + 1 == path.len() {
+                    table.insert(key.clone(), parsed.clone());
+                    break;
+                }
+                node = table
+                    .entry(key.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            }
+        }
+        let cfg: ServeConfig = v
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let w = &self.worker;
+        if !(w.heartbeat_s > 0.0 && w.lease_s > w.heartbeat_s && w.poll_s > 0.0) {
+            return Err(Error::Config(format!(
+                "worker.lease_s ({}) must exceed worker.heartbeat_s ({}) > 0, and poll_s > 0",
+                w.lease_s, w.heartbeat_s
+            )));
+        }
+        if self.queue.max_attempts == 0 || self.queue.max_queued == 0 {
+            return Err(Error::Config(
+                "queue.max_attempts and queue.max_queued must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The queue file: from `queue.url` (`sqlite://PATH`), or under the data root.
+    pub fn queue_path(&self) -> Result<PathBuf> {
+        match self.queue.url.as_deref() {
+            None => Ok(self.data_root.join("queue.sqlite")),
+            Some(u) => match u.strip_prefix("sqlite://") {
+                Some(p) => Ok(PathBuf::from(p)),
+                None => Err(Error::Config(format!(
+                    "queue.url {u:?}: expected sqlite://PATH (Redis is not built yet)"
+                ))),
+            },
+        }
+    }
+
+    /// The effective settings as TOML, the token masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut c = self.clone();
+        if c.api.token.is_some() {
+            c.api.token = Some("********".into());
+        }
+        toml::to_string(&c).unwrap_or_default()
+    }
+}
+
+fn merge(base: &mut toml::Value, overlay: toml::Value) {
+    match (base, overlay) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}

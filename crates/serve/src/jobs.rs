@@ -1,0 +1,340 @@
+//! What jobs do: the request specs (validated, paths resolved inside the data root) and their
+//! execution by a worker, reporting progress and stopping when asked.
+//!
+//! Layout under the data root: `runs/<run_id>/` (the run directory of ARCHITECTURE.md),
+//! `tokenizers/<id>/` (tokenizer.json, manifest.json, stats.json), `queue.sqlite`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+
+use chatforge_model::{GptConfig, LoraConfig};
+use chatforge_train::{Event, Mode, TrainConfig, TrainSettings};
+use serde::{Deserialize, Serialize};
+
+use crate::paths::inside;
+use crate::store::JobKind;
+use crate::{Error, Result};
+
+/// `POST /tokenizers/train`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerRequest {
+    /// Conversation JSONL files, relative to the data root.
+    pub input: Vec<String>,
+    /// Validation conversations [default: the `.val.jsonl` beside the first input, or a 5% hold-out].
+    #[serde(default)]
+    pub val: Option<String>,
+    /// `bpe` (default) or `unigram`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub vocab_size: usize,
+    #[serde(default)]
+    pub min_frequency: Option<u64>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+/// `POST /runs/train`: the CLI's `chatforge train`, as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainRequest {
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// A token shard, or conversations (`.jsonl`, tokenized in the job with `tokenizer`), relative
+    /// to the data root.
+    pub data: String,
+    #[serde(default)]
+    pub val: Option<String>,
+    /// A tokenizer id (`tokenizers/<id>`) or a path to a tokenizer.json / folder.
+    #[serde(default)]
+    pub tokenizer: Option<String>,
+    /// A run id, or an HF folder relative to the data root.
+    #[serde(default)]
+    pub init: Option<String>,
+    /// The model (as in `[model]` of a config file) [default: the CLI's].
+    #[serde(default)]
+    pub model: Option<GptConfig>,
+    /// Training settings (as in `[train]`); `data`, `val`, `init` and `mode` above win.
+    #[serde(default)]
+    pub train: Option<TrainSettings>,
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
+    /// Per-job time limit, seconds.
+    #[serde(default)]
+    pub timeout_s: Option<f64>,
+}
+
+/// What a worker runs: the resolved spec, stored with the job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "job", rename_all = "lowercase")]
+pub enum Spec {
+    Tokenizer {
+        inputs: Vec<PathBuf>,
+        val: Option<PathBuf>,
+        kind: String,
+        vocab_size: usize,
+        min_frequency: u64,
+        seed: u64,
+    },
+    Train {
+        config: Box<TrainConfig>,
+        tokenizer: Option<PathBuf>,
+    },
+}
+
+impl Spec {
+    pub fn kind(&self) -> JobKind {
+        match self {
+            Spec::Tokenizer { .. } => JobKind::Tokenizer,
+            Spec::Train { .. } => JobKind::Train,
+        }
+    }
+}
+
+fn existing(root: &Path, rel: &str, field: &str) -> Result<PathBuf> {
+    let p = inside(root, rel).map_err(|e| Error::Invalid(format!("{field}: {e}")))?;
+    if !p.exists() {
+        return Err(Error::Invalid(format!(
+            "{field}: {rel:?} does not exist under the data root"
+        )));
+    }
+    Ok(p)
+}
+
+impl TokenizerRequest {
+    pub fn resolve(&self, root: &Path) -> Result<Spec> {
+        if self.input.is_empty() {
+            return Err(Error::Invalid(
+                "input: give at least one conversation file".into(),
+            ));
+        }
+        if !(64..=1_000_000).contains(&self.vocab_size) {
+            return Err(Error::Invalid(format!(
+                "vocab_size: {} is outside 64..=1000000",
+                self.vocab_size
+            )));
+        }
+        let kind = self.kind.clone().unwrap_or_else(|| "bpe".into());
+        kind.parse::<chatforge_tokenizer::TokenizerKind>()
+            .map_err(|e| Error::Invalid(format!("kind: {e}")))?;
+        Ok(Spec::Tokenizer {
+            inputs: self
+                .input
+                .iter()
+                .map(|i| existing(root, i, "input"))
+                .collect::<Result<_>>()?,
+            val: self
+                .val
+                .as_deref()
+                .map(|v| existing(root, v, "val"))
+                .transpose()?,
+            kind,
+            vocab_size: self.vocab_size,
+            min_frequency: self.min_frequency.unwrap_or(2),
+            seed: self.seed.unwrap_or(1337),
+        })
+    }
+}
+
+impl TrainRequest {
+    pub fn resolve(&self, root: &Path) -> Result<Spec> {
+        let mut cfg = TrainConfig {
+            model: self.model.clone().unwrap_or_default(),
+            train: self.train.clone().unwrap_or_default(),
+            lora: self.lora.clone().unwrap_or_default(),
+        };
+        if self.model.is_none() {
+            cfg.model = GptConfig {
+                vocab_size: 0,
+                ..GptConfig::tiny(0)
+            };
+        }
+        let t = &mut cfg.train;
+        if let Some(m) = self.mode {
+            t.mode = m;
+        }
+        t.data = Some(existing(root, &self.data, "data")?);
+        t.val = self
+            .val
+            .as_deref()
+            .map(|v| existing(root, v, "val"))
+            .transpose()?;
+        t.init = match self.init.as_deref() {
+            None => None,
+            Some(i) => Some(match existing(root, &format!("runs/{i}"), "init") {
+                Ok(run) if crate::paths::check_id(i).is_ok() => run,
+                _ => existing(root, i, "init")?,
+            }),
+        };
+        if t.max_steps.is_none() && t.epochs.is_none() {
+            return Err(Error::Invalid(
+                "train: give train.max_steps or train.epochs".into(),
+            ));
+        }
+        // vocab_size 0 means "the tokenizer's", known once the data is tokenized.
+        let mut check = cfg.clone();
+        if check.model.vocab_size == 0 {
+            check.model.vocab_size = 1;
+        }
+        check.validate().map_err(|e| Error::Invalid(e.to_string()))?;
+        if let Some(s) = self.timeout_s
+            && (s.is_nan() || s <= 0.0)
+        {
+            return Err(Error::Invalid("timeout_s: must be positive".into()));
+        }
+        let tokenizer = match self.tokenizer.as_deref() {
+            None => None,
+            Some(tok) => {
+                let by_id = crate::paths::check_id(tok)
+                    .ok()
+                    .map(|()| root.join("tokenizers").join(tok).join("tokenizer.json"))
+                    .filter(|p| p.is_file());
+                Some(match by_id {
+                    Some(p) => p,
+                    None => {
+                        let p = existing(root, tok, "tokenizer")?;
+                        if p.is_dir() { p.join("tokenizer.json") } else { p }
+                    }
+                })
+            }
+        };
+        let is_jsonl = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .is_some_and(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        };
+        if tokenizer.is_none() && (is_jsonl(&cfg.train.data) || is_jsonl(&cfg.train.val)) {
+            return Err(Error::Invalid(
+                "tokenizer: conversation files (.jsonl) need a tokenizer to be tokenized with".into(),
+            ));
+        }
+        Ok(Spec::Train {
+            config: Box::new(cfg),
+            tokenizer,
+        })
+    }
+}
+
+/// Progress a worker reports with each heartbeat.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Progress {
+    pub step: u64,
+    pub total: u64,
+    pub loss: Option<f64>,
+    pub tokens_per_s: Option<f64>,
+    pub eta_s: Option<f64>,
+    pub val_loss: Option<f64>,
+}
+
+/// Runs `spec` for job `target` under `root`; `stop` ends it early (a training run saves a
+/// checkpoint first). Returns whether it stopped because asked.
+pub fn execute(
+    spec: &Spec,
+    target: &str,
+    root: &Path,
+    stop: &AtomicBool,
+    progress: &Mutex<Progress>,
+) -> Result<()> {
+    match spec {
+        Spec::Tokenizer {
+            inputs,
+            val,
+            kind,
+            vocab_size,
+            min_frequency,
+            seed,
+        } => {
+            let out = root.join("tokenizers").join(target);
+            let val = match val {
+                Some(v) => chatforge_tokenizer::ValSource::File(v.clone()),
+                None => chatforge_tokenizer::ValSource::beside(&inputs[0]),
+            };
+            let opts = chatforge_tokenizer::TrainOptions {
+                kind: kind
+                    .parse()
+                    .map_err(|e: chatforge_tokenizer::Error| Error::Invalid(e.to_string()))?,
+                vocab_size: *vocab_size,
+                min_frequency: *min_frequency,
+                seed: *seed,
+                show_progress: false,
+            };
+            chatforge_tokenizer::train_artifact(inputs, &val, &opts, &out)
+                .map_err(|e| Error::Invalid(format!("tokenizer training failed: {e}")))?;
+            Ok(())
+        }
+        Spec::Train { config, tokenizer } => {
+            let run = root.join("runs").join(target);
+            std::fs::create_dir_all(&run).map_err(|e| Error::Io {
+                path: run.clone(),
+                source: e,
+            })?;
+            if let Some(tok) = tokenizer
+                && !run.join("tokenizer.json").is_file()
+            {
+                std::fs::copy(tok, run.join("tokenizer.json")).map_err(|e| Error::Io {
+                    path: tok.clone(),
+                    source: e,
+                })?;
+            }
+            // Conversations are tokenized into the run (once: a resumed attempt finds the shards).
+            let mut config = (**config).clone();
+            for (slot, name) in [
+                (&mut config.train.data, "train.bin"),
+                (&mut config.train.val, "val.bin"),
+            ] {
+                if let Some(p) = slot
+                    .clone()
+                    .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+                {
+                    let shard = run.join("data").join(name);
+                    if !shard.is_file() {
+                        let tok_path = tokenizer
+                            .as_ref()
+                            .ok_or_else(|| Error::Invalid("no tokenizer".into()))?;
+                        let tok = chatforge_tokenizer::ChatTokenizer::load(tok_path)
+                            .map_err(|e| Error::Invalid(e.to_string()))?;
+                        std::fs::create_dir_all(run.join("data")).map_err(|e| Error::Io {
+                            path: run.clone(),
+                            source: e,
+                        })?;
+                        chatforge_tokenizer::tokenize_file(&p, &tok, &Default::default(), &shard)
+                            .map_err(|e| Error::Invalid(format!("tokenizing {}: {e}", p.display())))?;
+                    }
+                    *slot = Some(shard);
+                }
+            }
+            // A run that has a checkpoint (an earlier attempt, killed or cancelled) continues from it.
+            let resume = run.join("checkpoints").is_dir();
+            let mut on_event = |e: &Event| {
+                if let Ok(mut p) = progress.lock() {
+                    match e {
+                        Event::Start {
+                            steps, start_step, ..
+                        } => {
+                            p.total = *steps;
+                            p.step = *start_step;
+                        }
+                        Event::Step {
+                            step,
+                            loss,
+                            tokens_per_s,
+                            elapsed_s,
+                            ..
+                        } => {
+                            p.step = *step;
+                            p.loss = Some(*loss);
+                            p.tokens_per_s = Some(*tokens_per_s);
+                            let done = (*step).max(1) as f64;
+                            p.eta_s = Some(elapsed_s / done * (p.total.saturating_sub(*step)) as f64);
+                        }
+                        Event::Eval { val_loss, .. } => p.val_loss = Some(*val_loss),
+                        _ => {}
+                    }
+                }
+            };
+            chatforge_train::train(&config, &run, resume, &mut on_event, stop)
+                .map_err(|e| Error::Invalid(format!("training failed: {e}")))?;
+            Ok(())
+        }
+    }
+}
