@@ -1,0 +1,187 @@
+//! The job store's transitions: claims are exclusive, leases expire into the queue again, a
+//! worker whose lease was taken cannot record an outcome, retries back off, cancel and resume.
+
+#![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
+
+use std::sync::Arc;
+
+use chatforge_serve::store::{JobKind, JobState, JobStore, NewJob, Outcome, SqliteStore};
+use serde_json::json;
+
+fn store() -> (tempfile::TempDir, SqliteStore) {
+    let d = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&d.path().join("q.sqlite")).unwrap();
+    (d, s)
+}
+
+fn job(id: &str, now: f64) -> NewJob {
+    NewJob {
+        id: id.into(),
+        kind: JobKind::Train,
+        target: id.into(),
+        spec: json!({"x": 1}),
+        max_attempts: 2,
+        timeout_s: None,
+        now,
+    }
+}
+
+#[test]
+fn a_job_runs_once_and_its_outcome_is_recorded_by_its_owner_only() {
+    let (_d, s) = store();
+    s.enqueue(job("a", 1.0), 10).unwrap();
+    s.enqueue(job("b", 2.0), 10).unwrap();
+    // Oldest first; a claimed job is not claimed again.
+    let a = s.claim("w1", 10.0, 5.0).unwrap().unwrap();
+    assert_eq!((a.id.as_str(), a.state, a.attempts), ("a", JobState::Running, 1));
+    let b = s.claim("w2", 10.0, 5.0).unwrap().unwrap();
+    assert_eq!(b.id, "b");
+    assert!(s.claim("w3", 10.0, 5.0).unwrap().is_none());
+    // Heartbeats extend the lease and carry progress.
+    let beat = s.heartbeat("a", "w1", 10.0, &json!({"step": 3}), 6.0).unwrap();
+    assert!(beat.owned && !beat.cancel_requested);
+    assert_eq!(s.get("a").unwrap().unwrap().progress["step"], 3);
+    assert!(
+        !s.heartbeat("a", "w2", 10.0, &json!({}), 6.0).unwrap().owned,
+        "not w2's job"
+    );
+    assert!(s.finish("a", "w1", &Outcome::Succeeded, 1.0, 7.0).unwrap());
+    assert_eq!(s.get("a").unwrap().unwrap().state, JobState::Succeeded);
+    // A finished job cannot be finished again.
+    assert!(
+        !s.finish("a", "w1", &Outcome::Failed("late".into()), 1.0, 8.0)
+            .unwrap()
+    );
+    assert_eq!(s.get("a").unwrap().unwrap().state, JobState::Succeeded);
+}
+
+#[test]
+fn an_expired_lease_requeues_and_the_old_worker_cannot_overwrite() {
+    let (_d, s) = store();
+    s.enqueue(job("a", 1.0), 10).unwrap();
+    s.claim("dead", 5.0, 10.0).unwrap().unwrap();
+    assert!(s.reap(14.0).unwrap().is_empty(), "lease still valid");
+    assert_eq!(s.reap(15.5).unwrap(), ["a"]);
+    let j = s.get("a").unwrap().unwrap();
+    assert_eq!(j.state, JobState::Queued);
+    assert!(j.error.unwrap().contains("heartbeat"));
+    let again = s.claim("live", 5.0, 16.0).unwrap().unwrap();
+    assert_eq!(again.attempts, 2);
+    // The dead worker wakes up: it holds nothing.
+    assert!(!s.heartbeat("a", "dead", 5.0, &json!({}), 17.0).unwrap().owned);
+    assert!(!s.finish("a", "dead", &Outcome::Succeeded, 1.0, 17.0).unwrap());
+    assert!(s.finish("a", "live", &Outcome::Succeeded, 1.0, 18.0).unwrap());
+    // Attempts used up: a lost lease fails the job.
+    s.enqueue(job("b", 20.0), 10).unwrap();
+    s.claim("x", 1.0, 20.0).unwrap();
+    s.reap(22.0).unwrap();
+    s.claim("y", 1.0, 22.0).unwrap();
+    s.reap(24.0).unwrap();
+    assert_eq!(s.get("b").unwrap().unwrap().state, JobState::Failed);
+}
+
+#[test]
+fn failures_retry_with_backoff_then_fail() {
+    let (_d, s) = store();
+    s.enqueue(job("a", 1.0), 10).unwrap();
+    s.claim("w", 10.0, 1.0).unwrap();
+    assert!(
+        s.finish("a", "w", &Outcome::Failed("boom".into()), 4.0, 2.0)
+            .unwrap()
+    );
+    let j = s.get("a").unwrap().unwrap();
+    assert_eq!((j.state, j.not_before), (JobState::Queued, 6.0));
+    assert!(
+        s.claim("w", 10.0, 5.0).unwrap().is_none(),
+        "not before its backoff"
+    );
+    s.claim("w", 10.0, 6.0).unwrap().unwrap();
+    s.finish("a", "w", &Outcome::Failed("boom again".into()), 4.0, 7.0)
+        .unwrap();
+    let j = s.get("a").unwrap().unwrap();
+    assert_eq!(
+        (j.state, j.error.as_deref()),
+        (JobState::Failed, Some("boom again"))
+    );
+    // Resume gives it fresh attempts.
+    assert_eq!(s.resume("a", 8.0).unwrap().unwrap().state, JobState::Queued);
+    assert_eq!(s.claim("w", 10.0, 8.0).unwrap().unwrap().attempts, 1);
+}
+
+#[test]
+fn cancel_is_immediate_when_queued_and_requested_when_running() {
+    let (_d, s) = store();
+    s.enqueue(job("q", 1.0), 10).unwrap();
+    assert_eq!(s.cancel("q", 2.0).unwrap().unwrap().state, JobState::Cancelled);
+    assert!(s.claim("w", 10.0, 3.0).unwrap().is_none());
+    s.enqueue(job("r", 4.0), 10).unwrap();
+    s.claim("w", 10.0, 4.0).unwrap().unwrap();
+    let j = s.cancel("r", 5.0).unwrap().unwrap();
+    assert_eq!((j.state, j.cancel_requested), (JobState::Running, true));
+    assert!(
+        s.heartbeat("r", "w", 10.0, &json!({}), 6.0)
+            .unwrap()
+            .cancel_requested
+    );
+    // A failure after a cancel request does not retry.
+    s.finish("r", "w", &Outcome::Failed("stopped".into()), 1.0, 7.0)
+        .unwrap();
+    assert_eq!(s.get("r").unwrap().unwrap().state, JobState::Failed);
+    s.resume("r", 8.0).unwrap();
+    s.claim("w", 10.0, 8.0).unwrap().unwrap();
+    assert!(s.finish("r", "w", &Outcome::Cancelled, 1.0, 9.0).unwrap());
+    assert_eq!(s.get("r").unwrap().unwrap().state, JobState::Cancelled);
+}
+
+#[test]
+fn the_queue_is_bounded_survives_reopening_and_forgets_old_jobs() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("q.sqlite");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.enqueue(job("a", 1.0), 2).unwrap();
+        s.enqueue(job("b", 2.0), 2).unwrap();
+        let e = s.enqueue(job("c", 3.0), 2).unwrap_err();
+        assert!(e.to_string().contains("queue is full"), "{e}");
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let queued = s.list(None, Some(JobState::Queued), 10).unwrap();
+    assert_eq!(queued.len(), 2, "jobs survive reopening");
+    s.claim("w", 10.0, 5.0).unwrap();
+    s.finish("a", "w", &Outcome::Succeeded, 1.0, 6.0).unwrap();
+    assert_eq!(s.purge(5.0).unwrap(), 0);
+    assert_eq!(s.purge(7.0).unwrap(), 1);
+    assert!(s.get("a").unwrap().is_none());
+    assert_eq!(s.latest_for("b", Some(JobKind::Train)).unwrap().unwrap().id, "b");
+}
+
+#[test]
+fn concurrent_claimers_never_share_a_job() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("q.sqlite");
+    let s = SqliteStore::open(&path).unwrap();
+    for i in 0..40 {
+        s.enqueue(job(&format!("j{i:02}"), f64::from(i)), 100).unwrap();
+    }
+    // Two store handles (two connections, as two processes would have), four threads each.
+    let stores: Vec<Arc<SqliteStore>> = (0..2)
+        .map(|_| Arc::new(SqliteStore::open(&path).unwrap()))
+        .collect();
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let s = stores[t % 2].clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                while let Some(j) = s.claim(&format!("w{t}"), 60.0, 100.0).unwrap() {
+                    got.push(j.id);
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all: Vec<String> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    all.sort();
+    let n = all.len();
+    all.dedup();
+    assert_eq!((n, all.len()), (40, 40), "each job claimed exactly once");
+}
