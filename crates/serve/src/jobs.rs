@@ -93,7 +93,10 @@ impl Spec {
 }
 
 fn existing(root: &Path, rel: &str, field: &str) -> Result<PathBuf> {
-    let p = inside(root, rel).map_err(|e| Error::Invalid(format!("{field}: {e}")))?;
+    let p = inside(root, rel).map_err(|e| match e {
+        Error::BadPath(m) => Error::BadPath(format!("{field}: {m}")),
+        other => other,
+    })?;
     if !p.exists() {
         return Err(Error::Invalid(format!(
             "{field}: {rel:?} does not exist under the data root"

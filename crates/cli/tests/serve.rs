@@ -1,0 +1,688 @@
+//! `chatforge serve` and `chatforge worker` driven over HTTP on loopback, as a team would use them:
+//! tokenizer and training jobs followed to the end through Server-Sent Events, downloads with Range,
+//! cancel and resume, a worker killed with SIGKILL whose job finishes on another worker from its
+//! checkpoint, a server restart that keeps the queue, and bad input of every kind.
+
+#![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chatforge_testkit::root;
+use serde_json::{Value, json};
+
+/// A response: status, headers (lower-cased names), body.
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends one HTTP/1.1 request and reads the whole response (chunked bodies decoded).
+fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    if let Some(b) = body {
+        req += &format!("Content-Length: {}\r\n", b.len());
+    }
+    req += "\r\n";
+    s.write_all(req.as_bytes()).unwrap();
+    if let Some(b) = body {
+        let _ = s.write_all(b); // the server may answer (413) before reading it all
+    }
+    let mut r = BufReader::new(s);
+    read_head_and_body(&mut r, None)
+}
+
+fn read_head(r: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status: u16 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').unwrap();
+        headers.push((k.trim().to_lowercase(), v.trim().to_string()));
+    }
+    (status, headers)
+}
+
+/// Reads the body; with `on_chunk`, hands each decoded chunk over as it arrives and stops when it
+/// returns false.
+/// Receives each chunk of a streamed body; false stops reading.
+type OnChunk<'a> = &'a mut dyn FnMut(&[u8]) -> bool;
+
+fn read_head_and_body(r: &mut impl BufRead, mut on_chunk: Option<OnChunk<'_>>) -> Resp {
+    let (status, headers) = read_head(r);
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            let mut size = String::new();
+            if r.read_line(&mut size).unwrap() == 0 {
+                break;
+            }
+            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+            if n == 0 {
+                break;
+            }
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).unwrap();
+            chunk.truncate(n);
+            if let Some(f) = on_chunk.as_mut()
+                && !f(&chunk)
+            {
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+    } else {
+        r.read_to_end(&mut body).unwrap();
+    }
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn get(port: u16, path: &str) -> Resp {
+    request(port, "GET", path, &[], None)
+}
+
+fn post(port: u16, path: &str, body: &Value) -> Resp {
+    request(
+        port,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        Some(body.to_string().as_bytes()),
+    )
+}
+
+/// Follows a run's log stream to its end: (id, event JSON) for each `log` event, and the end state.
+fn follow(port: u16, run: &str, last_id: Option<usize>) -> (Vec<(usize, Value)>, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    let last = last_id.map_or(String::new(), |i| format!("Last-Event-ID: {i}\r\n"));
+    write!(
+        s,
+        "GET /runs/{run}/logs/stream?tail=100000 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{last}\r\n"
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut text = String::new();
+    let resp = read_head_and_body(
+        &mut r,
+        Some(&mut |c: &[u8]| {
+            text.push_str(&String::from_utf8_lossy(c));
+            !text.contains("event: end")
+        }),
+    );
+    assert_eq!(resp.status, 200);
+    assert!(
+        resp.header("content-type")
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let (mut events, mut end) = (Vec::new(), String::new());
+    for block in text.split("\n\n") {
+        let field = |name: &str| {
+            block
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}:")).map(|v| v.trim().to_string()))
+        };
+        match field("event").as_deref() {
+            Some("log") => events.push((
+                field("id").unwrap().parse().unwrap(),
+                serde_json::from_str(&field("data").unwrap()).unwrap(),
+            )),
+            Some("end") => {
+                end = serde_json::from_str::<Value>(&field("data").unwrap()).unwrap()["state"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            }
+            _ => {}
+        }
+    }
+    (events, end)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Fast heartbeats and short leases, so a lost worker is noticed in seconds.
+const FAST: [(&str, &str); 3] = [
+    ("CHATFORGE__WORKER__HEARTBEAT_S", "0.3"),
+    ("CHATFORGE__WORKER__LEASE_S", "2"),
+    ("CHATFORGE__QUEUE__BACKOFF_S", "0.2"),
+];
+
+fn spawn(args: &[&str], root: &Path, extra_env: &[(&str, &str)]) -> Proc {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_chatforge"));
+    c.args(args)
+        .arg("--data-root")
+        .arg(root)
+        .envs(FAST)
+        .envs(extra_env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Proc(c.spawn().unwrap())
+}
+
+fn serve(root: &Path, port: u16, workers: usize, extra: &[&str], env: &[(&str, &str)]) -> Proc {
+    let bind = format!("127.0.0.1:{port}");
+    let w = workers.to_string();
+    let mut args = vec!["serve", "--bind", &bind, "--workers", &w];
+    args.extend_from_slice(extra);
+    let p = spawn(&args, root, env);
+    let t0 = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p
+}
+
+fn wait_state(port: u16, run: &str, want: &[&str], secs: u64) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let r = get(port, &format!("/runs/{run}")).json();
+        if want.contains(&r["state"].as_str().unwrap()) {
+            return r;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "run {run} never reached {want:?}: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A data root holding the sample conversations (`data/train.jsonl` and `data/train.val.jsonl`).
+fn data_root() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("root/data");
+    std::fs::create_dir_all(&data).unwrap();
+    common::ok(
+        &[
+            "data",
+            "import",
+            root().join("data/sample").to_str().unwrap(),
+            "-o",
+            data.join("train.jsonl").to_str().unwrap(),
+        ],
+        d.path(),
+        None,
+    );
+    d
+}
+
+fn train_body(tokenizer: &str, steps: u64, every: u64) -> Value {
+    json!({
+        "data": "data/train.jsonl",
+        "val": "data/train.val.jsonl",
+        "tokenizer": tokenizer,
+        "model": {"vocab_size": 0, "n_ctx": 64, "n_layer": 2, "n_head": 2, "n_embd": 32},
+        "train": {"max_steps": steps, "batch_size": 8, "eval_every": every, "checkpoint_every": every, "lr": 3e-3}
+    })
+}
+
+fn tokenizer(port: u16) -> String {
+    let r = post(
+        port,
+        "/tokenizers/train",
+        &json!({"input": ["data/train.jsonl"], "vocab_size": 400}),
+    );
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let t0 = Instant::now();
+    loop {
+        let t = get(port, &format!("/tokenizers/{id}")).json();
+        if t["state"] == "succeeded" {
+            assert_eq!(t["artifact"], format!("tokenizers/{id}/tokenizer.json"));
+            assert!(t["stats"]["vocab_size"].as_u64().unwrap() > 100);
+            return id;
+        }
+        assert!(t["state"] != "failed", "{t}");
+        assert!(t0.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Step numbers of the `step` events in a run's logs.jsonl, in order.
+fn logged_steps(root: &Path, run: &str) -> Vec<u64> {
+    std::fs::read_to_string(root.join("runs").join(run).join("logs.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "step")
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn jobs_run_stream_download_cancel_and_resume() {
+    let d = data_root();
+    let root = d.path().join("root");
+    let port = free_port();
+    let _server = serve(&root, port, 1, &[], &[]);
+    assert_eq!(get(port, "/healthz").status, 200);
+    let ready = get(port, "/readyz");
+    assert_eq!(ready.status, 200, "{}", String::from_utf8_lossy(&ready.body));
+    assert_eq!(ready.json()["workers"].as_array().unwrap().len(), 1);
+
+    let tok = tokenizer(port);
+    let r = post(port, "/runs/train", &train_body(&tok, 30, 10));
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let run = r.json()["run_id"].as_str().unwrap().to_string();
+    // Follow the run live to its end; every step arrives once, in order.
+    let (events, end) = follow(port, &run, None);
+    assert_eq!(end, "succeeded");
+    let steps: Vec<u64> = events
+        .iter()
+        .filter(|(_, e)| e["event"] == "step")
+        .map(|(_, e)| e["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=30).collect::<Vec<_>>());
+    let ids: Vec<usize> = events.iter().map(|(i, _)| *i).collect();
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "event ids are consecutive lines"
+    );
+    // Reconnecting after event k replays exactly what followed it.
+    let k = ids[ids.len() / 2];
+    let (rest, _) = follow(port, &run, Some(k));
+    assert_eq!(rest.first().unwrap().0, k + 1);
+    assert_eq!(rest.len(), events.iter().filter(|(i, _)| *i > k).count());
+    let status = get(port, &format!("/runs/{run}")).json();
+    assert_eq!(
+        (
+            status["progress"]["step"].as_u64(),
+            status["progress"]["total"].as_u64()
+        ),
+        (Some(30), Some(30))
+    );
+    let logs = get(port, &format!("/runs/{run}/logs?tail=5")).json();
+    assert_eq!(logs["events"].as_array().unwrap().len(), 5);
+    let listed = get(port, "/runs?state=succeeded").json();
+    assert!(
+        listed["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["run_id"] == run.as_str())
+    );
+
+    // Artifacts: listing, and downloads with Range.
+    let files = get(port, &format!("/artifacts/runs/{run}")).json();
+    let names: Vec<&str> = files["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"best/model.safetensors") && names.contains(&"logs.jsonl"),
+        "{names:?}"
+    );
+    let url = format!("/artifacts/runs/{run}/download?path=best/model.safetensors");
+    let whole = get(port, &url);
+    assert_eq!(whole.status, 200);
+    let on_disk = std::fs::read(root.join("runs").join(&run).join("best/model.safetensors")).unwrap();
+    assert_eq!(whole.body, on_disk);
+    let etag = whole.header("etag").unwrap().to_string();
+    let len = on_disk.len();
+    for (range, from, to) in [
+        ("bytes=0-0", 0, 0),
+        ("bytes=10-4105", 10, 4105),
+        (&format!("bytes={}-", len - 7) as &str, len - 7, len - 1),
+        ("bytes=-100", len - 100, len - 1),
+    ] {
+        let r = request(port, "GET", &url, &[("Range", range)], None);
+        assert_eq!(r.status, 206, "{range}");
+        assert_eq!(r.body, &on_disk[from..=to], "{range}");
+        assert_eq!(
+            r.header("content-range").unwrap(),
+            format!("bytes {from}-{to}/{len}")
+        );
+    }
+    let r = request(
+        port,
+        "GET",
+        &url,
+        &[("Range", "bytes=5-9"), ("If-Range", &etag)],
+        None,
+    );
+    assert_eq!((r.status, r.body.len()), (206, 5));
+    let r = request(
+        port,
+        "GET",
+        &url,
+        &[("Range", "bytes=5-9"), ("If-Range", "\"stale\"")],
+        None,
+    );
+    assert_eq!(
+        (r.status, r.body.len()),
+        (200, len),
+        "a changed file is sent whole"
+    );
+    let r = request(port, "GET", &url, &[("Range", &format!("bytes={len}-"))], None);
+    assert_eq!(r.status, 416);
+    assert_eq!(r.header("content-range").unwrap(), format!("bytes */{len}"));
+    let tok_file = get(
+        port,
+        &format!("/artifacts/tokenizers/{tok}/download?path=tokenizer.json"),
+    );
+    assert_eq!(tok_file.status, 200);
+
+    // Cancel: prompt, and the last checkpoint stays usable; resume finishes the run from it.
+    let r = post(port, "/runs/train", &train_body(&tok, 100_000, 5));
+    let long = r.json()["run_id"].as_str().unwrap().to_string();
+    let t0 = Instant::now();
+    while logged_steps(&root, &long).len() < 12 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the long run does not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let c = post(port, &format!("/runs/{long}/cancel"), &json!({}));
+    assert_eq!(c.status, 202, "{}", String::from_utf8_lossy(&c.body));
+    let t_cancel = Instant::now();
+    let done = wait_state(port, &long, &["cancelled"], 60);
+    assert!(
+        t_cancel.elapsed() < Duration::from_secs(10),
+        "cancel took {:?}",
+        t_cancel.elapsed()
+    );
+    let stopped_at = done["progress"]["step"].as_u64().unwrap();
+    let ckpts = chatforge_infer::source::checkpoints(&root.join("runs").join(&long));
+    assert_eq!(ckpts[0].0, stopped_at, "a checkpoint at the step it stopped");
+    let m = chatforge_infer::LoadedModel::open(
+        &root.join("runs").join(&long),
+        &chatforge_infer::Checkpoint::Latest,
+        None,
+        chatforge_infer::WeightType::F32,
+    );
+    assert!(m.is_ok(), "the checkpoint loads: {:?}", m.err());
+    assert_eq!(
+        post(port, &format!("/runs/{long}/cancel"), &json!({})).status,
+        409
+    );
+    assert_eq!(
+        post(port, &format!("/runs/{long}/resume"), &json!({})).status,
+        202
+    );
+    wait_state(port, &long, &["running"], 30);
+    let t0 = Instant::now();
+    while logged_steps(&root, &long).last().copied().unwrap_or(0) < stopped_at + 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the resumed run does not advance"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    post(port, &format!("/runs/{long}/cancel"), &json!({}));
+    wait_state(port, &long, &["cancelled"], 60);
+    let steps = logged_steps(&root, &long);
+    assert_eq!(
+        steps,
+        (1..=*steps.last().unwrap()).collect::<Vec<_>>(),
+        "resumed without lost or repeated steps"
+    );
+}
+
+#[test]
+fn a_killed_worker_is_replaced_and_a_restart_keeps_the_queue() {
+    let d = data_root();
+    let root = d.path().join("root");
+    let port = free_port();
+    // The API alone; workers are separate processes, as on other machines.
+    let server = serve(&root, port, 0, &[], &[]);
+    assert_eq!(get(port, "/readyz").status, 503, "no worker yet");
+    let mut a = spawn(&["worker"], &root, &[]);
+    let tok = tokenizer(port);
+    let r = post(port, "/runs/train", &train_body(&tok, 80, 10));
+    let run = r.json()["run_id"].as_str().unwrap().to_string();
+    let t0 = Instant::now();
+    while logged_steps(&root, &run).len() < 25 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "the run does not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SIGKILL: no checkpoint, no goodbye.
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    let killed_at = logged_steps(&root, &run).len();
+    let _b = spawn(&["worker"], &root, &[]);
+    let done = wait_state(port, &run, &["succeeded", "failed"], 240);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 2, "the second attempt finished it");
+    let log = std::fs::read_to_string(root.join("runs").join(&run).join("logs.jsonl")).unwrap();
+    let starts: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "start")
+        .collect();
+    assert_eq!(starts.len(), 2);
+    let resumed_from = starts[1]["start_step"].as_u64().unwrap();
+    assert!(
+        resumed_from >= 20 && resumed_from as usize <= killed_at,
+        "resumed from step {resumed_from} (killed after {killed_at})"
+    );
+    assert_eq!(
+        logged_steps(&root, &run),
+        (1..=80).collect::<Vec<_>>(),
+        "each step logged once"
+    );
+
+    // A queued job survives a restart of the server.
+    drop(_b);
+    let r = post(port, "/runs/train", &train_body(&tok, 5, 5));
+    let queued = r.json()["run_id"].as_str().unwrap().to_string();
+    unsafe_sigterm(&server);
+    drop(server);
+    let _server = serve(&root, port, 0, &[], &[]);
+    assert_eq!(get(port, &format!("/runs/{queued}")).json()["state"], "queued");
+}
+
+/// Asks a process to stop as a service manager would.
+fn unsafe_sigterm(p: &Proc) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(p.0.id().to_string())
+        .status();
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+#[test]
+fn bad_input_gets_clear_answers() {
+    let d = data_root();
+    let root = d.path().join("root");
+    std::fs::write(d.path().join("secret.txt"), "TOP-SECRET-CONTENT").unwrap();
+    #[cfg(unix)]
+    {
+        std::fs::create_dir_all(root.join("tokenizers/evil")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("secret.txt"), root.join("tokenizers/evil/link")).unwrap();
+    }
+    let port = free_port();
+    let token = "s3cret-token";
+    let _server = serve(
+        &root,
+        port,
+        0,
+        &["--api-token", token],
+        &[("CHATFORGE__QUEUE__MAX_QUEUED", "2")],
+    );
+    let auth = format!("Bearer {token}");
+    let h = |extra: &[(&'static str, &'static str)]| -> Vec<(&'static str, String)> {
+        let mut v: Vec<(&'static str, String)> = vec![("Authorization", auth.clone())];
+        v.extend(extra.iter().map(|(k, x)| (*k, x.to_string())));
+        v
+    };
+    let call = |method: &str, path: &str, headers: &[(&'static str, String)], body: Option<&[u8]>| {
+        let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        request(port, method, path, &hs, body)
+    };
+    let json_h = h(&[("Content-Type", "application/json")]);
+    // Tokens: health needs none; everything else needs the right one.
+    assert_eq!(get(port, "/healthz").status, 200);
+    assert_eq!(get(port, "/runs").status, 401);
+    assert_eq!(
+        call("GET", "/runs", &[("Authorization", "Bearer wrong".into())], None).status,
+        401
+    );
+    assert_eq!(call("GET", "/runs", &h(&[]), None).status, 200);
+    // Malformed JSON, wrong types, unknown fields, missing fields, out-of-range values.
+    let cases: [(&str, &str, u16, &str); 7] = [
+        ("/runs/train", "{\"data\": ", 400, ""),
+        ("/runs/train", "{\"data\": 5}", 422, "data"),
+        (
+            "/runs/train",
+            "{\"data\": \"data/train.jsonl\", \"bogus\": 1}",
+            422,
+            "bogus",
+        ),
+        ("/runs/train", "{\"train\": {}}", 422, "data"),
+        (
+            "/tokenizers/train",
+            "{\"input\": [\"data/train.jsonl\"], \"vocab_size\": 3}",
+            422,
+            "vocab_size",
+        ),
+        (
+            "/runs/train",
+            "{\"data\": \"data/train.jsonl\", \"train\": {\"max_steps\": 5}}",
+            422,
+            "tokenizer",
+        ),
+        (
+            "/runs/train",
+            "{\"data\": \"data/nope.bin\", \"train\": {\"max_steps\": 5}}",
+            422,
+            "data",
+        ),
+    ];
+    for (path, body, status, names) in cases {
+        let r = call("POST", path, &json_h, Some(body.as_bytes()));
+        let text = String::from_utf8_lossy(&r.body).to_string();
+        assert_eq!(r.status, status, "{body}: {text}");
+        assert!(
+            text.contains(names),
+            "{body}: the answer should name {names:?}: {text}"
+        );
+        assert!(
+            serde_json::from_str::<Value>(&text).unwrap()["error"].is_string(),
+            "{text}"
+        );
+    }
+    let r = call("POST", "/runs/train", &h(&[]), Some(b"{}"));
+    assert_eq!(r.status, 415, "no JSON content type");
+    // A huge body.
+    let huge = vec![b' '; 3 << 20];
+    assert_eq!(call("POST", "/runs/train", &json_h, Some(&huge)).status, 413);
+    // Paths outside the data root.
+    for bad in ["../secret.txt", "/etc/passwd", "data/../../secret.txt"] {
+        let body = json!({"input": [bad], "vocab_size": 400}).to_string();
+        let r = call("POST", "/tokenizers/train", &json_h, Some(body.as_bytes()));
+        assert_eq!(r.status, 400, "{bad}: {}", String::from_utf8_lossy(&r.body));
+    }
+    for (path, status) in [
+        ("/artifacts/runs/..%2F..%2Fetc/download?path=passwd", 400),
+        ("/artifacts/tokenizers/evil/download?path=link", 400),
+        ("/artifacts/tokenizers/evil/download?path=../../secret.txt", 400),
+        ("/artifacts/other/x", 404),
+        ("/runs/nope", 404),
+        ("/runs/..", 400),
+    ] {
+        let r = call("GET", path, &h(&[]), None);
+        assert_eq!(r.status, status, "{path}: {}", String::from_utf8_lossy(&r.body));
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains("TOP-SECRET"),
+            "{path} leaked the file"
+        );
+    }
+    // A bounded queue (no workers: jobs wait): the third submission is refused.
+    let body = json!({"input": ["data/train.jsonl"], "vocab_size": 400}).to_string();
+    for want in [202, 202, 429] {
+        let r = call("POST", "/tokenizers/train", &json_h, Some(body.as_bytes()));
+        assert_eq!(r.status, want, "{}", String::from_utf8_lossy(&r.body));
+    }
+}
+
+#[test]
+fn print_config_merges_file_env_and_flags_and_masks_the_token() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("serve.toml"),
+        "[worker]\ncount = 3\nlease_s = 30.0\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chatforge"))
+        .args([
+            "serve",
+            "--config",
+            "serve.toml",
+            "--print-config",
+            "--bind",
+            "127.0.0.1:9999",
+        ])
+        .env("CHATFORGE__QUEUE__MAX_QUEUED", "7")
+        .env("CHATFORGE__API__TOKEN", "hunter2")
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let v: toml::Table = toml::from_str(&text).unwrap();
+    assert_eq!(v["worker"]["count"].as_integer(), Some(3));
+    assert_eq!(v["worker"]["lease_s"].as_float(), Some(30.0));
+    assert_eq!(v["queue"]["max_queued"].as_integer(), Some(7));
+    assert_eq!(v["api"]["bind"].as_str(), Some("127.0.0.1:9999"));
+    assert_eq!(v["api"]["token"].as_str(), Some("********"));
+    assert!(!text.contains("hunter2"));
+}
