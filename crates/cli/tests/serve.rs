@@ -358,6 +358,48 @@ fn jobs_run_stream_download_cancel_and_resume() {
             .any(|r| r["run_id"] == run.as_str())
     );
 
+    // Evaluation and export of the finished run, as jobs.
+    let r = post(port, &format!("/runs/{run}/evaluate"), &json!({}));
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let r = post(
+        port,
+        &format!("/runs/{run}/export"),
+        &json!({"format": "gguf", "quant": "q8_0"}),
+    );
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let export = r.json()["export_id"].as_str().unwrap().to_string();
+    let bad = post(port, &format!("/runs/{run}/export"), &json!({"format": "bogus"}));
+    assert_eq!(bad.status, 422);
+    let t0 = Instant::now();
+    let metrics = loop {
+        let e = get(port, &format!("/runs/{run}/eval"));
+        if e.status == 200 && e.json()["state"] == "succeeded" {
+            break e.json()["metrics"].clone();
+        }
+        assert!(e.json()["state"] != "failed", "{}", e.json());
+        assert!(t0.elapsed() < Duration::from_secs(120), "no evaluation");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(metrics["perplexity"].as_f64().unwrap() > 1.0, "{metrics}");
+    loop {
+        let e = get(port, &format!("/exports/{export}")).json();
+        if e["state"] == "succeeded" {
+            break;
+        }
+        assert!(e["state"] != "failed", "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(120), "no export");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let files = get(port, &format!("/artifacts/exports/{export}")).json();
+    assert!(
+        files["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["path"] == "model.gguf"),
+        "{files}"
+    );
+
     // Artifacts: listing, and downloads with Range.
     let files = get(port, &format!("/artifacts/runs/{run}")).json();
     let names: Vec<&str> = files["files"]

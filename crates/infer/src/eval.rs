@@ -393,3 +393,47 @@ pub const DEFAULT_PROMPTS: [&str; 4] = [
     "How many legs does a spider have?",
     "How do I make a cup of tea?",
 ];
+
+/// Render options recorded in a shard's sidecar (`data tokenize` writes them).
+pub fn sidecar_render(sidecar: &serde_json::Value) -> RenderOptions {
+    RenderOptions {
+        system: sidecar["system"].as_str().map(str::to_string),
+        domain_tag: sidecar["domain_tag"].as_bool().unwrap_or(false),
+        ..RenderOptions::default()
+    }
+}
+
+/// Evaluates a trained model on the conversations its validation shard `val` was made from (found
+/// through the shard's sidecar, rendered as they were then) and on [`DEFAULT_PROMPTS`], and writes
+/// `eval/metrics.json` beside it. Returns the metrics and the conversations' file, if found.
+pub fn evaluate_run(
+    m: &LoadedModel,
+    val: Option<&Path>,
+    loss_on: LossOn,
+) -> Result<(Metrics, Option<std::path::PathBuf>)> {
+    let sidecar = val
+        .and_then(|v| std::fs::read_to_string(v.with_extension("bin.json")).ok())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let source = sidecar
+        .as_ref()
+        .and_then(|s| s["input"].as_str().map(std::path::PathBuf::from))
+        .filter(|p| p.is_file());
+    let data = match &source {
+        Some(p) => chatforge_data::read_jsonl(p)?,
+        None => Vec::new(),
+    };
+    let opts = EvalOptions {
+        render: sidecar.as_ref().map(sidecar_render).unwrap_or_default(),
+        loss_on,
+        max_samples: 32,
+        ..EvalOptions::default()
+    };
+    let prompts: Vec<Conversation> = DEFAULT_PROMPTS
+        .iter()
+        .map(|p| Conversation::new(vec![Message::new(Role::User, *p)]))
+        .collect();
+    let name = source.as_ref().map(|p| p.display().to_string());
+    let metrics = evaluate(m, &data, name.as_deref(), &prompts, &opts)?;
+    write_metrics(&m.eval_dir(), &metrics)?;
+    Ok((metrics, source))
+}

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::jobs::{Spec, TokenizerRequest, TrainRequest};
+use crate::jobs::{ExportRequest, Spec, TokenizerRequest, TrainRequest};
 use crate::paths::{check_id, inside};
 use crate::store::{Job, JobKind, JobState, JobStore, NewJob};
 use crate::{Error, ServeConfig, now};
@@ -108,6 +108,10 @@ pub fn app(state: AppState) -> Router {
         .route("/runs/{id}", get(get_run))
         .route("/runs/{id}/cancel", post(cancel_run))
         .route("/runs/{id}/resume", post(resume_run))
+        .route("/runs/{id}/evaluate", post(evaluate_run))
+        .route("/runs/{id}/eval", get(run_eval))
+        .route("/runs/{id}/export", post(export_run))
+        .route("/exports/{id}", get(get_export))
         .route("/runs/{id}/logs", get(run_logs))
         .route("/runs/{id}/logs/stream", get(run_log_stream))
         .route("/artifacts/{kind}/{id}", get(list_artifact))
@@ -148,10 +152,15 @@ async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response 
 
 async fn enqueue(st: &AppState, spec: Spec, timeout_s: Option<f64>) -> ApiResult<Job> {
     let id = crate::new_id();
+    // Evaluations write into their run; everything else writes an artifact named by the job.
+    let target = match &spec {
+        Spec::Evaluate { run } => run.clone(),
+        _ => id.clone(),
+    };
     let job = NewJob {
-        id: id.clone(),
+        id,
         kind: spec.kind(),
-        target: id,
+        target,
         spec: serde_json::to_value(&spec).map_err(|e| Error::Store(e.to_string()))?,
         max_attempts: st.cfg.queue.max_attempts,
         timeout_s,
@@ -401,9 +410,74 @@ async fn run_log_stream(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
 
+/// A run that finished training (evaluation and export need its best checkpoint).
+async fn finished_run(st: &AppState, id: &str) -> ApiResult<Job> {
+    let job = job_for(st, id, JobKind::Train).await?;
+    if job.state != JobState::Succeeded && !run_dir(st, id)?.join("best").is_dir() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("the run is {} and has no best checkpoint yet", job.state.as_str()),
+        ));
+    }
+    Ok(job)
+}
+
+async fn evaluate_run(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> ApiResult<Response> {
+    finished_run(&st, &id).await?;
+    let job = enqueue(&st, Spec::Evaluate { run: id.clone() }, None).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"run_id": id, "job_id": job.id, "state": job.state})),
+    )
+        .into_response())
+}
+
+async fn run_eval(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> ApiResult<Response> {
+    let dir = run_dir(&st, &id)?;
+    let key = id.clone();
+    let job = blocking(&st, move |s| s.latest_for(&key, Some(JobKind::Evaluate))).await?;
+    let metrics: Option<Value> = std::fs::read_to_string(dir.join("eval/metrics.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    if metrics.is_none() && job.is_none() {
+        return Err(not_found(&format!("evaluation of run {id:?}")));
+    }
+    Ok(axum::Json(json!({
+        "run_id": id,
+        "state": job.as_ref().map(|j| j.state),
+        "error": job.as_ref().and_then(|j| j.error.clone()),
+        "metrics": metrics,
+    }))
+    .into_response())
+}
+
+async fn export_run(
+    State(st): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+    Body_(req): Body_<ExportRequest>,
+) -> ApiResult<Response> {
+    finished_run(&st, &id).await?;
+    let spec = req.resolve(&id)?;
+    let job = enqueue(&st, spec, None).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"run_id": id, "export_id": job.target, "state": job.state})),
+    )
+        .into_response())
+}
+
+async fn get_export(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> ApiResult<Response> {
+    let job = job_for(&st, &id, JobKind::Export).await?;
+    let mut v = job_json(&job, "export_id");
+    v["artifact"] = json!(format!("exports/{id}"));
+    Ok(axum::Json(v).into_response())
+}
+
 fn artifact_dir(st: &AppState, kind: &str, id: &str) -> ApiResult<PathBuf> {
-    if !matches!(kind, "runs" | "tokenizers") {
-        return Err(not_found(&format!("artifact kind {kind:?} (runs or tokenizers)")));
+    if !matches!(kind, "runs" | "tokenizers" | "exports") {
+        return Err(not_found(&format!(
+            "artifact kind {kind:?} (runs, tokenizers or exports)"
+        )));
     }
     check_id(id)?;
     let dir = inside(&st.cfg.data_root, &format!("{kind}/{id}"))?;

@@ -81,6 +81,60 @@ pub enum Spec {
         config: Box<TrainConfig>,
         tokenizer: Option<PathBuf>,
     },
+    /// Evaluates a run's best checkpoint into `runs/<run>/eval/metrics.json`.
+    Evaluate { run: String },
+    /// Exports a run's best checkpoint into `exports/<target>/`.
+    Export {
+        run: String,
+        format: String,
+        quant: Option<String>,
+        int8: bool,
+    },
+}
+
+/// `POST /runs/{id}/export`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRequest {
+    /// hf, onnx or gguf.
+    pub format: String,
+    /// GGUF: f32, f16, q8_0 or q4_0.
+    #[serde(default)]
+    pub quant: Option<String>,
+    /// ONNX: "int8".
+    #[serde(default)]
+    pub quantize: Option<String>,
+}
+
+impl ExportRequest {
+    pub fn resolve(&self, run: &str) -> Result<Spec> {
+        let format: chatforge_export::Format = self
+            .format
+            .parse()
+            .map_err(|e: chatforge_export::Error| Error::Invalid(format!("format: {e}")))?;
+        if let Some(q) = &self.quant {
+            q.parse::<chatforge_export::GgufQuant>()
+                .map_err(|e| Error::Invalid(format!("quant: {e}")))?;
+            if format != chatforge_export::Format::Gguf {
+                return Err(Error::Invalid("quant: applies to format gguf".into()));
+            }
+        }
+        match self.quantize.as_deref() {
+            None => {}
+            Some("int8") if format == chatforge_export::Format::Onnx => {}
+            Some(other) => {
+                return Err(Error::Invalid(format!(
+                    "quantize: {other:?} (only \"int8\", with format onnx)"
+                )));
+            }
+        }
+        Ok(Spec::Export {
+            run: run.to_string(),
+            format: self.format.clone(),
+            quant: self.quant.clone(),
+            int8: self.quantize.is_some(),
+        })
+    }
 }
 
 impl Spec {
@@ -88,6 +142,8 @@ impl Spec {
         match self {
             Spec::Tokenizer { .. } => JobKind::Tokenizer,
             Spec::Train { .. } => JobKind::Train,
+            Spec::Evaluate { .. } => JobKind::Evaluate,
+            Spec::Export { .. } => JobKind::Export,
         }
     }
 }
@@ -337,6 +393,57 @@ pub fn execute(
             };
             chatforge_train::train(&config, &run, resume, &mut on_event, stop)
                 .map_err(|e| Error::Invalid(format!("training failed: {e}")))?;
+            Ok(())
+        }
+        Spec::Evaluate { run } => {
+            use chatforge_infer::eval::LossOn;
+            let dir = root.join("runs").join(run);
+            let manifest: serde_json::Value = std::fs::read_to_string(dir.join("manifest.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+            let cfg: Option<TrainConfig> = serde_json::from_value(manifest["config"].clone()).ok();
+            let loss_on = match cfg.as_ref().map(|c| c.train.mode) {
+                Some(Mode::Pretrain) => LossOn::All,
+                _ => LossOn::Assistant,
+            };
+            let m = chatforge_infer::LoadedModel::open(
+                &dir,
+                &chatforge_infer::Checkpoint::Best,
+                None,
+                chatforge_infer::WeightType::F32,
+            )
+            .map_err(|e| Error::Invalid(format!("loading the run: {e}")))?;
+            let val = cfg.as_ref().and_then(|c| c.train.val.clone());
+            chatforge_infer::eval::evaluate_run(&m, val.as_deref(), loss_on)
+                .map_err(|e| Error::Invalid(format!("evaluation failed: {e}")))?;
+            Ok(())
+        }
+        Spec::Export {
+            run,
+            format,
+            quant,
+            int8,
+        } => {
+            let src = chatforge_infer::ModelSource::open(
+                &root.join("runs").join(run),
+                &chatforge_infer::Checkpoint::Best,
+                None,
+                None,
+            )
+            .map_err(|e| Error::Invalid(format!("loading the run: {e}")))?;
+            let invalid = |e: chatforge_export::Error| Error::Invalid(e.to_string());
+            let opts = chatforge_export::ExportOptions {
+                format: format.parse().map_err(invalid)?,
+                gguf_quant: quant.as_deref().unwrap_or("f32").parse().map_err(invalid)?,
+                onnx: chatforge_export::onnx::OnnxOptions {
+                    int8: *int8,
+                    external_data: false,
+                },
+                force: true,
+            };
+            chatforge_export::export(&src, &opts, &root.join("exports").join(target))
+                .map_err(|e| Error::Invalid(format!("export failed: {e}")))?;
             Ok(())
         }
     }

@@ -8,7 +8,6 @@ use chatforge_infer::eval::{
     DEFAULT_PROMPTS, EvalOptions, LossOn, Metrics, evaluate, read_metrics, read_prompts, write_metrics,
 };
 use chatforge_infer::{Checkpoint, LoadedModel, WeightType};
-use chatforge_tokenizer::RenderOptions;
 use clap::Args;
 
 use super::{ConditionArgs, ModelArgs};
@@ -196,13 +195,4 @@ fn compare(a: &Path, b: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Render options recorded in a shard's sidecar (`data tokenize` writes them).
-pub fn sidecar_render(sidecar: &serde_json::Value) -> RenderOptions {
-    RenderOptions {
-        system: sidecar["system"].as_str().map(str::to_string),
-        domain_tag: sidecar["domain_tag"].as_bool().unwrap_or(false),
-        ..RenderOptions::default()
-    }
 }

@@ -241,44 +241,20 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 /// made from (found through the shard's sidecar), rendered as they were then, and on the default
 /// test prompts. Writes `eval/metrics.json` in the run.
 pub fn evaluate_run(cfg: &TrainConfig, run: &Path) -> anyhow::Result<chatforge_infer::eval::Metrics> {
-    use chatforge_infer::eval::{DEFAULT_PROMPTS, EvalOptions, LossOn};
+    use chatforge_infer::eval::LossOn;
     use chatforge_infer::{Checkpoint, LoadedModel, WeightType};
 
     let m = LoadedModel::open(run, &Checkpoint::Best, None, WeightType::F32)?;
-    let sidecar = cfg
-        .train
-        .val
-        .as_ref()
-        .and_then(|v| std::fs::read_to_string(v.with_extension("bin.json")).ok())
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
-    let source = sidecar
-        .as_ref()
-        .and_then(|s| s["input"].as_str().map(PathBuf::from))
-        .filter(|p| p.is_file());
-    let data = match &source {
-        Some(p) => chatforge_data::read_jsonl(p)?,
-        None => Vec::new(),
+    let loss_on = match cfg.train.mode {
+        Mode::Sft | Mode::Lora | Mode::Qlora => LossOn::Assistant,
+        Mode::Pretrain => LossOn::All,
     };
-    let opts = EvalOptions {
-        render: sidecar
-            .as_ref()
-            .map(super::eval::sidecar_render)
-            .unwrap_or_default(),
-        loss_on: match cfg.train.mode {
-            Mode::Sft | Mode::Lora | Mode::Qlora => LossOn::Assistant,
-            Mode::Pretrain => LossOn::All,
-        },
-        max_samples: 32,
-        ..EvalOptions::default()
-    };
-    let prompts: Vec<chatforge_data::Conversation> = DEFAULT_PROMPTS
-        .iter()
-        .map(|p| {
-            chatforge_data::Conversation::new(vec![chatforge_data::Message::new(
-                chatforge_data::Role::User,
-                *p,
-            )])
-        })
-        .collect();
-    super::eval::run_eval(&m, &data, source.as_deref(), &prompts, &opts, &m.eval_dir())
+    let (metrics, _) = chatforge_infer::eval::evaluate_run(&m, cfg.train.val.as_deref(), loss_on)?;
+    super::eval::print_metrics(&metrics);
+    say!(
+        "metrics written to {} ({:.1} s)",
+        m.eval_dir().join("metrics.json").display(),
+        metrics.seconds
+    );
+    Ok(metrics)
 }
