@@ -400,6 +400,67 @@ fn jobs_run_stream_download_cancel_and_resume() {
         "{files}"
     );
 
+    // OpenAI-style chat against the run: the streamed reply is the whole reply, in pieces.
+    let ask = |stream: bool| {
+        json!({"model": run, "temperature": 0, "max_tokens": 12, "stream": stream, "user": "ignored",
+               "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]})
+    };
+    let r = post(port, "/v1/chat/completions", &ask(false));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let c = r.json();
+    assert_eq!(c["object"], "chat.completion");
+    let text = c["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(["stop", "length"].contains(&c["choices"][0]["finish_reason"].as_str().unwrap()));
+    assert!(c["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let body = ask(true).to_string();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut sse = String::new();
+    let resp = read_head_and_body(
+        &mut BufReader::new(s),
+        Some(&mut |c: &[u8]| {
+            sse.push_str(&String::from_utf8_lossy(c));
+            !sse.contains("[DONE]")
+        }),
+    );
+    assert_eq!(resp.status, 200);
+    let chunks: Vec<Value> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(streamed.trim(), text);
+    assert!(chunks.last().unwrap()["choices"][0]["finish_reason"].is_string());
+    assert_eq!(
+        post(
+            port,
+            "/v1/chat/completions",
+            &json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]})
+        )
+        .status,
+        404
+    );
+    let r = post(
+        port,
+        "/v1/chat/completions",
+        &json!({"model": run, "messages": [{"role": "assistant", "content": "x"}]}),
+    );
+    assert_eq!(r.status, 422);
+
     // Artifacts: listing, and downloads with Range.
     let files = get(port, &format!("/artifacts/runs/{run}")).json();
     let names: Vec<&str> = files["files"]

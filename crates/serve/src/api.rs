@@ -30,11 +30,19 @@ pub struct AppState {
     pub cfg: Arc<ServeConfig>,
     /// Cancelled at shutdown, so open log streams end and the server can stop.
     pub shutdown: CancellationToken,
+    /// Models that `/v1/chat/completions` has loaded.
+    pub models: Arc<crate::openai::ModelCache>,
 }
 
 /// An error answer: a status and a message, as `{"error": "..."}`.
 #[derive(Debug)]
 pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: String) -> Self {
+        ApiError(status, message)
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -116,6 +124,7 @@ pub fn app(state: AppState) -> Router {
         .route("/runs/{id}/logs/stream", get(run_log_stream))
         .route("/artifacts/{kind}/{id}", get(list_artifact))
         .route("/artifacts/{kind}/{id}/download", get(download))
+        .route("/v1/chat/completions", post(crate::openai::chat_completions))
         .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod jobs;
+pub mod openai;
 pub mod paths;
 pub mod store;
 pub mod worker;
@@ -156,6 +157,7 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
         store,
         cfg: std::sync::Arc::new(cfg.clone()),
         shutdown: token.clone(),
+        models: Default::default(),
     };
     let result = runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(&cfg.api.bind)

@@ -1,0 +1,219 @@
+//! `POST /v1/chat/completions`: the OpenAI chat API's common subset against a trained run, so
+//! existing chat clients can talk to it. `model` is a run id; `messages` (system, user, assistant;
+//! string contents), `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`
+//! and `stream` are honoured. Other OpenAI fields are accepted and ignored, as clients send many.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use chatforge_data::{Message, Role};
+use chatforge_infer::{ChatSession, Checkpoint, Finish, LoadedModel, Sampling, WeightType};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::api::{ApiError, AppState, Body_};
+use crate::paths::check_id;
+
+#[derive(Deserialize)]
+pub struct ChatRequest {
+    model: String,
+    messages: Vec<ChatMessage>,
+    #[serde(default)]
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    max_completion_tokens: Option<usize>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    stop: Option<Stop>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(flatten)]
+    _ignored: HashMap<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct ChatMessage {
+    role: String,
+    content: String,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Loaded models by run id; a few stay in memory between requests.
+#[derive(Default)]
+pub struct ModelCache(Mutex<Vec<(String, Arc<LoadedModel>)>>);
+
+const CACHED_MODELS: usize = 2;
+
+impl ModelCache {
+    fn get(&self, run: &str, dir: &std::path::Path) -> Result<Arc<LoadedModel>, ApiError> {
+        if let Ok(c) = self.0.lock()
+            && let Some((_, m)) = c.iter().find(|(k, _)| k == run)
+        {
+            return Ok(m.clone());
+        }
+        let m = Arc::new(
+            LoadedModel::open(dir, &Checkpoint::Best, None, WeightType::F32)
+                .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("model: {e}")))?,
+        );
+        if let Ok(mut c) = self.0.lock() {
+            c.retain(|(k, _)| k != run);
+            c.push((run.to_string(), m.clone()));
+            if c.len() > CACHED_MODELS {
+                c.remove(0);
+            }
+        }
+        Ok(m)
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, msg.into())
+}
+
+pub async fn chat_completions(
+    State(st): State<AppState>,
+    Body_(req): Body_<ChatRequest>,
+) -> Result<Response, ApiError> {
+    check_id(&req.model).map_err(|_| invalid(format!("model: {:?} is not a run id", req.model)))?;
+    let dir = st.cfg.data_root.join("runs").join(&req.model);
+    if !dir.join("best").is_dir() && chatforge_infer::source::checkpoints(&dir).is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no trained run {:?}", req.model),
+        ));
+    }
+    let (last, history) = req
+        .messages
+        .split_last()
+        .ok_or_else(|| invalid("messages: empty"))?;
+    if last.role != "user" {
+        return Err(invalid("messages: the last message must be the user's"));
+    }
+    let role = |r: &str| match r {
+        "system" | "developer" => Ok(Role::System),
+        "user" => Ok(Role::User),
+        "assistant" => Ok(Role::Assistant),
+        other => Err(invalid(format!(
+            "messages: role {other:?} (system, user or assistant)"
+        ))),
+    };
+    let temperature = req.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(invalid("temperature: must be in 0..=2"));
+    }
+    let top_p = req.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(invalid("top_p: must be in (0, 1]"));
+    }
+    let max_new = req.max_completion_tokens.or(req.max_tokens).unwrap_or(256);
+    if max_new == 0 {
+        return Err(invalid("max_tokens: must be at least 1"));
+    }
+    let cache = st.models.clone();
+    let model = {
+        let (run, dir) = (req.model.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || cache.get(&run, &dir))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("loading: {e}")))??
+    };
+    let mut session = ChatSession::new(
+        Default::default(),
+        Sampling {
+            temperature,
+            top_k: 0,
+            top_p,
+            repetition_penalty: 1.0,
+            seed: req.seed.unwrap_or(0),
+        },
+        max_new.min(model.config.n_ctx),
+    );
+    session.stop_strings = match req.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) => v,
+    };
+    for m in history {
+        session
+            .conversation
+            .messages
+            .push(Message::new(role(&m.role)?, m.content.clone()));
+    }
+    let user = last.content.clone();
+    let id = format!("chatcmpl-{}", crate::new_id());
+    let created = crate::now() as u64;
+    let run = req.model.clone();
+    let finish = |f: Finish| match f {
+        Finish::Length | Finish::Context => "length",
+        _ => "stop",
+    };
+    if !req.stream {
+        let out = tokio::task::spawn_blocking(move || session.send(&model, &user, None, |_| {}))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("generation: {e}")))?
+            .map_err(|e| invalid(e.to_string()))?;
+        return Ok(axum::Json(json!({
+            "id": id, "object": "chat.completion", "created": created, "model": run,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
+                         "finish_reason": finish(out.finish)}],
+            "usage": {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.ids.len(),
+                      "total_tokens": out.prompt_tokens + out.ids.len()},
+        }))
+        .into_response());
+    }
+    // Streaming: chunks as the text comes; a client that goes away stops the generation.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let gone = Arc::new(AtomicBool::new(false));
+    let chunk = {
+        let (id, run) = (id.clone(), run.clone());
+        move |delta: Value, reason: Option<&str>| {
+            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": run,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]})
+        }
+    };
+    let _ = tx.send(chunk(json!({"role": "assistant"}), None));
+    {
+        let (tx, gone, chunk) = (tx.clone(), gone.clone(), chunk.clone());
+        tokio::task::spawn_blocking(move || {
+            let result = session.send(&model, &user, Some(&gone), |piece| {
+                if tx.send(chunk(json!({"content": piece}), None)).is_err() {
+                    gone.store(true, Ordering::Relaxed);
+                }
+            });
+            let last = match result {
+                Ok(out) => chunk(json!({}), Some(finish(out.finish))),
+                Err(e) => json!({"error": {"message": e.to_string()}}),
+            };
+            let _ = tx.send(last);
+        });
+    }
+    drop(tx);
+    let stream = futures_util::stream::unfold((rx, false), |(mut rx, done)| async move {
+        if done {
+            return None;
+        }
+        match rx.recv().await {
+            Some(v) => Some((
+                Ok::<_, std::convert::Infallible>(SseEvent::default().data(v.to_string())),
+                (rx, false),
+            )),
+            None => Some((Ok(SseEvent::default().data("[DONE]")), (rx, true))),
+        }
+    });
+    Ok(Sse::new(stream).into_response())
+}
