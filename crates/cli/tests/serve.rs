@@ -315,6 +315,31 @@ fn jobs_run_stream_download_cancel_and_resume() {
     let ready = get(port, "/readyz");
     assert_eq!(ready.status, 200, "{}", String::from_utf8_lossy(&ready.body));
     assert_eq!(ready.json()["workers"].as_array().unwrap().len(), 1);
+    // The OpenAPI document lists every route.
+    let doc = get(port, "/openapi.json").json();
+    for p in [
+        "/tokenizers/train",
+        "/tokenizers/{id}",
+        "/runs/train",
+        "/runs",
+        "/runs/{id}",
+        "/runs/{id}/cancel",
+        "/runs/{id}/resume",
+        "/runs/{id}/evaluate",
+        "/runs/{id}/eval",
+        "/runs/{id}/export",
+        "/exports/{id}",
+        "/runs/{id}/logs",
+        "/runs/{id}/logs/stream",
+        "/artifacts/{kind}/{id}",
+        "/artifacts/{kind}/{id}/download",
+        "/v1/chat/completions",
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+    ] {
+        assert!(doc["paths"][p].is_object(), "{p} missing from /openapi.json");
+    }
 
     let tok = tokenizer(port);
     let r = post(port, "/runs/train", &train_body(&tok, 30, 10));

@@ -125,6 +125,15 @@ pub fn app(state: AppState) -> Router {
         .route("/artifacts/{kind}/{id}", get(list_artifact))
         .route("/artifacts/{kind}/{id}/download", get(download))
         .route("/v1/chat/completions", post(crate::openai::chat_completions))
+        .route(
+            "/openapi.json",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    include_str!("openapi.json"),
+                )
+            }),
+        )
         .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
