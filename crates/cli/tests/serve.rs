@@ -607,13 +607,27 @@ fn jobs_run_stream_download_cancel_and_resume() {
 
 #[test]
 fn a_killed_worker_is_replaced_and_a_restart_keeps_the_queue() {
+    killed_worker_and_restart(&[]);
+}
+
+#[test]
+fn the_same_on_redis() {
+    let Some(redis) = chatforge_testkit::redis_server() else {
+        return;
+    };
+    let url = redis.url();
+    killed_worker_and_restart(&[("CHATFORGE__QUEUE__URL", &url)]);
+}
+
+/// Every process (server, workers) gets `env`: the queue they share.
+fn killed_worker_and_restart(env: &[(&str, &str)]) {
     let d = data_root();
     let root = d.path().join("root");
     let port = free_port();
     // The API alone; workers are separate processes, as on other machines.
-    let server = serve(&root, port, 0, &[], &[]);
+    let server = serve(&root, port, 0, &[], env);
     assert_eq!(get(port, "/readyz").status, 503, "no worker yet");
-    let mut a = spawn(&["worker"], &root, &[]);
+    let mut a = spawn(&["worker"], &root, env);
     let tok = tokenizer(port);
     let r = post(port, "/runs/train", &train_body(&tok, 80, 10));
     let run = r.json()["run_id"].as_str().unwrap().to_string();
@@ -626,7 +640,7 @@ fn a_killed_worker_is_replaced_and_a_restart_keeps_the_queue() {
     a.0.kill().unwrap();
     a.0.wait().unwrap();
     let killed_at = logged_steps(&root, &run).len();
-    let _b = spawn(&["worker"], &root, &[]);
+    let _b = spawn(&["worker"], &root, env);
     let done = wait_state(port, &run, &["succeeded", "failed"], 240);
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["attempts"], 2, "the second attempt finished it");
@@ -654,7 +668,7 @@ fn a_killed_worker_is_replaced_and_a_restart_keeps_the_queue() {
     let queued = r.json()["run_id"].as_str().unwrap().to_string();
     unsafe_sigterm(&server);
     drop(server);
-    let _server = serve(&root, port, 0, &[], &[]);
+    let _server = serve(&root, port, 0, &[], env);
     assert_eq!(get(port, &format!("/runs/{queued}")).json()["state"], "queued");
 }
 
@@ -801,6 +815,7 @@ fn print_config_merges_file_env_and_flags_and_masks_the_token() {
         ])
         .env("CHATFORGE__QUEUE__MAX_QUEUED", "7")
         .env("CHATFORGE__API__TOKEN", "hunter2")
+        .env("CHATFORGE__QUEUE__URL", "redis://:pa55word@10.0.0.5:6379/2")
         .current_dir(d.path())
         .output()
         .unwrap();
@@ -812,5 +827,9 @@ fn print_config_merges_file_env_and_flags_and_masks_the_token() {
     assert_eq!(v["queue"]["max_queued"].as_integer(), Some(7));
     assert_eq!(v["api"]["bind"].as_str(), Some("127.0.0.1:9999"));
     assert_eq!(v["api"]["token"].as_str(), Some("********"));
-    assert!(!text.contains("hunter2"));
+    assert_eq!(
+        v["queue"]["url"].as_str(),
+        Some("redis://********@10.0.0.5:6379/2")
+    );
+    assert!(!text.contains("hunter2") && !text.contains("pa55word"));
 }

@@ -30,7 +30,7 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
-    /// `sqlite://PATH` [default: `sqlite://<data_root>/queue.sqlite`].
+    /// `sqlite://PATH` [default: `sqlite://<data_root>/queue.sqlite`] or `redis://HOST:PORT/DB`.
     pub url: Option<String>,
     /// Queued jobs allowed before submissions get 429.
     pub max_queued: usize,
@@ -162,14 +162,16 @@ impl ServeConfig {
         Ok(())
     }
 
-    /// The queue file: from `queue.url` (`sqlite://PATH`), or under the data root.
+    /// The SQLite queue file: from `queue.url` (`sqlite://PATH`), or under the data root. Checks
+    /// that a URL names a known store.
     pub fn queue_path(&self) -> Result<PathBuf> {
         match self.queue.url.as_deref() {
             None => Ok(self.data_root.join("queue.sqlite")),
+            Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => Ok(PathBuf::new()),
             Some(u) => match u.strip_prefix("sqlite://") {
                 Some(p) => Ok(PathBuf::from(p)),
                 None => Err(Error::Config(format!(
-                    "queue.url {u:?}: expected sqlite://PATH (Redis is not built yet)"
+                    "queue.url {u:?}: expected sqlite://PATH or redis://HOST:PORT/DB"
                 ))),
             },
         }
@@ -180,6 +182,13 @@ impl ServeConfig {
         let mut c = self.clone();
         if c.api.token.is_some() {
             c.api.token = Some("********".into());
+        }
+        // A password in the queue URL (redis://:secret@host) is masked too.
+        if let Some(u) = &c.queue.url
+            && let Some((scheme, rest)) = u.split_once("://")
+            && let Some((_, host)) = rest.rsplit_once('@')
+        {
+            c.queue.url = Some(format!("{scheme}://********@{host}"));
         }
         toml::to_string(&c).unwrap_or_default()
     }

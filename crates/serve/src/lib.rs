@@ -7,6 +7,7 @@ pub mod config;
 pub mod jobs;
 pub mod openai;
 pub mod paths;
+pub mod redis_store;
 pub mod store;
 pub mod worker;
 
@@ -99,7 +100,12 @@ pub fn open_store(cfg: &ServeConfig) -> Result<std::sync::Arc<dyn JobStore>> {
         path: cfg.data_root.clone(),
         source: e,
     })?;
-    Ok(std::sync::Arc::new(SqliteStore::open(&cfg.queue_path()?)?))
+    match cfg.queue.url.as_deref() {
+        Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => {
+            Ok(std::sync::Arc::new(redis_store::RedisStore::open(u)?))
+        }
+        _ => Ok(std::sync::Arc::new(SqliteStore::open(&cfg.queue_path()?)?)),
+    }
 }
 
 fn spawn_workers(

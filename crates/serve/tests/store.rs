@@ -1,17 +1,28 @@
 //! The job store's transitions: claims are exclusive, leases expire into the queue again, a
 //! worker whose lease was taken cannot record an outcome, retries back off, cancel and resume.
+//! Every check runs against both stores: SQLite, and Redis (a redis-server started per test).
 
 #![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
 
 use std::sync::Arc;
 
+use chatforge_serve::redis_store::RedisStore;
 use chatforge_serve::store::{JobKind, JobState, JobStore, NewJob, Outcome, SqliteStore};
 use serde_json::json;
 
-fn store() -> (tempfile::TempDir, SqliteStore) {
+/// Opens stores on one backend: each call is a new handle (connection) on the same data.
+type Open = Box<dyn Fn() -> Box<dyn JobStore>>;
+
+/// Runs `check` on SQLite, then on Redis.
+fn both(check: fn(&Open)) {
     let d = tempfile::tempdir().unwrap();
-    let s = SqliteStore::open(&d.path().join("q.sqlite")).unwrap();
-    (d, s)
+    let path = d.path().join("q.sqlite");
+    check(&(Box::new(move || Box::new(SqliteStore::open(&path).unwrap()) as Box<dyn JobStore>) as Open));
+    if let Some(r) = chatforge_testkit::redis_server() {
+        let url = r.url();
+        check(&(Box::new(move || Box::new(RedisStore::open(&url).unwrap()) as Box<dyn JobStore>) as Open));
+        drop(r);
+    }
 }
 
 fn job(id: &str, now: f64) -> NewJob {
@@ -28,7 +39,11 @@ fn job(id: &str, now: f64) -> NewJob {
 
 #[test]
 fn a_job_runs_once_and_its_outcome_is_recorded_by_its_owner_only() {
-    let (_d, s) = store();
+    both(check_a_job_runs_once_and_its_outcome_is_recorded_by_its_owner_only);
+}
+
+fn check_a_job_runs_once_and_its_outcome_is_recorded_by_its_owner_only(open: &Open) {
+    let s = open();
     s.enqueue(job("a", 1.0), 10).unwrap();
     s.enqueue(job("b", 2.0), 10).unwrap();
     // Oldest first; a claimed job is not claimed again.
@@ -57,7 +72,11 @@ fn a_job_runs_once_and_its_outcome_is_recorded_by_its_owner_only() {
 
 #[test]
 fn an_expired_lease_requeues_and_the_old_worker_cannot_overwrite() {
-    let (_d, s) = store();
+    both(check_an_expired_lease_requeues_and_the_old_worker_cannot_overwrite);
+}
+
+fn check_an_expired_lease_requeues_and_the_old_worker_cannot_overwrite(open: &Open) {
+    let s = open();
     s.enqueue(job("a", 1.0), 10).unwrap();
     s.claim("dead", 5.0, 10.0).unwrap().unwrap();
     assert!(s.reap(14.0).unwrap().is_empty(), "lease still valid");
@@ -82,7 +101,11 @@ fn an_expired_lease_requeues_and_the_old_worker_cannot_overwrite() {
 
 #[test]
 fn failures_retry_with_backoff_then_fail() {
-    let (_d, s) = store();
+    both(check_failures_retry_with_backoff_then_fail);
+}
+
+fn check_failures_retry_with_backoff_then_fail(open: &Open) {
+    let s = open();
     s.enqueue(job("a", 1.0), 10).unwrap();
     s.claim("w", 10.0, 1.0).unwrap();
     assert!(
@@ -110,7 +133,11 @@ fn failures_retry_with_backoff_then_fail() {
 
 #[test]
 fn cancel_is_immediate_when_queued_and_requested_when_running() {
-    let (_d, s) = store();
+    both(check_cancel_is_immediate_when_queued_and_requested_when_running);
+}
+
+fn check_cancel_is_immediate_when_queued_and_requested_when_running(open: &Open) {
+    let s = open();
     s.enqueue(job("q", 1.0), 10).unwrap();
     assert_eq!(s.cancel("q", 2.0).unwrap().unwrap().state, JobState::Cancelled);
     assert!(s.claim("w", 10.0, 3.0).unwrap().is_none());
@@ -135,16 +162,18 @@ fn cancel_is_immediate_when_queued_and_requested_when_running() {
 
 #[test]
 fn the_queue_is_bounded_survives_reopening_and_forgets_old_jobs() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("q.sqlite");
+    both(check_the_queue_is_bounded_survives_reopening_and_forgets_old_jobs);
+}
+
+fn check_the_queue_is_bounded_survives_reopening_and_forgets_old_jobs(open: &Open) {
     {
-        let s = SqliteStore::open(&path).unwrap();
+        let s = open();
         s.enqueue(job("a", 1.0), 2).unwrap();
         s.enqueue(job("b", 2.0), 2).unwrap();
         let e = s.enqueue(job("c", 3.0), 2).unwrap_err();
         assert!(e.to_string().contains("queue is full"), "{e}");
     }
-    let s = SqliteStore::open(&path).unwrap();
+    let s = open();
     let queued = s.list(None, Some(JobState::Queued), 10).unwrap();
     assert_eq!(queued.len(), 2, "jobs survive reopening");
     s.claim("w", 10.0, 5.0).unwrap();
@@ -157,16 +186,16 @@ fn the_queue_is_bounded_survives_reopening_and_forgets_old_jobs() {
 
 #[test]
 fn concurrent_claimers_never_share_a_job() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("q.sqlite");
-    let s = SqliteStore::open(&path).unwrap();
+    both(check_concurrent_claimers_never_share_a_job);
+}
+
+fn check_concurrent_claimers_never_share_a_job(open: &Open) {
+    let s = open();
     for i in 0..40 {
         s.enqueue(job(&format!("j{i:02}"), f64::from(i)), 100).unwrap();
     }
     // Two store handles (two connections, as two processes would have), four threads each.
-    let stores: Vec<Arc<SqliteStore>> = (0..2)
-        .map(|_| Arc::new(SqliteStore::open(&path).unwrap()))
-        .collect();
+    let stores: Vec<Arc<dyn JobStore>> = (0..2).map(|_| Arc::from(open())).collect();
     let handles: Vec<_> = (0..8)
         .map(|t| {
             let s = stores[t % 2].clone();
@@ -184,4 +213,21 @@ fn concurrent_claimers_never_share_a_job() {
     let n = all.len();
     all.dedup();
     assert_eq!((n, all.len()), (40, 40), "each job claimed exactly once");
+}
+
+/// With append-only persistence, queued and running jobs survive a restart of Redis.
+#[test]
+fn redis_jobs_survive_a_redis_restart() {
+    let Some(r) = chatforge_testkit::redis_server() else {
+        return;
+    };
+    let s = RedisStore::open(&r.url()).unwrap();
+    s.enqueue(job("a", 1.0), 10).unwrap();
+    s.enqueue(job("b", 2.0), 10).unwrap();
+    s.claim("w", 30.0, 3.0).unwrap().unwrap();
+    let r = r.restart();
+    let s = RedisStore::open(&r.url()).unwrap();
+    assert_eq!(s.get("a").unwrap().unwrap().state, JobState::Running);
+    assert_eq!(s.claim("w2", 30.0, 4.0).unwrap().unwrap().id, "b");
+    assert!(s.heartbeat("a", "w", 30.0, &json!({}), 5.0).unwrap().owned);
 }

@@ -72,3 +72,77 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths differ");
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
+
+/// A `redis-server` of our own on a free loopback port, in a temporary directory, stopped on drop.
+pub struct RedisServer {
+    child: std::process::Child,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl RedisServer {
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts redis-server with append-only persistence in `dir` on `port`.
+    fn start(dir: PathBuf, port: u16) -> std::io::Result<RedisServer> {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let t0 = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if t0.elapsed() > std::time::Duration::from_secs(10) {
+                return Err(std::io::Error::other("redis-server did not start"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(RedisServer { child, port, dir })
+    }
+
+    /// Stops this server (SIGTERM, as a service manager would) and starts a new one on the same
+    /// port and directory: what persisted is what the new one has.
+    pub fn restart(mut self) -> RedisServer {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        let (dir, port) = (self.dir.clone(), self.port);
+        std::mem::forget(self);
+        RedisServer::start(dir, port).expect("restart redis-server")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A fresh Redis for one test, or `None` (with a loud message) when `redis-server` is not
+/// installed; with `CHATFORGE_REQUIRE_REDIS=1` (as in `.ci/run`) that is a failure instead.
+pub fn redis_server() -> Option<RedisServer> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let dir = std::env::temp_dir().join(format!("chatforge-redis-{}-{port}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    match RedisServer::start(dir, port) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            if std::env::var("CHATFORGE_REQUIRE_REDIS").is_ok_and(|v| v == "1") {
+                panic!("redis-server is required (CHATFORGE_REQUIRE_REDIS=1) but could not start: {e}");
+            }
+            eprintln!("\n*** SKIPPED: Redis store check — redis-server could not start: {e} ***\n");
+            None
+        }
+    }
+}
