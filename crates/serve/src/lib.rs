@@ -174,6 +174,12 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
             "chatforge serve: listening on http://{addr} (data root {})",
             cfg.data_root.display()
         );
+        // No Nagle delay: a response's head and body may be separate writes, and on a kept-alive
+        // connection the second would wait for the client's delayed ACK (40 ms).
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, api::app(state))
             .with_graceful_shutdown(async move {
                 termination().await;

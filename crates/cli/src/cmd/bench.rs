@@ -19,6 +19,8 @@ pub enum BenchCommand {
     Generate(GenerateBench),
     /// Fine-tuning a GPT-2-small-shaped model: full, LoRA and QLoRA steps (tokens/s, peak memory)
     Finetune(FinetuneBench),
+    /// The service under load: request latency while a run trains, and the training's slowdown
+    Serve(super::bench_serve::ServeBench),
 }
 
 #[derive(Args)]
@@ -110,6 +112,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Train(args) => train_bench(&args),
         BenchCommand::Generate(args) => generate_bench(&args),
         BenchCommand::Finetune(args) => finetune_bench(&args),
+        BenchCommand::Serve(args) => super::bench_serve::run(&args),
     }
 }
 
