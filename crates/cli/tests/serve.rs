@@ -307,10 +307,23 @@ fn logged_steps(root: &Path, run: &str) -> Vec<u64> {
 
 #[test]
 fn jobs_run_stream_download_cancel_and_resume() {
+    jobs_scenario(&[]);
+}
+
+#[test]
+fn jobs_on_redis() {
+    let Some(redis) = chatforge_testkit::redis_server() else {
+        return;
+    };
+    let url = redis.url();
+    jobs_scenario(&[("CHATFORGE__QUEUE__URL", &url)]);
+}
+
+fn jobs_scenario(env: &[(&str, &str)]) {
     let d = data_root();
     let root = d.path().join("root");
     let port = free_port();
-    let _server = serve(&root, port, 1, &[], &[]);
+    let _server = serve(&root, port, 1, &[], env);
     assert_eq!(get(port, "/healthz").status, 200);
     let ready = get(port, "/readyz");
     assert_eq!(ready.status, 200, "{}", String::from_utf8_lossy(&ready.body));
@@ -603,6 +616,15 @@ fn jobs_run_stream_download_cancel_and_resume() {
         (1..=*steps.last().unwrap()).collect::<Vec<_>>(),
         "resumed without lost or repeated steps"
     );
+
+    // A per-job time limit fails the job (after its retries), keeping its checkpoints.
+    let mut body = train_body(&tok, 100_000, 5);
+    body["timeout_s"] = json!(1.5);
+    let r = post(port, "/runs/train", &body);
+    let slow = r.json()["run_id"].as_str().unwrap().to_string();
+    let done = wait_state(port, &slow, &["failed"], 120);
+    assert!(done["error"].as_str().unwrap().contains("timed out"), "{done}");
+    assert_eq!(done["attempts"], 3);
 }
 
 #[test]
