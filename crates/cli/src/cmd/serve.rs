@@ -56,19 +56,19 @@ impl ServiceArgs {
 }
 
 pub fn serve(args: ServiceArgs) -> anyhow::Result<()> {
-    let cfg = args.config()?;
-    if args.print_config {
-        say!("{}", cfg.to_masked_toml());
-        return Ok(());
-    }
-    Ok(chatforge_serve::serve(cfg)?)
+    start(&args, chatforge_serve::serve)
 }
 
 pub fn worker(args: ServiceArgs) -> anyhow::Result<()> {
+    start(&args, chatforge_serve::work)
+}
+
+/// Runs `run` with the effective settings, or prints them with `--print-config`.
+fn start(args: &ServiceArgs, run: fn(ServeConfig) -> chatforge_serve::Result<()>) -> anyhow::Result<()> {
     let cfg = args.config()?;
     if args.print_config {
         say!("{}", cfg.to_masked_toml());
         return Ok(());
     }
-    Ok(chatforge_serve::work(cfg)?)
+    Ok(run(cfg)?)
 }
