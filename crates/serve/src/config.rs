@@ -93,7 +93,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             count: 1,
-            heartbeat_s: 2.0,
+            heartbeat_s: 0.5,
             lease_s: 15.0,
             poll_s: 0.5,
             job_timeout_s: None,
