@@ -73,14 +73,14 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// A JSON body whose rejections are answered in the API's own shape: 400 for broken JSON, 413 for
 /// a body over the limit, 415 without a JSON content type, 422 naming the field for the rest.
-pub struct Body_<T>(pub T);
+pub struct JsonBody<T>(pub T);
 
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body_<T> {
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Body_(v)),
+            Ok(axum::Json(v)) => Ok(JsonBody(v)),
             Err(rej) => {
                 let status = match &rej {
                     JsonRejection::JsonDataError(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -190,7 +190,7 @@ async fn enqueue(st: &AppState, spec: Spec, timeout_s: Option<f64>) -> ApiResult
 
 async fn train_tokenizer(
     State(st): State<AppState>,
-    Body_(req): Body_<TokenizerRequest>,
+    JsonBody(req): JsonBody<TokenizerRequest>,
 ) -> ApiResult<Response> {
     let spec = req.resolve(&st.cfg.data_root)?;
     let job = enqueue(&st, spec, None).await?;
@@ -201,7 +201,7 @@ async fn train_tokenizer(
         .into_response())
 }
 
-async fn train_run(State(st): State<AppState>, Body_(req): Body_<TrainRequest>) -> ApiResult<Response> {
+async fn train_run(State(st): State<AppState>, JsonBody(req): JsonBody<TrainRequest>) -> ApiResult<Response> {
     let spec = req.resolve(&st.cfg.data_root)?;
     let job = enqueue(&st, spec, req.timeout_s).await?;
     Ok((
@@ -472,7 +472,7 @@ async fn run_eval(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> A
 async fn export_run(
     State(st): State<AppState>,
     UrlPath(id): UrlPath<String>,
-    Body_(req): Body_<ExportRequest>,
+    JsonBody(req): JsonBody<ExportRequest>,
 ) -> ApiResult<Response> {
     finished_run(&st, &id).await?;
     let spec = req.resolve(&id)?;

@@ -16,7 +16,7 @@ use chatforge_infer::{ChatSession, Checkpoint, Finish, LoadedModel, Sampling, We
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::{ApiError, AppState, Body_};
+use crate::api::{ApiError, AppState, JsonBody};
 use crate::paths::check_id;
 
 #[derive(Deserialize)]
@@ -88,7 +88,7 @@ fn invalid(msg: impl Into<String>) -> ApiError {
 
 pub async fn chat_completions(
     State(st): State<AppState>,
-    Body_(req): Body_<ChatRequest>,
+    JsonBody(req): JsonBody<ChatRequest>,
 ) -> Result<Response, ApiError> {
     check_id(&req.model).map_err(|_| invalid(format!("model: {:?} is not a run id", req.model)))?;
     let dir = st.cfg.data_root.join("runs").join(&req.model);
