@@ -324,17 +324,17 @@ fn run_dir(st: &AppState, id: &str) -> ApiResult<PathBuf> {
     Ok(st.cfg.data_root.join("runs").join(id))
 }
 
-/// Whole lines of `logs.jsonl` from line `from` on, with the byte offset after the last one.
-fn read_lines(path: &Path, from: usize) -> (Vec<(usize, String)>, u64) {
+/// Whole lines of `logs.jsonl` (a line still being written is left for later) from line `from`
+/// on, with their line numbers.
+fn read_lines(path: &Path, from: usize) -> Vec<(usize, String)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let complete = text.rfind('\n').map_or(0, |i| i + 1);
-    let lines = text[..complete]
+    text[..complete]
         .lines()
         .enumerate()
         .skip(from)
         .map(|(i, l)| (i, l.to_string()))
-        .collect();
-    (lines, complete as u64)
+        .collect()
 }
 
 async fn run_logs(
@@ -344,7 +344,7 @@ async fn run_logs(
 ) -> ApiResult<Response> {
     job_for(&st, &id, JobKind::Train).await?;
     let path = run_dir(&st, &id)?.join("logs.jsonl");
-    let (all, _) = read_lines(&path, 0);
+    let all = read_lines(&path, 0);
     let tail = q.tail.unwrap_or(200).min(10_000);
     let events: Vec<Value> = all[all.len().saturating_sub(tail)..]
         .iter()
@@ -364,7 +364,7 @@ async fn run_log_stream(
 ) -> ApiResult<Response> {
     let job = job_for(&st, &id, JobKind::Train).await?;
     let path = run_dir(&st, &id)?.join("logs.jsonl");
-    let (all, _) = read_lines(&path, 0);
+    let all = read_lines(&path, 0);
     let start = match headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -405,7 +405,7 @@ async fn run_log_stream(
                 .ok()
                 .flatten()
                 .map(|j| j.state);
-            let (lines, _) = read_lines(&s.path, s.next);
+            let lines = read_lines(&s.path, s.next);
             if let Some((i, _)) = lines.last() {
                 s.next = i + 1;
             }

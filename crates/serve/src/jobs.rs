@@ -286,7 +286,7 @@ pub struct Progress {
 }
 
 /// Runs `spec` for job `target` under `root`; `stop` ends it early (a training run saves a
-/// checkpoint first). Returns whether it stopped because asked.
+/// checkpoint first). The worker knows why it set `stop`, and so how the job ended.
 pub fn execute(
     spec: &Spec,
     target: &str,

@@ -441,23 +441,23 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
             args.rank
         );
         let exe = std::env::current_exe()?;
+        // What our child process and the PyTorch reference are both told.
+        let shared: Vec<String> = [
+            ("--steps", args.steps),
+            ("--warmup", args.warmup),
+            ("--batch", args.batch),
+            ("--seq", args.seq),
+            ("--rank", args.rank),
+        ]
+        .iter()
+        .flat_map(|(k, v)| [k.to_string(), v.to_string()])
+        .collect();
         let mut full_tps = None;
         for mode in &args.modes {
             let mut cmd = Command::new(&exe);
             cmd.args(["bench", "finetune", "--child", "--modes", mode])
-                .args([
-                    "--steps",
-                    &args.steps.to_string(),
-                    "--warmup",
-                    &args.warmup.to_string(),
-                ])
-                .args(["--batch", &args.batch.to_string(), "--seq", &args.seq.to_string()])
-                .args([
-                    "--rank",
-                    &args.rank.to_string(),
-                    "--quant",
-                    &format!("{:?}", args.quant).to_lowercase(),
-                ]);
+                .args(&shared)
+                .args(["--quant", &format!("{:?}", args.quant).to_lowercase()]);
             let r = json_of(&mut cmd, &format!("bench finetune --modes {mode}"))?;
             let tps = r["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
             if mode == "full" {
@@ -489,19 +489,8 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
                 cmd.arg("scripts/reference/bench_finetune_torch.py")
                     .args(["--mode", mode.trim_end_matches("-gc")])
                     .args(mode.ends_with("-gc").then_some("--gc"))
-                    .args([
-                        "--steps",
-                        &args.steps.to_string(),
-                        "--warmup",
-                        &args.warmup.to_string(),
-                    ])
-                    .args(["--batch", &args.batch.to_string(), "--seq", &args.seq.to_string()])
-                    .args([
-                        "--rank",
-                        &args.rank.to_string(),
-                        "--threads",
-                        &rayon_threads().to_string(),
-                    ]);
+                    .args(&shared)
+                    .args(["--threads", &rayon_threads().to_string()]);
                 let t = json_of(&mut cmd, "scripts/reference/bench_finetune_torch.py")?;
                 let torch_tps = t["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
                 let who = format!("torch {}", t["torch"].as_str().unwrap_or("?"));
