@@ -389,17 +389,22 @@ fn bad_exports_are_clear_errors_and_leave_nothing() {
     let model = run.to_str().unwrap();
     let e = fails(&["export", "--model", model, "--format", "onnx2", "-o", "x"], d);
     assert!(e.contains("unknown export format"), "{e}");
-    std::fs::create_dir_all(d.join("taken")).unwrap();
-    let e = fails(&["export", "--model", model, "--format", "hf", "-o", "taken"], d);
+    // Outputs go to bad/, which only this test writes (the other tests export beside it at the
+    // same time, through temporary names of their own).
+    std::fs::create_dir_all(d.join("bad/taken")).unwrap();
+    let e = fails(
+        &["export", "--model", model, "--format", "hf", "-o", "bad/taken"],
+        d,
+    );
     assert!(e.contains("--force"), "{e}");
     // A run with no checkpoint yet.
     std::fs::create_dir_all(d.join("empty-run/checkpoints")).unwrap();
     let e = fails(
-        &["export", "--model", "empty-run", "--format", "hf", "-o", "y"],
+        &["export", "--model", "empty-run", "--format", "hf", "-o", "bad/y"],
         d,
     );
     assert!(e.contains("no checkpoint"), "{e}");
-    assert!(!d.join("y").exists());
+    assert!(!d.join("bad/y").exists());
     // A failure while writing (here a tensor missing from the weights) leaves no output.
     let mut src = chatforge_infer::ModelSource::open(run, &Checkpoint::Best, None, None).unwrap();
     src.base.remove("transformer.h.1.mlp.c_fc.weight").unwrap();
@@ -409,10 +414,10 @@ fn bad_exports_are_clear_errors_and_leave_nothing() {
         onnx: Default::default(),
         force: false,
     };
-    let e = chatforge_export::export(&src, &opts, &d.join("z")).unwrap_err();
+    let e = chatforge_export::export(&src, &opts, &d.join("bad/z")).unwrap_err();
     assert!(e.to_string().contains("transformer.h.1.mlp.c_fc.weight"), "{e}");
-    assert!(!d.join("z").exists());
-    let leftovers: Vec<_> = std::fs::read_dir(d)
+    assert!(!d.join("bad/z").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(d.join("bad"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().to_string())
@@ -422,10 +427,17 @@ fn bad_exports_are_clear_errors_and_leave_nothing() {
     // --force replaces an export.
     ok(
         &[
-            "export", "--model", model, "--format", "hf", "-o", "taken", "--force",
+            "export",
+            "--model",
+            model,
+            "--format",
+            "hf",
+            "-o",
+            "bad/taken",
+            "--force",
         ],
         d,
         None,
     );
-    assert!(d.join("taken/model.safetensors").is_file());
+    assert!(d.join("bad/taken/model.safetensors").is_file());
 }
