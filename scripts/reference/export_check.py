@@ -42,6 +42,9 @@ if kind == "hf":
             "prompt_text": tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True),
             "prompt_ids": list(tok.apply_chat_template(conv, tokenize=True, add_generation_prompt=True,
                                                         return_dict=True)["input_ids"]),
+            # The persona instruction, as `chat --persona Alice --channel general` renders it.
+            "persona_prompt_text": tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True,
+                                                           persona="Alice", channel="general"),
         })
     print(json.dumps(out))
 elif kind == "onnx":

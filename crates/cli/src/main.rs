@@ -50,13 +50,15 @@ enum Command {
     /// Train or load tokenizers
     #[command(subcommand)]
     Tokenizer(cmd::tokenizer::TokenizerCommand),
-    /// Pre-train or fine-tune a GPT on token shards
+    /// Pre-train or fine-tune a GPT on token shards (or on chat conversations as personas)
     Train(cmd::train::TrainArgs),
     /// Export a model for other tools: a Hugging Face folder or GGUF; `export info` inspects one
     Export(cmd::export::ExportArgs),
     /// LoRA adapters: merge one into its base
     #[command(subcommand)]
     Lora(cmd::lora::LoraCommand),
+    /// Personas from chat exports: discover speakers, keep the registry (personas.toml)
+    Personas(cmd::personas::PersonasArgs),
     /// Talk to a model in the terminal (or through stdin)
     Chat(cmd::chat::ChatArgs),
     /// Generate from prompts, one streamed or many batched
@@ -113,6 +115,7 @@ fn run() -> anyhow::Result<()> {
         Command::Export(c) => cmd::export::run(c),
         Command::Serve(c) => cmd::serve::serve(c),
         Command::Worker(c) => cmd::serve::worker(c),
+        Command::Personas(a) => cmd::personas::run(a),
         Command::Chat(a) => cmd::chat::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Eval(a) => cmd::eval::run(a),

@@ -10,7 +10,7 @@ use std::path::Path;
 use chatforge_data::{Conversation, Message, Role};
 use chatforge_infer::{Checkpoint, LoadedModel, WeightType};
 use chatforge_testkit::{json_floats, max_abs_diff, python, run_reference};
-use chatforge_tokenizer::RenderOptions;
+use chatforge_tokenizer::{Persona, RenderOptions};
 use common::{fails, ok, trained};
 use serde_json::{Value, json};
 
@@ -151,6 +151,17 @@ fn hf_export_loads_in_transformers_with_our_logits_tokens_and_template() {
         assert_eq!(chat["prompt_text"], decode(&prompt), "conversation {i} prompt");
         let theirs: Vec<u32> = serde_json::from_value(chat["prompt_ids"].clone()).unwrap();
         assert_eq!(theirs, prompt, "conversation {i}: the prompt's ids");
+        let persona = RenderOptions {
+            persona: Persona::Fixed("Alice".into()),
+            channel: Some("general".into()),
+            ..RenderOptions::default()
+        };
+        let prompt = tok.render_prompt(c, &persona).unwrap();
+        assert_eq!(
+            chat["persona_prompt_text"],
+            decode(&prompt),
+            "conversation {i} with a persona"
+        );
     }
 }
 

@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-use crate::formats::{Detected, ReadOptions, read_file};
+use crate::chat_export::{ChatExportOptions, ChatExportReport, read_chat_export};
+use crate::formats::{DataFormat, Detected, ReadOptions, read_file};
 use crate::{Conversation, Error, Result, Rng};
 
 /// File extensions taken when a directory is given.
@@ -22,6 +23,8 @@ pub struct ImportOptions {
     pub max_chars: Option<usize>,
     /// Prefix each user turn with the conversation's domain tag (`#cooking …`).
     pub domain_tag: bool,
+    /// How a chat export (`--format chat-export`, or any `.zip` input) is read.
+    pub chat: ChatExportOptions,
 }
 
 impl Default for ImportOptions {
@@ -32,6 +35,7 @@ impl Default for ImportOptions {
             min_turns: 1,
             max_chars: None,
             domain_tag: false,
+            chat: ChatExportOptions::default(),
         }
     }
 }
@@ -55,6 +59,8 @@ pub struct ImportReport {
     pub dropped_duplicates: usize,
     pub dropped_short: usize,
     pub dropped_long: usize,
+    /// What reading a chat export did (consent, threads, what was dropped).
+    pub chat: Option<ChatExportReport>,
 }
 
 /// Expands directories (recursively, sorted, data extensions only, hidden files skipped);
@@ -117,38 +123,52 @@ fn content_hash(c: &Conversation) -> u64 {
     h.finish()
 }
 
-/// Reads and merges every input, then filters: length, turns, duplicates, domain tags.
+/// Reads and merges every input, then filters: length, turns, duplicates, domain tags. A chat
+/// export (`--format chat-export`, or `.zip` inputs) is read as a whole: replies, threads and
+/// consent span its channel files.
 pub fn import(inputs: &[PathBuf], opts: &ImportOptions) -> Result<ImportReport> {
     let mut report = ImportReport::default();
     let mut seen = HashSet::new();
-    for path in collect_inputs(inputs)? {
-        let read = read_file(&path, &opts.read)?;
-        report.files.push(FileReport {
-            path: path.clone(),
-            detected: read.detected,
-            records: read.records,
-            conversations: read.conversations.len(),
-            invalid: read.invalid.len(),
-            first_errors: read.invalid.iter().take(3).map(ToString::to_string).collect(),
-        });
-        for mut c in read.conversations {
-            if c.messages.len() < opts.min_turns {
-                report.dropped_short += 1;
-                continue;
-            }
-            if opts.max_chars.is_some_and(|max| c.chars() > max) {
-                report.dropped_long += 1;
-                continue;
-            }
-            if opts.dedupe && !seen.insert(content_hash(&c)) {
-                report.dropped_duplicates += 1;
-                continue;
-            }
-            if opts.domain_tag {
-                c.apply_domain_tag();
-            }
-            report.conversations.push(c);
+    let chat = opts.read.format == Some(DataFormat::ChatExport)
+        || inputs
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("zip")));
+    let mut read = Vec::new();
+    if chat {
+        let (convs, chat_report) = read_chat_export(inputs, &opts.chat)?;
+        read.push(convs);
+        report.chat = Some(chat_report);
+    } else {
+        for path in collect_inputs(inputs)? {
+            let r = read_file(&path, &opts.read)?;
+            report.files.push(FileReport {
+                path: path.clone(),
+                detected: r.detected,
+                records: r.records,
+                conversations: r.conversations.len(),
+                invalid: r.invalid.len(),
+                first_errors: r.invalid.iter().take(3).map(ToString::to_string).collect(),
+            });
+            read.push(r.conversations);
         }
+    }
+    for mut c in read.into_iter().flatten() {
+        if c.messages.len() < opts.min_turns {
+            report.dropped_short += 1;
+            continue;
+        }
+        if opts.max_chars.is_some_and(|max| c.chars() > max) {
+            report.dropped_long += 1;
+            continue;
+        }
+        if opts.dedupe && !seen.insert(content_hash(&c)) {
+            report.dropped_duplicates += 1;
+            continue;
+        }
+        if opts.domain_tag {
+            c.apply_domain_tag();
+        }
+        report.conversations.push(c);
     }
     Ok(report)
 }

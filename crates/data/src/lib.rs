@@ -4,16 +4,22 @@
 //! the canonical [`Conversation`] they become, statistics, the memory-mapped token [`Shard`] and the
 //! seeded, document-aware [`BatchSampler`] that feeds training.
 
+mod chat_export;
 mod conversation;
 mod error;
 mod formats;
 mod import;
 mod io;
+pub mod personas;
 mod rng;
 mod sampler;
 mod shard;
 mod stats;
 
+pub use chat_export::{
+    ANONYMOUS, ANONYMOUS_ID, ChatExportOptions, ChatExportReport, Consent, MentionMode, Rule, RuleCount,
+    UrlMode, parse_timestamp, read_chat_export,
+};
 pub use conversation::{Conversation, Message, Role, domain_tag};
 pub use error::{Error, Pos, Result};
 pub use formats::{Container, DataFormat, Detected, FieldMap, FileRead, ReadOptions, read_file};

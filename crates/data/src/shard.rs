@@ -241,6 +241,14 @@ impl std::fmt::Debug for Shard {
 }
 
 impl Shard {
+    /// Whether `path` starts like a shard (its magic bytes); says nothing of the rest.
+    pub fn is_shard(path: &Path) -> bool {
+        let mut magic = [0u8; 8];
+        File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok_and(|()| &magic == MAGIC)
+    }
+
     /// Opens and verifies a shard: header, size, checksum of the contents and document table.
     /// Nothing is copied to the heap; the pages are read through the mapping.
     pub fn open(path: &Path) -> Result<Shard> {

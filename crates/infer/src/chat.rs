@@ -59,6 +59,12 @@ impl ChatSession {
         self.options.persona = name.map_or(Persona::None, |n| Persona::Fixed(n.to_string()));
     }
 
+    /// The channel the persona speaks in (`Channel: {channel} | Respond as …`, as
+    /// `train --with-channel` trained it).
+    pub fn set_channel(&mut self, channel: Option<&str>) {
+        self.options.channel = channel.map(str::to_string);
+    }
+
     /// Forgets the history (keeps the system prompt, persona and domain).
     pub fn reset(&mut self) {
         self.conversation.messages.clear();

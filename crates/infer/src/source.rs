@@ -244,6 +244,26 @@ impl ModelSource {
                 quant: None,
             });
         }
+        if let Some(base) = persona_run_base(path)? {
+            // A persona run (`train --persona-strategy adapters`): its base, with its adapters/.
+            let tok = tokenizer
+                .map(Path::to_path_buf)
+                .or_else(|| find_tokenizer(ModelKind::Run, path, path, None));
+            let mut src = ModelSource::open(&base, checkpoint, tok.as_deref(), None)?;
+            if src.adapter.is_some() {
+                return Err(Error::Load {
+                    path: path.to_path_buf(),
+                    msg: format!(
+                        "the persona run's base {} is itself a LoRA adapter",
+                        base.display()
+                    ),
+                });
+            }
+            src.kind = ModelKind::Run;
+            src.root = path.to_path_buf();
+            src.adapter = adapter.map(|a| find_adapter(path, a)).transpose()?;
+            return Ok(src);
+        }
         let (kind, weights_dir) = resolve(path, checkpoint)?;
         // A LoRA run's checkpoints are adapters: the base is the run's --init.
         let (base_dir, run_adapter) = if is_adapter_dir(&weights_dir) {
@@ -362,6 +382,13 @@ impl LoadedModel {
         Ok(())
     }
 
+    /// The adapter of a persona, by its folder name or its persona name (`Alice B.` → `alice-b`).
+    pub fn persona_adapter(&self, name: &str) -> Option<String> {
+        let names = self.adapter_names();
+        let slug = chatforge_data::personas::slug(name);
+        [name.to_string(), slug].into_iter().find(|n| names.contains(n))
+    }
+
     /// Adapter names in the run's `adapters/`.
     pub fn adapter_names(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.root.join("adapters"))
@@ -408,6 +435,24 @@ fn quant_round_trip(w: &mut Weights, kind: chatforge_model::quant::QuantKind) ->
         }
     }
     Ok(())
+}
+
+/// The base model of a persona run (a folder with `persona_run.json` naming its base and
+/// `adapters/`), or `None` for anything else.
+fn persona_run_base(path: &Path) -> Result<Option<PathBuf>> {
+    let file = path.join(chatforge_data::personas::PERSONA_RUN_FILE);
+    if is_run(path) || !file.is_file() {
+        return Ok(None);
+    }
+    let bad = |msg: String| Error::Load {
+        path: file.clone(),
+        msg,
+    };
+    let v: serde_json::Value = std::fs::read_to_string(&file)
+        .map_err(|e| bad(e.to_string()))
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| bad(e.to_string())))?;
+    // Only the adapters strategy has a base; the others are ordinary runs.
+    Ok(v["base"].as_str().map(|b| path.join(b)))
 }
 
 /// A PEFT adapter folder: `a` itself, or `root/adapters/a`.

@@ -74,6 +74,8 @@ pub struct RenderOptions {
     pub persona: Persona,
     /// Prefix user turns with the conversation's domain tag (`#cooking …`).
     pub domain_tag: bool,
+    /// The chat channel, put in front of the persona line (`Channel: {channel} | Respond as …`).
+    pub channel: Option<String>,
 }
 
 /// Token ids and, per token, whether it carries loss in SFT.
@@ -288,7 +290,7 @@ impl ChatTokenizer {
         };
         let lines: Vec<String> = system
             .into_iter()
-            .chain(persona.map(|p| format!("Respond as {p}:")))
+            .chain(persona.map(|p| chatforge_data::personas::persona_line(&p, opts.channel.as_deref())))
             .filter(|l| !l.trim().is_empty())
             .collect();
         (!lines.is_empty()).then(|| lines.join("\n"))
@@ -310,8 +312,8 @@ impl ChatTokenizer {
 
     /// This template as a Jinja string for Hugging Face's `tokenizer.apply_chat_template`: the same
     /// text as [`render_prompt`](Self::render_prompt) (with `add_generation_prompt`) and
-    /// [`render_chat`](Self::render_chat) (without). `system_prompt` and `persona` are optional
-    /// variables (pass them as keyword arguments); domain tags are not rendered.
+    /// [`render_chat`](Self::render_chat) (without). `system_prompt`, `persona` and `channel` are
+    /// optional variables (pass them as keyword arguments); domain tags are not rendered.
     pub fn jinja_template(&self) -> String {
         // The system block, as `system_text` builds it: the conversation's own system messages
         // (joined by newlines) or the default, then the persona line; blank lines dropped.
@@ -321,7 +323,9 @@ impl ChatTokenizer {
             {%- elif system_prompt is defined and system_prompt -%}{%- set s = system_prompt -%}\
             {%- else -%}{%- set s = '' -%}{%- endif -%}\
             {%- if s | trim -%}{%- set ns.lines = ns.lines + [s] -%}{%- endif -%}\
-            {%- if persona is defined and persona -%}{%- set ns.lines = ns.lines + ['Respond as ' + persona + ':'] -%}{%- endif -%}";
+            {%- if persona is defined and persona -%}\
+            {%- if channel is defined and channel | trim -%}{%- set ns.lines = ns.lines + ['Channel: ' + channel | trim + ' | Respond as ' + persona + ':'] -%}\
+            {%- else -%}{%- set ns.lines = ns.lines + ['Respond as ' + persona + ':'] -%}{%- endif -%}{%- endif -%}";
         match self.template {
             Template::Chat { .. } => format!(
                 "{SYSTEM}\

@@ -23,6 +23,7 @@ pub struct ChatArgs {
 }
 
 const HELP: &str = "commands: /reset (forget the conversation), /persona [NAME] (respond as NAME, or no one), \
+/channel [NAME] (the channel the persona speaks in), \
 /save FILE (write the conversation as JSONL), /exit; Ctrl-C stops a reply, Ctrl-D ends the chat";
 
 enum Next {
@@ -47,9 +48,10 @@ fn handle(session: &mut ChatSession, model: &mut LoadedModel, line: &str, intera
             "persona" => {
                 // A persona with its own adapter (adapters/NAME in the run) switches to it;
                 // otherwise the persona is the instruction in the system turn.
-                let has_adapter = !arg.is_empty() && model.adapter_names().iter().any(|n| n == arg);
+                let adapter = (!arg.is_empty()).then(|| model.persona_adapter(arg)).flatten();
+                let has_adapter = adapter.is_some();
                 if has_adapter || model.adapter.is_some() {
-                    let target = has_adapter.then_some(arg);
+                    let target = adapter.as_deref();
                     if let Err(e) = model.use_adapter(target) {
                         eprintln!("error: {e}");
                         return Next::Continue;
@@ -64,6 +66,14 @@ fn handle(session: &mut ChatSession, model: &mut LoadedModel, line: &str, intera
                     say!("(no persona)");
                 } else {
                     say!("(persona: {arg})");
+                }
+            }
+            "channel" => {
+                session.set_channel((!arg.is_empty()).then_some(arg));
+                if arg.is_empty() {
+                    say!("(no channel)");
+                } else {
+                    say!("(channel: {arg})");
                 }
             }
             "save" if !arg.is_empty() => match session.save(std::path::Path::new(arg)) {

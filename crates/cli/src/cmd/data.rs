@@ -2,7 +2,10 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use chatforge_data::{DataFormat, FieldMap, ImportOptions, ReadOptions, Stats, import, split, write_jsonl};
+use chatforge_data::{
+    ChatExportOptions, ChatExportReport, Consent, DataFormat, FieldMap, ImportOptions, MentionMode,
+    ReadOptions, Stats, UrlMode, import, split, write_jsonl,
+};
 use chatforge_tokenizer::{ChatTokenizer, tokenize_file};
 use clap::{Args, Subcommand};
 
@@ -68,6 +71,57 @@ pub struct ImportArgs {
     /// Skip and count malformed records instead of stopping at the first
     #[arg(long)]
     pub skip_invalid: bool,
+    #[command(flatten)]
+    pub chat: ChatExportArgs,
+}
+
+/// How a chat export is read (`--format chat-export`, or a .zip input).
+#[derive(Args, Clone, Debug)]
+pub struct ChatExportArgs {
+    /// Chat export: per-user consent, JSON or TOML: {"default": "allow", "users": {"<user id>": "allow|anonymize|exclude"}}
+    #[arg(long)]
+    pub consent: Option<PathBuf>,
+    /// Chat export: consecutive messages at most this many minutes apart form one thread
+    #[arg(long, default_value_t = 30.0)]
+    pub thread_gap: f64,
+    /// Chat export: cut longer runs of messages into threads of this many
+    #[arg(long, default_value_t = 40)]
+    pub max_thread_messages: usize,
+    /// Chat export: mentions of users become @name, @user (placeholder) or nothing (remove)
+    #[arg(long, default_value = "name", value_parser = super::parse::<MentionMode>)]
+    pub mentions: MentionMode,
+    /// Chat export: URLs are kept, become <url> (placeholder), or are removed
+    #[arg(long, default_value = "placeholder", value_parser = super::parse::<UrlMode>)]
+    pub urls: UrlMode,
+}
+
+impl Default for ChatExportArgs {
+    /// The flags' defaults, for callers that build the arguments in code.
+    fn default() -> Self {
+        let d = ChatExportOptions::default();
+        ChatExportArgs {
+            consent: None,
+            thread_gap: d.thread_gap_minutes,
+            max_thread_messages: d.max_thread_messages,
+            mentions: d.mentions,
+            urls: d.urls,
+        }
+    }
+}
+
+impl ChatExportArgs {
+    pub fn options(&self) -> anyhow::Result<ChatExportOptions> {
+        Ok(ChatExportOptions {
+            thread_gap_minutes: self.thread_gap,
+            max_thread_messages: self.max_thread_messages,
+            mentions: self.mentions,
+            urls: self.urls,
+            consent: match &self.consent {
+                Some(p) => Consent::load(p)?,
+                None => Consent::default(),
+            },
+        })
+    }
 }
 
 #[derive(Args)]
@@ -155,8 +209,20 @@ pub fn import_cmd(args: &ImportArgs) -> anyhow::Result<()> {
         min_turns: args.min_turns,
         max_chars: args.max_chars,
         domain_tag: args.domain_tag,
+        chat: args.chat.options()?,
     };
+    let chat = opts.read.format == Some(DataFormat::ChatExport)
+        || args
+            .inputs
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("zip")));
+    if args.chat.consent.is_some() && !chat {
+        bail!("--consent applies to chat exports: add --format chat-export");
+    }
     let report = import(&args.inputs, &opts)?;
+    if let Some(r) = &report.chat {
+        print_chat_report(r);
+    }
     for f in &report.files {
         say!(
             "{}: {} — {} records → {} conversations",
@@ -201,6 +267,47 @@ pub fn import_cmd(args: &ImportArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn print_chat_report(r: &ChatExportReport) {
+    say!("{} channel files, {} messages", r.files.len(), r.messages);
+    for f in &r.files {
+        say!("  {f}");
+    }
+    let dropped: Vec<String> = [
+        (r.bots, "from bots"),
+        (r.system, "system"),
+        (r.empty, "empty"),
+        (r.attachments_only, "attachment-only"),
+        (r.replies_to_excluded, "replies to excluded users"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, why)| format!("{n} {why}"))
+    .collect();
+    if !dropped.is_empty() {
+        say!("dropped messages: {}", dropped.join(", "));
+    }
+    let consent: Vec<String> = r
+        .consent
+        .iter()
+        .map(|(rule, c)| {
+            format!(
+                "{rule}: {} user{}, {} message{}",
+                c.users,
+                if c.users == 1 { "" } else { "s" },
+                c.messages,
+                if c.messages == 1 { "" } else { "s" }
+            )
+        })
+        .collect();
+    say!("consent: {}", consent.join("; "));
+    say!(
+        "conversations: {} reply pairs, {} threads; {} with a single speaker dropped",
+        r.reply_pairs,
+        r.threads,
+        r.single_speaker
+    );
 }
 
 fn show(args: &ShowArgs) -> anyhow::Result<()> {

@@ -6,6 +6,7 @@ pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod lora;
+pub mod personas;
 pub mod pipeline;
 pub mod serve;
 pub mod tokenizer;
@@ -41,6 +42,7 @@ impl TemplateArgs {
                 (None, false) => Persona::None,
             },
             domain_tag: self.domain_tag,
+            channel: None,
         }
     }
 }
@@ -143,6 +145,9 @@ pub struct ConditionArgs {
     /// Domain tag for user turns ("#tag ", as `data import --domain-tag` wrote in training)
     #[arg(long)]
     pub domain: Option<String>,
+    /// The channel the persona speaks in ("Channel: NAME | Respond as …", as `train --with-channel` trained it)
+    #[arg(long)]
+    pub channel: Option<String>,
 }
 
 impl ConditionArgs {
@@ -151,6 +156,7 @@ impl ConditionArgs {
             system: self.system.clone(),
             persona: self.persona.clone().map_or(Persona::None, Persona::Fixed),
             domain_tag: self.domain.is_some(),
+            channel: self.channel.clone(),
         }
     }
 

@@ -41,6 +41,7 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
         domain_tag: false,
         oasst_best_only: false,
         skip_invalid: false,
+        chat: Default::default(),
     })?;
 
     say!("\n── 2/5 tokenizer ──");

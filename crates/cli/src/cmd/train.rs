@@ -67,6 +67,16 @@ pub struct TrainArgs {
     /// contexts, about a third more compute per step
     #[arg(long)]
     pub grad_checkpoint: bool,
+    /// Train personas from chat conversations (`--data` is the JSONL of `data import --format
+    /// chat-export`): unified (one voice), instruction ("Respond as NAME:"), or adapters (one LoRA
+    /// adapter per persona, on --init)
+    #[arg(long, value_parser = super::parse::<chatforge_data::personas::Strategy>)]
+    pub persona_strategy: Option<chatforge_data::personas::Strategy>,
+    /// The persona registry (`chatforge personas discover`)
+    #[arg(long, default_value = "personas.toml")]
+    pub personas: PathBuf,
+    #[command(flatten)]
+    pub examples: super::personas::ExampleArgs,
 }
 
 impl TrainArgs {
@@ -223,18 +233,29 @@ pub fn run_training(
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let cfg = args.config()?;
+    if let Some(strategy) = args.persona_strategy {
+        return super::personas::train(cfg, strategy, &args.out, &args);
+    }
+    if args.examples.with_channel || args.examples.augment > 0 {
+        anyhow::bail!("--with-channel and --augment shape persona examples: add --persona-strategy");
+    }
     run_training(&cfg, &args.out, args.resume, args.tokenizer.as_deref())?;
     if !args.no_eval {
-        say!("\nevaluation of the best checkpoint:");
-        // The run is done and saved whatever happens here: a failed evaluation is a warning.
-        if let Err(e) = evaluate_run(&cfg, &args.out) {
-            eprintln!(
-                "warning: no evaluation: {e:#} (run `chatforge eval --model {}` later)",
-                args.out.display()
-            );
-        }
+        evaluate_or_warn(&cfg, &args.out);
     }
     Ok(())
+}
+
+/// Evaluates the finished run; the run is done and saved whatever happens here, so a failed
+/// evaluation is a warning.
+pub fn evaluate_or_warn(cfg: &TrainConfig, run: &Path) {
+    say!("\nevaluation of the best checkpoint:");
+    if let Err(e) = evaluate_run(cfg, run) {
+        eprintln!(
+            "warning: no evaluation: {e:#} (run `chatforge eval --model {}` later)",
+            run.display()
+        );
+    }
 }
 
 /// Evaluates a finished run's best checkpoint: on the conversations its validation shard was

@@ -34,11 +34,13 @@ pub enum DataFormat {
     Transcript,
     /// YAML dialog corpora: `conversations: [[turn, turn, …], …]`.
     YamlDialog,
+    /// Group-chat exports (Discord-style channel files, in a zip or a directory): read as a
+    /// whole by [`crate::read_chat_export`], not file by file.
+    ChatExport,
 }
 
 impl DataFormat {
-    pub const NAMES: &'static str =
-        "messages (openai), sharegpt, instruction (alpaca), oasst, oasst-trees, transcript, yaml-dialog";
+    pub const NAMES: &'static str = "messages (openai), sharegpt, instruction (alpaca), oasst, oasst-trees, transcript, yaml-dialog, chat-export";
 
     pub fn name(self) -> &'static str {
         match self {
@@ -49,6 +51,7 @@ impl DataFormat {
             DataFormat::OasstTrees => "oasst-trees",
             DataFormat::Transcript => "transcript",
             DataFormat::YamlDialog => "yaml-dialog",
+            DataFormat::ChatExport => "chat-export",
         }
     }
 }
@@ -65,6 +68,7 @@ impl FromStr for DataFormat {
             "oasst-trees" | "oasst_trees" | "trees" => DataFormat::OasstTrees,
             "transcript" | "text" | "txt" => DataFormat::Transcript,
             "yaml" | "yml" | "yaml-dialog" => DataFormat::YamlDialog,
+            "chat-export" | "discord" => DataFormat::ChatExport,
             other => {
                 return Err(Error::Invalid(format!(
                     "unknown format '{other}': expected one of {}",
@@ -286,7 +290,7 @@ pub fn read_file(path: &Path, opts: &ReadOptions) -> Result<FileRead> {
             match format {
                 DataFormat::Oasst => oasst::read_messages(items, opts.oasst_best_only, &mut sink)?,
                 DataFormat::OasstTrees => oasst::read_trees(items, opts.oasst_best_only, &mut sink)?,
-                DataFormat::Transcript | DataFormat::YamlDialog => {
+                DataFormat::Transcript | DataFormat::YamlDialog | DataFormat::ChatExport => {
                     return Err(Error::file(
                         path,
                         format!("--format {} does not fit a {container} file", format.name()),
@@ -363,6 +367,13 @@ fn detect_format(path: &Path, items: &[(usize, Value)]) -> Result<DataFormat> {
     let obj = first.as_object().into_iter().flatten();
     let keys: BTreeMap<&str, &Value> = obj.map(|(k, v)| (k.as_str(), v)).collect();
     let has = |k: &str| keys.contains_key(k);
+    if keys.get("author").is_some_and(|v| v.is_object()) && has("timestamp") {
+        return Err(Error::record(
+            path,
+            Pos::Line(*line),
+            "this is a chat export's message: read the export with --format chat-export (see docs/personas.md)",
+        ));
+    }
     if keys.get("messages").is_some_and(|v| v.is_array()) {
         return Ok(DataFormat::Messages);
     }
