@@ -2,7 +2,8 @@
 //! by scripts/make_chat_export.py), hand-made exports for exact thread rules, the registry, and
 //! the examples each strategy makes.
 
-use std::io::Write;
+#![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
+
 use std::path::{Path, PathBuf};
 
 use chatforge_data::personas::{
@@ -21,19 +22,7 @@ fn fixture() -> PathBuf {
 /// The fixture's channel files zipped, as a user's export arrives.
 fn zipped(dir: &Path) -> PathBuf {
     let out = dir.join("export.zip");
-    let mut zip = zip::ZipWriter::new(std::fs::File::create(&out).unwrap());
-    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(fixture().join("export"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    for f in files {
-        let name = format!("Forge Club/{}", f.file_name().unwrap().to_string_lossy());
-        zip.start_file(name, opts).unwrap();
-        zip.write_all(&std::fs::read(&f).unwrap()).unwrap();
-    }
-    zip.finish().unwrap();
+    chatforge_testkit::zip_dir(&fixture().join("export"), &out, "Forge Club");
     out
 }
 

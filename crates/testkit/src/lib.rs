@@ -1,9 +1,9 @@
 //! Helpers for tests only: where the repository's fixtures are, and the Python reference venv
 //! (transformers, tokenizers, …) that parity tests compare against.
 
-#![allow(clippy::expect_used)] // test support: a broken checkout should fail loudly
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a broken checkout should fail loudly
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The workspace root.
@@ -12,6 +12,29 @@ pub fn root() -> PathBuf {
         .join("../..")
         .canonicalize()
         .expect("workspace root")
+}
+
+/// Zips the files of `dir` (not recursing) into `out`, each as `prefix/NAME`, deflated, in name
+/// order: a chat export as it arrives from the exporting tool.
+pub fn zip_dir(dir: &Path, out: &Path, prefix: &str) {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(out).unwrap());
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    for f in files {
+        zip.start_file(
+            format!("{prefix}/{}", f.file_name().unwrap().to_string_lossy()),
+            opts,
+        )
+        .unwrap();
+        zip.write_all(&std::fs::read(&f).unwrap()).unwrap();
+    }
+    zip.finish().unwrap();
 }
 
 /// A file under `fixtures/`.

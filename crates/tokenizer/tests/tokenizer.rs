@@ -135,6 +135,7 @@ fn system_persona_and_domain_options() {
         system: Some("hug".into()),
         persona: Persona::FromSpeaker,
         domain_tag: true,
+        channel: None,
     };
     let r = tok.render_chat(&c, &opts).unwrap();
     let text = tok.decode(&r.ids, false).unwrap();
@@ -162,6 +163,25 @@ fn system_persona_and_domain_options() {
         .decode(&tok.render_chat(&own, &opts).unwrap().ids, false)
         .unwrap();
     assert!(text.starts_with("<|system|>pug\nRespond as Al:<|end|>"), "{text}");
+    // The channel goes in front of the persona line, as persona training writes it.
+    let opts = RenderOptions {
+        channel: Some("gen".into()),
+        ..opts
+    };
+    let text = tok
+        .decode(&tok.render_chat(&own, &opts).unwrap().ids, false)
+        .unwrap();
+    assert!(
+        text.starts_with(&format!(
+            "<|system|>pug\n{}<|end|>",
+            chatforge_data::personas::persona_line("Al", Some("gen"))
+        )),
+        "{text}"
+    );
+    assert!(
+        text.starts_with("<|system|>pug\nChannel: gen | Respond as Al:<|end|>"),
+        "{text}"
+    );
 }
 
 #[test]
