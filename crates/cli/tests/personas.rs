@@ -175,6 +175,21 @@ fn personas_from_a_chat_export_end_to_end() {
         None,
     );
     std::fs::write(w.join("cfg.toml"), CONFIG).unwrap();
+    let chat = |model: &str, script: &str| {
+        ok(
+            &[
+                "chat",
+                "--model",
+                model,
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "6",
+            ],
+            w,
+            Some(script),
+        )
+    };
     let train = |extra: &[&str]| {
         let mut args = vec![
             "train",
@@ -205,22 +220,16 @@ fn personas_from_a_chat_export_end_to_end() {
     let examples = std::fs::read_to_string(w.join("inst/data/train.jsonl")).unwrap();
     assert!(examples.contains("| Respond as Alice:\"") && examples.contains("| Respond as Bob:\""));
     assert!(examples.contains("\"content\":\"Channel: garden | Respond as"));
-    let chat = ok(
-        &[
-            "chat",
-            "--model",
-            "inst",
-            "--temperature",
-            "0",
-            "--max-new-tokens",
-            "6",
-        ],
-        w,
-        Some("/persona Alice\n/channel garden\nHi!\n"),
+    let out = chat(
+        "inst",
+        "/persona Alice
+/channel garden
+Hi!
+",
     );
     assert!(
-        chat.contains("(persona: Alice)") && chat.contains("(channel: garden)"),
-        "{chat}"
+        out.contains("(persona: Alice)") && out.contains("(channel: garden)"),
+        "{out}"
     );
 
     // Adapters: a shared base (the unified strategy), then one adapter per enabled persona.
@@ -275,24 +284,21 @@ fn personas_from_a_chat_export_end_to_end() {
     assert_eq!(run["strategy"], "adapters");
     assert_eq!(run["personas"].as_array().unwrap().len(), 2);
     // In chat, /persona NAME switches to that persona's adapter (by name or folder name).
-    let chat = ok(
-        &[
-            "chat",
-            "--model",
-            "ad",
-            "--temperature",
-            "0",
-            "--max-new-tokens",
-            "6",
-        ],
-        w,
-        Some("/persona Alice\nHi!\n/persona bob\nHi!\n/persona\nHi!\n"),
+    let out = chat(
+        "ad",
+        "/persona Alice
+Hi!
+/persona bob
+Hi!
+/persona
+Hi!
+",
     );
     assert!(
-        chat.contains("(adapter: alice)") && chat.contains("(adapter: bob)"),
-        "{chat}"
+        out.contains("(adapter: alice)") && out.contains("(adapter: bob)"),
+        "{out}"
     );
-    assert!(chat.contains("(no adapter)"), "{chat}");
+    assert!(out.contains("(no adapter)"), "{out}");
     // Resuming skips the adapters already trained.
     let out = train(&[
         "--persona-strategy",

@@ -354,7 +354,7 @@ fn channel_files(inputs: &[PathBuf]) -> Result<Vec<(String, PathBuf, String)>> {
         let meta = std::fs::metadata(input).map_err(|e| Error::io(input, e))?;
         if meta.is_dir() {
             let mut files = Vec::new();
-            walk_json(input, &mut files)?;
+            crate::import::walk(input, &["json"], &mut files)?;
             for f in files {
                 let text = read_text(&f, std::fs::read(&f).map_err(|e| Error::io(&f, e))?)?;
                 out.push((f.display().to_string(), f, text));
@@ -404,27 +404,6 @@ fn is_zip(path: &Path) -> Result<bool> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let n = f.read(&mut magic).map_err(|e| Error::io(path, e))?;
     Ok(n == 4 && magic == *b"PK\x03\x04")
-}
-
-fn walk_json(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .map(|e| e.map(|e| e.path()).map_err(|err| Error::io(dir, err)))
-        .collect::<Result<_>>()?;
-    entries.sort();
-    for p in entries {
-        if p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        {
-            continue;
-        }
-        if p.is_dir() {
-            walk_json(&p, out)?;
-        } else if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
-            out.push(p);
-        }
-    }
-    Ok(())
 }
 
 fn read_text(path: &Path, bytes: Vec<u8>) -> Result<String> {

@@ -70,7 +70,7 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     for input in inputs {
         let meta = std::fs::metadata(input).map_err(|e| Error::io(input, e))?;
         if meta.is_dir() {
-            walk(input, &mut out)?;
+            walk(input, &DATA_EXTENSIONS, &mut out)?;
         } else {
             out.push(input.clone());
         }
@@ -89,7 +89,8 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// The files under `dir` (recursively, sorted, hidden ones skipped) with one of `extensions`.
+pub(crate) fn walk(dir: &Path, extensions: &[&str], out: &mut Vec<PathBuf>) -> Result<()> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .map(|e| e.map(|e| e.path()).map_err(|err| Error::io(dir, err)))
@@ -103,10 +104,10 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
             continue;
         }
         if path.is_dir() {
-            walk(&path, out)?;
+            walk(&path, extensions, out)?;
         } else if path
             .extension()
-            .is_some_and(|e| DATA_EXTENSIONS.contains(&e.to_string_lossy().to_ascii_lowercase().as_str()))
+            .is_some_and(|e| extensions.contains(&e.to_string_lossy().to_ascii_lowercase().as_str()))
         {
             out.push(path);
         }
