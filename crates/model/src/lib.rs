@@ -2,6 +2,7 @@
 //! and packed-sequence attention, and the numerical ops it is built from.
 
 mod config;
+pub mod engine;
 mod gpt;
 pub mod lora;
 pub mod ops;

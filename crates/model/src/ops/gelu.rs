@@ -37,6 +37,14 @@ pub fn gelu_scalar(activation: Activation, x: f32) -> f32 {
     }
 }
 
+/// The activation's derivative at one value.
+pub fn gelu_grad_scalar(activation: Activation, x: f32) -> f32 {
+    match activation {
+        Activation::GeluTanh => gelu_tanh_grad(x),
+        Activation::GeluErf => gelu_erf_grad(x),
+    }
+}
+
 fn par_map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     par_rows(&mut out, 1, |i, o| o[0] = f(x[i]));

@@ -1,0 +1,215 @@
+//! The training engine (plain buffers, hand-written backward) against the candle model with
+//! autograd: the same loss and every gradient, for causal and packed batches, weighted losses,
+//! both GELUs, with and without biases, tied and untied heads.
+
+#![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
+
+use candle_core::{DType, Device, Tensor};
+use chatforge_data::Rng;
+use chatforge_model::engine::{StepBatch, TrainEngine};
+use chatforge_model::{Activation, AttnMask, Gpt, GptConfig, Params, init_weights, ops, param_specs};
+
+/// Largest difference relative to the reference's largest magnitude.
+fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn check(cfg: &GptConfig, segments: &[u32], weights: &[u8], scale: f32) {
+    let dev = Device::Cpu;
+    let (b, t) = (2, segments.len() / 2);
+    let mut rng = Rng::new(11);
+    let inputs: Vec<u32> = (0..b * t)
+        .map(|_| (rng.next_f64() * cfg.vocab_size as f64) as u32)
+        .collect();
+    let targets: Vec<u32> = (0..b * t)
+        .map(|_| (rng.next_f64() * cfg.vocab_size as f64) as u32)
+        .collect();
+    // Positions restart with each segment, as the packing sampler writes them.
+    let positions: Vec<u32> = (0..b * t)
+        .map(|i| {
+            let row = i / t * t;
+            let start = (row..=i)
+                .rev()
+                .find(|&j| j == row || segments[j - 1] != segments[i])
+                .unwrap();
+            (i - start) as u32
+        })
+        .collect();
+
+    // The reference: candle's autograd through `Gpt`.
+    let mut w = init_weights(cfg, &mut Rng::new(5), &dev).unwrap();
+    // Larger query and key weights sharpen attention, so its backward matters to every gradient.
+    for (name, t) in w.iter_mut() {
+        if name.ends_with("c_attn.weight") {
+            *t = (&*t * 10.0).unwrap();
+        }
+    }
+    let params = Params::from_weights(cfg, w).unwrap();
+    let gpt = Gpt::new(cfg, params.var_builder(&dev)).unwrap();
+    let single = segments.iter().all(|&s| s == 0);
+    let mask = if single {
+        AttnMask::Causal
+    } else {
+        AttnMask::packed(segments, b, t, &dev).unwrap()
+    };
+    let ids = Tensor::from_slice(&inputs, (b, t), &dev).unwrap();
+    let pos = Tensor::from_slice(&positions, (b, t), &dev).unwrap();
+    let logits = gpt.forward(&ids, &pos, &mask, None, None).unwrap();
+    let wf: Vec<f32> = weights.iter().map(|&x| f32::from(x)).collect();
+    let loss = ops::cross_entropy(
+        &logits.reshape((b * t, cfg.vocab_size)).unwrap(),
+        &Tensor::from_slice(&targets, b * t, &dev).unwrap(),
+        &Tensor::from_vec(wf, b * t, &dev).unwrap(),
+    )
+    .unwrap();
+    let want_loss: f32 = loss.to_scalar().unwrap();
+    let grads = (loss * f64::from(scale)).unwrap().backward().unwrap();
+
+    // The engine, from the same weights.
+    let flat: Vec<f32> = params
+        .vars
+        .iter()
+        .flat_map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect();
+    let mut engine = TrainEngine::new(cfg, b, t, flat).unwrap();
+    engine.zero_grad();
+    let batch = StepBatch {
+        b,
+        t,
+        inputs: &inputs,
+        targets: &targets,
+        positions: &positions,
+        segments,
+        weights,
+    };
+    let got_loss = engine.forward_backward(&batch, scale).unwrap();
+    assert!(
+        (got_loss as f32 - want_loss).abs() < 1e-5 * want_loss.abs().max(1.0),
+        "loss {got_loss} vs {want_loss}"
+    );
+    let specs = param_specs(cfg);
+    for ((spec, (_, var)), &(off, len)) in specs.iter().zip(&params.vars).zip(&engine.offsets) {
+        assert_eq!(
+            spec.name,
+            params
+                .vars
+                .iter()
+                .find(|(s, _)| s.name == spec.name)
+                .unwrap()
+                .0
+                .name
+        );
+        let want: Vec<f32> = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let got = &engine.grads[off..off + len];
+        let d = rel_diff(got, &want);
+        assert!(d < 1e-4, "{}: gradient differs by {d} (relative)", spec.name);
+    }
+    // A second micro-batch adds to the gradients.
+    let before = engine.grads.clone();
+    engine.forward_backward(&batch, scale).unwrap();
+    let d = rel_diff(
+        &engine.grads,
+        &before.iter().map(|g| 2.0 * g).collect::<Vec<f32>>(),
+    );
+    assert!(d < 1e-5, "accumulation differs by {d}");
+}
+
+#[test]
+fn engine_matches_autograd() {
+    let base = GptConfig {
+        n_ctx: 16,
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 16,
+        ..GptConfig::tiny(37)
+    };
+    let causal = [0u32; 24];
+    let mut packed = [0u32; 24];
+    packed[5..9].fill(1);
+    packed[9..12].fill(2);
+    packed[12 + 7..].fill(1);
+    let all = [1u8; 24];
+    let mut some = [1u8; 24];
+    some[..4].fill(0);
+    some[13] = 0;
+    check(&base, &causal, &all, 1.0);
+    check(&base, &packed, &some, 0.5);
+    check(
+        &GptConfig {
+            activation: Activation::GeluErf,
+            tie_embeddings: false,
+            ..base.clone()
+        },
+        &packed,
+        &all,
+        1.0,
+    );
+    check(
+        &GptConfig {
+            bias: false,
+            ..base.clone()
+        },
+        &causal,
+        &some,
+        0.25,
+    );
+}
+
+#[test]
+fn engine_refuses_what_it_cannot_do() {
+    let cfg = GptConfig {
+        n_ctx: 8,
+        ..GptConfig::tiny(11)
+    };
+    let n: usize = param_specs(&cfg)
+        .iter()
+        .map(|s| s.shape.iter().product::<usize>())
+        .sum();
+    assert!(
+        TrainEngine::new(&cfg, 1, 9, vec![0.0; n]).is_err(),
+        "longer than the context"
+    );
+    assert!(
+        TrainEngine::new(&cfg, 1, 8, vec![0.0; n - 1]).is_err(),
+        "wrong parameter count"
+    );
+    let dropout = GptConfig {
+        dropout: 0.1,
+        ..cfg.clone()
+    };
+    assert!(TrainEngine::new(&dropout, 1, 8, vec![0.0; n]).is_err(), "dropout");
+    let mut e = TrainEngine::new(&cfg, 1, 4, vec![0.01; n]).unwrap();
+    let ids = [1u32, 2, 3, 11];
+    let z = [0u32; 4];
+    let w = [1u8; 4];
+    let batch = StepBatch {
+        b: 1,
+        t: 4,
+        inputs: &ids,
+        targets: &ids,
+        positions: &z,
+        segments: &z,
+        weights: &w,
+    };
+    let err = e.forward_backward(&batch, 1.0).unwrap_err().to_string();
+    assert!(err.contains("11"), "{err}");
+    let none = [0u8; 4];
+    let ok_ids = [1u32, 2, 3, 4];
+    let batch = StepBatch {
+        inputs: &ok_ids,
+        targets: &ok_ids,
+        weights: &none,
+        ..batch
+    };
+    assert!(e.forward_backward(&batch, 1.0).unwrap().is_nan());
+    assert!(e.grads.iter().all(|&g| g == 0.0));
+}
