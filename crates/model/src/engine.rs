@@ -293,46 +293,43 @@ fn layer_norm_bwd(
     w: &[f32],
     c: usize,
 ) {
-    let (pw, pb) = dx
+    // Partial sums per task, added in task order: the same result on every run.
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = dx
         .par_chunks_mut(c * ROWS_PER_TASK)
         .zip(dout.par_chunks(c * ROWS_PER_TASK))
         .zip(x.par_chunks(c * ROWS_PER_TASK))
         .zip(st.par_chunks(ROWS_PER_TASK))
-        .fold(
-            || (vec![0f32; c], vec![0f32; c]),
-            |(mut pw, mut pb), (((dxs, ds), xs), ss)| {
-                for (((dxr, dr), xr), &(mean, rstd)) in
-                    dxs.chunks_mut(c).zip(ds.chunks(c)).zip(xs.chunks(c)).zip(ss)
-                {
-                    let mut dnorm_mean = 0f32;
-                    let mut dnorm_norm_mean = 0f32;
-                    for i in 0..c {
-                        let norm = (xr[i] - mean) * rstd;
-                        let dnorm = w[i] * dr[i];
-                        dnorm_mean += dnorm;
-                        dnorm_norm_mean += dnorm * norm;
-                        pw[i] += norm * dr[i];
-                        pb[i] += dr[i];
-                    }
-                    dnorm_mean /= c as f32;
-                    dnorm_norm_mean /= c as f32;
-                    for i in 0..c {
-                        let norm = (xr[i] - mean) * rstd;
-                        let dnorm = w[i] * dr[i];
-                        dxr[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rstd;
-                    }
+        .map(|(((dxs, ds), xs), ss)| {
+            let (mut pw, mut pb) = (vec![0f32; c], vec![0f32; c]);
+            for (((dxr, dr), xr), &(mean, rstd)) in
+                dxs.chunks_mut(c).zip(ds.chunks(c)).zip(xs.chunks(c)).zip(ss)
+            {
+                let mut dnorm_mean = 0f32;
+                let mut dnorm_norm_mean = 0f32;
+                for i in 0..c {
+                    let norm = (xr[i] - mean) * rstd;
+                    let dnorm = w[i] * dr[i];
+                    dnorm_mean += dnorm;
+                    dnorm_norm_mean += dnorm * norm;
+                    pw[i] += norm * dr[i];
+                    pb[i] += dr[i];
                 }
-                (pw, pb)
-            },
-        )
-        .reduce(
-            || (vec![0f32; c], vec![0f32; c]),
-            |(mut aw, mut ab), (bw, bb)| {
-                aw.iter_mut().zip(&bw).for_each(|(a, b)| *a += b);
-                ab.iter_mut().zip(&bb).for_each(|(a, b)| *a += b);
-                (aw, ab)
-            },
-        );
+                dnorm_mean /= c as f32;
+                dnorm_norm_mean /= c as f32;
+                for i in 0..c {
+                    let norm = (xr[i] - mean) * rstd;
+                    let dnorm = w[i] * dr[i];
+                    dxr[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rstd;
+                }
+            }
+            (pw, pb)
+        })
+        .collect();
+    let (mut pw, mut pb) = (vec![0f32; c], vec![0f32; c]);
+    for (w, b) in &parts {
+        pw.iter_mut().zip(w).for_each(|(a, b)| *a += b);
+        pb.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+    }
     dw.iter_mut().zip(&pw).for_each(|(a, b)| *a += b);
     if let Some(db) = db {
         db.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
@@ -341,24 +338,21 @@ fn layer_norm_bwd(
 
 /// `db += Σ_rows dout`.
 fn bias_grad(db: &mut [f32], dout: &[f32], oc: usize) {
-    let sum = dout
+    // Partial sums per task, added in task order: the same result on every run.
+    let parts: Vec<Vec<f32>> = dout
         .par_chunks(oc * 64)
-        .fold(
-            || vec![0f32; oc],
-            |mut acc, rows| {
-                for r in rows.chunks(oc) {
-                    acc.iter_mut().zip(r).for_each(|(a, b)| *a += b);
-                }
-                acc
-            },
-        )
-        .reduce(
-            || vec![0f32; oc],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
+        .map(|rows| {
+            let mut acc = vec![0f32; oc];
+            for r in rows.chunks(oc) {
+                acc.iter_mut().zip(r).for_each(|(a, b)| *a += b);
+            }
+            acc
+        })
+        .collect();
+    let mut sum = vec![0f32; oc];
+    for p in &parts {
+        sum.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
     db.iter_mut().zip(&sum).for_each(|(a, b)| *a += b);
 }
 
@@ -545,7 +539,7 @@ impl TrainEngine {
     fn forward(&mut self, batch: &StepBatch<'_>) {
         let cfg = self.cfg.clone();
         let (c, v, eps) = (cfg.n_embd, cfg.vocab_size, cfg.layer_norm_eps as f32);
-        let (n, t) = (batch.b * batch.t, batch.t);
+        let n = batch.b * batch.t;
         // Embeddings.
         {
             let wte = &self.params[self.wte..self.wte + v * c];
@@ -673,12 +667,11 @@ impl TrainEngine {
         );
         self.lnf = lnf;
         self.lnf_stats = lnf_stats;
-        let _ = t;
     }
 
     /// Per (row, head): causal softmax(q·kᵀ/√d) over the row's segment, times v.
     fn attention_fwd(&self, a: &mut LayerActs, batch: &StepBatch<'_>) {
-        let (b, t) = (batch.b, batch.t);
+        let t = batch.t;
         let (c, h) = (self.cfg.n_embd, self.cfg.n_head);
         let d = c / h;
         let scale = 1.0 / (d as f32).sqrt();
@@ -780,6 +773,8 @@ impl TrainEngine {
                 row[target] -= w * scale;
                 -f64::from(p_target.max(f32::MIN_POSITIVE)).ln() * f64::from(w)
             })
+            .collect::<Vec<f64>>()
+            .iter()
             .sum()
     }
 

@@ -86,6 +86,9 @@ pub struct TrainSettings {
     pub adapter_name: Option<String>,
     /// Recompute each block's activations in backward instead of keeping them (long contexts).
     pub grad_checkpoint: bool,
+    /// Train with the engine (plain buffers, hand-written backward) where it applies: the full
+    /// model without dropout or gradient checkpointing. `false` forces candle's autograd.
+    pub engine: bool,
 }
 
 impl Default for TrainSettings {
@@ -116,6 +119,7 @@ impl Default for TrainSettings {
             seed: 1337,
             adapter_name: None,
             grad_checkpoint: false,
+            engine: true,
         }
     }
 }

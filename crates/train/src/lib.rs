@@ -10,9 +10,11 @@ mod run;
 
 pub use checkpoint::{CheckpointState, latest_valid, list as list_checkpoints, read_state, step_dir};
 pub use config::{Mode, TrainConfig, TrainSettings};
-pub use optim::{AdamW, AdamWConfig, clip_grad_norm, lr_at};
+pub use optim::{AdamW, AdamWConfig, clip_grad_norm, clip_grad_norm_flat, lr_at};
 pub use plot::{loss_plot, read_curves};
-pub use run::{Event, StepOutcome, TrainSummary, load_init, optimizer_step, train, unigram_baseline};
+pub use run::{
+    Event, StepOutcome, TrainSummary, engine_step, load_init, optimizer_step, train, unigram_baseline,
+};
 
 use std::path::PathBuf;
 

@@ -2,6 +2,7 @@
 
 use candle_core::{Tensor, Var};
 use chatforge_model::ParamSpec;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
@@ -79,6 +80,69 @@ impl AdamW {
     }
 }
 
+impl AdamW {
+    /// [`update`](Self::update) on flat buffers (the training engine's): `params` and `grads` hold
+    /// every parameter at `offsets`, in the order of `specs` and of the moments. One fused pass
+    /// per parameter, on all cores; nothing is allocated.
+    pub fn update_flat(
+        &mut self,
+        specs: &[ParamSpec],
+        params: &mut [f32],
+        grads: &[f32],
+        offsets: &[(usize, usize)],
+        lr: f64,
+    ) {
+        self.step += 1;
+        let c = self.cfg;
+        let bias1 = 1.0 - c.beta1.powi(self.step as i32);
+        let bias2_sqrt = ((1.0 - c.beta2.powi(self.step as i32)).sqrt()) as f32;
+        let step_size = (lr / bias1) as f32;
+        let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
+        for (i, (spec, &(off, len))) in specs.iter().zip(offsets).enumerate() {
+            let decay = if spec.decay {
+                (1.0 - lr * c.weight_decay) as f32
+            } else {
+                1.0
+            };
+            let (p, g) = (&mut params[off..off + len], &grads[off..off + len]);
+            let (m, v) = (&mut self.m[i], &mut self.v[i]);
+            const CHUNK: usize = 1 << 14;
+            p.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .zip(m.par_chunks_mut(CHUNK))
+                .zip(v.par_chunks_mut(CHUNK))
+                .for_each(|(((p, g), m), v)| {
+                    for k in 0..p.len() {
+                        p[k] *= decay;
+                        m[k] += (g[k] - m[k]) * (1.0 - b1);
+                        v[k] = v[k] * b2 + (1.0 - b2) * g[k] * g[k];
+                        let denom = v[k].sqrt() / bias2_sqrt + eps;
+                        p[k] -= step_size * m[k] / denom;
+                    }
+                });
+        }
+    }
+}
+
+/// [`clip_grad_norm`] on a flat gradient buffer.
+pub fn clip_grad_norm_flat(grads: &mut [f32], max_norm: f64) -> f64 {
+    // Partial sums collected in order, so the norm is the same on every run.
+    let sq: f64 = grads
+        .par_chunks(1 << 14)
+        .map(|c| c.iter().map(|&g| f64::from(g) * f64::from(g)).sum::<f64>())
+        .collect::<Vec<f64>>()
+        .iter()
+        .sum();
+    let norm = sq.sqrt();
+    if max_norm > 0.0 && norm > max_norm {
+        let scale = (max_norm / (norm + 1e-6)) as f32;
+        grads
+            .par_chunks_mut(1 << 14)
+            .for_each(|c| c.iter_mut().for_each(|g| *g *= scale));
+    }
+    norm
+}
+
 /// nanoGPT's schedule: linear warm-up to `lr` over `warmup` steps, cosine decay to `min_lr` at
 /// `max_steps`, then `min_lr`.
 pub fn lr_at(step: u64, lr: f64, min_lr: f64, warmup: u64, max_steps: u64) -> f64 {
@@ -115,6 +179,53 @@ pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flat_update_and_clipping_equal_the_tensor_ones() {
+        use candle_core::Device;
+        use chatforge_model::Init;
+        let dev = Device::Cpu;
+        let spec = |name: &str, n: usize, decay: bool| ParamSpec {
+            name: name.into(),
+            shape: vec![n],
+            init: Init::Zeros,
+            decay,
+        };
+        let specs = [spec("w", 40_000, true), spec("b", 7, false)];
+        let mut rng = chatforge_data::Rng::new(3);
+        let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32).collect() };
+        let (p0, p1, g0, g1) = (draw(40_000), draw(7), draw(40_000), draw(7));
+        let vars: Vec<(ParamSpec, Var)> = vec![
+            (specs[0].clone(), Var::from_vec(p0.clone(), 40_000, &dev).unwrap()),
+            (specs[1].clone(), Var::from_vec(p1.clone(), 7, &dev).unwrap()),
+        ];
+        let cfg = AdamWConfig::default();
+        let (mut a, mut b) = (AdamW::new(cfg, &vars), AdamW::new(cfg, &vars));
+        let mut grads = vec![
+            Some(Tensor::from_vec(g0.clone(), 40_000, &dev).unwrap()),
+            Some(Tensor::from_vec(g1.clone(), 7, &dev).unwrap()),
+        ];
+        let mut flat_g: Vec<f32> = g0.iter().chain(&g1).copied().collect();
+        let mut flat_p: Vec<f32> = p0.iter().chain(&p1).copied().collect();
+        let offsets = [(0, 40_000), (40_000, 7)];
+        let n1 = clip_grad_norm(&mut grads, 50.0).unwrap();
+        let n2 = clip_grad_norm_flat(&mut flat_g, 50.0);
+        assert!((n1 - n2).abs() < 1e-6 * n1, "{n1} vs {n2}");
+        for _ in 0..3 {
+            a.update(&vars, &grads, 1e-2).unwrap();
+            b.update_flat(&specs, &mut flat_p, &flat_g, &offsets, 1e-2);
+        }
+        let want: Vec<f32> = vars
+            .iter()
+            .flat_map(|(_, v)| v.as_tensor().to_vec1::<f32>().unwrap())
+            .collect();
+        let d = want
+            .iter()
+            .zip(&flat_p)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(d < 1e-6, "parameters differ by {d}");
+        assert_eq!((a.m, a.v, a.step), (b.m, b.v, b.step));
+    }
 
     #[test]
     fn schedule_has_three_phases() {

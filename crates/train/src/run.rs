@@ -11,13 +11,14 @@ use chatforge_data::{Batch, BatchSampler, Rng, SamplerConfig, SamplerState, Shar
 use std::collections::HashMap;
 
 use chatforge_model::{
-    AttnMask, Dropout, Gpt, GptConfig, Params, Weights, init_weights, load_hf, load_weights, ops,
+    AttnMask, Dropout, Gpt, GptConfig, ParamSpec, Params, Weights, init_weights, load_hf, load_weights, ops,
 };
 use serde::Serialize;
 
 use crate::checkpoint::{self, CheckpointState, write_json};
-use crate::optim::{AdamW, clip_grad_norm, lr_at};
+use crate::optim::{AdamW, clip_grad_norm, clip_grad_norm_flat, lr_at};
 use crate::{Error, Mode, Result, TrainConfig};
+use chatforge_model::engine::{StepBatch, TrainEngine};
 
 /// What the loop reports, one JSON line each in `logs.jsonl`.
 #[derive(Debug, Clone, Serialize)]
@@ -241,6 +242,86 @@ pub fn optimizer_step(
         grad_norm,
         positions,
     })
+}
+
+/// [`optimizer_step`] through the training engine (plain buffers, hand-written backward): the same
+/// micro-batches, loss scaling, clipping and AdamW, on the engine's flat parameters.
+#[allow(clippy::too_many_arguments)] // the step's whole state, passed explicitly
+pub fn engine_step(
+    engine: &mut TrainEngine,
+    specs: &[ParamSpec],
+    opt: &mut AdamW,
+    mut next: impl FnMut() -> Batch,
+    micro: usize,
+    mode: Mode,
+    lr: f64,
+    clip: f64,
+) -> Result<StepOutcome> {
+    engine.zero_grad();
+    let (mut loss_sum, mut used, mut positions) = (0f64, 0usize, 0usize);
+    for _ in 0..micro {
+        let batch = next();
+        positions += batch.batch_size * batch.seq_len;
+        let sb = StepBatch {
+            b: batch.batch_size,
+            t: batch.seq_len,
+            inputs: &batch.inputs,
+            targets: &batch.targets,
+            positions: &batch.positions,
+            segments: &batch.segments,
+            weights: if mode.masked() {
+                &batch.loss_mask
+            } else {
+                &batch.target_mask
+            },
+        };
+        let loss = engine.forward_backward(&sb, 1.0 / micro as f32)?;
+        if !loss.is_nan() {
+            loss_sum += loss;
+            used += 1;
+        }
+    }
+    let grad_norm = clip_grad_norm_flat(&mut engine.grads, clip);
+    if used == 0 {
+        // As the autograd path: no parameter had a gradient, so none moves.
+        opt.step += 1;
+    } else {
+        opt.update_flat(specs, &mut engine.params, &engine.grads, &engine.offsets, lr);
+    }
+    Ok(StepOutcome {
+        loss: if used == 0 {
+            f64::NAN
+        } else {
+            loss_sum / used as f64
+        },
+        used,
+        grad_norm,
+        positions,
+    })
+}
+
+/// Whether `train` may use the engine: `train.engine` on, full-model training without dropout or
+/// gradient checkpointing.
+fn engine_fits(cfg: &TrainConfig, lora: bool, params: &Params) -> bool {
+    let specs = chatforge_model::param_specs(&cfg.model);
+    cfg.train.engine
+        && !lora
+        && cfg.model.dropout == 0.0
+        && !cfg.train.grad_checkpoint
+        && specs.len() == params.vars.len()
+        && specs.iter().zip(&params.vars).all(|(a, (b, _))| a.name == b.name)
+}
+
+/// Copies the engine's parameters into the variables (for evaluation and checkpoints).
+fn sync_vars(engine: &TrainEngine, params: &Params) -> Result<()> {
+    for ((_, var), &(off, len)) in params.vars.iter().zip(&engine.offsets) {
+        var.set(&Tensor::from_slice(
+            &engine.params[off..off + len],
+            var.shape(),
+            var.device(),
+        )?)?;
+    }
+    Ok(())
 }
 
 /// Mean loss over the validation batches, weighted by the positions that carry loss; no backward.
@@ -555,22 +636,48 @@ pub fn train(
         stopped: None,
         losses: Vec::new(),
     };
+    // The engine trains the full model several times faster than autograd; LoRA, dropout and
+    // gradient checkpointing take the autograd path.
+    let mut engine = if engine_fits(&cfg, lora.is_some(), &params) {
+        let flat: Vec<f32> = params
+            .vars
+            .iter()
+            .map(|(_, v)| v.as_tensor().flatten_all()?.to_vec1::<f32>())
+            .collect::<candle_core::Result<Vec<_>>>()?
+            .concat();
+        Some(TrainEngine::new(&cfg.model, t.batch_size, seq_len, flat)?)
+    } else {
+        None
+    };
+    let specs: Vec<ParamSpec> = params.vars.iter().map(|(s, _)| s.clone()).collect();
     while step < steps {
         let t0 = Instant::now();
         let lr = lr_at(step, t.lr, t.min_lr, t.warmup_steps, steps);
-        let out = optimizer_step(
-            &model,
-            &params,
-            &mut opt,
-            || sampler.next_batch(),
-            micro,
-            t.mode,
-            lr,
-            t.grad_clip,
-            t.grad_checkpoint,
-            &mut dropout,
-            &dev,
-        )?;
+        let out = match engine.as_mut() {
+            Some(e) => engine_step(
+                e,
+                &specs,
+                &mut opt,
+                || sampler.next_batch(),
+                micro,
+                t.mode,
+                lr,
+                t.grad_clip,
+            )?,
+            None => optimizer_step(
+                &model,
+                &params,
+                &mut opt,
+                || sampler.next_batch(),
+                micro,
+                t.mode,
+                lr,
+                t.grad_clip,
+                t.grad_checkpoint,
+                &mut dropout,
+                &dev,
+            )?,
+        };
         summary.tokens += out.positions as u64;
         let (loss, grad_norm) = (out.loss, out.grad_norm);
         step += 1;
@@ -591,7 +698,13 @@ pub fn train(
         );
 
         let mut stop_reason = stop.load(Ordering::Relaxed).then(|| "stop requested".to_string());
-        if !val_batches.is_empty() && (step % t.eval_every == 0 || step == steps) {
+        let evaluate = !val_batches.is_empty() && (step % t.eval_every == 0 || step == steps);
+        if let Some(e) = &engine
+            && (evaluate || step % t.checkpoint_every == 0 || step == steps || stop_reason.is_some())
+        {
+            sync_vars(e, &params)?;
+        }
+        if evaluate {
             let val = estimate_loss(&eval_model, &val_batches, t.mode, &dev)?;
             let improved = best.is_none_or(|b| val < b);
             if improved {

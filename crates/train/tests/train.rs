@@ -151,14 +151,75 @@ fn gradient_checkpointing_trains_the_same_run() {
     assert!(plain[11] < plain[0], "it learns: {} -> {}", plain[0], plain[11]);
 }
 
+/// Without dropout, training runs on the engine (plain buffers, hand-written backward): the same
+/// run as candle's autograd computes, to float rounding, with packed SFT batches and
+/// accumulated micro-batches; validation and checkpoints see the engine's weights.
+#[test]
+fn the_engine_trains_the_same_run_as_autograd() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 12);
+    cfg.model.dropout = 0.0;
+    let mut auto = cfg.clone();
+    auto.train.engine = false;
+    let a = train(
+        &cfg,
+        &dir.path().join("engine"),
+        false,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let b = train(
+        &auto,
+        &dir.path().join("autograd"),
+        false,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    for (i, (x, y)) in a.losses.iter().zip(&b.losses).enumerate() {
+        assert!((x - y).abs() < 1e-4 * y.abs(), "step {}: loss {x} vs {y}", i + 1);
+    }
+    let (va, vb) = (a.best_val_loss.unwrap(), b.best_val_loss.unwrap());
+    assert!((va - vb).abs() < 1e-4 * vb, "validation {va} vs {vb}");
+    assert!(a.losses[11] < a.losses[0], "it learns");
+    // The checkpoints hold the engine's weights: the same as autograd's to rounding.
+    let w = |run: &str| -> Vec<f32> {
+        let t = chatforge_model::load_weights(
+            &dir.path().join(run).join("checkpoints/step_000012"),
+            &cfg.model,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        t["transformer.h.0.attn.c_attn.weight"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let (we, wa) = (w("engine"), w("autograd"));
+    let d = we.iter().zip(&wa).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(d < 1e-4, "checkpointed weights differ by {d}");
+}
+
 #[test]
 fn a_crashed_run_resumes_with_identical_losses() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), 14);
-    let full = run(&cfg, &dir.path().join("full"), false);
+    // With dropout (autograd) and without (the engine).
+    for dropout in [0.1, 0.0] {
+        let dir = dir.path().join(format!("dropout{dropout}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        resumes_with_identical_losses(&dir, dropout);
+    }
+}
+
+fn resumes_with_identical_losses(dir: &Path, dropout: f32) {
+    let mut cfg = config(dir, 14);
+    cfg.model.dropout = dropout;
+    let full = run(&cfg, &dir.join("full"), false);
 
     // Crash after step 10: the newest checkpoint is step 8, so steps 9–10 are redone.
-    let crashed = dir.path().join("crashed");
+    let crashed = dir.join("crashed");
     crash_after(&cfg, &crashed, 10);
     let resumed = run(&cfg, &crashed, true);
     assert_eq!(resumed.len(), 6, "steps 9..=14");

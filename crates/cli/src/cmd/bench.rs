@@ -21,6 +21,8 @@ pub enum BenchCommand {
     Finetune(FinetuneBench),
     /// The service under load: request latency while a run trains, and the training's slowdown
     Serve(super::bench_serve::ServeBench),
+    /// The machine's f32 matrix-product peak (GFLOP/s) with the gemm crate, beside torch.mm
+    Sgemm(SgemmBench),
 }
 
 #[derive(Args)]
@@ -86,6 +88,19 @@ pub struct TrainBench {
     /// Python with torch installed: also runs scripts/reference/bench_train_torch.py (SDPA and plain attention)
     #[arg(long)]
     pub reference_python: Option<PathBuf>,
+    /// Time the autograd path (candle's backward through `Gpt`) instead of the training engine
+    #[arg(long)]
+    pub autograd: bool,
+}
+
+#[derive(Args)]
+pub struct SgemmBench {
+    /// Square matrix sizes
+    #[arg(long, value_delimiter = ',', default_value = "384,1024,2048")]
+    pub sizes: Vec<usize>,
+    /// Python with torch: also times torch.mm at the same sizes
+    #[arg(long)]
+    pub reference_python: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -113,6 +128,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Generate(args) => generate_bench(&args),
         BenchCommand::Finetune(args) => finetune_bench(&args),
         BenchCommand::Serve(args) => super::bench_serve::run(&args),
+        BenchCommand::Sgemm(args) => sgemm_bench(&args),
     }
 }
 
@@ -290,36 +306,110 @@ fn train_bench(args: &TrainBench) -> anyhow::Result<()> {
     let n = cfg.n_params() - cfg.n_ctx * cfg.n_embd;
     let flops_per_token = (6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim() * t) as f64;
     let mut times = Vec::new();
-    for i in 0..args.warmup + args.steps {
-        let batch = random_batch();
-        let t0 = std::time::Instant::now();
-        optimizer_step(
-            &model,
-            &params,
-            &mut opt,
-            || batch.clone(),
-            1,
-            Mode::Pretrain,
-            6e-4,
-            1.0,
-            false,
-            &mut dropout,
-            &dev,
-        )?;
-        if i >= args.warmup {
-            times.push(t0.elapsed().as_secs_f64());
+    if args.autograd {
+        for i in 0..args.warmup + args.steps {
+            let batch = random_batch();
+            let t0 = std::time::Instant::now();
+            optimizer_step(
+                &model,
+                &params,
+                &mut opt,
+                || batch.clone(),
+                1,
+                Mode::Pretrain,
+                6e-4,
+                1.0,
+                false,
+                &mut dropout,
+                &dev,
+            )?;
+            if i >= args.warmup {
+                times.push(t0.elapsed().as_secs_f64());
+            }
+        }
+    } else {
+        use chatforge_model::engine::TrainEngine;
+        let flat: Vec<f32> = params
+            .vars
+            .iter()
+            .map(|(_, v)| v.as_tensor().flatten_all()?.to_vec1::<f32>())
+            .collect::<candle_core::Result<Vec<_>>>()?
+            .concat();
+        drop(model);
+        drop(params);
+        let specs = chatforge_model::param_specs(&cfg);
+        let mut engine = TrainEngine::new(&cfg, b, t, flat)?;
+        for i in 0..args.warmup + args.steps {
+            let batch = random_batch();
+            let t0 = std::time::Instant::now();
+            chatforge_train::engine_step(
+                &mut engine,
+                &specs,
+                &mut opt,
+                || batch.clone(),
+                1,
+                Mode::Pretrain,
+                6e-4,
+                1.0,
+            )?;
+            if i >= args.warmup {
+                times.push(t0.elapsed().as_secs_f64());
+            }
         }
     }
     let s = median(times);
     let tps = (b * t) as f64 / s;
+    let gflops = flops_per_token * tps / 1e9;
+    let peak = sgemm_gflops(1024, 3);
     say!(
-        "chatforge   bench model ({:.1} M parameters, batch {b}×{t}, f32, AdamW): {tps:.0} tokens/s, {:.1} GFLOP/s, {s:.3} s/step, peak RSS {:.0} MB",
+        "chatforge   bench model ({:.1} M parameters, batch {b}×{t}, f32, AdamW, {}): {tps:.0} tokens/s, {gflops:.1} GFLOP/s ({:.0}% of this machine's sgemm peak, {peak:.0} GFLOP/s at 1024³), {s:.3} s/step, peak RSS {:.0} MB",
         cfg.n_params() as f64 / 1e6,
-        flops_per_token * tps / 1e9,
+        if args.autograd { "autograd" } else { "engine" },
+        100.0 * gflops / peak,
         peak_rss_mb()
     );
     if let Some(best) = best_torch {
         say!("ratio: chatforge / fastest PyTorch = {:.2}x", tps / best);
+    }
+    Ok(())
+}
+
+/// GFLOP/s of the gemm crate on an `n³` f32 product, all cores, best of `runs`.
+fn sgemm_gflops(n: usize, runs: usize) -> f64 {
+    let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
+    let bm: Vec<f32> = (0..n * n).map(|i| (i % 5) as f32 * 0.1).collect();
+    let mut c = vec![0f32; n * n];
+    let mut best = f64::INFINITY;
+    for _ in 0..runs.max(1) + 1 {
+        let t0 = std::time::Instant::now();
+        chatforge_model::ops::matmul_into(&a, n, n, &bm, n, false, &mut c);
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    2.0 * (n as f64).powi(3) / best / 1e9
+}
+
+fn sgemm_bench(args: &SgemmBench) -> anyhow::Result<()> {
+    say!(
+        "f32 matrix products n×n·n×n, {} thread(s), best of 5",
+        rayon_threads()
+    );
+    for &n in &args.sizes {
+        let ours = sgemm_gflops(n, 5);
+        let mut line = format!("n = {n:>5}: gemm crate {ours:>6.1} GFLOP/s");
+        if let Some(py) = &args.reference_python {
+            let mut cmd = Command::new(py);
+            cmd.arg("-c").arg(format!(
+                "import json, time, torch\ntorch.set_num_threads({})\nn = {n}\na = torch.rand(n, n); b = torch.rand(n, n)\nbest = 1e9\nfor _ in range(6):\n    t = time.perf_counter(); torch.mm(a, b); best = min(best, time.perf_counter() - t)\nprint(json.dumps({{'gflops': 2 * n ** 3 / best / 1e9, 'torch': torch.__version__}}))",
+                rayon_threads()
+            ));
+            let r = json_of(&mut cmd, "torch.mm")?;
+            line += &format!(
+                ", torch {} mm {:>6.1} GFLOP/s",
+                r["torch"].as_str().unwrap_or("?"),
+                r["gflops"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+        say!("{line}");
     }
     Ok(())
 }
