@@ -12,6 +12,7 @@
 
 use rayon::prelude::*;
 
+use crate::ops::fast_math as fm;
 use crate::{Activation, Error, GptConfig, Result, param_specs};
 
 /// One micro-batch: `b` rows of `t` tokens.
@@ -233,12 +234,37 @@ fn mm(dst: &mut [f32], d: View, lhs: &[f32], l: View, rhs: &[f32], r: View, acc:
 
 const ROWS_PER_TASK: usize = 16;
 
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const INV_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+/// GELU with the vectorisable `fast_math` functions (the same values as `ops::gelu` to ~1e-6).
+#[inline(always)]
 fn act_fwd(a: Activation, x: f32) -> f32 {
-    crate::ops::gelu_scalar(a, x)
+    match a {
+        Activation::GeluTanh => 0.5 * x * (1.0 + fm::tanh(SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x))),
+        Activation::GeluErf => 0.5 * x * (1.0 + fm::erf(x * INV_SQRT_2)),
+    }
 }
 
+#[inline(always)]
 fn act_grad(a: Activation, x: f32) -> f32 {
-    crate::ops::gelu_grad_scalar(a, x)
+    match a {
+        Activation::GeluTanh => {
+            let t = fm::tanh(SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x));
+            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044_715 * x * x)
+        }
+        Activation::GeluErf => {
+            0.5 * (1.0 + fm::erf(x * INV_SQRT_2)) + x * INV_SQRT_2PI * fm::exp(-0.5 * x * x)
+        }
+    }
+}
+
+/// `out[i] = f(x[i])` on all cores, in a loop the compiler vectorises.
+fn map_into(out: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32 + Sync) {
+    out.par_chunks_mut(1 << 12)
+        .zip(x.par_chunks(1 << 12))
+        .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x)));
 }
 
 /// Row statistics `(mean, 1/√(var + eps))`, as the fused layer norm computes them.
@@ -618,11 +644,12 @@ impl TrainEngine {
                 View::rows(lp.fc_w, c, 4 * c, 4 * c),
                 true,
             );
-            let act = cfg.activation;
-            a.fch_act
-                .par_chunks_mut(1 << 12)
-                .zip(a.fch.par_chunks(1 << 12))
-                .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &x)| *o = act_fwd(act, x)));
+            match cfg.activation {
+                Activation::GeluTanh => {
+                    map_into(&mut a.fch_act, &a.fch, |x| act_fwd(Activation::GeluTanh, x))
+                }
+                Activation::GeluErf => map_into(&mut a.fch_act, &a.fch, |x| act_fwd(Activation::GeluErf, x)),
+            }
             // res3 = res2 + gelu · Wfcproj + b
             fill_bias(&mut a.res3, lp.fcproj_b.map(|o| self.p(o, c)), c);
             mm(
@@ -704,26 +731,38 @@ impl TrainEngine {
                 );
             }
             let seg = &batch.segments[row0..row0 + t];
+            let starts = segment_starts(seg);
             for i in 0..t {
                 let row = &mut att[i * t..(i + 1) * t];
-                let mut max = f32::NEG_INFINITY;
-                for j in 0..=i {
-                    if seg[j] == seg[i] && row[j] > max {
-                        max = row[j];
+                match &starts {
+                    // Segments are runs: row i sees [start, i], a contiguous stretch.
+                    Some(st) => {
+                        let s0 = st[i];
+                        row[..s0].fill(0.0);
+                        row[i + 1..].fill(0.0);
+                        softmax_in_place(&mut row[s0..=i]);
+                    }
+                    None => {
+                        let mut max = f32::NEG_INFINITY;
+                        for j in 0..=i {
+                            if seg[j] == seg[i] && row[j] > max {
+                                max = row[j];
+                            }
+                        }
+                        let mut sum = 0f32;
+                        for j in 0..t {
+                            if j <= i && seg[j] == seg[i] {
+                                let e = fm::exp(row[j] - max);
+                                row[j] = e;
+                                sum += e;
+                            } else {
+                                row[j] = 0.0;
+                            }
+                        }
+                        let inv = 1.0 / sum;
+                        row[..=i].iter_mut().for_each(|x| *x *= inv);
                     }
                 }
-                let mut sum = 0f32;
-                for j in 0..t {
-                    if j <= i && seg[j] == seg[i] {
-                        let e = (row[j] - max).exp();
-                        row[j] = e;
-                        sum += e;
-                    } else {
-                        row[j] = 0.0;
-                    }
-                }
-                let inv = 1.0 / sum;
-                row[..=i].iter_mut().for_each(|x| *x *= inv);
             }
             #[allow(unsafe_code)]
             // SAFETY: the output block (rows of this batch row, columns of this head) belongs to
@@ -758,11 +797,8 @@ impl TrainEngine {
                 let w = f32::from(batch.weights[i]);
                 let target = batch.targets[i] as usize;
                 let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                let mut sum = 0f32;
-                for x in row.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
+                row.iter_mut().for_each(|x| *x = fm::exp(*x - max));
+                let sum: f32 = row.iter().sum();
                 let p_target = row[target] / sum;
                 if w == 0.0 {
                     row.fill(0.0);
@@ -848,10 +884,25 @@ impl TrainEngine {
                 View::rows(lp.fcproj_w, 4 * c, c, c).t(),
                 false,
             );
-            dwide
-                .par_chunks_mut(1 << 12)
-                .zip(a.fch.par_chunks(1 << 12))
-                .for_each(|(g, x)| g.iter_mut().zip(x).for_each(|(g, &x)| *g *= act_grad(act, x)));
+            // One loop per activation, so each is vectorised with its function inlined.
+            match act {
+                Activation::GeluTanh => dwide
+                    .par_chunks_mut(1 << 12)
+                    .zip(a.fch.par_chunks(1 << 12))
+                    .for_each(|(g, x)| {
+                        g.iter_mut()
+                            .zip(x)
+                            .for_each(|(g, &x)| *g *= act_grad(Activation::GeluTanh, x))
+                    }),
+                Activation::GeluErf => dwide
+                    .par_chunks_mut(1 << 12)
+                    .zip(a.fch.par_chunks(1 << 12))
+                    .for_each(|(g, x)| {
+                        g.iter_mut()
+                            .zip(x)
+                            .for_each(|(g, &x)| *g *= act_grad(Activation::GeluErf, x))
+                    }),
+            }
             // fch = ln2 · Wfc + b
             if let Some(o) = lp.fc_b {
                 bias_grad(&mut grads[o..o + 4 * c], &dwide, 4 * c);
@@ -962,6 +1013,35 @@ impl TrainEngine {
         self.dqkv = dqkv;
         self.datt = datt;
     }
+}
+
+/// Softmax of a row in place (its maximum subtracted first).
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    row.iter_mut().for_each(|x| *x = fm::exp(*x - max));
+    let inv = 1.0 / row.iter().sum::<f32>();
+    row.iter_mut().for_each(|x| *x *= inv);
+}
+
+/// For a row whose segments are runs (each id in one stretch), where each position's run starts;
+/// `None` when an id comes back after another (then attention masks position by position).
+fn segment_starts(seg: &[u32]) -> Option<Vec<usize>> {
+    let mut starts = Vec::with_capacity(seg.len());
+    let mut seen = Vec::new();
+    let mut start = 0;
+    for (i, &s) in seg.iter().enumerate() {
+        if i > 0 && s != seg[i - 1] {
+            if seen.contains(&s) {
+                return None;
+            }
+            seen.push(seg[i - 1]);
+            start = i;
+        }
+        starts.push(start);
+    }
+    Some(starts)
 }
 
 /// The gradients of a norm's weight and (optional) bias, as two disjoint slices.

@@ -142,6 +142,10 @@ fn engine_matches_autograd() {
     some[..4].fill(0);
     some[13] = 0;
     check(&base, &causal, &all, 1.0);
+    // A segment id that comes back after another (masked position by position).
+    let mut back = packed;
+    back[2..4].fill(3);
+    check(&base, &back, &some, 1.0);
     check(&base, &packed, &some, 0.5);
     check(
         &GptConfig {

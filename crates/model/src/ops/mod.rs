@@ -2,6 +2,7 @@
 //! tensor ops (which candle differentiates); fused kernels that replace them for speed live beside
 //! them and are tested against these references, forward and backward.
 
+pub mod fast_math;
 mod fused;
 mod gelu;
 mod scores;
