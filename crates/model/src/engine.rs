@@ -13,7 +13,7 @@
 use rayon::prelude::*;
 
 use crate::ops::fast_math as fm;
-use crate::{Activation, Error, GptConfig, Result, param_specs};
+use crate::{Activation, Error, GptConfig, LoraConfig, ParamSpec, Result, param_specs};
 
 /// One micro-batch: `b` rows of `t` tokens.
 #[derive(Debug, Clone, Copy)]
@@ -29,9 +29,21 @@ pub struct StepBatch<'a> {
     pub weights: &'a [u8],
 }
 
+/// A LoRA adapter on one linear layer: `A (r, in)` and `B (out, r)` at these offsets of the
+/// trainable buffer; the layer adds `scale · (x Aᵀ) Bᵀ`.
+#[derive(Debug, Clone, Copy)]
+struct Adapter {
+    a: usize,
+    b: usize,
+    r: usize,
+    scale: f32,
+}
+
 /// Where each parameter of a layer sits in the flat buffer.
 #[derive(Debug, Clone, Copy)]
 struct LayerParams {
+    /// Adapters of c_attn, attn.c_proj, c_fc and mlp.c_proj.
+    ad: [Option<Adapter>; 4],
     ln1_w: usize,
     ln1_b: Option<usize>,
     attn_w: usize,
@@ -61,6 +73,8 @@ struct LayerActs {
     fch: Vec<f32>,
     fch_act: Vec<f32>,
     res3: Vec<f32>,
+    /// `x Aᵀ` of each adapted linear (empty without an adapter).
+    u: [Vec<f32>; 4],
 }
 
 /// The engine: parameters, their gradients, and every buffer of one step.
@@ -68,12 +82,16 @@ pub struct TrainEngine {
     cfg: GptConfig,
     b: usize,
     t: usize,
-    /// Parameters in `param_specs` order.
+    /// The trainable parameters: the whole model in `param_specs` order, or with LoRA the
+    /// adapters in `LoraConfig::param_specs` order.
     pub params: Vec<f32>,
-    /// Gradients, same layout; accumulated by [`TrainEngine::forward_backward`] until zeroed.
+    /// Gradients of `params`, same layout; accumulated by [`TrainEngine::forward_backward`].
     pub grads: Vec<f32>,
-    /// `(offset, len)` of each parameter, in `param_specs` order.
+    /// `(offset, len)` of each trainable parameter.
     pub offsets: Vec<(usize, usize)>,
+    /// LoRA: the frozen base model in `param_specs` order (empty when the model trains).
+    base: Vec<f32>,
+    frozen: bool,
     wte: usize,
     wpe: usize,
     layers: Vec<LayerParams>,
@@ -92,6 +110,8 @@ pub struct TrainEngine {
     dnarrow: Vec<f32>,
     dqkv: Vec<f32>,
     datt: Vec<f32>,
+    /// `dy B · scale` of an adapted linear, `(N, r)`.
+    du: Vec<f32>,
 }
 
 /// A pointer that may cross threads: each task writes a region no other task touches.
@@ -212,6 +232,12 @@ unsafe fn mm_raw(
 
 /// [`mm_raw`] on slices, on all cores.
 fn mm(dst: &mut [f32], d: View, lhs: &[f32], l: View, rhs: &[f32], r: View, acc: bool) {
+    mm_beta(dst, d, lhs, l, rhs, r, acc, 1.0);
+}
+
+/// [`mm`] with the product scaled by `beta`.
+#[allow(clippy::too_many_arguments)]
+fn mm_beta(dst: &mut [f32], d: View, lhs: &[f32], l: View, rhs: &[f32], r: View, acc: bool, beta: f32) {
     #[allow(unsafe_code)]
     // SAFETY: a unique borrow cannot alias the shared ones, and the lengths are the slices'.
     unsafe {
@@ -226,7 +252,7 @@ fn mm(dst: &mut [f32], d: View, lhs: &[f32], l: View, rhs: &[f32], r: View, acc:
             rhs.len(),
             r,
             acc,
-            1.0,
+            beta,
             true,
         );
     }
@@ -311,7 +337,7 @@ fn layer_norm_fwd(
 #[allow(clippy::too_many_arguments)]
 fn layer_norm_bwd(
     dx: &mut [f32],
-    dw: &mut [f32],
+    dw: Option<&mut [f32]>,
     db: Option<&mut [f32]>,
     dout: &[f32],
     x: &[f32],
@@ -356,7 +382,9 @@ fn layer_norm_bwd(
         pw.iter_mut().zip(w).for_each(|(a, b)| *a += b);
         pb.iter_mut().zip(b).for_each(|(a, b)| *a += b);
     }
-    dw.iter_mut().zip(&pw).for_each(|(a, b)| *a += b);
+    if let Some(dw) = dw {
+        dw.iter_mut().zip(&pw).for_each(|(a, b)| *a += b);
+    }
     if let Some(db) = db {
         db.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
     }
@@ -396,8 +424,38 @@ fn fill_bias(out: &mut [f32], bias: Option<&[f32]>, oc: usize) {
 
 impl TrainEngine {
     /// An engine for `cfg` with buffers for micro-batches of `b × t`, holding `params` (flat, in
-    /// [`param_specs`] order).
+    /// [`param_specs`] order), all trainable.
     pub fn new(cfg: &GptConfig, b: usize, t: usize, params: Vec<f32>) -> Result<TrainEngine> {
+        Self::build(cfg, b, t, params, None)
+    }
+
+    /// An engine that trains the LoRA `adapters` (flat, in `lora.param_specs` order) on the
+    /// frozen `base` (flat, in [`param_specs`] order). The adapters' dropout must be 0 and the
+    /// base not quantised (QLoRA trains on the autograd path).
+    pub fn with_lora(
+        cfg: &GptConfig,
+        b: usize,
+        t: usize,
+        base: Vec<f32>,
+        lora: &LoraConfig,
+        adapters: Vec<f32>,
+    ) -> Result<TrainEngine> {
+        lora.validate()?;
+        if lora.dropout > 0.0 || lora.quant.is_some() {
+            return Err(Error::Config(
+                "the training engine has no adapter dropout or quantised base: use the autograd path".into(),
+            ));
+        }
+        Self::build(cfg, b, t, base, Some((lora, adapters)))
+    }
+
+    fn build(
+        cfg: &GptConfig,
+        b: usize,
+        t: usize,
+        params: Vec<f32>,
+        lora: Option<(&LoraConfig, Vec<f32>)>,
+    ) -> Result<TrainEngine> {
         cfg.validate()?;
         if cfg.dropout > 0.0 {
             return Err(Error::Config(
@@ -430,10 +488,47 @@ impl TrainEngine {
         let need = |name: String| -> Result<usize> {
             find(&name).ok_or_else(|| Error::Config(format!("engine: no parameter {name}")))
         };
+        // Adapters: where each one's A and B sit in the trainable buffer.
+        let (ad_specs, ad_offsets): (Vec<ParamSpec>, Vec<(usize, usize)>) = match &lora {
+            Some((l, _)) => {
+                let specs = l.param_specs(cfg);
+                let mut offs = Vec::with_capacity(specs.len());
+                let mut at = 0;
+                for s in &specs {
+                    let n: usize = s.shape.iter().product();
+                    offs.push((at, n));
+                    at += n;
+                }
+                (specs, offs)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let adapter = |module: String| -> Option<Adapter> {
+            let (l, _) = lora.as_ref()?;
+            let at = |suffix: &str| {
+                let name = format!("{module}.{suffix}");
+                ad_specs
+                    .iter()
+                    .position(|s| s.name == name)
+                    .map(|i| ad_offsets[i].0)
+            };
+            Some(Adapter {
+                a: at("lora_A.weight")?,
+                b: at("lora_B.weight")?,
+                r: l.rank,
+                scale: l.scale() as f32,
+            })
+        };
         let layers = (0..cfg.n_layer)
             .map(|i| -> Result<LayerParams> {
                 let p = |s: &str| format!("transformer.h.{i}.{s}");
                 Ok(LayerParams {
+                    ad: [
+                        adapter(p("attn.c_attn")),
+                        adapter(p("attn.c_proj")),
+                        adapter(p("mlp.c_fc")),
+                        adapter(p("mlp.c_proj")),
+                    ],
                     ln1_w: need(p("ln_1.weight"))?,
                     ln1_b: find(&p("ln_1.bias")),
                     attn_w: need(p("attn.c_attn.weight"))?,
@@ -452,8 +547,16 @@ impl TrainEngine {
         let wte = need("transformer.wte.weight".into())?;
         let (c, n, h, v) = (cfg.n_embd, b * t, cfg.n_head, cfg.vocab_size);
         let z = |len: usize| vec![0f32; len];
+        let rank = lora.as_ref().map_or(0, |(l, _)| l.rank);
         let acts = (0..cfg.n_layer)
-            .map(|_| LayerActs {
+            .map(|i| LayerActs {
+                u: std::array::from_fn(|k| {
+                    if layers[i].ad[k].is_some() {
+                        z(n * rank)
+                    } else {
+                        Vec::new()
+                    }
+                }),
                 ln1: z(n * c),
                 ln1_stats: vec![(0.0, 0.0); n],
                 qkv: z(n * 3 * c),
@@ -467,11 +570,27 @@ impl TrainEngine {
                 res3: z(n * c),
             })
             .collect();
+        let (trainable, offsets, base, frozen) = match lora {
+            Some((_, adapters)) => {
+                let want: usize = ad_offsets.iter().map(|o| o.1).sum();
+                if adapters.len() != want {
+                    return Err(Error::Config(format!(
+                        "engine: {} adapter values given, the LoRA config has {want}",
+                        adapters.len()
+                    )));
+                }
+                (adapters, ad_offsets, params, true)
+            }
+            None => (params, offsets, Vec::new(), false),
+        };
         Ok(TrainEngine {
             b,
             t,
-            grads: z(at),
+            grads: z(trainable.len()),
             offsets,
+            base,
+            frozen,
+            du: z(n * rank),
             wte,
             wpe: need("transformer.wpe.weight".into())?,
             layers,
@@ -492,7 +611,7 @@ impl TrainEngine {
             dnarrow: z(n * c),
             dqkv: z(n * 3 * c),
             datt: z(b * h * t * t),
-            params,
+            params: trainable,
             cfg: cfg.clone(),
         })
     }
@@ -510,8 +629,13 @@ impl TrainEngine {
         self.grads.par_chunks_mut(1 << 16).for_each(|g| g.fill(0.0));
     }
 
+    /// The model's weights: the frozen base with LoRA, else the trainable parameters.
+    fn weights(&self) -> &[f32] {
+        if self.frozen { &self.base } else { &self.params }
+    }
+
     fn p(&self, off: usize, len: usize) -> &[f32] {
-        &self.params[off..off + len]
+        &self.weights()[off..off + len]
     }
 
     /// Forward and backward of one micro-batch: returns its weighted mean cross-entropy (NaN when
@@ -568,8 +692,9 @@ impl TrainEngine {
         let n = batch.b * batch.t;
         // Embeddings.
         {
-            let wte = &self.params[self.wte..self.wte + v * c];
-            let wpe = &self.params[self.wpe..self.wpe + cfg.n_ctx * c];
+            let wts = if self.frozen { &self.base } else { &self.params };
+            let wte = &wts[self.wte..self.wte + v * c];
+            let wpe = &wts[self.wpe..self.wpe + cfg.n_ctx * c];
             let x0 = &mut self.x0;
             x0.par_chunks_mut(c).enumerate().for_each(|(i, row)| {
                 let (tok, pos) = (batch.inputs[i] as usize, batch.positions[i] as usize);
@@ -581,69 +706,39 @@ impl TrainEngine {
         for l in 0..cfg.n_layer {
             let lp = self.layers[l];
             let mut a = std::mem::replace(&mut self.acts[l], empty_acts());
+            let wts = if self.frozen { &self.base } else { &self.params };
+            let trainable = &self.params;
+            let [u_attn, u_proj, u_fc, u_fcproj] = &mut a.u;
             {
                 let input: &[f32] = if l == 0 { &self.x0 } else { &self.acts[l - 1].res3 };
                 layer_norm_fwd(
                     &mut a.ln1,
                     &mut a.ln1_stats,
                     input,
-                    self.p(lp.ln1_w, c),
-                    lp.ln1_b.map(|o| self.p(o, c)),
+                    &wts[lp.ln1_w..lp.ln1_w + c],
+                    lp.ln1_b.map(|o| &wts[o..o + c]),
                     c,
                     eps,
                 );
             }
-            // qkv = ln1 · W + b
-            fill_bias(&mut a.qkv, lp.attn_b.map(|o| self.p(o, 3 * c)), 3 * c);
-            mm(
-                &mut a.qkv,
-                View::rows(0, n, 3 * c, 3 * c),
-                &a.ln1,
-                View::rows(0, n, c, c),
-                &self.params,
-                View::rows(lp.attn_w, c, 3 * c, 3 * c),
-                true,
-            );
-            self.attention_fwd(&mut a, batch);
+            linear_fwd(wts, trainable, &mut a.qkv, &a.ln1, n, lp.attn(c), u_attn);
+            self.attention_fwd(&mut a.att, &mut a.atty, &a.qkv, batch);
             // res2 = input + atty · Wproj + b
-            fill_bias(&mut a.res2, lp.proj_b.map(|o| self.p(o, c)), c);
-            mm(
-                &mut a.res2,
-                View::rows(0, n, c, c),
-                &a.atty,
-                View::rows(0, n, c, c),
-                &self.params,
-                View::rows(lp.proj_w, c, c, c),
-                true,
-            );
+            linear_fwd(wts, trainable, &mut a.res2, &a.atty, n, lp.proj(c), u_proj);
             {
                 let input: &[f32] = if l == 0 { &self.x0 } else { &self.acts[l - 1].res3 };
-                a.res2
-                    .par_chunks_mut(1 << 14)
-                    .zip(input.par_chunks(1 << 14))
-                    .for_each(|(r, x)| {
-                        r.iter_mut().zip(x).for_each(|(r, x)| *r += x);
-                    });
+                add_into(&mut a.res2, input);
             }
             layer_norm_fwd(
                 &mut a.ln2,
                 &mut a.ln2_stats,
                 &a.res2,
-                self.p(lp.ln2_w, c),
-                lp.ln2_b.map(|o| self.p(o, c)),
+                &wts[lp.ln2_w..lp.ln2_w + c],
+                lp.ln2_b.map(|o| &wts[o..o + c]),
                 c,
                 eps,
             );
-            fill_bias(&mut a.fch, lp.fc_b.map(|o| self.p(o, 4 * c)), 4 * c);
-            mm(
-                &mut a.fch,
-                View::rows(0, n, 4 * c, 4 * c),
-                &a.ln2,
-                View::rows(0, n, c, c),
-                &self.params,
-                View::rows(lp.fc_w, c, 4 * c, 4 * c),
-                true,
-            );
+            linear_fwd(wts, trainable, &mut a.fch, &a.ln2, n, lp.fc(c), u_fc);
             match cfg.activation {
                 Activation::GeluTanh => {
                     map_into(&mut a.fch_act, &a.fch, |x| act_fwd(Activation::GeluTanh, x))
@@ -651,22 +746,8 @@ impl TrainEngine {
                 Activation::GeluErf => map_into(&mut a.fch_act, &a.fch, |x| act_fwd(Activation::GeluErf, x)),
             }
             // res3 = res2 + gelu · Wfcproj + b
-            fill_bias(&mut a.res3, lp.fcproj_b.map(|o| self.p(o, c)), c);
-            mm(
-                &mut a.res3,
-                View::rows(0, n, c, c),
-                &a.fch_act,
-                View::rows(0, n, 4 * c, 4 * c),
-                &self.params,
-                View::rows(lp.fcproj_w, 4 * c, c, c),
-                true,
-            );
-            a.res3
-                .par_chunks_mut(1 << 14)
-                .zip(a.res2.par_chunks(1 << 14))
-                .for_each(|(r, x)| {
-                    r.iter_mut().zip(x).for_each(|(r, x)| *r += x);
-                });
+            linear_fwd(wts, trainable, &mut a.res3, &a.fch_act, n, lp.fcproj(c), u_fcproj);
+            add_into(&mut a.res3, &a.res2);
             self.acts[l] = a;
         }
         let last = &self.acts[cfg.n_layer - 1].res3;
@@ -683,12 +764,13 @@ impl TrainEngine {
             eps,
         );
         // logits = lnf · headᵀ
+        let wts = if self.frozen { &self.base } else { &self.params };
         mm(
             &mut self.logits,
             View::rows(0, n, v, v),
             &lnf,
             View::rows(0, n, c, c),
-            &self.params,
+            wts,
             View::rows(self.head, v, c, c).t(),
             false,
         );
@@ -697,15 +779,14 @@ impl TrainEngine {
     }
 
     /// Per (row, head): causal softmax(q·kᵀ/√d) over the row's segment, times v.
-    fn attention_fwd(&self, a: &mut LayerActs, batch: &StepBatch<'_>) {
+    fn attention_fwd(&self, att_all: &mut [f32], atty_all: &mut [f32], qkv: &[f32], batch: &StepBatch<'_>) {
         let t = batch.t;
         let (c, h) = (self.cfg.n_embd, self.cfg.n_head);
         let d = c / h;
         let scale = 1.0 / (d as f32).sqrt();
-        let qkv = &a.qkv;
-        let (qkv_len, atty_len) = (qkv.len(), a.atty.len());
-        let atty = SendPtr(a.atty.as_mut_ptr());
-        a.att.par_chunks_mut(t * t).enumerate().for_each(|(bh, att)| {
+        let (qkv_len, atty_len) = (qkv.len(), atty_all.len());
+        let atty = SendPtr(atty_all.as_mut_ptr());
+        att_all.par_chunks_mut(t * t).enumerate().for_each(|(bh, att)| {
             let (bi, hi) = (bh / h, bh % h);
             let row0 = bi * t;
             let q = View::rows(row0 * 3 * c + hi * d, t, d, 3 * c);
@@ -824,28 +905,34 @@ impl TrainEngine {
         let mut dwide = std::mem::take(&mut self.dwide);
         let mut dqkv = std::mem::take(&mut self.dqkv);
         let mut datt = std::mem::take(&mut self.datt);
-        // Head: dlnf = dlogits · head; dhead += dlogitsᵀ · lnf.
+        let mut du = std::mem::take(&mut self.du);
+        let frozen = self.frozen;
+        let wts = if frozen { &self.base } else { &self.params };
+        let trainable = &self.params;
+        // Head: dlnf = dlogits · head; dhead += dlogitsᵀ · lnf (a frozen head has no gradient).
         mm(
             &mut dnarrow,
             View::rows(0, n, c, c),
             &self.logits,
             View::rows(0, n, v, v),
-            &self.params,
+            wts,
             View::rows(self.head, v, c, c),
             false,
         );
-        mm(
-            &mut grads,
-            View::rows(self.head, v, c, c),
-            &self.logits,
-            View::rows(0, n, v, v).t(),
-            &self.lnf,
-            View::rows(0, n, c, c),
-            true,
-        );
+        if !frozen {
+            mm(
+                &mut grads,
+                View::rows(self.head, v, c, c),
+                &self.logits,
+                View::rows(0, n, v, v).t(),
+                &self.lnf,
+                View::rows(0, n, c, c),
+                true,
+            );
+        }
         dres.par_chunks_mut(1 << 14).for_each(|x| x.fill(0.0));
         {
-            let (gw, gb) = split_two(&mut grads, self.lnf_w, self.lnf_b, c);
+            let (gw, gb) = norm_grads(&mut grads, frozen, self.lnf_w, self.lnf_b, c);
             layer_norm_bwd(
                 &mut dres,
                 gw,
@@ -853,7 +940,7 @@ impl TrainEngine {
                 &dnarrow,
                 &self.acts[cfg.n_layer - 1].res3,
                 &self.lnf_stats,
-                &self.params[self.lnf_w..self.lnf_w + c],
+                &wts[self.lnf_w..self.lnf_w + c],
                 c,
             );
         }
@@ -862,28 +949,11 @@ impl TrainEngine {
             let lp = self.layers[l];
             let a = &self.acts[l];
             let input: &[f32] = if l == 0 { &self.x0 } else { &self.acts[l - 1].res3 };
+            let mut lin = |dx: &mut [f32], dy: &[f32], x: &[f32], spec: Lin, u: &[f32]| {
+                linear_bwd(wts, trainable, &mut grads, frozen, dx, dy, x, n, spec, u, &mut du);
+            };
             // res3 = res2 + fch_act · Wfcproj + b
-            if let Some(o) = lp.fcproj_b {
-                bias_grad(&mut grads[o..o + c], &dres, c);
-            }
-            mm(
-                &mut grads,
-                View::rows(lp.fcproj_w, 4 * c, c, c),
-                &a.fch_act,
-                View::rows(0, n, 4 * c, 4 * c).t(),
-                &dres,
-                View::rows(0, n, c, c),
-                true,
-            );
-            mm(
-                &mut dwide,
-                View::rows(0, n, 4 * c, 4 * c),
-                &dres,
-                View::rows(0, n, c, c),
-                &self.params,
-                View::rows(lp.fcproj_w, 4 * c, c, c).t(),
-                false,
-            );
+            lin(&mut dwide, &dres, &a.fch_act, lp.fcproj(c), &a.u[3]);
             // One loop per activation, so each is vectorised with its function inlined.
             match act {
                 Activation::GeluTanh => dwide
@@ -904,29 +974,9 @@ impl TrainEngine {
                     }),
             }
             // fch = ln2 · Wfc + b
-            if let Some(o) = lp.fc_b {
-                bias_grad(&mut grads[o..o + 4 * c], &dwide, 4 * c);
-            }
-            mm(
-                &mut grads,
-                View::rows(lp.fc_w, c, 4 * c, 4 * c),
-                &a.ln2,
-                View::rows(0, n, c, c).t(),
-                &dwide,
-                View::rows(0, n, 4 * c, 4 * c),
-                true,
-            );
-            mm(
-                &mut dnarrow,
-                View::rows(0, n, c, c),
-                &dwide,
-                View::rows(0, n, 4 * c, 4 * c),
-                &self.params,
-                View::rows(lp.fc_w, c, 4 * c, 4 * c).t(),
-                false,
-            );
+            lin(&mut dnarrow, &dwide, &a.ln2, lp.fc(c), &a.u[2]);
             {
-                let (gw, gb) = split_two(&mut grads, lp.ln2_w, lp.ln2_b, c);
+                let (gw, gb) = norm_grads(&mut grads, frozen, lp.ln2_w, lp.ln2_b, c);
                 layer_norm_bwd(
                     &mut dres,
                     gw,
@@ -934,57 +984,20 @@ impl TrainEngine {
                     &dnarrow,
                     &a.res2,
                     &a.ln2_stats,
-                    &self.params[lp.ln2_w..lp.ln2_w + c],
+                    &wts[lp.ln2_w..lp.ln2_w + c],
                     c,
                 );
             }
             // res2 = input + atty · Wproj + b
-            if let Some(o) = lp.proj_b {
-                bias_grad(&mut grads[o..o + c], &dres, c);
-            }
-            mm(
-                &mut grads,
-                View::rows(lp.proj_w, c, c, c),
-                &a.atty,
-                View::rows(0, n, c, c).t(),
-                &dres,
-                View::rows(0, n, c, c),
-                true,
-            );
-            mm(
-                &mut dnarrow,
-                View::rows(0, n, c, c),
-                &dres,
-                View::rows(0, n, c, c),
-                &self.params,
-                View::rows(lp.proj_w, c, c, c).t(),
-                false,
-            );
+            let mut lin = |dx: &mut [f32], dy: &[f32], x: &[f32], spec: Lin, u: &[f32]| {
+                linear_bwd(wts, trainable, &mut grads, frozen, dx, dy, x, n, spec, u, &mut du);
+            };
+            lin(&mut dnarrow, &dres, &a.atty, lp.proj(c), &a.u[1]);
             attention_bwd(&mut dqkv, &mut datt, &dnarrow, a, batch, c, h);
             // qkv = ln1 · Wattn + b
-            if let Some(o) = lp.attn_b {
-                bias_grad(&mut grads[o..o + 3 * c], &dqkv, 3 * c);
-            }
-            mm(
-                &mut grads,
-                View::rows(lp.attn_w, c, 3 * c, 3 * c),
-                &a.ln1,
-                View::rows(0, n, c, c).t(),
-                &dqkv,
-                View::rows(0, n, 3 * c, 3 * c),
-                true,
-            );
-            mm(
-                &mut dnarrow,
-                View::rows(0, n, c, c),
-                &dqkv,
-                View::rows(0, n, 3 * c, 3 * c),
-                &self.params,
-                View::rows(lp.attn_w, c, 3 * c, 3 * c).t(),
-                false,
-            );
+            lin(&mut dnarrow, &dqkv, &a.ln1, lp.attn(c), &a.u[0]);
             {
-                let (gw, gb) = split_two(&mut grads, lp.ln1_w, lp.ln1_b, c);
+                let (gw, gb) = norm_grads(&mut grads, frozen, lp.ln1_w, lp.ln1_b, c);
                 layer_norm_bwd(
                     &mut dres,
                     gw,
@@ -992,19 +1005,21 @@ impl TrainEngine {
                     &dnarrow,
                     input,
                     &a.ln1_stats,
-                    &self.params[lp.ln1_w..lp.ln1_w + c],
+                    &wts[lp.ln1_w..lp.ln1_w + c],
                     c,
                 );
             }
         }
         // Embeddings: each row's gradient to its token's and its position's row.
-        for i in 0..n {
-            let (tok, pos) = (batch.inputs[i] as usize, batch.positions[i] as usize);
-            let g = &dres[i * c..(i + 1) * c];
-            let dt = &mut grads[self.wte + tok * c..self.wte + (tok + 1) * c];
-            dt.iter_mut().zip(g).for_each(|(a, b)| *a += b);
-            let dp = &mut grads[self.wpe + pos * c..self.wpe + (pos + 1) * c];
-            dp.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+        if !frozen {
+            for i in 0..n {
+                let (tok, pos) = (batch.inputs[i] as usize, batch.positions[i] as usize);
+                let g = &dres[i * c..(i + 1) * c];
+                let dt = &mut grads[self.wte + tok * c..self.wte + (tok + 1) * c];
+                dt.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+                let dp = &mut grads[self.wpe + pos * c..self.wpe + (pos + 1) * c];
+                dp.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+            }
         }
         self.grads = grads;
         self.dres = dres;
@@ -1012,6 +1027,7 @@ impl TrainEngine {
         self.dwide = dwide;
         self.dqkv = dqkv;
         self.datt = datt;
+        self.du = du;
     }
 }
 
@@ -1042,6 +1058,199 @@ fn segment_starts(seg: &[u32]) -> Option<Vec<usize>> {
         starts.push(start);
     }
     Some(starts)
+}
+
+/// A linear layer of a block: its shape, weight and bias offsets (in the weights) and adapter.
+#[derive(Debug, Clone, Copy)]
+struct Lin {
+    n_in: usize,
+    n_out: usize,
+    w: usize,
+    b: Option<usize>,
+    ad: Option<Adapter>,
+}
+
+impl LayerParams {
+    fn attn(&self, c: usize) -> Lin {
+        Lin {
+            n_in: c,
+            n_out: 3 * c,
+            w: self.attn_w,
+            b: self.attn_b,
+            ad: self.ad[0],
+        }
+    }
+    fn proj(&self, c: usize) -> Lin {
+        Lin {
+            n_in: c,
+            n_out: c,
+            w: self.proj_w,
+            b: self.proj_b,
+            ad: self.ad[1],
+        }
+    }
+    fn fc(&self, c: usize) -> Lin {
+        Lin {
+            n_in: c,
+            n_out: 4 * c,
+            w: self.fc_w,
+            b: self.fc_b,
+            ad: self.ad[2],
+        }
+    }
+    fn fcproj(&self, c: usize) -> Lin {
+        Lin {
+            n_in: 4 * c,
+            n_out: c,
+            w: self.fcproj_w,
+            b: self.fcproj_b,
+            ad: self.ad[3],
+        }
+    }
+}
+
+/// `out = x·W + b`, plus `scale · (x·Aᵀ)·Bᵀ` with an adapter (`x·Aᵀ` kept in `u` for backward).
+fn linear_fwd(wts: &[f32], trainable: &[f32], out: &mut [f32], x: &[f32], n: usize, lin: Lin, u: &mut [f32]) {
+    let (i, o) = (lin.n_in, lin.n_out);
+    fill_bias(out, lin.b.map(|b| &wts[b..b + o]), o);
+    mm(
+        out,
+        View::rows(0, n, o, o),
+        x,
+        View::rows(0, n, i, i),
+        wts,
+        View::rows(lin.w, i, o, o),
+        true,
+    );
+    if let Some(ad) = lin.ad {
+        let r = ad.r;
+        mm(
+            u,
+            View::rows(0, n, r, r),
+            x,
+            View::rows(0, n, i, i),
+            trainable,
+            View::rows(ad.a, r, i, i).t(),
+            false,
+        );
+        mm_beta(
+            out,
+            View::rows(0, n, o, o),
+            u,
+            View::rows(0, n, r, r),
+            trainable,
+            View::rows(ad.b, o, r, r).t(),
+            true,
+            ad.scale,
+        );
+    }
+}
+
+/// Backward of [`linear_fwd`]: `dx = dy·Wᵀ (+ du·A)`; a trainable model's `dW += xᵀ·dy`,
+/// `db += Σ dy`; an adapter's `dB += scale·dyᵀ·u` and `dA += duᵀ·x`, where `du = scale·dy·B`.
+#[allow(clippy::too_many_arguments)]
+fn linear_bwd(
+    wts: &[f32],
+    trainable: &[f32],
+    grads: &mut [f32],
+    frozen: bool,
+    dx: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    n: usize,
+    lin: Lin,
+    u: &[f32],
+    du: &mut [f32],
+) {
+    let (i, o) = (lin.n_in, lin.n_out);
+    if !frozen {
+        if let Some(b) = lin.b {
+            bias_grad(&mut grads[b..b + o], dy, o);
+        }
+        mm(
+            grads,
+            View::rows(lin.w, i, o, o),
+            x,
+            View::rows(0, n, i, i).t(),
+            dy,
+            View::rows(0, n, o, o),
+            true,
+        );
+    }
+    mm(
+        dx,
+        View::rows(0, n, i, i),
+        dy,
+        View::rows(0, n, o, o),
+        wts,
+        View::rows(lin.w, i, o, o).t(),
+        false,
+    );
+    if let Some(ad) = lin.ad {
+        let r = ad.r;
+        mm_beta(
+            grads,
+            View::rows(ad.b, o, r, r),
+            dy,
+            View::rows(0, n, o, o).t(),
+            u,
+            View::rows(0, n, r, r),
+            true,
+            ad.scale,
+        );
+        mm_beta(
+            du,
+            View::rows(0, n, r, r),
+            dy,
+            View::rows(0, n, o, o),
+            trainable,
+            View::rows(ad.b, o, r, r),
+            false,
+            ad.scale,
+        );
+        mm(
+            grads,
+            View::rows(ad.a, r, i, i),
+            du,
+            View::rows(0, n, r, r).t(),
+            x,
+            View::rows(0, n, i, i),
+            true,
+        );
+        mm(
+            dx,
+            View::rows(0, n, i, i),
+            du,
+            View::rows(0, n, r, r),
+            trainable,
+            View::rows(ad.a, r, i, i),
+            true,
+        );
+    }
+}
+
+/// `acc += x`, on all cores.
+fn add_into(acc: &mut [f32], x: &[f32]) {
+    acc.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(r, x)| {
+            r.iter_mut().zip(x).for_each(|(r, x)| *r += x);
+        });
+}
+
+/// A norm's weight and bias gradients, or none when the model is frozen.
+fn norm_grads(
+    g: &mut [f32],
+    frozen: bool,
+    w: usize,
+    b: Option<usize>,
+    c: usize,
+) -> (Option<&mut [f32]>, Option<&mut [f32]>) {
+    if frozen {
+        return (None, None);
+    }
+    let (gw, gb) = split_two(g, w, b, c);
+    (Some(gw), gb)
 }
 
 /// The gradients of a norm's weight and (optional) bias, as two disjoint slices.
@@ -1178,5 +1387,6 @@ fn empty_acts() -> LayerActs {
         fch: Vec::new(),
         fch_act: Vec::new(),
         res3: Vec::new(),
+        u: [Vec::new(), Vec::new(), Vec::new(), Vec::new()],
     }
 }

@@ -48,6 +48,17 @@ impl AdamW {
         }
     }
 
+    /// Moments for parameters of these lengths (the training engine's flat parameters).
+    pub fn for_lengths(cfg: AdamWConfig, lens: impl Iterator<Item = usize>) -> Self {
+        let lens: Vec<usize> = lens.collect();
+        AdamW {
+            cfg,
+            step: 0,
+            m: lens.iter().map(|&n| vec![0f32; n]).collect(),
+            v: lens.iter().map(|&n| vec![0f32; n]).collect(),
+        }
+    }
+
     /// One update at learning rate `lr`; `grads[i]` belongs to `params[i]` (None: no gradient, skipped).
     /// Weight decay applies only where the spec says so.
     pub fn update(&mut self, params: &[(ParamSpec, Var)], grads: &[Option<Tensor>], lr: f64) -> Result<()> {

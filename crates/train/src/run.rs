@@ -11,7 +11,8 @@ use chatforge_data::{Batch, BatchSampler, Rng, SamplerConfig, SamplerState, Shar
 use std::collections::HashMap;
 
 use chatforge_model::{
-    AttnMask, Dropout, Gpt, GptConfig, ParamSpec, Params, Weights, init_weights, load_hf, load_weights, ops,
+    AttnMask, Dropout, Gpt, GptConfig, LoraConfig, ParamSpec, Params, Weights, init_weights, load_hf,
+    load_weights, ops,
 };
 use serde::Serialize;
 
@@ -300,16 +301,57 @@ pub fn engine_step(
     })
 }
 
-/// Whether `train` may use the engine: `train.engine` on, full-model training without dropout or
-/// gradient checkpointing.
-fn engine_fits(cfg: &TrainConfig, lora: bool, params: &Params) -> bool {
-    let specs = chatforge_model::param_specs(&cfg.model);
+/// Whether `train` may use the engine: `train.engine` on, no dropout (model or adapters), no
+/// gradient checkpointing, no quantised base, and the variables in the engine's order.
+fn engine_fits(cfg: &TrainConfig, lora: Option<&LoraConfig>, params: &Params) -> bool {
+    let specs = match lora {
+        Some(l) => l.param_specs(&cfg.model),
+        None => chatforge_model::param_specs(&cfg.model),
+    };
     cfg.train.engine
-        && !lora
+        && lora.is_none_or(|l| l.dropout == 0.0 && l.quant.is_none())
         && cfg.model.dropout == 0.0
         && !cfg.train.grad_checkpoint
         && specs.len() == params.vars.len()
         && specs.iter().zip(&params.vars).all(|(a, (b, _))| a.name == b.name)
+}
+
+/// The engine for this run, when it fits: the variables are its trainable parameters, and with
+/// LoRA `frozen` (the base, by name) is its frozen model.
+fn build_engine(
+    cfg: &TrainConfig,
+    lora: Option<&LoraConfig>,
+    params: &Params,
+    frozen: &Weights,
+    seq_len: usize,
+) -> Result<Option<TrainEngine>> {
+    if !engine_fits(cfg, lora, params) {
+        return Ok(None);
+    }
+    let flat = |ts: Vec<&Tensor>| -> Result<Vec<f32>> {
+        Ok(ts
+            .into_iter()
+            .map(|t| t.flatten_all()?.to_vec1::<f32>())
+            .collect::<candle_core::Result<Vec<_>>>()?
+            .concat())
+    };
+    let trainable = flat(params.vars.iter().map(|(_, v)| v.as_tensor()).collect())?;
+    let (b, m) = (cfg.train.batch_size, &cfg.model);
+    Ok(Some(match lora {
+        Some(l) => {
+            let names = chatforge_model::param_specs(m);
+            let base = names
+                .iter()
+                .map(|s| {
+                    frozen
+                        .get(&s.name)
+                        .ok_or_else(|| Error::Config(format!("the base has no {}", s.name)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            TrainEngine::with_lora(m, b, seq_len, flat(base)?, l, trainable)?
+        }
+        None => TrainEngine::new(m, b, seq_len, trainable)?,
+    }))
 }
 
 /// Copies the engine's parameters into the variables (for evaluation and checkpoints).
@@ -540,6 +582,9 @@ pub fn train(
         )?
     };
     let total_params = cfg.model.n_params();
+    // The engine trains several times faster than autograd; dropout, gradient checkpointing and
+    // QLoRA take the autograd path.
+    let mut engine = build_engine(&cfg, lora.as_ref(), &params, &frozen, seq_len)?;
     drop(frozen);
     let mut opt = AdamW::new(t.adamw(), &params.vars);
     let scfg = SamplerConfig {
@@ -635,19 +680,6 @@ pub fn train(
         seconds: 0.0,
         stopped: None,
         losses: Vec::new(),
-    };
-    // The engine trains the full model several times faster than autograd; LoRA, dropout and
-    // gradient checkpointing take the autograd path.
-    let mut engine = if engine_fits(&cfg, lora.is_some(), &params) {
-        let flat: Vec<f32> = params
-            .vars
-            .iter()
-            .map(|(_, v)| v.as_tensor().flatten_all()?.to_vec1::<f32>())
-            .collect::<candle_core::Result<Vec<_>>>()?
-            .concat();
-        Some(TrainEngine::new(&cfg.model, t.batch_size, seq_len, flat)?)
-    } else {
-        None
     };
     let specs: Vec<ParamSpec> = params.vars.iter().map(|(s, _)| s.clone()).collect();
     while step < steps {

@@ -200,6 +200,44 @@ fn the_engine_trains_the_same_run_as_autograd() {
     let (we, wa) = (w("engine"), w("autograd"));
     let d = we.iter().zip(&wa).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(d < 1e-4, "checkpointed weights differ by {d}");
+
+    // LoRA without adapter dropout trains on the engine too: the same run as autograd's.
+    let mut lora = cfg.clone();
+    lora.train.mode = Mode::Lora;
+    lora.train.init = Some(dir.path().join("engine"));
+    lora.train.lr = 2e-2;
+    lora.lora = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        targets: vec!["c_attn".into(), "c_proj".into(), "c_fc".into()],
+        quant: None,
+    };
+    let mut lora_auto = lora.clone();
+    lora_auto.train.engine = false;
+    let a = train(
+        &lora,
+        &dir.path().join("lora-engine"),
+        false,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let b = train(
+        &lora_auto,
+        &dir.path().join("lora-autograd"),
+        false,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    for (i, (x, y)) in a.losses.iter().zip(&b.losses).enumerate() {
+        assert!(
+            (x - y).abs() < 1e-4 * y.abs(),
+            "LoRA step {}: loss {x} vs {y}",
+            i + 1
+        );
+    }
 }
 
 #[test]

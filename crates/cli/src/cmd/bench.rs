@@ -49,6 +49,9 @@ pub struct FinetuneBench {
     /// for each mode (PyTorch has no CPU QLoRA, so qlora runs alone)
     #[arg(long)]
     pub reference_python: Option<PathBuf>,
+    /// Time the autograd path instead of the training engine (full and LoRA without -gc)
+    #[arg(long)]
+    pub autograd: bool,
     /// Internal: run one mode in this process and print its JSON line
     #[arg(long, hide = true)]
     pub child: bool,
@@ -547,6 +550,7 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
             let mut cmd = Command::new(&exe);
             cmd.args(["bench", "finetune", "--child", "--modes", mode])
                 .args(&shared)
+                .args(args.autograd.then_some("--autograd"))
                 .args(["--quant", &format!("{:?}", args.quant).to_lowercase()]);
             let r = json_of(&mut cmd, &format!("bench finetune --modes {mode}"))?;
             let tps = r["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
@@ -601,6 +605,17 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
         ..GptConfig::gpt2()
     };
     let weights = init_weights(&cfg, &mut Rng::new(0), &dev)?;
+    // The engine's frozen base (LoRA) or starting weights (full), in `param_specs` order.
+    let use_engine = !args.autograd && !checkpoint && mode != "qlora";
+    let base_flat: Vec<f32> = if use_engine {
+        chatforge_model::param_specs(&cfg)
+            .iter()
+            .map(|s| weights[&s.name].flatten_all()?.to_vec1::<f32>())
+            .collect::<candle_core::Result<Vec<_>>>()?
+            .concat()
+    } else {
+        Vec::new()
+    };
     let lora = LoraConfig {
         rank: args.rank,
         alpha: 2.0 * args.rank as f64,
@@ -633,43 +648,85 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
         }
         other => bail!("unknown mode {other:?} (expected full, lora or qlora, optionally with -gc)"),
     };
+    let (b, t, v) = (args.batch, args.seq, cfg.vocab_size);
+    let adamw = AdamWConfig {
+        lr: 1e-4,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    let specs: Vec<chatforge_model::ParamSpec> = params.vars.iter().map(|(s, _)| s.clone()).collect();
+    let trainable_count = params.count();
+    // The engine holds its own copy of the weights: candle's model is dropped before measuring.
+    enum Step {
+        Engine(Box<chatforge_model::engine::TrainEngine>),
+        Autograd(Box<(Gpt, Params)>),
+    }
+    let mut path = if use_engine {
+        use chatforge_model::engine::TrainEngine;
+        let trainable: Vec<f32> = params
+            .vars
+            .iter()
+            .map(|(_, v)| v.as_tensor().flatten_all()?.to_vec1::<f32>())
+            .collect::<candle_core::Result<Vec<_>>>()?
+            .concat();
+        drop(model);
+        drop(params);
+        Step::Engine(Box::new(match mode {
+            "full" => TrainEngine::new(&cfg, b, t, trainable)?,
+            _ => TrainEngine::with_lora(&cfg, b, t, base_flat, &lora, trainable)?,
+        }))
+    } else {
+        Step::Autograd(Box::new((model, params)))
+    };
     // What the model holds from here on; the training peak is measured from this point.
     crate::release_freed_memory();
     let model_rss = current_rss_mb();
     reset_peak_rss();
-    let mut opt = AdamW::new(
-        AdamWConfig {
-            lr: 1e-4,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        },
-        &params.vars,
-    );
+    let mut opt = match &path {
+        Step::Autograd(mp) => AdamW::new(adamw, &mp.1.vars),
+        Step::Engine(_) => AdamW::for_lengths(adamw, specs.iter().map(|s| s.shape.iter().product())),
+    };
     let mut dropout = Dropout {
         p: 0.0,
         rng: Rng::new(0),
     };
-    let (b, t, v) = (args.batch, args.seq, cfg.vocab_size);
     let mut rng = Rng::new(2);
     let mut times = Vec::new();
     for i in 0..args.warmup + args.steps {
         let batch = random_batch(&mut rng, b, t, v);
         let t0 = std::time::Instant::now();
-        optimizer_step(
-            &model,
-            &params,
-            &mut opt,
-            || batch.clone(),
-            1,
-            Mode::Pretrain,
-            1e-4,
-            1.0,
-            checkpoint,
-            &mut dropout,
-            &dev,
-        )?;
+        match &mut path {
+            Step::Engine(e) => {
+                chatforge_train::engine_step(
+                    e,
+                    &specs,
+                    &mut opt,
+                    || batch.clone(),
+                    1,
+                    Mode::Pretrain,
+                    1e-4,
+                    1.0,
+                )?;
+            }
+            Step::Autograd(mp) => {
+                let (model, params) = &**mp;
+                optimizer_step(
+                    model,
+                    params,
+                    &mut opt,
+                    || batch.clone(),
+                    1,
+                    Mode::Pretrain,
+                    1e-4,
+                    1.0,
+                    checkpoint,
+                    &mut dropout,
+                    &dev,
+                )?;
+            }
+        }
         if i >= args.warmup {
             times.push(t0.elapsed().as_secs_f64());
         }
@@ -679,7 +736,7 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "mode": mode,
-            "trainable": params.count(),
+            "trainable": trainable_count,
             "tokens_per_s": (b * t) as f64 / s,
             "step_s": s,
             "peak_rss_mb": peak_rss_mb(),
