@@ -1,10 +1,13 @@
 """PyTorch reference for `chatforge bench train`: the same model, batch and optimizer.
 
-usage: bench_train_torch.py [--attention sdpa|math] [--steps 10] [--warmup 3] [--threads 2]
+usage: bench_train_torch.py [--attention sdpa|math] [--steps 10] [--warmup 3] [--threads 2] [--sft]
 Bench model: vocab 4096, context 256, 6 layers, 6 heads, width 384, MLP 4x erf-GELU, pre-LayerNorm,
 biases, tied embeddings, batch 8, f32, AdamW (betas 0.9/0.95, weight decay 0.1), random tokens.
 Attention by scaled_dot_product_attention (sdpa) or plain math; one variant per process, so peak RSS
 is the variant's own. Prints one JSON line: median tokens/s, achieved GFLOP/s, peak RSS.
+With --sft, each row packs four documents (40, 72, 56 and 88 tokens): attention is causal within a
+document (a block-diagonal mask), positions restart with each, and only the second half of each
+document carries loss, as chatforge's SFT batches are.
 """
 import argparse
 import json
@@ -22,9 +25,16 @@ p.add_argument("--steps", type=int, default=10)
 p.add_argument("--warmup", type=int, default=3)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--attention", choices=["sdpa", "math"], default="sdpa")
+p.add_argument("--sft", action="store_true")
 args = p.parse_args()
 torch.set_num_threads(args.threads)
 V, T, L, H, C, B = 4096, 256, 6, 6, 384, 8
+DOCS = [40, 72, 56, 88]
+seg = torch.cat([torch.full((n,), i) for i, n in enumerate(DOCS)])
+POS = torch.cat([torch.arange(n) for n in DOCS]) if args.sft else torch.arange(T)
+# True where a query may attend: same document, not in the future.
+SFT_MASK = ((seg[:, None] == seg[None, :]) & torch.tril(torch.ones(T, T, dtype=torch.bool))).view(1, 1, T, T)
+LOSS = torch.cat([torch.arange(n) >= n // 2 for n in DOCS])
 
 
 class Block(nn.Module):
@@ -41,10 +51,14 @@ class Block(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (z.view(b, t, H, C // H).transpose(1, 2) for z in (q, k, v))
         if self.sdpa:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            if args.sft:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=SFT_MASK)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(C // H))
-            att = att.masked_fill(self.mask[:, :, :t, :t] == 0, float("-inf"))
+            allowed = SFT_MASK if args.sft else self.mask[:, :, :t, :t] != 0
+            att = att.masked_fill(~allowed, float("-inf"))
             y = F.softmax(att, dim=-1) @ v
         return self.c_proj(y.transpose(1, 2).contiguous().view(b, t, c))
 
@@ -63,7 +77,7 @@ class GPT(nn.Module):
         self.lm_head.weight = self.wte.weight
 
     def forward(self, idx, targets):
-        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        x = self.wte(idx) + self.wpe(POS)
         for b in self.h:
             x = b(x)
         logits = self.lm_head(self.ln_f(x))
@@ -83,6 +97,8 @@ def run(sdpa):
     for i in range(args.warmup + args.steps):
         x = torch.randint(0, V, (B, T))
         y = torch.randint(0, V, (B, T))
+        if args.sft:
+            y = y.masked_fill(~LOSS.expand(B, T), -100)
         t0 = time.perf_counter()
         loss = model(x, y)
         opt.zero_grad(set_to_none=True)
@@ -93,7 +109,7 @@ def run(sdpa):
             times.append(time.perf_counter() - t0)
     s = statistics.median(times)
     return {
-        "impl": "pytorch-" + ("sdpa" if sdpa else "math"),
+        "impl": "pytorch-" + ("sdpa" if sdpa else "math") + ("-sft" if args.sft else ""),
         "torch": torch.__version__,
         "tokens_per_s": B * T / s,
         "gflops": flops_per_token * B * T / s / 1e9,

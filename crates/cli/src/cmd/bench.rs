@@ -94,6 +94,10 @@ pub struct TrainBench {
     /// Time the autograd path (candle's backward through `Gpt`) instead of the training engine
     #[arg(long)]
     pub autograd: bool,
+    /// SFT batches: four packed documents per row (40, 72, 56, 88 tokens), attention within each,
+    /// loss on the second half of each (the PyTorch reference does the same)
+    #[arg(long)]
+    pub sft: bool,
 }
 
 #[derive(Args)]
@@ -261,14 +265,16 @@ fn train_bench(args: &TrainBench) -> anyhow::Result<()> {
             let mut best = 0f64;
             for attention in ["sdpa", "math"] {
                 let mut cmd = Command::new(py);
-                cmd.arg("scripts/reference/bench_train_torch.py").args([
-                    "--attention",
-                    attention,
-                    "--steps",
-                    &args.steps.to_string(),
-                    "--warmup",
-                    &args.warmup.to_string(),
-                ]);
+                cmd.arg("scripts/reference/bench_train_torch.py")
+                    .args([
+                        "--attention",
+                        attention,
+                        "--steps",
+                        &args.steps.to_string(),
+                        "--warmup",
+                        &args.warmup.to_string(),
+                    ])
+                    .args(args.sft.then_some("--sft"));
                 let r = json_of(&mut cmd, "scripts/reference/bench_train_torch.py")?;
                 let rt = r["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
                 best = best.max(rt);
@@ -304,7 +310,24 @@ fn train_bench(args: &TrainBench) -> anyhow::Result<()> {
         rng: Rng::new(0),
     };
     let mut rng = Rng::new(1);
-    let mut random_batch = || random_batch(&mut rng, b, t, v);
+    let sft = args.sft;
+    let mode = if sft { Mode::Sft } else { Mode::Pretrain };
+    let mut random_batch = || {
+        let mut batch = random_batch(&mut rng, b, t, v);
+        if sft {
+            // Four documents a row, positions restarting, loss on each one's second half.
+            let (mut seg, mut pos, mut loss) = (Vec::new(), Vec::new(), Vec::new());
+            for (i, n) in [40u32, 72, 56, 88].into_iter().enumerate() {
+                seg.extend(std::iter::repeat_n(i as u32, n as usize));
+                pos.extend(0..n);
+                loss.extend((0..n).map(|k| u8::from(k >= n / 2)));
+            }
+            batch.segments = seg.repeat(b);
+            batch.positions = pos.repeat(b);
+            batch.loss_mask = loss.repeat(b);
+        }
+        batch
+    };
     // nanoGPT's estimate: 6 N (N without the position table) + attention's 12 L H Q T per token.
     let n = cfg.n_params() - cfg.n_ctx * cfg.n_embd;
     let flops_per_token = (6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim() * t) as f64;
@@ -319,7 +342,7 @@ fn train_bench(args: &TrainBench) -> anyhow::Result<()> {
                 &mut opt,
                 || batch.clone(),
                 1,
-                Mode::Pretrain,
+                mode,
                 6e-4,
                 1.0,
                 false,
@@ -351,7 +374,7 @@ fn train_bench(args: &TrainBench) -> anyhow::Result<()> {
                 &mut opt,
                 || batch.clone(),
                 1,
-                Mode::Pretrain,
+                mode,
                 6e-4,
                 1.0,
             )?;
@@ -365,8 +388,9 @@ fn train_bench(args: &TrainBench) -> anyhow::Result<()> {
     let gflops = flops_per_token * tps / 1e9;
     let peak = sgemm_gflops(1024, 3);
     say!(
-        "chatforge   bench model ({:.1} M parameters, batch {b}×{t}, f32, AdamW, {}): {tps:.0} tokens/s, {gflops:.1} GFLOP/s ({:.0}% of this machine's sgemm peak, {peak:.0} GFLOP/s at 1024³), {s:.3} s/step, peak RSS {:.0} MB",
+        "chatforge   bench model ({:.1} M parameters, batch {b}×{t}{}, f32, AdamW, {}): {tps:.0} tokens/s, {gflops:.1} GFLOP/s ({:.0}% of this machine's sgemm peak, {peak:.0} GFLOP/s at 1024³), {s:.3} s/step, peak RSS {:.0} MB",
         cfg.n_params() as f64 / 1e6,
+        if sft { " SFT packed" } else { "" },
         if args.autograd { "autograd" } else { "engine" },
         100.0 * gflops / peak,
         peak_rss_mb()
