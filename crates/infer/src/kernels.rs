@@ -13,8 +13,6 @@
 //! Weights are f32 or bf16 (the upper half of an f32: converting back is a shift), which halves the
 //! bytes each token streams.
 
-use std::sync::OnceLock;
-
 use rayon::prelude::*;
 
 /// Up to this many rows use the streaming kernels; more go to `gemm`.
@@ -183,29 +181,7 @@ fn unpack_panels(packed: &[f32], k: usize, n: usize) -> Vec<f32> {
     out
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    Avx512,
-    Avx2,
-    Baseline,
-}
-
-/// The widest instruction set this CPU runs, detected once.
-pub fn isa() -> Isa {
-    static ISA: OnceLock<Isa> = OnceLock::new();
-    *ISA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
-                return Isa::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Baseline
-    })
-}
+pub use chatforge_model::ops::simd::{Isa, isa};
 
 #[inline(always)]
 fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
@@ -335,12 +311,11 @@ fn attend_k<E: Elem, const FMA: bool>(
         *s = dot::<E, FMA>(q, &k[j * c + off..j * c + off + d]) * scale;
     }
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    let inv = 1.0 / sum;
+    // The vectorisable exp (libm's is a call per score).
+    scores
+        .iter_mut()
+        .for_each(|s| *s = chatforge_model::ops::fast_math::exp(*s - max));
+    let inv = 1.0 / scores.iter().sum::<f32>();
     y.fill(0.0);
     for (j, p) in scores.iter().enumerate() {
         let p = p * inv;

@@ -13,6 +13,7 @@
 use rayon::prelude::*;
 
 use crate::ops::fast_math as fm;
+use crate::ops::simd::vectorized;
 use crate::{Activation, Error, GptConfig, LoraConfig, ParamSpec, Result, param_specs};
 
 /// One micro-batch: `b` rows of `t` tokens.
@@ -290,7 +291,7 @@ fn act_grad(a: Activation, x: f32) -> f32 {
 fn map_into(out: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32 + Sync) {
     out.par_chunks_mut(1 << 12)
         .zip(x.par_chunks(1 << 12))
-        .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x)));
+        .for_each(|(o, x)| vectorized(|| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x))));
 }
 
 /// Row statistics `(mean, 1/√(var + eps))`, as the fused layer norm computes them.
@@ -314,22 +315,24 @@ fn layer_norm_fwd(
         .zip(st.par_chunks_mut(ROWS_PER_TASK))
         .zip(x.par_chunks(c * ROWS_PER_TASK))
         .for_each(|((o, s), xs)| {
-            for ((orow, srow), xrow) in o.chunks_mut(c).zip(s.iter_mut()).zip(xs.chunks(c)) {
-                let (mean, rstd) = stats(xrow, eps);
-                *srow = (mean, rstd);
-                match b {
-                    Some(b) => {
-                        for i in 0..c {
-                            orow[i] = (xrow[i] - mean) * rstd * w[i] + b[i];
+            vectorized(|| {
+                for ((orow, srow), xrow) in o.chunks_mut(c).zip(s.iter_mut()).zip(xs.chunks(c)) {
+                    let (mean, rstd) = stats(xrow, eps);
+                    *srow = (mean, rstd);
+                    match b {
+                        Some(b) => {
+                            for i in 0..c {
+                                orow[i] = (xrow[i] - mean) * rstd * w[i] + b[i];
+                            }
                         }
-                    }
-                    None => {
-                        for i in 0..c {
-                            orow[i] = (xrow[i] - mean) * rstd * w[i];
+                        None => {
+                            for i in 0..c {
+                                orow[i] = (xrow[i] - mean) * rstd * w[i];
+                            }
                         }
                     }
                 }
-            }
+            })
         });
 }
 
@@ -352,29 +355,31 @@ fn layer_norm_bwd(
         .zip(x.par_chunks(c * ROWS_PER_TASK))
         .zip(st.par_chunks(ROWS_PER_TASK))
         .map(|(((dxs, ds), xs), ss)| {
-            let (mut pw, mut pb) = (vec![0f32; c], vec![0f32; c]);
-            for (((dxr, dr), xr), &(mean, rstd)) in
-                dxs.chunks_mut(c).zip(ds.chunks(c)).zip(xs.chunks(c)).zip(ss)
-            {
-                let mut dnorm_mean = 0f32;
-                let mut dnorm_norm_mean = 0f32;
-                for i in 0..c {
-                    let norm = (xr[i] - mean) * rstd;
-                    let dnorm = w[i] * dr[i];
-                    dnorm_mean += dnorm;
-                    dnorm_norm_mean += dnorm * norm;
-                    pw[i] += norm * dr[i];
-                    pb[i] += dr[i];
+            vectorized(|| {
+                let (mut pw, mut pb) = (vec![0f32; c], vec![0f32; c]);
+                for (((dxr, dr), xr), &(mean, rstd)) in
+                    dxs.chunks_mut(c).zip(ds.chunks(c)).zip(xs.chunks(c)).zip(ss)
+                {
+                    let mut dnorm_mean = 0f32;
+                    let mut dnorm_norm_mean = 0f32;
+                    for i in 0..c {
+                        let norm = (xr[i] - mean) * rstd;
+                        let dnorm = w[i] * dr[i];
+                        dnorm_mean += dnorm;
+                        dnorm_norm_mean += dnorm * norm;
+                        pw[i] += norm * dr[i];
+                        pb[i] += dr[i];
+                    }
+                    dnorm_mean /= c as f32;
+                    dnorm_norm_mean /= c as f32;
+                    for i in 0..c {
+                        let norm = (xr[i] - mean) * rstd;
+                        let dnorm = w[i] * dr[i];
+                        dxr[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rstd;
+                    }
                 }
-                dnorm_mean /= c as f32;
-                dnorm_norm_mean /= c as f32;
-                for i in 0..c {
-                    let norm = (xr[i] - mean) * rstd;
-                    let dnorm = w[i] * dr[i];
-                    dxr[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rstd;
-                }
-            }
-            (pw, pb)
+                (pw, pb)
+            })
         })
         .collect();
     let (mut pw, mut pb) = (vec![0f32; c], vec![0f32; c]);
@@ -877,16 +882,20 @@ impl TrainEngine {
             .map(|(i, row)| {
                 let w = f32::from(batch.weights[i]);
                 let target = batch.targets[i] as usize;
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                row.iter_mut().for_each(|x| *x = fm::exp(*x - max));
-                let sum: f32 = row.iter().sum();
+                let sum = vectorized(|| {
+                    let max = row
+                        .iter()
+                        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+                    row.iter_mut().for_each(|x| *x = fm::exp(*x - max));
+                    row.iter().sum::<f32>()
+                });
                 let p_target = row[target] / sum;
                 if w == 0.0 {
                     row.fill(0.0);
                     return 0.0;
                 }
                 let k = w * scale / sum;
-                row.iter_mut().for_each(|x| *x *= k);
+                vectorized(|| row.iter_mut().for_each(|x| *x *= k));
                 row[target] -= w * scale;
                 -f64::from(p_target.max(f32::MIN_POSITIVE)).ln() * f64::from(w)
             })
@@ -960,17 +969,21 @@ impl TrainEngine {
                     .par_chunks_mut(1 << 12)
                     .zip(a.fch.par_chunks(1 << 12))
                     .for_each(|(g, x)| {
-                        g.iter_mut()
-                            .zip(x)
-                            .for_each(|(g, &x)| *g *= act_grad(Activation::GeluTanh, x))
+                        vectorized(|| {
+                            g.iter_mut()
+                                .zip(x)
+                                .for_each(|(g, &x)| *g *= act_grad(Activation::GeluTanh, x))
+                        })
                     }),
                 Activation::GeluErf => dwide
                     .par_chunks_mut(1 << 12)
                     .zip(a.fch.par_chunks(1 << 12))
                     .for_each(|(g, x)| {
-                        g.iter_mut()
-                            .zip(x)
-                            .for_each(|(g, &x)| *g *= act_grad(Activation::GeluErf, x))
+                        vectorized(|| {
+                            g.iter_mut()
+                                .zip(x)
+                                .for_each(|(g, &x)| *g *= act_grad(Activation::GeluErf, x))
+                        })
                     }),
             }
             // fch = ln2 · Wfc + b
@@ -1033,12 +1046,14 @@ impl TrainEngine {
 
 /// Softmax of a row in place (its maximum subtracted first).
 fn softmax_in_place(row: &mut [f32]) {
-    let max = row
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
-    row.iter_mut().for_each(|x| *x = fm::exp(*x - max));
-    let inv = 1.0 / row.iter().sum::<f32>();
-    row.iter_mut().for_each(|x| *x *= inv);
+    vectorized(|| {
+        let max = row
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+        row.iter_mut().for_each(|x| *x = fm::exp(*x - max));
+        let inv = 1.0 / row.iter().sum::<f32>();
+        row.iter_mut().for_each(|x| *x *= inv);
+    })
 }
 
 /// For a row whose segments are runs (each id in one stretch), where each position's run starts;
@@ -1330,13 +1345,15 @@ fn attention_bwd(
         }
         // dS = P ⊙ (dP − rowsum(dP ⊙ P)); masked weights are 0, so their dS is too.
         let pw = &att[bh * t * t..(bh + 1) * t * t];
-        for i in 0..t {
-            let (prow, drow) = (&pw[i * t..(i + 1) * t], &mut dp[i * t..(i + 1) * t]);
-            let dot: f32 = prow[..=i].iter().zip(&drow[..=i]).map(|(p, d)| p * d).sum();
-            for j in 0..t {
-                drow[j] = prow[j] * (drow[j] - dot);
+        vectorized(|| {
+            for i in 0..t {
+                let (prow, drow) = (&pw[i * t..(i + 1) * t], &mut dp[i * t..(i + 1) * t]);
+                let dot: f32 = prow[..=i].iter().zip(&drow[..=i]).map(|(p, d)| p * d).sum();
+                for j in 0..t {
+                    drow[j] = prow[j] * (drow[j] - dot);
+                }
             }
-        }
+        });
         #[allow(unsafe_code)]
         // SAFETY: as above.
         unsafe {

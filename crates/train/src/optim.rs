@@ -123,13 +123,15 @@ impl AdamW {
                 .zip(m.par_chunks_mut(CHUNK))
                 .zip(v.par_chunks_mut(CHUNK))
                 .for_each(|(((p, g), m), v)| {
-                    for k in 0..p.len() {
-                        p[k] *= decay;
-                        m[k] += (g[k] - m[k]) * (1.0 - b1);
-                        v[k] = v[k] * b2 + (1.0 - b2) * g[k] * g[k];
-                        let denom = v[k].sqrt() / bias2_sqrt + eps;
-                        p[k] -= step_size * m[k] / denom;
-                    }
+                    chatforge_model::ops::simd::vectorized(|| {
+                        for k in 0..p.len() {
+                            p[k] *= decay;
+                            m[k] += (g[k] - m[k]) * (1.0 - b1);
+                            v[k] = v[k] * b2 + (1.0 - b2) * g[k] * g[k];
+                            let denom = v[k].sqrt() / bias2_sqrt + eps;
+                            p[k] -= step_size * m[k] / denom;
+                        }
+                    })
                 });
         }
     }

@@ -23,6 +23,20 @@ pub enum BenchCommand {
     Serve(super::bench_serve::ServeBench),
     /// The machine's f32 matrix-product peak (GFLOP/s) with the gemm crate, beside torch.mm
     Sgemm(SgemmBench),
+    /// Every speed target at once: sgemm, training (pre-training and SFT, three runs each),
+    /// fine-tuning (full, LoRA, QLoRA) and decoding, beside PyTorch with --compare-torch
+    All(AllBench),
+}
+
+#[derive(Args)]
+pub struct AllBench {
+    /// Also run the PyTorch references (in the venv `scripts/reference/venv.sh` builds) and print
+    /// chatforge's speed as a ratio of theirs
+    #[arg(long)]
+    pub compare_torch: bool,
+    /// Runs of each training bench (the ratios reported are their medians)
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
 }
 
 #[derive(Args)]
@@ -136,6 +150,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Finetune(args) => finetune_bench(&args),
         BenchCommand::Serve(args) => super::bench_serve::run(&args),
         BenchCommand::Sgemm(args) => sgemm_bench(&args),
+        BenchCommand::All(args) => all_bench(&args),
     }
 }
 
@@ -397,6 +412,104 @@ fn train_bench(args: &TrainBench) -> anyhow::Result<()> {
     );
     if let Some(best) = best_torch {
         say!("ratio: chatforge / fastest PyTorch = {:.2}x", tps / best);
+    }
+    Ok(())
+}
+
+/// Runs `chatforge bench ARGS…` as a child, echoing its output; returns the output.
+fn bench_child(args: &[&str], python: Option<&str>) -> anyhow::Result<String> {
+    let exe = std::env::current_exe().context("finding this program")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("bench").args(args);
+    if let Some(py) = python {
+        cmd.args(["--reference-python", py]);
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("running bench {}", args.join(" ")))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    print!("{text}");
+    if !out.status.success() {
+        bail!(
+            "bench {} failed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(text)
+}
+
+/// The number in a `… = 1.23x` line.
+fn ratio_of(text: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with("ratio:"))
+        .and_then(|l| l.rsplit('=').next())
+        .and_then(|r| r.trim().trim_end_matches('x').parse().ok())
+}
+
+fn all_bench(args: &AllBench) -> anyhow::Result<()> {
+    let python = if args.compare_torch {
+        let out = Command::new("bash")
+            .arg("scripts/reference/venv.sh")
+            .output()
+            .context("running scripts/reference/venv.sh (run bench all from the repository root)")?;
+        if !out.status.success() {
+            bail!(
+                "scripts/reference/venv.sh failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        None
+    };
+    let py = python.as_deref();
+    say!("── sgemm ──");
+    bench_child(&["sgemm", "--sizes", "1024"], py)?;
+    let mut summary = Vec::new();
+    for (name, extra) in [("training", None), ("SFT training", Some("--sft"))] {
+        say!("\n── {name}: bench model, {} runs ──", args.runs);
+        let mut ratios = Vec::new();
+        for _ in 0..args.runs.max(1) {
+            let mut a = vec!["train"];
+            a.extend(extra);
+            let out = bench_child(&a, py)?;
+            ratios.extend(ratio_of(&out));
+        }
+        if !ratios.is_empty() {
+            summary.push(format!(
+                "{name}: median {:.2}x the faster PyTorch attention (runs: {})",
+                median(ratios.clone()),
+                ratios
+                    .iter()
+                    .map(|r| format!("{r:.2}x"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    say!("\n── fine-tuning: GPT-2-small shape ──");
+    bench_child(&["finetune", "--modes", "full,lora,qlora"], py)?;
+    say!("\n── decoding ──");
+    bench_child(
+        &[
+            "generate",
+            "--contexts",
+            "16,256",
+            "--batches",
+            "1,8",
+            "--weights",
+            "f32",
+            "--new",
+            "100",
+        ],
+        py,
+    )?;
+    if !summary.is_empty() {
+        say!("\n── summary ──");
+        for l in summary {
+            say!("{l}");
+        }
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod fast_math;
 mod fused;
 mod gelu;
 mod scores;
+pub mod simd;
 
 use candle_core::{DType, Device, Tensor};
 
