@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use crate::ops::fast_math as fm;
 use crate::ops::simd::vectorized;
+use crate::quant::QuantWeight;
 use crate::{Activation, Error, GptConfig, LoraConfig, ParamSpec, Result, param_specs};
 
 /// One micro-batch: `b` rows of `t` tokens.
@@ -45,6 +46,8 @@ struct Adapter {
 struct LayerParams {
     /// Adapters of c_attn, attn.c_proj, c_fc and mlp.c_proj.
     ad: [Option<Adapter>; 4],
+    /// QLoRA: the same four weights block-quantised (indices into `TrainEngine::quant`).
+    q: [Option<usize>; 4],
     ln1_w: usize,
     ln1_b: Option<usize>,
     attn_w: usize,
@@ -90,9 +93,13 @@ pub struct TrainEngine {
     pub grads: Vec<f32>,
     /// `(offset, len)` of each trainable parameter.
     pub offsets: Vec<(usize, usize)>,
-    /// LoRA: the frozen base model in `param_specs` order (empty when the model trains).
+    /// LoRA: the frozen base model in `param_specs` order (empty when the model trains); with
+    /// QLoRA without its linear weights, which are in `quant`.
     base: Vec<f32>,
     frozen: bool,
+    quant: Vec<QuantWeight>,
+    /// A quantised weight, dequantised for the product that needs it.
+    wq: Vec<f32>,
     wte: usize,
     wpe: usize,
     layers: Vec<LayerParams>,
@@ -435,8 +442,9 @@ impl TrainEngine {
     }
 
     /// An engine that trains the LoRA `adapters` (flat, in `lora.param_specs` order) on the
-    /// frozen `base` (flat, in [`param_specs`] order). The adapters' dropout must be 0 and the
-    /// base not quantised (QLoRA trains on the autograd path).
+    /// frozen `base` (flat, in [`param_specs`] order). The adapters' dropout must be 0. With
+    /// `lora.quant` (QLoRA) every linear weight of the base is block-quantised and dequantised
+    /// for each product, as the autograd path does.
     pub fn with_lora(
         cfg: &GptConfig,
         b: usize,
@@ -446,9 +454,9 @@ impl TrainEngine {
         adapters: Vec<f32>,
     ) -> Result<TrainEngine> {
         lora.validate()?;
-        if lora.dropout > 0.0 || lora.quant.is_some() {
+        if lora.dropout > 0.0 {
             return Err(Error::Config(
-                "the training engine has no adapter dropout or quantised base: use the autograd path".into(),
+                "the training engine has no adapter dropout: use the autograd path".into(),
             ));
         }
         Self::build(cfg, b, t, base, Some((lora, adapters)))
@@ -528,6 +536,7 @@ impl TrainEngine {
             .map(|i| -> Result<LayerParams> {
                 let p = |s: &str| format!("transformer.h.{i}.{s}");
                 Ok(LayerParams {
+                    q: [None; 4],
                     ad: [
                         adapter(p("attn.c_attn")),
                         adapter(p("attn.c_proj")),
@@ -575,6 +584,70 @@ impl TrainEngine {
                 res3: z(n * c),
             })
             .collect();
+        // QLoRA: the linear weights leave the base for their quantised form.
+        let mut layers = layers;
+        let (mut params, mut quant) = (params, Vec::new());
+        let (mut wte, mut wpe) = (wte, need("transformer.wpe.weight".into())?);
+        let (mut lnf_w, mut lnf_b) = (
+            need("transformer.ln_f.weight".into())?,
+            find("transformer.ln_f.bias"),
+        );
+        let mut head = if cfg.tie_embeddings {
+            wte
+        } else {
+            need("lm_head.weight".into())?
+        };
+        if let Some(kind) = lora.as_ref().and_then(|(l, _)| l.quant) {
+            let mut removed: Vec<(usize, usize)> = Vec::new();
+            for lp in layers.iter_mut() {
+                let ws = [
+                    (lp.attn_w, c, 3 * c),
+                    (lp.proj_w, c, c),
+                    (lp.fc_w, c, 4 * c),
+                    (lp.fcproj_w, 4 * c, c),
+                ];
+                for (k, (w, n_in, n_out)) in ws.into_iter().enumerate() {
+                    quant.push(QuantWeight::quantize(
+                        &params[w..w + n_in * n_out],
+                        n_in,
+                        n_out,
+                        kind,
+                    ));
+                    lp.q[k] = Some(quant.len() - 1);
+                    removed.push((w, n_in * n_out));
+                }
+            }
+            removed.sort_unstable();
+            let mut kept = Vec::with_capacity(params.len() - removed.iter().map(|r| r.1).sum::<usize>());
+            let mut at = 0;
+            for &(o, len) in &removed {
+                kept.extend_from_slice(&params[at..o]);
+                at = o + len;
+            }
+            kept.extend_from_slice(&params[at..]);
+            params = kept;
+            let remap = |o: usize| o - removed.iter().filter(|r| r.0 < o).map(|r| r.1).sum::<usize>();
+            for lp in layers.iter_mut() {
+                for o in [&mut lp.ln1_w, &mut lp.ln2_w] {
+                    *o = remap(*o);
+                }
+                for o in [
+                    &mut lp.ln1_b,
+                    &mut lp.attn_b,
+                    &mut lp.proj_b,
+                    &mut lp.ln2_b,
+                    &mut lp.fc_b,
+                    &mut lp.fcproj_b,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    *o = remap(*o);
+                }
+            }
+            (wte, wpe, lnf_w, head) = (remap(wte), remap(wpe), remap(lnf_w), remap(head));
+            lnf_b = lnf_b.map(remap);
+        }
         let (trainable, offsets, base, frozen) = match lora {
             Some((_, adapters)) => {
                 let want: usize = ad_offsets.iter().map(|o| o.1).sum();
@@ -595,17 +668,19 @@ impl TrainEngine {
             offsets,
             base,
             frozen,
+            wq: if quant.is_empty() {
+                Vec::new()
+            } else {
+                z(4 * c * c)
+            },
+            quant,
             du: z(n * rank),
             wte,
-            wpe: need("transformer.wpe.weight".into())?,
+            wpe,
             layers,
-            lnf_w: need("transformer.ln_f.weight".into())?,
-            lnf_b: find("transformer.ln_f.bias"),
-            head: if cfg.tie_embeddings {
-                wte
-            } else {
-                need("lm_head.weight".into())?
-            },
+            lnf_w,
+            lnf_b,
+            head,
             x0: z(n * c),
             acts,
             lnf: z(n * c),
@@ -693,6 +768,7 @@ impl TrainEngine {
 
     fn forward(&mut self, batch: &StepBatch<'_>) {
         let cfg = self.cfg.clone();
+        let mut wq = std::mem::take(&mut self.wq);
         let (c, v, eps) = (cfg.n_embd, cfg.vocab_size, cfg.layer_norm_eps as f32);
         let n = batch.b * batch.t;
         // Embeddings.
@@ -726,10 +802,28 @@ impl TrainEngine {
                     eps,
                 );
             }
-            linear_fwd(wts, trainable, &mut a.qkv, &a.ln1, n, lp.attn(c), u_attn);
+            linear_fwd(
+                wts,
+                (&self.quant, &mut wq),
+                trainable,
+                &mut a.qkv,
+                &a.ln1,
+                n,
+                lp.attn(c),
+                u_attn,
+            );
             self.attention_fwd(&mut a.att, &mut a.atty, &a.qkv, batch);
             // res2 = input + atty · Wproj + b
-            linear_fwd(wts, trainable, &mut a.res2, &a.atty, n, lp.proj(c), u_proj);
+            linear_fwd(
+                wts,
+                (&self.quant, &mut wq),
+                trainable,
+                &mut a.res2,
+                &a.atty,
+                n,
+                lp.proj(c),
+                u_proj,
+            );
             {
                 let input: &[f32] = if l == 0 { &self.x0 } else { &self.acts[l - 1].res3 };
                 add_into(&mut a.res2, input);
@@ -743,7 +837,16 @@ impl TrainEngine {
                 c,
                 eps,
             );
-            linear_fwd(wts, trainable, &mut a.fch, &a.ln2, n, lp.fc(c), u_fc);
+            linear_fwd(
+                wts,
+                (&self.quant, &mut wq),
+                trainable,
+                &mut a.fch,
+                &a.ln2,
+                n,
+                lp.fc(c),
+                u_fc,
+            );
             match cfg.activation {
                 Activation::GeluTanh => {
                     map_into(&mut a.fch_act, &a.fch, |x| act_fwd(Activation::GeluTanh, x))
@@ -751,7 +854,16 @@ impl TrainEngine {
                 Activation::GeluErf => map_into(&mut a.fch_act, &a.fch, |x| act_fwd(Activation::GeluErf, x)),
             }
             // res3 = res2 + gelu · Wfcproj + b
-            linear_fwd(wts, trainable, &mut a.res3, &a.fch_act, n, lp.fcproj(c), u_fcproj);
+            linear_fwd(
+                wts,
+                (&self.quant, &mut wq),
+                trainable,
+                &mut a.res3,
+                &a.fch_act,
+                n,
+                lp.fcproj(c),
+                u_fcproj,
+            );
             add_into(&mut a.res3, &a.res2);
             self.acts[l] = a;
         }
@@ -781,6 +893,7 @@ impl TrainEngine {
         );
         self.lnf = lnf;
         self.lnf_stats = lnf_stats;
+        self.wq = wq;
     }
 
     /// Per (row, head): causal softmax(q·kᵀ/√d) over the row's segment, times v.
@@ -915,6 +1028,7 @@ impl TrainEngine {
         let mut dqkv = std::mem::take(&mut self.dqkv);
         let mut datt = std::mem::take(&mut self.datt);
         let mut du = std::mem::take(&mut self.du);
+        let mut wq = std::mem::take(&mut self.wq);
         let frozen = self.frozen;
         let wts = if frozen { &self.base } else { &self.params };
         let trainable = &self.params;
@@ -959,7 +1073,20 @@ impl TrainEngine {
             let a = &self.acts[l];
             let input: &[f32] = if l == 0 { &self.x0 } else { &self.acts[l - 1].res3 };
             let mut lin = |dx: &mut [f32], dy: &[f32], x: &[f32], spec: Lin, u: &[f32]| {
-                linear_bwd(wts, trainable, &mut grads, frozen, dx, dy, x, n, spec, u, &mut du);
+                linear_bwd(
+                    wts,
+                    (&self.quant, &mut wq),
+                    trainable,
+                    &mut grads,
+                    frozen,
+                    dx,
+                    dy,
+                    x,
+                    n,
+                    spec,
+                    u,
+                    &mut du,
+                );
             };
             // res3 = res2 + fch_act · Wfcproj + b
             lin(&mut dwide, &dres, &a.fch_act, lp.fcproj(c), &a.u[3]);
@@ -1003,7 +1130,20 @@ impl TrainEngine {
             }
             // res2 = input + atty · Wproj + b
             let mut lin = |dx: &mut [f32], dy: &[f32], x: &[f32], spec: Lin, u: &[f32]| {
-                linear_bwd(wts, trainable, &mut grads, frozen, dx, dy, x, n, spec, u, &mut du);
+                linear_bwd(
+                    wts,
+                    (&self.quant, &mut wq),
+                    trainable,
+                    &mut grads,
+                    frozen,
+                    dx,
+                    dy,
+                    x,
+                    n,
+                    spec,
+                    u,
+                    &mut du,
+                );
             };
             lin(&mut dnarrow, &dres, &a.atty, lp.proj(c), &a.u[1]);
             attention_bwd(&mut dqkv, &mut datt, &dnarrow, a, batch, c, h);
@@ -1041,6 +1181,7 @@ impl TrainEngine {
         self.dqkv = dqkv;
         self.datt = datt;
         self.du = du;
+        self.wq = wq;
     }
 }
 
@@ -1083,6 +1224,8 @@ struct Lin {
     w: usize,
     b: Option<usize>,
     ad: Option<Adapter>,
+    /// The weight's index in `TrainEngine::quant` (QLoRA), instead of `w`.
+    q: Option<usize>,
 }
 
 impl LayerParams {
@@ -1093,6 +1236,7 @@ impl LayerParams {
             w: self.attn_w,
             b: self.attn_b,
             ad: self.ad[0],
+            q: self.q[0],
         }
     }
     fn proj(&self, c: usize) -> Lin {
@@ -1102,6 +1246,7 @@ impl LayerParams {
             w: self.proj_w,
             b: self.proj_b,
             ad: self.ad[1],
+            q: self.q[1],
         }
     }
     fn fc(&self, c: usize) -> Lin {
@@ -1111,6 +1256,7 @@ impl LayerParams {
             w: self.fc_w,
             b: self.fc_b,
             ad: self.ad[2],
+            q: self.q[2],
         }
     }
     fn fcproj(&self, c: usize) -> Lin {
@@ -1120,21 +1266,45 @@ impl LayerParams {
             w: self.fcproj_w,
             b: self.fcproj_b,
             ad: self.ad[3],
+            q: self.q[3],
         }
     }
 }
 
+/// The weight of `lin` `(in, out)`: in the base, or (QLoRA) dequantised into `wq`.
+fn weight_of<'a>(wts: &'a [f32], quant: &[QuantWeight], wq: &'a mut [f32], lin: Lin) -> (&'a [f32], View) {
+    let (i, o) = (lin.n_in, lin.n_out);
+    match lin.q {
+        Some(k) => {
+            quant[k].dequantize_into(&mut wq[..i * o]);
+            (wq, View::rows(0, i, o, o))
+        }
+        None => (wts, View::rows(lin.w, i, o, o)),
+    }
+}
+
 /// `out = x·W + b`, plus `scale · (x·Aᵀ)·Bᵀ` with an adapter (`x·Aᵀ` kept in `u` for backward).
-fn linear_fwd(wts: &[f32], trainable: &[f32], out: &mut [f32], x: &[f32], n: usize, lin: Lin, u: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+fn linear_fwd(
+    wts: &[f32],
+    (quant, wq): (&[QuantWeight], &mut [f32]),
+    trainable: &[f32],
+    out: &mut [f32],
+    x: &[f32],
+    n: usize,
+    lin: Lin,
+    u: &mut [f32],
+) {
     let (i, o) = (lin.n_in, lin.n_out);
     fill_bias(out, lin.b.map(|b| &wts[b..b + o]), o);
+    let (wbuf, wv) = weight_of(wts, quant, wq, lin);
     mm(
         out,
         View::rows(0, n, o, o),
         x,
         View::rows(0, n, i, i),
-        wts,
-        View::rows(lin.w, i, o, o),
+        wbuf,
+        wv,
         true,
     );
     if let Some(ad) = lin.ad {
@@ -1166,6 +1336,7 @@ fn linear_fwd(wts: &[f32], trainable: &[f32], out: &mut [f32], x: &[f32], n: usi
 #[allow(clippy::too_many_arguments)]
 fn linear_bwd(
     wts: &[f32],
+    (quant, wq): (&[QuantWeight], &mut [f32]),
     trainable: &[f32],
     grads: &mut [f32],
     frozen: bool,
@@ -1192,13 +1363,14 @@ fn linear_bwd(
             true,
         );
     }
+    let (wbuf, wv) = weight_of(wts, quant, wq, lin);
     mm(
         dx,
         View::rows(0, n, i, i),
         dy,
         View::rows(0, n, o, o),
-        wts,
-        View::rows(lin.w, i, o, o).t(),
+        wbuf,
+        wv.t(),
         false,
     );
     if let Some(ad) = lin.ad {

@@ -109,29 +109,38 @@ impl QuantWeight {
 
     /// The matrix in f32.
     pub fn dequantize(&self) -> Vec<f32> {
-        let bpr = Self::blocks_per_row(self.cols);
         let mut out = vec![0f32; self.rows * self.cols];
-        for (r, row) in out.chunks_mut(self.cols).enumerate() {
-            for (b, vals) in row.chunks_mut(BLOCK).enumerate() {
-                let d = self.scales[r * bpr + b];
-                match self.kind {
-                    QuantKind::Q8 => {
-                        let q = &self.data[(r * bpr + b) * BLOCK..];
-                        vals.iter_mut()
-                            .zip(q)
-                            .for_each(|(v, &q)| *v = f32::from(q as i8) * d);
-                    }
-                    QuantKind::Q4 => {
-                        let q = &self.data[(r * bpr + b) * BLOCK / 2..];
-                        for (i, v) in vals.iter_mut().enumerate() {
-                            let nib = (q[i / 2] >> (4 * (i % 2))) & 0x0F;
-                            *v = f32::from(i16::from(nib) as i8 - 8) * d;
+        self.dequantize_into(&mut out);
+        out
+    }
+
+    /// The matrix in f32, written into `out` (`rows × cols` values), rows on all cores.
+    pub fn dequantize_into(&self, out: &mut [f32]) {
+        use rayon::prelude::*;
+        let bpr = Self::blocks_per_row(self.cols);
+        out[..self.rows * self.cols]
+            .par_chunks_mut(self.cols)
+            .enumerate()
+            .for_each(|(r, row)| {
+                for (b, vals) in row.chunks_mut(BLOCK).enumerate() {
+                    let d = self.scales[r * bpr + b];
+                    match self.kind {
+                        QuantKind::Q8 => {
+                            let q = &self.data[(r * bpr + b) * BLOCK..];
+                            vals.iter_mut()
+                                .zip(q)
+                                .for_each(|(v, &q)| *v = f32::from(q as i8) * d);
+                        }
+                        QuantKind::Q4 => {
+                            let q = &self.data[(r * bpr + b) * BLOCK / 2..];
+                            for (i, v) in vals.iter_mut().enumerate() {
+                                let nib = (q[i / 2] >> (4 * (i % 2))) & 0x0F;
+                                *v = f32::from(i16::from(nib) as i8 - 8) * d;
+                            }
                         }
                     }
                 }
-            }
-        }
-        out
+            });
     }
 
     /// Bytes held (values and scales).

@@ -219,7 +219,8 @@ fn engine_refuses_what_it_cannot_do() {
 }
 
 /// LoRA on the engine: the adapters' gradients (and the loss) as candle's autograd computes them
-/// through `Gpt::with_lora` on the frozen base, for every target set.
+/// through `Gpt::with_lora` on the frozen base, for several target sets, and QLoRA (q4, q8) on a
+/// block-quantised base.
 #[test]
 fn engine_lora_matches_autograd() {
     use chatforge_model::LoraConfig;
@@ -245,13 +246,19 @@ fn engine_lora_matches_autograd() {
         .collect();
     let mut weights = vec![1u8; b * t];
     weights[..3].fill(0);
-    for targets_set in [vec!["c_attn"], vec!["c_attn", "c_proj", "c_fc"]] {
+    use chatforge_model::quant::QuantKind;
+    for (targets_set, quant) in [
+        (vec!["c_attn"], None),
+        (vec!["c_attn", "c_proj", "c_fc"], None),
+        (vec!["c_attn", "c_proj", "c_fc"], Some(QuantKind::Q4)),
+        (vec!["c_proj"], Some(QuantKind::Q8)),
+    ] {
         let lora = LoraConfig {
             rank: 3,
             alpha: 6.0,
             dropout: 0.0,
             targets: targets_set.iter().map(|s| s.to_string()).collect(),
-            quant: None,
+            quant,
         };
         let mut base = init_weights(&cfg, &mut Rng::new(5), &dev).unwrap();
         for (name, w) in base.iter_mut() {
@@ -348,7 +355,7 @@ fn engine_lora_matches_autograd() {
             );
         }
     }
-    // Dropout on the adapters, or a quantised base, stay on the autograd path.
+    // Dropout on the adapters stays on the autograd path.
     let n: usize = param_specs(&cfg)
         .iter()
         .map(|s| s.shape.iter().product::<usize>())

@@ -302,14 +302,14 @@ pub fn engine_step(
 }
 
 /// Whether `train` may use the engine: `train.engine` on, no dropout (model or adapters), no
-/// gradient checkpointing, no quantised base, and the variables in the engine's order.
+/// gradient checkpointing, and the variables in the engine's order.
 fn engine_fits(cfg: &TrainConfig, lora: Option<&LoraConfig>, params: &Params) -> bool {
     let specs = match lora {
         Some(l) => l.param_specs(&cfg.model),
         None => chatforge_model::param_specs(&cfg.model),
     };
     cfg.train.engine
-        && lora.is_none_or(|l| l.dropout == 0.0 && l.quant.is_none())
+        && lora.is_none_or(|l| l.dropout == 0.0)
         && cfg.model.dropout == 0.0
         && !cfg.train.grad_checkpoint
         && specs.len() == params.vars.len()
@@ -582,8 +582,8 @@ pub fn train(
         )?
     };
     let total_params = cfg.model.n_params();
-    // The engine trains several times faster than autograd; dropout, gradient checkpointing and
-    // QLoRA take the autograd path.
+    // The engine trains several times faster than autograd; dropout and gradient checkpointing
+    // take the autograd path.
     let mut engine = build_engine(&cfg, lora.as_ref(), &params, &frozen, seq_len)?;
     drop(frozen);
     let mut opt = AdamW::new(t.adamw(), &params.vars);

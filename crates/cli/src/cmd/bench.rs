@@ -743,7 +743,7 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
     };
     let weights = init_weights(&cfg, &mut Rng::new(0), &dev)?;
     // The engine's frozen base (LoRA) or starting weights (full), in `param_specs` order.
-    let use_engine = !args.autograd && !checkpoint && mode != "qlora";
+    let use_engine = !args.autograd && !checkpoint;
     let base_flat: Vec<f32> = if use_engine {
         chatforge_model::param_specs(&cfg)
             .iter()
