@@ -705,6 +705,46 @@ impl TrainEngine {
         (self.b, self.t)
     }
 
+    /// Bytes the engine holds: weights (f32 and quantised), gradients and every step buffer.
+    pub fn bytes(&self) -> usize {
+        let f = |v: &Vec<f32>| v.len() * 4;
+        let st = |v: &Vec<(f32, f32)>| v.len() * 8;
+        let acts: usize = self
+            .acts
+            .iter()
+            .map(|a| {
+                [
+                    &a.ln1, &a.qkv, &a.att, &a.atty, &a.res2, &a.ln2, &a.fch, &a.fch_act, &a.res3,
+                ]
+                .iter()
+                .map(|v| f(v))
+                .sum::<usize>()
+                    + a.u.iter().map(f).sum::<usize>()
+                    + st(&a.ln1_stats)
+                    + st(&a.ln2_stats)
+            })
+            .sum();
+        let buffers = [
+            &self.params,
+            &self.grads,
+            &self.base,
+            &self.wq,
+            &self.x0,
+            &self.lnf,
+            &self.logits,
+            &self.dres,
+            &self.dwide,
+            &self.dnarrow,
+            &self.dqkv,
+            &self.datt,
+            &self.du,
+        ];
+        buffers.iter().map(|v| f(v)).sum::<usize>()
+            + st(&self.lnf_stats)
+            + acts
+            + self.quant.iter().map(QuantWeight::bytes).sum::<usize>()
+    }
+
     pub fn zero_grad(&mut self) {
         self.grads.par_chunks_mut(1 << 16).for_each(|g| g.fill(0.0));
     }

@@ -696,12 +696,15 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
             }
             let line = |who: &str, r: &serde_json::Value, vs: String| {
                 say!(
-                    "{mode:<8} {who:<9} trainable {:>11}  {:>6.0} tokens/s{vs}  step {:.2} s  training peak RSS {:>5.0} MB (model in memory {:.0} MB)",
+                    "{mode:<8} {who:<9} trainable {:>11}  {:>6.0} tokens/s{vs}  step {:.2} s  training peak RSS {:>5.0} MB (model in memory {:.0} MB){}",
                     r["trainable"].as_u64().unwrap_or(0),
                     r["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
                     r["step_s"].as_f64().unwrap_or(f64::NAN),
                     r["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
                     r["model_rss_mb"].as_f64().unwrap_or(f64::NAN),
+                    r["engine_mb"]
+                        .as_f64()
+                        .map_or(String::new(), |m| format!(", engine holds {m:.0} MB")),
                 );
             };
             line(
@@ -760,27 +763,35 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
         targets: vec!["c_attn".into(), "c_proj".into(), "c_fc".into()],
         quant: (mode == "qlora").then_some(args.quant),
     };
+    // The engine path builds no candle model: its copies would stay in the process's footprint.
     let (params, model) = match mode {
         "full" => {
             let params = Params::from_weights(&cfg, weights)?;
-            let model = Gpt::new(&cfg, params.var_builder(&dev))?;
+            let model = (!use_engine)
+                .then(|| Gpt::new(&cfg, params.var_builder(&dev)))
+                .transpose()?;
             (params, model)
         }
         "lora" | "qlora" => {
             let adapter = lora.init(&cfg, &mut Rng::new(1), &dev)?;
             let params = Params::from_adapter(&cfg, &lora, adapter)?;
-            let mut ts = weights;
-            ts.extend(
-                params
-                    .vars
-                    .iter()
-                    .map(|(s, v)| (s.name.clone(), v.as_tensor().clone())),
-            );
-            let model = Gpt::with_lora(
-                &cfg,
-                candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev),
-                Some(&lora),
-            )?;
+            let model = if use_engine {
+                drop(weights);
+                None
+            } else {
+                let mut ts = weights;
+                ts.extend(
+                    params
+                        .vars
+                        .iter()
+                        .map(|(s, v)| (s.name.clone(), v.as_tensor().clone())),
+                );
+                Some(Gpt::with_lora(
+                    &cfg,
+                    candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev),
+                    Some(&lora),
+                )?)
+            };
             (params, model)
         }
         other => bail!("unknown mode {other:?} (expected full, lora or qlora, optionally with -gc)"),
@@ -815,6 +826,9 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
             _ => TrainEngine::with_lora(&cfg, b, t, base_flat, &lora, trainable)?,
         }))
     } else {
+        let Some(model) = model else {
+            bail!("the autograd path needs the model");
+        };
         Step::Autograd(Box::new((model, params)))
     };
     // What the model holds from here on; the training peak is measured from this point.
@@ -869,10 +883,15 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
         }
     }
     let s = median(times);
+    let engine_mb = match &path {
+        Step::Engine(e) => Some(e.bytes() as f64 / 1e6),
+        Step::Autograd(_) => None,
+    };
     say!(
         "{}",
         serde_json::json!({
             "mode": mode,
+            "engine_mb": engine_mb,
             "trainable": trainable_count,
             "tokens_per_s": (b * t) as f64 / s,
             "step_s": s,
