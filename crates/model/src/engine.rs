@@ -1108,28 +1108,31 @@ impl TrainEngine {
             );
         }
         let act = cfg.activation;
-        for l in (0..cfg.n_layer).rev() {
-            let lp = self.layers[l];
-            let a = &self.acts[l];
-            let input: &[f32] = if l == 0 { &self.x0 } else { &self.acts[l - 1].res3 };
-            let mut lin = |dx: &mut [f32], dy: &[f32], x: &[f32], spec: Lin, u: &[f32]| {
+        // A linear layer's backward (a macro, so it borrows the gradients only while it runs).
+        macro_rules! lin {
+            ($dx:expr, $dy:expr, $x:expr, $spec:expr, $u:expr) => {
                 linear_bwd(
                     wts,
                     (&self.quant, &mut wq),
                     trainable,
                     &mut grads,
                     frozen,
-                    dx,
-                    dy,
-                    x,
+                    $dx,
+                    $dy,
+                    $x,
                     n,
-                    spec,
-                    u,
+                    $spec,
+                    $u,
                     &mut du,
-                );
+                )
             };
+        }
+        for l in (0..cfg.n_layer).rev() {
+            let lp = self.layers[l];
+            let a = &self.acts[l];
+            let input: &[f32] = if l == 0 { &self.x0 } else { &self.acts[l - 1].res3 };
             // res3 = res2 + fch_act · Wfcproj + b
-            lin(&mut dwide, &dres, &a.fch_act, lp.fcproj(c), &a.u[3]);
+            lin!(&mut dwide, &dres, &a.fch_act, lp.fcproj(c), &a.u[3]);
             // One loop per activation, so each is vectorised with its function inlined.
             match act {
                 Activation::GeluTanh => dwide
@@ -1154,7 +1157,7 @@ impl TrainEngine {
                     }),
             }
             // fch = ln2 · Wfc + b
-            lin(&mut dnarrow, &dwide, &a.ln2, lp.fc(c), &a.u[2]);
+            lin!(&mut dnarrow, &dwide, &a.ln2, lp.fc(c), &a.u[2]);
             {
                 let (gw, gb) = norm_grads(&mut grads, frozen, lp.ln2_w, lp.ln2_b, c);
                 layer_norm_bwd(
@@ -1169,26 +1172,10 @@ impl TrainEngine {
                 );
             }
             // res2 = input + atty · Wproj + b
-            let mut lin = |dx: &mut [f32], dy: &[f32], x: &[f32], spec: Lin, u: &[f32]| {
-                linear_bwd(
-                    wts,
-                    (&self.quant, &mut wq),
-                    trainable,
-                    &mut grads,
-                    frozen,
-                    dx,
-                    dy,
-                    x,
-                    n,
-                    spec,
-                    u,
-                    &mut du,
-                );
-            };
-            lin(&mut dnarrow, &dres, &a.atty, lp.proj(c), &a.u[1]);
+            lin!(&mut dnarrow, &dres, &a.atty, lp.proj(c), &a.u[1]);
             attention_bwd(&mut dqkv, &mut datt, &dnarrow, a, batch, c, h);
             // qkv = ln1 · Wattn + b
-            lin(&mut dnarrow, &dqkv, &a.ln1, lp.attn(c), &a.u[0]);
+            lin!(&mut dnarrow, &dqkv, &a.ln1, lp.attn(c), &a.u[0]);
             {
                 let (gw, gb) = norm_grads(&mut grads, frozen, lp.ln1_w, lp.ln1_b, c);
                 layer_norm_bwd(

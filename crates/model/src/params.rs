@@ -318,4 +318,18 @@ impl Params {
     pub fn count(&self) -> usize {
         self.vars.iter().map(|(_, v)| v.elem_count()).sum()
     }
+
+    /// Every variable's values, one after another in order (the training engine's layout).
+    pub fn flat(&self) -> Result<Vec<f32>> {
+        flatten(self.vars.iter().map(|(_, v)| v.as_tensor()))
+    }
+}
+
+/// The values of `tensors`, one after another, as f32.
+pub fn flatten<'a>(tensors: impl Iterator<Item = &'a Tensor>) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    for t in tensors {
+        out.extend(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+    }
+    Ok(out)
 }

@@ -328,14 +328,7 @@ fn build_engine(
     if !engine_fits(cfg, lora, params) {
         return Ok(None);
     }
-    let flat = |ts: Vec<&Tensor>| -> Result<Vec<f32>> {
-        Ok(ts
-            .into_iter()
-            .map(|t| t.flatten_all()?.to_vec1::<f32>())
-            .collect::<candle_core::Result<Vec<_>>>()?
-            .concat())
-    };
-    let trainable = flat(params.vars.iter().map(|(_, v)| v.as_tensor()).collect())?;
+    let trainable = params.flat()?;
     let (b, m) = (cfg.train.batch_size, &cfg.model);
     Ok(Some(match lora {
         Some(l) => {
@@ -348,7 +341,14 @@ fn build_engine(
                         .ok_or_else(|| Error::Config(format!("the base has no {}", s.name)))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            TrainEngine::with_lora(m, b, seq_len, flat(base)?, l, trainable)?
+            TrainEngine::with_lora(
+                m,
+                b,
+                seq_len,
+                chatforge_model::flatten(base.into_iter())?,
+                l,
+                trainable,
+            )?
         }
         None => TrainEngine::new(m, b, seq_len, trainable)?,
     }))

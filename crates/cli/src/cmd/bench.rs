@@ -370,12 +370,7 @@ fn train_bench(args: &TrainBench) -> anyhow::Result<()> {
         }
     } else {
         use chatforge_model::engine::TrainEngine;
-        let flat: Vec<f32> = params
-            .vars
-            .iter()
-            .map(|(_, v)| v.as_tensor().flatten_all()?.to_vec1::<f32>())
-            .collect::<candle_core::Result<Vec<_>>>()?
-            .concat();
+        let flat = params.flat()?;
         drop(model);
         drop(params);
         let specs = chatforge_model::param_specs(&cfg);
@@ -748,11 +743,8 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
     // The engine's frozen base (LoRA) or starting weights (full), in `param_specs` order.
     let use_engine = !args.autograd && !checkpoint;
     let base_flat: Vec<f32> = if use_engine {
-        chatforge_model::param_specs(&cfg)
-            .iter()
-            .map(|s| weights[&s.name].flatten_all()?.to_vec1::<f32>())
-            .collect::<candle_core::Result<Vec<_>>>()?
-            .concat()
+        let specs = chatforge_model::param_specs(&cfg);
+        chatforge_model::flatten(specs.iter().map(|s| &weights[&s.name]))?
     } else {
         Vec::new()
     };
@@ -813,12 +805,7 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
     }
     let mut path = if use_engine {
         use chatforge_model::engine::TrainEngine;
-        let trainable: Vec<f32> = params
-            .vars
-            .iter()
-            .map(|(_, v)| v.as_tensor().flatten_all()?.to_vec1::<f32>())
-            .collect::<candle_core::Result<Vec<_>>>()?
-            .concat();
+        let trainable = params.flat()?;
         drop(model);
         drop(params);
         Step::Engine(Box::new(match mode {
