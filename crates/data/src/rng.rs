@@ -5,6 +5,17 @@ pub struct Rng {
     state: u64,
 }
 
+/// SplitMix64's increment (the golden ratio in 64 bits).
+const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's output function.
+#[inline]
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 impl Rng {
     pub fn new(seed: u64) -> Self {
         Rng { state: seed }
@@ -20,11 +31,21 @@ impl Rng {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.state = self.state.wrapping_add(GAMMA);
+        mix(self.state)
+    }
+
+    /// The value the `k`-th next call of [`Rng::next_u64`] would return (`k = 0`: the next one),
+    /// without advancing. SplitMix64 is a counter passed through a mixer, so any draw can be
+    /// computed directly, and a long stream can be drawn in parallel.
+    #[inline]
+    pub fn peek_u64(&self, k: u64) -> u64 {
+        mix(self.state.wrapping_add(k.wrapping_add(1).wrapping_mul(GAMMA)))
+    }
+
+    /// Advances past `n` draws, as `n` calls of [`Rng::next_u64`] would.
+    pub fn skip(&mut self, n: u64) {
+        self.state = self.state.wrapping_add(n.wrapping_mul(GAMMA));
     }
 
     /// Uniform in `0..n` (Lemire's multiply-shift; the bias is below 2^-32 for the sizes used here).
@@ -63,6 +84,19 @@ mod tests {
         let mut r = Rng::new(0);
         assert_eq!(r.next_u64(), 0xE220_A839_7B1D_CDAF);
         assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
+    }
+
+    #[test]
+    fn peek_and_skip_follow_the_stream() {
+        let mut r = Rng::new(9);
+        let at = r;
+        let drawn: Vec<u64> = (0..100).map(|_| r.next_u64()).collect();
+        for (k, &x) in drawn.iter().enumerate() {
+            assert_eq!(at.peek_u64(k as u64), x);
+        }
+        let mut s = at;
+        s.skip(100);
+        assert_eq!(s, r);
     }
 
     #[test]

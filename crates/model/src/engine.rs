@@ -1,9 +1,14 @@
 //! The training step on plain f32 buffers: forward and hand-written backward of the whole GPT
-//! (llm.c's structure), for full-model training without dropout. Every buffer is allocated once
+//! (llm.c's structure), for full-model, LoRA and QLoRA training. Every buffer is allocated once
 //! for a batch shape and reused, matrix products go to the `gemm` crate (its kernel chosen at run
 //! time from the CPU's features), and the elementwise work is fused: bias + GELU, layer norm with
 //! all three gradients, causal softmax over packed segments, cross-entropy with its gradient
 //! written over the logits.
+//!
+//! Dropout (the model's and the adapters') draws exactly the masks [`crate::Dropout`] draws, from
+//! the same stream in the same order: SplitMix64 is a counter, so element `i` of a mask is the
+//! stream's `i`-th draw past the site's start, computed where it is used, in parallel, and again
+//! in backward instead of being stored.
 //!
 //! It computes what [`crate::Gpt`] with candle's autograd computes (tested to 1e-4 against it in
 //! `tests/engine.rs`, forward and every gradient, causal and packed, both GELUs, with and without
@@ -16,6 +21,7 @@ use crate::ops::fast_math as fm;
 use crate::ops::simd::vectorized;
 use crate::quant::QuantWeight;
 use crate::{Activation, Error, GptConfig, LoraConfig, ParamSpec, Result, param_specs};
+use chatforge_data::Rng;
 
 /// One micro-batch: `b` rows of `t` tokens.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +45,56 @@ struct Adapter {
     b: usize,
     r: usize,
     scale: f32,
+}
+
+/// One dropout site's mask, as [`crate::Dropout::apply_p`] draws it: element `i` is kept (and
+/// scaled by `1 / (1 - p)`) when the stream's `i`-th draw past `rng`, as a uniform in `[0, 1)`, is
+/// below `1 - p`.
+#[derive(Debug, Clone, Copy)]
+struct Mask {
+    rng: Rng,
+    /// `(1 - p) · 2⁵³`: a draw's top 53 bits below it is a uniform below `1 - p`, exactly.
+    thr: f64,
+    scale: f32,
+}
+
+impl Mask {
+    /// The mask of a site of `len` elements at the stream's position, which moves past it; none
+    /// (and no draw) when `p` is 0, as the autograd path.
+    fn take(rng: &mut Rng, p: f32, len: usize) -> Option<Mask> {
+        if p <= 0.0 {
+            return None;
+        }
+        let keep = 1.0 - p;
+        let mask = Mask {
+            rng: *rng,
+            thr: f64::from(keep) * (1u64 << 53) as f64,
+            scale: 1.0 / keep,
+        };
+        rng.skip(len as u64);
+        Some(mask)
+    }
+
+    /// The factor of element `i`: `1 / (1 - p)` or 0.
+    #[inline(always)]
+    fn factor(&self, i: usize) -> f32 {
+        if ((self.rng.peek_u64(i as u64) >> 11) as f64) < self.thr {
+            self.scale
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The dropout sites of one block, in the order the autograd path draws them.
+#[derive(Debug, Clone, Copy, Default)]
+struct LayerMasks {
+    /// The inputs of the four adapters (c_attn, attn.c_proj, c_fc, mlp.c_proj).
+    ad: [Option<Mask>; 4],
+    /// The attention weights `(B, H, T, T)`.
+    att: Option<Mask>,
+    /// The attention's and the MLP's outputs, before each residual addition.
+    res: [Option<Mask>; 2],
 }
 
 /// Where each parameter of a layer sits in the flat buffer.
@@ -120,6 +176,16 @@ pub struct TrainEngine {
     datt: Vec<f32>,
     /// `dy B · scale` of an adapted linear, `(N, r)`.
     du: Vec<f32>,
+    /// Dropout rates: the model's and the adapters' inputs'.
+    p: f32,
+    lora_p: f32,
+    /// This micro-batch's masks: the embeddings' and each block's.
+    emb_mask: Option<Mask>,
+    masks: Vec<LayerMasks>,
+    /// With dropout: a residual branch's masked gradient, `(N, C)`.
+    dmask: Vec<f32>,
+    /// With adapter dropout: an adapter's dropped-out input, then its input gradient, `(N, 4C)`.
+    xdrop: Vec<f32>,
 }
 
 /// A pointer that may cross threads: each task writes a region no other task touches.
@@ -442,7 +508,7 @@ impl TrainEngine {
     }
 
     /// An engine that trains the LoRA `adapters` (flat, in `lora.param_specs` order) on the
-    /// frozen `base` (flat, in [`param_specs`] order). The adapters' dropout must be 0. With
+    /// frozen `base` (flat, in [`param_specs`] order). With
     /// `lora.quant` (QLoRA) every linear weight of the base is block-quantised and dequantised
     /// for each product, as the autograd path does.
     pub fn with_lora(
@@ -454,11 +520,6 @@ impl TrainEngine {
         adapters: Vec<f32>,
     ) -> Result<TrainEngine> {
         lora.validate()?;
-        if lora.dropout > 0.0 {
-            return Err(Error::Config(
-                "the training engine has no adapter dropout: use the autograd path".into(),
-            ));
-        }
         Self::build(cfg, b, t, base, Some((lora, adapters)))
     }
 
@@ -470,11 +531,6 @@ impl TrainEngine {
         lora: Option<(&LoraConfig, Vec<f32>)>,
     ) -> Result<TrainEngine> {
         cfg.validate()?;
-        if cfg.dropout > 0.0 {
-            return Err(Error::Config(
-                "the training engine has no dropout: use the autograd path".into(),
-            ));
-        }
         if t > cfg.n_ctx || b == 0 || t == 0 {
             return Err(Error::Config(format!(
                 "engine batch {b}×{t} does not fit n_ctx {}",
@@ -562,6 +618,7 @@ impl TrainEngine {
         let (c, n, h, v) = (cfg.n_embd, b * t, cfg.n_head, cfg.vocab_size);
         let z = |len: usize| vec![0f32; len];
         let rank = lora.as_ref().map_or(0, |(l, _)| l.rank);
+        let lora_p = lora.as_ref().map_or(0.0, |(l, _)| l.dropout);
         let acts = (0..cfg.n_layer)
             .map(|i| LayerActs {
                 u: std::array::from_fn(|k| {
@@ -675,6 +732,16 @@ impl TrainEngine {
             },
             quant,
             du: z(n * rank),
+            p: cfg.dropout,
+            lora_p,
+            emb_mask: None,
+            masks: vec![LayerMasks::default(); cfg.n_layer],
+            dmask: if cfg.dropout > 0.0 { z(n * c) } else { Vec::new() },
+            xdrop: if lora_p > 0.0 && layers.iter().any(|l| l.ad.iter().any(Option::is_some)) {
+                z(n * 4 * c)
+            } else {
+                Vec::new()
+            },
             wte,
             wpe,
             layers,
@@ -738,6 +805,8 @@ impl TrainEngine {
             &self.dqkv,
             &self.datt,
             &self.du,
+            &self.dmask,
+            &self.xdrop,
         ];
         buffers.iter().map(|v| f(v)).sum::<usize>()
             + st(&self.lnf_stats)
@@ -760,7 +829,8 @@ impl TrainEngine {
 
     /// Forward and backward of one micro-batch: returns its weighted mean cross-entropy (NaN when
     /// no position carries loss, and then no gradient) and adds `scale ×` its gradient to `grads`.
-    pub fn forward_backward(&mut self, batch: &StepBatch<'_>, scale: f32) -> Result<f64> {
+    /// Dropout masks come from `rng`, which moves past them as [`crate::Gpt::forward`] would move it.
+    pub fn forward_backward(&mut self, batch: &StepBatch<'_>, scale: f32, rng: &mut Rng) -> Result<f64> {
         let (b, t) = (batch.b, batch.t);
         let n = b * t;
         if (b, t) != (self.b, self.t) {
@@ -800,15 +870,44 @@ impl TrainEngine {
         if total == 0 {
             return Ok(f64::NAN);
         }
+        self.draw_masks(rng, b, t);
         self.forward(batch);
         let loss = self.loss_and_dlogits(batch, scale / total as f32);
         self.backward(batch);
         Ok(loss / total as f64)
     }
 
+    /// Places this micro-batch's dropout sites in the stream, in the autograd path's order:
+    /// the embeddings, then per block c_attn's adapter input, the attention weights,
+    /// attn.c_proj's adapter input, the attention's output, c_fc's and mlp.c_proj's adapter
+    /// inputs, and the MLP's output.
+    fn draw_masks(&mut self, rng: &mut Rng, b: usize, t: usize) {
+        let (c, h, n) = (self.cfg.n_embd, self.cfg.n_head, b * t);
+        let (p, lp) = (self.p, self.lora_p);
+        self.emb_mask = Mask::take(rng, p, n * c);
+        for (m, layer) in self.masks.iter_mut().zip(&self.layers) {
+            let adapter =
+                |k: usize, rng: &mut Rng, len: usize| layer.ad[k].and_then(|_| Mask::take(rng, lp, len));
+            let ad0 = adapter(0, rng, n * c);
+            let att = Mask::take(rng, p, b * h * t * t);
+            let ad1 = adapter(1, rng, n * c);
+            let res0 = Mask::take(rng, p, n * c);
+            let ad2 = adapter(2, rng, n * c);
+            let ad3 = adapter(3, rng, n * 4 * c);
+            let res1 = Mask::take(rng, p, n * c);
+            *m = LayerMasks {
+                ad: [ad0, ad1, ad2, ad3],
+                att,
+                res: [res0, res1],
+            };
+        }
+    }
+
     fn forward(&mut self, batch: &StepBatch<'_>) {
         let cfg = self.cfg.clone();
         let mut wq = std::mem::take(&mut self.wq);
+        let mut xdrop = std::mem::take(&mut self.xdrop);
+        let mut pd = std::mem::take(&mut self.datt);
         let (c, v, eps) = (cfg.n_embd, cfg.vocab_size, cfg.layer_norm_eps as f32);
         let n = batch.b * batch.t;
         // Embeddings.
@@ -823,9 +922,19 @@ impl TrainEngine {
                     row[k] = wte[tok * c + k] + wpe[pos * c + k];
                 }
             });
+            if let Some(m) = &self.emb_mask {
+                apply_mask(x0, None, m, false);
+            }
         }
         for l in 0..cfg.n_layer {
             let lp = self.layers[l];
+            let lm = self.masks[l];
+            // An adapter's input dropout, with the scratch its dropped-out input goes to.
+            macro_rules! drop_in {
+                ($k:expr) => {
+                    lm.ad[$k].as_ref().map(|m| (m, &mut xdrop[..]))
+                };
+            }
             let mut a = std::mem::replace(&mut self.acts[l], empty_acts());
             let wts = if self.frozen { &self.base } else { &self.params };
             let trainable = &self.params;
@@ -851,8 +960,9 @@ impl TrainEngine {
                 n,
                 lp.attn(c),
                 u_attn,
+                drop_in!(0),
             );
-            self.attention_fwd(&mut a.att, &mut a.atty, &a.qkv, batch);
+            self.attention_fwd(&mut a.att, &mut a.atty, &a.qkv, batch, &mut pd, lm.att.as_ref());
             // res2 = input + atty · Wproj + b
             linear_fwd(
                 wts,
@@ -863,7 +973,11 @@ impl TrainEngine {
                 n,
                 lp.proj(c),
                 u_proj,
+                drop_in!(1),
             );
+            if let Some(m) = &lm.res[0] {
+                apply_mask(&mut a.res2, None, m, false);
+            }
             {
                 let input: &[f32] = if l == 0 { &self.x0 } else { &self.acts[l - 1].res3 };
                 add_into(&mut a.res2, input);
@@ -886,6 +1000,7 @@ impl TrainEngine {
                 n,
                 lp.fc(c),
                 u_fc,
+                drop_in!(2),
             );
             match cfg.activation {
                 Activation::GeluTanh => {
@@ -903,7 +1018,11 @@ impl TrainEngine {
                 n,
                 lp.fcproj(c),
                 u_fcproj,
+                drop_in!(3),
             );
+            if let Some(m) = &lm.res[1] {
+                apply_mask(&mut a.res3, None, m, false);
+            }
             add_into(&mut a.res3, &a.res2);
             self.acts[l] = a;
         }
@@ -934,95 +1053,119 @@ impl TrainEngine {
         self.lnf = lnf;
         self.lnf_stats = lnf_stats;
         self.wq = wq;
+        self.xdrop = xdrop;
+        self.datt = pd;
     }
 
-    /// Per (row, head): causal softmax(q·kᵀ/√d) over the row's segment, times v.
-    fn attention_fwd(&self, att_all: &mut [f32], atty_all: &mut [f32], qkv: &[f32], batch: &StepBatch<'_>) {
+    /// Per (row, head): causal softmax(q·kᵀ/√d) over the row's segment, times v. With dropout the
+    /// weights kept for backward are the softmax's, and v is multiplied by their dropped-out copy
+    /// in `pd` (scratch of the same shape).
+    fn attention_fwd(
+        &self,
+        att_all: &mut [f32],
+        atty_all: &mut [f32],
+        qkv: &[f32],
+        batch: &StepBatch<'_>,
+        pd_all: &mut [f32],
+        mask: Option<&Mask>,
+    ) {
         let t = batch.t;
         let (c, h) = (self.cfg.n_embd, self.cfg.n_head);
         let d = c / h;
         let scale = 1.0 / (d as f32).sqrt();
         let (qkv_len, atty_len) = (qkv.len(), atty_all.len());
         let atty = SendPtr(atty_all.as_mut_ptr());
-        att_all.par_chunks_mut(t * t).enumerate().for_each(|(bh, att)| {
-            let (bi, hi) = (bh / h, bh % h);
-            let row0 = bi * t;
-            let q = View::rows(row0 * 3 * c + hi * d, t, d, 3 * c);
-            let k = View::rows(row0 * 3 * c + c + hi * d, t, d, 3 * c);
-            let vv = View::rows(row0 * 3 * c + 2 * c + hi * d, t, d, 3 * c);
-            let att_len = att.len();
-            #[allow(unsafe_code)]
-            // SAFETY: `att` is this task's own (t, t) block; q and k are read only.
-            unsafe {
-                mm_raw(
-                    att.as_mut_ptr(),
-                    att_len,
-                    View::rows(0, t, t, t),
-                    qkv.as_ptr(),
-                    qkv_len,
-                    q,
-                    qkv.as_ptr(),
-                    qkv_len,
-                    k.t(),
-                    false,
-                    scale,
-                    false,
-                );
-            }
-            let seg = &batch.segments[row0..row0 + t];
-            let starts = segment_starts(seg);
-            for i in 0..t {
-                let row = &mut att[i * t..(i + 1) * t];
-                match &starts {
-                    // Segments are runs: row i sees [start, i], a contiguous stretch.
-                    Some(st) => {
-                        let s0 = st[i];
-                        row[..s0].fill(0.0);
-                        row[i + 1..].fill(0.0);
-                        softmax_in_place(&mut row[s0..=i]);
-                    }
-                    None => {
-                        let mut max = f32::NEG_INFINITY;
-                        for j in 0..=i {
-                            if seg[j] == seg[i] && row[j] > max {
-                                max = row[j];
-                            }
+        att_all
+            .par_chunks_mut(t * t)
+            .zip(pd_all.par_chunks_mut(t * t))
+            .enumerate()
+            .for_each(|(bh, (att, pd))| {
+                let (bi, hi) = (bh / h, bh % h);
+                let row0 = bi * t;
+                let q = View::rows(row0 * 3 * c + hi * d, t, d, 3 * c);
+                let k = View::rows(row0 * 3 * c + c + hi * d, t, d, 3 * c);
+                let vv = View::rows(row0 * 3 * c + 2 * c + hi * d, t, d, 3 * c);
+                let att_len = att.len();
+                #[allow(unsafe_code)]
+                // SAFETY: `att` is this task's own (t, t) block; q and k are read only.
+                unsafe {
+                    mm_raw(
+                        att.as_mut_ptr(),
+                        att_len,
+                        View::rows(0, t, t, t),
+                        qkv.as_ptr(),
+                        qkv_len,
+                        q,
+                        qkv.as_ptr(),
+                        qkv_len,
+                        k.t(),
+                        false,
+                        scale,
+                        false,
+                    );
+                }
+                let seg = &batch.segments[row0..row0 + t];
+                let starts = segment_starts(seg);
+                for i in 0..t {
+                    let row = &mut att[i * t..(i + 1) * t];
+                    match &starts {
+                        // Segments are runs: row i sees [start, i], a contiguous stretch.
+                        Some(st) => {
+                            let s0 = st[i];
+                            row[..s0].fill(0.0);
+                            row[i + 1..].fill(0.0);
+                            softmax_in_place(&mut row[s0..=i]);
                         }
-                        let mut sum = 0f32;
-                        for j in 0..t {
-                            if j <= i && seg[j] == seg[i] {
-                                let e = fm::exp(row[j] - max);
-                                row[j] = e;
-                                sum += e;
-                            } else {
-                                row[j] = 0.0;
+                        None => {
+                            let mut max = f32::NEG_INFINITY;
+                            for j in 0..=i {
+                                if seg[j] == seg[i] && row[j] > max {
+                                    max = row[j];
+                                }
                             }
+                            let mut sum = 0f32;
+                            for j in 0..t {
+                                if j <= i && seg[j] == seg[i] {
+                                    let e = fm::exp(row[j] - max);
+                                    row[j] = e;
+                                    sum += e;
+                                } else {
+                                    row[j] = 0.0;
+                                }
+                            }
+                            let inv = 1.0 / sum;
+                            row[..=i].iter_mut().for_each(|x| *x *= inv);
                         }
-                        let inv = 1.0 / sum;
-                        row[..=i].iter_mut().for_each(|x| *x *= inv);
                     }
                 }
-            }
-            #[allow(unsafe_code)]
-            // SAFETY: the output block (rows of this batch row, columns of this head) belongs to
-            // this task alone; `att` and `qkv` are read only.
-            unsafe {
-                mm_raw(
-                    atty.get(),
-                    atty_len,
-                    View::rows(row0 * c + hi * d, t, d, c),
-                    att.as_ptr(),
-                    att_len,
-                    View::rows(0, t, t, t),
-                    qkv.as_ptr(),
-                    qkv_len,
-                    vv,
-                    false,
-                    1.0,
-                    false,
-                );
-            }
-        });
+                // The weights v is multiplied by: the softmax's, or their dropped-out copy.
+                let weights: &[f32] = match mask {
+                    Some(m) => {
+                        dropped_weights(pd, att, m, bh * t * t, t);
+                        pd
+                    }
+                    None => att,
+                };
+                #[allow(unsafe_code)]
+                // SAFETY: the output block (rows of this batch row, columns of this head) belongs to
+                // this task alone; `weights` and `qkv` are read only.
+                unsafe {
+                    mm_raw(
+                        atty.get(),
+                        atty_len,
+                        View::rows(row0 * c + hi * d, t, d, c),
+                        weights.as_ptr(),
+                        att_len,
+                        View::rows(0, t, t, t),
+                        qkv.as_ptr(),
+                        qkv_len,
+                        vv,
+                        false,
+                        1.0,
+                        false,
+                    );
+                }
+            });
     }
 
     /// The weighted cross-entropy summed over positions (in f64), with `(softmax − onehot) ·
@@ -1069,6 +1212,8 @@ impl TrainEngine {
         let mut datt = std::mem::take(&mut self.datt);
         let mut du = std::mem::take(&mut self.du);
         let mut wq = std::mem::take(&mut self.wq);
+        let mut dmask = std::mem::take(&mut self.dmask);
+        let mut xdrop = std::mem::take(&mut self.xdrop);
         let frozen = self.frozen;
         let wts = if frozen { &self.base } else { &self.params };
         let trainable = &self.params;
@@ -1110,7 +1255,7 @@ impl TrainEngine {
         let act = cfg.activation;
         // A linear layer's backward (a macro, so it borrows the gradients only while it runs).
         macro_rules! lin {
-            ($dx:expr, $dy:expr, $x:expr, $spec:expr, $u:expr) => {
+            ($dx:expr, $dy:expr, $x:expr, $spec:expr, $u:expr, $drop:expr) => {
                 linear_bwd(
                     wts,
                     (&self.quant, &mut wq),
@@ -1124,15 +1269,29 @@ impl TrainEngine {
                     $spec,
                     $u,
                     &mut du,
+                    $drop,
                 )
             };
         }
         for l in (0..cfg.n_layer).rev() {
             let lp = self.layers[l];
+            let lm = self.masks[l];
             let a = &self.acts[l];
             let input: &[f32] = if l == 0 { &self.x0 } else { &self.acts[l - 1].res3 };
-            // res3 = res2 + fch_act · Wfcproj + b
-            lin!(&mut dwide, &dres, &a.fch_act, lp.fcproj(c), &a.u[3]);
+            macro_rules! drop_in {
+                ($k:expr) => {
+                    lm.ad[$k].as_ref().map(|m| (m, &mut xdrop[..]))
+                };
+            }
+            // res3 = res2 + dropout(fch_act · Wfcproj + b)
+            let dy: &[f32] = match &lm.res[1] {
+                Some(m) => {
+                    apply_mask(&mut dmask, Some(&dres), m, false);
+                    &dmask
+                }
+                None => &dres,
+            };
+            lin!(&mut dwide, dy, &a.fch_act, lp.fcproj(c), &a.u[3], drop_in!(3));
             // One loop per activation, so each is vectorised with its function inlined.
             match act {
                 Activation::GeluTanh => dwide
@@ -1157,7 +1316,7 @@ impl TrainEngine {
                     }),
             }
             // fch = ln2 · Wfc + b
-            lin!(&mut dnarrow, &dwide, &a.ln2, lp.fc(c), &a.u[2]);
+            lin!(&mut dnarrow, &dwide, &a.ln2, lp.fc(c), &a.u[2], drop_in!(2));
             {
                 let (gw, gb) = norm_grads(&mut grads, frozen, lp.ln2_w, lp.ln2_b, c);
                 layer_norm_bwd(
@@ -1171,11 +1330,18 @@ impl TrainEngine {
                     c,
                 );
             }
-            // res2 = input + atty · Wproj + b
-            lin!(&mut dnarrow, &dres, &a.atty, lp.proj(c), &a.u[1]);
-            attention_bwd(&mut dqkv, &mut datt, &dnarrow, a, batch, c, h);
+            // res2 = input + dropout(atty · Wproj + b)
+            let dy: &[f32] = match &lm.res[0] {
+                Some(m) => {
+                    apply_mask(&mut dmask, Some(&dres), m, false);
+                    &dmask
+                }
+                None => &dres,
+            };
+            lin!(&mut dnarrow, dy, &a.atty, lp.proj(c), &a.u[1], drop_in!(1));
+            attention_bwd(&mut dqkv, &mut datt, &dnarrow, a, batch, (c, h), lm.att.as_ref());
             // qkv = ln1 · Wattn + b
-            lin!(&mut dnarrow, &dqkv, &a.ln1, lp.attn(c), &a.u[0]);
+            lin!(&mut dnarrow, &dqkv, &a.ln1, lp.attn(c), &a.u[0], drop_in!(0));
             {
                 let (gw, gb) = norm_grads(&mut grads, frozen, lp.ln1_w, lp.ln1_b, c);
                 layer_norm_bwd(
@@ -1190,8 +1356,12 @@ impl TrainEngine {
                 );
             }
         }
-        // Embeddings: each row's gradient to its token's and its position's row.
+        // Embeddings: each row's gradient (through their dropout) to its token's and its
+        // position's row.
         if !frozen {
+            if let Some(m) = &self.emb_mask {
+                apply_mask(&mut dres, None, m, false);
+            }
             for i in 0..n {
                 let (tok, pos) = (batch.inputs[i] as usize, batch.positions[i] as usize);
                 let g = &dres[i * c..(i + 1) * c];
@@ -1209,6 +1379,8 @@ impl TrainEngine {
         self.datt = datt;
         self.du = du;
         self.wq = wq;
+        self.dmask = dmask;
+        self.xdrop = xdrop;
     }
 }
 
@@ -1310,7 +1482,11 @@ fn weight_of<'a>(wts: &'a [f32], quant: &[QuantWeight], wq: &'a mut [f32], lin: 
     }
 }
 
-/// `out = x·W + b`, plus `scale · (x·Aᵀ)·Bᵀ` with an adapter (`x·Aᵀ` kept in `u` for backward).
+/// An adapter's input dropout: its mask and scratch for the dropped-out input.
+type DropIn<'a> = Option<(&'a Mask, &'a mut [f32])>;
+
+/// `out = x·W + b`, plus `scale · (x·Aᵀ)·Bᵀ` with an adapter (`x·Aᵀ` kept in `u` for backward;
+/// with `drop`, `x` dropped out first).
 #[allow(clippy::too_many_arguments)]
 fn linear_fwd(
     wts: &[f32],
@@ -1321,6 +1497,7 @@ fn linear_fwd(
     n: usize,
     lin: Lin,
     u: &mut [f32],
+    drop: DropIn<'_>,
 ) {
     let (i, o) = (lin.n_in, lin.n_out);
     fill_bias(out, lin.b.map(|b| &wts[b..b + o]), o);
@@ -1336,10 +1513,17 @@ fn linear_fwd(
     );
     if let Some(ad) = lin.ad {
         let r = ad.r;
+        let xa: &[f32] = match drop {
+            Some((m, xd)) => {
+                apply_mask(&mut xd[..n * i], Some(x), m, false);
+                xd
+            }
+            None => x,
+        };
         mm(
             u,
             View::rows(0, n, r, r),
-            x,
+            xa,
             View::rows(0, n, i, i),
             trainable,
             View::rows(ad.a, r, i, i).t(),
@@ -1359,7 +1543,8 @@ fn linear_fwd(
 }
 
 /// Backward of [`linear_fwd`]: `dx = dy·Wᵀ (+ du·A)`; a trainable model's `dW += xᵀ·dy`,
-/// `db += Σ dy`; an adapter's `dB += scale·dyᵀ·u` and `dA += duᵀ·x`, where `du = scale·dy·B`.
+/// `db += Σ dy`; an adapter's `dB += scale·dyᵀ·u` and `dA += duᵀ·x`, where `du = scale·dy·B`
+/// (with `drop`, `x` is the dropped-out input and `du·A` goes through the mask).
 #[allow(clippy::too_many_arguments)]
 fn linear_bwd(
     wts: &[f32],
@@ -1374,6 +1559,7 @@ fn linear_bwd(
     lin: Lin,
     u: &[f32],
     du: &mut [f32],
+    drop: DropIn<'_>,
 ) {
     let (i, o) = (lin.n_in, lin.n_out);
     if !frozen {
@@ -1422,24 +1608,47 @@ fn linear_bwd(
             false,
             ad.scale,
         );
+        let mut drop = drop;
+        let xa: &[f32] = match drop.as_mut() {
+            Some((m, xd)) => {
+                apply_mask(&mut xd[..n * i], Some(x), m, false);
+                &xd[..]
+            }
+            None => x,
+        };
         mm(
             grads,
             View::rows(ad.a, r, i, i),
             du,
             View::rows(0, n, r, r).t(),
-            x,
+            xa,
             View::rows(0, n, i, i),
             true,
         );
-        mm(
-            dx,
-            View::rows(0, n, i, i),
-            du,
-            View::rows(0, n, r, r),
-            trainable,
-            View::rows(ad.a, r, i, i),
-            true,
-        );
+        match drop {
+            // dx += (du·A) ⊙ mask
+            Some((m, xd)) => {
+                mm(
+                    xd,
+                    View::rows(0, n, i, i),
+                    du,
+                    View::rows(0, n, r, r),
+                    trainable,
+                    View::rows(ad.a, r, i, i),
+                    false,
+                );
+                apply_mask(dx, Some(&xd[..n * i]), m, true);
+            }
+            None => mm(
+                dx,
+                View::rows(0, n, i, i),
+                du,
+                View::rows(0, n, r, r),
+                trainable,
+                View::rows(ad.a, r, i, i),
+                true,
+            ),
+        }
     }
 }
 
@@ -1487,8 +1696,8 @@ fn attention_bwd(
     datty: &[f32],
     a: &LayerActs,
     batch: &StepBatch<'_>,
-    c: usize,
-    h: usize,
+    (c, h): (usize, usize),
+    mask: Option<&Mask>,
 ) {
     let t = batch.t;
     let d = c / h;
@@ -1511,6 +1720,29 @@ fn attention_bwd(
         // written below (this batch row's rows, this head's columns of each third of dqkv) belong
         // to this task alone; everything else is read only.
         unsafe {
+            // dv = P'ᵀ · dy, where P' are the weights v was multiplied by: the softmax's, or
+            // with dropout their dropped-out copy, made again in `dp` before it takes dP.
+            let (pw_ptr, pw_len, pv) = match mask {
+                Some(m) => {
+                    dropped_weights(dp, &att[bh * t * t..(bh + 1) * t * t], m, bh * t * t, t);
+                    (dp.as_ptr(), dp_len, dpv)
+                }
+                None => (att.as_ptr(), att_len, p),
+            };
+            mm_raw(
+                dq.get(),
+                dqkv_len,
+                View::rows(row0 * 3 * c + 2 * c + hi * d, t, d, 3 * c),
+                pw_ptr,
+                pw_len,
+                pv.t(),
+                datty.as_ptr(),
+                datty_len,
+                dy,
+                false,
+                1.0,
+                false,
+            );
             // dP = dy · vᵀ
             mm_raw(
                 dp.as_mut_ptr(),
@@ -1526,21 +1758,18 @@ fn attention_bwd(
                 1.0,
                 false,
             );
-            // dv = Pᵀ · dy
-            mm_raw(
-                dq.get(),
-                dqkv_len,
-                View::rows(row0 * 3 * c + 2 * c + hi * d, t, d, 3 * c),
-                att.as_ptr(),
-                att_len,
-                p.t(),
-                datty.as_ptr(),
-                datty_len,
-                dy,
-                false,
-                1.0,
-                false,
-            );
+        }
+        // Through the dropout: dP ⊙ mask (above the diagonal the weights are 0 anyway).
+        if let Some(m) = mask {
+            let at = bh * t * t;
+            vectorized(|| {
+                for i in 0..t {
+                    let row = &mut dp[i * t..=i * t + i];
+                    row.iter_mut()
+                        .enumerate()
+                        .for_each(|(j, x)| *x *= m.factor(at + i * t + j));
+                }
+            });
         }
         // dS = P ⊙ (dP − rowsum(dP ⊙ P)); masked weights are 0, so their dS is too.
         let pw = &att[bh * t * t..(bh + 1) * t * t];
@@ -1588,6 +1817,46 @@ fn attention_bwd(
             );
         }
     });
+}
+
+/// With a mask: `dst = src ⊙ mask` (or `+=` with `add`); without `src`, `dst ⊙= mask`. `dst`'s
+/// element `i` takes the mask's element `i`.
+fn apply_mask(dst: &mut [f32], src: Option<&[f32]>, m: &Mask, add: bool) {
+    const CHUNK: usize = 1 << 12;
+    dst.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, d)| {
+        let at = ci * CHUNK;
+        vectorized(|| match src {
+            None => d.iter_mut().enumerate().for_each(|(j, x)| *x *= m.factor(at + j)),
+            Some(s) => {
+                let s = &s[at..at + d.len()];
+                if add {
+                    d.iter_mut()
+                        .zip(s)
+                        .enumerate()
+                        .for_each(|(j, (x, &y))| *x += y * m.factor(at + j));
+                } else {
+                    d.iter_mut()
+                        .zip(s)
+                        .enumerate()
+                        .for_each(|(j, (x, &y))| *x = y * m.factor(at + j));
+                }
+            }
+        })
+    });
+}
+
+/// `pd = att ⊙ mask` for one `(t, t)` block of causal attention weights whose mask elements
+/// start at `at`; above the diagonal both are 0.
+fn dropped_weights(pd: &mut [f32], att: &[f32], m: &Mask, at: usize, t: usize) {
+    vectorized(|| {
+        for i in 0..t {
+            let (p, a) = (&mut pd[i * t..(i + 1) * t], &att[i * t..(i + 1) * t]);
+            for j in 0..=i {
+                p[j] = a[j] * m.factor(at + i * t + j);
+            }
+            p[i + 1..].fill(0.0);
+        }
+    })
 }
 
 fn empty_acts() -> LayerActs {

@@ -1,13 +1,19 @@
 //! The training engine (plain buffers, hand-written backward) against the candle model with
 //! autograd: the same loss and every gradient, for causal and packed batches, weighted losses,
-//! both GELUs, with and without biases, tied and untied heads.
+//! both GELUs, with and without biases, tied and untied heads, with and without dropout (the
+//! same masks from the same stream, which both leave at the same place).
 
 #![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
 
 use candle_core::{DType, Device, Tensor};
 use chatforge_data::Rng;
 use chatforge_model::engine::{StepBatch, TrainEngine};
-use chatforge_model::{Activation, AttnMask, Gpt, GptConfig, Params, init_weights, ops, param_specs};
+use chatforge_model::{
+    Activation, AttnMask, Dropout, Gpt, GptConfig, Params, init_weights, ops, param_specs,
+};
+
+/// The dropout stream's seed in these tests.
+const DROP_SEED: u64 = 77;
 
 /// Largest difference relative to the reference's largest magnitude.
 fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -55,7 +61,11 @@ fn check(cfg: &GptConfig, segments: &[u32], weights: &[u8], scale: f32) {
     };
     let ids = Tensor::from_slice(&inputs, (b, t), &dev).unwrap();
     let pos = Tensor::from_slice(&positions, (b, t), &dev).unwrap();
-    let logits = gpt.forward(&ids, &pos, &mask, None, None).unwrap();
+    let mut dropout = Dropout {
+        p: cfg.dropout,
+        rng: Rng::new(DROP_SEED),
+    };
+    let logits = gpt.forward(&ids, &pos, &mask, None, Some(&mut dropout)).unwrap();
     let wf: Vec<f32> = weights.iter().map(|&x| f32::from(x)).collect();
     let loss = ops::cross_entropy(
         &logits.reshape((b * t, cfg.vocab_size)).unwrap(),
@@ -83,10 +93,15 @@ fn check(cfg: &GptConfig, segments: &[u32], weights: &[u8], scale: f32) {
         segments,
         weights,
     };
-    let got_loss = engine.forward_backward(&batch, scale).unwrap();
+    let mut stream = Rng::new(DROP_SEED);
+    let got_loss = engine.forward_backward(&batch, scale, &mut stream).unwrap();
     assert!(
         (got_loss as f32 - want_loss).abs() < 1e-5 * want_loss.abs().max(1.0),
         "loss {got_loss} vs {want_loss}"
+    );
+    assert_eq!(
+        stream, dropout.rng,
+        "the engine leaves the stream where autograd does"
     );
     let specs = param_specs(cfg);
     for ((spec, (_, var)), &(off, len)) in specs.iter().zip(&params.vars).zip(&engine.offsets) {
@@ -113,9 +128,11 @@ fn check(cfg: &GptConfig, segments: &[u32], weights: &[u8], scale: f32) {
         let d = rel_diff(got, &want);
         assert!(d < 1e-4, "{}: gradient differs by {d} (relative)", spec.name);
     }
-    // A second micro-batch adds to the gradients.
+    // A second micro-batch (with the same masks) adds to the gradients.
     let before = engine.grads.clone();
-    engine.forward_backward(&batch, scale).unwrap();
+    engine
+        .forward_backward(&batch, scale, &mut Rng::new(DROP_SEED))
+        .unwrap();
     let d = rel_diff(
         &engine.grads,
         &before.iter().map(|g| 2.0 * g).collect::<Vec<f32>>(),
@@ -166,6 +183,22 @@ fn engine_matches_autograd() {
         &some,
         0.25,
     );
+    // Dropout: on the embeddings, the attention weights and both residual branches.
+    let dropout = GptConfig {
+        dropout: 0.2,
+        ..base.clone()
+    };
+    check(&dropout, &causal, &all, 1.0);
+    check(&dropout, &packed, &some, 0.5);
+    check(
+        &GptConfig {
+            tie_embeddings: false,
+            ..dropout.clone()
+        },
+        &back,
+        &some,
+        1.0,
+    );
 }
 
 #[test]
@@ -190,8 +223,7 @@ fn engine_refuses_what_it_cannot_do() {
         dropout: 0.1,
         ..cfg.clone()
     };
-    assert!(TrainEngine::new(&dropout, 1, 8, vec![0.0; n]).is_err(), "dropout");
-    let mut e = TrainEngine::new(&cfg, 1, 4, vec![0.01; n]).unwrap();
+    let mut e = TrainEngine::new(&dropout, 1, 4, vec![0.01; n]).unwrap();
     let ids = [1u32, 2, 3, 11];
     let z = [0u32; 4];
     let w = [1u8; 4];
@@ -204,7 +236,11 @@ fn engine_refuses_what_it_cannot_do() {
         segments: &z,
         weights: &w,
     };
-    let err = e.forward_backward(&batch, 1.0).unwrap_err().to_string();
+    let mut stream = Rng::new(0);
+    let err = e
+        .forward_backward(&batch, 1.0, &mut stream)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("11"), "{err}");
     let none = [0u8; 4];
     let ok_ids = [1u32, 2, 3, 4];
@@ -214,13 +250,14 @@ fn engine_refuses_what_it_cannot_do() {
         weights: &none,
         ..batch
     };
-    assert!(e.forward_backward(&batch, 1.0).unwrap().is_nan());
+    assert!(e.forward_backward(&batch, 1.0, &mut stream).unwrap().is_nan());
     assert!(e.grads.iter().all(|&g| g == 0.0));
+    assert_eq!(stream, Rng::new(0), "no micro-batch, no masks drawn");
 }
 
 /// LoRA on the engine: the adapters' gradients (and the loss) as candle's autograd computes them
-/// through `Gpt::with_lora` on the frozen base, for several target sets, and QLoRA (q4, q8) on a
-/// block-quantised base.
+/// through `Gpt::with_lora` on the frozen base, for several target sets, QLoRA (q4, q8) on a
+/// block-quantised base, and dropout on the adapters' inputs (with and without the model's).
 #[test]
 fn engine_lora_matches_autograd() {
     use chatforge_model::LoraConfig;
@@ -247,16 +284,22 @@ fn engine_lora_matches_autograd() {
     let mut weights = vec![1u8; b * t];
     weights[..3].fill(0);
     use chatforge_model::quant::QuantKind;
-    for (targets_set, quant) in [
-        (vec!["c_attn"], None),
-        (vec!["c_attn", "c_proj", "c_fc"], None),
-        (vec!["c_attn", "c_proj", "c_fc"], Some(QuantKind::Q4)),
-        (vec!["c_proj"], Some(QuantKind::Q8)),
+    for (targets_set, quant, lora_p, model_p) in [
+        (vec!["c_attn"], None, 0.0, 0.0),
+        (vec!["c_attn", "c_proj", "c_fc"], None, 0.0, 0.0),
+        (vec!["c_attn", "c_proj", "c_fc"], Some(QuantKind::Q4), 0.0, 0.0),
+        (vec!["c_proj"], Some(QuantKind::Q8), 0.0, 0.0),
+        (vec!["c_attn", "c_proj", "c_fc"], None, 0.3, 0.1),
+        (vec!["c_proj", "c_fc"], Some(QuantKind::Q8), 0.2, 0.0),
     ] {
+        let cfg = GptConfig {
+            dropout: model_p,
+            ..cfg.clone()
+        };
         let lora = LoraConfig {
             rank: 3,
             alpha: 6.0,
-            dropout: 0.0,
+            dropout: lora_p,
             targets: targets_set.iter().map(|s| s.to_string()).collect(),
             quant,
         };
@@ -288,13 +331,17 @@ fn engine_lora_matches_autograd() {
         )
         .unwrap();
         let mask = AttnMask::packed(&segments, b, t, &dev).unwrap();
+        let mut dropout = Dropout {
+            p: model_p,
+            rng: Rng::new(DROP_SEED),
+        };
         let logits = gpt
             .forward(
                 &Tensor::from_slice(&inputs, (b, t), &dev).unwrap(),
                 &Tensor::from_slice(&positions, (b, t), &dev).unwrap(),
                 &mask,
                 None,
-                None,
+                Some(&mut dropout),
             )
             .unwrap();
         let wf: Vec<f32> = weights.iter().map(|&x| f32::from(x)).collect();
@@ -332,11 +379,19 @@ fn engine_lora_matches_autograd() {
             segments: &segments,
             weights: &weights,
         };
-        let got_loss = engine.forward_backward(&batch, 1.0).unwrap();
+        let mut stream = Rng::new(DROP_SEED);
+        let got_loss = engine.forward_backward(&batch, 1.0, &mut stream).unwrap();
         assert!(
             (got_loss as f32 - want_loss).abs() < 1e-5,
             "loss {got_loss} vs {want_loss}"
         );
+        assert_eq!(
+            stream, dropout.rng,
+            "{targets_set:?}: the stream ends in the same place"
+        );
+        if lora_p > 0.0 {
+            assert_ne!(stream, Rng::new(DROP_SEED), "adapter dropout draws masks");
+        }
         assert_eq!(engine.offsets.len(), params.vars.len());
         for ((spec, var), &(off, len)) in params.vars.iter().zip(&engine.offsets) {
             let want: Vec<f32> = grads
@@ -355,11 +410,4 @@ fn engine_lora_matches_autograd() {
             );
         }
     }
-    // Dropout on the adapters stays on the autograd path.
-    let n: usize = param_specs(&cfg)
-        .iter()
-        .map(|s| s.shape.iter().product::<usize>())
-        .sum();
-    let lora = LoraConfig::default();
-    assert!(TrainEngine::with_lora(&cfg, 1, 4, vec![0.0; n], &lora, Vec::new()).is_err());
 }

@@ -202,7 +202,9 @@ pub fn optimizer_step(
         let Some(x) = Inputs::new(&batch, mode, dev)? else {
             continue;
         };
-        let drop_ref = (dropout.p > 0.0).then_some(&mut *dropout);
+        // Always the stream: a site whose rate is 0 draws nothing, and an adapter's dropout
+        // applies even when the model's is 0.
+        let drop_ref = Some(&mut *dropout);
         // candle leaves a variable's gradient attached to the graph that computed it (the
         // activations it was multiplied with): detached, the graph is freed with the store.
         let mut sink = |g: &GradStore| -> chatforge_model::Result<()> {
@@ -246,7 +248,8 @@ pub fn optimizer_step(
 }
 
 /// [`optimizer_step`] through the training engine (plain buffers, hand-written backward): the same
-/// micro-batches, loss scaling, clipping and AdamW, on the engine's flat parameters.
+/// micro-batches, loss scaling, clipping, dropout masks (from `dropout`'s stream) and AdamW, on
+/// the engine's flat parameters.
 #[allow(clippy::too_many_arguments)] // the step's whole state, passed explicitly
 pub fn engine_step(
     engine: &mut TrainEngine,
@@ -257,6 +260,7 @@ pub fn engine_step(
     mode: Mode,
     lr: f64,
     clip: f64,
+    dropout: &mut Rng,
 ) -> Result<StepOutcome> {
     engine.zero_grad();
     let (mut loss_sum, mut used, mut positions) = (0f64, 0usize, 0usize);
@@ -276,7 +280,7 @@ pub fn engine_step(
                 &batch.target_mask
             },
         };
-        let loss = engine.forward_backward(&sb, 1.0 / micro as f32)?;
+        let loss = engine.forward_backward(&sb, 1.0 / micro as f32, dropout)?;
         if !loss.is_nan() {
             loss_sum += loss;
             used += 1;
@@ -301,16 +305,14 @@ pub fn engine_step(
     })
 }
 
-/// Whether `train` may use the engine: `train.engine` on, no dropout (model or adapters), no
-/// gradient checkpointing, and the variables in the engine's order.
+/// Whether `train` may use the engine: `train.engine` on, no gradient checkpointing, and the
+/// variables in the engine's order.
 fn engine_fits(cfg: &TrainConfig, lora: Option<&LoraConfig>, params: &Params) -> bool {
     let specs = match lora {
         Some(l) => l.param_specs(&cfg.model),
         None => chatforge_model::param_specs(&cfg.model),
     };
     cfg.train.engine
-        && lora.is_none_or(|l| l.dropout == 0.0)
-        && cfg.model.dropout == 0.0
         && !cfg.train.grad_checkpoint
         && specs.len() == params.vars.len()
         && specs.iter().zip(&params.vars).all(|(a, (b, _))| a.name == b.name)
@@ -582,8 +584,8 @@ pub fn train(
         )?
     };
     let total_params = cfg.model.n_params();
-    // The engine trains several times faster than autograd; dropout and gradient checkpointing
-    // take the autograd path.
+    // The engine trains several times faster than autograd; gradient checkpointing takes the
+    // autograd path.
     let mut engine = build_engine(&cfg, lora.as_ref(), &params, &frozen, seq_len)?;
     drop(frozen);
     let mut opt = AdamW::new(t.adamw(), &params.vars);
@@ -695,6 +697,7 @@ pub fn train(
                 t.mode,
                 lr,
                 t.grad_clip,
+                &mut dropout.rng,
             )?,
             None => optimizer_step(
                 &model,

@@ -151,19 +151,28 @@ fn gradient_checkpointing_trains_the_same_run() {
     assert!(plain[11] < plain[0], "it learns: {} -> {}", plain[0], plain[11]);
 }
 
-/// Without dropout, training runs on the engine (plain buffers, hand-written backward): the same
-/// run as candle's autograd computes, to float rounding, with packed SFT batches and
-/// accumulated micro-batches; validation and checkpoints see the engine's weights.
+/// Training runs on the engine (plain buffers, hand-written backward): the same run as candle's
+/// autograd computes, to float rounding, with packed SFT batches and accumulated micro-batches,
+/// without dropout and with it (the same masks); validation and checkpoints see the engine's
+/// weights. LoRA too, with and without adapter dropout.
 #[test]
 fn the_engine_trains_the_same_run_as_autograd() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path(), 12);
-    cfg.model.dropout = 0.0;
+    for (model_p, lora_p) in [(0.0, 0.0), (0.1, 0.1)] {
+        let dir = dir.path().join(format!("dropout{model_p}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        engine_and_autograd_agree(&dir, model_p, lora_p);
+    }
+}
+
+fn engine_and_autograd_agree(dir: &Path, model_p: f32, lora_p: f32) {
+    let mut cfg = config(dir, 12);
+    cfg.model.dropout = model_p;
     let mut auto = cfg.clone();
     auto.train.engine = false;
     let a = train(
         &cfg,
-        &dir.path().join("engine"),
+        &dir.join("engine"),
         false,
         &mut |_| {},
         &AtomicBool::new(false),
@@ -171,7 +180,7 @@ fn the_engine_trains_the_same_run_as_autograd() {
     .unwrap();
     let b = train(
         &auto,
-        &dir.path().join("autograd"),
+        &dir.join("autograd"),
         false,
         &mut |_| {},
         &AtomicBool::new(false),
@@ -186,7 +195,7 @@ fn the_engine_trains_the_same_run_as_autograd() {
     // The checkpoints hold the engine's weights: the same as autograd's to rounding.
     let w = |run: &str| -> Vec<f32> {
         let t = chatforge_model::load_weights(
-            &dir.path().join(run).join("checkpoints/step_000012"),
+            &dir.join(run).join("checkpoints/step_000012"),
             &cfg.model,
             &candle_core::Device::Cpu,
         )
@@ -201,15 +210,17 @@ fn the_engine_trains_the_same_run_as_autograd() {
     let d = we.iter().zip(&wa).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(d < 1e-4, "checkpointed weights differ by {d}");
 
-    // LoRA without adapter dropout trains on the engine too: the same run as autograd's.
+    // LoRA trains on the engine too: the same run as autograd's. The model's dropout is off, so
+    // the adapters' is all there is.
     let mut lora = cfg.clone();
+    lora.model.dropout = 0.0;
     lora.train.mode = Mode::Lora;
-    lora.train.init = Some(dir.path().join("engine"));
+    lora.train.init = Some(dir.join("engine"));
     lora.train.lr = 2e-2;
     lora.lora = LoraConfig {
         rank: 4,
         alpha: 8.0,
-        dropout: 0.0,
+        dropout: lora_p,
         targets: vec!["c_attn".into(), "c_proj".into(), "c_fc".into()],
         quant: None,
     };
@@ -217,7 +228,7 @@ fn the_engine_trains_the_same_run_as_autograd() {
     lora_auto.train.engine = false;
     let a = train(
         &lora,
-        &dir.path().join("lora-engine"),
+        &dir.join("lora-engine"),
         false,
         &mut |_| {},
         &AtomicBool::new(false),
@@ -225,7 +236,7 @@ fn the_engine_trains_the_same_run_as_autograd() {
     .unwrap();
     let b = train(
         &lora_auto,
-        &dir.path().join("lora-autograd"),
+        &dir.join("lora-autograd"),
         false,
         &mut |_| {},
         &AtomicBool::new(false),
@@ -243,7 +254,7 @@ fn the_engine_trains_the_same_run_as_autograd() {
 #[test]
 fn a_crashed_run_resumes_with_identical_losses() {
     let dir = tempfile::tempdir().unwrap();
-    // With dropout (autograd) and without (the engine).
+    // With dropout and without.
     for dropout in [0.1, 0.0] {
         let dir = dir.path().join(format!("dropout{dropout}"));
         std::fs::create_dir_all(&dir).unwrap();

@@ -387,6 +387,7 @@ fn train_bench(args: &TrainBench) -> anyhow::Result<()> {
                 mode,
                 6e-4,
                 1.0,
+                &mut dropout.rng,
             )?;
             if i >= args.warmup {
                 times.push(t0.elapsed().as_secs_f64());
@@ -846,6 +847,7 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
                     Mode::Pretrain,
                     1e-4,
                     1.0,
+                    &mut dropout.rng,
                 )?;
             }
             Step::Autograd(mp) => {
