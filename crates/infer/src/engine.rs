@@ -14,29 +14,9 @@ use candle_core::{DType, Tensor};
 use chatforge_model::{Activation, GptConfig, Weights, ops::gelu_scalar};
 use rayon::prelude::*;
 
+pub use crate::kernels::WeightType;
 use crate::kernels::{self, Layout, Matrix};
 use crate::{Error, Result};
-
-/// Precision of the weight matrices (norms, biases and the cache stay f32).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WeightType {
-    #[default]
-    F32,
-    /// Half the bytes per step; logits differ from f32 by about 1e-2.
-    Bf16,
-}
-
-impl std::str::FromStr for WeightType {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "f32" => Ok(WeightType::F32),
-            "bf16" => Ok(WeightType::Bf16),
-            _ => Err(format!("unknown weight type {s:?} (expected f32 or bf16)")),
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 struct Norm {
@@ -125,7 +105,6 @@ impl Engine {
     pub fn new(cfg: &GptConfig, w: &Weights, weight_type: WeightType) -> Result<Engine> {
         cfg.validate()?;
         let (c, v) = (cfg.n_embd, cfg.vocab_size);
-        let bf16 = weight_type == WeightType::Bf16;
         let get = |name: &str, shape: &[usize]| tensor_vec(w, name, shape);
         let opt = |name: &str, shape: &[usize]| -> Result<Option<Vec<f32>>> {
             if cfg.bias {
@@ -149,7 +128,7 @@ impl Engine {
                 rows,
                 cols,
                 Layout::InOut,
-                bf16,
+                weight_type,
             ))
         };
         let layers = (0..cfg.n_layer)
@@ -177,12 +156,18 @@ impl Engine {
                 v,
                 c,
                 Layout::OutIn,
-                bf16,
+                weight_type,
             ))
         };
         Ok(Engine {
             cfg: cfg.clone(),
-            wte: Matrix::new(get("transformer.wte.weight", &[v, c])?, v, c, Layout::OutIn, bf16),
+            wte: Matrix::new(
+                get("transformer.wte.weight", &[v, c])?,
+                v,
+                c,
+                Layout::OutIn,
+                weight_type,
+            ),
             wpe: get("transformer.wpe.weight", &[cfg.n_ctx, c])?,
             layers,
             ln_f: norm("transformer.ln_f")?,
@@ -450,7 +435,7 @@ mod tests {
     }
 
     #[test]
-    fn bf16_weights_stay_close_and_context_is_enforced() {
+    fn bf16_and_q8_weights_stay_close_and_context_is_enforced() {
         let cfg = GptConfig::tiny(61);
         let (_, w) = model(&cfg);
         let f = Engine::new(&cfg, &w, WeightType::F32).unwrap();
@@ -460,6 +445,25 @@ mod tests {
         let lf = f.forward(&mut [&mut f.new_sequence()], &[&ids], false).unwrap();
         let lb = b.forward(&mut [&mut b.new_sequence()], &[&ids], false).unwrap();
         assert!(max_diff(&lf, &lb) < 0.05, "{}", max_diff(&lf, &lb));
+        // q8: a little over a quarter of the bytes; a prompt of more than 8 tokens takes the
+        // gemm path (the dequantised matrix), a short one the streaming kernels.
+        let q = Engine::new(&cfg, &w, WeightType::Q8).unwrap();
+        assert!(
+            q.weight_bytes() * 3 < f.weight_bytes(),
+            "{} vs {}",
+            q.weight_bytes(),
+            f.weight_bytes()
+        );
+        let lq = q.forward(&mut [&mut q.new_sequence()], &[&ids], false).unwrap();
+        assert!(max_diff(&lf, &lq) < 0.05, "{}", max_diff(&lf, &lq));
+        let prompt: Vec<u32> = (0..12).map(|i| (i * 7 % 61) as u32).collect();
+        let lf = f
+            .forward(&mut [&mut f.new_sequence()], &[&prompt], false)
+            .unwrap();
+        let lq = q
+            .forward(&mut [&mut q.new_sequence()], &[&prompt], false)
+            .unwrap();
+        assert!(max_diff(&lf, &lq) < 0.05, "{}", max_diff(&lf, &lq));
         let long = vec![1u32; cfg.n_ctx + 1];
         let err = f
             .forward(&mut [&mut f.new_sequence()], &[&long], false)

@@ -10,13 +10,41 @@
 //!
 //! The inner loops are plain Rust, compiled three times (AVX-512, AVX2+FMA, baseline) and chosen at
 //! run time from the CPU's features, so the default build is fast on every x86-64 machine.
-//! Weights are f32 or bf16 (the upper half of an f32: converting back is a shift), which halves the
-//! bytes each token streams.
+//! Weights are f32, bf16 (the upper half of an f32: converting back is a shift), which halves the
+//! bytes each token streams, or q8: int8 in blocks of [`QBLOCK`] inputs per output, each block with
+//! its own f32 scale (llama.cpp's q8_0 with an f32 scale), a little over a quarter of f32's bytes.
 
 use rayon::prelude::*;
 
 /// Up to this many rows use the streaming kernels; more go to `gemm`.
 const SMALL_M: usize = 8;
+
+/// Inputs per q8 block: each output's weights are quantised in runs of this many, with one scale.
+pub const QBLOCK: usize = 32;
+
+/// Precision of the weight matrices (norms, biases and the cache stay f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightType {
+    #[default]
+    F32,
+    /// Half the bytes per step; logits differ from f32 by about 1e-2.
+    Bf16,
+    /// Symmetric int8 in blocks of [`QBLOCK`] inputs, an f32 scale each: 1.125 bytes a weight.
+    Q8,
+}
+
+impl std::str::FromStr for WeightType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(WeightType::F32),
+            "bf16" => Ok(WeightType::Bf16),
+            "q8" => Ok(WeightType::Q8),
+            _ => Err(format!("unknown weight type {s:?} (expected f32, bf16 or q8)")),
+        }
+    }
+}
 
 /// A bf16 value: the upper 16 bits of an f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -58,11 +86,48 @@ impl Elem for Bf16 {
     }
 }
 
+impl Elem for i8 {
+    #[inline(always)]
+    fn f(self) -> f32 {
+        f32::from(self)
+    }
+}
+
 /// Weight storage of one matrix.
 #[derive(Debug, Clone)]
 pub enum Store {
     F32(Vec<f32>),
     Bf16(Vec<Bf16>),
+    /// int8 values in the matrix's layout, and one scale per block of [`QBLOCK`] inputs per
+    /// output: `(out, blocks)` for [`Layout::OutIn`], packed in panels like the values (each
+    /// panel `(blocks, PANEL)`) for [`Layout::InOut`].
+    Q8 {
+        q: Vec<i8>,
+        scales: Vec<f32>,
+    },
+}
+
+/// Symmetric int8 quantisation of `w`, whose element `(i, j)` is at `w[i * rs + j * cs]` for
+/// `i < k` inputs and `j < n` outputs: blocks of [`QBLOCK`] inputs per output, each scaled so its
+/// largest magnitude is 127. Returns the values in the same places and the scales `(k blocks, n)`
+/// row-major.
+fn quantize_q8(w: &[f32], k: usize, n: usize, rs: usize, cs: usize) -> (Vec<i8>, Vec<f32>) {
+    let nb = k.div_ceil(QBLOCK);
+    let mut q = vec![0i8; w.len()];
+    let mut scales = vec![0f32; nb * n];
+    for b in 0..nb {
+        let (i0, i1) = (b * QBLOCK, ((b + 1) * QBLOCK).min(k));
+        for j in 0..n {
+            let max = (i0..i1).fold(0f32, |m, i| m.max(w[i * rs + j * cs].abs()));
+            let d = max / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            for i in i0..i1 {
+                q[i * rs + j * cs] = (w[i * rs + j * cs] * inv).round() as i8;
+            }
+            scales[b * n + j] = d;
+        }
+    }
+    (q, scales)
 }
 
 /// How the matrix is laid out against the product `y = x · W`.
@@ -86,15 +151,36 @@ pub struct Matrix {
 impl Matrix {
     /// `data` is row-major `(rows, cols)`. An `(in, out)` matrix is stored packed in panels of
     /// [`PANEL`] columns (see [`pack_panels`]).
-    pub fn new(data: Vec<f32>, rows: usize, cols: usize, layout: Layout, bf16: bool) -> Matrix {
-        let data = match layout {
-            Layout::InOut => pack_panels(&data, rows, cols),
-            Layout::OutIn => data,
-        };
-        let store = if bf16 {
-            Store::Bf16(data.iter().map(|&x| Bf16::from_f32(x)).collect())
-        } else {
-            Store::F32(data)
+    pub fn new(data: Vec<f32>, rows: usize, cols: usize, layout: Layout, wt: WeightType) -> Matrix {
+        let store = match (wt, layout) {
+            (WeightType::Q8, Layout::InOut) => {
+                let (q, scales) = quantize_q8(&data, rows, cols, cols, 1);
+                Store::Q8 {
+                    q: pack_panels(&q, rows, cols),
+                    scales: pack_panels(&scales, rows.div_ceil(QBLOCK), cols),
+                }
+            }
+            (WeightType::Q8, Layout::OutIn) => {
+                let (q, scales) = quantize_q8(&data, cols, rows, 1, cols);
+                // Scales (blocks, out) → (out, blocks): each output's row of blocks together.
+                let nb = cols.div_ceil(QBLOCK);
+                let mut t = vec![0f32; scales.len()];
+                for b in 0..nb {
+                    for j in 0..rows {
+                        t[j * nb + b] = scales[b * rows + j];
+                    }
+                }
+                Store::Q8 { q, scales: t }
+            }
+            (WeightType::Bf16, _) => {
+                let data = match layout {
+                    Layout::InOut => pack_panels(&data, rows, cols),
+                    Layout::OutIn => data,
+                };
+                Store::Bf16(data.iter().map(|&x| Bf16::from_f32(x)).collect())
+            }
+            (WeightType::F32, Layout::InOut) => Store::F32(pack_panels(&data, rows, cols)),
+            (WeightType::F32, Layout::OutIn) => Store::F32(data),
         };
         Matrix {
             store,
@@ -124,6 +210,7 @@ impl Matrix {
         match &self.store {
             Store::F32(v) => v.len() * 4,
             Store::Bf16(v) => v.len() * 2,
+            Store::Q8 { q, scales } => q.len() + scales.len() * 4,
         }
     }
 
@@ -136,6 +223,13 @@ impl Matrix {
                 .iter_mut()
                 .zip(&v[i * c..(i + 1) * c])
                 .for_each(|(o, w)| *o = w.to_f32()),
+            Store::Q8 { q, scales } => {
+                // Rows of an (out, in) matrix (the embedding); an (in, out) one is never looked up.
+                let nb = c.div_ceil(QBLOCK);
+                for (j, (o, &w)) in out.iter_mut().zip(&q[i * c..(i + 1) * c]).enumerate() {
+                    *o = f32::from(w) * scales[i * nb + j / QBLOCK];
+                }
+            }
         }
     }
 
@@ -144,6 +238,30 @@ impl Matrix {
         let flat = match &self.store {
             Store::F32(v) => std::borrow::Cow::Borrowed(v.as_slice()),
             Store::Bf16(v) => std::borrow::Cow::Owned(v.iter().map(|w| w.to_f32()).collect()),
+            Store::Q8 { q, scales } => std::borrow::Cow::Owned(match self.layout {
+                Layout::OutIn => {
+                    let nb = self.cols.div_ceil(QBLOCK);
+                    q.iter()
+                        .enumerate()
+                        .map(|(e, &w)| {
+                            let (i, j) = (e / self.cols, e % self.cols);
+                            f32::from(w) * scales[i * nb + j / QBLOCK]
+                        })
+                        .collect()
+                }
+                Layout::InOut => {
+                    // Panel p, row i, column jj takes the scale of block i / QBLOCK.
+                    let (k, nb) = (self.rows, self.rows.div_ceil(QBLOCK));
+                    q.iter()
+                        .enumerate()
+                        .map(|(e, &w)| {
+                            let (p, r) = (e / (k * PANEL), e % (k * PANEL));
+                            let (i, jj) = (r / PANEL, r % PANEL);
+                            f32::from(w) * scales[p * nb * PANEL + (i / QBLOCK) * PANEL + jj]
+                        })
+                        .collect()
+                }
+            }),
         };
         match self.layout {
             Layout::OutIn => flat,
@@ -158,9 +276,9 @@ pub const PANEL: usize = 64;
 /// `(k, n)` row-major → panels of [`PANEL`] columns, each `(k, PANEL)` row-major and contiguous,
 /// the last one padded with zeros. A panel's product with a row of x streams its weights front to
 /// back while the 64 sums stay in registers.
-pub fn pack_panels(w: &[f32], k: usize, n: usize) -> Vec<f32> {
+pub fn pack_panels<T: Copy + Default>(w: &[T], k: usize, n: usize) -> Vec<T> {
     let np = n.div_ceil(PANEL);
-    let mut out = vec![0f32; np * k * PANEL];
+    let mut out = vec![T::default(); np * k * PANEL];
     for (p, panel) in out.chunks_mut(k * PANEL).enumerate() {
         let (j0, j1) = (p * PANEL, ((p + 1) * PANEL).min(n));
         for (i, row) in panel.chunks_mut(PANEL).enumerate() {
@@ -218,6 +336,95 @@ fn panel_rows<E: Elem, const FMA: bool>(x: &[f32], k: usize, rows: usize, panel:
         1 => panel_m::<E, FMA, 1>(x, k, rows, panel, out),
         2 => panel_m::<E, FMA, 2>(x, k, rows, panel, out),
         _ => panel_m::<E, FMA, 4>(x, k, rows, panel, out),
+    }
+}
+
+/// [`panel_m`] for a q8 panel: `scales` is `(blocks, PANEL)`, block `b` scaling inputs
+/// `b·QBLOCK..(b+1)·QBLOCK` (the last block may be shorter).
+#[inline(always)]
+fn panel_q8_m<E: Elem, const FMA: bool, const M: usize>(
+    x: &[f32],
+    k: usize,
+    rows: usize,
+    panel: &[E],
+    scales: &[f32],
+    out: &mut [f32],
+) {
+    let mut acc = [[0f32; PANEL]; M];
+    for (b, s) in scales.chunks_exact(PANEL).enumerate() {
+        let i0 = b * QBLOCK;
+        let block = panel[i0 * PANEL..(i0 + QBLOCK).min(k) * PANEL].chunks_exact(PANEL);
+        for (i, w) in block.enumerate() {
+            for (r, a) in acc.iter_mut().enumerate().take(rows) {
+                let xv = x[r * k + i0 + i];
+                for ((acc, wv), sc) in a.iter_mut().zip(w).zip(s) {
+                    *acc = fmadd::<FMA>(xv, wv.f() * sc, *acc);
+                }
+            }
+        }
+    }
+    for (a, o) in acc.iter().zip(out.chunks_exact_mut(PANEL)).take(rows) {
+        o.copy_from_slice(a);
+    }
+}
+
+#[inline(always)]
+fn panel_q8_rows<E: Elem, const FMA: bool>(
+    x: &[f32],
+    k: usize,
+    rows: usize,
+    panel: &[E],
+    scales: &[f32],
+    out: &mut [f32],
+) {
+    match rows {
+        1 => panel_q8_m::<E, FMA, 1>(x, k, rows, panel, scales, out),
+        2 => panel_q8_m::<E, FMA, 2>(x, k, rows, panel, scales, out),
+        _ => panel_q8_m::<E, FMA, 4>(x, k, rows, panel, scales, out),
+    }
+}
+
+/// `a · b` for one q8 row `b` with one scale per [`QBLOCK`] inputs.
+#[inline(always)]
+fn dot_q8<E: Elem, const FMA: bool>(a: &[f32], b: &[E], scales: &[f32]) -> f32 {
+    // Two blocks per step: 64 lanes, four independent vector accumulators on AVX-512.
+    let mut acc = [0f32; 2 * QBLOCK];
+    let (ac, bc) = (a.chunks_exact(2 * QBLOCK), b.chunks_exact(2 * QBLOCK));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for ((x, y), s) in ac.zip(bc).zip(scales.chunks_exact(2)) {
+        let (s0, s1) = (s[0], s[1]);
+        for l in 0..QBLOCK {
+            acc[l] = fmadd::<FMA>(x[l], y[l].f() * s0, acc[l]);
+        }
+        for l in QBLOCK..2 * QBLOCK {
+            acc[l] = fmadd::<FMA>(x[l], y[l].f() * s1, acc[l]);
+        }
+    }
+    let done = a.len() - ar.len();
+    let mut tail = 0f32;
+    for (i, (x, y)) in ar.iter().zip(br).enumerate() {
+        tail = fmadd::<FMA>(*x, y.f() * scales[(done + i) / QBLOCK], tail);
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// [`dot_rows`] for q8 rows (`scales`: `(out, blocks)`).
+#[inline(always)]
+fn dot_q8_rows<E: Elem, const FMA: bool>(
+    x: &[f32],
+    k: usize,
+    w: &[E],
+    scales: &[f32],
+    v0: usize,
+    out: &mut [f32],
+) {
+    let (m, nb) = (x.len() / k, k.div_ceil(QBLOCK));
+    for (j, o) in out.chunks_mut(m).enumerate() {
+        let v = v0 + j;
+        let (wr, sr) = (&w[v * k..(v + 1) * k], &scales[v * nb..(v + 1) * nb]);
+        for (r, oo) in o.iter_mut().enumerate() {
+            *oo = dot_q8::<E, FMA>(&x[r * k..(r + 1) * k], wr, sr);
+        }
     }
 }
 
@@ -291,6 +498,8 @@ macro_rules! multiversion {
 
 multiversion!(fn panel_band(x: &[f32], k: usize, rows: usize, panel: &[E], out: &mut [f32]) => panel_rows);
 multiversion!(fn dot_band(x: &[f32], k: usize, w: &[E], v0: usize, out: &mut [f32]) => dot_rows);
+multiversion!(fn panel_q8_band(x: &[f32], k: usize, rows: usize, panel: &[E], scales: &[f32], out: &mut [f32]) => panel_q8_rows);
+multiversion!(fn dot_q8_band(x: &[f32], k: usize, w: &[E], scales: &[f32], v0: usize, out: &mut [f32]) => dot_q8_rows);
 
 /// One head of attention for one query: scores against `n` cached keys, softmax, weighted sum of
 /// the values. Keys and values are rows of width `c`, the head's part at `off..off + q.len()`.
@@ -352,10 +561,12 @@ pub fn matmul(x: &[f32], m: usize, w: &Matrix, bias: Option<&[f32]>, out: &mut [
         gemm_f32(x, m, w, out);
     } else {
         match (&w.store, w.layout) {
-            (Store::F32(v), Layout::InOut) => streaming_in_out(x, m, v, k, n, out),
-            (Store::Bf16(v), Layout::InOut) => streaming_in_out(x, m, v, k, n, out),
-            (Store::F32(v), Layout::OutIn) => streaming_out_in(x, m, v, k, n, out),
-            (Store::Bf16(v), Layout::OutIn) => streaming_out_in(x, m, v, k, n, out),
+            (Store::F32(v), Layout::InOut) => streaming_in_out(x, m, v, &[], k, n, out),
+            (Store::Bf16(v), Layout::InOut) => streaming_in_out(x, m, v, &[], k, n, out),
+            (Store::Q8 { q, scales }, Layout::InOut) => streaming_in_out(x, m, q, scales, k, n, out),
+            (Store::F32(v), Layout::OutIn) => streaming_out_in(x, m, v, &[], k, n, out),
+            (Store::Bf16(v), Layout::OutIn) => streaming_out_in(x, m, v, &[], k, n, out),
+            (Store::Q8 { q, scales }, Layout::OutIn) => streaming_out_in(x, m, q, scales, k, n, out),
         }
     }
     if let Some(b) = bias {
@@ -364,21 +575,30 @@ pub fn matmul(x: &[f32], m: usize, w: &Matrix, bias: Option<&[f32]>, out: &mut [
     }
 }
 
-fn streaming_in_out<E: Elem>(x: &[f32], m: usize, w: &[E], k: usize, n: usize, out: &mut [f32]) {
+/// Packed `(in, out)` weights against a few rows; `scales` are a q8 matrix's (empty otherwise).
+fn streaming_in_out<E: Elem>(
+    x: &[f32],
+    m: usize,
+    w: &[E],
+    scales: &[f32],
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+) {
     // One task per panel (each streams its own contiguous k×64 block), four rows of x at a time.
     let np = n.div_ceil(PANEL);
+    let nbp = k.div_ceil(QBLOCK) * PANEL;
     let mut blocks = vec![0f32; np * m * PANEL]; // [panel][row][64]
     let work = |p: usize, o: &mut [f32]| {
         let panel = &w[p * k * PANEL..(p + 1) * k * PANEL];
         for r0 in (0..m).step_by(4) {
             let rows = (m - r0).min(4);
-            panel_band(
-                &x[r0 * k..],
-                k,
-                rows,
-                panel,
-                &mut o[r0 * PANEL..(r0 + rows) * PANEL],
-            );
+            let o = &mut o[r0 * PANEL..(r0 + rows) * PANEL];
+            if scales.is_empty() {
+                panel_band(&x[r0 * k..], k, rows, panel, o);
+            } else {
+                panel_q8_band(&x[r0 * k..], k, rows, panel, &scales[p * nbp..(p + 1) * nbp], o);
+            }
         }
     };
     if k * n < 1 << 15 {
@@ -400,20 +620,36 @@ fn streaming_in_out<E: Elem>(x: &[f32], m: usize, w: &[E], k: usize, n: usize, o
     }
 }
 
-fn streaming_out_in<E: Elem>(x: &[f32], m: usize, w: &[E], k: usize, n: usize, out: &mut [f32]) {
+/// `(out, in)` weights against a few rows; `scales` are a q8 matrix's (empty otherwise).
+fn streaming_out_in<E: Elem>(
+    x: &[f32],
+    m: usize,
+    w: &[E],
+    scales: &[f32],
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+) {
     // Output-major blocks of 256 outputs, then transposed into (m, n).
     const BLOCK: usize = 256;
+    let band = |v0: usize, o: &mut [f32]| {
+        if scales.is_empty() {
+            dot_band(x, k, w, v0, o)
+        } else {
+            dot_q8_band(x, k, w, scales, v0, o)
+        }
+    };
     if m == 1 {
         out.par_chunks_mut(BLOCK)
             .enumerate()
-            .for_each(|(b, o)| dot_band(x, k, w, b * BLOCK, o));
+            .for_each(|(b, o)| band(b * BLOCK, o));
         return;
     }
     let mut blocks = vec![0f32; n * m];
     blocks
         .par_chunks_mut(BLOCK * m)
         .enumerate()
-        .for_each(|(b, o)| dot_band(x, k, w, b * BLOCK, o));
+        .for_each(|(b, o)| band(b * BLOCK, o));
     for (v, vals) in blocks.chunks(m).enumerate() {
         for (r, &val) in vals.iter().enumerate() {
             out[r * n + v] = val;
@@ -479,21 +715,53 @@ mod tests {
                 let w = data(k * n, 2);
                 let want = naive(&x, m, &w, k, n, layout);
                 let bias = data(n, 3);
-                for bf16 in [false, true] {
-                    let mat = Matrix::new(w.clone(), rows, cols, layout, bf16);
+                for wt in [WeightType::F32, WeightType::Bf16, WeightType::Q8] {
+                    let mat = Matrix::new(w.clone(), rows, cols, layout, wt);
                     let mut out = vec![0f32; m * n];
                     matmul(&x, m, &mat, Some(&bias), &mut out);
-                    let tol = if bf16 {
-                        0.05 * (k as f32).sqrt()
-                    } else {
-                        1e-4 * (k as f32).sqrt()
-                    };
+                    let tol = match wt {
+                        WeightType::F32 => 1e-4,
+                        WeightType::Bf16 => 0.05,
+                        WeightType::Q8 => 0.05,
+                    } * (k as f32).sqrt();
                     for (i, (o, e)) in out.iter().zip(&want).enumerate() {
                         let e = e + bias[i % n];
-                        assert!(
-                            (o - e).abs() <= tol,
-                            "{m}x{k}x{n} {layout:?} bf16={bf16}: {o} vs {e}"
-                        );
+                        assert!((o - e).abs() <= tol, "{m}x{k}x{n} {layout:?} {wt:?}: {o} vs {e}");
+                    }
+                    if wt == WeightType::Q8 {
+                        // Each weight is within half a step of its block's scale, and the
+                        // product is exactly that of the dequantised weights.
+                        let deq = mat.to_f32();
+                        for i in 0..k {
+                            for j in 0..n {
+                                let at = |v: &[f32]| match layout {
+                                    Layout::InOut => v[i * n + j],
+                                    Layout::OutIn => v[j * k + i],
+                                };
+                                let b0 = i / QBLOCK * QBLOCK;
+                                let max = (b0..(b0 + QBLOCK).min(k)).fold(0f32, |mx, ii| {
+                                    mx.max(match layout {
+                                        Layout::InOut => w[ii * n + j].abs(),
+                                        Layout::OutIn => w[j * k + ii].abs(),
+                                    })
+                                });
+                                let err = (at(&deq) - at(&w)).abs();
+                                assert!(err <= max / 254.0 * 1.0001, "q8 ({i}, {j}): {err} > {max}/254");
+                            }
+                        }
+                        let exact = naive(&x, m, &deq, k, n, layout);
+                        for (i, (o, e)) in out.iter().zip(&exact).enumerate() {
+                            let e = e + bias[i % n];
+                            assert!(
+                                (o - e).abs() <= 1e-4 * (k as f32).sqrt(),
+                                "q8 {m}x{k}x{n} {layout:?}: {o} vs {e}"
+                            );
+                        }
+                        if layout == Layout::OutIn {
+                            let mut row = vec![0f32; k];
+                            mat.row_into(n - 1, &mut row);
+                            assert_eq!(row, deq[(n - 1) * k..]);
+                        }
                     }
                 }
             }

@@ -86,7 +86,7 @@ pub struct GenerateBench {
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     pub batches: Vec<usize>,
     /// Weight types of the decoder
-    #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
+    #[arg(long, value_delimiter = ',', default_value = "f32,bf16,q8")]
     pub weights: Vec<chatforge_infer::WeightType>,
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
