@@ -1284,13 +1284,7 @@ impl TrainEngine {
                 };
             }
             // res3 = res2 + dropout(fch_act · Wfcproj + b)
-            let dy: &[f32] = match &lm.res[1] {
-                Some(m) => {
-                    apply_mask(&mut dmask, Some(&dres), m, false);
-                    &dmask
-                }
-                None => &dres,
-            };
+            let dy = through_mask(&mut dmask, &dres, lm.res[1].as_ref());
             lin!(&mut dwide, dy, &a.fch_act, lp.fcproj(c), &a.u[3], drop_in!(3));
             // One loop per activation, so each is vectorised with its function inlined.
             match act {
@@ -1331,13 +1325,7 @@ impl TrainEngine {
                 );
             }
             // res2 = input + dropout(atty · Wproj + b)
-            let dy: &[f32] = match &lm.res[0] {
-                Some(m) => {
-                    apply_mask(&mut dmask, Some(&dres), m, false);
-                    &dmask
-                }
-                None => &dres,
-            };
+            let dy = through_mask(&mut dmask, &dres, lm.res[0].as_ref());
             lin!(&mut dnarrow, dy, &a.atty, lp.proj(c), &a.u[1], drop_in!(1));
             attention_bwd(&mut dqkv, &mut datt, &dnarrow, a, batch, (c, h), lm.att.as_ref());
             // qkv = ln1 · Wattn + b
@@ -1843,6 +1831,17 @@ fn apply_mask(dst: &mut [f32], src: Option<&[f32]>, m: &Mask, add: bool) {
             }
         })
     });
+}
+
+/// The gradient `g` through a dropout mask, in `scratch`; `g` itself without one.
+fn through_mask<'a>(scratch: &'a mut [f32], g: &'a [f32], m: Option<&Mask>) -> &'a [f32] {
+    match m {
+        Some(m) => {
+            apply_mask(scratch, Some(g), m, false);
+            scratch
+        }
+        None => g,
+    }
 }
 
 /// `pd = att ⊙ mask` for one `(t, t)` block of causal attention weights whose mask elements
