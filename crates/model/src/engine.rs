@@ -164,7 +164,11 @@ pub struct TrainEngine {
     /// The output head: `wte` when tied.
     head: usize,
     x0: Vec<f32>,
+    /// Each block's activations; with gradient checkpointing only its output (`res3`).
     acts: Vec<LayerActs>,
+    /// Gradient checkpointing: one block's full activations, recomputed for each block in
+    /// backward from its kept input.
+    work: Option<LayerActs>,
     lnf: Vec<f32>,
     lnf_stats: Vec<(f32, f32)>,
     logits: Vec<f32>,
@@ -750,6 +754,7 @@ impl TrainEngine {
             head,
             x0: z(n * c),
             acts,
+            work: None,
             lnf: z(n * c),
             lnf_stats: vec![(0.0, 0.0); n],
             logits: z(n * v),
@@ -761,6 +766,38 @@ impl TrainEngine {
             params: trainable,
             cfg: cfg.clone(),
         })
+    }
+
+    /// Gradient checkpointing (Chen et al. 2016): keep only each block's output, and in backward
+    /// recompute one block's activations at a time, from its kept input, in one shared set of
+    /// buffers. The activations take about `1/n_layer` of the memory for one more forward of the
+    /// blocks; the gradients are the same, bit for bit (the recomputation repeats the same
+    /// arithmetic, dropout masks included).
+    pub fn checkpointed(mut self) -> TrainEngine {
+        if self.work.is_some() {
+            return self;
+        }
+        let n = self.b * self.t * self.cfg.n_embd;
+        let mut work = None;
+        for a in &mut self.acts {
+            let res3 = std::mem::take(&mut a.res3);
+            let full = std::mem::replace(a, empty_acts());
+            a.res3 = res3;
+            // The first block's buffers become the shared ones; the others are freed.
+            if work.is_none() {
+                work = Some(LayerActs {
+                    res3: vec![0.0; n],
+                    ..full
+                });
+            }
+        }
+        self.work = work;
+        self
+    }
+
+    /// Whether backward recomputes the blocks' activations ([`TrainEngine::checkpointed`]).
+    pub fn is_checkpointed(&self) -> bool {
+        self.work.is_some()
     }
 
     pub fn config(&self) -> &GptConfig {
@@ -779,6 +816,7 @@ impl TrainEngine {
         let acts: usize = self
             .acts
             .iter()
+            .chain(&self.work)
             .map(|a| {
                 [
                     &a.ln1, &a.qkv, &a.att, &a.atty, &a.res2, &a.ln2, &a.fch, &a.fch_act, &a.res3,
@@ -927,104 +965,18 @@ impl TrainEngine {
             }
         }
         for l in 0..cfg.n_layer {
-            let lp = self.layers[l];
-            let lm = self.masks[l];
-            // An adapter's input dropout, with the scratch its dropped-out input goes to.
-            macro_rules! drop_in {
-                ($k:expr) => {
-                    lm.ad[$k].as_ref().map(|m| (m, &mut xdrop[..]))
-                };
-            }
-            let mut a = std::mem::replace(&mut self.acts[l], empty_acts());
-            let wts = if self.frozen { &self.base } else { &self.params };
-            let trainable = &self.params;
-            let [u_attn, u_proj, u_fc, u_fcproj] = &mut a.u;
-            {
-                let input: &[f32] = if l == 0 { &self.x0 } else { &self.acts[l - 1].res3 };
-                layer_norm_fwd(
-                    &mut a.ln1,
-                    &mut a.ln1_stats,
-                    input,
-                    &wts[lp.ln1_w..lp.ln1_w + c],
-                    lp.ln1_b.map(|o| &wts[o..o + c]),
-                    c,
-                    eps,
-                );
-            }
-            linear_fwd(
-                wts,
-                (&self.quant, &mut wq),
-                trainable,
-                &mut a.qkv,
-                &a.ln1,
-                n,
-                lp.attn(c),
-                u_attn,
-                drop_in!(0),
-            );
-            self.attention_fwd(&mut a.att, &mut a.atty, &a.qkv, batch, &mut pd, lm.att.as_ref());
-            // res2 = input + atty · Wproj + b
-            linear_fwd(
-                wts,
-                (&self.quant, &mut wq),
-                trainable,
-                &mut a.res2,
-                &a.atty,
-                n,
-                lp.proj(c),
-                u_proj,
-                drop_in!(1),
-            );
-            if let Some(m) = &lm.res[0] {
-                apply_mask(&mut a.res2, None, m, false);
-            }
-            {
-                let input: &[f32] = if l == 0 { &self.x0 } else { &self.acts[l - 1].res3 };
-                add_into(&mut a.res2, input);
-            }
-            layer_norm_fwd(
-                &mut a.ln2,
-                &mut a.ln2_stats,
-                &a.res2,
-                &wts[lp.ln2_w..lp.ln2_w + c],
-                lp.ln2_b.map(|o| &wts[o..o + c]),
-                c,
-                eps,
-            );
-            linear_fwd(
-                wts,
-                (&self.quant, &mut wq),
-                trainable,
-                &mut a.fch,
-                &a.ln2,
-                n,
-                lp.fc(c),
-                u_fc,
-                drop_in!(2),
-            );
-            match cfg.activation {
-                Activation::GeluTanh => {
-                    map_into(&mut a.fch_act, &a.fch, |x| act_fwd(Activation::GeluTanh, x))
+            match self.work.take() {
+                Some(mut w) => {
+                    self.layer_forward(l, &mut w, batch, &mut wq, &mut xdrop, &mut pd);
+                    std::mem::swap(&mut w.res3, &mut self.acts[l].res3);
+                    self.work = Some(w);
                 }
-                Activation::GeluErf => map_into(&mut a.fch_act, &a.fch, |x| act_fwd(Activation::GeluErf, x)),
+                None => {
+                    let mut a = std::mem::replace(&mut self.acts[l], empty_acts());
+                    self.layer_forward(l, &mut a, batch, &mut wq, &mut xdrop, &mut pd);
+                    self.acts[l] = a;
+                }
             }
-            // res3 = res2 + gelu · Wfcproj + b
-            linear_fwd(
-                wts,
-                (&self.quant, &mut wq),
-                trainable,
-                &mut a.res3,
-                &a.fch_act,
-                n,
-                lp.fcproj(c),
-                u_fcproj,
-                drop_in!(3),
-            );
-            if let Some(m) = &lm.res[1] {
-                apply_mask(&mut a.res3, None, m, false);
-            }
-            add_into(&mut a.res3, &a.res2);
-            self.acts[l] = a;
         }
         let last = &self.acts[cfg.n_layer - 1].res3;
         let (lnf_w, lnf_b) = (self.lnf_w, self.lnf_b);
@@ -1055,6 +1007,116 @@ impl TrainEngine {
         self.wq = wq;
         self.xdrop = xdrop;
         self.datt = pd;
+    }
+
+    /// Block `l`'s forward from its input (the embeddings or block `l − 1`'s output) into `a`.
+    /// `wq`, `xdrop` and `pd` are scratch.
+    fn layer_forward(
+        &self,
+        l: usize,
+        a: &mut LayerActs,
+        batch: &StepBatch<'_>,
+        wq: &mut [f32],
+        xdrop: &mut [f32],
+        pd: &mut [f32],
+    ) {
+        let cfg = &self.cfg;
+        let (c, eps) = (cfg.n_embd, cfg.layer_norm_eps as f32);
+        let n = batch.b * batch.t;
+        let lp = self.layers[l];
+        let lm = self.masks[l];
+        // An adapter's input dropout, with the scratch its dropped-out input goes to.
+        macro_rules! drop_in {
+            ($k:expr) => {
+                lm.ad[$k].as_ref().map(|m| (m, &mut xdrop[..]))
+            };
+        }
+        let wts = if self.frozen { &self.base } else { &self.params };
+        let trainable = &self.params;
+        let [u_attn, u_proj, u_fc, u_fcproj] = &mut a.u;
+        {
+            let input: &[f32] = if l == 0 { &self.x0 } else { &self.acts[l - 1].res3 };
+            layer_norm_fwd(
+                &mut a.ln1,
+                &mut a.ln1_stats,
+                input,
+                &wts[lp.ln1_w..lp.ln1_w + c],
+                lp.ln1_b.map(|o| &wts[o..o + c]),
+                c,
+                eps,
+            );
+        }
+        linear_fwd(
+            wts,
+            (&self.quant, &mut *wq),
+            trainable,
+            &mut a.qkv,
+            &a.ln1,
+            n,
+            lp.attn(c),
+            u_attn,
+            drop_in!(0),
+        );
+        self.attention_fwd(&mut a.att, &mut a.atty, &a.qkv, batch, pd, lm.att.as_ref());
+        // res2 = input + atty · Wproj + b
+        linear_fwd(
+            wts,
+            (&self.quant, &mut *wq),
+            trainable,
+            &mut a.res2,
+            &a.atty,
+            n,
+            lp.proj(c),
+            u_proj,
+            drop_in!(1),
+        );
+        if let Some(m) = &lm.res[0] {
+            apply_mask(&mut a.res2, None, m, false);
+        }
+        {
+            let input: &[f32] = if l == 0 { &self.x0 } else { &self.acts[l - 1].res3 };
+            add_into(&mut a.res2, input);
+        }
+        layer_norm_fwd(
+            &mut a.ln2,
+            &mut a.ln2_stats,
+            &a.res2,
+            &wts[lp.ln2_w..lp.ln2_w + c],
+            lp.ln2_b.map(|o| &wts[o..o + c]),
+            c,
+            eps,
+        );
+        linear_fwd(
+            wts,
+            (&self.quant, &mut *wq),
+            trainable,
+            &mut a.fch,
+            &a.ln2,
+            n,
+            lp.fc(c),
+            u_fc,
+            drop_in!(2),
+        );
+        match cfg.activation {
+            Activation::GeluTanh => map_into(&mut a.fch_act, &a.fch, |x| act_fwd(Activation::GeluTanh, x)),
+            Activation::GeluErf => map_into(&mut a.fch_act, &a.fch, |x| act_fwd(Activation::GeluErf, x)),
+        }
+        // res3 = res2 + gelu · Wfcproj + b
+        linear_fwd(
+            wts,
+            (&self.quant, &mut *wq),
+            trainable,
+            &mut a.res3,
+            &a.fch_act,
+            n,
+            lp.fcproj(c),
+            u_fcproj,
+            drop_in!(3),
+        );
+        if let Some(m) = &lm.res[1] {
+            apply_mask(&mut a.res3, None, m, false);
+        }
+        add_into(&mut a.res3, &a.res2);
     }
 
     /// Per (row, head): causal softmax(q·kᵀ/√d) over the row's segment, times v. With dropout the
@@ -1273,10 +1335,15 @@ impl TrainEngine {
                 )
             };
         }
+        // With checkpointing each block's activations are recomputed from its kept input.
+        let mut work = self.work.take();
         for l in (0..cfg.n_layer).rev() {
             let lp = self.layers[l];
             let lm = self.masks[l];
-            let a = &self.acts[l];
+            if let Some(w) = work.as_mut() {
+                self.layer_forward(l, w, batch, &mut wq, &mut xdrop, &mut datt);
+            }
+            let a = work.as_ref().unwrap_or(&self.acts[l]);
             let input: &[f32] = if l == 0 { &self.x0 } else { &self.acts[l - 1].res3 };
             macro_rules! drop_in {
                 ($k:expr) => {
@@ -1359,6 +1426,7 @@ impl TrainEngine {
                 dp.iter_mut().zip(g).for_each(|(a, b)| *a += b);
             }
         }
+        self.work = work;
         self.grads = grads;
         self.dres = dres;
         self.dnarrow = dnarrow;

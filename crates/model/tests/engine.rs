@@ -21,6 +21,39 @@ fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
+/// Gradient checkpointing recomputes each block's activations in backward: the same loss, the
+/// same gradients bit for bit, the dropout stream left in the same place, in less memory.
+fn same_when_checkpointed(
+    fresh: TrainEngine,
+    plain: &TrainEngine,
+    batch: &StepBatch<'_>,
+    scale: f32,
+    (loss, end): (f64, &Rng),
+) {
+    let mut ck = fresh.checkpointed();
+    assert!(ck.is_checkpointed());
+    ck.zero_grad();
+    let mut stream = Rng::new(DROP_SEED);
+    let got = ck.forward_backward(batch, scale, &mut stream).unwrap();
+    assert_eq!(got.to_bits(), loss.to_bits(), "checkpointed loss {got} vs {loss}");
+    assert_eq!(&stream, end, "the stream ends in the same place");
+    let differ = ck
+        .grads
+        .iter()
+        .zip(&plain.grads)
+        .filter(|(x, y)| x.to_bits() != y.to_bits())
+        .count();
+    assert_eq!(differ, 0, "{differ} gradients differ when checkpointed");
+    if plain.config().n_layer > 1 {
+        assert!(
+            ck.bytes() < plain.bytes(),
+            "{} vs {} bytes",
+            ck.bytes(),
+            plain.bytes()
+        );
+    }
+}
+
 fn check(cfg: &GptConfig, segments: &[u32], weights: &[u8], scale: f32) {
     let dev = Device::Cpu;
     let (b, t) = (2, segments.len() / 2);
@@ -82,7 +115,7 @@ fn check(cfg: &GptConfig, segments: &[u32], weights: &[u8], scale: f32) {
         .iter()
         .flat_map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
         .collect();
-    let mut engine = TrainEngine::new(cfg, b, t, flat).unwrap();
+    let mut engine = TrainEngine::new(cfg, b, t, flat.clone()).unwrap();
     engine.zero_grad();
     let batch = StepBatch {
         b,
@@ -95,6 +128,13 @@ fn check(cfg: &GptConfig, segments: &[u32], weights: &[u8], scale: f32) {
     };
     let mut stream = Rng::new(DROP_SEED);
     let got_loss = engine.forward_backward(&batch, scale, &mut stream).unwrap();
+    same_when_checkpointed(
+        TrainEngine::new(cfg, b, t, flat).unwrap(),
+        &engine,
+        &batch,
+        scale,
+        (got_loss, &stream),
+    );
     assert!(
         (got_loss as f32 - want_loss).abs() < 1e-5 * want_loss.abs().max(1.0),
         "loss {got_loss} vs {want_loss}"
@@ -368,7 +408,8 @@ fn engine_lora_matches_autograd() {
             .iter()
             .flat_map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
             .collect();
-        let mut engine = TrainEngine::with_lora(&cfg, b, t, base_flat, &lora, ad_flat).unwrap();
+        let mut engine =
+            TrainEngine::with_lora(&cfg, b, t, base_flat.clone(), &lora, ad_flat.clone()).unwrap();
         engine.zero_grad();
         let batch = StepBatch {
             b,
@@ -381,6 +422,13 @@ fn engine_lora_matches_autograd() {
         };
         let mut stream = Rng::new(DROP_SEED);
         let got_loss = engine.forward_backward(&batch, 1.0, &mut stream).unwrap();
+        same_when_checkpointed(
+            TrainEngine::with_lora(&cfg, b, t, base_flat, &lora, ad_flat).unwrap(),
+            &engine,
+            &batch,
+            1.0,
+            (got_loss, &stream),
+        );
         assert!(
             (got_loss as f32 - want_loss).abs() < 1e-5,
             "loss {got_loss} vs {want_loss}"

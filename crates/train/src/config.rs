@@ -86,8 +86,8 @@ pub struct TrainSettings {
     pub adapter_name: Option<String>,
     /// Recompute each block's activations in backward instead of keeping them (long contexts).
     pub grad_checkpoint: bool,
-    /// Train with the engine (plain buffers, hand-written backward) where it applies: every mode
-    /// without gradient checkpointing. `false` forces candle's autograd.
+    /// Train with the engine (plain buffers, hand-written backward): every mode, with or without
+    /// gradient checkpointing. `false` forces candle's autograd.
     pub engine: bool,
 }
 

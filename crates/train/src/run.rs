@@ -305,15 +305,13 @@ pub fn engine_step(
     })
 }
 
-/// Whether `train` may use the engine: `train.engine` on, no gradient checkpointing, and the
-/// variables in the engine's order.
+/// Whether `train` may use the engine: `train.engine` on, and the variables in the engine's order.
 fn engine_fits(cfg: &TrainConfig, lora: Option<&LoraConfig>, params: &Params) -> bool {
     let specs = match lora {
         Some(l) => l.param_specs(&cfg.model),
         None => chatforge_model::param_specs(&cfg.model),
     };
     cfg.train.engine
-        && !cfg.train.grad_checkpoint
         && specs.len() == params.vars.len()
         && specs.iter().zip(&params.vars).all(|(a, (b, _))| a.name == b.name)
 }
@@ -332,7 +330,7 @@ fn build_engine(
     }
     let trainable = params.flat()?;
     let (b, m) = (cfg.train.batch_size, &cfg.model);
-    Ok(Some(match lora {
+    let engine = match lora {
         Some(l) => {
             let names = chatforge_model::param_specs(m);
             let base = names
@@ -353,6 +351,11 @@ fn build_engine(
             )?
         }
         None => TrainEngine::new(m, b, seq_len, trainable)?,
+    };
+    Ok(Some(if cfg.train.grad_checkpoint {
+        engine.checkpointed()
+    } else {
+        engine
     }))
 }
 

@@ -63,7 +63,7 @@ pub struct FinetuneBench {
     /// for each mode (PyTorch has no CPU QLoRA, so qlora runs alone)
     #[arg(long)]
     pub reference_python: Option<PathBuf>,
-    /// Time the autograd path instead of the training engine (full and LoRA without -gc)
+    /// Time the autograd path instead of the training engine
     #[arg(long)]
     pub autograd: bool,
     /// Internal: run one mode in this process and print its JSON line
@@ -742,7 +742,7 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
     };
     let weights = init_weights(&cfg, &mut Rng::new(0), &dev)?;
     // The engine's frozen base (LoRA) or starting weights (full), in `param_specs` order.
-    let use_engine = !args.autograd && !checkpoint;
+    let use_engine = !args.autograd;
     let base_flat: Vec<f32> = if use_engine {
         let specs = chatforge_model::param_specs(&cfg);
         chatforge_model::flatten(specs.iter().map(|s| &weights[&s.name]))?
@@ -809,10 +809,11 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
         let trainable = params.flat()?;
         drop(model);
         drop(params);
-        Step::Engine(Box::new(match mode {
+        let engine = match mode {
             "full" => TrainEngine::new(&cfg, b, t, trainable)?,
             _ => TrainEngine::with_lora(&cfg, b, t, base_flat, &lora, trainable)?,
-        }))
+        };
+        Step::Engine(Box::new(if checkpoint { engine.checkpointed() } else { engine }))
     } else {
         let Some(model) = model else {
             bail!("the autograd path needs the model");
