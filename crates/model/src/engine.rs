@@ -123,8 +123,9 @@ struct LayerActs {
     ln1: Vec<f32>,
     ln1_stats: Vec<(f32, f32)>,
     qkv: Vec<f32>,
-    /// Attention weights `(B, H, T, T)`, zero where masked.
-    att: Vec<f32>,
+    /// Each attention row's softmax maximum and `1/sum`, `(B, H, T, 2)`: backward makes the
+    /// weights again from them instead of keeping `(B, H, T, T)` per layer.
+    att_stats: Vec<f32>,
     atty: Vec<f32>,
     res2: Vec<f32>,
     ln2: Vec<f32>,
@@ -177,7 +178,10 @@ pub struct TrainEngine {
     dwide: Vec<f32>,
     dnarrow: Vec<f32>,
     dqkv: Vec<f32>,
-    datt: Vec<f32>,
+    /// Attention's scratch: a pair of `(T, T)` matrices per group of (row, head) tasks.
+    ascratch: Vec<f32>,
+    /// This micro-batch's attention tiles, per batch row.
+    row_tiles: Vec<(Vec<Tile>, bool)>,
     /// `dy B · scale` of an adapted linear, `(N, r)`.
     du: Vec<f32>,
     /// Dropout rates: the model's and the adapters' inputs'.
@@ -635,7 +639,7 @@ impl TrainEngine {
                 ln1: z(n * c),
                 ln1_stats: vec![(0.0, 0.0); n],
                 qkv: z(n * 3 * c),
-                att: z(b * h * t * t),
+                att_stats: z(b * h * t * 2),
                 atty: z(n * c),
                 res2: z(n * c),
                 ln2: z(n * c),
@@ -762,7 +766,8 @@ impl TrainEngine {
             dwide: z(n * 4 * c),
             dnarrow: z(n * c),
             dqkv: z(n * 3 * c),
-            datt: z(b * h * t * t),
+            ascratch: z(2 * t * t * (b * h).min(rayon::current_num_threads()).max(1)),
+            row_tiles: Vec::new(),
             params: trainable,
             cfg: cfg.clone(),
         })
@@ -819,7 +824,15 @@ impl TrainEngine {
             .chain(&self.work)
             .map(|a| {
                 [
-                    &a.ln1, &a.qkv, &a.att, &a.atty, &a.res2, &a.ln2, &a.fch, &a.fch_act, &a.res3,
+                    &a.ln1,
+                    &a.qkv,
+                    &a.att_stats,
+                    &a.atty,
+                    &a.res2,
+                    &a.ln2,
+                    &a.fch,
+                    &a.fch_act,
+                    &a.res3,
                 ]
                 .iter()
                 .map(|v| f(v))
@@ -841,7 +854,7 @@ impl TrainEngine {
             &self.dwide,
             &self.dnarrow,
             &self.dqkv,
-            &self.datt,
+            &self.ascratch,
             &self.du,
             &self.dmask,
             &self.xdrop,
@@ -909,6 +922,9 @@ impl TrainEngine {
             return Ok(f64::NAN);
         }
         self.draw_masks(rng, b, t);
+        self.row_tiles = (0..b)
+            .map(|r| row_tiles(&batch.segments[r * t..(r + 1) * t]))
+            .collect();
         self.forward(batch);
         let loss = self.loss_and_dlogits(batch, scale / total as f32);
         self.backward(batch);
@@ -945,7 +961,7 @@ impl TrainEngine {
         let cfg = self.cfg.clone();
         let mut wq = std::mem::take(&mut self.wq);
         let mut xdrop = std::mem::take(&mut self.xdrop);
-        let mut pd = std::mem::take(&mut self.datt);
+        let mut pd = std::mem::take(&mut self.ascratch);
         let (c, v, eps) = (cfg.n_embd, cfg.vocab_size, cfg.layer_norm_eps as f32);
         let n = batch.b * batch.t;
         // Embeddings.
@@ -1006,7 +1022,7 @@ impl TrainEngine {
         self.lnf_stats = lnf_stats;
         self.wq = wq;
         self.xdrop = xdrop;
-        self.datt = pd;
+        self.ascratch = pd;
     }
 
     /// Block `l`'s forward from its input (the embeddings or block `l − 1`'s output) into `a`.
@@ -1057,7 +1073,7 @@ impl TrainEngine {
             u_attn,
             drop_in!(0),
         );
-        self.attention_fwd(&mut a.att, &mut a.atty, &a.qkv, batch, pd, lm.att.as_ref());
+        self.attention_fwd(&mut a.att_stats, &mut a.atty, &a.qkv, batch, pd, lm.att.as_ref());
         // res2 = input + atty · Wproj + b
         linear_fwd(
             wts,
@@ -1119,115 +1135,88 @@ impl TrainEngine {
         add_into(&mut a.res3, &a.res2);
     }
 
-    /// Per (row, head): causal softmax(q·kᵀ/√d) over the row's segment, times v. With dropout the
-    /// weights kept for backward are the softmax's, and v is multiplied by their dropped-out copy
-    /// in `pd` (scratch of the same shape).
+    /// Per (row, head): causal softmax(q·kᵀ/√d) over the row's segment, times v, tile by tile
+    /// ([`Tile`]): only the causal triangle of each segment's block is computed. The weights are
+    /// not kept: `stats` gets each row's softmax maximum and `1/sum` (2 values per row), from which
+    /// backward makes the same weights again. `scratch` holds a pair of `(t, t)` matrices per
+    /// group of tasks ([`per_head`]); with dropout v is multiplied by the weights' dropped-out copy.
+    #[allow(clippy::too_many_arguments)]
     fn attention_fwd(
         &self,
-        att_all: &mut [f32],
+        stats_all: &mut [f32],
         atty_all: &mut [f32],
         qkv: &[f32],
         batch: &StepBatch<'_>,
-        pd_all: &mut [f32],
+        scratch: &mut [f32],
         mask: Option<&Mask>,
     ) {
         let t = batch.t;
         let (c, h) = (self.cfg.n_embd, self.cfg.n_head);
         let d = c / h;
         let scale = 1.0 / (d as f32).sqrt();
-        let (qkv_len, atty_len) = (qkv.len(), atty_all.len());
+        let (qkv_len, atty_len, tt) = (qkv.len(), atty_all.len(), t * t);
         let atty = SendPtr(atty_all.as_mut_ptr());
-        att_all
-            .par_chunks_mut(t * t)
-            .zip(pd_all.par_chunks_mut(t * t))
-            .enumerate()
-            .for_each(|(bh, (att, pd))| {
-                let (bi, hi) = (bh / h, bh % h);
-                let row0 = bi * t;
-                let q = View::rows(row0 * 3 * c + hi * d, t, d, 3 * c);
-                let k = View::rows(row0 * 3 * c + c + hi * d, t, d, 3 * c);
-                let vv = View::rows(row0 * 3 * c + 2 * c + hi * d, t, d, 3 * c);
-                let att_len = att.len();
+        let stats_ptr = SendPtr(stats_all.as_mut_ptr());
+        assert_eq!(stats_all.len(), batch.b * h * t * 2, "attention stats");
+        per_head(scratch, tt, batch.b * h, |bh, p, pd| {
+            let (bi, hi) = (bh / h, bh % h);
+            let row0 = bi * t;
+            let seg = &batch.segments[row0..row0 + t];
+            let (tiles, general) = &self.row_tiles[bi];
+            #[allow(unsafe_code)]
+            // SAFETY: rows `bh·t..(bh+1)·t` of the stats belong to this task alone.
+            let stats = unsafe { std::slice::from_raw_parts_mut(stats_ptr.get().add(bh * t * 2), t * 2) };
+            for &tile in tiles {
+                let (m, nc) = (tile.r1 - tile.r0, tile.r1 - tile.s);
+                let pv = View::rows(tile.r0 * t + tile.s, m, nc, t);
                 #[allow(unsafe_code)]
-                // SAFETY: `att` is this task's own (t, t) block; q and k are read only.
+                // SAFETY: `p` is this task's own scratch; q and k are read only.
                 unsafe {
                     mm_raw(
-                        att.as_mut_ptr(),
-                        att_len,
-                        View::rows(0, t, t, t),
+                        p.as_mut_ptr(),
+                        tt,
+                        pv,
                         qkv.as_ptr(),
                         qkv_len,
-                        q,
+                        View::rows((row0 + tile.r0) * 3 * c + hi * d, m, d, 3 * c),
                         qkv.as_ptr(),
                         qkv_len,
-                        k.t(),
+                        View::rows((row0 + tile.s) * 3 * c + c + hi * d, nc, d, 3 * c).t(),
                         false,
                         scale,
                         false,
                     );
                 }
-                let seg = &batch.segments[row0..row0 + t];
-                let starts = segment_starts(seg);
-                for i in 0..t {
-                    let row = &mut att[i * t..(i + 1) * t];
-                    match &starts {
-                        // Segments are runs: row i sees [start, i], a contiguous stretch.
-                        Some(st) => {
-                            let s0 = st[i];
-                            row[..s0].fill(0.0);
-                            row[i + 1..].fill(0.0);
-                            softmax_in_place(&mut row[s0..=i]);
-                        }
-                        None => {
-                            let mut max = f32::NEG_INFINITY;
-                            for j in 0..=i {
-                                if seg[j] == seg[i] && row[j] > max {
-                                    max = row[j];
-                                }
-                            }
-                            let mut sum = 0f32;
-                            for j in 0..t {
-                                if j <= i && seg[j] == seg[i] {
-                                    let e = fm::exp(row[j] - max);
-                                    row[j] = e;
-                                    sum += e;
-                                } else {
-                                    row[j] = 0.0;
-                                }
-                            }
-                            let inv = 1.0 / sum;
-                            row[..=i].iter_mut().for_each(|x| *x *= inv);
-                        }
-                    }
-                }
+                tile_softmax(p, t, tile, *general, seg, Stats::Write(&mut *stats));
                 // The weights v is multiplied by: the softmax's, or their dropped-out copy.
                 let weights: &[f32] = match mask {
-                    Some(m) => {
-                        dropped_weights(pd, att, m, bh * t * t, t);
+                    Some(mk) => {
+                        dropped_weights(pd, p, mk, bh * tt, t, tile);
                         pd
                     }
-                    None => att,
+                    None => p,
                 };
                 #[allow(unsafe_code)]
-                // SAFETY: the output block (rows of this batch row, columns of this head) belongs to
-                // this task alone; `weights` and `qkv` are read only.
+                // SAFETY: the output block (this tile's rows of this batch row, this head's
+                // columns) belongs to this task alone; `weights` and `qkv` are read only.
                 unsafe {
                     mm_raw(
                         atty.get(),
                         atty_len,
-                        View::rows(row0 * c + hi * d, t, d, c),
+                        View::rows((row0 + tile.r0) * c + hi * d, m, d, c),
                         weights.as_ptr(),
-                        att_len,
-                        View::rows(0, t, t, t),
+                        tt,
+                        pv,
                         qkv.as_ptr(),
                         qkv_len,
-                        vv,
+                        View::rows((row0 + tile.s) * 3 * c + 2 * c + hi * d, nc, d, 3 * c),
                         false,
                         1.0,
                         false,
                     );
                 }
-            });
+            }
+        });
     }
 
     /// The weighted cross-entropy summed over positions (in f64), with `(softmax − onehot) ·
@@ -1271,7 +1260,7 @@ impl TrainEngine {
         let mut dnarrow = std::mem::take(&mut self.dnarrow);
         let mut dwide = std::mem::take(&mut self.dwide);
         let mut dqkv = std::mem::take(&mut self.dqkv);
-        let mut datt = std::mem::take(&mut self.datt);
+        let mut datt = std::mem::take(&mut self.ascratch);
         let mut du = std::mem::take(&mut self.du);
         let mut wq = std::mem::take(&mut self.wq);
         let mut dmask = std::mem::take(&mut self.dmask);
@@ -1394,7 +1383,16 @@ impl TrainEngine {
             // res2 = input + dropout(atty · Wproj + b)
             let dy = through_mask(&mut dmask, &dres, lm.res[0].as_ref());
             lin!(&mut dnarrow, dy, &a.atty, lp.proj(c), &a.u[1], drop_in!(1));
-            attention_bwd(&mut dqkv, &mut datt, &dnarrow, a, batch, (c, h), lm.att.as_ref());
+            attention_bwd(
+                &mut dqkv,
+                &mut datt,
+                &dnarrow,
+                (&a.qkv, &a.att_stats),
+                batch,
+                &self.row_tiles,
+                (c, h),
+                lm.att.as_ref(),
+            );
             // qkv = ln1 · Wattn + b
             lin!(&mut dnarrow, &dqkv, &a.ln1, lp.attn(c), &a.u[0], drop_in!(0));
             {
@@ -1432,24 +1430,12 @@ impl TrainEngine {
         self.dnarrow = dnarrow;
         self.dwide = dwide;
         self.dqkv = dqkv;
-        self.datt = datt;
+        self.ascratch = datt;
         self.du = du;
         self.wq = wq;
         self.dmask = dmask;
         self.xdrop = xdrop;
     }
-}
-
-/// Softmax of a row in place (its maximum subtracted first).
-fn softmax_in_place(row: &mut [f32]) {
-    vectorized(|| {
-        let max = row
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
-        row.iter_mut().for_each(|x| *x = fm::exp(*x - max));
-        let inv = 1.0 / row.iter().sum::<f32>();
-        row.iter_mut().for_each(|x| *x *= inv);
-    })
 }
 
 /// For a row whose segments are runs (each id in one stretch), where each position's run starts;
@@ -1744,133 +1730,287 @@ fn split_two(g: &mut [f32], w: usize, b: Option<usize>, c: usize) -> (&mut [f32]
     }
 }
 
-/// Backward of attention for every (row, head): `dqkv` from `datty` (the gradient of the
-/// attention's output), the kept weights and qkv. `datt` is scratch of `(B, H, T, T)`.
+/// Rows of attention computed together: rows `r0..r1` of one segment that starts at `s`, against
+/// columns `s..r1`. Tiles skip what the mask zeroes: the upper causal triangle and, in packed
+/// rows, every other segment's columns.
+#[derive(Debug, Clone, Copy)]
+struct Tile {
+    r0: usize,
+    r1: usize,
+    s: usize,
+}
+
+/// Rows per attention tile.
+const ATT_TILE: usize = 64;
+
+/// The tiles of one batch row, and whether it is masked position by position: when a segment id
+/// comes back after another, one tile covers the whole row and the mask compares ids.
+fn row_tiles(seg: &[u32]) -> (Vec<Tile>, bool) {
+    let t = seg.len();
+    match segment_starts(seg) {
+        Some(st) => {
+            let mut tiles = Vec::new();
+            let mut s = 0;
+            while s < t {
+                let e = (s..t).find(|&j| st[j] != s).unwrap_or(t);
+                let mut r0 = s;
+                while r0 < e {
+                    let r1 = (r0 + ATT_TILE).min(e);
+                    tiles.push(Tile { r0, r1, s });
+                    r0 = r1;
+                }
+                s = e;
+            }
+            (tiles, false)
+        }
+        None => (vec![Tile { r0: 0, r1: t, s: 0 }], true),
+    }
+}
+
+/// Runs `f(bh, a, b)` for every `bh < count`, in parallel: the tasks are dealt to as many groups
+/// as `scratch` holds pairs of `tt`-value matrices (task `bh` to group `bh mod groups`, so uneven
+/// rows spread), and each group runs its tasks in turn with its own pair `a`, `b`.
+fn per_head(scratch: &mut [f32], tt: usize, count: usize, f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync) {
+    let groups = scratch.len() / (2 * tt);
+    assert!(groups > 0, "attention scratch");
+    scratch.par_chunks_mut(2 * tt).enumerate().for_each(|(g, s)| {
+        let (a, b) = s.split_at_mut(tt);
+        for bh in (g..count).step_by(groups) {
+            f(bh, a, b);
+        }
+    });
+}
+
+/// Each row's softmax maximum and `1/sum`: written when the weights are computed, read when they
+/// are made again.
+enum Stats<'a> {
+    Write(&'a mut [f32]),
+    Read(&'a [f32]),
+}
+
+impl Stats<'_> {
+    /// Row `i`'s stats when replaying; `None` when they are to be computed.
+    fn get(&self, i: usize) -> Option<(f32, f32)> {
+        match self {
+            Stats::Read(s) => Some((s[2 * i], s[2 * i + 1])),
+            Stats::Write(_) => None,
+        }
+    }
+
+    fn put(&mut self, i: usize, (max, inv): (f32, f32)) {
+        if let Stats::Write(s) = self {
+            s[2 * i] = max;
+            s[2 * i + 1] = inv;
+        }
+    }
+}
+
+/// A tile's causal softmax in place, row by row over the row's visible columns (`j ≤ i` in its
+/// segment), zero elsewhere in the tile. Computing, it writes each row's maximum and `1/sum` to
+/// `stats`; replaying, it reads them and gives the same weights bit for bit (`exp(x − max) ·
+/// inv`, the same two roundings).
+fn tile_softmax(p: &mut [f32], t: usize, tile: Tile, general: bool, seg: &[u32], mut stats: Stats<'_>) {
+    for i in tile.r0..tile.r1 {
+        if general {
+            let row = &mut p[i * t..(i + 1) * t];
+            let visible = |j: usize| j <= i && seg[j] == seg[i];
+            let (max, inv) = stats.get(i).unwrap_or_else(|| {
+                let max = row[..=i]
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, _)| visible(j))
+                    .fold(f32::NEG_INFINITY, |m, (_, &x)| if x > m { x } else { m });
+                let mut sum = 0f32;
+                for (j, x) in row.iter().enumerate() {
+                    if visible(j) {
+                        sum += fm::exp(*x - max);
+                    }
+                }
+                (max, 1.0 / sum)
+            });
+            for (j, x) in row.iter_mut().enumerate() {
+                *x = if visible(j) { fm::exp(*x - max) * inv } else { 0.0 };
+            }
+            stats.put(i, (max, inv));
+        } else {
+            let row = &mut p[i * t + tile.s..i * t + tile.r1];
+            let n = i - tile.s + 1;
+            vectorized(|| {
+                let (max, inv) = stats.get(i).unwrap_or_else(|| {
+                    let max = row[..n]
+                        .iter()
+                        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+                    let sum: f32 = row[..n].iter().map(|&x| fm::exp(x - max)).sum();
+                    (max, 1.0 / sum)
+                });
+                row[..n].iter_mut().for_each(|x| *x = fm::exp(*x - max) * inv);
+                row[n..].fill(0.0);
+                stats.put(i, (max, inv));
+            });
+        }
+    }
+}
+
+/// Backward of attention for every (row, head), tile by tile: `dqkv` from `datty` (the gradient
+/// of the attention's output) and qkv, with the weights made again from the kept softmax `stats`.
+/// `scratch` as in [`TrainEngine::attention_fwd`].
+#[allow(clippy::too_many_arguments)]
 fn attention_bwd(
     dqkv: &mut [f32],
-    datt: &mut [f32],
+    scratch: &mut [f32],
     datty: &[f32],
-    a: &LayerActs,
+    (qkv, stats): (&[f32], &[f32]),
     batch: &StepBatch<'_>,
+    row_tiles: &[(Vec<Tile>, bool)],
     (c, h): (usize, usize),
     mask: Option<&Mask>,
 ) {
     let t = batch.t;
     let d = c / h;
     let scale = 1.0 / (d as f32).sqrt();
-    let (qkv, att) = (&a.qkv, &a.att);
-    let (qkv_len, att_len, datty_len, dqkv_len) = (qkv.len(), att.len(), datty.len(), dqkv.len());
+    let (qkv_len, datty_len, dqkv_len, tt) = (qkv.len(), datty.len(), dqkv.len(), t * t);
     let dq = SendPtr(dqkv.as_mut_ptr());
-    datt.par_chunks_mut(t * t).enumerate().for_each(|(bh, dp)| {
+    per_head(scratch, tt, batch.b * h, |bh, p, dp| {
         let (bi, hi) = (bh / h, bh % h);
         let row0 = bi * t;
-        let p = View::rows(bh * t * t, t, t, t);
-        let dy = View::rows(row0 * c + hi * d, t, d, c);
-        let q = View::rows(row0 * 3 * c + hi * d, t, d, 3 * c);
-        let k = View::rows(row0 * 3 * c + c + hi * d, t, d, 3 * c);
-        let vv = View::rows(row0 * 3 * c + 2 * c + hi * d, t, d, 3 * c);
-        let dp_len = dp.len();
-        let dpv = View::rows(0, t, t, t);
-        #[allow(unsafe_code)]
-        // SAFETY: `dp` is this task's own (t, t) block of scratch; the dq, dk and dv blocks
-        // written below (this batch row's rows, this head's columns of each third of dqkv) belong
-        // to this task alone; everything else is read only.
-        unsafe {
-            // dv = P'ᵀ · dy, where P' are the weights v was multiplied by: the softmax's, or
-            // with dropout their dropped-out copy, made again in `dp` before it takes dP.
-            let (pw_ptr, pw_len, pv) = match mask {
-                Some(m) => {
-                    dropped_weights(dp, &att[bh * t * t..(bh + 1) * t * t], m, bh * t * t, t);
-                    (dp.as_ptr(), dp_len, dpv)
-                }
-                None => (att.as_ptr(), att_len, p),
-            };
-            mm_raw(
-                dq.get(),
-                dqkv_len,
-                View::rows(row0 * 3 * c + 2 * c + hi * d, t, d, 3 * c),
-                pw_ptr,
-                pw_len,
-                pv.t(),
-                datty.as_ptr(),
-                datty_len,
-                dy,
-                false,
-                1.0,
-                false,
-            );
-            // dP = dy · vᵀ
-            mm_raw(
-                dp.as_mut_ptr(),
-                dp_len,
-                dpv,
-                datty.as_ptr(),
-                datty_len,
-                dy,
-                qkv.as_ptr(),
-                qkv_len,
-                vv.t(),
-                false,
-                1.0,
-                false,
-            );
-        }
-        // Through the dropout: dP ⊙ mask (above the diagonal the weights are 0 anyway).
-        if let Some(m) = mask {
-            let at = bh * t * t;
-            vectorized(|| {
-                for i in 0..t {
-                    let row = &mut dp[i * t..=i * t + i];
-                    row.iter_mut()
-                        .enumerate()
-                        .for_each(|(j, x)| *x *= m.factor(at + i * t + j));
-                }
-            });
-        }
-        // dS = P ⊙ (dP − rowsum(dP ⊙ P)); masked weights are 0, so their dS is too.
-        let pw = &att[bh * t * t..(bh + 1) * t * t];
-        vectorized(|| {
-            for i in 0..t {
-                let (prow, drow) = (&pw[i * t..(i + 1) * t], &mut dp[i * t..(i + 1) * t]);
-                let dot: f32 = prow[..=i].iter().zip(&drow[..=i]).map(|(p, d)| p * d).sum();
-                for j in 0..t {
-                    drow[j] = prow[j] * (drow[j] - dot);
+        let seg = &batch.segments[row0..row0 + t];
+        let (tiles, general) = &row_tiles[bi];
+        let st = &stats[bh * t * 2..(bh + 1) * t * 2];
+        // dk and dv gather over tiles: start them at zero.
+        for r in row0..row0 + t {
+            for off in [c, 2 * c] {
+                #[allow(unsafe_code)]
+                // SAFETY: this batch row's rows, this head's columns of k and v: this task's alone.
+                unsafe {
+                    std::slice::from_raw_parts_mut(dq.get().add(r * 3 * c + off + hi * d), d).fill(0.0);
                 }
             }
-        });
-        #[allow(unsafe_code)]
-        // SAFETY: as above.
-        unsafe {
-            // dq = dS · k / √d
-            mm_raw(
-                dq.get(),
-                dqkv_len,
-                View::rows(row0 * 3 * c + hi * d, t, d, 3 * c),
-                dp.as_ptr(),
-                dp_len,
-                dpv,
-                qkv.as_ptr(),
-                qkv_len,
-                k,
-                false,
-                scale,
-                false,
-            );
-            // dk = dSᵀ · q / √d
-            mm_raw(
-                dq.get(),
-                dqkv_len,
-                View::rows(row0 * 3 * c + c + hi * d, t, d, 3 * c),
-                dp.as_ptr(),
-                dp_len,
-                dpv.t(),
-                qkv.as_ptr(),
-                qkv_len,
-                q,
-                false,
-                scale,
-                false,
-            );
+        }
+        let q_rows = |r0: usize, m: usize| View::rows((row0 + r0) * 3 * c + hi * d, m, d, 3 * c);
+        let k_rows = |s: usize, n: usize| View::rows((row0 + s) * 3 * c + c + hi * d, n, d, 3 * c);
+        let v_rows = |s: usize, n: usize| View::rows((row0 + s) * 3 * c + 2 * c + hi * d, n, d, 3 * c);
+        for &tile in tiles {
+            let (m, nc) = (tile.r1 - tile.r0, tile.r1 - tile.s);
+            let pv = View::rows(tile.r0 * t + tile.s, m, nc, t);
+            let dy = View::rows((row0 + tile.r0) * c + hi * d, m, d, c);
+            #[allow(unsafe_code)]
+            // SAFETY: `p` and `dp` are this task's own scratch; the dq, dk and dv blocks written
+            // here (this batch row's rows, this head's columns of each third of dqkv) belong to
+            // this task alone; everything else is read only.
+            unsafe {
+                // The softmax's weights, again.
+                mm_raw(
+                    p.as_mut_ptr(),
+                    tt,
+                    pv,
+                    qkv.as_ptr(),
+                    qkv_len,
+                    q_rows(tile.r0, m),
+                    qkv.as_ptr(),
+                    qkv_len,
+                    k_rows(tile.s, nc).t(),
+                    false,
+                    scale,
+                    false,
+                );
+                tile_softmax(p, t, tile, *general, seg, Stats::Read(st));
+                // dv += P'ᵀ · dy, where P' are the weights v was multiplied by: the softmax's, or
+                // with dropout their dropped-out copy, made in `dp` before it takes dP.
+                let pw = match mask {
+                    Some(mk) => {
+                        dropped_weights(dp, p, mk, bh * tt, t, tile);
+                        dp.as_ptr()
+                    }
+                    None => p.as_ptr(),
+                };
+                mm_raw(
+                    dq.get(),
+                    dqkv_len,
+                    v_rows(tile.s, nc),
+                    pw,
+                    tt,
+                    pv.t(),
+                    datty.as_ptr(),
+                    datty_len,
+                    dy,
+                    true,
+                    1.0,
+                    false,
+                );
+                // dP = dy · vᵀ
+                mm_raw(
+                    dp.as_mut_ptr(),
+                    tt,
+                    pv,
+                    datty.as_ptr(),
+                    datty_len,
+                    dy,
+                    qkv.as_ptr(),
+                    qkv_len,
+                    v_rows(tile.s, nc).t(),
+                    false,
+                    1.0,
+                    false,
+                );
+            }
+            // Through the dropout: dP ⊙ mask (where the weights are 0 it does not matter).
+            if let Some(mk) = mask {
+                let at = bh * tt;
+                vectorized(|| {
+                    for i in tile.r0..tile.r1 {
+                        let row = &mut dp[i * t + tile.s..=i * t + i];
+                        row.iter_mut()
+                            .enumerate()
+                            .for_each(|(j, x)| *x *= mk.factor(at + i * t + tile.s + j));
+                    }
+                });
+            }
+            // dS = P ⊙ (dP − rowsum(dP ⊙ P)); masked weights are 0, so their dS is too.
+            vectorized(|| {
+                for i in tile.r0..tile.r1 {
+                    let span = i * t + tile.s..i * t + tile.r1;
+                    let (prow, drow) = (&p[span.clone()], &mut dp[span]);
+                    let n = i - tile.s + 1;
+                    let dot: f32 = prow[..n].iter().zip(&drow[..n]).map(|(p, d)| p * d).sum();
+                    for (d, &p) in drow.iter_mut().zip(prow) {
+                        *d = p * (*d - dot);
+                    }
+                }
+            });
+            #[allow(unsafe_code)]
+            // SAFETY: as above.
+            unsafe {
+                // dq = dS · k / √d (each query row is in one tile)
+                mm_raw(
+                    dq.get(),
+                    dqkv_len,
+                    q_rows(tile.r0, m),
+                    dp.as_ptr(),
+                    tt,
+                    pv,
+                    qkv.as_ptr(),
+                    qkv_len,
+                    k_rows(tile.s, nc),
+                    false,
+                    scale,
+                    false,
+                );
+                // dk += dSᵀ · q / √d
+                mm_raw(
+                    dq.get(),
+                    dqkv_len,
+                    k_rows(tile.s, nc),
+                    dp.as_ptr(),
+                    tt,
+                    pv.t(),
+                    qkv.as_ptr(),
+                    qkv_len,
+                    q_rows(tile.r0, m),
+                    true,
+                    scale,
+                    false,
+                );
+            }
         }
     });
 }
@@ -1912,16 +2052,18 @@ fn through_mask<'a>(scratch: &'a mut [f32], g: &'a [f32], m: Option<&Mask>) -> &
     }
 }
 
-/// `pd = att ⊙ mask` for one `(t, t)` block of causal attention weights whose mask elements
-/// start at `at`; above the diagonal both are 0.
-fn dropped_weights(pd: &mut [f32], att: &[f32], m: &Mask, at: usize, t: usize) {
+/// `pd = p ⊙ mask` over a tile of one `(t, t)` block of causal attention weights whose mask
+/// elements start at `at`; above the diagonal both are 0.
+fn dropped_weights(pd: &mut [f32], p: &[f32], m: &Mask, at: usize, t: usize, tile: Tile) {
     vectorized(|| {
-        for i in 0..t {
-            let (p, a) = (&mut pd[i * t..(i + 1) * t], &att[i * t..(i + 1) * t]);
-            for j in 0..=i {
-                p[j] = a[j] * m.factor(at + i * t + j);
+        for i in tile.r0..tile.r1 {
+            let span = i * t + tile.s..i * t + tile.r1;
+            let (d, a) = (&mut pd[span.clone()], &p[span]);
+            let n = i - tile.s + 1;
+            for j in 0..n {
+                d[j] = a[j] * m.factor(at + i * t + tile.s + j);
             }
-            p[i + 1..].fill(0.0);
+            d[n..].fill(0.0);
         }
     })
 }
@@ -1931,7 +2073,7 @@ fn empty_acts() -> LayerActs {
         ln1: Vec::new(),
         ln1_stats: Vec::new(),
         qkv: Vec::new(),
-        att: Vec::new(),
+        att_stats: Vec::new(),
         atty: Vec::new(),
         res2: Vec::new(),
         ln2: Vec::new(),

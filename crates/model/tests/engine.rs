@@ -223,6 +223,17 @@ fn engine_matches_autograd() {
         &some,
         0.25,
     );
+    // Rows longer than an attention tile (64 rows): several tiles per segment, a segment that
+    // starts inside a tile, and a whole causal row; with and without attention dropout.
+    let long = GptConfig {
+        n_ctx: 160,
+        ..base.clone()
+    };
+    let mut segs = vec![0u32; 300];
+    segs[70..140].fill(1);
+    segs[140..150].fill(2);
+    check(&long, &segs, &[1u8; 300], 1.0);
+    check(&GptConfig { dropout: 0.2, ..long }, &segs, &[1u8; 300], 1.0);
     // Dropout: on the embeddings, the attention weights and both residual branches.
     let dropout = GptConfig {
         dropout: 0.2,
