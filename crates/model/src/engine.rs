@@ -882,6 +882,68 @@ impl TrainEngine {
     /// no position carries loss, and then no gradient) and adds `scale ×` its gradient to `grads`.
     /// Dropout masks come from `rng`, which moves past them as [`crate::Gpt::forward`] would move it.
     pub fn forward_backward(&mut self, batch: &StepBatch<'_>, scale: f32, rng: &mut Rng) -> Result<f64> {
+        let total = self.check_batch(batch)?;
+        if total == 0 {
+            return Ok(f64::NAN);
+        }
+        let (b, t) = (batch.b, batch.t);
+        self.draw_masks(rng, b, t);
+        self.row_tiles = (0..b)
+            .map(|r| row_tiles(&batch.segments[r * t..(r + 1) * t]))
+            .collect();
+        self.forward(batch);
+        let loss = self.loss_and_dlogits(batch, scale / total as f32);
+        self.backward(batch);
+        Ok(loss / total as f64)
+    }
+
+    /// Validation: the weighted cross-entropy of a batch without dropout or backward, as its sum
+    /// over positions and the weight it carries; the gradients are untouched. A batch of fewer
+    /// rows than the engine's (an epoch's last) is padded with rows that carry no loss.
+    pub fn eval_loss(&mut self, batch: &StepBatch<'_>) -> Result<(f64, usize)> {
+        if batch.b < self.b && batch.t == self.t {
+            let n = self.b * self.t;
+            let pad = |v: &[u32]| {
+                let mut p = v.to_vec();
+                p.resize(n, 0);
+                p
+            };
+            let mut weights = batch.weights.to_vec();
+            weights.resize(n, 0);
+            let (inputs, targets, positions, segments) = (
+                pad(batch.inputs),
+                pad(batch.targets),
+                pad(batch.positions),
+                pad(batch.segments),
+            );
+            return self.eval_loss(&StepBatch {
+                b: self.b,
+                t: self.t,
+                inputs: &inputs,
+                targets: &targets,
+                positions: &positions,
+                segments: &segments,
+                weights: &weights,
+            });
+        }
+        let total = self.check_batch(batch)?;
+        if total == 0 {
+            return Ok((0.0, 0));
+        }
+        let (b, t) = (batch.b, batch.t);
+        self.emb_mask = None;
+        self.masks.fill(LayerMasks::default());
+        self.row_tiles = (0..b)
+            .map(|r| row_tiles(&batch.segments[r * t..(r + 1) * t]))
+            .collect();
+        self.forward(batch);
+        // The gradient written over the logits is scaled to 0 and never used.
+        Ok((self.loss_and_dlogits(batch, 0.0), total))
+    }
+
+    /// Checks a batch against the engine's shape, vocabulary and context; returns the weight it
+    /// carries (the positions that count towards the loss).
+    fn check_batch(&self, batch: &StepBatch<'_>) -> Result<usize> {
         let (b, t) = (batch.b, batch.t);
         let n = b * t;
         if (b, t) != (self.b, self.t) {
@@ -917,18 +979,7 @@ impl TrainEngine {
                 "position {bad} is outside the context ({ctx})"
             )));
         }
-        let total: usize = batch.weights.iter().map(|&w| usize::from(w)).sum();
-        if total == 0 {
-            return Ok(f64::NAN);
-        }
-        self.draw_masks(rng, b, t);
-        self.row_tiles = (0..b)
-            .map(|r| row_tiles(&batch.segments[r * t..(r + 1) * t]))
-            .collect();
-        self.forward(batch);
-        let loss = self.loss_and_dlogits(batch, scale / total as f32);
-        self.backward(batch);
-        Ok(loss / total as f64)
+        Ok(batch.weights.iter().map(|&w| usize::from(w)).sum())
     }
 
     /// Places this micro-batch's dropout sites in the stream, in the autograd path's order:

@@ -470,3 +470,74 @@ fn engine_lora_matches_autograd() {
         }
     }
 }
+
+/// Validation on the engine: the training loss without dropout, no gradient, and an epoch's
+/// short last batch padded with rows that carry no loss.
+#[test]
+fn eval_loss_is_the_loss_without_dropout_and_pads_short_batches() {
+    let cfg = GptConfig {
+        n_ctx: 16,
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 16,
+        dropout: 0.3,
+        ..GptConfig::tiny(37)
+    };
+    let plain = GptConfig {
+        dropout: 0.0,
+        ..cfg.clone()
+    };
+    let (b, t) = (2, 12);
+    let mut rng = Rng::new(3);
+    let inputs: Vec<u32> = (0..b * t).map(|_| rng.below(37) as u32).collect();
+    let targets: Vec<u32> = (0..b * t).map(|_| rng.below(37) as u32).collect();
+    let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
+    let segments = vec![0u32; b * t];
+    let mut weights = vec![1u8; b * t];
+    weights[..5].fill(0);
+    let dev = Device::Cpu;
+    let w = init_weights(&cfg, &mut Rng::new(5), &dev).unwrap();
+    let flat: Vec<f32> = param_specs(&cfg)
+        .iter()
+        .flat_map(|s| w[&s.name].flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect();
+    let rows = |r: std::ops::Range<usize>| StepBatch {
+        b: r.len(),
+        t,
+        inputs: &inputs[r.start * t..r.end * t],
+        targets: &targets[r.start * t..r.end * t],
+        positions: &positions[r.start * t..r.end * t],
+        segments: &segments[r.start * t..r.end * t],
+        weights: &weights[r.start * t..r.end * t],
+    };
+    let mut engine = TrainEngine::new(&cfg, b, t, flat.clone()).unwrap();
+    engine.zero_grad();
+    let (sum, n) = engine.eval_loss(&rows(0..2)).unwrap();
+    assert_eq!(n, b * t - 5);
+    assert!(engine.grads.iter().all(|&g| g == 0.0), "no gradient");
+    let mut reference = TrainEngine::new(&plain, b, t, flat.clone()).unwrap();
+    let want = reference
+        .forward_backward(&rows(0..2), 1.0, &mut Rng::new(1))
+        .unwrap();
+    assert!(
+        (sum / n as f64 - want).abs() < 1e-6,
+        "{} vs {want}",
+        sum / n as f64
+    );
+    // The second row alone, in the two-row engine, against a one-row engine.
+    let (sum1, n1) = engine.eval_loss(&rows(1..2)).unwrap();
+    assert_eq!(n1, t);
+    let mut one = TrainEngine::new(&plain, 1, t, flat).unwrap();
+    let want1 = one.forward_backward(&rows(1..2), 1.0, &mut Rng::new(1)).unwrap();
+    assert!(
+        (sum1 / t as f64 - want1).abs() < 1e-6,
+        "{} vs {want1}",
+        sum1 / t as f64
+    );
+    // And it is not the loss with dropout.
+    let mut dropped = TrainEngine::new(&cfg, b, t, engine.params.clone()).unwrap();
+    let with_dropout = dropped
+        .forward_backward(&rows(0..2), 1.0, &mut Rng::new(1))
+        .unwrap();
+    assert!((with_dropout - want).abs() > 1e-4);
+}

@@ -267,20 +267,7 @@ pub fn engine_step(
     for _ in 0..micro {
         let batch = next();
         positions += batch.batch_size * batch.seq_len;
-        let sb = StepBatch {
-            b: batch.batch_size,
-            t: batch.seq_len,
-            inputs: &batch.inputs,
-            targets: &batch.targets,
-            positions: &batch.positions,
-            segments: &batch.segments,
-            weights: if mode.masked() {
-                &batch.loss_mask
-            } else {
-                &batch.target_mask
-            },
-        };
-        let loss = engine.forward_backward(&sb, 1.0 / micro as f32, dropout)?;
+        let loss = engine.forward_backward(&step_batch(&batch, mode), 1.0 / micro as f32, dropout)?;
         if !loss.is_nan() {
             loss_sum += loss;
             used += 1;
@@ -385,6 +372,43 @@ fn estimate_loss(model: &Gpt, batches: &[Batch], mode: Mode, dev: &Device) -> Re
     } else {
         total / count as f64
     })
+}
+
+/// [`estimate_loss`] on the engine.
+fn engine_val_loss(engine: &mut TrainEngine, batches: &[Batch], mode: Mode) -> Result<f64> {
+    let (mut total, mut count) = (0f64, 0usize);
+    for batch in batches {
+        let (sum, n) = engine.eval_loss(&step_batch(batch, mode))?;
+        total += sum;
+        count += n;
+    }
+    Ok(if count == 0 {
+        f64::NAN
+    } else {
+        total / count as f64
+    })
+}
+
+/// A batch as the engine takes it: the weights are the positions that carry loss in `mode`.
+fn step_batch(batch: &Batch, mode: Mode) -> StepBatch<'_> {
+    StepBatch {
+        b: batch.batch_size,
+        t: batch.seq_len,
+        inputs: &batch.inputs,
+        targets: &batch.targets,
+        positions: &batch.positions,
+        segments: &batch.segments,
+        weights: if mode.masked() {
+            &batch.loss_mask
+        } else {
+            &batch.target_mask
+        },
+    }
+}
+
+/// Without the engine the run keeps candle models; this is the error if one is missing.
+fn no_model() -> Error {
+    Error::Config("internal: the run has neither the engine nor a candle model".into())
 }
 
 struct Log(std::fs::File);
@@ -561,35 +585,38 @@ pub fn train(
         Some(l) => Params::from_adapter(&cfg.model, l, weights)?,
         None => Params::from_weights(&cfg.model, weights)?,
     };
-    // The trainable vars, and for LoRA the frozen base beside them (plain tensors: no gradient).
-    let model = {
-        let mut ts: HashMap<String, Tensor> = frozen.clone();
-        ts.extend(
-            params
-                .vars
-                .iter()
-                .map(|(s, v)| (s.name.clone(), v.as_tensor().clone())),
-        );
-        Gpt::with_lora(
-            &cfg.model,
-            candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev),
-            lora.as_ref(),
-        )?
-    };
-    // The same weights, detached: validation through it records no graph for backward.
-    let eval_model = {
-        let mut ts: HashMap<String, Tensor> = frozen.clone();
-        ts.extend(params.tensors());
-        Gpt::with_lora(
-            &cfg.model,
-            candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev),
-            lora.as_ref(),
-        )?
-    };
     let total_params = cfg.model.n_params();
-    // The engine trains several times faster than autograd; gradient checkpointing takes the
-    // autograd path.
+    // The engine trains several times faster than autograd, and validates too: then no candle
+    // model is built, so the process holds one copy of the weights.
     let mut engine = build_engine(&cfg, lora.as_ref(), &params, &frozen, seq_len)?;
+    let models = match engine {
+        Some(_) => None,
+        None => {
+            // The trainable vars, and for LoRA the frozen base beside them (plain tensors: no
+            // gradient).
+            let mut ts: HashMap<String, Tensor> = frozen.clone();
+            ts.extend(
+                params
+                    .vars
+                    .iter()
+                    .map(|(s, v)| (s.name.clone(), v.as_tensor().clone())),
+            );
+            let model = Gpt::with_lora(
+                &cfg.model,
+                candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev),
+                lora.as_ref(),
+            )?;
+            // The same weights, detached: validation through it records no graph for backward.
+            let mut ts: HashMap<String, Tensor> = frozen.clone();
+            ts.extend(params.tensors());
+            let eval_model = Gpt::with_lora(
+                &cfg.model,
+                candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev),
+                lora.as_ref(),
+            )?;
+            Some((model, eval_model))
+        }
+    };
     drop(frozen);
     let mut opt = AdamW::new(t.adamw(), &params.vars);
     let scfg = SamplerConfig {
@@ -703,7 +730,7 @@ pub fn train(
                 &mut dropout.rng,
             )?,
             None => optimizer_step(
-                &model,
+                models.as_ref().map(|m| &m.0).ok_or_else(no_model)?,
                 &params,
                 &mut opt,
                 || sampler.next_batch(),
@@ -743,7 +770,11 @@ pub fn train(
             sync_vars(e, &params)?;
         }
         if evaluate {
-            let val = estimate_loss(&eval_model, &val_batches, t.mode, &dev)?;
+            let val = match (engine.as_mut(), &models) {
+                (Some(e), _) => engine_val_loss(e, &val_batches, t.mode)?,
+                (None, Some((_, eval_model))) => estimate_loss(eval_model, &val_batches, t.mode, &dev)?,
+                (None, None) => return Err(no_model()),
+            };
             let improved = best.is_none_or(|b| val < b);
             if improved {
                 best = Some(val);
