@@ -1204,7 +1204,6 @@ impl TrainEngine {
         let t = batch.t;
         let (c, h) = (self.cfg.n_embd, self.cfg.n_head);
         let d = c / h;
-        let scale = 1.0 / (d as f32).sqrt();
         let (qkv_len, atty_len, tt) = (qkv.len(), atty_all.len(), t * t);
         let atty = SendPtr(atty_all.as_mut_ptr());
         let stats_ptr = SendPtr(stats_all.as_mut_ptr());
@@ -1220,25 +1219,14 @@ impl TrainEngine {
             for &tile in tiles {
                 let (m, nc) = (tile.r1 - tile.r0, tile.r1 - tile.s);
                 let pv = View::rows(tile.r0 * t + tile.s, m, nc, t);
-                #[allow(unsafe_code)]
-                // SAFETY: `p` is this task's own scratch; q and k are read only.
-                unsafe {
-                    mm_raw(
-                        p.as_mut_ptr(),
-                        tt,
-                        pv,
-                        qkv.as_ptr(),
-                        qkv_len,
-                        View::rows((row0 + tile.r0) * 3 * c + hi * d, m, d, 3 * c),
-                        qkv.as_ptr(),
-                        qkv_len,
-                        View::rows((row0 + tile.s) * 3 * c + c + hi * d, nc, d, 3 * c).t(),
-                        false,
-                        scale,
-                        false,
-                    );
-                }
-                tile_softmax(p, t, tile, *general, seg, Stats::Write(&mut *stats));
+                tile_weights(
+                    p,
+                    qkv,
+                    (row0, hi, t),
+                    (c, d),
+                    (tile, *general, seg),
+                    Stats::Write(&mut *stats),
+                );
                 // The weights v is multiplied by: the softmax's, or their dropped-out copy.
                 let weights: &[f32] = match mask {
                     Some(mk) => {
@@ -1856,6 +1844,40 @@ impl Stats<'_> {
     }
 }
 
+/// One head's attention weights over a tile of the batch row that starts at `row0`: q·kᵀ/√d
+/// over the tile's columns, then [`tile_softmax`]. Forward (computing the stats) and backward
+/// (replaying them) both go through here, so they make the same weights.
+fn tile_weights(
+    p: &mut [f32],
+    qkv: &[f32],
+    (row0, hi, t): (usize, usize, usize),
+    (c, d): (usize, usize),
+    (tile, general, seg): (Tile, bool, &[u32]),
+    stats: Stats<'_>,
+) {
+    let (m, nc) = (tile.r1 - tile.r0, tile.r1 - tile.s);
+    #[allow(unsafe_code)]
+    // SAFETY: `p` is borrowed uniquely and `qkv` shared, so they do not overlap; the views are
+    // checked against both lengths.
+    unsafe {
+        mm_raw(
+            p.as_mut_ptr(),
+            p.len(),
+            View::rows(tile.r0 * t + tile.s, m, nc, t),
+            qkv.as_ptr(),
+            qkv.len(),
+            View::rows((row0 + tile.r0) * 3 * c + hi * d, m, d, 3 * c),
+            qkv.as_ptr(),
+            qkv.len(),
+            View::rows((row0 + tile.s) * 3 * c + c + hi * d, nc, d, 3 * c).t(),
+            false,
+            1.0 / (d as f32).sqrt(),
+            false,
+        );
+    }
+    tile_softmax(p, t, tile, general, seg, stats);
+}
+
 /// A tile's causal softmax in place, row by row over the row's visible columns (`j ≤ i` in its
 /// segment), zero elsewhere in the tile. Computing, it writes each row's maximum and `1/sum` to
 /// `stats`; replaying, it reads them and gives the same weights bit for bit (`exp(x − max) ·
@@ -1950,21 +1972,14 @@ fn attention_bwd(
             // this task alone; everything else is read only.
             unsafe {
                 // The softmax's weights, again.
-                mm_raw(
-                    p.as_mut_ptr(),
-                    tt,
-                    pv,
-                    qkv.as_ptr(),
-                    qkv_len,
-                    q_rows(tile.r0, m),
-                    qkv.as_ptr(),
-                    qkv_len,
-                    k_rows(tile.s, nc).t(),
-                    false,
-                    scale,
-                    false,
+                tile_weights(
+                    p,
+                    qkv,
+                    (row0, hi, t),
+                    (c, d),
+                    (tile, *general, seg),
+                    Stats::Read(st),
                 );
-                tile_softmax(p, t, tile, *general, seg, Stats::Read(st));
                 // dv += P'ᵀ · dy, where P' are the weights v was multiplied by: the softmax's, or
                 // with dropout their dropped-out copy, made in `dp` before it takes dP.
                 let pw = match mask {
