@@ -76,37 +76,41 @@ enum Command {
     Bench(cmd::bench::BenchCommand),
 }
 
-/// Keeps freed pages mapped instead of returning them to the kernel after 10 ms: training frees and
-/// reallocates the same large buffers every step, and re-faulting zeroed pages cost ~15% of a step.
-fn keep_freed_memory() {
-    // mimalloc's `mi_option_purge_delay`: the option just before `mi_option_use_numa_nodes` in
-    // mimalloc.h (v2 and v3 alike); the Rust bindings name only its neighbour.
-    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = libmimalloc_sys::mi_option_use_numa_nodes - 1;
+/// mimalloc's `mi_option_purge_delay`: the option just before `mi_option_use_numa_nodes` in
+/// mimalloc.h (v2 and v3 alike); the Rust bindings name only its neighbour.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = libmimalloc_sys::mi_option_use_numa_nodes - 1;
+
+/// Reserves one large arena up front (address space only, committed on use), so big tensors are
+/// carved from it instead of fresh OS mappings, and keeps freed pages (see [`purge_freed_memory`]).
+fn set_up_allocator() {
     #[allow(unsafe_code)]
-    // SAFETY: sets a process-wide allocator option; called once at start-up before other threads exist.
+    // SAFETY: process-wide allocator options; called once at start-up before other threads exist.
     unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
-        // One large arena up front (address space only, committed on use): big tensors are carved
-        // from it instead of fresh OS mappings. If the reservation fails, mimalloc works as before.
+        // If the reservation fails, mimalloc works as before.
         let _ = libmimalloc_sys::mi_reserve_os_memory_ex(8 << 30, false, true, false, std::ptr::null_mut());
     }
+    purge_freed_memory(false);
 }
 
-/// Returns freed memory to the kernel now (benchmarks that measure a phase's own peak call this
-/// before resetting the peak), then goes back to keeping it.
-pub(crate) fn release_freed_memory() {
-    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = libmimalloc_sys::mi_option_use_numa_nodes - 1;
+/// Whether freed pages go back to the kernel at once (`true`) or stay mapped for the next
+/// allocation (`false`, the default). Keeping them pays while candle frees and reallocates the same
+/// large buffers every step (re-faulting zeroed pages cost ~15% of an autograd step), but what a
+/// phase frees while they are kept stays resident for good, however much is collected later. So
+/// loading and setting up a model (the f32 file, the copies weights pass through) runs with
+/// purging on, and the steps with it off.
+pub(crate) fn purge_freed_memory(on: bool) {
     #[allow(unsafe_code)]
-    // SAFETY: allocator options and a collection, called between phases of a single-threaded benchmark.
+    // SAFETY: sets a process-wide allocator option (an atomic store inside mimalloc).
     unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
-        libmimalloc_sys::mi_collect(true);
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, if on { 0 } else { -1 });
+        if on {
+            libmimalloc_sys::mi_collect(true);
+        }
     }
 }
 
 fn run() -> anyhow::Result<()> {
-    keep_freed_memory();
+    set_up_allocator();
     match Cli::parse().command {
         Command::Data(c) => cmd::data::run(c),
         Command::Tokenizer(c) => cmd::tokenizer::run(c),

@@ -740,6 +740,8 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
         dropout: 0.0,
         ..GptConfig::gpt2()
     };
+    // Building the model hands what it frees back to the kernel, as `chatforge train` does.
+    crate::purge_freed_memory(true);
     let weights = init_weights(&cfg, &mut Rng::new(0), &dev)?;
     // The engine's frozen base (LoRA) or starting weights (full), in `param_specs` order.
     let use_engine = !args.autograd;
@@ -821,7 +823,7 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
         Step::Autograd(Box::new((model, params)))
     };
     // What the model holds from here on; the training peak is measured from this point.
-    crate::release_freed_memory();
+    crate::purge_freed_memory(false);
     let model_rss = current_rss_mb();
     reset_peak_rss();
     let mut opt = match &path {

@@ -143,6 +143,7 @@ pub fn reporter() -> impl FnMut(&Event) {
             resumed_from,
             ..
         } => {
+            crate::purge_freed_memory(false);
             total = *steps;
             if params != total_params {
                 say!(
@@ -219,7 +220,12 @@ pub fn run_training(
             .with_context(|| format!("copying {}", src.display()))?;
     }
     let mut report = reporter();
-    let summary = train(cfg, out, resume, &mut report, &AtomicBool::new(false))?;
+    // Loading hands back what it frees (the file, the copies weights pass through); the reporter
+    // turns purging off again when training starts.
+    crate::purge_freed_memory(true);
+    let summary = train(cfg, out, resume, &mut report, &AtomicBool::new(false));
+    crate::purge_freed_memory(false);
+    let summary = summary?;
     say!(
         "{} steps in {:.1} s; last training loss {}, best validation loss {}; run in {}",
         summary.steps,
