@@ -405,7 +405,7 @@ fn dot_q8<E: Elem, const FMA: bool>(a: &[f32], b: &[E], scales: &[f32]) -> f32 {
     for (i, (x, y)) in ar.iter().zip(br).enumerate() {
         tail = fmadd::<FMA>(*x, y.f() * scales[(done + i) / QBLOCK], tail);
     }
-    acc.iter().sum::<f32>() + tail
+    hsum64(&mut acc) + tail
 }
 
 /// [`dot_rows`] for q8 rows (`scales`: `(out, blocks)`).
@@ -444,7 +444,27 @@ fn dot<E: Elem, const FMA: bool>(a: &[f32], b: &[E]) -> f32 {
     for (x, y) in ar.iter().zip(br) {
         tail = fmadd::<FMA>(*x, y.f(), tail);
     }
-    acc.iter().sum::<f32>() + tail
+    hsum64(&mut acc) + tail
+}
+
+/// The sum of 64 lanes by halving (32 + 32, then 16 + 16, …): each step is one vector add, where
+/// summing the lanes in order is a chain of 64 dependent adds. For attention's 64-wide heads and
+/// the output head's rows that chain took longer than the products.
+#[inline(always)]
+fn hsum64(a: &mut [f32; 64]) -> f32 {
+    for l in 0..32 {
+        a[l] += a[l + 32];
+    }
+    for l in 0..16 {
+        a[l] += a[l + 16];
+    }
+    for l in 0..8 {
+        a[l] += a[l + 8];
+    }
+    for l in 0..4 {
+        a[l] += a[l + 4];
+    }
+    (a[0] + a[2]) + (a[1] + a[3])
 }
 
 /// `out[v − v0][r] = x[r] · W[v]` for `v in v0..v0 + out.len() / m` (output-major block).
