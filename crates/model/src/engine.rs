@@ -886,11 +886,7 @@ impl TrainEngine {
         if total == 0 {
             return Ok(f64::NAN);
         }
-        let (b, t) = (batch.b, batch.t);
-        self.draw_masks(rng, b, t);
-        self.row_tiles = (0..b)
-            .map(|r| row_tiles(&batch.segments[r * t..(r + 1) * t]))
-            .collect();
+        self.draw_masks(rng, batch.b, batch.t);
         self.forward(batch);
         let loss = self.loss_and_dlogits(batch, scale / total as f32);
         self.backward(batch);
@@ -930,12 +926,8 @@ impl TrainEngine {
         if total == 0 {
             return Ok((0.0, 0));
         }
-        let (b, t) = (batch.b, batch.t);
         self.emb_mask = None;
         self.masks.fill(LayerMasks::default());
-        self.row_tiles = (0..b)
-            .map(|r| row_tiles(&batch.segments[r * t..(r + 1) * t]))
-            .collect();
         self.forward(batch);
         // The gradient written over the logits is scaled to 0 and never used.
         Ok((self.loss_and_dlogits(batch, 0.0), total))
@@ -1008,7 +1000,13 @@ impl TrainEngine {
         }
     }
 
+    /// Forward of the whole model to the logits; also lays out this batch's attention tiles,
+    /// which backward reuses.
     fn forward(&mut self, batch: &StepBatch<'_>) {
+        let t = batch.t;
+        self.row_tiles = (0..batch.b)
+            .map(|r| row_tiles(&batch.segments[r * t..(r + 1) * t]))
+            .collect();
         let cfg = self.cfg.clone();
         let mut wq = std::mem::take(&mut self.wq);
         let mut xdrop = std::mem::take(&mut self.xdrop);
@@ -1076,6 +1074,11 @@ impl TrainEngine {
         self.ascratch = pd;
     }
 
+    /// Block `l`'s input: the embeddings, or block `l − 1`'s output.
+    fn block_input(&self, l: usize) -> &[f32] {
+        if l == 0 { &self.x0 } else { &self.acts[l - 1].res3 }
+    }
+
     /// Block `l`'s forward from its input (the embeddings or block `l − 1`'s output) into `a`.
     /// `wq`, `xdrop` and `pd` are scratch.
     fn layer_forward(
@@ -1101,18 +1104,16 @@ impl TrainEngine {
         let wts = if self.frozen { &self.base } else { &self.params };
         let trainable = &self.params;
         let [u_attn, u_proj, u_fc, u_fcproj] = &mut a.u;
-        {
-            let input: &[f32] = if l == 0 { &self.x0 } else { &self.acts[l - 1].res3 };
-            layer_norm_fwd(
-                &mut a.ln1,
-                &mut a.ln1_stats,
-                input,
-                &wts[lp.ln1_w..lp.ln1_w + c],
-                lp.ln1_b.map(|o| &wts[o..o + c]),
-                c,
-                eps,
-            );
-        }
+        let input = self.block_input(l);
+        layer_norm_fwd(
+            &mut a.ln1,
+            &mut a.ln1_stats,
+            input,
+            &wts[lp.ln1_w..lp.ln1_w + c],
+            lp.ln1_b.map(|o| &wts[o..o + c]),
+            c,
+            eps,
+        );
         linear_fwd(
             wts,
             (&self.quant, &mut *wq),
@@ -1140,10 +1141,7 @@ impl TrainEngine {
         if let Some(m) = &lm.res[0] {
             apply_mask(&mut a.res2, None, m, false);
         }
-        {
-            let input: &[f32] = if l == 0 { &self.x0 } else { &self.acts[l - 1].res3 };
-            add_into(&mut a.res2, input);
-        }
+        add_into(&mut a.res2, input);
         layer_norm_fwd(
             &mut a.ln2,
             &mut a.ln2_stats,
@@ -1372,7 +1370,7 @@ impl TrainEngine {
                 self.layer_forward(l, w, batch, &mut wq, &mut xdrop, &mut datt);
             }
             let a = work.as_ref().unwrap_or(&self.acts[l]);
-            let input: &[f32] = if l == 0 { &self.x0 } else { &self.acts[l - 1].res3 };
+            let input = self.block_input(l);
             macro_rules! drop_in {
                 ($k:expr) => {
                     lm.ad[$k].as_ref().map(|m| (m, &mut xdrop[..]))
