@@ -406,9 +406,12 @@ fn step_batch(batch: &Batch, mode: Mode) -> StepBatch<'_> {
     }
 }
 
-/// Without the engine the run keeps candle models; this is the error if one is missing.
-fn no_model() -> Error {
-    Error::Config("internal: the run has neither the engine nor a candle model".into())
+/// What takes a run's steps and validates it: the engine, or (when it does not fit) candle's
+/// autograd through a model with the trainable variables and a detached copy for validation.
+#[allow(clippy::large_enum_variant)] // one per run, on the stack of `train`
+enum Stepper {
+    Engine(TrainEngine),
+    Autograd { model: Gpt, eval_model: Gpt },
 }
 
 struct Log(std::fs::File);
@@ -588,9 +591,8 @@ pub fn train(
     let total_params = cfg.model.n_params();
     // The engine trains several times faster than autograd, and validates too: then no candle
     // model is built, so the process holds one copy of the weights.
-    let mut engine = build_engine(&cfg, lora.as_ref(), &params, &frozen, seq_len)?;
-    let models = match engine {
-        Some(_) => None,
+    let mut stepper = match build_engine(&cfg, lora.as_ref(), &params, &frozen, seq_len)? {
+        Some(e) => Stepper::Engine(e),
         None => {
             // The trainable vars, and for LoRA the frozen base beside them (plain tensors: no
             // gradient).
@@ -614,7 +616,7 @@ pub fn train(
                 candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev),
                 lora.as_ref(),
             )?;
-            Some((model, eval_model))
+            Stepper::Autograd { model, eval_model }
         }
     };
     drop(frozen);
@@ -717,8 +719,8 @@ pub fn train(
     while step < steps {
         let t0 = Instant::now();
         let lr = lr_at(step, t.lr, t.min_lr, t.warmup_steps, steps);
-        let out = match engine.as_mut() {
-            Some(e) => engine_step(
+        let out = match &mut stepper {
+            Stepper::Engine(e) => engine_step(
                 e,
                 &specs,
                 &mut opt,
@@ -729,8 +731,8 @@ pub fn train(
                 t.grad_clip,
                 &mut dropout.rng,
             )?,
-            None => optimizer_step(
-                models.as_ref().map(|m| &m.0).ok_or_else(no_model)?,
+            Stepper::Autograd { model, .. } => optimizer_step(
+                model,
                 &params,
                 &mut opt,
                 || sampler.next_batch(),
@@ -764,16 +766,17 @@ pub fn train(
 
         let mut stop_reason = stop.load(Ordering::Relaxed).then(|| "stop requested".to_string());
         let evaluate = !val_batches.is_empty() && (step % t.eval_every == 0 || step == steps);
-        if let Some(e) = &engine
+        if let Stepper::Engine(e) = &stepper
             && (evaluate || step % t.checkpoint_every == 0 || step == steps || stop_reason.is_some())
         {
             sync_vars(e, &params)?;
         }
         if evaluate {
-            let val = match (engine.as_mut(), &models) {
-                (Some(e), _) => engine_val_loss(e, &val_batches, t.mode)?,
-                (None, Some((_, eval_model))) => estimate_loss(eval_model, &val_batches, t.mode, &dev)?,
-                (None, None) => return Err(no_model()),
+            let val = match &mut stepper {
+                Stepper::Engine(e) => engine_val_loss(e, &val_batches, t.mode)?,
+                Stepper::Autograd { eval_model, .. } => {
+                    estimate_loss(eval_model, &val_batches, t.mode, &dev)?
+                }
             };
             let improved = best.is_none_or(|b| val < b);
             if improved {
