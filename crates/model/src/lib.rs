@@ -14,7 +14,7 @@ pub use gpt::{AttnMask, Block, Dropout, Gpt, KvCache, LayerNorm, Linear};
 pub use lora::LoraConfig;
 pub use params::{
     Init, ParamSpec, Params, Weights, check_weights, flatten, init_specs, init_weights, load_hf,
-    load_weights, param_specs, save_weights, weights_file,
+    load_weights, param_specs, save_f32_tensors, save_weights, weights_file,
 };
 
 use std::path::PathBuf;

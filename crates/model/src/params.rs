@@ -249,6 +249,69 @@ pub fn save_weights(w: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
     })
 }
 
+/// Writes f32 tensors as safetensors through a temporary file, one tensor at a time: `data(i)`
+/// gives the values of `tensors[i]` (name, shape) when its turn comes, so the set is never copied
+/// whole (a checkpoint of the training engine writes straight from its flat buffers). The layout
+/// is the format's: an 8-byte little-endian header length, the JSON header (names sorted, padded
+/// with spaces to 8 bytes), then the data in header order.
+pub fn save_f32_tensors<'a>(
+    path: &Path,
+    tensors: &[(String, Vec<usize>)],
+    mut data: impl FnMut(usize) -> Result<std::borrow::Cow<'a, [f32]>>,
+) -> Result<()> {
+    use std::io::Write;
+    let mut order: Vec<usize> = (0..tensors.len()).collect();
+    order.sort_by(|&a, &b| tensors[a].0.cmp(&tensors[b].0));
+    let mut header = serde_json::Map::new();
+    let mut at = 0usize;
+    for &i in &order {
+        let (name, shape) = &tensors[i];
+        let bytes = 4 * shape.iter().product::<usize>();
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [at, at + bytes]}),
+        );
+        at += bytes;
+    }
+    let mut head = serde_json::Value::Object(header).to_string().into_bytes();
+    head.resize(head.len().next_multiple_of(8), b' ');
+    let weights_err = |msg: String| Error::Weights {
+        path: path.to_path_buf(),
+        msg,
+    };
+    // The first error from `data` (the write stops there and the temporary file is removed).
+    let mut failed = None;
+    chatforge_data::atomic_write(path, |w| {
+        w.write_all(&(head.len() as u64).to_le_bytes())?;
+        w.write_all(&head)?;
+        let mut buf = Vec::with_capacity(1 << 16);
+        for &i in &order {
+            let (name, shape) = &tensors[i];
+            let values = match data(i) {
+                Ok(v) => v,
+                Err(e) => {
+                    failed = Some(e);
+                    return Err(std::io::Error::other("no data"));
+                }
+            };
+            if values.len() != shape.iter().product::<usize>() {
+                failed = Some(weights_err(format!(
+                    "{name}: {} values for shape {shape:?}",
+                    values.len()
+                )));
+                return Err(std::io::Error::other("wrong length"));
+            }
+            for chunk in values.chunks(1 << 14) {
+                buf.clear();
+                buf.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
+                w.write_all(&buf)?;
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| failed.take().unwrap_or_else(|| weights_err(e.to_string())))
+}
+
 /// Trainable weights: one [`Var`] per parameter, in [`param_specs`] order.
 #[derive(Debug, Clone)]
 pub struct Params {

@@ -188,6 +188,61 @@ fn save_and_load_round_trip() {
     );
 }
 
+/// `save_f32_tensors` (how checkpoints write from the engine's flat buffers) writes a file that
+/// safetensors readers take, each tensor's values under its own name whatever the order given;
+/// data of the wrong length fails, names the tensor and leaves no file behind.
+#[test]
+fn streamed_safetensors_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.safetensors");
+    let tensors = vec![
+        ("b.weight".to_string(), vec![3, 5]),
+        ("a.bias".to_string(), vec![7]),
+        ("c".to_string(), vec![2, 1, 3]),
+    ];
+    let values: Vec<Vec<f32>> = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, (_, s))| {
+            (0..s.iter().product::<usize>())
+                .map(|j| i as f32 * 100.0 + j as f32 * 0.5 - 1.0)
+                .collect()
+        })
+        .collect();
+    chatforge_model::save_f32_tensors(&path, &tensors, |i| {
+        Ok(std::borrow::Cow::Borrowed(values[i].as_slice()))
+    })
+    .unwrap();
+    let back = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    assert_eq!(back.len(), 3);
+    for ((name, shape), v) in tensors.iter().zip(&values) {
+        let t = &back[name];
+        assert_eq!(t.dims(), shape.as_slice(), "{name}");
+        assert_eq!(&t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), v, "{name}");
+    }
+    // The header is the format's: its length, then JSON padded to 8 bytes, then exactly the data.
+    let bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    assert_eq!(n % 8, 0);
+    assert_eq!(bytes.len(), 8 + n + 4 * (15 + 7 + 6));
+
+    let bad = dir.path().join("bad.safetensors");
+    let err = chatforge_model::save_f32_tensors(&bad, &tensors, |i| {
+        Ok(std::borrow::Cow::Owned(values[i][1..].to_vec()))
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("bad.safetensors") && err.contains("a.bias: 6 values for shape [7]"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "only the good file is left"
+    );
+}
+
 /// Each trainable variable's gradient in `g`, in `params.vars` order.
 fn take(params: &Params, g: &candle_core::backprop::GradStore) -> Vec<Option<Tensor>> {
     params

@@ -2,12 +2,13 @@
 //! optimizer moments, step, sampler position, dropout RNG, best validation loss and the config —
 //! written under a temporary name and renamed into place, with content hashes checked on load.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use chatforge_data::{SamplerState, atomic_dir, sha256_file};
-use chatforge_model::{Params, save_weights};
+use chatforge_model::{GptConfig, LoraConfig, ParamSpec, save_f32_tensors};
 use serde::{Deserialize, Serialize};
 
 use crate::{AdamW, Error, Result, TrainConfig};
@@ -29,11 +30,75 @@ pub fn step_dir(run: &Path, step: u64) -> PathBuf {
     run.join("checkpoints").join(format!("step_{step:06}"))
 }
 
-/// Writes `dir` atomically: `model.safetensors`, `optimizer.safetensors` (if given), `config.json`, `state.json`.
-pub fn save(dir: &Path, params: &Params, opt: Option<&AdamW>, state: &CheckpointState) -> Result<()> {
+/// The trainable values a checkpoint writes, in [`ParamSpec`] order: candle's variables (the
+/// autograd path), or the training engine's flat buffer, written from where it is without a copy.
+#[derive(Clone, Copy)]
+pub enum Values<'a> {
+    Vars(&'a [(ParamSpec, Var)]),
+    Flat {
+        specs: &'a [ParamSpec],
+        flat: &'a [f32],
+        offsets: &'a [(usize, usize)],
+    },
+}
+
+impl<'a> Values<'a> {
+    fn len(&self) -> usize {
+        match self {
+            Values::Vars(v) => v.len(),
+            Values::Flat { specs, .. } => specs.len(),
+        }
+    }
+
+    fn spec(&self, i: usize) -> &'a ParamSpec {
+        match self {
+            Values::Vars(v) => &v[i].0,
+            Values::Flat { specs, .. } => &specs[i],
+        }
+    }
+
+    /// The values of parameter `i`: borrowed from the engine, copied out of a variable.
+    fn get(&self, i: usize) -> chatforge_model::Result<Cow<'a, [f32]>> {
+        Ok(match self {
+            Values::Vars(v) => Cow::Owned(v[i].1.as_tensor().flatten_all()?.to_vec1()?),
+            Values::Flat { flat, offsets, .. } => {
+                let (off, len) = offsets[i];
+                Cow::Borrowed(&flat[off..off + len])
+            }
+        })
+    }
+
+    /// Every parameter as a tensor by name (copies: for a LoRA adapter, which is small).
+    fn tensors(&self) -> Result<BTreeMap<String, Tensor>> {
+        (0..self.len())
+            .map(|i| {
+                let s = self.spec(i);
+                Ok((
+                    s.name.clone(),
+                    Tensor::from_slice(&self.get(i)?, s.shape.as_slice(), &Device::Cpu)?,
+                ))
+            })
+            .collect()
+    }
+}
+
+/// Writes `dir` atomically: `model.safetensors` (or, for a LoRA run, the PEFT adapter files),
+/// `optimizer.safetensors` (if given), `config.json`, `state.json`. The weights and the moments
+/// are written one tensor at a time, so saving never holds a second copy of them.
+pub fn save(
+    dir: &Path,
+    model: &GptConfig,
+    lora: Option<&LoraConfig>,
+    values: Values<'_>,
+    opt: Option<&AdamW>,
+    state: &CheckpointState,
+) -> Result<()> {
+    let shapes: Vec<(String, Vec<usize>)> = (0..values.len())
+        .map(|i| (values.spec(i).name.clone(), values.spec(i).shape.clone()))
+        .collect();
     atomic_dir(dir, |tmp| -> Result<()> {
         let mut files = BTreeMap::new();
-        match &params.lora {
+        match lora {
             // A LoRA run's checkpoint is a PEFT adapter folder (plus optimizer and state).
             Some(lora) => {
                 let base = state.config.train.init.as_ref().map(|p| {
@@ -42,13 +107,13 @@ pub fn save(dir: &Path, params: &Params, opt: Option<&AdamW>, state: &Checkpoint
                         .display()
                         .to_string()
                 });
-                chatforge_model::lora::write_adapter_files(tmp, lora, &params.tensors(), base.as_deref())?;
+                chatforge_model::lora::write_adapter_files(tmp, lora, &values.tensors()?, base.as_deref())?;
                 for f in ["adapter_model.safetensors", "adapter_config.json"] {
                     files.insert(f.to_string(), sha256_file(&tmp.join(f))?);
                 }
             }
             None => {
-                save_weights(&params.tensors(), &tmp.join("model.safetensors"))?;
+                save_f32_tensors(&tmp.join("model.safetensors"), &shapes, |i| values.get(i))?;
                 files.insert(
                     "model.safetensors".to_string(),
                     sha256_file(&tmp.join("model.safetensors"))?,
@@ -56,24 +121,25 @@ pub fn save(dir: &Path, params: &Params, opt: Option<&AdamW>, state: &Checkpoint
             }
         }
         if let Some(opt) = opt {
-            let mut t = BTreeMap::new();
-            for (i, (spec, var)) in params.vars.iter().enumerate() {
-                t.insert(
-                    format!("m.{}", spec.name),
-                    Tensor::from_slice(&opt.m[i], var.shape(), &Device::Cpu)?,
-                );
-                t.insert(
-                    format!("v.{}", spec.name),
-                    Tensor::from_slice(&opt.v[i], var.shape(), &Device::Cpu)?,
-                );
-            }
-            save_weights(&t, &tmp.join("optimizer.safetensors"))?;
+            let moments: Vec<(String, Vec<usize>)> = shapes
+                .iter()
+                .flat_map(|(name, shape)| {
+                    [
+                        (format!("m.{name}"), shape.clone()),
+                        (format!("v.{name}"), shape.clone()),
+                    ]
+                })
+                .collect();
+            save_f32_tensors(&tmp.join("optimizer.safetensors"), &moments, |i| {
+                let m = if i % 2 == 0 { &opt.m } else { &opt.v };
+                Ok(Cow::Borrowed(m[i / 2].as_slice()))
+            })?;
             files.insert(
                 "optimizer.safetensors".to_string(),
                 sha256_file(&tmp.join("optimizer.safetensors"))?,
             );
         }
-        write_json(&tmp.join("config.json"), &params.cfg.to_hf())?;
+        write_json(&tmp.join("config.json"), &model.to_hf())?;
         let state = CheckpointState {
             files,
             ..state.clone()
@@ -141,11 +207,11 @@ pub fn latest_valid(run: &Path) -> (Option<(PathBuf, CheckpointState)>, Vec<Stri
 }
 
 /// Loads the optimizer moments saved beside a checkpoint.
-pub fn load_optimizer(dir: &Path, params: &Params, opt: &mut AdamW) -> Result<()> {
+pub fn load_optimizer(dir: &Path, specs: &[ParamSpec], opt: &mut AdamW) -> Result<()> {
     let path = dir.join("optimizer.safetensors");
     let t = candle_core::safetensors::load(&path, &Device::Cpu)
         .map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))?;
-    for (i, (spec, _)) in params.vars.iter().enumerate() {
+    for (i, spec) in specs.iter().enumerate() {
         let get = |k: String| -> Result<Vec<f32>> {
             let x = t
                 .get(&k)

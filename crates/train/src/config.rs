@@ -162,8 +162,10 @@ impl TrainConfig {
         if t.batch_size == 0 {
             return bad("train.batch_size must be at least 1".into());
         }
+        // With --init the model (its position table too) comes from there, and `train` checks
+        // seq_len against it once it is loaded.
         if let Some(s) = t.seq_len
-            && (s == 0 || s > self.model.n_ctx)
+            && (s == 0 || (t.init.is_none() && s > self.model.n_ctx))
         {
             return bad(format!(
                 "train.seq_len = {s} must be in 1..={} (model.n_ctx)",

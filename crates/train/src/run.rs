@@ -346,18 +346,6 @@ fn build_engine(
     }))
 }
 
-/// Copies the engine's parameters into the variables (for evaluation and checkpoints).
-fn sync_vars(engine: &TrainEngine, params: &Params) -> Result<()> {
-    for ((_, var), &(off, len)) in params.vars.iter().zip(&engine.offsets) {
-        var.set(&Tensor::from_slice(
-            &engine.params[off..off + len],
-            var.shape(),
-            var.device(),
-        )?)?;
-    }
-    Ok(())
-}
-
 /// Mean loss over the validation batches, weighted by the positions that carry loss; no backward.
 fn estimate_loss(model: &Gpt, batches: &[Batch], mode: Mode, dev: &Device) -> Result<f64> {
     let (mut total, mut count) = (0f64, 0usize);
@@ -406,12 +394,31 @@ fn step_batch(batch: &Batch, mode: Mode) -> StepBatch<'_> {
     }
 }
 
-/// What takes a run's steps and validates it: the engine, or (when it does not fit) candle's
-/// autograd through a model with the trainable variables and a detached copy for validation.
+/// What takes a run's steps, validates it and holds its trainable values: the engine (its flat
+/// buffer), or (when it does not fit) candle's autograd through a model with the trainable
+/// variables and a detached copy for validation.
 #[allow(clippy::large_enum_variant)] // one per run, on the stack of `train`
 enum Stepper {
     Engine(TrainEngine),
-    Autograd { model: Gpt, eval_model: Gpt },
+    Autograd {
+        model: Gpt,
+        eval_model: Gpt,
+        params: Params,
+    },
+}
+
+impl Stepper {
+    /// The current trainable values, for checkpoints.
+    fn values<'a>(&'a self, specs: &'a [ParamSpec]) -> checkpoint::Values<'a> {
+        match self {
+            Stepper::Engine(e) => checkpoint::Values::Flat {
+                specs,
+                flat: &e.params,
+                offsets: &e.offsets,
+            },
+            Stepper::Autograd { params, .. } => checkpoint::Values::Vars(&params.vars),
+        }
+    }
 }
 
 struct Log(std::fs::File);
@@ -589,10 +596,16 @@ pub fn train(
         None => Params::from_weights(&cfg.model, weights)?,
     };
     let total_params = cfg.model.n_params();
+    let specs: Vec<ParamSpec> = params.vars.iter().map(|(s, _)| s.clone()).collect();
+    let trainable = params.count();
     // The engine trains several times faster than autograd, and validates too: then no candle
-    // model is built, so the process holds one copy of the weights.
+    // model is built and the variables are dropped (checkpoints are written from the engine's
+    // buffer), so the process holds one copy of the weights.
     let mut stepper = match build_engine(&cfg, lora.as_ref(), &params, &frozen, seq_len)? {
-        Some(e) => Stepper::Engine(e),
+        Some(e) => {
+            drop(params);
+            Stepper::Engine(e)
+        }
         None => {
             // The trainable vars, and for LoRA the frozen base beside them (plain tensors: no
             // gradient).
@@ -616,11 +629,15 @@ pub fn train(
                 candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev),
                 lora.as_ref(),
             )?;
-            Stepper::Autograd { model, eval_model }
+            Stepper::Autograd {
+                model,
+                eval_model,
+                params,
+            }
         }
     };
     drop(frozen);
-    let mut opt = AdamW::new(t.adamw(), &params.vars);
+    let mut opt = AdamW::for_lengths(t.adamw(), specs.iter().map(|s| s.shape.iter().product()));
     let scfg = SamplerConfig {
         batch_size: t.batch_size,
         seq_len,
@@ -630,7 +647,7 @@ pub fn train(
     let (mut step, mut sampler_state, mut dropout_rng) = (0, SamplerState::default(), t.seed ^ 0xD0D0);
     let (mut best, mut since_best) = (None::<f64>, 0u64);
     if let Some((dir, state)) = &resumed {
-        checkpoint::load_optimizer(dir, &params, &mut opt)?;
+        checkpoint::load_optimizer(dir, &specs, &mut opt)?;
         opt.step = state.step;
         (step, sampler_state, dropout_rng) = (state.step, state.sampler, state.dropout_rng);
         (best, since_best) = (state.best_val_loss, state.evals_since_best);
@@ -671,11 +688,11 @@ pub fn train(
         Event::Start {
             steps,
             start_step: step,
-            params: params.count(),
+            params: trainable,
             total_params: if lora.is_some() {
-                total_params + params.count()
+                total_params + trainable
             } else {
-                params.count()
+                trainable
             },
             rows_per_epoch: sampler.rows_in_epoch(),
             micro_batches: micro,
@@ -684,7 +701,8 @@ pub fn train(
         &mut log,
     );
 
-    let save = |step: u64,
+    let save = |values: checkpoint::Values<'_>,
+                step: u64,
                 sampler: &BatchSampler,
                 dropout: &Dropout,
                 best: Option<f64>,
@@ -701,7 +719,7 @@ pub fn train(
             files: Default::default(),
         };
         let dir = checkpoint::step_dir(run, step);
-        checkpoint::save(&dir, &params, Some(opt), &state)?;
+        checkpoint::save(&dir, &cfg.model, lora.as_ref(), values, Some(opt), &state)?;
         checkpoint::prune(run, t.keep_last)?;
         Ok(dir)
     };
@@ -715,7 +733,6 @@ pub fn train(
         stopped: None,
         losses: Vec::new(),
     };
-    let specs: Vec<ParamSpec> = params.vars.iter().map(|(s, _)| s.clone()).collect();
     while step < steps {
         let t0 = Instant::now();
         let lr = lr_at(step, t.lr, t.min_lr, t.warmup_steps, steps);
@@ -731,9 +748,9 @@ pub fn train(
                 t.grad_clip,
                 &mut dropout.rng,
             )?,
-            Stepper::Autograd { model, .. } => optimizer_step(
+            Stepper::Autograd { model, params, .. } => optimizer_step(
                 model,
-                &params,
+                params,
                 &mut opt,
                 || sampler.next_batch(),
                 micro,
@@ -766,11 +783,6 @@ pub fn train(
 
         let mut stop_reason = stop.load(Ordering::Relaxed).then(|| "stop requested".to_string());
         let evaluate = !val_batches.is_empty() && (step % t.eval_every == 0 || step == steps);
-        if let Stepper::Engine(e) = &stepper
-            && (evaluate || step % t.checkpoint_every == 0 || step == steps || stop_reason.is_some())
-        {
-            sync_vars(e, &params)?;
-        }
         if evaluate {
             let val = match &mut stepper {
                 Stepper::Engine(e) => engine_val_loss(e, &val_batches, t.mode)?,
@@ -791,7 +803,14 @@ pub fn train(
                     config: cfg.clone(),
                     files: Default::default(),
                 };
-                checkpoint::save(&run.join("best"), &params, None, &state)?;
+                checkpoint::save(
+                    &run.join("best"),
+                    &cfg.model,
+                    lora.as_ref(),
+                    stepper.values(&specs),
+                    None,
+                    &state,
+                )?;
             } else {
                 since_best += 1;
             }
@@ -811,7 +830,15 @@ pub fn train(
             }
         }
         if step % t.checkpoint_every == 0 || step == steps || stop_reason.is_some() {
-            let dir = save(step, &sampler, &dropout, best, since_best, &opt)?;
+            let dir = save(
+                stepper.values(&specs),
+                step,
+                &sampler,
+                &dropout,
+                best,
+                since_best,
+                &opt,
+            )?;
             emit(Event::Checkpoint { step, path: dir }, &mut log);
         }
         if let Some(reason) = stop_reason {

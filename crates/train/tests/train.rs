@@ -360,7 +360,11 @@ fn init_from_an_earlier_run_continues_its_learning() {
     // A new run initialised from the first one's best/ starts where that one ended, not from scratch.
     let mut next = cfg.clone();
     next.train.init = Some(dir.path().join("first"));
-    next.model.n_embd = 64; // ignored: the model comes from --init
+    // Ignored: the model comes from --init, its position table too (32 here, so a sequence of
+    // 32 fits although this config's own table would not hold it).
+    next.model.n_embd = 64;
+    next.model.n_ctx = 16;
+    next.train.seq_len = Some(32);
     let second = run(&next, &dir.path().join("second"), false);
     assert!(
         second[0] < 0.6 * first[0],
@@ -384,6 +388,21 @@ fn init_from_an_earlier_run_continues_its_learning() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("expected an HF folder"), "{err}");
+    // Longer than the --init model's table: refused once that is known.
+    next.train.seq_len = Some(33);
+    let err = train(
+        &next,
+        &dir.path().join("fourth"),
+        false,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("train.seq_len = 33 is above the model's position table (n_ctx = 32)"),
+        "{err}"
+    );
 }
 
 #[test]
