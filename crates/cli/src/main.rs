@@ -109,6 +109,17 @@ pub(crate) fn purge_freed_memory(on: bool) {
     }
 }
 
+/// For a long-running service: freed pages go back to the kernel once they have stayed unused for
+/// a second, so the process does not keep a finished job's high-water mark while it waits for the
+/// next, and buffers freed and taken again within a step or a token are not re-faulted.
+pub(crate) fn purge_idle_memory() {
+    #[allow(unsafe_code)]
+    // SAFETY: sets a process-wide allocator option (an atomic store inside mimalloc).
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000);
+    }
+}
+
 fn run() -> anyhow::Result<()> {
     set_up_allocator();
     match Cli::parse().command {

@@ -64,11 +64,16 @@ pub fn worker(args: ServiceArgs) -> anyhow::Result<()> {
 }
 
 /// Runs `run` with the effective settings, or prints them with `--print-config`.
+///
+/// A service outlives its jobs, so what they free goes back to the kernel once it has lain unused
+/// for a second ([`crate::purge_idle_memory`]); with purging off, as for one `train`, the process
+/// would keep each job's high-water mark resident while it waits for the next.
 fn start(args: &ServiceArgs, run: fn(ServeConfig) -> chatforge_serve::Result<()>) -> anyhow::Result<()> {
     let cfg = args.config()?;
     if args.print_config {
         say!("{}", cfg.to_masked_toml());
         return Ok(());
     }
+    crate::purge_idle_memory();
     Ok(run(cfg)?)
 }
