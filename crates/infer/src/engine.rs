@@ -11,7 +11,8 @@
 //! as transformers' `GPT2LMHeadModel` (tested in `tests/hf_generate.rs`).
 
 use candle_core::{DType, Tensor};
-use chatforge_model::{Activation, GptConfig, Weights, ops::gelu_scalar};
+use chatforge_model::ops::{gelu_fast, simd::vectorized};
+use chatforge_model::{Activation, GptConfig, Weights};
 use rayon::prelude::*;
 
 pub use crate::kernels::WeightType;
@@ -319,38 +320,56 @@ impl Engine {
         let (c, nh) = (self.cfg.n_embd, self.cfg.n_head);
         let d = c / nh;
         let scale = 1.0 / (d as f32).sqrt();
-        // One task per (row, head): `out` viewed as (rows·heads, D).
-        out.par_chunks_mut(d)
-            .enumerate()
-            .for_each_init(Vec::new, |scores, (i, y)| {
-                let (r, h) = (i / nh, i % nh);
-                let (s, pos) = rows[r];
-                let (k, v) = (&seqs[s].k[li], &seqs[s].v[li]);
-                let q = &qkv[r * 3 * c + h * d..r * 3 * c + (h + 1) * d];
-                scores.resize(pos + 1, 0.0);
-                kernels::attend(q, k, v, c, h * d, scale, scores, y);
-            });
-    }
-}
-
-fn layer_norm(x: &[f32], n: &Norm, eps: f64, out: &mut [f32]) {
-    let c = n.weight.len();
-    for (row, o) in x.chunks(c).zip(out.chunks_mut(c)) {
-        let mean = row.iter().sum::<f32>() / c as f32;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
-        let inv = 1.0 / (var + eps as f32).sqrt();
-        for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(&n.weight).zip(&n.bias) {
-            *o = (v - mean) * inv * w + b;
+        let one = |scores: &mut Vec<f32>, (i, y): (usize, &mut [f32])| {
+            let (r, h) = (i / nh, i % nh);
+            let (s, pos) = rows[r];
+            let (k, v) = (&seqs[s].k[li], &seqs[s].v[li]);
+            let q = &qkv[r * 3 * c + h * d..r * 3 * c + (h + 1) * d];
+            scores.resize(pos + 1, 0.0);
+            kernels::attend(q, k, v, c, h * d, scale, scores, y);
+        };
+        // One task per (row, head): `out` viewed as (rows·heads, D), on all threads unless the
+        // work is too small to be worth handing out.
+        if attention_work(rows, c) < SERIAL_ATTENTION_WORK {
+            let mut scores = Vec::new();
+            out.chunks_mut(d).enumerate().for_each(|t| one(&mut scores, t));
+        } else {
+            out.par_chunks_mut(d).enumerate().for_each_init(Vec::new, one);
         }
     }
 }
 
+/// Below this many query-key products a step's attention runs on the calling thread: it takes a
+/// few microseconds there, less than handing tasks to the others (GPT-2 small goes parallel from
+/// 85 cached positions at batch 1).
+const SERIAL_ATTENTION_WORK: usize = 1 << 16;
+
+/// Query-key products of one step's attention: each row against every position up to its own.
+fn attention_work(rows: &[(usize, usize)], c: usize) -> usize {
+    rows.iter().map(|&(_, pos)| (pos + 1) * c).sum()
+}
+
+fn layer_norm(x: &[f32], n: &Norm, eps: f64, out: &mut [f32]) {
+    let c = n.weight.len();
+    vectorized(|| {
+        for (row, o) in x.chunks(c).zip(out.chunks_mut(c)) {
+            let mean = row.iter().sum::<f32>() / c as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
+            let inv = 1.0 / (var + eps as f32).sqrt();
+            for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(&n.weight).zip(&n.bias) {
+                *o = (v - mean) * inv * w + b;
+            }
+        }
+    })
+}
+
+/// GELU in place, with the vectorised `fast_math` functions the training engine uses.
 fn gelu(x: &mut [f32], a: Activation) {
-    if x.len() < 1 << 14 {
-        x.iter_mut().for_each(|v| *v = gelu_scalar(a, *v));
+    let run = |c: &mut [f32]| vectorized(|| c.iter_mut().for_each(|v| *v = gelu_fast(a, *v)));
+    if x.len() < 1 << 16 {
+        run(x);
     } else {
-        x.par_chunks_mut(1 << 12)
-            .for_each(|c| c.iter_mut().for_each(|v| *v = gelu_scalar(a, *v)));
+        x.par_chunks_mut(1 << 14).for_each(run);
     }
 }
 
@@ -390,11 +409,16 @@ mod tests {
                 } else {
                     Activation::GeluErf
                 },
+                n_ctx: 128,
                 ..GptConfig::tiny(97)
             };
             let (gpt, w) = model(&cfg);
             let eng = Engine::new(&cfg, &w, WeightType::F32).unwrap();
-            let ids: Vec<u32> = (0..21).map(|i| (i * 7 + 3) % 97).collect();
+            let ids: Vec<u32> = (0..100).map(|i| (i * 7 + 3) % 97).collect();
+            // The prompt's attention runs on all threads, each cached step's on one.
+            let rows: Vec<(usize, usize)> = (0..ids.len()).map(|p| (0, p)).collect();
+            assert!(attention_work(&rows, cfg.n_embd) >= SERIAL_ATTENTION_WORK);
+            assert!(attention_work(&[(0, ids.len() - 1)], cfg.n_embd) < SERIAL_ATTENTION_WORK);
             let want = candle_logits(&gpt, &ids);
             // Whole prompt at once (the gemm path, more than 8 rows), every row's logits.
             let mut seq = eng.new_sequence();

@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use crate::ops::fast_math as fm;
 use crate::ops::simd::vectorized;
+use crate::ops::{gelu_fast, gelu_fast_grad};
 use crate::quant::QuantWeight;
 use crate::{Activation, Error, GptConfig, LoraConfig, ParamSpec, Result, param_specs};
 use chatforge_data::Rng;
@@ -341,32 +342,6 @@ fn mm_beta(dst: &mut [f32], d: View, lhs: &[f32], l: View, rhs: &[f32], r: View,
 }
 
 const ROWS_PER_TASK: usize = 16;
-
-const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-const INV_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
-const INV_SQRT_2PI: f32 = 0.398_942_3;
-
-/// GELU with the vectorisable `fast_math` functions (the same values as `ops::gelu` to ~1e-6).
-#[inline(always)]
-fn act_fwd(a: Activation, x: f32) -> f32 {
-    match a {
-        Activation::GeluTanh => 0.5 * x * (1.0 + fm::tanh(SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x))),
-        Activation::GeluErf => 0.5 * x * (1.0 + fm::erf(x * INV_SQRT_2)),
-    }
-}
-
-#[inline(always)]
-fn act_grad(a: Activation, x: f32) -> f32 {
-    match a {
-        Activation::GeluTanh => {
-            let t = fm::tanh(SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x));
-            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044_715 * x * x)
-        }
-        Activation::GeluErf => {
-            0.5 * (1.0 + fm::erf(x * INV_SQRT_2)) + x * INV_SQRT_2PI * fm::exp(-0.5 * x * x)
-        }
-    }
-}
 
 /// `out[i] = f(x[i])` on all cores, in a loop the compiler vectorises.
 fn map_into(out: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32 + Sync) {
@@ -1163,8 +1138,8 @@ impl TrainEngine {
             drop_in!(2),
         );
         match cfg.activation {
-            Activation::GeluTanh => map_into(&mut a.fch_act, &a.fch, |x| act_fwd(Activation::GeluTanh, x)),
-            Activation::GeluErf => map_into(&mut a.fch_act, &a.fch, |x| act_fwd(Activation::GeluErf, x)),
+            Activation::GeluTanh => map_into(&mut a.fch_act, &a.fch, |x| gelu_fast(Activation::GeluTanh, x)),
+            Activation::GeluErf => map_into(&mut a.fch_act, &a.fch, |x| gelu_fast(Activation::GeluErf, x)),
         }
         // res3 = res2 + gelu · Wfcproj + b
         linear_fwd(
@@ -1388,7 +1363,7 @@ impl TrainEngine {
                         vectorized(|| {
                             g.iter_mut()
                                 .zip(x)
-                                .for_each(|(g, &x)| *g *= act_grad(Activation::GeluTanh, x))
+                                .for_each(|(g, &x)| *g *= gelu_fast_grad(Activation::GeluTanh, x))
                         })
                     }),
                 Activation::GeluErf => dwide
@@ -1398,7 +1373,7 @@ impl TrainEngine {
                         vectorized(|| {
                             g.iter_mut()
                                 .zip(x)
-                                .for_each(|(g, &x)| *g *= act_grad(Activation::GeluErf, x))
+                                .for_each(|(g, &x)| *g *= gelu_fast_grad(Activation::GeluErf, x))
                         })
                     }),
             }
