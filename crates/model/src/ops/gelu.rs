@@ -29,25 +29,8 @@ fn gelu_erf_grad(x: f32) -> f32 {
     0.5 * (1.0 + candle_core::cpu::erf::erf_f32(x * INV_SQRT_2)) + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
 }
 
-/// Applies `f` to `x` elementwise, on all cores for large inputs.
-/// The activation of one value (for code that works on plain slices, such as the decoder).
-pub fn gelu_scalar(activation: Activation, x: f32) -> f32 {
-    match activation {
-        Activation::GeluTanh => gelu_tanh(x),
-        Activation::GeluErf => gelu_erf(x),
-    }
-}
-
-/// The activation's derivative at one value.
-pub fn gelu_grad_scalar(activation: Activation, x: f32) -> f32 {
-    match activation {
-        Activation::GeluTanh => gelu_tanh_grad(x),
-        Activation::GeluErf => gelu_erf_grad(x),
-    }
-}
-
-/// GELU with the vectorisable [`fast_math`](super::fast_math) functions (the same values as
-/// [`gelu_scalar`] to about 1e-6), for loops over plain slices run inside
+/// GELU of one value with the vectorisable [`fast_math`](super::fast_math) functions (the same
+/// values as [`gelu`]'s libm ones to about 1e-6), for loops over plain slices run inside
 /// [`vectorized`](super::simd::vectorized): the training engine's and the decoder's.
 #[inline(always)]
 pub fn gelu_fast(a: Activation, x: f32) -> f32 {
@@ -71,6 +54,7 @@ pub fn gelu_fast_grad(a: Activation, x: f32) -> f32 {
     }
 }
 
+/// Applies `f` to `x` elementwise, on all cores for large inputs.
 fn par_map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     par_rows(&mut out, 1, |i, o| o[0] = f(x[i]));

@@ -14,7 +14,7 @@ pub(crate) use fused::f32s as fused_f32s;
 pub use fused::{
     add_bias, cross_entropy_fused, layer_norm_fused, normalize, softmax_causal, softmax_last_dim,
 };
-pub use gelu::{gelu, gelu_fast, gelu_fast_grad, gelu_grad_scalar, gelu_scalar};
+pub use gelu::{gelu, gelu_fast, gelu_fast_grad};
 pub use scores::causal_attention_weights;
 
 use crate::Result;
