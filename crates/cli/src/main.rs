@@ -99,11 +99,11 @@ fn set_up_allocator() {
 /// loading and setting up a model (the f32 file, the copies weights pass through) runs with
 /// purging on, and the steps with it off.
 pub(crate) fn purge_freed_memory(on: bool) {
-    #[allow(unsafe_code)]
-    // SAFETY: sets a process-wide allocator option (an atomic store inside mimalloc).
-    unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, if on { 0 } else { -1 });
-        if on {
+    set_purge_delay(if on { 0 } else { -1 });
+    if on {
+        #[allow(unsafe_code)]
+        // SAFETY: returns mimalloc's free pages to the kernel; safe to call from any thread.
+        unsafe {
             libmimalloc_sys::mi_collect(true);
         }
     }
@@ -113,10 +113,15 @@ pub(crate) fn purge_freed_memory(on: bool) {
 /// a second, so the process does not keep a finished job's high-water mark while it waits for the
 /// next, and buffers freed and taken again within a step or a token are not re-faulted.
 pub(crate) fn purge_idle_memory() {
+    set_purge_delay(1000);
+}
+
+/// mimalloc's purge delay in milliseconds: 0 purges at once, -1 never.
+fn set_purge_delay(ms: std::ffi::c_long) {
     #[allow(unsafe_code)]
     // SAFETY: sets a process-wide allocator option (an atomic store inside mimalloc).
     unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ms);
     }
 }
 
