@@ -74,6 +74,9 @@ enum Command {
     /// Measure throughput, beside the Python reference
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// One job of the service, in its own process (started by a worker; speaks JSON lines)
+    #[command(name = "__job", hide = true)]
+    Job,
 }
 
 /// mimalloc's `mi_option_purge_delay`: the option just before `mi_option_use_numa_nodes` in
@@ -141,6 +144,13 @@ fn run() -> anyhow::Result<()> {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Pipeline(a) => cmd::pipeline::run(a),
         Command::Bench(c) => cmd::bench::run(c),
+        Command::Job => {
+            // The result went to the worker on stdout; the exit status only repeats it.
+            if !chatforge_serve::task::run_child(cmd::interrupt_flag()) {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
 

@@ -80,6 +80,79 @@ where
     Ok(())
 }
 
+/// Reads a small text file (a config, a manifest) whole, refusing one over `max` bytes instead
+/// of reading whatever size it claims.
+pub fn read_capped(path: &Path, max: u64) -> Result<String> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut text = String::new();
+    let n = file
+        .take(max + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| Error::io(path, e))?;
+    if n as u64 > max {
+        return Err(Error::file(
+            path,
+            format!("larger than the {max} bytes allowed for this file"),
+        ));
+    }
+    Ok(text)
+}
+
+/// Clears what a crash in [`atomic_write`] or [`atomic_dir`] left in `dir`: temporary siblings
+/// (`.NAME.tmp-PID`) are removed, and a replaced directory (`.NAME.old-PID`) is put back when the
+/// crash came before its successor was renamed in (`NAME` missing), else removed. Only names whose
+/// process is gone are touched, so a writer that is still running keeps its files. Returns the
+/// names cleared.
+pub fn clear_leftovers(dir: &Path) -> Result<Vec<String>> {
+    let mut cleared = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(cleared);
+    };
+    let mut found: Vec<(String, String, bool)> = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix('.') else {
+            continue;
+        };
+        let parsed = [(".tmp-", false), (".old-", true)]
+            .into_iter()
+            .find_map(|(tag, old)| {
+                let (base, pid) = rest.rsplit_once(tag)?;
+                let pid: u32 = pid.parse().ok()?;
+                Some((base.to_string(), pid, old))
+            });
+        let Some((base, pid, old)) = parsed else {
+            continue;
+        };
+        if process_alive(pid) {
+            continue;
+        }
+        found.push((name, base, old));
+    }
+    // Put a replaced directory back first, so the temporary successor is what gets removed.
+    found.sort_by_key(|(_, _, old)| !old);
+    for (name, base, old) in found {
+        let path = dir.join(&name);
+        if old && !dir.join(&base).exists() {
+            fs::rename(&path, dir.join(&base)).map_err(|e| Error::io(&path, e))?;
+        } else if path.is_dir() {
+            fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        } else {
+            fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+        cleared.push(name);
+    }
+    Ok(cleared)
+}
+
+/// Whether process `pid` exists (Linux: `/proc/PID`; elsewhere only this process is known).
+fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    cfg!(target_os = "linux") && Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Writes conversations as canonical JSONL, one per line, atomically.
 pub fn write_jsonl(path: &Path, conversations: &[Conversation]) -> Result<()> {
     atomic_write(path, |w| {
@@ -186,6 +259,39 @@ mod tests {
             1,
             "temp file left behind"
         );
+    }
+
+    #[test]
+    fn crash_leftovers_are_cleared_and_a_replaced_dir_restored() {
+        let root = tempfile::tempdir().unwrap();
+        let d = root.path();
+        // A dead writer (no process has pid 4194304 + 1: above the kernel's pid_max) left: a temp
+        // file, a temp checkpoint dir, and best/ renamed aside just before its successor came in.
+        let dead = 4_194_305;
+        fs::write(d.join(format!(".logs.jsonl.tmp-{dead}")), "x").unwrap();
+        fs::create_dir_all(d.join(format!(".step_000010.tmp-{dead}"))).unwrap();
+        fs::create_dir_all(d.join(format!(".best.old-{dead}"))).unwrap();
+        fs::write(d.join(format!(".best.old-{dead}/model")), "old best").unwrap();
+        fs::create_dir_all(d.join(format!(".best.tmp-{dead}"))).unwrap();
+        // A live writer's temporary (this process) and ordinary hidden files stay.
+        let mine = format!(".x.tmp-{}", std::process::id());
+        fs::write(d.join(&mine), "busy").unwrap();
+        fs::write(d.join(".hidden"), "keep").unwrap();
+        let mut cleared = clear_leftovers(d).unwrap();
+        cleared.sort();
+        assert_eq!(cleared.len(), 4, "{cleared:?}");
+        assert_eq!(fs::read_to_string(d.join("best/model")).unwrap(), "old best");
+        let mut left: Vec<String> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".hidden".to_string(), mine, "best".to_string()]);
+        // With best/ present, a leftover old copy is removed, not restored over it.
+        fs::create_dir_all(d.join(format!(".best.old-{dead}"))).unwrap();
+        clear_leftovers(d).unwrap();
+        assert_eq!(fs::read_to_string(d.join("best/model")).unwrap(), "old best");
+        assert!(!d.join(format!(".best.old-{dead}")).exists());
     }
 
     #[test]

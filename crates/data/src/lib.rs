@@ -24,7 +24,10 @@ pub use conversation::{Conversation, Message, Role, domain_tag};
 pub use error::{Error, Pos, Result};
 pub use formats::{Container, DataFormat, Detected, FieldMap, FileRead, ReadOptions, read_file};
 pub use import::{FileReport, ImportOptions, ImportReport, collect_inputs, import, split};
-pub use io::{ContentHash, atomic_dir, atomic_write, parse_jsonl_line, read_jsonl, sha256_file, write_jsonl};
+pub use io::{
+    ContentHash, atomic_dir, atomic_write, clear_leftovers, parse_jsonl_line, read_capped, read_jsonl,
+    sha256_file, write_jsonl,
+};
 pub use rng::Rng;
 pub use sampler::{Batch, BatchSampler, SamplerConfig, SamplerState};
 pub use shard::{IdWidth, Shard, ShardHeader, ShardWriter};

@@ -432,8 +432,18 @@ pub fn evaluate_run(
         .iter()
         .map(|p| Conversation::new(vec![Message::new(Role::User, *p)]))
         .collect();
-    let name = source.as_ref().map(|p| p.display().to_string());
-    let metrics = evaluate(m, &data, name.as_deref(), &prompts, &opts)?;
+    // A run's own evaluation names its files relative to the run (or by file name), so the
+    // metrics it keeps, and serves, say nothing of where the machine keeps them.
+    let near = |p: &Path| match p.strip_prefix(&m.root) {
+        Ok(rel) if !rel.as_os_str().is_empty() => rel.display().to_string(),
+        _ => p
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+    };
+    let name = source.as_deref().map(near);
+    let mut metrics = evaluate(m, &data, name.as_deref(), &prompts, &opts)?;
+    metrics.model = near(&m.root);
+    metrics.weights = near(&m.weights_dir);
     write_metrics(&m.eval_dir(), &metrics)?;
     Ok((metrics, source))
 }

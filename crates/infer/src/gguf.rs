@@ -79,6 +79,26 @@ pub fn read(path: &Path) -> Result<(GptConfig, Weights, ChatTokenizer)> {
     let content =
         Content::read(&mut f).map_err(|e| load_err(path, format!("not a readable GGUF file: {e}")))?;
     let meta = &content.metadata;
+    // Tensor data must start on the file's alignment: an offset off it is a corrupt or crafted
+    // file whose values would be read from the wrong bytes.
+    let alignment = meta
+        .get("general.alignment")
+        .and_then(int)
+        .filter(|&a| a > 0)
+        .unwrap_or(32) as u64;
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    for name in names {
+        let offset = content.tensor_infos[name].offset;
+        if offset % alignment != 0 {
+            return Err(load_err(
+                path,
+                format!(
+                    "tensor {name} starts at offset {offset}, not a multiple of the alignment {alignment}"
+                ),
+            ));
+        }
+    }
     let arch = meta
         .get("general.architecture")
         .and_then(|v| v.to_string().ok())

@@ -5,6 +5,16 @@ use serde_json::{Value, json};
 
 use crate::{Error, Result};
 
+/// Bounds on a model's shape, far above any model this tool trains or runs (the largest public
+/// vocabularies are ~256k, contexts ~1M, widths ~16k), so that a hostile or mistyped config is
+/// refused before anything is allocated for it.
+pub const MAX_VOCAB: usize = 1 << 21;
+pub const MAX_CTX: usize = 1 << 21;
+pub const MAX_LAYERS: usize = 1 << 10;
+pub const MAX_EMBD: usize = 1 << 16;
+/// f32 weights at most 1 TiB.
+pub const MAX_WEIGHT_BYTES: u128 = 1 << 40;
+
 /// The MLP's activation. GPT-2 checkpoints use the tanh approximation (`gelu_new`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -117,20 +127,54 @@ impl GptConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout = {} must be in [0, 1)", self.dropout));
         }
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps <= 1.0) {
+            return bad(format!(
+                "layer_norm_eps = {} must be in (0, 1]",
+                self.layer_norm_eps
+            ));
+        }
+        for (name, v, max) in [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("n_ctx", self.n_ctx, MAX_CTX),
+            ("n_layer", self.n_layer, MAX_LAYERS),
+            ("n_embd", self.n_embd, MAX_EMBD),
+        ] {
+            if v > max {
+                return bad(format!("{name} = {v} is above the largest supported, {max}"));
+            }
+        }
+        let bytes = self.n_params_u128() * 4;
+        if bytes > MAX_WEIGHT_BYTES {
+            return bad(format!(
+                "the model would hold {} of weights, above the {} supported",
+                crate::human_bytes(bytes),
+                crate::human_bytes(MAX_WEIGHT_BYTES)
+            ));
+        }
         Ok(())
     }
 
-    /// Parameters, counting a tied embedding once.
+    /// Parameters, counting a tied embedding once (for a validated config, which fits `usize`).
     pub fn n_params(&self) -> usize {
-        let (c, v, l) = (self.n_embd, self.vocab_size, self.n_layer);
-        let b = usize::from(self.bias);
+        usize::try_from(self.n_params_u128()).unwrap_or(usize::MAX)
+    }
+
+    /// [`GptConfig::n_params`] without overflow, for configs not yet validated.
+    fn n_params_u128(&self) -> u128 {
+        let (c, v, l, t) = (
+            self.n_embd as u128,
+            self.vocab_size as u128,
+            self.n_layer as u128,
+            self.n_ctx as u128,
+        );
+        let b = u128::from(self.bias);
         let block = 2 * (c + b * c)
             + (c * 3 * c + b * 3 * c)
             + (c * c + b * c)
             + (c * 4 * c + b * 4 * c)
             + (4 * c * c + b * c);
         let head = if self.tie_embeddings { 0 } else { v * c };
-        v * c + self.n_ctx * c + l * block + (c + b * c) + head
+        v * c + t * c + l * block + (c + b * c) + head
     }
 
     /// Reads a Hugging Face GPT-2 `config.json`.

@@ -5,6 +5,7 @@ mod config;
 pub mod engine;
 mod gpt;
 pub mod lora;
+pub mod memory;
 pub mod ops;
 mod params;
 pub mod quant;
@@ -12,6 +13,7 @@ pub mod quant;
 pub use config::{Activation, GptConfig};
 pub use gpt::{AttnMask, Block, Dropout, Gpt, KvCache, LayerNorm, Linear};
 pub use lora::LoraConfig;
+pub use memory::{check_fits, human_bytes, machine_memory};
 pub use params::{
     Init, ParamSpec, Params, Weights, check_weights, flatten, init_specs, init_weights, load_hf,
     load_weights, param_specs, save_f32_tensors, save_weights, weights_file,

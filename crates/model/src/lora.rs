@@ -55,10 +55,14 @@ impl LoraConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.rank == 0 {
-            return Err(Error::Config("lora rank must be at least 1".into()));
+        if self.rank == 0 || self.rank > crate::config::MAX_EMBD {
+            return Err(Error::Config(format!(
+                "lora rank {} must be in 1..={}",
+                self.rank,
+                crate::config::MAX_EMBD
+            )));
         }
-        if self.alpha.is_nan() || self.alpha <= 0.0 {
+        if !(self.alpha > 0.0 && self.alpha.is_finite()) {
             return Err(Error::Config(format!(
                 "lora alpha {} must be positive",
                 self.alpha

@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path as UrlPath, Query, Request, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, Path as UrlPath, Query, Request, State,
+};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -20,7 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::{ExportRequest, Spec, TokenizerRequest, TrainRequest};
-use crate::paths::{check_id, inside};
+use crate::logs::{EventId, Follower, From as LogFrom};
+use crate::paths::{Area, check_id, inside, scrub};
 use crate::store::{Job, JobKind, JobState, JobStore, NewJob};
 use crate::{Error, ServeConfig, now};
 
@@ -32,6 +36,20 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Models that `/v1/chat/completions` has loaded.
     pub models: Arc<crate::openai::ModelCache>,
+    /// Generations running at once (`api.max_generations`); more get 429.
+    pub generations: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn JobStore>, cfg: ServeConfig, shutdown: CancellationToken) -> AppState {
+        AppState {
+            store,
+            generations: Arc::new(tokio::sync::Semaphore::new(cfg.api.max_generations)),
+            cfg: Arc::new(cfg),
+            shutdown,
+            models: Default::default(),
+        }
+    }
 }
 
 /// An error answer: a status and a message, as `{"error": "..."}`.
@@ -44,9 +62,20 @@ impl ApiError {
     }
 }
 
+/// How long a client told "too many" (429) or "not ready" (503) should wait, seconds.
+const RETRY_AFTER_S: &str = "2";
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, axum::Json(json!({ "error": self.1 }))).into_response()
+        let mut r = (self.0, axum::Json(json!({ "error": self.1 }))).into_response();
+        if matches!(
+            self.0,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+        }
+        r
     }
 }
 
@@ -94,6 +123,30 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody
     }
 }
 
+/// A query string whose rejections are answered in the API's own shape (400, naming the field).
+pub struct QueryArgs<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for QueryArgs<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(QueryArgs(v)),
+            Err(rej) => {
+                let rej: QueryRejection = rej;
+                Err(ApiError(StatusCode::BAD_REQUEST, rej.body_text()))
+            }
+        }
+    }
+}
+
+/// Runs a blocking closure (file I/O, parsing a request's files) off the async threads.
+async fn off_thread<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::from(Error::Store(format!("a blocking task failed: {e}"))))?
+}
+
 /// Runs a store call off the async threads.
 async fn blocking<T: Send + 'static>(
     st: &AppState,
@@ -136,36 +189,44 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method".into(),
+            )
+        })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(crate::openai::error_shape))
         .with_state(state)
 }
 
-/// With a token configured, every route but the health checks needs `Authorization: Bearer TOKEN`
-/// (compared in constant time).
-async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
+/// Whether the request carries the configured token (always true without one): `Bearer` in any
+/// case, compared in constant time.
+fn authorized(st: &AppState, headers: &HeaderMap) -> bool {
     let Some(token) = st.cfg.api.token.as_deref() else {
-        return next.run(req).await;
+        return true;
     };
-    if matches!(req.uri().path(), "/healthz" | "/readyz") {
-        return next.run(req).await;
-    }
     use subtle::ConstantTimeEq;
-    let given = req
-        .headers()
+    let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
-        next.run(req).await
-    } else {
-        let mut r =
-            ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into()).into_response();
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        r
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, t)| t.trim());
+    bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+}
+
+/// With a token configured, every route but the health checks needs `Authorization: Bearer TOKEN`.
+async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if matches!(req.uri().path(), "/healthz" | "/readyz") || authorized(&st, req.headers()) {
+        return next.run(req).await;
     }
+    let mut r = ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into()).into_response();
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
 }
 
 async fn enqueue(st: &AppState, spec: Spec, timeout_s: Option<f64>) -> ApiResult<Job> {
@@ -192,7 +253,8 @@ async fn train_tokenizer(
     State(st): State<AppState>,
     JsonBody(req): JsonBody<TokenizerRequest>,
 ) -> ApiResult<Response> {
-    let spec = req.resolve(&st.cfg.data_root)?;
+    let root = st.cfg.data_root.clone();
+    let spec = off_thread(move || Ok(req.resolve(&root)?)).await?;
     let job = enqueue(&st, spec, None).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -202,8 +264,10 @@ async fn train_tokenizer(
 }
 
 async fn train_run(State(st): State<AppState>, JsonBody(req): JsonBody<TrainRequest>) -> ApiResult<Response> {
-    let spec = req.resolve(&st.cfg.data_root)?;
-    let job = enqueue(&st, spec, req.timeout_s).await?;
+    let root = st.cfg.data_root.clone();
+    let timeout_s = req.timeout_s;
+    let spec = off_thread(move || Ok(req.resolve(&root)?)).await?;
+    let job = enqueue(&st, spec, timeout_s).await?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({"run_id": job.target, "state": job.state})),
@@ -219,14 +283,14 @@ async fn job_for(st: &AppState, id: &str, kind: JobKind) -> ApiResult<Job> {
         .ok_or_else(|| not_found(&format!("{} job {id:?}", kind.as_str())))
 }
 
-fn job_json(j: &Job, id_key: &str) -> Value {
+fn job_json(st: &AppState, j: &Job, id_key: &str) -> Value {
     json!({
         id_key: j.target,
         "state": j.state,
         "progress": j.progress,
         "attempts": j.attempts,
         "max_attempts": j.max_attempts,
-        "error": j.error,
+        "error": j.error.as_deref().map(|e| scrub(e, &st.cfg.data_root)),
         "cancel_requested": j.cancel_requested,
         "created_at": j.created_at,
         "started_at": j.started_at,
@@ -238,11 +302,9 @@ fn job_json(j: &Job, id_key: &str) -> Value {
 
 async fn get_tokenizer(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> ApiResult<Response> {
     let job = job_for(&st, &id, JobKind::Tokenizer).await?;
-    let dir = st.cfg.data_root.join("tokenizers").join(&id);
-    let stats: Option<Value> = std::fs::read_to_string(dir.join("stats.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
-    let mut v = job_json(&job, "id");
+    let dir = Area::Tokenizers.dir(&st.cfg.data_root, &id)?;
+    let stats = read_json(dir.join("stats.json")).await;
+    let mut v = job_json(&st, &job, "id");
     v["stats"] = json!(stats);
     v["artifact"] = json!(
         dir.join("tokenizer.json")
@@ -254,7 +316,7 @@ async fn get_tokenizer(State(st): State<AppState>, UrlPath(id): UrlPath<String>)
 
 async fn get_run(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> ApiResult<Response> {
     let job = job_for(&st, &id, JobKind::Train).await?;
-    Ok(axum::Json(job_json(&job, "run_id")).into_response())
+    Ok(axum::Json(job_json(&st, &job, "run_id")).into_response())
 }
 
 #[derive(Deserialize)]
@@ -264,7 +326,7 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn list_runs(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Response> {
+async fn list_runs(State(st): State<AppState>, QueryArgs(q): QueryArgs<ListQuery>) -> ApiResult<Response> {
     let state = match q.state.as_deref() {
         None => None,
         Some(s) => Some(JobState::parse(s).ok_or_else(|| {
@@ -276,7 +338,7 @@ async fn list_runs(State(st): State<AppState>, Query(q): Query<ListQuery>) -> Ap
     };
     let limit = q.limit.unwrap_or(100).min(1000);
     let jobs = blocking(&st, move |s| s.list(Some(JobKind::Train), state, limit)).await?;
-    let runs: Vec<Value> = jobs.iter().map(|j| job_json(j, "run_id")).collect();
+    let runs: Vec<Value> = jobs.iter().map(|j| job_json(&st, j, "run_id")).collect();
     Ok(axum::Json(json!({ "runs": runs })).into_response())
 }
 
@@ -292,7 +354,7 @@ async fn cancel_run(State(st): State<AppState>, UrlPath(id): UrlPath<String>) ->
     let job = blocking(&st, move |s| s.cancel(&jid, now()))
         .await?
         .ok_or_else(|| not_found("job"))?;
-    Ok((StatusCode::ACCEPTED, axum::Json(job_json(&job, "run_id"))).into_response())
+    Ok((StatusCode::ACCEPTED, axum::Json(job_json(&st, &job, "run_id"))).into_response())
 }
 
 async fn resume_run(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> ApiResult<Response> {
@@ -307,10 +369,11 @@ async fn resume_run(State(st): State<AppState>, UrlPath(id): UrlPath<String>) ->
         ));
     }
     let jid = job.id.clone();
-    let job = blocking(&st, move |s| s.resume(&jid, now()))
+    let limit = st.cfg.queue.max_queued;
+    let job = blocking(&st, move |s| s.resume(&jid, now(), limit))
         .await?
         .ok_or_else(|| not_found("job"))?;
-    Ok((StatusCode::ACCEPTED, axum::Json(job_json(&job, "run_id"))).into_response())
+    Ok((StatusCode::ACCEPTED, axum::Json(job_json(&st, &job, "run_id"))).into_response())
 }
 
 #[derive(Deserialize)]
@@ -320,79 +383,94 @@ struct TailQuery {
 }
 
 fn run_dir(st: &AppState, id: &str) -> ApiResult<PathBuf> {
-    check_id(id)?;
-    Ok(st.cfg.data_root.join("runs").join(id))
+    Ok(Area::Runs.dir(&st.cfg.data_root, id)?)
 }
 
-/// Whole lines of `logs.jsonl` (a line still being written is left for later) from line `from`
-/// on, with their line numbers.
-fn read_lines(path: &Path, from: usize) -> Vec<(usize, String)> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let complete = text.rfind('\n').map_or(0, |i| i + 1);
-    text[..complete]
-        .lines()
-        .enumerate()
-        .skip(from)
-        .map(|(i, l)| (i, l.to_string()))
-        .collect()
+/// A small JSON file of an artifact (stats, metrics), read off the async threads; `None` when
+/// missing, unreadable or over 16 MB.
+async fn read_json(path: PathBuf) -> Option<Value> {
+    off_thread(move || {
+        Ok(chatforge_data::read_capped(&path, 16 << 20)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok()))
+    })
+    .await
+    .ok()
+    .flatten()
 }
+
+/// Most lines one log read hands over.
+const LOG_BATCH: usize = 1000;
 
 async fn run_logs(
     State(st): State<AppState>,
     UrlPath(id): UrlPath<String>,
-    Query(q): Query<TailQuery>,
+    QueryArgs(q): QueryArgs<TailQuery>,
 ) -> ApiResult<Response> {
     job_for(&st, &id, JobKind::Train).await?;
     let path = run_dir(&st, &id)?.join("logs.jsonl");
-    let all = read_lines(&path, 0);
     let tail = q.tail.unwrap_or(200).min(10_000);
-    let events: Vec<Value> = all[all.len().saturating_sub(tail)..]
-        .iter()
-        .map(|(_, l)| serde_json::from_str(l).unwrap_or(Value::String(l.clone())))
+    let lines = off_thread(move || {
+        let mut f = Follower::new(&path, LogFrom::Tail(tail));
+        let mut out = Vec::new();
+        while out.len() < tail {
+            let got = f.read(tail - out.len()).map_err(|e| Error::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+            if got.is_empty() {
+                break;
+            }
+            out.extend(got);
+        }
+        Ok(out)
+    })
+    .await?;
+    let last_id = lines.last().map(|l| l.id.to_string());
+    let events: Vec<Value> = lines
+        .into_iter()
+        .map(|l| serde_json::from_str(&l.text).unwrap_or(Value::String(l.text)))
         .collect();
-    Ok(axum::Json(json!({ "events": events, "total": all.len() })).into_response())
+    Ok(axum::Json(json!({ "events": events, "last_id": last_id })).into_response())
 }
 
-/// Server-Sent Events: each line of `logs.jsonl` as one event whose id is its line number; live
-/// until the run's job ends. `Last-Event-ID` resumes after that line; otherwise the last `tail`
-/// lines come first.
+/// Server-Sent Events: each line of `logs.jsonl` as one event with its id (`STEP:K`, see
+/// [`crate::logs`]); live until the run's job ends. `Last-Event-ID` resumes after that event,
+/// across crashes and restarts; otherwise the last `tail` lines come first.
 async fn run_log_stream(
     State(st): State<AppState>,
     UrlPath(id): UrlPath<String>,
-    Query(q): Query<TailQuery>,
+    QueryArgs(q): QueryArgs<TailQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let job = job_for(&st, &id, JobKind::Train).await?;
     let path = run_dir(&st, &id)?.join("logs.jsonl");
-    let all = read_lines(&path, 0);
-    let start = match headers
+    let from = match headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<usize>().ok())
+        .and_then(|v| v.parse::<EventId>().ok())
     {
-        Some(last) => last + 1,
-        None => all.len().saturating_sub(q.tail.unwrap_or(200)),
+        Some(last) => LogFrom::After(last),
+        None => LogFrom::Tail(q.tail.unwrap_or(200)),
     };
     struct S {
         st: AppState,
-        path: PathBuf,
+        follower: Option<Follower>,
         job: String,
-        next: usize,
-        pending: std::collections::VecDeque<(usize, String)>,
+        pending: std::collections::VecDeque<crate::logs::LogLine>,
         ended: bool,
     }
     let init = S {
         st: st.clone(),
-        path,
+        follower: Some(Follower::new(&path, from)),
         job: job.id,
-        next: start,
         pending: Default::default(),
         ended: false,
     };
     let stream = futures_util::stream::unfold(init, |mut s| async move {
         loop {
-            if let Some((i, line)) = s.pending.pop_front() {
-                let ev = SseEvent::default().id(i.to_string()).event("log").data(line);
+            if let Some(l) = s.pending.pop_front() {
+                let ev = SseEvent::default().id(l.id.to_string()).event("log").data(l.text);
                 return Some((Ok::<_, std::convert::Infallible>(ev), s));
             }
             if s.ended || s.st.shutdown.is_cancelled() {
@@ -405,12 +483,17 @@ async fn run_log_stream(
                 .ok()
                 .flatten()
                 .map(|j| j.state);
-            let lines = read_lines(&s.path, s.next);
-            if let Some((i, _)) = lines.last() {
-                s.next = i + 1;
-            }
+            let mut f = s.follower.take()?;
+            let (f, lines) = tokio::task::spawn_blocking(move || {
+                let lines = f.read(LOG_BATCH).unwrap_or_default();
+                (f, lines)
+            })
+            .await
+            .ok()?;
+            s.follower = Some(f);
+            let more = lines.len() == LOG_BATCH;
             s.pending.extend(lines);
-            if s.pending.is_empty() {
+            if s.pending.is_empty() && !more {
                 if state.is_none_or(JobState::is_final) {
                     s.ended = true;
                     let end = SseEvent::default()
@@ -454,16 +537,14 @@ async fn run_eval(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> A
     let dir = run_dir(&st, &id)?;
     let key = id.clone();
     let job = blocking(&st, move |s| s.latest_for(&key, Some(JobKind::Evaluate))).await?;
-    let metrics: Option<Value> = std::fs::read_to_string(dir.join("eval/metrics.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
+    let metrics = read_json(dir.join("eval/metrics.json")).await;
     if metrics.is_none() && job.is_none() {
         return Err(not_found(&format!("evaluation of run {id:?}")));
     }
     Ok(axum::Json(json!({
         "run_id": id,
         "state": job.as_ref().map(|j| j.state),
-        "error": job.as_ref().and_then(|j| j.error.clone()),
+        "error": job.as_ref().and_then(|j| j.error.as_deref()).map(|e| scrub(e, &st.cfg.data_root)),
         "metrics": metrics,
     }))
     .into_response())
@@ -486,19 +567,15 @@ async fn export_run(
 
 async fn get_export(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> ApiResult<Response> {
     let job = job_for(&st, &id, JobKind::Export).await?;
-    let mut v = job_json(&job, "export_id");
+    let mut v = job_json(&st, &job, "export_id");
     v["artifact"] = json!(format!("exports/{id}"));
     Ok(axum::Json(v).into_response())
 }
 
 fn artifact_dir(st: &AppState, kind: &str, id: &str) -> ApiResult<PathBuf> {
-    if !matches!(kind, "runs" | "tokenizers" | "exports") {
-        return Err(not_found(&format!(
-            "artifact kind {kind:?} (runs, tokenizers or exports)"
-        )));
-    }
-    check_id(id)?;
-    let dir = inside(&st.cfg.data_root, &format!("{kind}/{id}"))?;
+    let area = Area::parse(kind)
+        .ok_or_else(|| not_found(&format!("artifact kind {kind:?} (runs, tokenizers or exports)")))?;
+    let dir = area.dir(&st.cfg.data_root, id)?;
     if !dir.is_dir() {
         return Err(not_found(&format!("{kind}/{id}")));
     }
@@ -510,7 +587,12 @@ async fn list_artifact(
     UrlPath((kind, id)): UrlPath<(String, String)>,
 ) -> ApiResult<Response> {
     let dir = artifact_dir(&st, &kind, &id)?;
+    /// Listed at most, so a folder of millions of files cannot make one answer huge.
+    const MAX_FILES: usize = 10_000;
     fn walk(root: &Path, dir: &Path, out: &mut Vec<Value>) {
+        if out.len() >= MAX_FILES {
+            return;
+        }
         let mut entries: Vec<_> = std::fs::read_dir(dir).into_iter().flatten().flatten().collect();
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
@@ -521,14 +603,18 @@ async fn list_artifact(
             };
             if meta.is_dir() {
                 walk(root, &p, out);
-            } else if meta.is_file() {
+            } else if meta.is_file() && out.len() < MAX_FILES {
                 let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().to_string();
                 out.push(json!({"path": rel, "bytes": meta.len()}));
             }
         }
     }
-    let mut files = Vec::new();
-    walk(&dir, &dir, &mut files);
+    let files = off_thread(move || {
+        let mut files = Vec::new();
+        walk(&dir, &dir, &mut files);
+        Ok(files)
+    })
+    .await?;
     Ok(axum::Json(json!({"kind": kind, "id": id, "files": files})).into_response())
 }
 
@@ -539,28 +625,51 @@ struct DownloadQuery {
 }
 
 /// A single byte range of a file of `len` bytes from a `Range` header: `Ok(None)` to send it
-/// whole (no range, or several), `Err` when unsatisfiable.
+/// whole (no range, several, another unit, or a header that does not parse: RFC 9110 says to
+/// ignore it), `Err` when well-formed but unsatisfiable.
 fn parse_range(h: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
-    let Some(spec) = h.trim().strip_prefix("bytes=") else {
+    let h = h.trim();
+    let Some(spec) = h
+        .get(..6)
+        .filter(|unit| unit.eq_ignore_ascii_case("bytes="))
+        .map(|_| &h[6..])
+    else {
         return Ok(None);
     };
     if spec.contains(',') {
         return Ok(None); // several ranges: the whole file is a valid answer
     }
-    let (a, b) = spec.split_once('-').ok_or(())?;
+    let Some((a, b)) = spec.split_once('-') else {
+        return Ok(None);
+    };
     let (a, b) = (a.trim(), b.trim());
+    let number = |s: &str| {
+        s.parse::<u64>()
+            .ok()
+            .filter(|_| s.bytes().all(|c| c.is_ascii_digit()))
+    };
     let range = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| ())?;
+        let Some(n) = number(b) else {
+            return Ok(None);
+        };
         if n == 0 {
             return Err(());
         }
         (len.saturating_sub(n), len.checked_sub(1).ok_or(())?)
     } else {
-        let start: u64 = a.parse().map_err(|_| ())?;
+        let Some(start) = number(a) else {
+            return Ok(None);
+        };
         let end = if b.is_empty() {
             len.saturating_sub(1)
         } else {
-            b.parse::<u64>().map_err(|_| ())?.min(len.saturating_sub(1))
+            let Some(end) = number(b) else {
+                return Ok(None);
+            };
+            if end < start {
+                return Ok(None); // invalid range-spec: ignored
+            }
+            end.min(len.saturating_sub(1))
         };
         (start, end)
     };
@@ -573,7 +682,7 @@ fn parse_range(h: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
 async fn download(
     State(st): State<AppState>,
     UrlPath((kind, id)): UrlPath<(String, String)>,
-    Query(q): Query<DownloadQuery>,
+    QueryArgs(q): QueryArgs<DownloadQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let dir = artifact_dir(&st, &kind, &id)?;
@@ -636,17 +745,28 @@ async fn download(
         .unwrap_or_default())
 }
 
-async fn readyz(State(st): State<AppState>) -> Response {
+/// Readiness: the store answers, the data root is writable, a worker heartbeated within a
+/// lease. Worker ids are shown only to a request that carries the token (when one is set).
+async fn readyz(State(st): State<AppState>, headers: HeaderMap) -> Response {
     let lease = st.cfg.worker.lease_s;
     let store = blocking(&st, |s| s.ping()).await.is_ok();
     let workers = blocking(&st, move |s| s.live_workers(now() - lease))
         .await
         .unwrap_or_default();
     let probe = st.cfg.data_root.join(format!(".readyz-{}", std::process::id()));
-    let writable = std::fs::write(&probe, b"ok").is_ok();
-    let _ = std::fs::remove_file(&probe);
+    let writable = off_thread(move || {
+        let ok = std::fs::write(&probe, b"ok").is_ok();
+        let _ = std::fs::remove_file(&probe);
+        Ok(ok)
+    })
+    .await
+    .unwrap_or(false);
     let ready = store && writable && !workers.is_empty();
-    let body = json!({"ready": ready, "store": store, "data_root_writable": writable, "workers": workers});
+    let mut body = json!({"ready": ready, "store": store, "data_root_writable": writable,
+                          "live_workers": workers.len()});
+    if authorized(&st, &headers) {
+        body["workers"] = json!(workers);
+    }
     let status = if ready {
         StatusCode::OK
     } else {

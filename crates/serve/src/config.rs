@@ -25,6 +25,14 @@ pub struct ApiConfig {
     pub token: Option<String>,
     /// Largest request body, bytes.
     pub max_body: usize,
+    /// Open connections at most; further ones get 503 and are closed. Also kept below the
+    /// process's open-file limit, so jobs and the store always have descriptors.
+    pub max_connections: usize,
+    /// A connection that has not sent a whole request head within this long (a new one, or an
+    /// idle kept-alive one) is closed.
+    pub header_timeout_s: f64,
+    /// Chat completions generated at once; more get 429 with Retry-After.
+    pub max_generations: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,8 +60,13 @@ pub struct WorkerConfig {
     pub lease_s: f64,
     /// How often an idle worker looks for work.
     pub poll_s: f64,
-    /// Per-job time limit [default: none].
+    /// Per-job time limit, counted from the job's first start [default: none].
     pub job_timeout_s: Option<f64>,
+    /// Run each job in a child process, so a job that runs out of memory or crashes fails alone.
+    pub isolate: bool,
+    /// A job asked to stop (cancel, timeout, shutdown) that is still running after this long is
+    /// killed; it resumes from its last checkpoint.
+    pub stop_grace_s: f64,
 }
 
 impl Default for ServeConfig {
@@ -73,6 +86,9 @@ impl Default for ApiConfig {
             bind: "127.0.0.1:8000".into(),
             token: None,
             max_body: 1 << 20,
+            max_connections: 512,
+            header_timeout_s: 10.0,
+            max_generations: 4,
         }
     }
 }
@@ -97,6 +113,8 @@ impl Default for WorkerConfig {
             lease_s: 15.0,
             poll_s: 0.5,
             job_timeout_s: None,
+            isolate: true,
+            stop_grace_s: 120.0,
         }
     }
 }
@@ -147,10 +165,25 @@ impl ServeConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        // An empty token would compare equal to a missing header: every request would pass.
+        if self.api.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(Error::Config(
+                "api.token is empty: set a real token, or leave it unset for no authentication".into(),
+            ));
+        }
+        let a = &self.api;
+        if a.max_connections == 0
+            || a.max_generations == 0
+            || !(a.header_timeout_s > 0.0 && a.header_timeout_s.is_finite())
+        {
+            return Err(Error::Config(
+                "api.max_connections and api.max_generations must be at least 1, api.header_timeout_s positive".into(),
+            ));
+        }
         let w = &self.worker;
-        if !(w.heartbeat_s > 0.0 && w.lease_s > w.heartbeat_s && w.poll_s > 0.0) {
+        if !(w.heartbeat_s > 0.0 && w.lease_s > w.heartbeat_s && w.poll_s > 0.0 && w.stop_grace_s > 0.0) {
             return Err(Error::Config(format!(
-                "worker.lease_s ({}) must exceed worker.heartbeat_s ({}) > 0, and poll_s > 0",
+                "worker.lease_s ({}) must exceed worker.heartbeat_s ({}) > 0, and poll_s, stop_grace_s > 0",
                 w.lease_s, w.heartbeat_s
             )));
         }

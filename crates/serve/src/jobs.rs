@@ -12,7 +12,7 @@ use chatforge_model::{GptConfig, LoraConfig};
 use chatforge_train::{Event, Mode, TrainConfig, TrainSettings};
 use serde::{Deserialize, Serialize};
 
-use crate::paths::inside;
+use crate::paths::{Area, inside};
 use crate::store::JobKind;
 use crate::{Error, Result};
 
@@ -221,8 +221,8 @@ impl TrainRequest {
             .transpose()?;
         t.init = match self.init.as_deref() {
             None => None,
-            Some(i) => Some(match existing(root, &format!("runs/{i}"), "init") {
-                Ok(run) if crate::paths::check_id(i).is_ok() => run,
+            Some(i) => Some(match Area::Runs.dir(root, i) {
+                Ok(run) if run.is_dir() => run,
                 _ => existing(root, i, "init")?,
             }),
         };
@@ -245,9 +245,10 @@ impl TrainRequest {
         let tokenizer = match self.tokenizer.as_deref() {
             None => None,
             Some(tok) => {
-                let by_id = crate::paths::check_id(tok)
+                let by_id = Area::Tokenizers
+                    .dir(root, tok)
                     .ok()
-                    .map(|()| root.join("tokenizers").join(tok).join("tokenizer.json"))
+                    .map(|d| d.join("tokenizer.json"))
                     .filter(|p| p.is_file());
                 Some(match by_id {
                     Some(p) => p,
@@ -267,11 +268,31 @@ impl TrainRequest {
                 "tokenizer: conversation files (.jsonl) need a tokenizer to be tokenized with".into(),
             ));
         }
+        check_memory(&cfg, tokenizer.as_deref())?;
         Ok(Spec::Train {
             config: Box::new(cfg),
             tokenizer,
         })
     }
+}
+
+/// Refuses (422, with the estimate) a run this machine cannot hold. A model whose vocabulary is
+/// "the tokenizer's" (0) is sized with the tokenizer's, or the token shard's.
+fn check_memory(cfg: &TrainConfig, tokenizer: Option<&Path>) -> Result<()> {
+    let mut cfg = cfg.clone();
+    if cfg.model.vocab_size == 0 {
+        let invalid = |e: String| Error::Invalid(e);
+        cfg.model.vocab_size = match (tokenizer, &cfg.train.data) {
+            (Some(t), _) => chatforge_tokenizer::ChatTokenizer::load(t)
+                .map_err(|e| invalid(format!("tokenizer: {e}")))?
+                .vocab_size(),
+            (None, Some(d)) => chatforge_data::Shard::open(d)
+                .map_err(|e| invalid(format!("data: {e}")))?
+                .vocab_size() as usize,
+            (None, None) => 1,
+        };
+    }
+    chatforge_train::check_memory(&cfg).map_err(|e| Error::Invalid(e.to_string()))
 }
 
 /// Progress a worker reports with each heartbeat.

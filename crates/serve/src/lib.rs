@@ -4,11 +4,14 @@
 
 pub mod api;
 pub mod config;
+pub mod http;
 pub mod jobs;
+pub mod logs;
 pub mod openai;
 pub mod paths;
 pub mod redis_store;
 pub mod store;
+pub mod task;
 pub mod worker;
 
 pub use config::ServeConfig;
@@ -159,35 +162,32 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
     let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let workers = spawn_workers(&store, &cfg, &shutdown, cfg.worker.count);
     let token = tokio_util::sync::CancellationToken::new();
-    let state = api::AppState {
-        store,
-        cfg: std::sync::Arc::new(cfg.clone()),
-        shutdown: token.clone(),
-        models: Default::default(),
-    };
+    let state = api::AppState::new(store, cfg.clone(), token.clone());
     let result = runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(&cfg.api.bind)
             .await
             .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", cfg.api.bind)))?;
         let addr = listener.local_addr().map_err(|e| Error::Config(e.to_string()))?;
         eprintln!(
-            "chatforge serve: listening on http://{addr} (data root {})",
-            cfg.data_root.display()
+            "chatforge serve: listening on http://{addr} (data root {}, at most {} connections)",
+            cfg.data_root.display(),
+            http::connection_cap(&cfg.api)
         );
-        // No Nagle delay: a response's head and body may be separate writes, and on a kept-alive
-        // connection the second would wait for the client's delayed ACK (40 ms).
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
+        let stop = token.clone();
+        tokio::spawn(async move {
+            termination().await;
+            eprintln!("shutting down: stopping workers and open log streams");
+            stop.cancel();
         });
-        axum::serve(listener, api::app(state))
-            .with_graceful_shutdown(async move {
-                termination().await;
-                eprintln!("shutting down: stopping workers and open log streams");
-                token.cancel();
-            })
-            .await
-            .map_err(|e| Error::Config(format!("server: {e}")))
+        http::serve(
+            listener,
+            api::app(state),
+            &cfg.api,
+            token,
+            std::time::Duration::from_secs(10),
+        )
+        .await;
+        Ok(())
     });
     shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in workers {

@@ -7,8 +7,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use chatforge_data::{Message, Role};
@@ -17,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::api::{ApiError, AppState, JsonBody};
-use crate::paths::check_id;
+use crate::paths::Area;
 
 #[derive(Deserialize)]
 pub struct ChatRequest {
@@ -90,8 +91,9 @@ pub async fn chat_completions(
     State(st): State<AppState>,
     JsonBody(req): JsonBody<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    check_id(&req.model).map_err(|_| invalid(format!("model: {:?} is not a run id", req.model)))?;
-    let dir = st.cfg.data_root.join("runs").join(&req.model);
+    let dir = Area::Runs
+        .dir(&st.cfg.data_root, &req.model)
+        .map_err(|_| invalid(format!("model: {:?} is not a run id", req.model)))?;
     if !dir.join("best").is_dir() && chatforge_infer::source::checkpoints(&dir).is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -125,6 +127,16 @@ pub async fn chat_completions(
     if max_new == 0 {
         return Err(invalid("max_tokens: must be at least 1"));
     }
+    // Each generation takes the machine's cores; beyond the bound, ask the client to come back.
+    let permit = st.generations.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{} generations are running, the most this server runs at once: retry shortly",
+                st.cfg.api.max_generations
+            ),
+        )
+    })?;
     let cache = st.models.clone();
     let model = {
         let (run, dir) = (req.model.clone(), dir.clone());
@@ -163,10 +175,17 @@ pub async fn chat_completions(
         _ => "stop",
     };
     if !req.stream {
-        let out = tokio::task::spawn_blocking(move || session.send(&model, &user, None, |_| {}))
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("generation: {e}")))?
-            .map_err(|e| invalid(e.to_string()))?;
+        // A client that goes away drops this future, and with it the guard that stops the
+        // generation at its next token.
+        let gone = Arc::new(AtomicBool::new(false));
+        let _stop_on_drop = StopOnDrop(gone.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            session.send(&model, &user, Some(&gone), |_| {})
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("generation: {e}")))?
+        .map_err(|e| invalid(e.to_string()))?;
         return Ok(axum::Json(json!({
             "id": id, "object": "chat.completion", "created": created, "model": run,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
@@ -190,6 +209,7 @@ pub async fn chat_completions(
     {
         let (tx, gone, chunk) = (tx.clone(), gone.clone(), chunk.clone());
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let result = session.send(&model, &user, Some(&gone), |piece| {
                 if tx.send(chunk(json!({"content": piece}), None)).is_err() {
                     gone.store(true, Ordering::Relaxed);
@@ -216,4 +236,48 @@ pub async fn chat_completions(
         }
     });
     Ok(Sse::new(stream).into_response())
+}
+
+/// Sets the flag when dropped: the handler's future is dropped when its client disconnects.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Errors of the OpenAI-compatible routes in OpenAI's shape
+/// (`{"error": {"message", "type", "param", "code"}}`), so official clients show the message;
+/// the rest of the API keeps `{"error": "message"}`.
+pub async fn error_shape(req: Request, next: Next) -> Response {
+    if !req.uri().path().starts_with("/v1/") {
+        return next.run(req).await;
+    }
+    let r = next.run(req).await;
+    let status = r.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return r;
+    }
+    let (mut parts, body) = r.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
+    let message = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+    let kind = match status {
+        StatusCode::UNAUTHORIZED => "authentication_error",
+        StatusCode::NOT_FOUND => "not_found_error",
+        StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+        s if s.is_server_error() => "server_error",
+        _ => "invalid_request_error",
+    };
+    let param = message
+        .split_once(':')
+        .map(|(p, _)| p.trim())
+        .filter(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    let body = json!({"error": {"message": message, "type": kind, "param": param,
+                                "code": status.as_u16().to_string()}});
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::Json(body).into_response().into_body())
 }

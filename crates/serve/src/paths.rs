@@ -58,6 +58,54 @@ pub fn inside(root: &Path, rel: &str) -> Result<PathBuf> {
     Ok(full)
 }
 
+/// The directories requests name by id, each resolved through [`inside`]: a symlink under the
+/// data root that leads out of it is refused like `..`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Area {
+    Runs,
+    Tokenizers,
+    Exports,
+}
+
+impl Area {
+    pub fn parse(s: &str) -> Option<Area> {
+        Some(match s {
+            "runs" => Area::Runs,
+            "tokenizers" => Area::Tokenizers,
+            "exports" => Area::Exports,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Area::Runs => "runs",
+            Area::Tokenizers => "tokenizers",
+            Area::Exports => "exports",
+        }
+    }
+
+    /// `<root>/<area>/<id>`, checked: a valid id, and no symlink out of the root.
+    pub fn dir(self, root: &Path, id: &str) -> Result<PathBuf> {
+        check_id(id)?;
+        inside(root, &format!("{}/{id}", self.as_str()))
+    }
+}
+
+/// `text` with the data root's absolute path taken out (error messages, metrics), so answers
+/// never show where the server keeps its files.
+pub fn scrub(text: &str, root: &Path) -> String {
+    let mut out = text.to_string();
+    let canon = root.canonicalize().ok();
+    for r in canon.iter().map(PathBuf::as_path).chain([root]) {
+        let r = r.display().to_string();
+        if r.len() > 1 {
+            out = out.replace(&format!("{r}/"), "").replace(&r, ".");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -87,6 +135,16 @@ mod tests {
             assert!(inside(&root, "escape").is_err());
         }
         assert!(check_id("20261122-064512-3f9a1c").is_ok());
+        #[cfg(unix)]
+        {
+            // A run id whose directory is a symlink out of the root is refused.
+            std::fs::create_dir_all(root.join("runs")).unwrap();
+            std::os::unix::fs::symlink(d.path(), root.join("runs/evil")).unwrap();
+            assert!(Area::Runs.dir(&root, "evil").is_err());
+            assert!(Area::Runs.dir(&root, "fine").is_ok());
+        }
+        let msg = format!("{}/runs/x/best: missing", root.display());
+        assert_eq!(scrub(&msg, &root), "runs/x/best: missing");
         for bad in ["", "..", ".hidden", "a/b", "a b", "x\0"] {
             assert!(check_id(bad).is_err(), "{bad:?}");
         }

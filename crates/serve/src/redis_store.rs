@@ -69,12 +69,28 @@ return tonumber(redis.call('HGET', k, 'cancel_requested'))
 "#;
 
 const FINISH: &str = r#"
--- ARGV: id, worker, outcome (succeeded|cancelled|failed), error, now, backoff_s
+-- ARGV: id, worker, outcome (succeeded|cancelled|failed|requeue), error, now, backoff_s
+-- The worker holds its job while running, or queued again by the reaper and not yet claimed.
 local k = 'cf:job:' .. ARGV[1]
-if redis.call('HGET', k, 'state') ~= 'running' or redis.call('HGET', k, 'worker') ~= ARGV[2] then return 0 end
+local s = redis.call('HGET', k, 'state')
+if (s ~= 'running' and s ~= 'queued') or redis.call('HGET', k, 'worker') ~= ARGV[2] then return 0 end
 redis.call('ZREM', 'cf:running', ARGV[1])
+redis.call('ZREM', 'cf:queue', ARGV[1])
 redis.call('HDEL', k, 'lease_until')
 local now = tonumber(ARGV[5])
+if ARGV[3] == 'requeue' then
+  redis.call('HSET', k, 'error', ARGV[4])
+  if redis.call('HGET', k, 'cancel_requested') == '1' then
+    redis.call('HSET', k, 'state', 'cancelled', 'finished_at', now)
+  else
+    local attempts = tonumber(redis.call('HGET', k, 'attempts'))
+    if attempts > 0 then redis.call('HSET', k, 'attempts', attempts - 1) end
+    redis.call('HSET', k, 'state', 'queued', 'not_before', now)
+    redis.call('ZADD', 'cf:queue', redis.call('HGET', k, 'created_at'), ARGV[1])
+  end
+  return 1
+end
+if ARGV[3] == 'succeeded' then redis.call('HDEL', k, 'error') end
 if ARGV[3] == 'failed' then
   redis.call('HSET', k, 'error', ARGV[4])
   local attempts = tonumber(redis.call('HGET', k, 'attempts'))
@@ -124,7 +140,8 @@ return 1
 "#;
 
 const RESUME: &str = r#"
--- ARGV: id, now
+-- ARGV: id, now, limit
+if redis.call('ZCARD', 'cf:queue') >= tonumber(ARGV[3]) then return 0 end
 local k = 'cf:job:' .. ARGV[1]
 local s = redis.call('HGET', k, 'state')
 if s == 'failed' or s == 'cancelled' then
@@ -277,6 +294,7 @@ impl JobStore for RedisStore {
             Outcome::Succeeded => ("succeeded", String::new()),
             Outcome::Cancelled => ("cancelled", String::new()),
             Outcome::Failed(e) => ("failed", e.clone()),
+            Outcome::Requeue(e) => ("requeue", e.clone()),
         };
         let r = self.script(
             FINISH,
@@ -310,8 +328,10 @@ impl JobStore for RedisStore {
         self.get(id)
     }
 
-    fn resume(&self, id: &str, now: f64) -> Result<Option<Job>> {
-        self.script(RESUME, &[id.into(), now.to_string()])?;
+    fn resume(&self, id: &str, now: f64, limit: usize) -> Result<Option<Job>> {
+        if int(&self.script(RESUME, &[id.into(), now.to_string(), limit.to_string()])?) == 0 {
+            return Err(Error::QueueFull(limit));
+        }
         self.get(id)
     }
 

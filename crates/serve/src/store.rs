@@ -114,6 +114,8 @@ pub enum Outcome {
     Succeeded,
     Failed(String),
     Cancelled,
+    /// Not the job's doing (the worker shut down): queued again at once, the attempt not counted.
+    Requeue(String),
 }
 
 /// What a heartbeat learns.
@@ -140,14 +142,17 @@ pub trait JobStore: Send + Sync {
         now: f64,
     ) -> Result<Beat>;
     /// Ends `worker`'s hold on the job; a failure with attempts left queues it again after
-    /// `backoff_s`. Returns false when the worker no longer held it (nothing changed).
+    /// `backoff_s`. The worker still holds a job whose lease expired while it could not reach
+    /// the store, as long as no other worker claimed it since. Returns false when the worker no
+    /// longer held it (nothing changed).
     fn finish(&self, id: &str, worker: &str, outcome: &Outcome, backoff_s: f64, now: f64) -> Result<bool>;
     /// Requeues (or fails, attempts used up) running jobs whose lease expired; returns their ids.
     fn reap(&self, now: f64) -> Result<Vec<String>>;
     /// Cancels a queued job at once, or asks the worker of a running one to stop.
     fn cancel(&self, id: &str, now: f64) -> Result<Option<Job>>;
-    /// Queues a failed or cancelled job again with fresh attempts (it resumes from its checkpoint).
-    fn resume(&self, id: &str, now: f64) -> Result<Option<Job>>;
+    /// Queues a failed or cancelled job again with fresh attempts (it resumes from its checkpoint);
+    /// `Err(Error::QueueFull)` when `limit` jobs are already waiting.
+    fn resume(&self, id: &str, now: f64, limit: usize) -> Result<Option<Job>>;
     fn get(&self, id: &str) -> Result<Option<Job>>;
     /// The newest job writing `target` (a run or tokenizer id), if any.
     fn latest_for(&self, target: &str, kind: Option<JobKind>) -> Result<Option<Job>>;
@@ -315,25 +320,42 @@ impl JobStore for SqliteStore {
     }
 
     fn finish(&self, id: &str, worker: &str, outcome: &Outcome, backoff_s: f64, now: f64) -> Result<bool> {
+        // `held`: the worker's own job, running, or queued again by the reaper and not yet claimed.
+        const HELD: &str = "id = ?1 AND worker = ?2 AND state IN ('running', 'queued')";
         self.with(|c| {
             let n = match outcome {
                 Outcome::Succeeded => c.execute(
-                    "UPDATE jobs SET state = 'succeeded', finished_at = ?3, lease_until = NULL
-                     WHERE id = ?1 AND worker = ?2 AND state = 'running'",
+                    &format!(
+                        "UPDATE jobs SET state = 'succeeded', finished_at = ?3, lease_until = NULL, error = NULL
+                         WHERE {HELD}"
+                    ),
                     params![id, worker, now],
                 )?,
                 Outcome::Cancelled => c.execute(
-                    "UPDATE jobs SET state = 'cancelled', finished_at = ?3, lease_until = NULL
-                     WHERE id = ?1 AND worker = ?2 AND state = 'running'",
+                    &format!(
+                        "UPDATE jobs SET state = 'cancelled', finished_at = ?3, lease_until = NULL WHERE {HELD}"
+                    ),
                     params![id, worker, now],
                 )?,
                 Outcome::Failed(e) => c.execute(
-                    "UPDATE jobs SET error = ?4, lease_until = NULL,
-                         state = CASE WHEN attempts < max_attempts AND cancel_requested = 0 THEN 'queued' ELSE 'failed' END,
-                         not_before = ?3 + ?5 * (1 << (attempts - 1)),
-                         finished_at = CASE WHEN attempts < max_attempts AND cancel_requested = 0 THEN NULL ELSE ?3 END
-                     WHERE id = ?1 AND worker = ?2 AND state = 'running'",
+                    &format!(
+                        "UPDATE jobs SET error = ?4, lease_until = NULL,
+                             state = CASE WHEN attempts < max_attempts AND cancel_requested = 0 THEN 'queued' ELSE 'failed' END,
+                             not_before = ?3 + ?5 * (1 << (attempts - 1)),
+                             finished_at = CASE WHEN attempts < max_attempts AND cancel_requested = 0 THEN NULL ELSE ?3 END
+                         WHERE {HELD}"
+                    ),
                     params![id, worker, now, e, backoff_s],
+                )?,
+                Outcome::Requeue(e) => c.execute(
+                    &format!(
+                        "UPDATE jobs SET error = ?4, lease_until = NULL, not_before = ?3,
+                             attempts = MAX(attempts - 1, 0),
+                             state = CASE WHEN cancel_requested = 0 THEN 'queued' ELSE 'cancelled' END,
+                             finished_at = CASE WHEN cancel_requested = 0 THEN NULL ELSE ?3 END
+                         WHERE {HELD}"
+                    ),
+                    params![id, worker, now, e],
                 )?,
             };
             Ok(n == 1)
@@ -375,15 +397,27 @@ impl JobStore for SqliteStore {
         self.get(id)
     }
 
-    fn resume(&self, id: &str, now: f64) -> Result<Option<Job>> {
-        self.with(|c| {
-            c.execute(
+    fn resume(&self, id: &str, now: f64, limit: usize) -> Result<Option<Job>> {
+        let full = self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let waiting: i64 = tx.query_row("SELECT COUNT(*) FROM jobs WHERE state = 'queued'", [], |r| {
+                r.get(0)
+            })?;
+            if waiting as usize >= limit {
+                return Ok(true);
+            }
+            tx.execute(
                 "UPDATE jobs SET state = 'queued', attempts = 0, cancel_requested = 0, error = NULL,
                      finished_at = NULL, worker = NULL, not_before = ?2
                  WHERE id = ?1 AND state IN ('failed', 'cancelled')",
                 params![id, now],
-            )
+            )?;
+            tx.commit()?;
+            Ok(false)
         })?;
+        if full {
+            return Err(Error::QueueFull(limit));
+        }
         self.get(id)
     }
 

@@ -3,13 +3,13 @@
 //! A worker that dies stops heartbeating; any worker's reaper then queues its job again, and the
 //! job resumes from its last checkpoint.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::jobs::{Progress, Spec, execute};
+use crate::jobs::{Progress, Spec};
 use crate::store::{Job, JobStore, Outcome};
+use crate::task::{Isolation, Task};
 use crate::{ServeConfig, now};
 
 pub struct Worker {
@@ -18,6 +18,7 @@ pub struct Worker {
     /// Unique per process start, so a restarted worker never mistakes an old lease for its own.
     pub id: String,
     pub shutdown: Arc<AtomicBool>,
+    pub isolation: Isolation,
 }
 
 impl Worker {
@@ -25,9 +26,10 @@ impl Worker {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         Worker {
             store,
-            cfg,
             id: format!("{host}-{}-{n}-{}", std::process::id(), crate::new_id()),
             shutdown,
+            isolation: Isolation::new(cfg.worker.isolate),
+            cfg,
         }
     }
 
@@ -57,94 +59,116 @@ impl Worker {
     }
 
     fn run_job(&self, job: Job) {
-        let stop = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(Mutex::new(Progress::default()));
         let spec: Result<Spec, _> = serde_json::from_value(job.spec.clone());
         let Ok(spec) = spec else {
-            let _ = self.store.finish(
-                &job.id,
-                &self.id,
-                &Outcome::Failed("the job's spec is unreadable".into()),
-                0.0,
-                now(),
-            );
+            self.record(&job.id, &Outcome::Failed("the job's spec is unreadable".into()));
             return;
         };
-        let root: PathBuf = self.cfg.data_root.clone();
-        let handle = {
-            let (stop, progress, target) = (stop.clone(), progress.clone(), job.target.clone());
-            std::thread::spawn(move || execute(&spec, &target, &root, &stop, &progress))
+        let mut task = match Task::start(&self.isolation, spec, &job.target, &self.cfg.data_root, &progress) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("worker {}: starting {}: {e}", self.id, job.id);
+                // Not the job's fault: back to the queue, no attempt used.
+                self.record(
+                    &job.id,
+                    &Outcome::Requeue(format!("the worker could not start it: {e}")),
+                );
+                return;
+            }
         };
-        let started = Instant::now();
+        // The time limit is the job's, across attempts: from its first start.
         let timeout = job.timeout_s.or(self.cfg.worker.job_timeout_s);
-        let (mut cancelled, mut lost, mut timed_out) = (false, false, false);
+        let deadline = timeout.map(|t| job.started_at.unwrap_or_else(now) + t);
+        let (mut cancelled, mut lost, mut timed_out, mut shut_down) = (false, false, false, false);
         let beat_every = Duration::from_secs_f64(self.cfg.worker.heartbeat_s);
         let mut last_beat = Instant::now();
-        while !handle.is_finished() {
+        let mut stop_sent: Option<Instant> = None;
+        while !task.finished() {
             std::thread::sleep(Duration::from_millis(50));
-            if last_beat.elapsed() < beat_every {
-                continue;
-            }
-            last_beat = Instant::now();
-            let p = progress.lock().map(|p| p.clone()).unwrap_or_default();
-            let p = serde_json::to_value(p).unwrap_or_default();
-            match self
-                .store
-                .heartbeat(&job.id, &self.id, self.cfg.worker.lease_s, &p, now())
-            {
-                Ok(b) => {
-                    if !b.owned {
-                        lost = true;
-                        stop.store(true, Ordering::Relaxed);
+            if last_beat.elapsed() >= beat_every {
+                last_beat = Instant::now();
+                match self.beat(&job.id, &progress) {
+                    Ok(b) => {
+                        lost |= !b.owned;
+                        cancelled |= b.cancel_requested;
                     }
-                    if b.cancel_requested {
-                        cancelled = true;
-                        stop.store(true, Ordering::Relaxed);
-                    }
+                    Err(e) => eprintln!("worker {}: heartbeat of {}: {e}", self.id, job.id),
                 }
-                Err(e) => eprintln!("worker {}: heartbeat of {}: {e}", self.id, job.id),
             }
-            if timeout.is_some_and(|t| started.elapsed().as_secs_f64() > t) {
-                timed_out = true;
-                stop.store(true, Ordering::Relaxed);
-            }
-            if self.shutdown.load(Ordering::Relaxed) {
-                stop.store(true, Ordering::Relaxed);
+            timed_out |= deadline.is_some_and(|d| now() > d);
+            shut_down |= self.shutdown.load(Ordering::Relaxed);
+            if lost || cancelled || timed_out || shut_down {
+                match stop_sent {
+                    None => {
+                        task.stop();
+                        stop_sent = Some(Instant::now());
+                    }
+                    // A job that does not stop when asked is ended.
+                    Some(t) if t.elapsed().as_secs_f64() > self.cfg.worker.stop_grace_s => task.kill(),
+                    Some(_) => {}
+                }
             }
         }
-        let result = handle.join();
+        let result = task.result();
         if lost {
             return; // another worker holds the job now
         }
         // One last heartbeat records the final progress; a cancel that arrived since the last one
         // still counts.
-        let p = progress.lock().map(|p| p.clone()).unwrap_or_default();
-        let p = serde_json::to_value(p).unwrap_or_default();
-        if let Ok(b) = self
-            .store
-            .heartbeat(&job.id, &self.id, self.cfg.worker.lease_s, &p, now())
-        {
+        if let Ok(b) = self.beat(&job.id, &progress) {
             cancelled |= b.cancel_requested;
         }
         let outcome = match result {
-            Ok(Ok(())) if timed_out => Outcome::Failed(format!(
-                "timed out after {:.0} s (the last checkpoint is kept)",
-                started.elapsed().as_secs_f64()
+            Ok(()) if timed_out => Outcome::Failed(format!(
+                "timed out: the job's limit is {:.0} s (the last checkpoint is kept)",
+                timeout.unwrap_or_default()
             )),
-            Ok(Ok(())) if cancelled => Outcome::Cancelled,
-            Ok(Ok(())) if self.shutdown.load(Ordering::Relaxed) => {
-                // Stopped by shutdown: hand the job back to the queue.
-                Outcome::Failed("the worker shut down; the job resumes from its checkpoint".into())
+            Ok(()) if cancelled => Outcome::Cancelled,
+            // Stopped by shutdown: back to the queue without using an attempt.
+            Ok(()) if shut_down => {
+                Outcome::Requeue("the worker shut down; the job resumes from its checkpoint".into())
             }
-            Ok(Ok(())) => Outcome::Succeeded,
-            Ok(Err(e)) => Outcome::Failed(e.to_string()),
-            Err(_) => Outcome::Failed("the job panicked".into()),
+            Ok(()) => Outcome::Succeeded,
+            Err(e) => Outcome::Failed(e),
         };
-        if let Err(e) = self
-            .store
-            .finish(&job.id, &self.id, &outcome, self.cfg.queue.backoff_s, now())
-        {
-            eprintln!("worker {}: recording the end of {}: {e}", self.id, job.id);
+        self.record(&job.id, &outcome);
+    }
+
+    fn beat(&self, id: &str, progress: &Mutex<Progress>) -> crate::Result<crate::store::Beat> {
+        let p = progress.lock().map(|p| p.clone()).unwrap_or_default();
+        let p = serde_json::to_value(p).unwrap_or_default();
+        self.store
+            .heartbeat(id, &self.id, self.cfg.worker.lease_s, &p, now())
+    }
+
+    /// Records how a job ended. While the store cannot be reached (Redis restarting) it keeps
+    /// trying, so a job that finished is not run again because its result was lost; it gives up
+    /// at shutdown, when the lease expiring hands the job to the next worker.
+    fn record(&self, id: &str, outcome: &Outcome) {
+        let mut wait = self.cfg.worker.poll_s;
+        loop {
+            match self
+                .store
+                .finish(id, &self.id, outcome, self.cfg.queue.backoff_s, now())
+            {
+                Ok(true) => return,
+                Ok(false) => {
+                    eprintln!(
+                        "worker {}: {id} was taken over; its result is not recorded",
+                        self.id
+                    );
+                    return;
+                }
+                Err(e) => {
+                    eprintln!("worker {}: recording the end of {id} (retrying): {e}", self.id);
+                    if self.shutdown.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_secs_f64(wait));
+                    wait = (wait * 2.0).min(5.0);
+                }
+            }
         }
     }
 }

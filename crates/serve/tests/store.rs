@@ -127,7 +127,7 @@ fn check_failures_retry_with_backoff_then_fail(open: &Open) {
         (JobState::Failed, Some("boom again"))
     );
     // Resume gives it fresh attempts.
-    assert_eq!(s.resume("a", 8.0).unwrap().unwrap().state, JobState::Queued);
+    assert_eq!(s.resume("a", 8.0, 10).unwrap().unwrap().state, JobState::Queued);
     assert_eq!(s.claim("w", 10.0, 8.0).unwrap().unwrap().attempts, 1);
 }
 
@@ -154,7 +154,7 @@ fn check_cancel_is_immediate_when_queued_and_requested_when_running(open: &Open)
     s.finish("r", "w", &Outcome::Failed("stopped".into()), 1.0, 7.0)
         .unwrap();
     assert_eq!(s.get("r").unwrap().unwrap().state, JobState::Failed);
-    s.resume("r", 8.0).unwrap();
+    s.resume("r", 8.0, 10).unwrap();
     s.claim("w", 10.0, 8.0).unwrap().unwrap();
     assert!(s.finish("r", "w", &Outcome::Cancelled, 1.0, 9.0).unwrap());
     assert_eq!(s.get("r").unwrap().unwrap().state, JobState::Cancelled);
@@ -230,4 +230,66 @@ fn redis_jobs_survive_a_redis_restart() {
     assert_eq!(s.get("a").unwrap().unwrap().state, JobState::Running);
     assert_eq!(s.claim("w2", 30.0, 4.0).unwrap().unwrap().id, "b");
     assert!(s.heartbeat("a", "w", 30.0, &json!({}), 5.0).unwrap().owned);
+}
+
+#[test]
+fn a_requeue_costs_no_attempt_and_a_result_survives_a_lost_lease() {
+    both(check_a_requeue_costs_no_attempt_and_a_result_survives_a_lost_lease);
+}
+
+fn check_a_requeue_costs_no_attempt_and_a_result_survives_a_lost_lease(open: &Open) {
+    let s = open();
+    s.enqueue(job("a", 1.0), 10).unwrap();
+    // Three shutdowns in a row (max_attempts is 2): each hands the job back, none is counted.
+    for t in [2.0, 3.0, 4.0] {
+        let j = s.claim("w", 10.0, t).unwrap().unwrap();
+        assert_eq!(j.attempts, 1);
+        assert!(
+            s.finish("a", "w", &Outcome::Requeue("shut down".into()), 5.0, t)
+                .unwrap()
+        );
+        let j = s.get("a").unwrap().unwrap();
+        assert_eq!((j.state, j.attempts, j.not_before), (JobState::Queued, 0, t));
+    }
+    // The store was unreachable longer than the lease: the reaper queued the job again, but
+    // its worker finished it and records that once the store answers.
+    s.claim("w", 10.0, 5.0).unwrap().unwrap();
+    assert_eq!(s.reap(20.0).unwrap(), ["a"]);
+    assert!(s.finish("a", "w", &Outcome::Succeeded, 5.0, 21.0).unwrap());
+    let j = s.get("a").unwrap().unwrap();
+    assert_eq!((j.state, j.attempts, j.error), (JobState::Succeeded, 1, None));
+    assert!(
+        s.claim("w2", 10.0, 22.0).unwrap().is_none(),
+        "not queued any more"
+    );
+    // Once another worker has claimed it, the first cannot record a result.
+    s.enqueue(job("b", 30.0), 10).unwrap();
+    s.claim("w", 10.0, 30.0).unwrap().unwrap();
+    s.reap(50.0).unwrap();
+    s.claim("w2", 10.0, 51.0).unwrap().unwrap();
+    assert!(!s.finish("b", "w", &Outcome::Succeeded, 5.0, 52.0).unwrap());
+    assert_eq!(s.get("b").unwrap().unwrap().worker.as_deref(), Some("w2"));
+    // A cancel requested before the requeue ends the job instead.
+    s.cancel("b", 53.0).unwrap();
+    assert!(
+        s.finish("b", "w2", &Outcome::Requeue("shut down".into()), 5.0, 54.0)
+            .unwrap()
+    );
+    assert_eq!(s.get("b").unwrap().unwrap().state, JobState::Cancelled);
+}
+
+#[test]
+fn resume_respects_the_queue_bound() {
+    both(check_resume_respects_the_queue_bound);
+}
+
+fn check_resume_respects_the_queue_bound(open: &Open) {
+    let s = open();
+    s.enqueue(job("a", 1.0), 10).unwrap();
+    s.cancel("a", 2.0).unwrap();
+    s.enqueue(job("b", 3.0), 10).unwrap();
+    let e = s.resume("a", 4.0, 1).unwrap_err();
+    assert!(e.to_string().contains("queue is full"), "{e}");
+    assert_eq!(s.get("a").unwrap().unwrap().state, JobState::Cancelled);
+    assert_eq!(s.resume("a", 4.0, 2).unwrap().unwrap().state, JobState::Queued);
 }

@@ -93,6 +93,15 @@ pub fn save(
     opt: Option<&AdamW>,
     state: &CheckpointState,
 ) -> Result<()> {
+    // A checkpoint of NaNs would be resumed from, or served as best: refuse it.
+    for i in 0..values.len() {
+        if let Some(pos) = values.get(i)?.iter().position(|x| !x.is_finite()) {
+            return Err(Error::Checkpoint(format!(
+                "{} has a non-finite value at index {pos}: not saved",
+                values.spec(i).name
+            )));
+        }
+    }
     let shapes: Vec<(String, Vec<usize>)> = (0..values.len())
         .map(|i| (values.spec(i).name.clone(), values.spec(i).shape.clone()))
         .collect();
@@ -194,34 +203,33 @@ pub fn list(run: &Path) -> Vec<(u64, PathBuf)> {
     out
 }
 
-/// The newest checkpoint that verifies, with a warning for each newer one that did not.
-pub fn latest_valid(run: &Path) -> (Option<(PathBuf, CheckpointState)>, Vec<String>) {
-    let mut warnings = Vec::new();
-    for (_, dir) in list(run) {
-        match read_state(&dir) {
-            Ok(state) => return (Some((dir, state)), warnings),
-            Err(e) => warnings.push(format!("skipping checkpoint {}: {e}", dir.display())),
-        }
-    }
-    (None, warnings)
-}
-
-/// Loads the optimizer moments saved beside a checkpoint.
-pub fn load_optimizer(dir: &Path, specs: &[ParamSpec], opt: &mut AdamW) -> Result<()> {
+/// The optimizer moments saved beside a checkpoint, `(m, v)` in `specs` order, each checked
+/// against its parameter's size.
+pub fn load_optimizer(dir: &Path, specs: &[ParamSpec]) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
     let path = dir.join("optimizer.safetensors");
     let t = candle_core::safetensors::load(&path, &Device::Cpu)
         .map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))?;
-    for (i, spec) in specs.iter().enumerate() {
-        let get = |k: String| -> Result<Vec<f32>> {
-            let x = t
-                .get(&k)
-                .ok_or_else(|| Error::Checkpoint(format!("{}: no tensor {k}", path.display())))?;
-            Ok(x.flatten_all()?.to_vec1()?)
-        };
-        opt.m[i] = get(format!("m.{}", spec.name))?;
-        opt.v[i] = get(format!("v.{}", spec.name))?;
+    let get = |k: String, len: usize| -> Result<Vec<f32>> {
+        let x = t
+            .get(&k)
+            .ok_or_else(|| Error::Checkpoint(format!("{}: no tensor {k}", path.display())))?;
+        let v: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        if v.len() != len {
+            return Err(Error::Checkpoint(format!(
+                "{}: {k} has {} values, the parameter {len}",
+                path.display(),
+                v.len()
+            )));
+        }
+        Ok(v)
+    };
+    let (mut m, mut v) = (Vec::new(), Vec::new());
+    for spec in specs {
+        let len = spec.shape.iter().product();
+        m.push(get(format!("m.{}", spec.name), len)?);
+        v.push(get(format!("v.{}", spec.name), len)?);
     }
-    Ok(())
+    Ok((m, v))
 }
 
 /// Removes all but the newest `keep` checkpoints.

@@ -7,6 +7,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::{AdamWConfig, Error, Result};
 
+/// The largest learning rate accepted: AdamW moves each weight by about `lr` per step, so above
+/// 1 every step overshoots.
+pub const MAX_LR: f64 = 1.0;
+/// The longest run accepted, in optimizer steps (and, with `epochs`, passes over the data).
+pub const MAX_STEPS: u64 = 1_000_000_000;
+pub const MAX_EPOCHS: f64 = 1_000_000.0;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -154,6 +161,46 @@ impl TrainConfig {
         toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
+    /// Bytes a run of this config needs, about, when `model` is the model it trains (this
+    /// config's, or the one `train.init` holds): weights, gradients and AdamW's two moments of
+    /// what trains, the frozen base (quantised for QLoRA), and one micro-batch's activations on
+    /// the engine (16 values per token, layer and width, the logits and their gradient, and an
+    /// attention tile pair per thread). Computed without overflow for any input.
+    pub fn memory_needed(&self, model: &GptConfig) -> u128 {
+        let t = &self.train;
+        let f32s = |n: u128| n.saturating_mul(4);
+        let total = model.n_params() as u128;
+        let weights = if t.mode.adapter() {
+            let adapter: u128 = self
+                .lora
+                .param_specs(model)
+                .iter()
+                .map(|s| s.shape.iter().fold(1u128, |a, &d| a.saturating_mul(d as u128)))
+                .fold(0, u128::saturating_add);
+            // q4: half a byte and a 4-byte scale per 32 values; q8: one byte and the scale.
+            let base = match (t.mode, self.lora.quant) {
+                (Mode::Qlora, Some(chatforge_model::quant::QuantKind::Q8)) => total * 9 / 8,
+                (Mode::Qlora, _) => total * 5 / 8,
+                _ => f32s(total),
+            };
+            base.saturating_add(f32s(adapter).saturating_mul(4))
+        } else {
+            f32s(total).saturating_mul(4)
+        };
+        let seq = t.seq_len.unwrap_or(model.n_ctx) as u128;
+        let tokens = (t.batch_size as u128).saturating_mul(seq);
+        let (c, l, v) = (
+            model.n_embd as u128,
+            model.n_layer as u128,
+            model.vocab_size as u128,
+        );
+        let per_token = (16 * c * l).saturating_add(2 * v);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u128;
+        let acts = f32s(tokens.saturating_mul(per_token))
+            .saturating_add(f32s(2 * seq * seq).saturating_mul(threads));
+        weights.saturating_add(acts)
+    }
+
     /// Checks what can be checked before any data is read; messages name the field.
     pub fn validate(&self) -> Result<()> {
         self.model.validate().map_err(|e| Error::Config(e.to_string()))?;
@@ -172,17 +219,55 @@ impl TrainConfig {
                 self.model.n_ctx
             ));
         }
-        if t.lr.is_nan() || t.lr <= 0.0 || t.min_lr < 0.0 || t.min_lr > t.lr {
+        if !(t.lr > 0.0 && t.lr <= MAX_LR) || !(0.0..=t.lr).contains(&t.min_lr) {
             return bad(format!(
-                "train.lr = {} and train.min_lr = {} need 0 <= min_lr <= lr, lr > 0",
+                "train.lr = {} and train.min_lr = {} need 0 <= min_lr <= lr <= {MAX_LR}, lr > 0",
                 t.lr, t.min_lr
             ));
         }
-        if t.max_steps.is_none() && t.epochs.is_none() {
-            return bad("give train.max_steps or train.epochs".into());
+        for (name, v) in [("beta1", t.beta1), ("beta2", t.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return bad(format!("train.{name} = {v} must be in [0, 1)"));
+            }
+        }
+        if !(t.eps > 0.0 && t.eps <= 1.0) {
+            return bad(format!("train.eps = {} must be in (0, 1]", t.eps));
+        }
+        // Decay shrinks each weight by lr · weight_decay per step: at 1 or more it flips signs.
+        if !(t.weight_decay >= 0.0 && t.weight_decay * t.lr < 1.0) {
+            return bad(format!(
+                "train.weight_decay = {} must be >= 0 with lr · weight_decay < 1",
+                t.weight_decay
+            ));
+        }
+        if !(t.grad_clip >= 0.0 && t.grad_clip.is_finite()) {
+            return bad(format!(
+                "train.grad_clip = {} must be >= 0 (0: off) and finite",
+                t.grad_clip
+            ));
+        }
+        match (t.max_steps, t.epochs) {
+            (None, None) => return bad("give train.max_steps or train.epochs".into()),
+            (Some(n), _) if !(1..=MAX_STEPS).contains(&n) => {
+                return bad(format!("train.max_steps = {n} must be in 1..={MAX_STEPS}"));
+            }
+            (None, Some(e)) if !(e > 0.0 && e <= MAX_EPOCHS) => {
+                return bad(format!("train.epochs = {e} must be in (0, {MAX_EPOCHS}]"));
+            }
+            _ => {}
         }
         if t.eval_every == 0 || t.checkpoint_every == 0 {
             return bad("train.eval_every and train.checkpoint_every must be at least 1".into());
+        }
+        for (name, v) in [
+            ("keep_last", Some(t.keep_last)),
+            ("tokens_per_step", t.tokens_per_step),
+            ("eval_batches", t.eval_batches),
+            ("patience", t.patience.map(|p| p as usize)),
+        ] {
+            if v == Some(0) {
+                return bad(format!("train.{name} must be at least 1"));
+            }
         }
         if t.mode.adapter() {
             self.lora.validate().map_err(|e| Error::Config(e.to_string()))?;

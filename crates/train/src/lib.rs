@@ -8,12 +8,13 @@ mod optim;
 mod plot;
 mod run;
 
-pub use checkpoint::{CheckpointState, latest_valid, list as list_checkpoints, read_state, step_dir};
+pub use checkpoint::{CheckpointState, list as list_checkpoints, read_state, step_dir};
 pub use config::{Mode, TrainConfig, TrainSettings};
 pub use optim::{AdamW, AdamWConfig, clip_grad_norm, clip_grad_norm_flat, lr_at};
 pub use plot::{loss_plot, read_curves};
 pub use run::{
-    Event, StepOutcome, TrainSummary, engine_step, load_init, optimizer_step, train, unigram_baseline,
+    Event, StepOutcome, TrainSummary, check_memory, engine_step, event_step, init_config, load_init,
+    optimizer_step, train, unigram_baseline,
 };
 
 use std::path::PathBuf;
@@ -24,6 +25,9 @@ pub enum Error {
     Config(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// The loss or the gradient stopped being a number: the run ends rather than train on NaN.
+    #[error("the run diverged at step {step}: {what} (lower train.lr, or clip with train.grad_clip)")]
+    Diverged { step: u64, what: String },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]

@@ -56,6 +56,8 @@ pub enum Event {
         path: PathBuf,
     },
     Warning {
+        /// The step the run was at, so every line of the log carries one (see [`event_step`]).
+        step: u64,
         message: String,
     },
     Stopped {
@@ -79,10 +81,14 @@ pub struct TrainSummary {
 /// Weights to start from: an HF GPT-2-family folder, an earlier run (its `best/`, else its newest
 /// checkpoint), or a checkpoint folder.
 pub fn load_init(path: &Path, device: &Device) -> Result<(GptConfig, Weights)> {
-    // An HF folder holds config.json and weights; a run holds config.json too, but its weights
-    // are in best/ or its checkpoints.
+    Ok(load_hf(&init_dir(path)?, device)?)
+}
+
+/// The folder `--init path` loads: an HF folder holds config.json and weights; a run holds
+/// config.json too, but its weights are in best/ or its checkpoints.
+fn init_dir(path: &Path) -> Result<PathBuf> {
     let latest = checkpoint::list(path).first().map(|(_, d)| d.clone());
-    let dir = [Some(path.to_path_buf()), Some(path.join("best")), latest]
+    [Some(path.to_path_buf()), Some(path.join("best")), latest]
         .into_iter()
         .flatten()
         .find(|d| d.join("config.json").is_file() && chatforge_model::weights_file(d).is_ok())
@@ -91,8 +97,27 @@ pub fn load_init(path: &Path, device: &Device) -> Result<(GptConfig, Weights)> {
                 "--init {}: expected an HF folder (config.json + model.safetensors or pytorch_model.bin) or a chatforge run",
                 path.display()
             ))
-        })?;
-    Ok(load_hf(&dir, device)?)
+        })
+}
+
+/// The model `--init path` holds, from its config.json alone (validated, no weights read).
+pub fn init_config(path: &Path) -> Result<GptConfig> {
+    let file = init_dir(path)?.join("config.json");
+    let text = chatforge_data::read_capped(&file, 1 << 20)?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
+    GptConfig::from_hf(&v).map_err(|e| Error::Config(format!("{}: {e}", file.display())))
+}
+
+/// Refuses a run this machine cannot hold, before anything is allocated for it: `cfg`'s model,
+/// or the one `train.init` holds.
+pub fn check_memory(cfg: &TrainConfig) -> Result<()> {
+    let model = match &cfg.train.init {
+        Some(init) => init_config(init)?,
+        None => cfg.model.clone(),
+    };
+    chatforge_model::check_fits("this run", cfg.memory_needed(&model))?;
+    Ok(())
 }
 
 fn to_tensor(v: &[u32], shape: (usize, usize), dev: &Device) -> Result<Tensor> {
@@ -346,8 +371,9 @@ fn build_engine(
     }))
 }
 
-/// Mean loss over the validation batches, weighted by the positions that carry loss; no backward.
-fn estimate_loss(model: &Gpt, batches: &[Batch], mode: Mode, dev: &Device) -> Result<f64> {
+/// Mean loss over the validation batches, weighted by the positions that carry loss (`None`
+/// when none does); no backward.
+fn estimate_loss(model: &Gpt, batches: &[Batch], mode: Mode, dev: &Device) -> Result<Option<f64>> {
     let (mut total, mut count) = (0f64, 0usize);
     for batch in batches {
         if let Some((loss, n)) = batch_loss(model, batch, mode, None, dev)? {
@@ -355,26 +381,18 @@ fn estimate_loss(model: &Gpt, batches: &[Batch], mode: Mode, dev: &Device) -> Re
             count += n;
         }
     }
-    Ok(if count == 0 {
-        f64::NAN
-    } else {
-        total / count as f64
-    })
+    Ok((count > 0).then(|| total / count as f64))
 }
 
 /// [`estimate_loss`] on the engine.
-fn engine_val_loss(engine: &mut TrainEngine, batches: &[Batch], mode: Mode) -> Result<f64> {
+fn engine_val_loss(engine: &mut TrainEngine, batches: &[Batch], mode: Mode) -> Result<Option<f64>> {
     let (mut total, mut count) = (0f64, 0usize);
     for batch in batches {
         let (sum, n) = engine.eval_loss(&step_batch(batch, mode))?;
         total += sum;
         count += n;
     }
-    Ok(if count == 0 {
-        f64::NAN
-    } else {
-        total / count as f64
-    })
+    Ok((count > 0).then(|| total / count as f64))
 }
 
 /// A batch as the engine takes it: the weights are the positions that carry loss in `mode`.
@@ -421,27 +439,104 @@ impl Stepper {
     }
 }
 
+/// A checkpoint the run continues from: its state, trainable weights and AdamW moments.
+struct Resumed {
+    dir: PathBuf,
+    state: CheckpointState,
+    weights: Weights,
+    moments: (Vec<Vec<f32>>, Vec<Vec<f32>>),
+}
+
+/// The newest checkpoint of `run` that verifies and loads (weights and moments) for this model;
+/// each newer one that does not is skipped with a warning. A checkpoint of another model or
+/// adapter is an error: resuming it would silently train something else.
+fn resume_point(
+    run: &Path,
+    cfg: &TrainConfig,
+    lora: Option<&LoraConfig>,
+    warnings: &mut Vec<String>,
+    dev: &Device,
+) -> Result<Option<Resumed>> {
+    let specs = match lora {
+        Some(l) => l.param_specs(&cfg.model),
+        None => chatforge_model::param_specs(&cfg.model),
+    };
+    for (_, dir) in checkpoint::list(run) {
+        let loaded = checkpoint::read_state(&dir).and_then(|state| {
+            if state.config.model != cfg.model || lora.is_some_and(|l| state.config.lora != *l) {
+                return Err(Error::Config(format!(
+                    "--resume: the model or adapter in {} differs from this config",
+                    relative(run, &dir).display()
+                )));
+            }
+            let weights = match lora {
+                Some(_) => chatforge_model::lora::load_adapter(&dir, &cfg.model, dev)?.1,
+                None => load_weights(&dir, &cfg.model, dev)?,
+            };
+            Ok(Resumed {
+                moments: checkpoint::load_optimizer(&dir, &specs)?,
+                dir: dir.clone(),
+                state,
+                weights,
+            })
+        });
+        match loaded {
+            Ok(r) => return Ok(Some(r)),
+            Err(e @ Error::Config(_)) => return Err(e),
+            Err(e) => warnings.push(format!(
+                "skipping checkpoint {}: {}",
+                relative(run, &dir).display(),
+                e.to_string().replace(&format!("{}/", run.display()), "")
+            )),
+        }
+    }
+    Ok(None)
+}
+
+/// `path` relative to the run directory, so logs and events never carry the server's paths.
+fn relative(run: &Path, path: &Path) -> PathBuf {
+    path.strip_prefix(run)
+        .map_or_else(|_| path.to_path_buf(), Path::to_path_buf)
+}
+
 struct Log(std::fs::File);
 
+/// The step a line of `logs.jsonl` belongs to: `step`, or a start's `start_step`. Steps never
+/// decrease down the log (a resumed run's lines after its checkpoint are trimmed before it
+/// logs again), which is what lets readers give each line a stable id.
+pub fn event_step(v: &serde_json::Value) -> Option<u64> {
+    v.get("step")
+        .or_else(|| v.get("start_step"))
+        .and_then(serde_json::Value::as_u64)
+}
+
 /// Keeps the lines of `logs.jsonl` that are whole JSON events of steps up to `step` (and events
-/// without a step); a line cut short by a crash is dropped too.
+/// without a step); a line cut short by a crash (even inside a UTF-8 sequence) is dropped too.
 fn trim_log(path: &Path, step: u64) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source: e,
+            });
+        }
     };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+    let mut kept = Vec::with_capacity(bytes.len());
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        let keep = line.ends_with(b"\n")
+            && serde_json::from_slice::<serde_json::Value>(line).is_ok_and(|v| {
                 v.get("step")
                     .and_then(serde_json::Value::as_u64)
                     .is_none_or(|s| s <= step)
-            })
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    if kept.len() != text.len() {
-        chatforge_data::atomic_write(path, |w| w.write_all(kept.as_bytes()))?;
+            });
+        if keep {
+            kept.extend_from_slice(line);
+        }
+    }
+    if kept.len() != bytes.len() {
+        chatforge_data::atomic_write(path, |w| w.write_all(&kept))?;
     }
     Ok(())
 }
@@ -476,22 +571,50 @@ pub fn train(
         cfg.model.vocab_size = shard.vocab_size() as usize; // "0: take the tokenizer's size from the shard"
     }
     cfg.validate()?;
+    check_memory(&cfg)?;
     let t = cfg.train.clone();
     std::fs::create_dir_all(run).map_err(|e| Error::Io {
         path: run.to_path_buf(),
         source: e,
     })?;
-    // Where the weights come from: a checkpoint of this run, an --init model, or the seed.
-    let (resumed, resume_warnings) = if resume {
-        checkpoint::latest_valid(run)
-    } else {
-        (None, Vec::new())
-    };
-    // Steps logged after the checkpoint (by a run that died) happen again: drop them, so the log
-    // holds each step once.
-    if let Some((_, state)) = &resumed {
-        trim_log(&run.join("logs.jsonl"), state.step)?;
+    // What a crash left half-written (a checkpoint's or best/'s temporary, a log being trimmed).
+    let mut warnings: Vec<String> = Vec::new();
+    for dir in [run.to_path_buf(), run.join("checkpoints")] {
+        for name in chatforge_data::clear_leftovers(&dir)? {
+            warnings.push(format!("cleared {name}, left by a crash"));
+        }
     }
+    // LoRA: the base always comes from --init and stays frozen; the adapter is what trains.
+    // QLoRA is LoRA on a quantised base (q4 unless the config says q8); plain LoRA never quantises.
+    cfg.lora.quant = match t.mode {
+        Mode::Qlora => Some(cfg.lora.quant.unwrap_or(chatforge_model::quant::QuantKind::Q4)),
+        _ => None,
+    };
+    let lora = t.mode.adapter().then(|| cfg.lora.clone());
+    if let Some(init) = &t.init {
+        cfg.model = GptConfig {
+            dropout: cfg.model.dropout,
+            ..init_config(init)?
+        };
+    } else if lora.is_some() {
+        return Err(Error::Config(
+            "mode lora adapts a pretrained model: give train.init (--init)".into(),
+        ));
+    }
+    // Where the weights come from: a checkpoint of this run (the newest that loads), an --init
+    // model, or the seed.
+    let resumed = if resume {
+        resume_point(run, &cfg, lora.as_ref(), &mut warnings, &dev)?
+    } else {
+        None
+    };
+    let resumed_from = resumed.as_ref().map(|r| relative(run, &r.dir));
+    // Steps logged after the checkpoint (by a run that died), or by a run that left no usable
+    // checkpoint at all, happen again: drop them, so the log holds each step once.
+    trim_log(
+        &run.join("logs.jsonl"),
+        resumed.as_ref().map_or(0, |r| r.state.step),
+    )?;
     let mut log = Log(std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -504,62 +627,25 @@ pub fn train(
         log.write(&e);
         on_event(&e);
     };
-
-    for w in resume_warnings {
-        emit(Event::Warning { message: w }, &mut log);
+    for w in warnings {
+        emit(
+            Event::Warning {
+                step: resumed.as_ref().map_or(0, |r| r.state.step),
+                message: w,
+            },
+            &mut log,
+        );
     }
-    // LoRA: the base always comes from --init and stays frozen; the adapter is what trains.
-    // QLoRA is LoRA on a quantised base (q4 unless the config says q8); plain LoRA never quantises.
-    cfg.lora.quant = match t.mode {
-        Mode::Qlora => Some(cfg.lora.quant.unwrap_or(chatforge_model::quant::QuantKind::Q4)),
-        _ => None,
+    // The frozen base (LoRA), or the --init weights a full fine-tune starts from.
+    let mut frozen: Weights = match &t.init {
+        Some(init) if lora.is_some() || resumed.is_none() => load_init(init, &dev)?.1,
+        _ => Weights::new(),
     };
-    let lora = t.mode.adapter().then(|| cfg.lora.clone());
-    let mut frozen: Weights = Weights::new();
-    let weights = match (&resumed, &t.init, &lora) {
-        (resumed, Some(init), Some(l)) => {
-            let (init_cfg, base) = load_init(init, &dev)?;
-            cfg.model = GptConfig {
-                dropout: cfg.model.dropout,
-                ..init_cfg
-            };
-            frozen = base;
-            match resumed {
-                Some((dir, state)) => {
-                    if state.config.model != cfg.model || state.config.lora != *l {
-                        return Err(Error::Config(format!(
-                            "--resume: the model or adapter in {} differs from this config",
-                            dir.display()
-                        )));
-                    }
-                    chatforge_model::lora::load_adapter(dir, &cfg.model, &dev)?.1
-                }
-                None => l.init(&cfg.model, &mut Rng::new(t.seed ^ 0x10_4A), &dev)?,
-            }
-        }
-        (_, None, Some(_)) => {
-            return Err(Error::Config(
-                "mode lora adapts a pretrained model: give train.init (--init)".into(),
-            ));
-        }
-        (Some((dir, state)), _, None) => {
-            if state.config.model != cfg.model {
-                return Err(Error::Config(format!(
-                    "--resume: the model in {} differs from this config",
-                    dir.display()
-                )));
-            }
-            load_weights(dir, &cfg.model, &dev)?
-        }
-        (None, Some(init), None) => {
-            let (init_cfg, w) = load_init(init, &dev)?;
-            cfg.model = GptConfig {
-                dropout: cfg.model.dropout,
-                ..init_cfg
-            };
-            w
-        }
-        (None, None, None) => init_weights(&cfg.model, &mut Rng::new(t.seed), &dev)?,
+    let weights = match (&resumed, &lora) {
+        (Some(r), _) => r.weights.clone(),
+        (None, Some(l)) => l.init(&cfg.model, &mut Rng::new(t.seed ^ 0x10_4A), &dev)?,
+        (None, None) if t.init.is_some() => std::mem::take(&mut frozen),
+        (None, None) => init_weights(&cfg.model, &mut Rng::new(t.seed), &dev)?,
     };
     let seq_len = t.seq_len.unwrap_or(cfg.model.n_ctx);
     if seq_len > cfg.model.n_ctx {
@@ -646,8 +732,9 @@ pub fn train(
     };
     let (mut step, mut sampler_state, mut dropout_rng) = (0, SamplerState::default(), t.seed ^ 0xD0D0);
     let (mut best, mut since_best) = (None::<f64>, 0u64);
-    if let Some((dir, state)) = &resumed {
-        checkpoint::load_optimizer(dir, &specs, &mut opt)?;
+    if let Some(r) = resumed {
+        let state = r.state;
+        (opt.m, opt.v) = r.moments;
         opt.step = state.step;
         (step, sampler_state, dropout_rng) = (state.step, state.sampler, state.dropout_rng);
         (best, since_best) = (state.best_val_loss, state.evals_since_best);
@@ -696,7 +783,7 @@ pub fn train(
             },
             rows_per_epoch: sampler.rows_in_epoch(),
             micro_batches: micro,
-            resumed_from: resumed.as_ref().map(|(d, _)| d.clone()),
+            resumed_from: resumed_from.clone(),
         },
         &mut log,
     );
@@ -765,6 +852,13 @@ pub fn train(
         summary.tokens += out.positions as u64;
         let (loss, grad_norm) = (out.loss, out.grad_norm);
         step += 1;
+        // NaN loss with no position carrying loss is an empty step, not divergence.
+        if (out.used > 0 && !loss.is_finite()) || !grad_norm.is_finite() {
+            return Err(Error::Diverged {
+                step,
+                what: format!("loss {loss}, gradient norm {grad_norm}"),
+            });
+        }
         summary.losses.push(loss);
         summary.last_loss = Some(loss);
         let secs = t0.elapsed().as_secs_f64();
@@ -790,7 +884,15 @@ pub fn train(
                     estimate_loss(eval_model, &val_batches, t.mode, &dev)?
                 }
             };
-            let improved = best.is_none_or(|b| val < b);
+            if let Some(v) = val.filter(|v| !v.is_finite()) {
+                return Err(Error::Diverged {
+                    step,
+                    what: format!("validation loss {v}"),
+                });
+            }
+            // No validation position carries loss: nothing to compare, never best.
+            let val = val.unwrap_or(f64::NAN);
+            let improved = !val.is_nan() && best.is_none_or(|b| val < b);
             if improved {
                 best = Some(val);
                 since_best = 0;
@@ -839,7 +941,13 @@ pub fn train(
                 since_best,
                 &opt,
             )?;
-            emit(Event::Checkpoint { step, path: dir }, &mut log);
+            emit(
+                Event::Checkpoint {
+                    step,
+                    path: relative(run, &dir),
+                },
+                &mut log,
+            );
         }
         if let Some(reason) = stop_reason {
             emit(
@@ -876,6 +984,7 @@ pub fn train(
     if let Err(e) = crate::plot::loss_plot(&run.join("logs.jsonl"), &run.join("plots/loss.png")) {
         emit(
             Event::Warning {
+                step,
                 message: format!("no loss plot: {e}"),
             },
             &mut log,

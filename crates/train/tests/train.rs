@@ -299,7 +299,7 @@ fn resumes_with_identical_losses(dir: &Path, dropout: f32) {
         &crashed,
         true,
         &mut |e| {
-            if let Event::Warning { message } = e {
+            if let Event::Warning { message, .. } = e {
                 warned.push(message.clone());
             }
         },

@@ -197,7 +197,7 @@ pub fn reporter() -> impl FnMut(&Event) {
                 None => say!("{line}"),
             }
         }
-        Event::Warning { message } => eprintln!("warning: {message}"),
+        Event::Warning { message, .. } => eprintln!("warning: {message}"),
         Event::Stopped { reason, .. } => say!("stopped: {reason}"),
         Event::Checkpoint { .. } => {}
     }
