@@ -452,3 +452,30 @@ fn bad_exports_are_clear_errors_and_leave_nothing() {
     );
     assert!(d.join("bad/taken/model.safetensors").is_file());
 }
+
+#[test]
+fn a_gguf_tensor_off_its_alignment_is_refused() {
+    let (dir, run) = trained();
+    let d = dir.path();
+    let out = "gguf-misaligned";
+    ok(
+        &["export", "--model", run.to_str().unwrap(), "--format", "gguf", "-o", out],
+        d,
+        None,
+    );
+    let file = d.join(out).join("model.gguf");
+    let mut bytes = std::fs::read(&file).unwrap();
+    // The tensor info of token_embd.weight: name (u64 length + bytes), n_dims (u32), dims
+    // (u64 each), type (u32), offset (u64). Move its data one byte off the 32-byte alignment.
+    let name = b"token_embd.weight";
+    let mut key = (name.len() as u64).to_le_bytes().to_vec();
+    key.extend_from_slice(name);
+    let at = bytes.windows(key.len()).position(|w| w == key.as_slice()).unwrap() + key.len();
+    let n_dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let off_at = at + 4 + 8 * n_dims + 4;
+    let offset = u64::from_le_bytes(bytes[off_at..off_at + 8].try_into().unwrap());
+    bytes[off_at..off_at + 8].copy_from_slice(&(offset + 1).to_le_bytes());
+    std::fs::write(&file, &bytes).unwrap();
+    let err = fails(&["chat", "--model", file.to_str().unwrap()], d);
+    assert!(err.contains("not a multiple of the alignment 32"), "{err}");
+}

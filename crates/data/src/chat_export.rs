@@ -163,6 +163,10 @@ pub struct ChatExportOptions {
     pub mentions: MentionMode,
     pub urls: UrlMode,
     pub consent: Consent,
+    /// A zip entry that expands beyond this many bytes is refused (a zip bomb).
+    pub max_entry_bytes: u64,
+    /// Nor may all of a zip's entries together expand beyond this.
+    pub max_total_bytes: u64,
 }
 
 impl Default for ChatExportOptions {
@@ -173,6 +177,8 @@ impl Default for ChatExportOptions {
             mentions: MentionMode::Name,
             urls: UrlMode::Placeholder,
             consent: Consent::default(),
+            max_entry_bytes: 256 << 20,
+            max_total_bytes: 1 << 30,
         }
     }
 }
@@ -275,7 +281,7 @@ pub fn read_chat_export(
     let mut msgs = Vec::new();
     let mut authors: HashMap<String, Author> = HashMap::new();
     let mut channel_names: HashMap<String, String> = HashMap::new();
-    for (source, path, text) in channel_files(inputs)? {
+    for (source, path, text) in channel_files(inputs, opts)? {
         read_channel(
             &source,
             &path,
@@ -348,7 +354,8 @@ pub fn read_chat_export(
 }
 
 /// Every `.json` channel file of the inputs as (name, path for errors, text), in a stable order.
-fn channel_files(inputs: &[PathBuf]) -> Result<Vec<(String, PathBuf, String)>> {
+fn channel_files(inputs: &[PathBuf], opts: &ChatExportOptions) -> Result<Vec<(String, PathBuf, String)>> {
+    let mut expanded = 0u64;
     let mut out = Vec::new();
     for input in inputs {
         let meta = std::fs::metadata(input).map_err(|e| Error::io(input, e))?;
@@ -356,7 +363,7 @@ fn channel_files(inputs: &[PathBuf]) -> Result<Vec<(String, PathBuf, String)>> {
             let mut files = Vec::new();
             crate::import::walk(input, &["json"], &mut files)?;
             for f in files {
-                let text = read_text(&f, std::fs::read(&f).map_err(|e| Error::io(&f, e))?)?;
+                let text = read_text(&f, crate::io::read_regular(&f)?)?;
                 out.push((f.display().to_string(), f, text));
             }
         } else if is_zip(input)? {
@@ -384,15 +391,32 @@ fn channel_files(inputs: &[PathBuf]) -> Result<Vec<(String, PathBuf, String)>> {
                 let mut entry = zip
                     .by_index(i)
                     .map_err(|e| Error::file(&at, format!("cannot read the zip entry: {e}")))?;
+                // The sizes a zip declares can lie: read at most one byte past each cap.
+                let cap = opts.max_entry_bytes.min(opts.max_total_bytes - expanded);
                 let mut bytes = Vec::new();
-                entry
+                (&mut entry)
+                    .take(cap + 1)
                     .read_to_end(&mut bytes)
                     .map_err(|e| Error::file(&at, format!("cannot read the zip entry: {e}")))?;
+                if bytes.len() as u64 > cap {
+                    let (what, limit) = if cap == opts.max_entry_bytes {
+                        ("this entry", opts.max_entry_bytes)
+                    } else {
+                        ("the archive's entries together", opts.max_total_bytes)
+                    };
+                    return Err(Error::file(
+                        &at,
+                        format!(
+                            "{what} expand beyond {limit} bytes (raise --zip-max-entry-mb / --zip-max-total-mb if the export is real)"
+                        ),
+                    ));
+                }
+                expanded += bytes.len() as u64;
                 let text = read_text(&at, bytes)?;
                 out.push((at.display().to_string(), at, text));
             }
         } else {
-            let text = read_text(input, std::fs::read(input).map_err(|e| Error::io(input, e))?)?;
+            let text = read_text(input, crate::io::read_regular(input)?)?;
             out.push((input.display().to_string(), input.clone(), text));
         }
     }

@@ -71,8 +71,10 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         let meta = std::fs::metadata(input).map_err(|e| Error::io(input, e))?;
         if meta.is_dir() {
             walk(input, &DATA_EXTENSIONS, &mut out)?;
-        } else {
+        } else if meta.is_file() {
             out.push(input.clone());
+        } else {
+            return Err(Error::file(input, "not a regular file (a pipe, socket or device)"));
         }
     }
     if out.is_empty() {
@@ -89,8 +91,23 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// The files under `dir` (recursively, sorted, hidden ones skipped) with one of `extensions`.
+/// The regular files under `dir` (recursively, sorted, hidden ones skipped) with one of
+/// `extensions`. Symlinks are followed, but a directory is entered once: a link back up the tree
+/// (or to a directory already walked) is not a loop.
 pub(crate) fn walk(dir: &Path, extensions: &[&str], out: &mut Vec<PathBuf>) -> Result<()> {
+    walk_once(dir, extensions, out, &mut std::collections::HashSet::new())
+}
+
+fn walk_once(
+    dir: &Path,
+    extensions: &[&str],
+    out: &mut Vec<PathBuf>,
+    seen: &mut std::collections::HashSet<PathBuf>,
+) -> Result<()> {
+    let canon = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+    if !seen.insert(canon) {
+        return Ok(());
+    }
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .map(|e| e.map(|e| e.path()).map_err(|err| Error::io(dir, err)))
@@ -103,9 +120,14 @@ pub(crate) fn walk(dir: &Path, extensions: &[&str], out: &mut Vec<PathBuf>) -> R
         if hidden {
             continue;
         }
-        if path.is_dir() {
-            walk(&path, extensions, out)?;
-        } else if path
+        // A broken link or an unreadable entry is not a data file: skipped like hidden ones.
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            walk_once(&path, extensions, out, seen)?;
+        } else if meta.is_file()
+            && path
             .extension()
             .is_some_and(|e| extensions.contains(&e.to_string_lossy().to_ascii_lowercase().as_str()))
         {

@@ -80,6 +80,19 @@ where
     Ok(())
 }
 
+/// Reads a data file whole, refusing anything but a regular file (a FIFO would block forever,
+/// a device never end).
+pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
+    let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return Err(Error::file(path, "is a directory, not a data file"));
+    }
+    if !meta.is_file() {
+        return Err(Error::file(path, "not a regular file (a pipe, socket or device)"));
+    }
+    fs::read(path).map_err(|e| Error::io(path, e))
+}
+
 /// Reads a small text file (a config, a manifest) whole, refusing one over `max` bytes instead
 /// of reading whatever size it claims.
 pub fn read_capped(path: &Path, max: u64) -> Result<String> {

@@ -94,6 +94,15 @@ impl From<Error> for ApiError {
     }
 }
 
+/// An error for a client, without the data root's path in its message.
+fn scrubbed(e: Error, root: &Path) -> ApiError {
+    match e {
+        Error::Invalid(m) => ApiError::from(Error::Invalid(scrub(&m, root))),
+        Error::BadPath(m) => ApiError::from(Error::BadPath(scrub(&m, root))),
+        other => ApiError::from(other),
+    }
+}
+
 fn not_found(what: &str) -> ApiError {
     ApiError(StatusCode::NOT_FOUND, format!("no {what}"))
 }
@@ -254,7 +263,7 @@ async fn train_tokenizer(
     JsonBody(req): JsonBody<TokenizerRequest>,
 ) -> ApiResult<Response> {
     let root = st.cfg.data_root.clone();
-    let spec = off_thread(move || Ok(req.resolve(&root)?)).await?;
+    let spec = off_thread(move || req.resolve(&root).map_err(|e| scrubbed(e, &root))).await?;
     let job = enqueue(&st, spec, None).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -266,7 +275,7 @@ async fn train_tokenizer(
 async fn train_run(State(st): State<AppState>, JsonBody(req): JsonBody<TrainRequest>) -> ApiResult<Response> {
     let root = st.cfg.data_root.clone();
     let timeout_s = req.timeout_s;
-    let spec = off_thread(move || Ok(req.resolve(&root)?)).await?;
+    let spec = off_thread(move || req.resolve(&root).map_err(|e| scrubbed(e, &root))).await?;
     let job = enqueue(&st, spec, timeout_s).await?;
     Ok((
         StatusCode::ACCEPTED,

@@ -245,11 +245,14 @@ impl TrainRequest {
         let tokenizer = match self.tokenizer.as_deref() {
             None => None,
             Some(tok) => {
-                let by_id = Area::Tokenizers
-                    .dir(root, tok)
-                    .ok()
-                    .map(|d| d.join("tokenizer.json"))
-                    .filter(|p| p.is_file());
+                let by_id = match Area::Tokenizers.dir(root, tok) {
+                    Ok(d) => Some(d.join("tokenizer.json")).filter(|p| p.is_file()),
+                    // A valid id whose directory leads out of the data root.
+                    Err(Error::BadPath(m)) if crate::paths::check_id(tok).is_ok() => {
+                        return Err(Error::BadPath(format!("tokenizer: {m}")));
+                    }
+                    Err(_) => None,
+                };
                 Some(match by_id {
                     Some(p) => p,
                     None => {

@@ -129,15 +129,36 @@ impl RedisServer {
 
     /// Stops this server (SIGTERM, as a service manager would) and starts a new one on the same
     /// port and directory: what persisted is what the new one has.
-    pub fn restart(mut self) -> RedisServer {
+    pub fn restart(self) -> RedisServer {
+        self.stop().start_again()
+    }
+
+    /// Stops this server (SIGTERM) and keeps what it persisted, to start it again later: a Redis
+    /// outage.
+    pub fn stop(mut self) -> StoppedRedis {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
         let _ = self.child.wait();
-        let (dir, port) = (self.dir.clone(), self.port);
+        let stopped = StoppedRedis {
+            dir: self.dir.clone(),
+            port: self.port,
+        };
         std::mem::forget(self);
-        RedisServer::start(dir, port).expect("restart redis-server")
+        stopped
+    }
+}
+
+/// A Redis stopped by [`RedisServer::stop`]: its port and data directory.
+pub struct StoppedRedis {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl StoppedRedis {
+    pub fn start_again(self) -> RedisServer {
+        RedisServer::start(self.dir, self.port).expect("restart redis-server")
     }
 }
 

@@ -93,6 +93,12 @@ pub struct ChatExportArgs {
     /// Chat export: URLs are kept, become <url> (placeholder), or are removed
     #[arg(long, default_value = "placeholder", value_parser = super::parse::<UrlMode>)]
     pub urls: UrlMode,
+    /// Zip inputs: refuse an entry that expands beyond this many MB [default: 256]
+    #[arg(long)]
+    pub zip_max_entry_mb: Option<u64>,
+    /// Zip inputs: refuse an archive whose entries together expand beyond this many MB [default: 1024]
+    #[arg(long)]
+    pub zip_max_total_mb: Option<u64>,
 }
 
 impl Default for ChatExportArgs {
@@ -105,13 +111,19 @@ impl Default for ChatExportArgs {
             max_thread_messages: d.max_thread_messages,
             mentions: d.mentions,
             urls: d.urls,
+            zip_max_entry_mb: None,
+            zip_max_total_mb: None,
         }
     }
 }
 
 impl ChatExportArgs {
     pub fn options(&self) -> anyhow::Result<ChatExportOptions> {
+        let d = ChatExportOptions::default();
+        let mb = |v: Option<u64>, default: u64| v.map_or(default, |m| m.saturating_mul(1 << 20));
         Ok(ChatExportOptions {
+            max_entry_bytes: mb(self.zip_max_entry_mb, d.max_entry_bytes),
+            max_total_bytes: mb(self.zip_max_total_mb, d.max_total_bytes),
             thread_gap_minutes: self.thread_gap,
             max_thread_messages: self.max_thread_messages,
             mentions: self.mentions,

@@ -252,12 +252,35 @@ impl<'a> Sink<'a> {
 
 /// Reads one file of any supported format into canonical conversations.
 pub fn read_file(path: &Path, opts: &ReadOptions) -> Result<FileRead> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let text = decode_utf8(path, &bytes)?;
+    let bytes = crate::io::read_regular(path)?;
+    // Skipping invalid records, a line that is not UTF-8 is one: it is counted and blanked (so
+    // the other lines keep their numbers), and the rest of the file is read.
+    let mut bad_lines = Vec::new();
+    let owned;
+    let text = match decode_utf8(path, &bytes) {
+        Ok(t) => t,
+        Err(e) if !opts.skip_invalid => return Err(e),
+        Err(_) => {
+            let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+            let lines: Vec<&str> = body
+                .split(|&b| b == b'\n')
+                .enumerate()
+                .map(|(i, l)| {
+                    std::str::from_utf8(l).unwrap_or_else(|_| {
+                        bad_lines.push(Error::record(path, Pos::Line(i + 1), "not valid UTF-8"));
+                        ""
+                    })
+                })
+                .collect();
+            owned = lines.join("\n");
+            owned.as_str()
+        }
+    };
     if text.trim().is_empty() {
         return Err(Error::file(path, "file is empty"));
     }
     let mut sink = Sink::new(path, opts.skip_invalid);
+    sink.invalid = bad_lines;
     let (detected, records) = match container_for(path, text, opts.format)? {
         container @ (Container::Text | Container::Yaml) => {
             let (format, records) = if container == Container::Text {

@@ -82,7 +82,44 @@ pub(super) fn read_transcripts(text: &str, sink: &mut Sink<'_>) -> Result<usize>
 
 /// `conversations: [[turn, turn, …], …]`, turns alternating user and assistant;
 /// `categories: [name]` becomes the domain.
+/// Deepest flow nesting (`[`, `{`) accepted in YAML: a dialog corpus needs three or four levels,
+/// and the parser's time grows with the square of the depth.
+const MAX_YAML_DEPTH: usize = 64;
+
+/// The deepest flow nesting of `text`, brackets inside quoted scalars and comments not counted.
+fn flow_depth(text: &str) -> (usize, usize) {
+    let (mut depth, mut max, mut at_line) = (0usize, 0usize, 1usize);
+    for (i, line) in text.lines().enumerate() {
+        let mut quote: Option<char> = None;
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '#') => break,
+                (None, '[' | '{') => {
+                    depth += 1;
+                    if depth > max {
+                        (max, at_line) = (depth, i + 1);
+                    }
+                }
+                (None, ']' | '}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    (max, at_line)
+}
+
 pub(super) fn read_yaml(path: &Path, text: &str, sink: &mut Sink<'_>) -> Result<usize> {
+    let (depth, line) = flow_depth(text);
+    if depth > MAX_YAML_DEPTH {
+        return Err(Error::record(
+            path,
+            Pos::Line(line),
+            format!("YAML nested {depth} levels deep (at most {MAX_YAML_DEPTH}); not a dialog corpus"),
+        ));
+    }
     let doc: Value =
         yaml_serde::from_str(text).map_err(|e| Error::file(path, format!("invalid YAML: {e}")))?;
     let domain = doc
