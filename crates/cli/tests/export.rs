@@ -459,7 +459,15 @@ fn a_gguf_tensor_off_its_alignment_is_refused() {
     let d = dir.path();
     let out = "gguf-misaligned";
     ok(
-        &["export", "--model", run.to_str().unwrap(), "--format", "gguf", "-o", out],
+        &[
+            "export",
+            "--model",
+            run.to_str().unwrap(),
+            "--format",
+            "gguf",
+            "-o",
+            out,
+        ],
         d,
         None,
     );
@@ -470,7 +478,11 @@ fn a_gguf_tensor_off_its_alignment_is_refused() {
     let name = b"token_embd.weight";
     let mut key = (name.len() as u64).to_le_bytes().to_vec();
     key.extend_from_slice(name);
-    let at = bytes.windows(key.len()).position(|w| w == key.as_slice()).unwrap() + key.len();
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key.as_slice())
+        .unwrap()
+        + key.len();
     let n_dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
     let off_at = at + 4 + 8 * n_dims + 4;
     let offset = u64::from_le_bytes(bytes[off_at..off_at + 8].try_into().unwrap());

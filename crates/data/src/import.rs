@@ -74,7 +74,10 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         } else if meta.is_file() {
             out.push(input.clone());
         } else {
-            return Err(Error::file(input, "not a regular file (a pipe, socket or device)"));
+            return Err(Error::file(
+                input,
+                "not a regular file (a pipe, socket or device)",
+            ));
         }
     }
     if out.is_empty() {
@@ -128,8 +131,8 @@ fn walk_once(
             walk_once(&path, extensions, out, seen)?;
         } else if meta.is_file()
             && path
-            .extension()
-            .is_some_and(|e| extensions.contains(&e.to_string_lossy().to_ascii_lowercase().as_str()))
+                .extension()
+                .is_some_and(|e| extensions.contains(&e.to_string_lossy().to_ascii_lowercase().as_str()))
         {
             out.push(path);
         }

@@ -1,7 +1,7 @@
 //! Hostile or careless input files: directory symlink loops, pipes, zip bombs, deeply nested
 //! YAML and bytes that are not UTF-8. Each is refused or skipped with a clear error, quickly.
 
-#![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failure should panic with its message
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use chatforge_data::{ChatExportOptions, ReadOptions, collect_inputs, read_chat_export, read_file};
 
-const CONV: &str = r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}"#;
+const CONV: &str =
+    r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}"#;
 
 #[test]
 fn symlink_loops_are_walked_once_and_pipes_are_not_read() {
@@ -22,13 +23,21 @@ fn symlink_loops_are_walked_once_and_pipes_are_not_read() {
     std::os::unix::fs::symlink(".", dir.join("sub/here")).unwrap();
     std::os::unix::fs::symlink(dir.join("nowhere"), dir.join("broken.jsonl")).unwrap();
     let fifo = dir.join("pipe.jsonl");
-    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
     let t0 = Instant::now();
-    let files = collect_inputs(&[dir.clone()]).unwrap();
+    let files = collect_inputs(std::slice::from_ref(&dir)).unwrap();
     assert_eq!(files, [dir.join("a.jsonl"), dir.join("sub/b.jsonl")]);
     assert!(t0.elapsed() < Duration::from_secs(5));
     // Named directly, a pipe is an error, not a read that never ends.
-    let err = collect_inputs(&[fifo.clone()]).unwrap_err().to_string();
+    let err = collect_inputs(std::slice::from_ref(&fifo))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not a regular file"), "{err}");
     let err = read_file(&fifo, &ReadOptions::default()).unwrap_err().to_string();
     assert!(err.contains("not a regular file"), "{err}");
@@ -60,7 +69,10 @@ fn zip_entries_are_capped_one_by_one_and_together() {
         ..ChatExportOptions::default()
     };
     let err = read_chat_export(&[bomb], &opts).unwrap_err().to_string();
-    assert!(err.contains("bomb.zip!general.json") && err.contains("this entry expand beyond 1048576 bytes"), "{err}");
+    assert!(
+        err.contains("bomb.zip!general.json") && err.contains("this entry expand beyond 1048576 bytes"),
+        "{err}"
+    );
     let many = d.path().join("many.zip");
     zip_of(&many, &[("a.json", 600 << 10), ("b.json", 600 << 10)]);
     let opts = ChatExportOptions {
@@ -68,7 +80,10 @@ fn zip_entries_are_capped_one_by_one_and_together() {
         ..ChatExportOptions::default()
     };
     let err = read_chat_export(&[many], &opts).unwrap_err().to_string();
-    assert!(err.contains("the archive's entries together expand beyond 1048576"), "{err}");
+    assert!(
+        err.contains("the archive's entries together expand beyond 1048576"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -88,7 +103,13 @@ fn deeply_nested_yaml_is_refused_before_parsing() {
         format!("conversations:\n- - \"{inner}\"  # {inner}\n  - 'fine: [[['\n"),
     )
     .unwrap();
-    assert_eq!(read_file(&ok, &ReadOptions::default()).unwrap().conversations.len(), 1);
+    assert_eq!(
+        read_file(&ok, &ReadOptions::default())
+            .unwrap()
+            .conversations
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -111,5 +132,9 @@ fn skip_invalid_skips_a_record_that_is_not_utf8() {
     .unwrap();
     assert_eq!(read.conversations.len(), 2);
     assert_eq!(read.invalid.len(), 1);
-    assert!(read.invalid[0].to_string().contains("line 2: not valid UTF-8"), "{}", read.invalid[0]);
+    assert!(
+        read.invalid[0].to_string().contains("line 2: not valid UTF-8"),
+        "{}",
+        read.invalid[0]
+    );
 }

@@ -1,7 +1,7 @@
 //! Reading a run's `logs.jsonl` for the API: the last lines from the end of the file, and new lines
 //! as they are appended, without reading the whole file each time.
 //!
-//! Each line gets an id `STEP:K`: the step it belongs to ([`chatforge_train::event_step`]) and its
+//! Each line gets an id `STEP:K`: the step it belongs to ([`chatforge_train::line_step`]) and its
 //! place among that step's lines. Steps never decrease down the log, and a resumed run trims what
 //! it logs again, so an id names the same event before and after a crash: a client that reconnects
 //! with `Last-Event-ID` gets what followed, once, even across a restart that rewrote the file.
@@ -47,10 +47,7 @@ pub struct LogLine {
 
 /// The step of one line: its event's, or (a line that is not an event) `prev`'s.
 fn step_of(line: &[u8], prev: u64) -> u64 {
-    serde_json::from_slice::<serde_json::Value>(line)
-        .ok()
-        .and_then(|v| chatforge_train::event_step(&v))
-        .unwrap_or(prev)
+    chatforge_train::line_step(line).unwrap_or(prev)
 }
 
 /// The next id after `prev` for a line of `step`.
@@ -175,9 +172,7 @@ fn scan_back(
     let mut lowest: Option<u64> = None;
     for l in lines_backward(file, end) {
         let (off, line) = l?;
-        let step = serde_json::from_slice::<serde_json::Value>(&line)
-            .ok()
-            .and_then(|v| chatforge_train::event_step(&v));
+        let step = chatforge_train::line_step(&line);
         seen.push((off, step));
         if let Some(s) = step {
             if enough(seen.len(), s) && lowest.is_some_and(|low| s < low) {

@@ -203,9 +203,12 @@ pub fn list(run: &Path) -> Vec<(u64, PathBuf)> {
     out
 }
 
+/// AdamW's first and second moments, one vector per parameter.
+pub type Moments = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+
 /// The optimizer moments saved beside a checkpoint, `(m, v)` in `specs` order, each checked
 /// against its parameter's size.
-pub fn load_optimizer(dir: &Path, specs: &[ParamSpec]) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+pub fn load_optimizer(dir: &Path, specs: &[ParamSpec]) -> Result<Moments> {
     let path = dir.join("optimizer.safetensors");
     let t = candle_core::safetensors::load(&path, &Device::Cpu)
         .map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))?;

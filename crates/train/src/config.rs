@@ -219,7 +219,7 @@ impl TrainConfig {
                 self.model.n_ctx
             ));
         }
-        if !(t.lr > 0.0 && t.lr <= MAX_LR) || !(0.0..=t.lr).contains(&t.min_lr) {
+        if !(t.lr > 0.0 && t.lr <= MAX_LR && (0.0..=t.lr).contains(&t.min_lr)) {
             return bad(format!(
                 "train.lr = {} and train.min_lr = {} need 0 <= min_lr <= lr <= {MAX_LR}, lr > 0",
                 t.lr, t.min_lr

@@ -13,7 +13,7 @@ pub use config::{Mode, TrainConfig, TrainSettings};
 pub use optim::{AdamW, AdamWConfig, clip_grad_norm, clip_grad_norm_flat, lr_at};
 pub use plot::{loss_plot, read_curves};
 pub use run::{
-    Event, StepOutcome, TrainSummary, check_memory, engine_step, event_step, init_config, load_init,
+    Event, StepOutcome, TrainSummary, check_memory, engine_step, init_config, line_step, load_init,
     optimizer_step, train, unigram_baseline,
 };
 

@@ -56,7 +56,7 @@ pub enum Event {
         path: PathBuf,
     },
     Warning {
-        /// The step the run was at, so every line of the log carries one (see [`event_step`]).
+        /// The step the run was at, so every line of the log carries one (see [`line_step`]).
         step: u64,
         message: String,
     },
@@ -444,7 +444,7 @@ struct Resumed {
     dir: PathBuf,
     state: CheckpointState,
     weights: Weights,
-    moments: (Vec<Vec<f32>>, Vec<Vec<f32>>),
+    moments: checkpoint::Moments,
 }
 
 /// The newest checkpoint of `run` that verifies and loads (weights and moments) for this model;
@@ -501,13 +501,18 @@ fn relative(run: &Path, path: &Path) -> PathBuf {
 
 struct Log(std::fs::File);
 
-/// The step a line of `logs.jsonl` belongs to: `step`, or a start's `start_step`. Steps never
-/// decrease down the log (a resumed run's lines after its checkpoint are trimmed before it
-/// logs again), which is what lets readers give each line a stable id.
-pub fn event_step(v: &serde_json::Value) -> Option<u64> {
-    v.get("step")
-        .or_else(|| v.get("start_step"))
-        .and_then(serde_json::Value::as_u64)
+/// The step a line of `logs.jsonl` belongs to: `step`, or a start's `start_step` (`None` for a
+/// line that is not an event with one). Steps never decrease down the log (a resumed run's lines
+/// after its checkpoint are trimmed before it logs again), which is what lets readers give each
+/// line a stable id. Only those two fields are decoded, so it is cheap on long lines.
+pub fn line_step(line: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Steps {
+        step: Option<u64>,
+        start_step: Option<u64>,
+    }
+    let s: Steps = serde_json::from_slice(line).ok()?;
+    s.step.or(s.start_step)
 }
 
 /// Keeps the lines of `logs.jsonl` that are whole JSON events of steps up to `step` (and events
@@ -526,11 +531,8 @@ fn trim_log(path: &Path, step: u64) -> Result<()> {
     let mut kept = Vec::with_capacity(bytes.len());
     for line in bytes.split_inclusive(|&b| b == b'\n') {
         let keep = line.ends_with(b"\n")
-            && serde_json::from_slice::<serde_json::Value>(line).is_ok_and(|v| {
-                v.get("step")
-                    .and_then(serde_json::Value::as_u64)
-                    .is_none_or(|s| s <= step)
-            });
+            && serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok()
+            && line_step(line).is_none_or(|s| s <= step);
         if keep {
             kept.extend_from_slice(line);
         }

@@ -2,7 +2,7 @@
 //! step and keeps no NaN, a resume past an unusable checkpoint logs each step once, a log cut
 //! inside a character is trimmed, and a crash's half-written files are cleared.
 
-#![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failure should panic with its message
 
 mod common;
 
@@ -17,6 +17,12 @@ use common::{config, crash_after, run};
 fn logged_steps(run: &Path) -> Vec<u64> {
     let bytes = std::fs::read(run.join("logs.jsonl")).unwrap();
     let text = String::from_utf8(bytes).expect("the log is UTF-8");
+    // Steps never decrease down the log: what gives the API's event ids their meaning.
+    let keys: Vec<u64> = text
+        .lines()
+        .filter_map(|l| chatforge_train::line_step(l.as_bytes()))
+        .collect();
+    assert!(keys.windows(2).all(|w| w[0] <= w[1]), "{keys:?}");
     text.lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every line is JSON"))
         .filter(|v| v["event"] == "step")
@@ -25,9 +31,19 @@ fn logged_steps(run: &Path) -> Vec<u64> {
 }
 
 /// A run's events and its result.
-fn train_events(cfg: &TrainConfig, dir: &Path, resume: bool) -> (Vec<Event>, chatforge_train::Result<Vec<f64>>) {
+fn train_events(
+    cfg: &TrainConfig,
+    dir: &Path,
+    resume: bool,
+) -> (Vec<Event>, chatforge_train::Result<Vec<f64>>) {
     let mut events = Vec::new();
-    let r = train(cfg, dir, resume, &mut |e| events.push(e.clone()), &AtomicBool::new(false));
+    let r = train(
+        cfg,
+        dir,
+        resume,
+        &mut |e| events.push(e.clone()),
+        &AtomicBool::new(false),
+    );
     (events, r.map(|s| s.losses))
 }
 
@@ -58,7 +74,10 @@ fn a_diverging_run_stops_at_its_step_and_saves_no_nan() {
     let (_, r) = train_events(&next, &out, false);
     let err = r.unwrap_err().to_string();
     assert!(err.contains("diverged at step 1"), "{err}");
-    assert!(!out.join("best").exists() && list_checkpoints(&out).is_empty(), "nothing saved");
+    assert!(
+        !out.join("best").exists() && list_checkpoints(&out).is_empty(),
+        "nothing saved"
+    );
 }
 
 #[test]
@@ -78,7 +97,10 @@ fn a_log_cut_inside_a_character_is_trimmed_on_resume() {
     let cfg = config(dir.path(), 10);
     let out = dir.path().join("run");
     crash_after(&cfg, &out, 6);
-    let mut f = std::fs::OpenOptions::new().append(true).open(out.join("logs.jsonl")).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(out.join("logs.jsonl"))
+        .unwrap();
     std::io::Write::write_all(&mut f, b"{\"event\":\"warning\",\"step\":7,\"message\":\"caf\xC3").unwrap();
     drop(f);
     run(&cfg, &out, true);
@@ -99,6 +121,21 @@ fn a_checkpoint_that_verifies_but_does_not_load_is_passed_over() {
         ..cfg.clone()
     };
     crash_after(&short, &out, 10);
+    // A resumed attempt that crashes again leaves a start line at step 8 in the log.
+    let result = std::panic::catch_unwind(|| {
+        train(
+            &short,
+            &out,
+            true,
+            &mut |e| {
+                if let Event::Step { step: 10, .. } = e {
+                    panic!("crashed again");
+                }
+            },
+            &AtomicBool::new(false),
+        )
+    });
+    assert!(result.is_err());
     // step 8 is the newest; make it hash-valid (state.json lists the new file's hash) but not a
     // model of this config.
     let (step, newest) = list_checkpoints(&out)[0].clone();
@@ -109,9 +146,11 @@ fn a_checkpoint_that_verifies_but_does_not_load_is_passed_over() {
     )]);
     candle_core::safetensors::save(&other, newest.join("model.safetensors")).unwrap();
     let state_path = newest.join("state.json");
-    let mut state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
-    state["files"]["model.safetensors"] =
-        chatforge_data::sha256_file(&newest.join("model.safetensors")).unwrap().into();
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    state["files"]["model.safetensors"] = chatforge_data::sha256_file(&newest.join("model.safetensors"))
+        .unwrap()
+        .into();
     std::fs::write(&state_path, state.to_string()).unwrap();
     // A crash's leftovers beside it: a half-written checkpoint, and best/ moved aside.
     let dead = 4_194_305;
@@ -121,10 +160,15 @@ fn a_checkpoint_that_verifies_but_does_not_load_is_passed_over() {
     let losses = losses.unwrap();
     let warned = warnings(&events);
     assert!(
-        warned.iter().any(|w| w.starts_with("skipping checkpoint checkpoints/step_000008")),
+        warned
+            .iter()
+            .any(|w| w.starts_with("skipping checkpoint checkpoints/step_000008")),
         "{warned:?}"
     );
-    assert!(warned.iter().any(|w| w.contains("cleared .best.old")), "{warned:?}");
+    assert!(
+        warned.iter().any(|w| w.contains("cleared .best.old")),
+        "{warned:?}"
+    );
     assert_eq!(losses[..], full[4..], "resumed from step 4 with the same losses");
     assert!(out.join("best").is_dir() && !out.join(format!(".best.old-{dead}")).exists());
     assert!(!out.join(format!("checkpoints/.step_000012.tmp-{dead}")).exists());

@@ -298,4 +298,3 @@ pub fn logged_steps(root: &Path, run: &str) -> Vec<u64> {
         .map(|v| v["step"].as_u64().unwrap())
         .collect()
 }
-

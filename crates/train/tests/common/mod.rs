@@ -76,4 +76,3 @@ pub fn crash_after(cfg: &TrainConfig, dir: &Path, at: u64) {
     });
     assert!(result.is_err(), "the run should have crashed at step {at}");
 }
-
