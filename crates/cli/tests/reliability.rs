@@ -149,6 +149,10 @@ fn idle_connections_are_closed_and_capped() {
             .contains("too many open connections")
     );
     assert_eq!(r.header("retry-after"), Some("2"));
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str())
+    );
     // Each idle connection is closed within the header timeout (plus slack).
     let t0 = Instant::now();
     for mut s in idle {
@@ -684,18 +688,10 @@ fn follow_until_broken(port: u16, run: &str, last: Option<&str>) -> (Vec<(String
         text.push_str(&String::from_utf8_lossy(&chunk[..n]));
         while let Some(end) = text.find("\n\n") {
             let block: String = text.drain(..end + 2).collect();
-            let field = |name: &str| {
-                block
-                    .lines()
-                    .find_map(|l| l.strip_prefix(&format!("{name}:")).map(|v| v.trim().to_string()))
-            };
-            match field("event").as_deref() {
-                Some("log") => events.push((
-                    field("id").unwrap(),
-                    serde_json::from_str(&field("data").unwrap()).unwrap(),
-                )),
-                Some("end") => return (events, true),
-                _ => {}
+            match sse_event(&block) {
+                Some(Sse::Log(id, event)) => events.push((id, event)),
+                Some(Sse::End(_)) => return (events, true),
+                None => {}
             }
         }
     }

@@ -331,14 +331,21 @@ fn jobs_scenario(env: &[(&str, &str)]) {
         "resumed without lost or repeated steps"
     );
 
-    // A per-job time limit fails the job (after its retries), keeping its checkpoints.
+    // A per-job time limit fails the job (after its retries), keeping its checkpoints. It is the
+    // job's, from its first start: the retries do not each get the whole limit again.
     let mut body = train_body(&tok, 100_000, 5);
-    body["timeout_s"] = json!(1.5);
+    body["timeout_s"] = json!(4.0);
+    let t0 = Instant::now();
     let r = post(port, "/runs/train", &body);
     let slow = r.json()["run_id"].as_str().unwrap().to_string();
     let done = wait_state(port, &slow, &["failed"], 120);
     assert!(done["error"].as_str().unwrap().contains("timed out"), "{done}");
     assert_eq!(done["attempts"], 3);
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "three attempts of a 4 s job took {:?}",
+        t0.elapsed()
+    );
 }
 
 #[test]

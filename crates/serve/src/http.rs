@@ -33,9 +33,28 @@ fn open_file_limit() -> Option<usize> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
-Retry-After: 2\r\nConnection: close\r\nContent-Length: 52\r\n\r\n\
-{\"error\": \"too many open connections: retry shortly\"}";
+const BUSY_BODY: &str = "{\"error\": \"too many open connections: retry shortly\"}";
+
+/// Answers a connection over the cap with 503 and closes it. What the client sent is read (briefly)
+/// before closing, so the close is a FIN the client reads the answer before, not a reset.
+async fn busy(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let answer = async {
+        let head = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: {}\r\n\
+             Connection: close\r\nContent-Length: {}\r\n\r\n",
+            crate::api::RETRY_AFTER_S,
+            BUSY_BODY.len()
+        );
+        tcp.write_all(head.as_bytes()).await?;
+        tcp.write_all(BUSY_BODY.as_bytes()).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while tcp.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(500), answer).await;
+}
 
 /// Serves `app` on `listener` until `shutdown`, then waits (at most `drain`) for open requests.
 pub async fn serve(
@@ -63,10 +82,7 @@ pub async fn serve(
             }
         };
         let Ok(permit) = open.clone().try_acquire_owned() else {
-            tokio::spawn(async move {
-                let mut tcp = tcp;
-                let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(BUSY)).await;
-            });
+            tokio::spawn(busy(tcp));
             continue;
         };
         // No Nagle delay: a response's head and body may be separate writes, and on a kept-alive

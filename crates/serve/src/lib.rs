@@ -7,7 +7,6 @@ pub mod config;
 pub mod http;
 pub mod jobs;
 pub mod logs;
-pub mod openai;
 pub mod paths;
 pub mod redis_store;
 pub mod store;

@@ -2,20 +2,23 @@
 //! with AdamW, warm-up + cosine schedule, gradient clipping and accumulation, validation, early
 //! stopping, and checkpoints from which a killed run resumes with identical per-step losses.
 
+mod autograd;
 mod checkpoint;
 mod config;
+mod events;
 mod optim;
 mod plot;
 mod run;
+mod start;
 
+pub use autograd::optimizer_step;
 pub use checkpoint::{CheckpointState, list as list_checkpoints, read_state, step_dir};
 pub use config::{Mode, TrainConfig, TrainSettings};
+pub use events::{Event, line_step};
 pub use optim::{AdamW, AdamWConfig, clip_grad_norm, clip_grad_norm_flat, lr_at};
 pub use plot::{loss_plot, read_curves};
-pub use run::{
-    Event, StepOutcome, TrainSummary, check_memory, engine_step, init_config, line_step, load_init,
-    optimizer_step, train, unigram_baseline,
-};
+pub use run::{StepOutcome, TrainSummary, engine_step, train, unigram_baseline};
+pub use start::{check_memory, init_config, load_init};
 
 use std::path::PathBuf;
 

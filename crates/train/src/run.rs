@@ -1,70 +1,22 @@
 //! `train`: config first, named helpers, then one loop (nanoGPT's shape).
 
-use std::io::Write;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use chatforge_data::{Batch, BatchSampler, Rng, SamplerConfig, SamplerState, Shard, sha256_file};
-use std::collections::HashMap;
-
-use chatforge_model::{
-    AttnMask, Dropout, Gpt, GptConfig, LoraConfig, ParamSpec, Params, Weights, init_weights, load_hf,
-    load_weights, ops,
-};
+use chatforge_model::engine::{StepBatch, TrainEngine};
+use chatforge_model::{Dropout, Gpt, GptConfig, LoraConfig, ParamSpec, Params, Weights, init_weights};
 use serde::Serialize;
 
+use crate::autograd::{estimate_loss, optimizer_step};
 use crate::checkpoint::{self, CheckpointState, write_json};
-use crate::optim::{AdamW, clip_grad_norm, clip_grad_norm_flat, lr_at};
+use crate::events::{Event, Log, trim_log};
+use crate::optim::{AdamW, clip_grad_norm_flat, lr_at};
+use crate::start::{check_memory, init_config, load_init, relative, resume_point};
 use crate::{Error, Mode, Result, TrainConfig};
-use chatforge_model::engine::{StepBatch, TrainEngine};
-
-/// What the loop reports, one JSON line each in `logs.jsonl`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event {
-    Start {
-        steps: u64,
-        start_step: u64,
-        /// Trainable parameters (the adapter's, for LoRA).
-        params: usize,
-        /// All parameters, frozen ones included.
-        total_params: usize,
-        rows_per_epoch: usize,
-        micro_batches: usize,
-        resumed_from: Option<PathBuf>,
-    },
-    Step {
-        step: u64,
-        loss: f64,
-        lr: f64,
-        grad_norm: f64,
-        tokens_per_s: f64,
-        epoch: f64,
-        elapsed_s: f64,
-    },
-    Eval {
-        step: u64,
-        val_loss: f64,
-        best_val_loss: f64,
-        improved: bool,
-    },
-    Checkpoint {
-        step: u64,
-        path: PathBuf,
-    },
-    Warning {
-        /// The step the run was at, so every line of the log carries one (see [`line_step`]).
-        step: u64,
-        message: String,
-    },
-    Stopped {
-        step: u64,
-        reason: String,
-    },
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainSummary {
@@ -78,117 +30,6 @@ pub struct TrainSummary {
     pub losses: Vec<f64>,
 }
 
-/// Weights to start from: an HF GPT-2-family folder, an earlier run (its `best/`, else its newest
-/// checkpoint), or a checkpoint folder.
-pub fn load_init(path: &Path, device: &Device) -> Result<(GptConfig, Weights)> {
-    Ok(load_hf(&init_dir(path)?, device)?)
-}
-
-/// The folder `--init path` loads: an HF folder holds config.json and weights; a run holds
-/// config.json too, but its weights are in best/ or its checkpoints.
-fn init_dir(path: &Path) -> Result<PathBuf> {
-    let latest = checkpoint::list(path).first().map(|(_, d)| d.clone());
-    [Some(path.to_path_buf()), Some(path.join("best")), latest]
-        .into_iter()
-        .flatten()
-        .find(|d| d.join("config.json").is_file() && chatforge_model::weights_file(d).is_ok())
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "--init {}: expected an HF folder (config.json + model.safetensors or pytorch_model.bin) or a chatforge run",
-                path.display()
-            ))
-        })
-}
-
-/// The model `--init path` holds, from its config.json alone (validated, no weights read).
-pub fn init_config(path: &Path) -> Result<GptConfig> {
-    let file = init_dir(path)?.join("config.json");
-    let text = chatforge_data::read_capped(&file, 1 << 20)?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
-    GptConfig::from_hf(&v).map_err(|e| Error::Config(format!("{}: {e}", file.display())))
-}
-
-/// Refuses a run this machine cannot hold, before anything is allocated for it: `cfg`'s model,
-/// or the one `train.init` holds.
-pub fn check_memory(cfg: &TrainConfig) -> Result<()> {
-    let model = match &cfg.train.init {
-        Some(init) => init_config(init)?,
-        None => cfg.model.clone(),
-    };
-    chatforge_model::check_fits("this run", cfg.memory_needed(&model))?;
-    Ok(())
-}
-
-fn to_tensor(v: &[u32], shape: (usize, usize), dev: &Device) -> Result<Tensor> {
-    Ok(Tensor::from_slice(v, shape, dev)?)
-}
-
-/// A micro-batch as tensors: the model's inputs and what weights the loss.
-struct Inputs {
-    ids: Tensor,
-    pos: Tensor,
-    mask: AttnMask,
-    targets: Tensor,
-    weights: Tensor,
-    /// Positions that carry loss.
-    n: usize,
-}
-
-impl Inputs {
-    /// `None` when no position carries loss (an SFT row of prompts only).
-    fn new(batch: &Batch, mode: Mode, dev: &Device) -> Result<Option<Inputs>> {
-        let (b, t) = (batch.batch_size, batch.seq_len);
-        let weights: &[u8] = if mode.masked() {
-            &batch.loss_mask
-        } else {
-            &batch.target_mask
-        };
-        let n: usize = weights.iter().map(|&w| w as usize).sum();
-        if n == 0 {
-            return Ok(None);
-        }
-        // Rows that hold one document and no padding need only the plain causal mask.
-        let single = batch.segments.iter().all(|&s| s == 0) && batch.target_mask.iter().all(|&m| m == 1);
-        let mask = if single {
-            AttnMask::Causal
-        } else {
-            AttnMask::packed(&batch.segments, b, t, dev)?
-        };
-        let w: Vec<f32> = weights.iter().map(|&x| f32::from(x)).collect();
-        Ok(Some(Inputs {
-            ids: to_tensor(&batch.inputs, (b, t), dev)?,
-            pos: to_tensor(&batch.positions, (b, t), dev)?,
-            mask,
-            targets: Tensor::from_slice(&batch.targets, b * t, dev)?,
-            weights: Tensor::from_vec(w, b * t, dev)?,
-            n,
-        }))
-    }
-
-    /// The weighted mean cross-entropy of `logits` `(B, T, V)`.
-    fn loss(&self, logits: &Tensor) -> chatforge_model::Result<Tensor> {
-        let (b, t, v) = logits.dims3()?;
-        ops::cross_entropy(&logits.reshape((b * t, v))?, &self.targets, &self.weights)
-    }
-}
-
-/// The micro-batch's loss (a scalar with a graph) and how many positions carry it; `None` when
-/// none does.
-fn batch_loss(
-    model: &Gpt,
-    batch: &Batch,
-    mode: Mode,
-    dropout: Option<&mut Dropout>,
-    dev: &Device,
-) -> Result<Option<(Tensor, usize)>> {
-    let Some(x) = Inputs::new(batch, mode, dev)? else {
-        return Ok(None);
-    };
-    let logits = model.forward(&x.ids, &x.pos, &x.mask, None, dropout)?;
-    Ok(Some((x.loss(&logits)?, x.n)))
-}
-
 /// What one optimizer step did.
 #[derive(Debug, Clone, Copy)]
 pub struct StepOutcome {
@@ -200,76 +41,6 @@ pub struct StepOutcome {
     pub grad_norm: f64,
     /// Positions processed.
     pub positions: usize,
-}
-
-/// One optimizer step: `micro` batches from `next`, gradients accumulated (each micro-batch's
-/// mean loss / `micro`), clipped to `clip`, AdamW at `lr`. With `checkpoint`, each micro-batch's
-/// backward recomputes block activations instead of keeping them ([`Gpt::backward_checkpointed`]).
-#[allow(clippy::too_many_arguments)] // the step's whole state, passed explicitly
-pub fn optimizer_step(
-    model: &Gpt,
-    params: &Params,
-    opt: &mut AdamW,
-    mut next: impl FnMut() -> Batch,
-    micro: usize,
-    mode: Mode,
-    lr: f64,
-    clip: f64,
-    checkpoint: bool,
-    dropout: &mut Dropout,
-    dev: &Device,
-) -> Result<StepOutcome> {
-    let mut grads: Vec<Option<Tensor>> = vec![None; params.vars.len()];
-    let (mut loss_sum, mut used, mut positions) = (0f64, 0usize, 0usize);
-    for _ in 0..micro {
-        let batch = next();
-        positions += batch.batch_size * batch.seq_len;
-        let Some(x) = Inputs::new(&batch, mode, dev)? else {
-            continue;
-        };
-        // Always the stream: a site whose rate is 0 draws nothing, and an adapter's dropout
-        // applies even when the model's is 0.
-        let drop_ref = Some(&mut *dropout);
-        // candle leaves a variable's gradient attached to the graph that computed it (the
-        // activations it was multiplied with): detached, the graph is freed with the store.
-        let mut sink = |g: &GradStore| -> chatforge_model::Result<()> {
-            for (slot, (_, var)) in grads.iter_mut().zip(&params.vars) {
-                if let Some(gv) = g.get(var.as_tensor()) {
-                    let gv = gv.detach();
-                    *slot = Some(match slot.take() {
-                        Some(acc) => (acc + gv)?,
-                        None => gv,
-                    });
-                }
-            }
-            Ok(())
-        };
-        let loss = if checkpoint {
-            let scaled = |logits: &Tensor| Ok((x.loss(logits)? / micro as f64)?);
-            let l = model.backward_checkpointed(&x.ids, &x.pos, &x.mask, drop_ref, scaled, &mut sink)?;
-            (l * micro as f64)?
-        } else {
-            let logits = model.forward(&x.ids, &x.pos, &x.mask, None, drop_ref)?;
-            let l = x.loss(&logits)?;
-            sink(&(&l / micro as f64)?.backward()?)?;
-            l
-        };
-        loss_sum += f64::from(loss.to_scalar::<f32>()?);
-        used += 1;
-    }
-    let grad_norm = clip_grad_norm(&mut grads, clip)?;
-    opt.update(&params.vars, &grads, lr)?;
-    let loss = if used == 0 {
-        f64::NAN
-    } else {
-        loss_sum / used as f64
-    };
-    Ok(StepOutcome {
-        loss,
-        used,
-        grad_norm,
-        positions,
-    })
 }
 
 /// [`optimizer_step`] through the training engine (plain buffers, hand-written backward): the same
@@ -371,19 +142,6 @@ fn build_engine(
     }))
 }
 
-/// Mean loss over the validation batches, weighted by the positions that carry loss (`None`
-/// when none does); no backward.
-fn estimate_loss(model: &Gpt, batches: &[Batch], mode: Mode, dev: &Device) -> Result<Option<f64>> {
-    let (mut total, mut count) = (0f64, 0usize);
-    for batch in batches {
-        if let Some((loss, n)) = batch_loss(model, batch, mode, None, dev)? {
-            total += f64::from(loss.to_scalar::<f32>()?) * n as f64;
-            count += n;
-        }
-    }
-    Ok((count > 0).then(|| total / count as f64))
-}
-
 /// [`estimate_loss`] on the engine.
 fn engine_val_loss(engine: &mut TrainEngine, batches: &[Batch], mode: Mode) -> Result<Option<f64>> {
     let (mut total, mut count) = (0f64, 0usize);
@@ -435,118 +193,6 @@ impl Stepper {
                 offsets: &e.offsets,
             },
             Stepper::Autograd { params, .. } => checkpoint::Values::Vars(&params.vars),
-        }
-    }
-}
-
-/// A checkpoint the run continues from: its state, trainable weights and AdamW moments.
-struct Resumed {
-    dir: PathBuf,
-    state: CheckpointState,
-    weights: Weights,
-    moments: checkpoint::Moments,
-}
-
-/// The newest checkpoint of `run` that verifies and loads (weights and moments) for this model;
-/// each newer one that does not is skipped with a warning. A checkpoint of another model or
-/// adapter is an error: resuming it would silently train something else.
-fn resume_point(
-    run: &Path,
-    cfg: &TrainConfig,
-    lora: Option<&LoraConfig>,
-    warnings: &mut Vec<String>,
-    dev: &Device,
-) -> Result<Option<Resumed>> {
-    let specs = match lora {
-        Some(l) => l.param_specs(&cfg.model),
-        None => chatforge_model::param_specs(&cfg.model),
-    };
-    for (_, dir) in checkpoint::list(run) {
-        let loaded = checkpoint::read_state(&dir).and_then(|state| {
-            if state.config.model != cfg.model || lora.is_some_and(|l| state.config.lora != *l) {
-                return Err(Error::Config(format!(
-                    "--resume: the model or adapter in {} differs from this config",
-                    relative(run, &dir).display()
-                )));
-            }
-            let weights = match lora {
-                Some(_) => chatforge_model::lora::load_adapter(&dir, &cfg.model, dev)?.1,
-                None => load_weights(&dir, &cfg.model, dev)?,
-            };
-            Ok(Resumed {
-                moments: checkpoint::load_optimizer(&dir, &specs)?,
-                dir: dir.clone(),
-                state,
-                weights,
-            })
-        });
-        match loaded {
-            Ok(r) => return Ok(Some(r)),
-            Err(e @ Error::Config(_)) => return Err(e),
-            Err(e) => warnings.push(format!(
-                "skipping checkpoint {}: {}",
-                relative(run, &dir).display(),
-                e.to_string().replace(&format!("{}/", run.display()), "")
-            )),
-        }
-    }
-    Ok(None)
-}
-
-/// `path` relative to the run directory, so logs and events never carry the server's paths.
-fn relative(run: &Path, path: &Path) -> PathBuf {
-    path.strip_prefix(run)
-        .map_or_else(|_| path.to_path_buf(), Path::to_path_buf)
-}
-
-struct Log(std::fs::File);
-
-/// The step a line of `logs.jsonl` belongs to: `step`, or a start's `start_step` (`None` for a
-/// line that is not an event with one). Steps never decrease down the log (a resumed run's lines
-/// after its checkpoint are trimmed before it logs again), which is what lets readers give each
-/// line a stable id. Only those two fields are decoded, so it is cheap on long lines.
-pub fn line_step(line: &[u8]) -> Option<u64> {
-    #[derive(serde::Deserialize)]
-    struct Steps {
-        step: Option<u64>,
-        start_step: Option<u64>,
-    }
-    let s: Steps = serde_json::from_slice(line).ok()?;
-    s.step.or(s.start_step)
-}
-
-/// Keeps the lines of `logs.jsonl` that are whole JSON events of steps up to `step` (and events
-/// without a step); a line cut short by a crash (even inside a UTF-8 sequence) is dropped too.
-fn trim_log(path: &Path, step: u64) -> Result<()> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(Error::Io {
-                path: path.to_path_buf(),
-                source: e,
-            });
-        }
-    };
-    let mut kept = Vec::with_capacity(bytes.len());
-    for line in bytes.split_inclusive(|&b| b == b'\n') {
-        let keep = line.ends_with(b"\n")
-            && serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok()
-            && line_step(line).is_none_or(|s| s <= step);
-        if keep {
-            kept.extend_from_slice(line);
-        }
-    }
-    if kept.len() != bytes.len() {
-        chatforge_data::atomic_write(path, |w| w.write_all(&kept))?;
-    }
-    Ok(())
-}
-
-impl Log {
-    fn write(&mut self, e: &Event) {
-        if let Ok(line) = serde_json::to_string(e) {
-            let _ = writeln!(self.0, "{line}");
         }
     }
 }

@@ -150,26 +150,36 @@ pub fn follow(port: u16, run: &str, last_id: Option<&str>) -> (Vec<(String, Valu
     );
     let (mut events, mut end) = (Vec::new(), String::new());
     for block in text.split("\n\n") {
-        let field = |name: &str| {
-            block
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("{name}:")).map(|v| v.trim().to_string()))
-        };
-        match field("event").as_deref() {
-            Some("log") => events.push((
-                field("id").unwrap(),
-                serde_json::from_str(&field("data").unwrap()).unwrap(),
-            )),
-            Some("end") => {
-                end = serde_json::from_str::<Value>(&field("data").unwrap()).unwrap()["state"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string()
-            }
-            _ => {}
+        match sse_event(block) {
+            Some(Sse::Log(id, event)) => events.push((id, event)),
+            Some(Sse::End(state)) => end = state,
+            None => {}
         }
     }
     (events, end)
+}
+
+/// One event of a run's log stream.
+pub enum Sse {
+    /// A line of the log: its id and its JSON.
+    Log(String, Value),
+    /// The end of the stream, with the job's final state.
+    End(String),
+}
+
+/// The event of one SSE block (the text between blank lines), if it is a `log` or an `end`.
+pub fn sse_event(block: &str) -> Option<Sse> {
+    let field = |name: &str| {
+        block
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")).map(|v| v.trim().to_string()))
+    };
+    let data = || serde_json::from_str::<Value>(&field("data").unwrap()).unwrap();
+    match field("event").as_deref() {
+        Some("log") => Some(Sse::Log(field("id").unwrap(), data())),
+        Some("end") => Some(Sse::End(data()["state"].as_str().unwrap_or("").to_string())),
+        _ => None,
+    }
 }
 
 pub fn free_port() -> u16 {

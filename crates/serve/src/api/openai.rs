@@ -7,17 +7,19 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::routing::post;
 use chatforge_data::{Message, Role};
 use chatforge_infer::{ChatSession, Checkpoint, Finish, LoadedModel, Sampling, WeightType};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::{ApiError, AppState, JsonBody};
+use super::{ApiError, AppState, JsonBody};
 use crate::paths::Area;
 
 #[derive(Deserialize)]
@@ -62,7 +64,12 @@ pub struct ModelCache(Mutex<Vec<(String, Arc<LoadedModel>)>>);
 const CACHED_MODELS: usize = 2;
 
 impl ModelCache {
-    fn get(&self, run: &str, dir: &std::path::Path) -> Result<Arc<LoadedModel>, ApiError> {
+    fn get(
+        &self,
+        run: &str,
+        dir: &std::path::Path,
+        root: &std::path::Path,
+    ) -> Result<Arc<LoadedModel>, ApiError> {
         if let Ok(c) = self.0.lock()
             && let Some((_, m)) = c.iter().find(|(k, _)| k == run)
         {
@@ -70,7 +77,7 @@ impl ModelCache {
         }
         let m = Arc::new(
             LoadedModel::open(dir, &Checkpoint::Best, None, WeightType::F32)
-                .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("model: {e}")))?,
+                .map_err(|e| ApiError::Invalid(crate::paths::scrub(&format!("model: {e}"), root)))?,
         );
         if let Ok(mut c) = self.0.lock() {
             c.retain(|(k, _)| k != run);
@@ -84,7 +91,17 @@ impl ModelCache {
 }
 
 fn invalid(msg: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, msg.into())
+    ApiError::Invalid(msg.into())
+}
+
+/// A task that failed to run (it panicked): logged, answered generically.
+fn internal(what: String) -> ApiError {
+    eprintln!("internal error: {what}");
+    ApiError::Internal
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/chat/completions", post(chat_completions))
 }
 
 pub async fn chat_completions(
@@ -95,10 +112,7 @@ pub async fn chat_completions(
         .dir(&st.cfg.data_root, &req.model)
         .map_err(|_| invalid(format!("model: {:?} is not a run id", req.model)))?;
     if !dir.join("best").is_dir() && chatforge_infer::source::checkpoints(&dir).is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no trained run {:?}", req.model),
-        ));
+        return Err(ApiError::NotFound(format!("no trained run {:?}", req.model)));
     }
     let (last, history) = req
         .messages
@@ -129,20 +143,17 @@ pub async fn chat_completions(
     }
     // Each generation takes the machine's cores; beyond the bound, ask the client to come back.
     let permit = st.generations.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "{} generations are running, the most this server runs at once: retry shortly",
-                st.cfg.api.max_generations
-            ),
-        )
+        ApiError::Busy(format!(
+            "{} generations are running, the most this server runs at once: retry shortly",
+            st.cfg.api.max_generations
+        ))
     })?;
     let cache = st.models.clone();
     let model = {
-        let (run, dir) = (req.model.clone(), dir.clone());
-        tokio::task::spawn_blocking(move || cache.get(&run, &dir))
+        let (run, dir, root) = (req.model.clone(), dir.clone(), st.cfg.data_root.clone());
+        tokio::task::spawn_blocking(move || cache.get(&run, &dir, &root))
             .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("loading: {e}")))??
+            .map_err(|e| internal(format!("loading a model: {e}")))??
     };
     let mut session = ChatSession::new(
         Default::default(),
@@ -184,7 +195,7 @@ pub async fn chat_completions(
             session.send(&model, &user, Some(&gone), |_| {})
         })
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("generation: {e}")))?
+        .map_err(|e| internal(format!("generating: {e}")))?
         .map_err(|e| invalid(e.to_string()))?;
         return Ok(axum::Json(json!({
             "id": id, "object": "chat.completion", "created": created, "model": run,

@@ -1,0 +1,165 @@
+//! `/runs`: training runs as jobs (submit, list, state, cancel, resume), their evaluation and
+//! their exports.
+
+use axum::Router;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{
+    ApiError, ApiResult, AppState, JsonBody, QueryArgs, blocking, enqueue, job_for, job_json, not_found,
+    off_thread, read_json, run_dir, scrubbed,
+};
+use crate::jobs::{ExportRequest, Spec, TrainRequest};
+use crate::now;
+use crate::paths::scrub;
+use crate::store::{Job, JobKind, JobState};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/runs/train", post(train_run))
+        .route("/runs", get(list_runs))
+        .route("/runs/{id}", get(get_run))
+        .route("/runs/{id}/cancel", post(cancel_run))
+        .route("/runs/{id}/resume", post(resume_run))
+        .route("/runs/{id}/evaluate", post(evaluate_run))
+        .route("/runs/{id}/eval", get(run_eval))
+        .route("/runs/{id}/export", post(export_run))
+        .route("/exports/{id}", get(get_export))
+}
+
+async fn train_run(State(st): State<AppState>, JsonBody(req): JsonBody<TrainRequest>) -> ApiResult<Response> {
+    let root = st.cfg.data_root.clone();
+    let timeout_s = req.timeout_s;
+    let spec = off_thread(move || req.resolve(&root).map_err(|e| scrubbed(e, &root))).await?;
+    let job = enqueue(&st, spec, timeout_s).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"run_id": job.target, "state": job.state})),
+    )
+        .into_response())
+}
+
+async fn get_run(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> ApiResult<Response> {
+    let job = job_for(&st, &id, JobKind::Train).await?;
+    Ok(axum::Json(job_json(&st, &job, "run_id")).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_runs(State(st): State<AppState>, QueryArgs(q): QueryArgs<ListQuery>) -> ApiResult<Response> {
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(JobState::parse(s).ok_or_else(|| {
+            ApiError::Invalid(format!(
+                "state: {s:?} is not one of queued, running, succeeded, failed, cancelled"
+            ))
+        })?),
+    };
+    let limit = q.limit.unwrap_or(100).min(1000);
+    let jobs = blocking(&st, move |s| s.list(Some(JobKind::Train), state, limit)).await?;
+    let runs: Vec<Value> = jobs.iter().map(|j| job_json(&st, j, "run_id")).collect();
+    Ok(axum::Json(json!({ "runs": runs })).into_response())
+}
+
+async fn cancel_run(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> ApiResult<Response> {
+    let job = job_for(&st, &id, JobKind::Train).await?;
+    if job.state.is_final() {
+        return Err(ApiError::Conflict(format!(
+            "the run is already {}",
+            job.state.as_str()
+        )));
+    }
+    let jid = job.id.clone();
+    let job = blocking(&st, move |s| s.cancel(&jid, now()))
+        .await?
+        .ok_or_else(|| not_found("job"))?;
+    Ok((StatusCode::ACCEPTED, axum::Json(job_json(&st, &job, "run_id"))).into_response())
+}
+
+async fn resume_run(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> ApiResult<Response> {
+    let job = job_for(&st, &id, JobKind::Train).await?;
+    if !matches!(job.state, JobState::Failed | JobState::Cancelled) {
+        return Err(ApiError::Conflict(format!(
+            "only a failed or cancelled run resumes; this one is {}",
+            job.state.as_str()
+        )));
+    }
+    let jid = job.id.clone();
+    let limit = st.cfg.queue.max_queued;
+    let job = blocking(&st, move |s| s.resume(&jid, now(), limit))
+        .await?
+        .ok_or_else(|| not_found("job"))?;
+    Ok((StatusCode::ACCEPTED, axum::Json(job_json(&st, &job, "run_id"))).into_response())
+}
+
+/// A run that finished training (evaluation and export need its best checkpoint).
+async fn finished_run(st: &AppState, id: &str) -> ApiResult<Job> {
+    let job = job_for(st, id, JobKind::Train).await?;
+    if job.state != JobState::Succeeded && !run_dir(st, id)?.join("best").is_dir() {
+        return Err(ApiError::Conflict(format!(
+            "the run is {} and has no best checkpoint yet",
+            job.state.as_str()
+        )));
+    }
+    Ok(job)
+}
+
+async fn evaluate_run(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> ApiResult<Response> {
+    finished_run(&st, &id).await?;
+    let job = enqueue(&st, Spec::Evaluate { run: id.clone() }, None).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"run_id": id, "job_id": job.id, "state": job.state})),
+    )
+        .into_response())
+}
+
+async fn run_eval(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> ApiResult<Response> {
+    let dir = run_dir(&st, &id)?;
+    let key = id.clone();
+    let job = blocking(&st, move |s| s.latest_for(&key, Some(JobKind::Evaluate))).await?;
+    let metrics = read_json(dir.join("eval/metrics.json")).await;
+    if metrics.is_none() && job.is_none() {
+        return Err(not_found(&format!("evaluation of run {id:?}")));
+    }
+    Ok(axum::Json(json!({
+        "run_id": id,
+        "state": job.as_ref().map(|j| j.state),
+        "error": job.as_ref().and_then(|j| j.error.as_deref()).map(|e| scrub(e, &st.cfg.data_root)),
+        "metrics": metrics,
+    }))
+    .into_response())
+}
+
+async fn export_run(
+    State(st): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+    JsonBody(req): JsonBody<ExportRequest>,
+) -> ApiResult<Response> {
+    finished_run(&st, &id).await?;
+    let spec = req.resolve(&id)?;
+    let job = enqueue(&st, spec, None).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"run_id": id, "export_id": job.target, "state": job.state})),
+    )
+        .into_response())
+}
+
+async fn get_export(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> ApiResult<Response> {
+    let job = job_for(&st, &id, JobKind::Export).await?;
+    let mut v = job_json(&st, &job, "export_id");
+    v["artifact"] = json!(format!("exports/{id}"));
+    Ok(axum::Json(v).into_response())
+}
