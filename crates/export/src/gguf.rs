@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::Tensor;
 use candle_core::quantized::{GgmlDType, QTensor};
 use chatforge_infer::ModelSource;
-use chatforge_infer::gguf::{MAGIC, gguf_name};
+use chatforge_infer::gguf::MAGIC;
 use chatforge_model::{Activation, Weights};
 
 use crate::hf::special_ids;
@@ -247,12 +247,11 @@ pub fn write_gguf(src: &ModelSource, weights: &Weights, quant: GgufQuant, path: 
 
     // Tensors in the model's parameter order, each in llama.cpp's name and layout.
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    for spec in chatforge_model::param_specs(cfg) {
+    for slot in chatforge_model::layout::slots(cfg) {
         let t = weights
-            .get(&spec.name)
-            .ok_or_else(|| Error::Invalid(format!("the model has no tensor {}", spec.name)))?;
-        let (name, transposed) =
-            gguf_name(&spec.name).ok_or_else(|| Error::Invalid(format!("no GGUF name for {}", spec.name)))?;
+            .get(&slot.name())
+            .ok_or_else(|| Error::Invalid(format!("the model has no tensor {}", slot.name())))?;
+        let (name, transposed) = slot.gguf();
         let t: Tensor = if transposed {
             t.t()?.contiguous()?
         } else {

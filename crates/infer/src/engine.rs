@@ -11,6 +11,7 @@
 //! as transformers' `GPT2LMHeadModel` (tested in `tests/hf_generate.rs`).
 
 use candle_core::{DType, Tensor};
+use chatforge_model::layout::{Linear, Norm as LayerNormOf, Part, Slot};
 use chatforge_model::ops::{gelu_fast, simd::vectorized};
 use chatforge_model::{Activation, GptConfig, Weights};
 use rayon::prelude::*;
@@ -107,45 +108,50 @@ impl Engine {
         cfg.validate()?;
         let (c, v) = (cfg.n_embd, cfg.vocab_size);
         let get = |name: &str, shape: &[usize]| tensor_vec(w, name, shape);
-        let opt = |name: &str, shape: &[usize]| -> Result<Option<Vec<f32>>> {
+        // Each tensor by its slot in the layout, with the shape the layout gives it.
+        let tensor = |slot: Slot| get(&slot.name(), &slot.shape(cfg));
+        let opt = |slot: Slot| -> Result<Option<Vec<f32>>> {
             if cfg.bias {
-                get(name, shape).map(Some)
+                tensor(slot).map(Some)
             } else {
                 Ok(None)
             }
         };
-        let norm = |p: &str| -> Result<Norm> {
+        let norm = |slot: &dyn Fn(Part) -> Slot| -> Result<Norm> {
             Ok(Norm {
-                weight: get(&format!("{p}.weight"), &[c])?,
-                bias: match opt(&format!("{p}.bias"), &[c])? {
+                weight: tensor(slot(Part::Weight))?,
+                bias: match opt(slot(Part::Bias))? {
                     Some(b) => b,
                     None => vec![0.0; c],
                 },
             })
         };
-        let mat = |name: &str, rows: usize, cols: usize| -> Result<Matrix> {
-            Ok(Matrix::new(
-                get(name, &[rows, cols])?,
-                rows,
-                cols,
-                Layout::InOut,
-                weight_type,
+        // A block's linear layer: its `(in, out)` weight packed for the kernels, and its bias.
+        let linear = |i: usize, l: Linear| -> Result<(Matrix, Option<Vec<f32>>)> {
+            let (rows, cols) = l.shape(c);
+            let w = tensor(Slot::BlockLinear(i, l, Part::Weight))?;
+            Ok((
+                Matrix::new(w, rows, cols, Layout::InOut, weight_type),
+                opt(Slot::BlockLinear(i, l, Part::Bias))?,
             ))
         };
         let layers = (0..cfg.n_layer)
             .map(|i| {
-                let p = format!("transformer.h.{i}");
+                let (c_attn, c_attn_b) = linear(i, Linear::AttnQkv)?;
+                let (attn_proj, attn_proj_b) = linear(i, Linear::AttnOut)?;
+                let (c_fc, c_fc_b) = linear(i, Linear::MlpUp)?;
+                let (mlp_proj, mlp_proj_b) = linear(i, Linear::MlpDown)?;
                 Ok(Layer {
-                    ln_1: norm(&format!("{p}.ln_1"))?,
-                    c_attn: mat(&format!("{p}.attn.c_attn.weight"), c, 3 * c)?,
-                    c_attn_b: opt(&format!("{p}.attn.c_attn.bias"), &[3 * c])?,
-                    attn_proj: mat(&format!("{p}.attn.c_proj.weight"), c, c)?,
-                    attn_proj_b: opt(&format!("{p}.attn.c_proj.bias"), &[c])?,
-                    ln_2: norm(&format!("{p}.ln_2"))?,
-                    c_fc: mat(&format!("{p}.mlp.c_fc.weight"), c, 4 * c)?,
-                    c_fc_b: opt(&format!("{p}.mlp.c_fc.bias"), &[4 * c])?,
-                    mlp_proj: mat(&format!("{p}.mlp.c_proj.weight"), 4 * c, c)?,
-                    mlp_proj_b: opt(&format!("{p}.mlp.c_proj.bias"), &[c])?,
+                    ln_1: norm(&|p| Slot::BlockNorm(i, LayerNormOf::Attn, p))?,
+                    c_attn,
+                    c_attn_b,
+                    attn_proj,
+                    attn_proj_b,
+                    ln_2: norm(&|p| Slot::BlockNorm(i, LayerNormOf::Mlp, p))?,
+                    c_fc,
+                    c_fc_b,
+                    mlp_proj,
+                    mlp_proj_b,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -153,7 +159,7 @@ impl Engine {
             None
         } else {
             Some(Matrix::new(
-                get("lm_head.weight", &[v, c])?,
+                tensor(Slot::LmHead)?,
                 v,
                 c,
                 Layout::OutIn,
@@ -162,16 +168,10 @@ impl Engine {
         };
         Ok(Engine {
             cfg: cfg.clone(),
-            wte: Matrix::new(
-                get("transformer.wte.weight", &[v, c])?,
-                v,
-                c,
-                Layout::OutIn,
-                weight_type,
-            ),
-            wpe: get("transformer.wpe.weight", &[cfg.n_ctx, c])?,
+            wte: Matrix::new(tensor(Slot::TokenEmbedding)?, v, c, Layout::OutIn, weight_type),
+            wpe: tensor(Slot::PositionEmbedding)?,
             layers,
-            ln_f: norm("transformer.ln_f")?,
+            ln_f: norm(&Slot::FinalNorm)?,
             lm_head,
             weight_type,
         })

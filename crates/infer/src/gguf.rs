@@ -26,37 +26,6 @@ pub fn is_gguf(path: &Path) -> bool {
         && u32::from_le_bytes(magic) == MAGIC
 }
 
-/// llama.cpp's name for an HF GPT-2 tensor, and whether its matrix is stored transposed (HF's
-/// Conv1D keeps `(in, out)`; ggml wants `(out, in)` row-major, so `ne = [in, out]`).
-pub fn gguf_name(hf: &str) -> Option<(String, bool)> {
-    let fixed = match hf {
-        "transformer.wte.weight" => Some("token_embd.weight"),
-        "transformer.wpe.weight" => Some("position_embd.weight"),
-        "transformer.ln_f.weight" => Some("output_norm.weight"),
-        "transformer.ln_f.bias" => Some("output_norm.bias"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some((f.to_string(), false));
-    }
-    let rest = hf.strip_prefix("transformer.h.")?;
-    let (layer, part) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (module, kind) = part.rsplit_once('.')?;
-    let name = match module {
-        "ln_1" => "attn_norm",
-        "attn.c_attn" => "attn_qkv",
-        "attn.c_proj" => "attn_output",
-        "ln_2" => "ffn_norm",
-        "mlp.c_fc" => "ffn_up",
-        "mlp.c_proj" => "ffn_down",
-        _ => return None,
-    };
-    let transposed = kind == "weight" && !name.ends_with("norm");
-    Some((format!("blk.{layer}.{name}.{kind}"), transposed))
-}
-
 fn load_err(path: &Path, msg: impl Into<String>) -> Error {
     Error::Load {
         path: path.to_path_buf(),
@@ -142,9 +111,8 @@ pub fn read(path: &Path) -> Result<(GptConfig, Weights, ChatTokenizer)> {
     config.validate()?;
     let dev = Device::Cpu;
     let mut weights = Weights::new();
-    for spec in chatforge_model::param_specs(&config) {
-        let (name, transposed) =
-            gguf_name(&spec.name).ok_or_else(|| load_err(path, format!("no GGUF name for {}", spec.name)))?;
+    for slot in chatforge_model::layout::slots(&config) {
+        let (name, transposed) = slot.gguf();
         let q = content
             .tensor(&mut f, &name, &dev)
             .map_err(|e| load_err(path, format!("tensor {name}: {e}")))?;
@@ -152,17 +120,14 @@ pub fn read(path: &Path) -> Result<(GptConfig, Weights, ChatTokenizer)> {
         if transposed {
             t = t.t()?.contiguous()?;
         }
-        if t.dims() != spec.shape.as_slice() {
+        let shape = slot.shape(&config);
+        if t.dims() != shape.as_slice() {
             return Err(load_err(
                 path,
-                format!(
-                    "tensor {name} has shape {:?}, expected {:?}",
-                    t.dims(),
-                    spec.shape
-                ),
+                format!("tensor {name} has shape {:?}, expected {shape:?}", t.dims()),
             ));
         }
-        weights.insert(spec.name.clone(), t);
+        weights.insert(slot.name(), t);
     }
     let tokenizer = match meta
         .get("tokenizer.huggingface.json")

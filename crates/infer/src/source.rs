@@ -420,15 +420,10 @@ fn trained_quant(dir: &Path) -> Option<chatforge_model::quant::QuantKind> {
 
 /// Replaces every linear weight by its quantised-then-dequantised value.
 fn quant_round_trip(w: &mut Weights, kind: chatforge_model::quant::QuantKind) -> Result<()> {
+    use chatforge_model::layout::{Part, Slot};
     use chatforge_model::quant::QuantWeight;
     for (name, t) in w.iter_mut() {
-        let linear = [
-            ".attn.c_attn.weight",
-            ".attn.c_proj.weight",
-            ".mlp.c_fc.weight",
-            ".mlp.c_proj.weight",
-        ];
-        if linear.iter().any(|s| name.ends_with(s)) {
+        if let Some(Slot::BlockLinear(_, _, Part::Weight)) = Slot::from_name(name) {
             let (r, c) = t.dims2()?;
             let q = QuantWeight::quantize(&t.flatten_all()?.to_vec1::<f32>()?, r, c, kind);
             *t = candle_core::Tensor::from_vec(q.dequantize(), (r, c), &Device::Cpu)?;

@@ -15,6 +15,7 @@
 //! biases, tied and untied heads), several times faster per step. Parameters live in one flat
 //! buffer in [`crate::param_specs`] order; gradients accumulate in another of the same layout.
 
+use crate::layout::{self, Linear, Norm, Part, Slot};
 use rayon::prelude::*;
 
 use crate::ops::fast_math as fm;
@@ -535,10 +536,12 @@ impl TrainEngine {
             )));
         }
         let starts: Vec<usize> = offsets.iter().map(|o| o.0).collect();
-        let find =
-            |name: &str| -> Option<usize> { specs.iter().position(|s| s.name == name).map(|i| starts[i]) };
-        let need = |name: String| -> Result<usize> {
-            find(&name).ok_or_else(|| Error::Config(format!("engine: no parameter {name}")))
+        let find = |slot: Slot| -> Option<usize> {
+            let name = slot.name();
+            specs.iter().position(|s| s.name == name).map(|i| starts[i])
+        };
+        let need = |slot: Slot| -> Result<usize> {
+            find(slot).ok_or_else(|| Error::Config(format!("engine: no parameter {}", slot.name())))
         };
         // Adapters: where each one's A and B sit in the trainable buffer.
         let (ad_specs, ad_offsets): (Vec<ParamSpec>, Vec<(usize, usize)>) = match &lora {
@@ -555,49 +558,45 @@ impl TrainEngine {
             }
             None => (Vec::new(), Vec::new()),
         };
-        let adapter = |module: String| -> Option<Adapter> {
+        let adapter = |i: usize, lin: Linear| -> Option<Adapter> {
             let (l, _) = lora.as_ref()?;
-            let at = |suffix: &str| {
-                let name = format!("{module}.{suffix}");
+            let at = |name: String| {
                 ad_specs
                     .iter()
                     .position(|s| s.name == name)
                     .map(|i| ad_offsets[i].0)
             };
+            let (a, b) = layout::lora_names(&layout::linear_path(i, lin));
             Some(Adapter {
-                a: at("lora_A.weight")?,
-                b: at("lora_B.weight")?,
+                a: at(a)?,
+                b: at(b)?,
                 r: l.rank,
                 scale: l.scale() as f32,
             })
         };
         let layers = (0..cfg.n_layer)
             .map(|i| -> Result<LayerParams> {
-                let p = |s: &str| format!("transformer.h.{i}.{s}");
+                let lin = |l, p| Slot::BlockLinear(i, l, p);
+                let norm = |n, p| Slot::BlockNorm(i, n, p);
                 Ok(LayerParams {
                     q: [None; 4],
-                    ad: [
-                        adapter(p("attn.c_attn")),
-                        adapter(p("attn.c_proj")),
-                        adapter(p("mlp.c_fc")),
-                        adapter(p("mlp.c_proj")),
-                    ],
-                    ln1_w: need(p("ln_1.weight"))?,
-                    ln1_b: find(&p("ln_1.bias")),
-                    attn_w: need(p("attn.c_attn.weight"))?,
-                    attn_b: find(&p("attn.c_attn.bias")),
-                    proj_w: need(p("attn.c_proj.weight"))?,
-                    proj_b: find(&p("attn.c_proj.bias")),
-                    ln2_w: need(p("ln_2.weight"))?,
-                    ln2_b: find(&p("ln_2.bias")),
-                    fc_w: need(p("mlp.c_fc.weight"))?,
-                    fc_b: find(&p("mlp.c_fc.bias")),
-                    fcproj_w: need(p("mlp.c_proj.weight"))?,
-                    fcproj_b: find(&p("mlp.c_proj.bias")),
+                    ad: Linear::ALL.map(|l| adapter(i, l)),
+                    ln1_w: need(norm(Norm::Attn, Part::Weight))?,
+                    ln1_b: find(norm(Norm::Attn, Part::Bias)),
+                    attn_w: need(lin(Linear::AttnQkv, Part::Weight))?,
+                    attn_b: find(lin(Linear::AttnQkv, Part::Bias)),
+                    proj_w: need(lin(Linear::AttnOut, Part::Weight))?,
+                    proj_b: find(lin(Linear::AttnOut, Part::Bias)),
+                    ln2_w: need(norm(Norm::Mlp, Part::Weight))?,
+                    ln2_b: find(norm(Norm::Mlp, Part::Bias)),
+                    fc_w: need(lin(Linear::MlpUp, Part::Weight))?,
+                    fc_b: find(lin(Linear::MlpUp, Part::Bias)),
+                    fcproj_w: need(lin(Linear::MlpDown, Part::Weight))?,
+                    fcproj_b: find(lin(Linear::MlpDown, Part::Bias)),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let wte = need("transformer.wte.weight".into())?;
+        let wte = need(Slot::TokenEmbedding)?;
         let (c, n, h, v) = (cfg.n_embd, b * t, cfg.n_head, cfg.vocab_size);
         let z = |len: usize| vec![0f32; len];
         let rank = lora.as_ref().map_or(0, |(l, _)| l.rank);
@@ -627,15 +626,15 @@ impl TrainEngine {
         // QLoRA: the linear weights leave the base for their quantised form.
         let mut layers = layers;
         let (mut params, mut quant) = (params, Vec::new());
-        let (mut wte, mut wpe) = (wte, need("transformer.wpe.weight".into())?);
+        let (mut wte, mut wpe) = (wte, need(Slot::PositionEmbedding)?);
         let (mut lnf_w, mut lnf_b) = (
-            need("transformer.ln_f.weight".into())?,
-            find("transformer.ln_f.bias"),
+            need(Slot::FinalNorm(Part::Weight))?,
+            find(Slot::FinalNorm(Part::Bias)),
         );
         let mut head = if cfg.tie_embeddings {
             wte
         } else {
-            need("lm_head.weight".into())?
+            need(Slot::LmHead)?
         };
         if let Some(kind) = lora.as_ref().and_then(|(l, _)| l.quant) {
             let mut removed: Vec<(usize, usize)> = Vec::new();

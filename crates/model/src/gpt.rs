@@ -8,6 +8,7 @@
 
 // B=batch, T=time, S=keys (cache + T), C=n_embd, H=heads, D=head_dim, V=vocab
 
+use crate::layout::{self, Norm, Part, Slot};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
@@ -15,7 +16,7 @@ use chatforge_data::Rng;
 
 use crate::lora::LoraConfig;
 use crate::ops;
-use crate::quant::{FrozenMatMul, QuantKind, QuantWeight, quant_matmul};
+use crate::quant::{FrozenMatMul, QuantWeight, quant_matmul};
 use crate::{Activation, GptConfig, Result};
 
 /// How attention may look back.
@@ -122,25 +123,31 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// Block `i`'s `which` linear layer, its tensors named by the layout.
     fn new(
-        n_in: usize,
-        n_out: usize,
-        bias: bool,
-        vb: VarBuilder,
+        cfg: &GptConfig,
+        vb: &VarBuilder,
+        i: usize,
+        which: layout::Linear,
         lora: Option<&LoraConfig>,
-        quant: Option<QuantKind>,
-        frozen: bool,
     ) -> Result<Self> {
-        let lora = match lora {
-            Some(l) => Some(LoraAdapter {
-                a: vb.get((l.rank, n_in), "lora_A.weight")?,
-                b: vb.get((n_out, l.rank), "lora_B.weight")?,
-                scale: l.scale(),
-                dropout: l.dropout,
-            }),
+        let (n_in, n_out) = which.shape(cfg.n_embd);
+        let quant = lora.and_then(|l| l.quant);
+        let frozen = lora.is_some();
+        let lora = match lora.filter(|l| l.targets.iter().any(|t| t == which.module())) {
+            Some(l) => {
+                let (a, b) = layout::lora_names(&layout::linear_path(i, which));
+                Some(LoraAdapter {
+                    a: vb.get((l.rank, n_in), &a)?,
+                    b: vb.get((n_out, l.rank), &b)?,
+                    scale: l.scale(),
+                    dropout: l.dropout,
+                })
+            }
             None => None,
         };
-        let w = vb.get((n_in, n_out), "weight")?;
+        let name = |p| Slot::BlockLinear(i, which, p).name();
+        let w = vb.get((n_in, n_out), &name(Part::Weight))?;
         let weight = match (quant, frozen) {
             (Some(kind), _) => {
                 let data: Vec<f32> = w.flatten_all()?.to_vec1()?;
@@ -153,7 +160,11 @@ impl Linear {
         };
         Ok(Linear {
             weight,
-            bias: if bias { Some(vb.get(n_out, "bias")?) } else { None },
+            bias: if cfg.bias {
+                Some(vb.get(n_out, &name(Part::Bias))?)
+            } else {
+                None
+            },
             lora,
         })
     }
@@ -190,29 +201,6 @@ impl Linear {
     }
 }
 
-fn linear(
-    n_in: usize,
-    n_out: usize,
-    bias: bool,
-    vb: VarBuilder,
-    (lora, quant, frozen): (Option<&LoraConfig>, Option<QuantKind>, bool),
-) -> Result<Linear> {
-    Linear::new(n_in, n_out, bias, vb, lora, quant, frozen)
-}
-
-/// The adapter settings for module `name` (`c_attn`, `c_proj`, `c_fc`), if LoRA targets it, and
-/// the quantisation of every frozen linear layer (QLoRA).
-fn lora_for<'a>(
-    lora: Option<&'a LoraConfig>,
-    name: &str,
-) -> (Option<&'a LoraConfig>, Option<QuantKind>, bool) {
-    (
-        lora.filter(|l| l.targets.iter().any(|t| t == name)),
-        lora.and_then(|l| l.quant),
-        lora.is_some(),
-    )
-}
-
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     pub weight: Tensor,
@@ -221,11 +209,17 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    fn new(c: usize, bias: bool, eps: f64, vb: VarBuilder) -> Result<Self> {
+    /// The norm whose tensors `slot` names (given its weight's slot; the bias's follows).
+    fn new(cfg: &GptConfig, vb: &VarBuilder, slot: impl Fn(Part) -> Slot) -> Result<Self> {
+        let c = cfg.n_embd;
         Ok(LayerNorm {
-            weight: vb.get(c, "weight")?,
-            bias: if bias { Some(vb.get(c, "bias")?) } else { None },
-            eps,
+            weight: vb.get(c, &slot(Part::Weight).name())?,
+            bias: if cfg.bias {
+                Some(vb.get(c, &slot(Part::Bias).name())?)
+            } else {
+                None
+            },
+            eps: cfg.layer_norm_eps,
         })
     }
 
@@ -272,11 +266,10 @@ pub struct CausalSelfAttention {
 }
 
 impl CausalSelfAttention {
-    fn new(cfg: &GptConfig, vb: VarBuilder, lora: Option<&LoraConfig>) -> Result<Self> {
-        let c = cfg.n_embd;
+    fn new(cfg: &GptConfig, vb: &VarBuilder, i: usize, lora: Option<&LoraConfig>) -> Result<Self> {
         Ok(CausalSelfAttention {
-            c_attn: linear(c, 3 * c, cfg.bias, vb.pp("c_attn"), lora_for(lora, "c_attn"))?,
-            c_proj: linear(c, c, cfg.bias, vb.pp("c_proj"), lora_for(lora, "c_proj"))?,
+            c_attn: Linear::new(cfg, vb, i, layout::Linear::AttnQkv, lora)?,
+            c_proj: Linear::new(cfg, vb, i, layout::Linear::AttnOut, lora)?,
             n_head: cfg.n_head,
         })
     }
@@ -330,11 +323,10 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    fn new(cfg: &GptConfig, vb: VarBuilder, lora: Option<&LoraConfig>) -> Result<Self> {
-        let c = cfg.n_embd;
+    fn new(cfg: &GptConfig, vb: &VarBuilder, i: usize, lora: Option<&LoraConfig>) -> Result<Self> {
         Ok(Mlp {
-            c_fc: linear(c, 4 * c, cfg.bias, vb.pp("c_fc"), lora_for(lora, "c_fc"))?,
-            c_proj: linear(4 * c, c, cfg.bias, vb.pp("c_proj"), lora_for(lora, "c_proj"))?,
+            c_fc: Linear::new(cfg, vb, i, layout::Linear::MlpUp, lora)?,
+            c_proj: Linear::new(cfg, vb, i, layout::Linear::MlpDown, lora)?,
             activation: cfg.activation,
         })
     }
@@ -356,13 +348,12 @@ pub struct Block {
 }
 
 impl Block {
-    fn new(cfg: &GptConfig, vb: VarBuilder, lora: Option<&LoraConfig>) -> Result<Self> {
-        let (c, eps) = (cfg.n_embd, cfg.layer_norm_eps);
+    fn new(cfg: &GptConfig, vb: &VarBuilder, i: usize, lora: Option<&LoraConfig>) -> Result<Self> {
         Ok(Block {
-            ln_1: LayerNorm::new(c, cfg.bias, eps, vb.pp("ln_1"))?,
-            attn: CausalSelfAttention::new(cfg, vb.pp("attn"), lora)?,
-            ln_2: LayerNorm::new(c, cfg.bias, eps, vb.pp("ln_2"))?,
-            mlp: Mlp::new(cfg, vb.pp("mlp"), lora)?,
+            ln_1: LayerNorm::new(cfg, vb, |p| Slot::BlockNorm(i, Norm::Attn, p))?,
+            attn: CausalSelfAttention::new(cfg, vb, i, lora)?,
+            ln_2: LayerNorm::new(cfg, vb, |p| Slot::BlockNorm(i, Norm::Mlp, p))?,
+            mlp: Mlp::new(cfg, vb, i, lora)?,
         })
     }
 
@@ -403,20 +394,20 @@ impl Gpt {
         if let Some(l) = lora {
             l.validate()?;
         }
-        let t = vb.pp("transformer");
-        let wte = t.get((cfg.vocab_size, cfg.n_embd), "wte.weight")?;
+        let get = |slot: Slot| vb.get(slot.shape(cfg), &slot.name());
+        let wte = get(Slot::TokenEmbedding)?;
         let lm_head = if cfg.tie_embeddings {
             wte.clone()
         } else {
-            vb.get((cfg.vocab_size, cfg.n_embd), "lm_head.weight")?
+            get(Slot::LmHead)?
         };
         Ok(Gpt {
             cfg: cfg.clone(),
-            wpe: t.get((cfg.n_ctx, cfg.n_embd), "wpe.weight")?,
+            wpe: get(Slot::PositionEmbedding)?,
             blocks: (0..cfg.n_layer)
-                .map(|i| Block::new(cfg, t.pp(format!("h.{i}")), lora))
+                .map(|i| Block::new(cfg, &vb, i, lora))
                 .collect::<Result<_>>()?,
-            ln_f: LayerNorm::new(cfg.n_embd, cfg.bias, cfg.layer_norm_eps, t.pp("ln_f"))?,
+            ln_f: LayerNorm::new(cfg, &vb, Slot::FinalNorm)?,
             wte,
             lm_head,
             frozen: lora.is_some(),

@@ -4,6 +4,7 @@
 mod config;
 pub mod engine;
 mod gpt;
+pub mod layout;
 pub mod lora;
 pub mod memory;
 pub mod ops;

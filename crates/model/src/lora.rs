@@ -19,7 +19,7 @@ use crate::params::{Init, ParamSpec, Weights};
 use crate::{Error, GptConfig, Result};
 
 /// The linear layers of a GPT-2 block, by their HF module names.
-pub const TARGETS: [&str; 3] = ["c_attn", "c_proj", "c_fc"];
+pub const TARGETS: [&str; 3] = crate::layout::LORA_MODULES;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -40,14 +40,25 @@ impl Default for LoraConfig {
             rank: 8,
             alpha: 16.0,
             dropout: 0.05,
-            targets: vec!["c_attn".into()],
+            targets: vec![crate::layout::Linear::AttnQkv.module().into()],
             quant: None,
         }
     }
 }
 
-/// One adapted layer: `(module path, n_in, n_out)`, e.g. `("transformer.h.0.attn.c_attn", 64, 192)`.
-pub type Target = (String, usize, usize);
+/// One adapted layer: block `layer`'s `linear`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub layer: usize,
+    pub linear: crate::layout::Linear,
+}
+
+impl Target {
+    /// The adapted layer's module path (`transformer.h.0.attn.c_attn`).
+    pub fn path(self) -> String {
+        crate::layout::linear_path(self.layer, self.linear)
+    }
+}
 
 impl LoraConfig {
     pub fn scale(&self) -> f64 {
@@ -75,14 +86,16 @@ impl LoraConfig {
             )));
         }
         if self.targets.is_empty() {
-            return Err(Error::Config(
-                "lora targets: name at least one of c_attn, c_proj, c_fc".into(),
-            ));
+            return Err(Error::Config(format!(
+                "lora targets: name at least one of {}",
+                TARGETS.join(", ")
+            )));
         }
         for t in &self.targets {
             if !TARGETS.contains(&t.as_str()) {
                 return Err(Error::Config(format!(
-                    "lora target {t:?} is not a GPT-2 linear layer (c_attn, c_proj, c_fc)"
+                    "lora target {t:?} is not a GPT-2 linear layer ({})",
+                    TARGETS.join(", ")
                 )));
             }
         }
@@ -91,25 +104,16 @@ impl LoraConfig {
 
     /// The adapted layers of a GPT with `cfg`, in model order.
     pub fn layers(&self, cfg: &GptConfig) -> Vec<Target> {
-        let c = cfg.n_embd;
-        let has = |t: &str| self.targets.iter().any(|x| x == t);
-        let mut out = Vec::new();
-        for i in 0..cfg.n_layer {
-            let h = format!("transformer.h.{i}");
-            if has("c_attn") {
-                out.push((format!("{h}.attn.c_attn"), c, 3 * c));
-            }
-            if has("c_proj") {
-                out.push((format!("{h}.attn.c_proj"), c, c));
-            }
-            if has("c_fc") {
-                out.push((format!("{h}.mlp.c_fc"), c, 4 * c));
-            }
-            if has("c_proj") {
-                out.push((format!("{h}.mlp.c_proj"), 4 * c, c));
-            }
-        }
-        out
+        use crate::layout::Linear;
+        let has = |l: Linear| self.targets.iter().any(|x| x == l.module());
+        (0..cfg.n_layer)
+            .flat_map(|layer| {
+                Linear::ALL
+                    .into_iter()
+                    .filter(|&l| has(l))
+                    .map(move |linear| Target { layer, linear })
+            })
+            .collect()
     }
 
     /// The adapter's parameters (named as inside the model: `….c_attn.lora_A.weight`), in order.
@@ -117,16 +121,18 @@ impl LoraConfig {
     pub fn param_specs(&self, cfg: &GptConfig) -> Vec<ParamSpec> {
         self.layers(cfg)
             .into_iter()
-            .flat_map(|(p, n_in, n_out)| {
+            .flat_map(|t| {
+                let (n_in, n_out) = t.linear.shape(cfg.n_embd);
+                let (a, b) = crate::layout::lora_names(&t.path());
                 [
                     ParamSpec {
-                        name: format!("{p}.lora_A.weight"),
+                        name: a,
                         shape: vec![self.rank, n_in],
                         init: Init::Uniform(1.0 / (n_in as f64).sqrt()),
                         decay: false,
                     },
                     ParamSpec {
-                        name: format!("{p}.lora_B.weight"),
+                        name: b,
                         shape: vec![n_out, self.rank],
                         init: Init::Zeros,
                         decay: false,
@@ -208,7 +214,7 @@ impl LoraConfig {
     }
 }
 
-const PEFT_PREFIX: &str = "base_model.model.";
+use crate::layout::PEFT_PREFIX;
 
 /// Writes an adapter folder in PEFT's layout (through a temporary folder, renamed at the end).
 pub fn save_adapter(
@@ -309,8 +315,9 @@ pub fn load_adapter(dir: &Path, model: &GptConfig, device: &Device) -> Result<(L
 pub fn merge(base: &Weights, cfg: &LoraConfig, adapter: &Weights, model: &GptConfig) -> Result<Weights> {
     let mut out = base.clone();
     let s = cfg.scale();
-    for (p, _, _) in cfg.layers(model) {
-        let name = format!("{p}.weight");
+    for t in cfg.layers(model) {
+        let name = crate::layout::Slot::BlockLinear(t.layer, t.linear, crate::layout::Part::Weight).name();
+        let (a_name, b_name) = crate::layout::lora_names(&t.path());
         let w = out
             .get(&name)
             .ok_or_else(|| Error::Config(format!("the base has no {name}")))?;
@@ -319,8 +326,8 @@ pub fn merge(base: &Weights, cfg: &LoraConfig, adapter: &Weights, model: &GptCon
                 .get(&n)
                 .ok_or_else(|| Error::Config(format!("the adapter has no {n}")))
         };
-        let a = get(format!("{p}.lora_A.weight"))?; // (r, in)
-        let b = get(format!("{p}.lora_B.weight"))?; // (out, r)
+        let a = get(a_name)?; // (r, in)
+        let b = get(b_name)?; // (out, r)
         let delta = (a.t()?.matmul(&b.t()?)? * s)?; // (in, out)
         let merged = (w + delta)?;
         out.insert(name, merged);

@@ -29,63 +29,34 @@ pub struct ParamSpec {
     pub decay: bool,
 }
 
-/// Every parameter of a GPT with `cfg`, in a fixed order, named as in HF GPT-2.
+/// Every parameter of a GPT with `cfg`, in the layout's order and names ([`crate::layout`]).
 pub fn param_specs(cfg: &GptConfig) -> Vec<ParamSpec> {
-    let (c, v) = (cfg.n_embd, cfg.vocab_size);
+    use crate::layout::{Part, Slot, slots};
     // nanoGPT: N(0, 0.02), residual projections scaled by 1/√(2·n_layer).
     let std = 0.02;
     let proj_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
-    let mut specs = Vec::new();
-    let mut add = |name: String, shape: Vec<usize>, init: Init, decay: bool| {
-        specs.push(ParamSpec {
-            name,
-            shape,
-            init,
-            decay,
-        });
-    };
-    add(
-        "transformer.wte.weight".into(),
-        vec![v, c],
-        Init::Normal(std),
-        false,
-    );
-    add(
-        "transformer.wpe.weight".into(),
-        vec![cfg.n_ctx, c],
-        Init::Normal(std),
-        false,
-    );
-    let norm = |add: &mut dyn FnMut(String, Vec<usize>, Init, bool), p: String| {
-        add(format!("{p}.weight"), vec![c], Init::Ones, false);
-        if cfg.bias {
-            add(format!("{p}.bias"), vec![c], Init::Zeros, false);
-        }
-    };
-    let linear = |add: &mut dyn FnMut(String, Vec<usize>, Init, bool),
-                  p: String,
-                  n_in: usize,
-                  n_out: usize,
-                  s: f64| {
-        add(format!("{p}.weight"), vec![n_in, n_out], Init::Normal(s), true);
-        if cfg.bias {
-            add(format!("{p}.bias"), vec![n_out], Init::Zeros, false);
-        }
-    };
-    for i in 0..cfg.n_layer {
-        let h = format!("transformer.h.{i}");
-        norm(&mut add, format!("{h}.ln_1"));
-        linear(&mut add, format!("{h}.attn.c_attn"), c, 3 * c, std);
-        linear(&mut add, format!("{h}.attn.c_proj"), c, c, proj_std);
-        norm(&mut add, format!("{h}.ln_2"));
-        linear(&mut add, format!("{h}.mlp.c_fc"), c, 4 * c, std);
-        linear(&mut add, format!("{h}.mlp.c_proj"), 4 * c, c, proj_std);
-    }
-    norm(&mut add, "transformer.ln_f".into());
-    if !cfg.tie_embeddings {
-        add("lm_head.weight".into(), vec![v, c], Init::Normal(std), false);
-    }
-    specs
+    slots(cfg)
+        .into_iter()
+        .map(|slot| {
+            let (init, decay) = match slot {
+                Slot::TokenEmbedding | Slot::PositionEmbedding | Slot::LmHead => (Init::Normal(std), false),
+                Slot::BlockNorm(.., Part::Weight) | Slot::FinalNorm(Part::Weight) => (Init::Ones, false),
+                Slot::BlockLinear(_, l, Part::Weight) => (
+                    Init::Normal(if l.is_residual_projection() { proj_std } else { std }),
+                    true,
+                ),
+                Slot::BlockNorm(.., Part::Bias)
+                | Slot::BlockLinear(.., Part::Bias)
+                | Slot::FinalNorm(Part::Bias) => (Init::Zeros, false),
+            };
+            ParamSpec {
+                name: slot.name(),
+                shape: slot.shape(cfg),
+                init,
+                decay,
+            }
+        })
+        .collect()
 }
 
 /// Named f32 tensors.
@@ -116,20 +87,13 @@ pub fn init_specs(specs: &[ParamSpec], rng: &mut Rng, device: &Device) -> Result
         .collect()
 }
 
-/// Brings names from other GPT-2 checkpoints to ours: the original OpenAI-converted files have no
-/// `transformer.` prefix; attention-mask buffers are not weights.
+/// Brings names from other GPT-2 checkpoints to ours ([`crate::layout::checkpoint_alias`]).
 fn normalise(raw: Vec<(String, Tensor)>) -> Result<Weights> {
     let mut out = Weights::new();
     for (name, t) in raw {
-        if name.ends_with(".attn.bias") && t.rank() == 4 || name.ends_with(".attn.masked_bias") {
-            continue;
+        if let Some(name) = crate::layout::checkpoint_alias(&name, t.rank()) {
+            out.insert(name, t.to_dtype(DType::F32)?);
         }
-        let name = if name.starts_with("transformer.") || name == "lm_head.weight" {
-            name
-        } else {
-            format!("transformer.{name}")
-        };
-        out.insert(name, t.to_dtype(DType::F32)?);
     }
     Ok(out)
 }
@@ -142,7 +106,7 @@ pub fn check_weights(cfg: &GptConfig, mut w: Weights, source: &Path) -> Result<W
         msg,
     };
     if cfg.tie_embeddings {
-        w.remove("lm_head.weight");
+        w.remove(&crate::layout::Slot::LmHead.name());
     }
     match_specs(
         &param_specs(cfg),

@@ -755,7 +755,7 @@ fn finetune_bench(args: &FinetuneBench) -> anyhow::Result<()> {
         rank: args.rank,
         alpha: 2.0 * args.rank as f64,
         dropout: 0.0,
-        targets: vec!["c_attn".into(), "c_proj".into(), "c_fc".into()],
+        targets: chatforge_model::layout::LORA_MODULES.map(String::from).to_vec(),
         quant: (mode == "qlora").then_some(args.quant),
     };
     // The engine path builds no candle model: its copies would stay in the process's footprint.

@@ -7,6 +7,7 @@
 mod proto;
 mod verify;
 
+use chatforge_model::layout::{Linear, Norm, Part, Slot};
 use std::path::Path;
 
 use chatforge_model::{Activation, GptConfig, Weights};
@@ -133,11 +134,18 @@ impl Builder {
         name.to_string()
     }
 
-    fn layer_norm(&mut self, w: &Weights, x: &str, prefix: &str, eps: f32, bias: bool) -> Result<String> {
-        let g = self.weight(w, &format!("{prefix}.weight"))?;
+    fn layer_norm(
+        &mut self,
+        w: &Weights,
+        x: &str,
+        slot: &dyn Fn(Part) -> Slot,
+        eps: f32,
+        bias: bool,
+    ) -> Result<String> {
+        let g = self.weight(w, &slot(Part::Weight).name())?;
         let mut inputs = vec![x.to_string(), g];
         if bias {
-            inputs.push(self.weight(w, &format!("{prefix}.bias"))?);
+            inputs.push(self.weight(w, &slot(Part::Bias).name())?);
         }
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         Ok(self.op(
@@ -148,8 +156,15 @@ impl Builder {
     }
 
     /// `x W + b` for an HF Conv1D weight `(in, out)`, in f32 or int8.
-    fn linear(&mut self, w: &Weights, x: &str, prefix: &str, bias: bool, int8: bool) -> Result<String> {
-        let name = format!("{prefix}.weight");
+    fn linear(
+        &mut self,
+        w: &Weights,
+        x: &str,
+        slot: &dyn Fn(Part) -> Slot,
+        bias: bool,
+        int8: bool,
+    ) -> Result<String> {
+        let name = slot(Part::Weight).name();
         let y = if int8 {
             let t = w
                 .get(&name)
@@ -186,9 +201,9 @@ impl Builder {
             );
             self.next += 1;
             let (xq, xs, xz) = (
-                format!("{prefix}.x_q_{}", self.next),
-                format!("{prefix}.x_scale_{}", self.next),
-                format!("{prefix}.x_zero_point_{}", self.next),
+                format!("{name}.x_q_{}", self.next),
+                format!("{name}.x_scale_{}", self.next),
+                format!("{name}.x_zero_point_{}", self.next),
             );
             self.op_into("DynamicQuantizeLinear", &[x], vec![], &[&xq, &xs, &xz]);
             let acc = self.op("MatMulInteger", &[&xq, &wq, &xz, &wz], vec![]);
@@ -200,7 +215,7 @@ impl Builder {
             self.op("MatMul", &[x, &wt], vec![])
         };
         if bias {
-            let b = self.weight(w, &format!("{prefix}.bias"))?;
+            let b = self.weight(w, &slot(Part::Bias).name())?;
             Ok(self.op("Add", &[&y, &b], vec![]))
         } else {
             Ok(y)
@@ -273,8 +288,8 @@ fn build(cfg: &GptConfig, w: &Weights, opts: OnnxOptions) -> Result<ModelProto> 
         next: 0,
     };
     // Embeddings.
-    let wte = g.weight(w, "transformer.wte.weight")?;
-    let wpe = g.weight(w, "transformer.wpe.weight")?;
+    let wte = g.weight(w, &Slot::TokenEmbedding.name())?;
+    let wpe = g.weight(w, &Slot::PositionEmbedding.name())?;
     let tok = g.op("Gather", &[&wte, "input_ids"], vec![attr_i("axis", 0)]);
     let pos = g.op("Gather", &[&wpe, "position_ids"], vec![attr_i("axis", 0)]);
     let mut x = g.op("Add", &[&tok, &pos], vec![]);
@@ -314,9 +329,14 @@ fn build(cfg: &GptConfig, w: &Weights, opts: OnnxOptions) -> Result<ModelProto> 
     let merge_shape = g.const_i64("const.merge_shape", &[0, 0, c as i64]);
     let scale = g.const_f32("const.attn_scale", 1.0 / (d as f32).sqrt());
     for i in 0..cfg.n_layer {
-        let pre = format!("transformer.h.{i}");
-        let hdn = g.layer_norm(w, &x, &format!("{pre}.ln_1"), eps, cfg.bias)?;
-        let qkv = g.linear(w, &hdn, &format!("{pre}.attn.c_attn"), cfg.bias, opts.int8)?;
+        let hdn = g.layer_norm(w, &x, &|p| Slot::BlockNorm(i, Norm::Attn, p), eps, cfg.bias)?;
+        let qkv = g.linear(
+            w,
+            &hdn,
+            &|p| Slot::BlockLinear(i, Linear::AttnQkv, p),
+            cfg.bias,
+            opts.int8,
+        )?;
         let (q, k, v) = (format!("q_{i}"), format!("k_{i}"), format!("v_{i}"));
         g.op_into("Split", &[&qkv, &split], vec![attr_i("axis", 2)], &[&q, &k, &v]);
         let heads = |g: &mut Builder, z: &str| {
@@ -339,19 +359,37 @@ fn build(cfg: &GptConfig, w: &Weights, opts: OnnxOptions) -> Result<ModelProto> 
         let y = g.op("MatMul", &[&probs, &cv], vec![]);
         let y = g.op("Transpose", &[&y], vec![attr_ints("perm", &[0, 2, 1, 3])]);
         let y = g.op("Reshape", &[&y, &merge_shape], vec![]);
-        let y = g.linear(w, &y, &format!("{pre}.attn.c_proj"), cfg.bias, opts.int8)?;
+        let y = g.linear(
+            w,
+            &y,
+            &|p| Slot::BlockLinear(i, Linear::AttnOut, p),
+            cfg.bias,
+            opts.int8,
+        )?;
         x = g.op("Add", &[&x, &y], vec![]);
-        let hdn = g.layer_norm(w, &x, &format!("{pre}.ln_2"), eps, cfg.bias)?;
-        let m = g.linear(w, &hdn, &format!("{pre}.mlp.c_fc"), cfg.bias, opts.int8)?;
+        let hdn = g.layer_norm(w, &x, &|p| Slot::BlockNorm(i, Norm::Mlp, p), eps, cfg.bias)?;
+        let m = g.linear(
+            w,
+            &hdn,
+            &|p| Slot::BlockLinear(i, Linear::MlpUp, p),
+            cfg.bias,
+            opts.int8,
+        )?;
         let m = g.gelu(&m, cfg.activation);
-        let m = g.linear(w, &m, &format!("{pre}.mlp.c_proj"), cfg.bias, opts.int8)?;
+        let m = g.linear(
+            w,
+            &m,
+            &|p| Slot::BlockLinear(i, Linear::MlpDown, p),
+            cfg.bias,
+            opts.int8,
+        )?;
         x = g.op("Add", &[&x, &m], vec![]);
     }
-    let x = g.layer_norm(w, &x, "transformer.ln_f", eps, cfg.bias)?;
+    let x = g.layer_norm(w, &x, &Slot::FinalNorm, eps, cfg.bias)?;
     let head = if cfg.tie_embeddings {
         wte
     } else {
-        g.weight(w, "lm_head.weight")?
+        g.weight(w, &Slot::LmHead.name())?
     };
     let head_t = g.op("Transpose", &[&head], vec![attr_ints("perm", &[1, 0])]);
     g.op_into("MatMul", &[&x, &head_t], vec![], &["logits"]);
