@@ -1,0 +1,186 @@
+//! Elementwise and row work: layer norm forward and backward, biases, sums.
+
+use super::*;
+
+pub(super) const ROWS_PER_TASK: usize = 16;
+
+/// `out[i] = f(x[i])` on all cores, in a loop the compiler vectorises.
+pub(super) fn map_into(out: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32 + Sync) {
+    out.par_chunks_mut(1 << 12)
+        .zip(x.par_chunks(1 << 12))
+        .for_each(|(o, x)| vectorized(|| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x))));
+}
+
+/// Row statistics `(mean, 1/√(var + eps))`, as the fused layer norm computes them.
+pub(super) fn stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+pub(super) fn layer_norm_fwd(
+    out: &mut [f32],
+    st: &mut [(f32, f32)],
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    c: usize,
+    eps: f32,
+) {
+    out.par_chunks_mut(c * ROWS_PER_TASK)
+        .zip(st.par_chunks_mut(ROWS_PER_TASK))
+        .zip(x.par_chunks(c * ROWS_PER_TASK))
+        .for_each(|((o, s), xs)| {
+            vectorized(|| {
+                for ((orow, srow), xrow) in o.chunks_mut(c).zip(s.iter_mut()).zip(xs.chunks(c)) {
+                    let (mean, rstd) = stats(xrow, eps);
+                    *srow = (mean, rstd);
+                    match b {
+                        Some(b) => {
+                            for i in 0..c {
+                                orow[i] = (xrow[i] - mean) * rstd * w[i] + b[i];
+                            }
+                        }
+                        None => {
+                            for i in 0..c {
+                                orow[i] = (xrow[i] - mean) * rstd * w[i];
+                            }
+                        }
+                    }
+                }
+            })
+        });
+}
+
+/// `dx += layer norm's input gradient`; `dw`, `db` += their gradients (summed over rows).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn layer_norm_bwd(
+    dx: &mut [f32],
+    dw: Option<&mut [f32]>,
+    db: Option<&mut [f32]>,
+    dout: &[f32],
+    x: &[f32],
+    st: &[(f32, f32)],
+    w: &[f32],
+    c: usize,
+) {
+    // Partial sums per task, added in task order: the same result on every run.
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = dx
+        .par_chunks_mut(c * ROWS_PER_TASK)
+        .zip(dout.par_chunks(c * ROWS_PER_TASK))
+        .zip(x.par_chunks(c * ROWS_PER_TASK))
+        .zip(st.par_chunks(ROWS_PER_TASK))
+        .map(|(((dxs, ds), xs), ss)| {
+            vectorized(|| {
+                let (mut pw, mut pb) = (vec![0f32; c], vec![0f32; c]);
+                for (((dxr, dr), xr), &(mean, rstd)) in
+                    dxs.chunks_mut(c).zip(ds.chunks(c)).zip(xs.chunks(c)).zip(ss)
+                {
+                    let mut dnorm_mean = 0f32;
+                    let mut dnorm_norm_mean = 0f32;
+                    for i in 0..c {
+                        let norm = (xr[i] - mean) * rstd;
+                        let dnorm = w[i] * dr[i];
+                        dnorm_mean += dnorm;
+                        dnorm_norm_mean += dnorm * norm;
+                        pw[i] += norm * dr[i];
+                        pb[i] += dr[i];
+                    }
+                    dnorm_mean /= c as f32;
+                    dnorm_norm_mean /= c as f32;
+                    for i in 0..c {
+                        let norm = (xr[i] - mean) * rstd;
+                        let dnorm = w[i] * dr[i];
+                        dxr[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rstd;
+                    }
+                }
+                (pw, pb)
+            })
+        })
+        .collect();
+    let (mut pw, mut pb) = (vec![0f32; c], vec![0f32; c]);
+    for (w, b) in &parts {
+        pw.iter_mut().zip(w).for_each(|(a, b)| *a += b);
+        pb.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+    }
+    if let Some(dw) = dw {
+        dw.iter_mut().zip(&pw).for_each(|(a, b)| *a += b);
+    }
+    if let Some(db) = db {
+        db.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
+    }
+}
+
+/// `db += Σ_rows dout`.
+pub(super) fn bias_grad(db: &mut [f32], dout: &[f32], oc: usize) {
+    // Partial sums per task, added in task order: the same result on every run.
+    let parts: Vec<Vec<f32>> = dout
+        .par_chunks(oc * 64)
+        .map(|rows| {
+            let mut acc = vec![0f32; oc];
+            for r in rows.chunks(oc) {
+                acc.iter_mut().zip(r).for_each(|(a, b)| *a += b);
+            }
+            acc
+        })
+        .collect();
+    let mut sum = vec![0f32; oc];
+    for p in &parts {
+        sum.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
+    db.iter_mut().zip(&sum).for_each(|(a, b)| *a += b);
+}
+
+/// Every row of `out` (width `oc`) set to the bias (or zero), ready for a matmul that adds to it.
+pub(super) fn fill_bias(out: &mut [f32], bias: Option<&[f32]>, oc: usize) {
+    match bias {
+        Some(b) => out.par_chunks_mut(oc * 64).for_each(|rows| {
+            for r in rows.chunks_mut(oc) {
+                r.copy_from_slice(b);
+            }
+        }),
+        None => out.par_chunks_mut(1 << 14).for_each(|x| x.fill(0.0)),
+    }
+}
+
+/// `acc += x`, on all cores.
+pub(super) fn add_into(acc: &mut [f32], x: &[f32]) {
+    acc.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(r, x)| {
+            r.iter_mut().zip(x).for_each(|(r, x)| *r += x);
+        });
+}
+
+/// A norm's weight and bias gradients, or none when the model is frozen.
+pub(super) fn norm_grads(
+    g: &mut [f32],
+    frozen: bool,
+    w: usize,
+    b: Option<usize>,
+    c: usize,
+) -> (Option<&mut [f32]>, Option<&mut [f32]>) {
+    if frozen {
+        return (None, None);
+    }
+    let (gw, gb) = split_two(g, w, b, c);
+    (Some(gw), gb)
+}
+
+/// The gradients of a norm's weight and (optional) bias, as two disjoint slices.
+pub(super) fn split_two(
+    g: &mut [f32],
+    w: usize,
+    b: Option<usize>,
+    c: usize,
+) -> (&mut [f32], Option<&mut [f32]>) {
+    match b {
+        // The specs put a norm's bias right after its weight.
+        Some(bo) if bo == w + c => {
+            let (gw, gb) = g[w..w + 2 * c].split_at_mut(c);
+            (gw, Some(gb))
+        }
+        _ => (&mut g[w..w + c], None),
+    }
+}
