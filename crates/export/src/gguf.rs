@@ -7,9 +7,9 @@ use std::path::Path;
 
 use candle_core::Tensor;
 use candle_core::quantized::{GgmlDType, QTensor};
-use chatforge_infer::ModelSource;
-use chatforge_infer::gguf::MAGIC;
 use chatforge_model::{Activation, Weights};
+use chatforge_run::ModelSource;
+use chatforge_run::gguf::MAGIC;
 
 use crate::hf::special_ids;
 use crate::{Error, Result, io_err};

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use chatforge_infer::ModelSource;
 use chatforge_model::{Weights, save_weights};
+use chatforge_run::ModelSource;
 use chatforge_tokenizer::{Template, specials};
 use serde_json::{Value, json};
 

@@ -52,7 +52,7 @@ pub fn info(path: &Path) -> Result<Info> {
             .map_or_else(|| Path::new(".").to_path_buf(), Path::to_path_buf);
         (
             dir,
-            chatforge_infer::gguf::is_gguf(path).then(|| path.to_path_buf()),
+            chatforge_run::gguf::is_gguf(path).then(|| path.to_path_buf()),
         )
     };
     let manifest = read_json(&dir.join("export_manifest.json"));

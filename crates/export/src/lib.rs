@@ -10,7 +10,7 @@ pub mod onnx;
 
 use std::path::{Path, PathBuf};
 
-use chatforge_infer::{ModelKind, ModelSource};
+use chatforge_run::{ModelKind, ModelSource};
 use serde::Serialize;
 
 pub use gguf::{GgufQuant, write_gguf};
@@ -20,7 +20,7 @@ pub use info::{Info, info};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Infer(#[from] chatforge_infer::Error),
+    Source(#[from] chatforge_run::Error),
     #[error(transparent)]
     Model(#[from] chatforge_model::Error),
     #[error(transparent)]

@@ -5,7 +5,6 @@ pub mod chat;
 pub mod engine;
 pub mod eval;
 pub mod generate;
-pub mod gguf;
 pub mod kernels;
 pub mod metrics;
 pub mod sampling;
@@ -13,6 +12,7 @@ pub mod source;
 pub mod stream;
 
 pub use chat::ChatSession;
+pub use chatforge_run::gguf;
 pub use engine::{Engine, Sequence, WeightType};
 pub use generate::{Finish, Output, Request, generate, generate_ids, prompt_budget};
 pub use sampling::Sampling;
@@ -27,6 +27,8 @@ pub enum Error {
     Tokenizer(#[from] chatforge_tokenizer::Error),
     #[error(transparent)]
     Data(#[from] chatforge_data::Error),
+    #[error(transparent)]
+    Run(#[from] chatforge_run::Error),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error("{0}")]

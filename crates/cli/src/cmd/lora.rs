@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use candle_core::Device;
-use chatforge_infer::source::{Checkpoint, find_adapter, resolve, with_adapter};
 use chatforge_model::{load_hf, save_weights};
+use chatforge_run::source::{Checkpoint, find_adapter, resolve, with_adapter};
 use clap::{Args, Subcommand};
 
 #[derive(Subcommand)]

@@ -1,0 +1,25 @@
+//! Runs and model sources: where a model's weights, tokenizer and adapters come from (a run
+//! directory, a Hugging Face folder, a GGUF file), shared by generation, evaluation and export.
+
+pub mod gguf;
+pub mod source;
+
+pub use source::{Checkpoint, ModelKind, ModelSource};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Model(#[from] chatforge_model::Error),
+    #[error(transparent)]
+    Tokenizer(#[from] chatforge_tokenizer::Error),
+    #[error(transparent)]
+    Data(#[from] chatforge_data::Error),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{}: {msg}", path.display())]
+    Load { path: std::path::PathBuf, msg: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
