@@ -23,6 +23,53 @@ use crate::{ANONYMOUS_ID, Conversation, Error, Message, Result, Role, atomic_wri
 /// `adapters`, the base the adapters belong to (so the folder opens as a model).
 pub const PERSONA_RUN_FILE: &str = "persona_run.json";
 
+/// The record in [`PERSONA_RUN_FILE`]: how a persona run was made, written by `train
+/// --persona-strategy` and read by whatever opens the folder as a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PersonaRun {
+    /// `unified`, `instruction` or `adapters`.
+    pub strategy: String,
+    /// The conversations the examples were built from.
+    pub data: std::path::PathBuf,
+    pub with_channel: bool,
+    pub augment: usize,
+    /// `adapters`: the shared base model the adapters belong to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<std::path::PathBuf>,
+    /// The personas trained (`instruction`, `adapters`); empty for `unified`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub personas: Vec<PersonaEntry>,
+}
+
+/// One persona of a run: its user id, its name, and its adapter's folder name under `adapters/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PersonaEntry {
+    pub id: String,
+    pub name: String,
+    pub adapter: String,
+}
+
+impl PersonaRun {
+    /// Writes the record into run directory `dir`, atomically.
+    pub fn write(&self, dir: &std::path::Path) -> Result<()> {
+        atomic_write(&dir.join(PERSONA_RUN_FILE), |w| {
+            serde_json::to_writer_pretty(&mut *w, self).map_err(std::io::Error::other)
+        })
+    }
+
+    /// The record of run directory `dir`: `None` when it has none.
+    pub fn read(dir: &std::path::Path) -> Result<Option<PersonaRun>> {
+        let file = dir.join(PERSONA_RUN_FILE);
+        if !file.is_file() {
+            return Ok(None);
+        }
+        let text = crate::read_capped(&file, 16 << 20)?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::file(&file, format!("not a persona-run record: {e}")))
+    }
+}
+
 /// The persona instruction: `Respond as {name}:`, with the channel in front when given
 /// (`Channel: {channel} | Respond as {name}:`). Training examples and chat render the same text.
 pub fn persona_line(name: &str, channel: Option<&str>) -> String {

@@ -328,19 +328,13 @@ fn quant_round_trip(w: &mut Weights, kind: chatforge_model::quant::QuantKind) ->
 /// The base model of a persona run (a folder with `persona_run.json` naming its base and
 /// `adapters/`), or `None` for anything else.
 fn persona_run_base(path: &Path) -> Result<Option<PathBuf>> {
-    let file = path.join(chatforge_data::personas::PERSONA_RUN_FILE);
-    if is_run(path) || !file.is_file() {
+    if is_run(path) {
         return Ok(None);
     }
-    let bad = |msg: String| Error::Load {
-        path: file.clone(),
-        msg,
-    };
-    let v: serde_json::Value = std::fs::read_to_string(&file)
-        .map_err(|e| bad(e.to_string()))
-        .and_then(|t| serde_json::from_str(&t).map_err(|e| bad(e.to_string())))?;
     // Only the adapters strategy has a base; the others are ordinary runs.
-    Ok(v["base"].as_str().map(|b| path.join(b)))
+    Ok(chatforge_data::personas::PersonaRun::read(path)?
+        .and_then(|r| r.base)
+        .map(|b| path.join(b)))
 }
 
 /// A PEFT adapter folder: `a` itself, or `root/adapters/a`.

@@ -4,13 +4,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use chatforge_data::personas::{
-    ExampleOptions, PERSONA_RUN_FILE, Registry, Strategy, Targets, build_examples, discover, slug,
+    ExampleOptions, PersonaEntry, PersonaRun, Registry, Strategy, Targets, build_examples, discover, slug,
 };
 use chatforge_data::{Conversation, Shard, read_jsonl, write_jsonl};
 use chatforge_tokenizer::{ChatTokenizer, RenderOptions, tokenize_file};
 use chatforge_train::TrainConfig;
 use clap::{Args, Subcommand};
-use serde_json::json;
 
 #[derive(Args)]
 pub struct PersonasArgs {
@@ -301,12 +300,14 @@ pub fn train(
     let opts = args.examples.options();
     let registry = &args.personas;
     std::fs::create_dir_all(out)?;
-    let mut record = json!({
-        "strategy": strategy.name(),
-        "data": data.display().to_string(),
-        "with_channel": opts.with_channel,
-        "augment": opts.augment,
-    });
+    let mut record = PersonaRun {
+        strategy: strategy.name().to_string(),
+        data: data.to_path_buf(),
+        with_channel: opts.with_channel,
+        augment: opts.augment,
+        base: None,
+        personas: Vec::new(),
+    };
     match strategy {
         Strategy::Unified | Strategy::Instruction => {
             let sets = example_sets(&threads, strategy, registry, None, &opts)?;
@@ -325,11 +326,9 @@ pub fn train(
             cfg.train.data = Some(train_shard);
             cfg.train.val = val_shard;
             if strategy == Strategy::Instruction {
-                record["personas"] = personas_json(&Registry::load_enabled(registry)?, None);
+                record.personas = persona_entries(&Registry::load_enabled(registry)?, None);
             }
-            chatforge_data::atomic_write(&out.join(PERSONA_RUN_FILE), |w| {
-                serde_json::to_writer_pretty(&mut *w, &record).map_err(std::io::Error::other)
-            })?;
+            record.write(out)?;
             super::train::run_training(&cfg, out, args.resume, Some(tok_path))?;
             if !args.no_eval {
                 super::train::evaluate_or_warn(&cfg, out);
@@ -349,10 +348,14 @@ pub fn train(
     }
 }
 
-fn personas_json(reg: &Registry, trained: Option<&[String]>) -> serde_json::Value {
+fn persona_entries(reg: &Registry, trained: Option<&[String]>) -> Vec<PersonaEntry> {
     reg.enabled()
         .filter(|p| trained.is_none_or(|t| t.contains(&slug(&p.name))))
-        .map(|p| json!({"id": p.id, "name": p.name, "adapter": slug(&p.name)}))
+        .map(|p| PersonaEntry {
+            id: p.id.clone(),
+            name: p.name.clone(),
+            adapter: slug(&p.name),
+        })
         .collect()
 }
 
@@ -365,7 +368,7 @@ fn train_adapters(
     tok_path: &Path,
     out: &Path,
     args: &super::train::TrainArgs,
-    mut record: serde_json::Value,
+    mut record: PersonaRun,
 ) -> anyhow::Result<()> {
     if !cfg.train.mode.adapter() {
         if args.mode.is_some() {
@@ -439,11 +442,9 @@ fn train_adapters(
         out.join("tokenizer.json"),
     )
     .context("copying the tokenizer into the run")?;
-    record["base"] = json!(base.display().to_string());
-    record["personas"] = personas_json(&reg, Some(&trained));
-    chatforge_data::atomic_write(&out.join(PERSONA_RUN_FILE), |w| {
-        serde_json::to_writer_pretty(&mut *w, &record).map_err(std::io::Error::other)
-    })?;
+    record.base = Some(base.clone());
+    record.personas = persona_entries(&reg, Some(&trained));
+    record.write(out)?;
     say!(
         "\n{} adapters in {}; chat with `chatforge chat --model {}` and `/persona NAME`",
         trained.len(),
