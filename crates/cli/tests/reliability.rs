@@ -169,6 +169,26 @@ fn idle_connections_are_closed_and_capped() {
         "idle connections stayed open"
     );
     assert_eq!(get(port, "/healthz").status, 200);
+    // A kept-alive connection that goes quiet after a whole request is closed as well.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    let answer = String::from_utf8_lossy(&seen);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let idle = t0.elapsed();
+    assert!(
+        idle > Duration::from_millis(500) && idle < Duration::from_secs(5),
+        "closed after {idle:?}"
+    );
 }
 
 #[test]
