@@ -146,7 +146,7 @@ local k = 'cf:job:' .. ARGV[1]
 local s = redis.call('HGET', k, 'state')
 if s == 'failed' or s == 'cancelled' then
   redis.call('HSET', k, 'state', 'queued', 'attempts', 0, 'cancel_requested', 0, 'not_before', ARGV[2])
-  redis.call('HDEL', k, 'error', 'finished_at', 'worker')
+  redis.call('HDEL', k, 'error', 'finished_at', 'started_at', 'worker')
   redis.call('ZADD', 'cf:queue', redis.call('HGET', k, 'created_at'), ARGV[1])
 end
 return 1

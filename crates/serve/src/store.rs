@@ -408,7 +408,7 @@ impl JobStore for SqliteStore {
             }
             tx.execute(
                 "UPDATE jobs SET state = 'queued', attempts = 0, cancel_requested = 0, error = NULL,
-                     finished_at = NULL, worker = NULL, not_before = ?2
+                     finished_at = NULL, started_at = NULL, worker = NULL, not_before = ?2
                  WHERE id = ?1 AND state IN ('failed', 'cancelled')",
                 params![id, now],
             )?;

@@ -69,10 +69,10 @@ impl Worker {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("worker {}: starting {}: {e}", self.id, job.id);
-                // Not the job's fault: back to the queue, no attempt used.
+                // Counted as an attempt: a worker that cannot start jobs must not spin on one.
                 self.record(
                     &job.id,
-                    &Outcome::Requeue(format!("the worker could not start it: {e}")),
+                    &Outcome::Failed(format!("the worker could not start it: {e}")),
                 );
                 return;
             }

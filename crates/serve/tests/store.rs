@@ -291,5 +291,15 @@ fn check_resume_respects_the_queue_bound(open: &Open) {
     let e = s.resume("a", 4.0, 1).unwrap_err();
     assert!(e.to_string().contains("queue is full"), "{e}");
     assert_eq!(s.get("a").unwrap().unwrap().state, JobState::Cancelled);
-    assert_eq!(s.resume("a", 4.0, 2).unwrap().unwrap().state, JobState::Queued);
+    let j = s.resume("a", 4.0, 2).unwrap().unwrap();
+    assert_eq!(j.state, JobState::Queued);
+    // A resumed job's time limit starts again with its next start.
+    s.claim("w", 10.0, 5.0).unwrap().unwrap();
+    s.cancel("a", 6.0).unwrap();
+    s.finish("a", "w", &Outcome::Cancelled, 1.0, 6.0).unwrap();
+    assert_eq!(s.get("a").unwrap().unwrap().started_at, Some(5.0));
+    s.cancel("b", 6.5).unwrap();
+    s.resume("a", 7.0, 2).unwrap();
+    assert_eq!(s.get("a").unwrap().unwrap().started_at, None);
+    assert_eq!(s.claim("w", 10.0, 8.0).unwrap().unwrap().started_at, Some(8.0));
 }
