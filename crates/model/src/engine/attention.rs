@@ -5,6 +5,7 @@ use super::*;
 
 /// For a row whose segments are runs (each id in one stretch), where each position's run starts;
 /// `None` when an id comes back after another (then attention masks position by position).
+#[inline]
 pub(super) fn segment_starts(seg: &[u32]) -> Option<Vec<usize>> {
     let mut starts = Vec::with_capacity(seg.len());
     let mut seen = Vec::new();
@@ -37,6 +38,7 @@ pub(super) const ATT_TILE: usize = 64;
 
 /// The tiles of one batch row, and whether it is masked position by position: when a segment id
 /// comes back after another, one tile covers the whole row and the mask compares ids.
+#[inline]
 pub(super) fn row_tiles(seg: &[u32]) -> (Vec<Tile>, bool) {
     let t = seg.len();
     match segment_starts(seg) {
@@ -62,6 +64,7 @@ pub(super) fn row_tiles(seg: &[u32]) -> (Vec<Tile>, bool) {
 /// Runs `f(bh, a, b)` for every `bh < count`, in parallel: the tasks are dealt to as many groups
 /// as `scratch` holds pairs of `tt`-value matrices (task `bh` to group `bh mod groups`, so uneven
 /// rows spread), and each group runs its tasks in turn with its own pair `a`, `b`.
+#[inline]
 pub(super) fn per_head(
     scratch: &mut [f32],
     tt: usize,
@@ -87,6 +90,7 @@ pub(super) enum Stats<'a> {
 
 impl Stats<'_> {
     /// Row `i`'s stats when replaying; `None` when they are to be computed.
+    #[inline]
     pub(super) fn get(&self, i: usize) -> Option<(f32, f32)> {
         match self {
             Stats::Read(s) => Some((s[2 * i], s[2 * i + 1])),
@@ -94,6 +98,7 @@ impl Stats<'_> {
         }
     }
 
+    #[inline]
     pub(super) fn put(&mut self, i: usize, (max, inv): (f32, f32)) {
         if let Stats::Write(s) = self {
             s[2 * i] = max;
@@ -105,6 +110,7 @@ impl Stats<'_> {
 /// One head's attention weights over a tile of the batch row that starts at `row0`: q·kᵀ/√d
 /// over the tile's columns, then [`tile_softmax`]. Forward (computing the stats) and backward
 /// (replaying them) both go through here, so they make the same weights.
+#[inline]
 pub(super) fn tile_weights(
     p: &mut [f32],
     qkv: &[f32],
@@ -140,6 +146,7 @@ pub(super) fn tile_weights(
 /// segment), zero elsewhere in the tile. Computing, it writes each row's maximum and `1/sum` to
 /// `stats`; replaying, it reads them and gives the same weights bit for bit (`exp(x − max) ·
 /// inv`, the same two roundings).
+#[inline]
 pub(super) fn tile_softmax(
     p: &mut [f32],
     t: usize,
@@ -192,6 +199,7 @@ pub(super) fn tile_softmax(
 /// Backward of attention for every (row, head), tile by tile: `dqkv` from `datty` (the gradient
 /// of the attention's output) and qkv, with the weights made again from the kept softmax `stats`.
 /// `scratch` as in [`TrainEngine::attention_fwd`].
+#[inline]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attention_bwd(
     dqkv: &mut [f32],
@@ -352,6 +360,7 @@ impl TrainEngine {
     /// not kept: `stats` gets each row's softmax maximum and `1/sum` (2 values per row), from which
     /// backward makes the same weights again. `scratch` holds a pair of `(t, t)` matrices per
     /// group of tasks ([`per_head`]); with dropout v is multiplied by the weights' dropped-out copy.
+    #[inline]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn attention_fwd(
         &self,

@@ -4,6 +4,7 @@
 use super::*;
 
 impl TrainEngine {
+    #[inline]
     pub(super) fn backward(&mut self, batch: &StepBatch<'_>) {
         let cfg = self.cfg.clone();
         let (c, v, h) = (cfg.n_embd, cfg.vocab_size, cfg.n_head);

@@ -4,6 +4,7 @@
 use super::*;
 
 impl TrainEngine {
+    #[inline]
     pub(super) fn build(
         cfg: &GptConfig,
         b: usize,

@@ -17,6 +17,7 @@ pub(super) struct Mask {
 impl Mask {
     /// The mask of a site of `len` elements at the stream's position, which moves past it; none
     /// (and no draw) when `p` is 0, as the autograd path.
+    #[inline]
     pub(super) fn take(rng: &mut Rng, p: f32, len: usize) -> Option<Mask> {
         if p <= 0.0 {
             return None;
@@ -55,6 +56,7 @@ pub(super) struct LayerMasks {
 
 /// With a mask: `dst = src ⊙ mask` (or `+=` with `add`); without `src`, `dst ⊙= mask`. `dst`'s
 /// element `i` takes the mask's element `i`.
+#[inline]
 pub(super) fn apply_mask(dst: &mut [f32], src: Option<&[f32]>, m: &Mask, add: bool) {
     const CHUNK: usize = 1 << 12;
     dst.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, d)| {
@@ -80,6 +82,7 @@ pub(super) fn apply_mask(dst: &mut [f32], src: Option<&[f32]>, m: &Mask, add: bo
 }
 
 /// The gradient `g` through a dropout mask, in `scratch`; `g` itself without one.
+#[inline]
 pub(super) fn through_mask<'a>(scratch: &'a mut [f32], g: &'a [f32], m: Option<&Mask>) -> &'a [f32] {
     match m {
         Some(m) => {
@@ -92,6 +95,7 @@ pub(super) fn through_mask<'a>(scratch: &'a mut [f32], g: &'a [f32], m: Option<&
 
 /// `pd = p ⊙ mask` over a tile of one `(t, t)` block of causal attention weights whose mask
 /// elements start at `at`; above the diagonal both are 0.
+#[inline]
 pub(super) fn dropped_weights(pd: &mut [f32], p: &[f32], m: &Mask, at: usize, t: usize, tile: Tile) {
     vectorized(|| {
         for i in tile.r0..tile.r1 {
@@ -111,6 +115,7 @@ impl TrainEngine {
     /// the embeddings, then per block c_attn's adapter input, the attention weights,
     /// attn.c_proj's adapter input, the attention's output, c_fc's and mlp.c_proj's adapter
     /// inputs, and the MLP's output.
+    #[inline]
     pub(super) fn draw_masks(&mut self, rng: &mut Rng, b: usize, t: usize) {
         let (c, h, n) = (self.cfg.n_embd, self.cfg.n_head, b * t);
         let (p, lp) = (self.p, self.lora_p);

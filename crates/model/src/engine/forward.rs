@@ -6,6 +6,7 @@ use super::*;
 impl TrainEngine {
     /// Forward of the whole model to the logits; also lays out this batch's attention tiles,
     /// which backward reuses.
+    #[inline]
     pub(super) fn forward(&mut self, batch: &StepBatch<'_>) {
         let t = batch.t;
         self.row_tiles = (0..batch.b)
@@ -79,12 +80,14 @@ impl TrainEngine {
     }
 
     /// Block `l`'s input: the embeddings, or block `l − 1`'s output.
+    #[inline]
     pub(super) fn block_input(&self, l: usize) -> &[f32] {
         if l == 0 { &self.x0 } else { &self.acts[l - 1].res3 }
     }
 
     /// Block `l`'s forward from its input (the embeddings or block `l − 1`'s output) into `a`.
     /// `wq`, `xdrop` and `pd` are scratch.
+    #[inline]
     pub(super) fn layer_forward(
         &self,
         l: usize,
@@ -190,6 +193,7 @@ impl TrainEngine {
 
     /// The weighted cross-entropy summed over positions (in f64), with `(softmax − onehot) ·
     /// weight · scale` written over the logits.
+    #[inline]
     pub(super) fn loss_and_dlogits(&mut self, batch: &StepBatch<'_>, scale: f32) -> f64 {
         let v = self.cfg.vocab_size;
         self.logits

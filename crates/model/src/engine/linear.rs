@@ -16,6 +16,7 @@ pub(super) struct Lin {
 }
 
 impl LayerParams {
+    #[inline]
     pub(super) fn attn(&self, c: usize) -> Lin {
         Lin {
             n_in: c,
@@ -26,6 +27,7 @@ impl LayerParams {
             q: self.q[0],
         }
     }
+    #[inline]
     pub(super) fn proj(&self, c: usize) -> Lin {
         Lin {
             n_in: c,
@@ -36,6 +38,7 @@ impl LayerParams {
             q: self.q[1],
         }
     }
+    #[inline]
     pub(super) fn fc(&self, c: usize) -> Lin {
         Lin {
             n_in: c,
@@ -46,6 +49,7 @@ impl LayerParams {
             q: self.q[2],
         }
     }
+    #[inline]
     pub(super) fn fcproj(&self, c: usize) -> Lin {
         Lin {
             n_in: 4 * c,
@@ -59,6 +63,7 @@ impl LayerParams {
 }
 
 /// The weight of `lin` `(in, out)`: in the base, or (QLoRA) dequantised into `wq`.
+#[inline]
 pub(super) fn weight_of<'a>(
     wts: &'a [f32],
     quant: &[QuantWeight],
@@ -80,6 +85,7 @@ type DropIn<'a> = Option<(&'a Mask, &'a mut [f32])>;
 
 /// `out = x·W + b`, plus `scale · (x·Aᵀ)·Bᵀ` with an adapter (`x·Aᵀ` kept in `u` for backward;
 /// with `drop`, `x` dropped out first).
+#[inline]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn linear_fwd(
     wts: &[f32],
@@ -138,6 +144,7 @@ pub(super) fn linear_fwd(
 /// Backward of [`linear_fwd`]: `dx = dy·Wᵀ (+ du·A)`; a trainable model's `dW += xᵀ·dy`,
 /// `db += Σ dy`; an adapter's `dB += scale·dyᵀ·u` and `dA += duᵀ·x`, where `du = scale·dy·B`
 /// (with `drop`, `x` is the dropped-out input and `du·A` goes through the mask).
+#[inline]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn linear_bwd(
     wts: &[f32],

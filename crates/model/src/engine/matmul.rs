@@ -8,6 +8,7 @@ pub(super) struct SendPtr(pub(super) *mut f32);
 
 impl SendPtr {
     /// The pointer (a method, so closures capture the `Send` wrapper, not the raw field).
+    #[inline]
     pub(super) fn get(self) -> *mut f32 {
         self.0
     }
@@ -32,6 +33,7 @@ pub(super) struct View {
 }
 
 impl View {
+    #[inline]
     pub(super) fn rows(off: usize, rows: usize, cols: usize, rs: usize) -> View {
         View {
             off,
@@ -43,6 +45,7 @@ impl View {
     }
 
     /// The transpose of a row-major block: `(cols, rows)` read down the columns.
+    #[inline]
     pub(super) fn t(self) -> View {
         View {
             off: self.off,
@@ -53,6 +56,7 @@ impl View {
         }
     }
 
+    #[inline]
     pub(super) fn fits(&self, len: usize) -> bool {
         self.rows == 0
             || self.cols == 0
@@ -66,6 +70,7 @@ impl View {
 /// `dst`, `lhs` and `rhs` point to buffers of `dst_len`, `lhs_len` and `rhs_len` values; `dst`
 /// does not overlap `lhs` or `rhs`, and no other thread writes the region `d` addresses while this
 /// runs. The views are checked against the lengths here.
+#[inline]
 #[allow(unsafe_code, clippy::too_many_arguments)]
 pub(super) unsafe fn mm_raw(
     dst: *mut f32,
@@ -121,11 +126,13 @@ pub(super) unsafe fn mm_raw(
 }
 
 /// [`mm_raw`] on slices, on all cores.
+#[inline]
 pub(super) fn mm(dst: &mut [f32], d: View, lhs: &[f32], l: View, rhs: &[f32], r: View, acc: bool) {
     mm_beta(dst, d, lhs, l, rhs, r, acc, 1.0);
 }
 
 /// [`mm`] with the product scaled by `beta`.
+#[inline]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn mm_beta(
     dst: &mut [f32],

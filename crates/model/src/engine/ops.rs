@@ -5,6 +5,7 @@ use super::*;
 pub(super) const ROWS_PER_TASK: usize = 16;
 
 /// `out[i] = f(x[i])` on all cores, in a loop the compiler vectorises.
+#[inline]
 pub(super) fn map_into(out: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32 + Sync) {
     out.par_chunks_mut(1 << 12)
         .zip(x.par_chunks(1 << 12))
@@ -12,6 +13,7 @@ pub(super) fn map_into(out: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32 + Sync
 }
 
 /// Row statistics `(mean, 1/√(var + eps))`, as the fused layer norm computes them.
+#[inline]
 pub(super) fn stats(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
     let mean = row.iter().sum::<f32>() / n;
@@ -19,6 +21,7 @@ pub(super) fn stats(row: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
+#[inline]
 pub(super) fn layer_norm_fwd(
     out: &mut [f32],
     st: &mut [(f32, f32)],
@@ -54,6 +57,7 @@ pub(super) fn layer_norm_fwd(
 }
 
 /// `dx += layer norm's input gradient`; `dw`, `db` += their gradients (summed over rows).
+#[inline]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn layer_norm_bwd(
     dx: &mut [f32],
@@ -113,6 +117,7 @@ pub(super) fn layer_norm_bwd(
 }
 
 /// `db += Σ_rows dout`.
+#[inline]
 pub(super) fn bias_grad(db: &mut [f32], dout: &[f32], oc: usize) {
     // Partial sums per task, added in task order: the same result on every run.
     let parts: Vec<Vec<f32>> = dout
@@ -133,6 +138,7 @@ pub(super) fn bias_grad(db: &mut [f32], dout: &[f32], oc: usize) {
 }
 
 /// Every row of `out` (width `oc`) set to the bias (or zero), ready for a matmul that adds to it.
+#[inline]
 pub(super) fn fill_bias(out: &mut [f32], bias: Option<&[f32]>, oc: usize) {
     match bias {
         Some(b) => out.par_chunks_mut(oc * 64).for_each(|rows| {
@@ -145,6 +151,7 @@ pub(super) fn fill_bias(out: &mut [f32], bias: Option<&[f32]>, oc: usize) {
 }
 
 /// `acc += x`, on all cores.
+#[inline]
 pub(super) fn add_into(acc: &mut [f32], x: &[f32]) {
     acc.par_chunks_mut(1 << 14)
         .zip(x.par_chunks(1 << 14))
@@ -154,6 +161,7 @@ pub(super) fn add_into(acc: &mut [f32], x: &[f32]) {
 }
 
 /// A norm's weight and bias gradients, or none when the model is frozen.
+#[inline]
 pub(super) fn norm_grads(
     g: &mut [f32],
     frozen: bool,
@@ -169,6 +177,7 @@ pub(super) fn norm_grads(
 }
 
 /// The gradients of a norm's weight and (optional) bias, as two disjoint slices.
+#[inline]
 pub(super) fn split_two(
     g: &mut [f32],
     w: usize,
