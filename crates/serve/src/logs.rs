@@ -208,7 +208,7 @@ fn ids(lines: &[(u64, u64)]) -> Vec<EventId> {
 /// The start of the last `n` lines.
 fn start_of_tail(file: &mut File, end: u64, n: usize) -> std::io::Result<Start> {
     let lines = scan_back(file, end, |count, _| count > n)?;
-    Ok(start_in(&lines, lines.len().saturating_sub(n), end))
+    Ok(start_in(&lines, &ids(&lines), lines.len().saturating_sub(n), end))
 }
 
 /// The start of the lines after `after`.
@@ -216,16 +216,15 @@ fn start_after(file: &mut File, end: u64, after: EventId) -> std::io::Result<Sta
     let lines = scan_back(file, end, |_, step| step < after.step)?;
     let ids = ids(&lines);
     let first = ids.iter().position(|id| *id > after).unwrap_or(ids.len());
-    Ok(start_in(&lines, first, end))
+    Ok(start_in(&lines, &ids, first, end))
 }
 
-/// The start at line `i` of `lines` (offsets and steps, oldest first), `end` past the last.
-fn start_in(lines: &[(u64, u64)], i: usize, end: u64) -> Start {
-    let all = ids(lines);
-    // The scan reached a line of a lower step (or the file start), so these ids are exact.
+/// The start at line `i` of `lines` (offsets and steps, oldest first) whose ids are `ids`, `end`
+/// past the last. The scan reached a line of a lower step (or the file start), so the ids are exact.
+fn start_in(lines: &[(u64, u64)], ids: &[EventId], i: usize, end: u64) -> Start {
     Start {
         offset: lines.get(i).map_or(end, |l| l.0),
-        prev: i.checked_sub(1).map(|j| all[j]),
+        prev: i.checked_sub(1).map(|j| ids[j]),
     }
 }
 

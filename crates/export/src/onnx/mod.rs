@@ -155,15 +155,18 @@ impl Builder {
         ))
     }
 
-    /// `x W + b` for an HF Conv1D weight `(in, out)`, in f32 or int8.
+    /// `x W + b` for block `layer`'s `which` linear (an HF Conv1D weight `(in, out)`), in f32 or
+    /// int8.
     fn linear(
         &mut self,
         w: &Weights,
         x: &str,
-        slot: &dyn Fn(Part) -> Slot,
+        layer: usize,
+        which: Linear,
         bias: bool,
         int8: bool,
     ) -> Result<String> {
+        let slot = |p| Slot::BlockLinear(layer, which, p);
         let name = slot(Part::Weight).name();
         let y = if int8 {
             let t = w
@@ -330,13 +333,7 @@ fn build(cfg: &GptConfig, w: &Weights, opts: OnnxOptions) -> Result<ModelProto> 
     let scale = g.const_f32("const.attn_scale", 1.0 / (d as f32).sqrt());
     for i in 0..cfg.n_layer {
         let hdn = g.layer_norm(w, &x, &|p| Slot::BlockNorm(i, Norm::Attn, p), eps, cfg.bias)?;
-        let qkv = g.linear(
-            w,
-            &hdn,
-            &|p| Slot::BlockLinear(i, Linear::AttnQkv, p),
-            cfg.bias,
-            opts.int8,
-        )?;
+        let qkv = g.linear(w, &hdn, i, Linear::AttnQkv, cfg.bias, opts.int8)?;
         let (q, k, v) = (format!("q_{i}"), format!("k_{i}"), format!("v_{i}"));
         g.op_into("Split", &[&qkv, &split], vec![attr_i("axis", 2)], &[&q, &k, &v]);
         let heads = |g: &mut Builder, z: &str| {
@@ -359,30 +356,12 @@ fn build(cfg: &GptConfig, w: &Weights, opts: OnnxOptions) -> Result<ModelProto> 
         let y = g.op("MatMul", &[&probs, &cv], vec![]);
         let y = g.op("Transpose", &[&y], vec![attr_ints("perm", &[0, 2, 1, 3])]);
         let y = g.op("Reshape", &[&y, &merge_shape], vec![]);
-        let y = g.linear(
-            w,
-            &y,
-            &|p| Slot::BlockLinear(i, Linear::AttnOut, p),
-            cfg.bias,
-            opts.int8,
-        )?;
+        let y = g.linear(w, &y, i, Linear::AttnOut, cfg.bias, opts.int8)?;
         x = g.op("Add", &[&x, &y], vec![]);
         let hdn = g.layer_norm(w, &x, &|p| Slot::BlockNorm(i, Norm::Mlp, p), eps, cfg.bias)?;
-        let m = g.linear(
-            w,
-            &hdn,
-            &|p| Slot::BlockLinear(i, Linear::MlpUp, p),
-            cfg.bias,
-            opts.int8,
-        )?;
+        let m = g.linear(w, &hdn, i, Linear::MlpUp, cfg.bias, opts.int8)?;
         let m = g.gelu(&m, cfg.activation);
-        let m = g.linear(
-            w,
-            &m,
-            &|p| Slot::BlockLinear(i, Linear::MlpDown, p),
-            cfg.bias,
-            opts.int8,
-        )?;
+        let m = g.linear(w, &m, i, Linear::MlpDown, cfg.bias, opts.int8)?;
         x = g.op("Add", &[&x, &m], vec![]);
     }
     let x = g.layer_norm(w, &x, &Slot::FinalNorm, eps, cfg.bias)?;
