@@ -3,19 +3,13 @@
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
 use crate::{Conversation, Error, Pos, Result};
 
-fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
+use chatforge_base::temp_sibling;
 
 /// Writes `path` through `write` into a temporary sibling, syncs it and renames it into place.
 /// On any failure the temporary file is removed and an existing `path` is left untouched.
@@ -23,21 +17,7 @@ pub fn atomic_write<F>(path: &Path, write: F) -> Result<()>
 where
     F: FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
 {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    let tmp = temp_sibling(path);
-    let result = (|| {
-        let mut w = BufWriter::new(File::create(&tmp)?);
-        write(&mut w)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
+    chatforge_base::atomic_write(path, write).map_err(|e| Error::io(path, e))
 }
 
 /// Fills a directory through `fill` under a temporary sibling name, then moves it into place,

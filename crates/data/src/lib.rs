@@ -11,7 +11,6 @@ mod formats;
 mod import;
 mod io;
 pub mod personas;
-mod rng;
 mod sampler;
 mod shard;
 mod stats;
@@ -28,7 +27,7 @@ pub use io::{
     ContentHash, atomic_dir, atomic_write, clear_leftovers, parse_jsonl_line, read_capped, read_jsonl,
     sha256_file, write_jsonl,
 };
-pub use rng::Rng;
+pub use chatforge_base::Rng;
 pub use sampler::{Batch, BatchSampler, SamplerConfig, SamplerState};
 pub use shard::{IdWidth, Shard, ShardHeader, ShardWriter};
 pub use stats::{Counted, Stats};

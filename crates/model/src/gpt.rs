@@ -12,7 +12,7 @@ use crate::layout::{self, Norm, Part, Slot};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
-use chatforge_data::Rng;
+use chatforge_base::Rng;
 
 use crate::lora::LoraConfig;
 use crate::ops;

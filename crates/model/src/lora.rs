@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use chatforge_data::Rng;
+use chatforge_base::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
-use chatforge_data::Rng;
+use chatforge_base::Rng;
 
 use crate::{Error, GptConfig, Result};
 
@@ -245,7 +245,7 @@ pub fn save_f32_tensors<'a>(
     };
     // The first error from `data` (the write stops there and the temporary file is removed).
     let mut failed = None;
-    chatforge_data::atomic_write(path, |w| {
+    chatforge_base::atomic_write(path, |w| {
         w.write_all(&(head.len() as u64).to_le_bytes())?;
         w.write_all(&head)?;
         let mut buf = Vec::with_capacity(1 << 16);

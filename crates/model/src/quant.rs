@@ -264,7 +264,7 @@ pub fn quant_matmul(x: &Tensor, w: &Arc<QuantWeight>) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Var};
-    use chatforge_data::Rng;
+    use chatforge_base::Rng;
 
     use super::*;
 

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
 
 use candle_core::{DType, Device, Tensor};
-use chatforge_data::Rng;
+use chatforge_base::Rng;
 use chatforge_model::engine::{StepBatch, TrainEngine};
 use chatforge_model::{
     Activation, AttnMask, Dropout, Gpt, GptConfig, Params, init_weights, ops, param_specs,

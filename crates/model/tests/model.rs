@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
 
 use candle_core::{D, DType, Device, Tensor};
-use chatforge_data::Rng;
+use chatforge_base::Rng;
 use chatforge_model::{AttnMask, Gpt, GptConfig, Params, init_weights, ops};
 
 fn tiny() -> (GptConfig, Params, Gpt) {

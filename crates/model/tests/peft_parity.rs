@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
-use chatforge_data::Rng;
+use chatforge_base::Rng;
 use chatforge_model::lora::{load_adapter, merge, save_adapter};
 use chatforge_model::{AttnMask, Gpt, GptConfig, LoraConfig, Weights, load_hf};
 use chatforge_testkit::{json_floats, max_abs_diff, python, run_reference};

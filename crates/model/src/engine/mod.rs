@@ -23,7 +23,7 @@ use crate::ops::simd::vectorized;
 use crate::ops::{gelu_fast, gelu_fast_grad};
 use crate::quant::QuantWeight;
 use crate::{Activation, Error, GptConfig, LoraConfig, ParamSpec, Result, param_specs};
-use chatforge_data::Rng;
+use chatforge_base::Rng;
 
 mod attention;
 mod backward;

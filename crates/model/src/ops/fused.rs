@@ -362,7 +362,7 @@ mod tests {
     use super::*;
     use crate::ops::max_abs_diff;
     use candle_core::{D, DType, Device, Var};
-    use chatforge_data::Rng;
+    use chatforge_base::Rng;
 
     fn random(shape: &[usize], seed: u64) -> Var {
         let mut rng = Rng::new(seed);

@@ -124,7 +124,7 @@ mod tests {
     use super::*;
     use crate::ops::max_abs_diff;
     use candle_core::{D, Device, Var};
-    use chatforge_data::Rng;
+    use chatforge_base::Rng;
 
     #[test]
     fn matches_matmul_then_masked_softmax() {
