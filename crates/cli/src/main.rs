@@ -10,8 +10,8 @@ macro_rules! say {
 
 mod cmd;
 
-// A pooling allocator: candle allocates fresh buffers for every op, and glibc's malloc returns
-// large ones to the kernel each time (page faults dominated the training profile).
+// A pooling allocator: glibc's malloc returns large freed buffers to the kernel each time, and
+// page faults then dominate a training or decoding profile.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -73,7 +73,7 @@ enum Command {
     Pipeline(cmd::pipeline::PipelineArgs),
     /// Measure throughput, beside the Python reference
     #[command(subcommand)]
-    Bench(cmd::bench::BenchCommand),
+    Bench(chatforge_bench::BenchCommand),
     /// One job of the service, in its own process (started by a worker; speaks JSON lines)
     #[command(name = "__job", hide = true)]
     Job,
@@ -96,8 +96,8 @@ fn set_up_allocator() {
 }
 
 /// Whether freed pages go back to the kernel at once (`true`) or stay mapped for the next
-/// allocation (`false`, the default). Keeping them pays while candle frees and reallocates the same
-/// large buffers every step (re-faulting zeroed pages cost ~15% of an autograd step), but what a
+/// allocation (`false`, the default). Keeping them pays while a step frees and reallocates the same
+/// large buffers (re-faulting zeroed pages cost ~15% of a step), but what a
 /// phase frees while they are kept stays resident for good, however much is collected later. So
 /// loading and setting up a model (the f32 file, the copies weights pass through) runs with
 /// purging on, and the steps with it off.
@@ -143,7 +143,7 @@ fn run() -> anyhow::Result<()> {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Pipeline(a) => cmd::pipeline::run(a),
-        Command::Bench(c) => cmd::bench::run(c),
+        Command::Bench(c) => chatforge_bench::run(c, purge_freed_memory),
         Command::Job => {
             // The result went to the worker on stdout; the exit status only repeats it.
             if !chatforge_serve::task::run_child(cmd::interrupt_flag()) {

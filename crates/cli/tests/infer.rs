@@ -386,6 +386,11 @@ fn lora_runs_adapters_and_merge_agree() {
         None,
     );
     let merged = greedy("merged", &[]);
+    let tc = std::fs::read_to_string(d.join("merged/tokenizer_config.json")).unwrap();
+    assert!(
+        tc.contains("chat_template"),
+        "merge writes what export writes: {tc}"
+    );
     assert_eq!(from_run, with_adapter);
     assert_eq!(from_run, merged);
     // Exporting the LoRA run folds its adapter in, as merge does.
@@ -468,7 +473,6 @@ fn lora_runs_adapters_and_merge_agree() {
 
 #[test]
 fn ctrl_c_stops_the_reply_not_the_session() {
-    use candle_core::Device;
     use chatforge_model::{GptConfig, init_weights, save_weights};
     // A random model with a long context and the GPT-2-style fixture tokenizer: replies run until
     // interrupted.
@@ -482,7 +486,7 @@ fn ctrl_c_stops_the_reply_not_the_session() {
         dropout: 0.0,
         ..GptConfig::tiny(265)
     };
-    let w = init_weights(&cfg, &mut chatforge_data::Rng::new(0), &Device::Cpu).unwrap();
+    let w = init_weights(&cfg, &mut chatforge_data::Rng::new(0)).unwrap();
     let model = d.join("model");
     std::fs::create_dir_all(&model).unwrap();
     save_weights(&w.into_iter().collect(), &model.join("model.safetensors")).unwrap();

@@ -19,6 +19,7 @@ pub use chat_export::{
     ANONYMOUS, ANONYMOUS_ID, ChatExportOptions, ChatExportReport, Consent, MentionMode, Rule, RuleCount,
     UrlMode, parse_timestamp, read_chat_export,
 };
+pub use chatforge_base::Rng;
 pub use conversation::{Conversation, Message, Role, domain_tag};
 pub use error::{Error, Pos, Result};
 pub use formats::{Container, DataFormat, Detected, FieldMap, FileRead, ReadOptions, read_file};
@@ -27,7 +28,6 @@ pub use io::{
     ContentHash, atomic_dir, atomic_write, clear_leftovers, parse_jsonl_line, read_capped, read_jsonl,
     sha256_file, write_jsonl,
 };
-pub use chatforge_base::Rng;
 pub use sampler::{Batch, BatchSampler, SamplerConfig, SamplerState};
 pub use shard::{IdWidth, Shard, ShardHeader, ShardWriter};
 pub use stats::{Counted, Stats};

@@ -1,18 +1,15 @@
 //! GGUF v3 for llama.cpp: GPT-2 architecture keys, the tokenizer (`tokenizer.ggml.*` and the whole
 //! `tokenizer.huggingface.json`), the chat template, and the weights in llama.cpp's names and
-//! layout, as f32, f16, q8_0 or q4_0 blocks (ggml's own formats, via candle's quantiser).
+//! layout, as f32, f16, q8_0 or q4_0 blocks (ggml's own formats: [`chatforge_model::quant`]).
 
-use std::io::Write;
 use std::path::Path;
 
-use candle_core::Tensor;
-use candle_core::quantized::{GgmlDType, QTensor};
+use chatforge_model::io::gguf::{self, Encoded, GgmlType, Value as Val};
 use chatforge_model::{Activation, Weights};
 use chatforge_run::ModelSource;
-use chatforge_run::gguf::MAGIC;
 
 use crate::hf::special_ids;
-use crate::{Error, Result, io_err};
+use crate::{Error, Result};
 
 /// The weight type of the matrices in a GGUF export; vectors (norms, biases) stay f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -36,12 +33,12 @@ impl GgufQuant {
         }
     }
 
-    fn dtype(self) -> GgmlDType {
+    fn dtype(self) -> GgmlType {
         match self {
-            GgufQuant::F32 => GgmlDType::F32,
-            GgufQuant::F16 => GgmlDType::F16,
-            GgufQuant::Q8_0 => GgmlDType::Q8_0,
-            GgufQuant::Q4_0 => GgmlDType::Q4_0,
+            GgufQuant::F32 => GgmlType::F32,
+            GgufQuant::F16 => GgmlType::F16,
+            GgufQuant::Q8_0 => GgmlType::Q8_0,
+            GgufQuant::Q4_0 => GgmlType::Q4_0,
         }
     }
 
@@ -69,83 +66,6 @@ impl std::str::FromStr for GgufQuant {
             ))),
         }
     }
-}
-
-/// ggml's tensor type ids.
-fn ggml_type(d: GgmlDType) -> u32 {
-    match d {
-        GgmlDType::F32 => 0,
-        GgmlDType::F16 => 1,
-        GgmlDType::Q4_0 => 2,
-        GgmlDType::Q8_0 => 8,
-        _ => u32::MAX, // never written: GgufQuant has no other type
-    }
-}
-
-/// A metadata value.
-enum Val {
-    U32(u32),
-    F32(f32),
-    Bool(bool),
-    Str(String),
-    Strs(Vec<String>),
-    I32s(Vec<i32>),
-}
-
-struct Writer<W: Write> {
-    w: W,
-}
-
-impl<W: Write> Writer<W> {
-    fn u32(&mut self, v: u32) -> std::io::Result<()> {
-        self.w.write_all(&v.to_le_bytes())
-    }
-    fn u64(&mut self, v: u64) -> std::io::Result<()> {
-        self.w.write_all(&v.to_le_bytes())
-    }
-    fn str(&mut self, s: &str) -> std::io::Result<()> {
-        self.u64(s.len() as u64)?;
-        self.w.write_all(s.as_bytes())
-    }
-    fn val(&mut self, v: &Val) -> std::io::Result<()> {
-        // GGUF value types: 4 u32, 5 i32, 6 f32, 7 bool, 8 string, 9 array.
-        match v {
-            Val::U32(x) => {
-                self.u32(4)?;
-                self.u32(*x)
-            }
-            Val::F32(x) => {
-                self.u32(6)?;
-                self.w.write_all(&x.to_le_bytes())
-            }
-            Val::Bool(b) => {
-                self.u32(7)?;
-                self.w.write_all(&[u8::from(*b)])
-            }
-            Val::Str(s) => {
-                self.u32(8)?;
-                self.str(s)
-            }
-            Val::Strs(items) => {
-                self.u32(9)?;
-                self.u32(8)?;
-                self.u64(items.len() as u64)?;
-                items.iter().try_for_each(|s| self.str(s))
-            }
-            Val::I32s(items) => {
-                self.u32(9)?;
-                self.u32(5)?;
-                self.u64(items.len() as u64)?;
-                items.iter().try_for_each(|x| self.w.write_all(&x.to_le_bytes()))
-            }
-        }
-    }
-}
-
-const ALIGN: usize = 32;
-
-fn pad(n: usize) -> usize {
-    (ALIGN - n % ALIGN) % ALIGN
 }
 
 /// The tokenizer's merges as `"a b"` lines, from its JSON (either of the two spellings
@@ -202,6 +122,7 @@ pub fn write_gguf(src: &ModelSource, weights: &Weights, quant: GgufQuant, path: 
         *ty = 5; // unused
     }
     let ids = special_ids(src);
+    let strs = |v: Vec<String>| Val::Array(v.into_iter().map(Val::Str).collect());
     let mut meta: Vec<(&str, Val)> = vec![
         ("general.architecture", Val::Str("gpt2".into())),
         (
@@ -230,9 +151,12 @@ pub fn write_gguf(src: &ModelSource, weights: &Weights, quant: GgufQuant, path: 
         ),
         ("tokenizer.ggml.model", Val::Str("gpt2".into())),
         ("tokenizer.ggml.pre", Val::Str("gpt-2".into())),
-        ("tokenizer.ggml.tokens", Val::Strs(tokens)),
-        ("tokenizer.ggml.token_type", Val::I32s(types)),
-        ("tokenizer.ggml.merges", Val::Strs(merges(&tok_json))),
+        ("tokenizer.ggml.tokens", strs(tokens)),
+        (
+            "tokenizer.ggml.token_type",
+            Val::Array(types.into_iter().map(Val::I32).collect()),
+        ),
+        ("tokenizer.ggml.merges", strs(merges(&tok_json))),
         ("tokenizer.ggml.add_bos_token", Val::Bool(false)),
         ("tokenizer.chat_template", Val::Str(tok.jinja_template())),
         ("tokenizer.huggingface.json", Val::Str(tok_json_text)),
@@ -246,66 +170,15 @@ pub fn write_gguf(src: &ModelSource, weights: &Weights, quant: GgufQuant, path: 
     }
 
     // Tensors in the model's parameter order, each in llama.cpp's name and layout.
-    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let mut tensors: Vec<Encoded> = Vec::new();
     for slot in chatforge_model::layout::slots(cfg) {
         let t = weights
             .get(&slot.name())
             .ok_or_else(|| Error::Invalid(format!("the model has no tensor {}", slot.name())))?;
         let (name, transposed) = slot.gguf();
-        let t: Tensor = if transposed {
-            t.t()?.contiguous()?
-        } else {
-            t.contiguous()?
-        };
-        let row = t.dims().last().copied().unwrap_or(0);
-        let dtype = if t.rank() == 2 && row % quant.dtype().block_size() == 0 {
-            quant.dtype()
-        } else {
-            GgmlDType::F32
-        };
-        tensors.push((name, QTensor::quantize(&t, dtype)?));
+        let t = if transposed { t.t() } else { t.clone() };
+        tensors.push(gguf::encode(name, t.dims().to_vec(), t.data(), quant.dtype()));
     }
-
-    let tmp = path.with_extension("gguf.tmp");
-    let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    let mut w = Writer {
-        w: std::io::BufWriter::new(file),
-    };
-    let result = (|| -> std::io::Result<()> {
-        w.u32(MAGIC)?;
-        w.u32(3)?;
-        w.u64(tensors.len() as u64)?;
-        w.u64(meta.len() as u64)?;
-        for (k, v) in &meta {
-            w.str(k)?;
-            w.val(v)?;
-        }
-        let mut offset = 0usize;
-        for (name, q) in &tensors {
-            w.str(name)?;
-            let dims = q.shape().dims();
-            w.u32(dims.len() as u32)?;
-            for &d in dims.iter().rev() {
-                w.u64(d as u64)?;
-            }
-            w.u32(ggml_type(q.dtype()))?;
-            w.u64(offset as u64)?;
-            let size = q.storage_size_in_bytes();
-            offset += size + pad(size);
-        }
-        w.w.flush()?;
-        let header = w.w.get_ref().metadata()?.len() as usize;
-        w.w.write_all(&vec![0u8; pad(header)])?;
-        for (_, q) in &tensors {
-            let data = q.data().map_err(std::io::Error::other)?;
-            w.w.write_all(&data)?;
-            w.w.write_all(&vec![0u8; pad(data.len())])?;
-        }
-        w.w.flush()
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_err(path)(e));
-    }
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    let meta: Vec<(String, Val)> = meta.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    Ok(gguf::write(path, &meta, &tensors)?)
 }

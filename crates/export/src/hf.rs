@@ -42,7 +42,7 @@ pub(crate) fn special_ids(src: &ModelSource) -> SpecialIds {
 /// Writes `config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json` and
 /// `generation_config.json` for `weights` (HF names already) into `dir`.
 pub fn write_hf(src: &ModelSource, weights: &Weights, dir: &Path) -> Result<()> {
-    let sorted: BTreeMap<String, candle_core::Tensor> =
+    let sorted: BTreeMap<String, chatforge_model::Tensor> =
         weights.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     save_weights(&sorted, &dir.join("model.safetensors"))?;
     write_side_files(src, dir)

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::Content;
+use chatforge_model::io::{gguf, safetensors};
 use serde::Serialize;
 
 use crate::{Error, Result, io_err};
@@ -83,25 +83,22 @@ pub fn info(path: &Path) -> Result<Info> {
         });
     }
     if let Some(g) = gguf {
-        let mut f = std::fs::File::open(&g).map_err(io_err(&g))?;
-        let c = Content::read(&mut f).map_err(|e| Error::Invalid(format!("{}: {e}", g.display())))?;
+        let c = gguf::read_header(&g)?;
         let mut dtypes = BTreeMap::new();
         let mut parameters = 0u64;
-        for t in c.tensor_infos.values() {
-            *dtypes
-                .entry(format!("{:?}", t.ggml_dtype).to_lowercase())
-                .or_insert(0) += 1;
-            parameters += t.shape.elem_count() as u64;
+        for t in &c.tensors {
+            *dtypes.entry(t.type_name()).or_insert(0) += 1;
+            parameters += t.elem_count();
         }
         let vocab = c
             .metadata
             .get("tokenizer.ggml.tokens")
-            .and_then(|v| v.to_vec().ok())
-            .map(Vec::len);
+            .and_then(gguf::Value::as_array)
+            .map(<[gguf::Value]>::len);
         return Ok(Info {
             path: g.display().to_string(),
             format: "gguf".into(),
-            tensors: c.tensor_infos.len(),
+            tensors: c.tensors.len(),
             parameters,
             dtypes,
             bytes: std::fs::metadata(&g).map_err(io_err(&g))?.len(),
@@ -119,13 +116,11 @@ pub fn info(path: &Path) -> Result<Info> {
             path.display()
         ))
     })?;
-    let tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu)?;
+    let (tensors, _) = safetensors::header(&weights)?;
     let mut dtypes = BTreeMap::new();
     let mut parameters = 0u64;
-    for t in tensors.values() {
-        *dtypes
-            .entry(format!("{:?}", t.dtype()).to_lowercase())
-            .or_insert(0) += 1;
+    for t in &tensors {
+        *dtypes.entry(t.dtype.to_lowercase()).or_insert(0) += 1;
         parameters += t.elem_count() as u64;
     }
     let tc = read_json(&path.join("tokenizer_config.json"));

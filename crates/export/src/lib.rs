@@ -27,8 +27,6 @@ pub enum Error {
     Tokenizer(#[from] chatforge_tokenizer::Error),
     #[error(transparent)]
     Data(#[from] chatforge_data::Error),
-    #[error(transparent)]
-    Candle(#[from] candle_core::Error),
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{0}")]

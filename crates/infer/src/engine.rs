@@ -1,19 +1,17 @@
 //! The decoder: GPT-2's forward pass for generation, on plain slices with a KV cache per sequence.
 //!
-//! Training needs autograd and goes through candle ([`chatforge_model::Gpt`]); generation does not,
-//! and at one token per step candle's per-op overhead and fresh allocations cost more than the
+//! At one token per step the training engine's batched layout would cost more than the
 //! arithmetic. Here every weight matrix is streamed once per step for all the sequences of a batch
 //! (see [`crate::kernels`]), and each sequence keeps its own cache of keys and values, appended in
 //! place, so sequences of different lengths batch together without padding and the cost of a new
 //! token does not grow with recomputation of the prefix.
 //!
-//! The same weights give the same logits as [`chatforge_model::Gpt::forward`] (tested to 1e-4) and
+//! The same weights give the same logits as the test oracle (`chatforge-oracle`, tested to 1e-4) and
 //! as transformers' `GPT2LMHeadModel` (tested in `tests/hf_generate.rs`).
 
-use candle_core::{DType, Tensor};
 use chatforge_model::layout::{Linear, Norm as LayerNormOf, Part, Slot};
 use chatforge_model::ops::{gelu_fast, simd::vectorized};
-use chatforge_model::{Activation, GptConfig, Weights};
+use chatforge_model::{Activation, GptConfig, Tensor, Weights};
 use rayon::prelude::*;
 
 pub use crate::kernels::WeightType;
@@ -99,7 +97,7 @@ fn tensor_vec(w: &Weights, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
             t.dims()
         )));
     }
-    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+    Ok(t.data().to_vec())
 }
 
 impl Engine {
@@ -177,7 +175,7 @@ impl Engine {
         })
     }
 
-    /// Builds the decoder from named tensors (a [`chatforge_model::Params::tensors`] map, say).
+    /// Builds the decoder from named tensors.
     pub fn from_tensors<'a>(
         cfg: &GptConfig,
         tensors: impl IntoIterator<Item = (&'a String, &'a Tensor)>,
@@ -375,24 +373,20 @@ fn gelu(x: &mut [f32], a: Activation) {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::Device;
+    #![allow(clippy::unwrap_used)]
     use chatforge_data::Rng;
-    use chatforge_model::{AttnMask, Gpt, init_weights};
+    use chatforge_model::init_weights;
 
     use super::*;
 
-    fn model(cfg: &GptConfig) -> (Gpt, Weights) {
-        let w = init_weights(cfg, &mut Rng::new(3), &Device::Cpu).unwrap();
-        let vb = candle_nn::VarBuilder::from_tensors(w.clone(), DType::F32, &Device::Cpu);
-        (Gpt::new(cfg, vb).unwrap(), w)
+    fn weights(cfg: &GptConfig) -> Weights {
+        init_weights(cfg, &mut Rng::new(3)).unwrap()
     }
 
-    fn candle_logits(gpt: &Gpt, ids: &[u32]) -> Vec<Vec<f32>> {
-        let t = ids.len();
-        let x = Tensor::from_slice(ids, (1, t), &Device::Cpu).unwrap();
-        let pos = Gpt::positions(1, t, 0, &Device::Cpu).unwrap();
-        let l = gpt.forward(&x, &pos, &AttnMask::Causal, None, None).unwrap();
-        l.squeeze(0).unwrap().to_vec2().unwrap()
+    /// The oracle's logits, one row a position.
+    fn oracle_logits(cfg: &GptConfig, w: &Weights, ids: &[u32]) -> Vec<Vec<f32>> {
+        let flat = chatforge_oracle::logits(cfg, None, w, &[ids.to_vec()]);
+        flat.chunks(cfg.vocab_size).map(<[f32]>::to_vec).collect()
     }
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -412,14 +406,14 @@ mod tests {
                 n_ctx: 128,
                 ..GptConfig::tiny(97)
             };
-            let (gpt, w) = model(&cfg);
+            let w = weights(&cfg);
             let eng = Engine::new(&cfg, &w, WeightType::F32).unwrap();
             let ids: Vec<u32> = (0..100).map(|i| (i * 7 + 3) % 97).collect();
             // The prompt's attention runs on all threads, each cached step's on one.
             let rows: Vec<(usize, usize)> = (0..ids.len()).map(|p| (0, p)).collect();
             assert!(attention_work(&rows, cfg.n_embd) >= SERIAL_ATTENTION_WORK);
             assert!(attention_work(&[(0, ids.len() - 1)], cfg.n_embd) < SERIAL_ATTENTION_WORK);
-            let want = candle_logits(&gpt, &ids);
+            let want = oracle_logits(&cfg, &w, &ids);
             // Whole prompt at once (the gemm path, more than 8 rows), every row's logits.
             let mut seq = eng.new_sequence();
             let all = eng.forward(&mut [&mut seq], &[&ids], true).unwrap();
@@ -439,7 +433,7 @@ mod tests {
     #[test]
     fn batched_sequences_of_different_lengths_match_single_ones() {
         let cfg = GptConfig::tiny(61);
-        let (_, w) = model(&cfg);
+        let w = weights(&cfg);
         let eng = Engine::new(&cfg, &w, WeightType::F32).unwrap();
         let prompts: [&[u32]; 3] = [&[1, 2, 3], &[4, 5, 6, 7, 8, 9, 10], &[11]];
         let mut single = Vec::new();
@@ -461,7 +455,7 @@ mod tests {
     #[test]
     fn bf16_and_q8_weights_stay_close_and_context_is_enforced() {
         let cfg = GptConfig::tiny(61);
-        let (_, w) = model(&cfg);
+        let w = weights(&cfg);
         let f = Engine::new(&cfg, &w, WeightType::F32).unwrap();
         let b = Engine::new(&cfg, &w, WeightType::Bf16).unwrap();
         assert!(b.weight_bytes() * 2 == f.weight_bytes());

@@ -29,8 +29,6 @@ pub enum Error {
     Data(#[from] chatforge_data::Error),
     #[error(transparent)]
     Run(#[from] chatforge_run::Error),
-    #[error(transparent)]
-    Candle(#[from] candle_core::Error),
     #[error("{0}")]
     Invalid(String),
     #[error("{}: {msg}", path.display())]

@@ -1,24 +1,26 @@
-//! The GPT: configuration, weights in Hugging Face's GPT-2 layout, the forward pass with a KV cache
-//! and packed-sequence attention, and the numerical ops it is built from.
+//! The GPT: configuration, the weights' layout and files (safetensors, PyTorch archives), the
+//! training engine (forward and hand-written backward on plain buffers), LoRA and QLoRA, and the
+//! kernels they are built from. No tensor library: everything computes on slices.
 
 mod config;
 pub mod engine;
-mod gpt;
+pub mod io;
 pub mod layout;
 pub mod lora;
 pub mod memory;
 pub mod ops;
 mod params;
 pub mod quant;
+mod tensor;
 
 pub use config::{Activation, GptConfig};
-pub use gpt::{AttnMask, Block, Dropout, Gpt, KvCache, LayerNorm, Linear};
 pub use lora::LoraConfig;
 pub use memory::{check_fits, human_bytes, machine_memory};
 pub use params::{
-    Init, ParamSpec, Params, Weights, check_weights, flatten, init_specs, init_weights, load_hf,
-    load_weights, param_specs, save_f32_tensors, save_weights, weights_file,
+    Init, ParamSpec, Weights, check_weights, init_specs, init_weights, load_hf, load_weights, param_specs,
+    save_weights, take_flat, weights_file,
 };
+pub use tensor::{Tensor, bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
 
 use std::path::PathBuf;
 
@@ -30,8 +32,6 @@ pub enum Error {
     Weights { path: PathBuf, msg: String },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
-    #[error(transparent)]
-    Candle(#[from] candle_core::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

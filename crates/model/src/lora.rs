@@ -10,12 +10,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
 use chatforge_base::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::params::{Init, ParamSpec, Weights};
+use crate::tensor::Tensor;
 use crate::{Error, GptConfig, Result};
 
 /// The linear layers of a GPT-2 block, by their HF module names.
@@ -143,8 +143,8 @@ impl LoraConfig {
     }
 
     /// Fresh adapter weights drawn from `rng`.
-    pub fn init(&self, cfg: &GptConfig, rng: &mut Rng, device: &Device) -> Result<Weights> {
-        crate::params::init_specs(&self.param_specs(cfg), rng, device)
+    pub fn init(&self, cfg: &GptConfig, rng: &mut Rng) -> Result<Weights> {
+        crate::params::init_specs(&self.param_specs(cfg), rng)
     }
 
     /// PEFT's `adapter_config.json`.
@@ -265,7 +265,7 @@ pub fn is_adapter_dir(dir: &Path) -> bool {
 }
 
 /// Reads a PEFT LoRA adapter folder: its config and tensors named as inside the model.
-pub fn load_adapter(dir: &Path, model: &GptConfig, device: &Device) -> Result<(LoraConfig, Weights)> {
+pub fn load_adapter(dir: &Path, model: &GptConfig) -> Result<(LoraConfig, Weights)> {
     let err = |msg: String| Error::Weights {
         path: dir.to_path_buf(),
         msg,
@@ -282,14 +282,7 @@ pub fn load_adapter(dir: &Path, model: &GptConfig, device: &Device) -> Result<(L
         .map(|f| dir.join(f))
         .find(|p| p.is_file())
         .ok_or_else(|| err("no adapter_model.safetensors".into()))?;
-    let raw: Vec<(String, Tensor)> = if file.extension().is_some_and(|e| e == "safetensors") {
-        candle_core::safetensors::load(&file, device)
-            .map_err(|e| err(e.to_string()))?
-            .into_iter()
-            .collect()
-    } else {
-        candle_core::pickle::read_all(&file).map_err(|e| err(e.to_string()))?
-    };
+    let raw = crate::io::read_tensors(&file)?;
     let mut w = HashMap::new();
     for (k, t) in raw {
         // PEFT writes `….lora_A.weight`; older versions and some tools keep the adapter name
@@ -298,7 +291,7 @@ pub fn load_adapter(dir: &Path, model: &GptConfig, device: &Device) -> Result<(L
             .strip_prefix(PEFT_PREFIX)
             .unwrap_or(&k)
             .replace(".default.weight", ".weight");
-        w.insert(k, t.to_dtype(DType::F32)?);
+        w.insert(k, t);
     }
     let expect = format!("with rank {} on this model it must be", cfg.rank);
     crate::params::match_specs(
@@ -328,8 +321,18 @@ pub fn merge(base: &Weights, cfg: &LoraConfig, adapter: &Weights, model: &GptCon
         };
         let a = get(a_name)?; // (r, in)
         let b = get(b_name)?; // (out, r)
-        let delta = (a.t()?.matmul(&b.t()?)? * s)?; // (in, out)
-        let merged = (w + delta)?;
+        let (r, n_in, n_out) = (a.dims()[0], a.dims()[1], b.dims()[0]);
+        // W (in, out) += s · Aᵀ (in, r) · Bᵀ (r, out)
+        let mut merged = w.clone();
+        let (a, b) = (a.data(), b.data());
+        for (i, row) in merged.data_mut().chunks_exact_mut(n_out).enumerate() {
+            for (o, x) in row.iter_mut().enumerate() {
+                let dot: f64 = (0..r)
+                    .map(|k| f64::from(a[k * n_in + i]) * f64::from(b[o * r + k]))
+                    .sum();
+                *x += (s * dot) as f32;
+            }
+        }
         out.insert(name, merged);
     }
     Ok(out)

@@ -5,10 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::VarBuilder;
 use chatforge_base::Rng;
 
+use crate::tensor::Tensor;
 use crate::{Error, GptConfig, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -62,14 +61,14 @@ pub fn param_specs(cfg: &GptConfig) -> Vec<ParamSpec> {
 /// Named f32 tensors.
 pub type Weights = HashMap<String, Tensor>;
 
-/// Fresh weights drawn from `rng` (candle's CPU backend has no seed of its own).
-pub fn init_weights(cfg: &GptConfig, rng: &mut Rng, device: &Device) -> Result<Weights> {
+/// Fresh weights drawn from `rng`.
+pub fn init_weights(cfg: &GptConfig, rng: &mut Rng) -> Result<Weights> {
     cfg.validate()?;
-    init_specs(&param_specs(cfg), rng, device)
+    init_specs(&param_specs(cfg), rng)
 }
 
 /// Tensors for `specs`, drawn in order from `rng`.
-pub fn init_specs(specs: &[ParamSpec], rng: &mut Rng, device: &Device) -> Result<Weights> {
+pub fn init_specs(specs: &[ParamSpec], rng: &mut Rng) -> Result<Weights> {
     specs
         .iter()
         .map(|s| {
@@ -82,7 +81,7 @@ pub fn init_specs(specs: &[ParamSpec], rng: &mut Rng, device: &Device) -> Result
                 Init::Zeros => vec![0.0; n],
                 Init::Ones => vec![1.0; n],
             };
-            Ok((s.name.clone(), Tensor::from_vec(data, s.shape.clone(), device)?))
+            Ok((s.name.clone(), Tensor::new(s.shape.clone(), data)?))
         })
         .collect()
 }
@@ -92,7 +91,7 @@ fn normalise(raw: Vec<(String, Tensor)>) -> Result<Weights> {
     let mut out = Weights::new();
     for (name, t) in raw {
         if let Some(name) = crate::layout::checkpoint_alias(&name, t.rank()) {
-            out.insert(name, t.to_dtype(DType::F32)?);
+            out.insert(name, t);
         }
     }
     Ok(out)
@@ -150,21 +149,9 @@ pub(crate) fn match_specs(
 }
 
 /// Reads `model.safetensors` or `pytorch_model.bin` (a file, or the folder holding one).
-pub fn load_weights(path: &Path, cfg: &GptConfig, device: &Device) -> Result<Weights> {
+pub fn load_weights(path: &Path, cfg: &GptConfig) -> Result<Weights> {
     let file = weights_file(path)?;
-    let err = |e: candle_core::Error| Error::Weights {
-        path: file.clone(),
-        msg: e.to_string(),
-    };
-    let raw: Vec<(String, Tensor)> = if file.extension().is_some_and(|e| e == "safetensors") {
-        candle_core::safetensors::load(&file, device)
-            .map_err(err)?
-            .into_iter()
-            .collect()
-    } else {
-        candle_core::pickle::read_all(&file).map_err(err)?
-    };
-    check_weights(cfg, normalise(raw)?, &file)
+    check_weights(cfg, normalise(crate::io::read_tensors(&file)?)?, &file)
 }
 
 /// `model.safetensors` (preferred) or `pytorch_model.bin` in a folder, or the file itself.
@@ -184,7 +171,7 @@ pub fn weights_file(path: &Path) -> Result<PathBuf> {
 }
 
 /// Reads an HF GPT-2-family folder: `config.json` and its weights.
-pub fn load_hf(dir: &Path, device: &Device) -> Result<(GptConfig, Weights)> {
+pub fn load_hf(dir: &Path) -> Result<(GptConfig, Weights)> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::Io {
         path: cfg_path.clone(),
@@ -195,168 +182,32 @@ pub fn load_hf(dir: &Path, device: &Device) -> Result<(GptConfig, Weights)> {
         msg: format!("invalid JSON: {e}"),
     })?;
     let cfg = GptConfig::from_hf(&v)?;
-    let w = load_weights(dir, &cfg, device)?;
+    let w = load_weights(dir, &cfg)?;
     Ok((cfg, w))
 }
 
 /// Writes weights as safetensors (sorted names), through a temporary file.
 pub fn save_weights(w: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
-    let tmp = path.with_extension("safetensors.tmp");
-    let w: HashMap<&str, Tensor> = w.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    candle_core::safetensors::save(&w, &tmp).map_err(|e| Error::Weights {
-        path: tmp.clone(),
-        msg: e.to_string(),
-    })?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })
+    crate::io::safetensors::write(path, w)
 }
 
-/// Writes f32 tensors as safetensors through a temporary file, one tensor at a time: `data(i)`
-/// gives the values of `tensors[i]` (name, shape) when its turn comes, so the set is never copied
-/// whole (a checkpoint of the training engine writes straight from its flat buffers). The layout
-/// is the format's: an 8-byte little-endian header length, the JSON header (names sorted, padded
-/// with spaces to 8 bytes), then the data in header order.
-pub fn save_f32_tensors<'a>(
-    path: &Path,
-    tensors: &[(String, Vec<usize>)],
-    mut data: impl FnMut(usize) -> Result<std::borrow::Cow<'a, [f32]>>,
-) -> Result<()> {
-    use std::io::Write;
-    let mut order: Vec<usize> = (0..tensors.len()).collect();
-    order.sort_by(|&a, &b| tensors[a].0.cmp(&tensors[b].0));
-    let mut header = serde_json::Map::new();
-    let mut at = 0usize;
-    for &i in &order {
-        let (name, shape) = &tensors[i];
-        let bytes = 4 * shape.iter().product::<usize>();
-        header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [at, at + bytes]}),
-        );
-        at += bytes;
-    }
-    let mut head = serde_json::Value::Object(header).to_string().into_bytes();
-    head.resize(head.len().next_multiple_of(8), b' ');
-    let weights_err = |msg: String| Error::Weights {
-        path: path.to_path_buf(),
-        msg,
-    };
-    // The first error from `data` (the write stops there and the temporary file is removed).
-    let mut failed = None;
-    chatforge_base::atomic_write(path, |w| {
-        w.write_all(&(head.len() as u64).to_le_bytes())?;
-        w.write_all(&head)?;
-        let mut buf = Vec::with_capacity(1 << 16);
-        for &i in &order {
-            let (name, shape) = &tensors[i];
-            let values = match data(i) {
-                Ok(v) => v,
-                Err(e) => {
-                    failed = Some(e);
-                    return Err(std::io::Error::other("no data"));
-                }
-            };
-            if values.len() != shape.iter().product::<usize>() {
-                failed = Some(weights_err(format!(
-                    "{name}: {} values for shape {shape:?}",
-                    values.len()
-                )));
-                return Err(std::io::Error::other("wrong length"));
-            }
-            for chunk in values.chunks(1 << 14) {
-                buf.clear();
-                buf.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
-                w.write_all(&buf)?;
-            }
+/// The values of `specs`' tensors from `w`, one after another in order (the training engine's
+/// layout); each is taken out of `w`.
+pub fn take_flat(specs: &[ParamSpec], w: &mut Weights) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(specs.iter().map(|s| s.shape.iter().product::<usize>()).sum());
+    for s in specs {
+        let t = w
+            .remove(&s.name)
+            .ok_or_else(|| Error::Config(format!("no tensor {}", s.name)))?;
+        if t.dims() != s.shape.as_slice() {
+            return Err(Error::Config(format!(
+                "tensor {} has shape {:?}, expected {:?}",
+                s.name,
+                t.dims(),
+                s.shape
+            )));
         }
-        Ok(())
-    })
-    .map_err(|e| failed.take().unwrap_or_else(|| weights_err(e.to_string())))
-}
-
-/// Trainable weights: one [`Var`] per parameter, in [`param_specs`] order.
-#[derive(Debug, Clone)]
-pub struct Params {
-    pub cfg: GptConfig,
-    pub vars: Vec<(ParamSpec, Var)>,
-    /// Set when the vars are a LoRA adapter of a frozen base rather than the whole model.
-    pub lora: Option<crate::LoraConfig>,
-}
-
-impl Params {
-    /// Trainable LoRA adapter weights (`….lora_A.weight`, `….lora_B.weight`) for `lora` on `cfg`.
-    pub fn from_adapter(cfg: &GptConfig, lora: &crate::LoraConfig, mut w: Weights) -> Result<Params> {
-        let vars = lora
-            .param_specs(cfg)
-            .into_iter()
-            .map(|s| {
-                let t = w
-                    .remove(&s.name)
-                    .ok_or_else(|| Error::Config(format!("no tensor {}", s.name)))?;
-                Ok((s, Var::from_tensor(&t)?))
-            })
-            .collect::<Result<_>>()?;
-        Ok(Params {
-            cfg: cfg.clone(),
-            vars,
-            lora: Some(lora.clone()),
-        })
-    }
-
-    pub fn from_weights(cfg: &GptConfig, mut w: Weights) -> Result<Params> {
-        let vars = param_specs(cfg)
-            .into_iter()
-            .map(|s| {
-                let t = w
-                    .remove(&s.name)
-                    .ok_or_else(|| Error::Config(format!("no tensor {}", s.name)))?;
-                let var = Var::from_tensor(&t)?;
-                Ok((s, var))
-            })
-            .collect::<Result<_>>()?;
-        Ok(Params {
-            cfg: cfg.clone(),
-            vars,
-            lora: None,
-        })
-    }
-
-    /// A builder whose tensors are these vars, so the model's gradients reach them.
-    pub fn var_builder(&self, device: &Device) -> VarBuilder<'static> {
-        let ts = self
-            .vars
-            .iter()
-            .map(|(s, v)| (s.name.clone(), v.as_tensor().clone()))
-            .collect();
-        VarBuilder::from_tensors(ts, DType::F32, device)
-    }
-
-    /// The current values by name, detached from autograd but sharing storage with the vars (so
-    /// they follow every update).
-    pub fn tensors(&self) -> BTreeMap<String, Tensor> {
-        self.vars
-            .iter()
-            .map(|(s, v)| (s.name.clone(), v.as_tensor().detach()))
-            .collect()
-    }
-
-    pub fn count(&self) -> usize {
-        self.vars.iter().map(|(_, v)| v.elem_count()).sum()
-    }
-
-    /// Every variable's values, one after another in order (the training engine's layout).
-    pub fn flat(&self) -> Result<Vec<f32>> {
-        flatten(self.vars.iter().map(|(_, v)| v.as_tensor()))
-    }
-}
-
-/// The values of `tensors`, one after another, as f32.
-pub fn flatten<'a>(tensors: impl Iterator<Item = &'a Tensor>) -> Result<Vec<f32>> {
-    let mut out = Vec::new();
-    for t in tensors {
-        out.extend(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+        out.extend_from_slice(t.data());
     }
     Ok(out)
 }

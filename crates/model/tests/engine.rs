@@ -1,16 +1,19 @@
-//! The training engine (plain buffers, hand-written backward) against the candle model with
-//! autograd: the same loss and every gradient, for causal and packed batches, weighted losses,
+//! The training engine (plain buffers, hand-written backward) against the oracle (the model as
+//! plain candle ops under autograd): the same loss and every gradient, for causal and packed batches, weighted losses,
 //! both GELUs, with and without biases, tied and untied heads, with and without dropout (the
 //! same masks from the same stream, which both leave at the same place).
 
 #![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
 
-use candle_core::{DType, Device, Tensor};
 use chatforge_base::Rng;
 use chatforge_model::engine::{StepBatch, TrainEngine};
-use chatforge_model::{
-    Activation, AttnMask, Dropout, Gpt, GptConfig, Params, init_weights, ops, param_specs,
-};
+use chatforge_model::{Activation, GptConfig, Tensor, Weights, init_weights, param_specs, take_flat};
+use chatforge_oracle as oracle;
+
+/// `t` scaled by `k`.
+fn scaled(t: &Tensor, k: f32) -> Tensor {
+    Tensor::new(t.dims(), t.data().iter().map(|x| x * k).collect()).unwrap()
+}
 
 /// The dropout stream's seed in these tests.
 const DROP_SEED: u64 = 77;
@@ -54,8 +57,20 @@ fn same_when_checkpointed(
     }
 }
 
+/// The engine's batch as the oracle takes it.
+fn oracle_batch<'a>(b: &StepBatch<'a>) -> oracle::Batch<'a> {
+    oracle::Batch {
+        b: b.b,
+        t: b.t,
+        inputs: b.inputs,
+        targets: b.targets,
+        positions: b.positions,
+        segments: b.segments,
+        weights: b.weights,
+    }
+}
+
 fn check(cfg: &GptConfig, segments: &[u32], weights: &[u8], scale: f32) {
-    let dev = Device::Cpu;
     let (b, t) = (2, segments.len() / 2);
     let mut rng = Rng::new(11);
     let inputs: Vec<u32> = (0..b * t)
@@ -76,47 +91,14 @@ fn check(cfg: &GptConfig, segments: &[u32], weights: &[u8], scale: f32) {
         })
         .collect();
 
-    // The reference: candle's autograd through `Gpt`.
-    let mut w = init_weights(cfg, &mut Rng::new(5), &dev).unwrap();
+    // The reference: the oracle, under candle's autograd.
+    let mut w = init_weights(cfg, &mut Rng::new(5)).unwrap();
     // Larger query and key weights sharpen attention, so its backward matters to every gradient.
     for (name, t) in w.iter_mut() {
         if name.ends_with("c_attn.weight") {
-            *t = (&*t * 10.0).unwrap();
+            *t = scaled(t, 10.0);
         }
     }
-    let params = Params::from_weights(cfg, w).unwrap();
-    let gpt = Gpt::new(cfg, params.var_builder(&dev)).unwrap();
-    let single = segments.iter().all(|&s| s == 0);
-    let mask = if single {
-        AttnMask::Causal
-    } else {
-        AttnMask::packed(segments, b, t, &dev).unwrap()
-    };
-    let ids = Tensor::from_slice(&inputs, (b, t), &dev).unwrap();
-    let pos = Tensor::from_slice(&positions, (b, t), &dev).unwrap();
-    let mut dropout = Dropout {
-        p: cfg.dropout,
-        rng: Rng::new(DROP_SEED),
-    };
-    let logits = gpt.forward(&ids, &pos, &mask, None, Some(&mut dropout)).unwrap();
-    let wf: Vec<f32> = weights.iter().map(|&x| f32::from(x)).collect();
-    let loss = ops::cross_entropy(
-        &logits.reshape((b * t, cfg.vocab_size)).unwrap(),
-        &Tensor::from_slice(&targets, b * t, &dev).unwrap(),
-        &Tensor::from_vec(wf, b * t, &dev).unwrap(),
-    )
-    .unwrap();
-    let want_loss: f32 = loss.to_scalar().unwrap();
-    let grads = (loss * f64::from(scale)).unwrap().backward().unwrap();
-
-    // The engine, from the same weights.
-    let flat: Vec<f32> = params
-        .vars
-        .iter()
-        .flat_map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
-        .collect();
-    let mut engine = TrainEngine::new(cfg, b, t, flat.clone()).unwrap();
-    engine.zero_grad();
     let batch = StepBatch {
         b,
         t,
@@ -126,6 +108,23 @@ fn check(cfg: &GptConfig, segments: &[u32], weights: &[u8], scale: f32) {
         segments,
         weights,
     };
+    let mut reference_stream = Rng::new(DROP_SEED);
+    let want = oracle::reference(
+        cfg,
+        None,
+        &Weights::new(),
+        &w,
+        &oracle_batch(&batch),
+        f64::from(scale),
+        Some(&mut reference_stream),
+    );
+    let want_loss = want.loss;
+
+    // The engine, from the same weights.
+    let specs = param_specs(cfg);
+    let flat = take_flat(&specs, &mut w.clone()).unwrap();
+    let mut engine = TrainEngine::new(cfg, b, t, flat.clone()).unwrap();
+    engine.zero_grad();
     let mut stream = Rng::new(DROP_SEED);
     let got_loss = engine.forward_backward(&batch, scale, &mut stream).unwrap();
     same_when_checkpointed(
@@ -140,32 +139,12 @@ fn check(cfg: &GptConfig, segments: &[u32], weights: &[u8], scale: f32) {
         "loss {got_loss} vs {want_loss}"
     );
     assert_eq!(
-        stream, dropout.rng,
+        stream, reference_stream,
         "the engine leaves the stream where autograd does"
     );
-    let specs = param_specs(cfg);
-    for ((spec, (_, var)), &(off, len)) in specs.iter().zip(&params.vars).zip(&engine.offsets) {
-        assert_eq!(
-            spec.name,
-            params
-                .vars
-                .iter()
-                .find(|(s, _)| s.name == spec.name)
-                .unwrap()
-                .0
-                .name
-        );
-        let want: Vec<f32> = grads
-            .get(var.as_tensor())
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+    for (spec, &(off, len)) in specs.iter().zip(&engine.offsets) {
         let got = &engine.grads[off..off + len];
-        let d = rel_diff(got, &want);
+        let d = rel_diff(got, &want.grads[&spec.name]);
         assert!(d < 1e-4, "{}: gradient differs by {d} (relative)", spec.name);
     }
     // A second micro-batch (with the same masks) adds to the gradients.
@@ -307,12 +286,11 @@ fn engine_refuses_what_it_cannot_do() {
 }
 
 /// LoRA on the engine: the adapters' gradients (and the loss) as candle's autograd computes them
-/// through `Gpt::with_lora` on the frozen base, for several target sets, QLoRA (q4, q8) on a
+/// through the oracle on the frozen base, for several target sets, QLoRA (q4, q8) on a
 /// block-quantised base, and dropout on the adapters' inputs (with and without the model's).
 #[test]
 fn engine_lora_matches_autograd() {
     use chatforge_model::LoraConfig;
-    let dev = Device::Cpu;
     let cfg = GptConfig {
         n_ctx: 16,
         n_layer: 2,
@@ -354,74 +332,23 @@ fn engine_lora_matches_autograd() {
             targets: targets_set.iter().map(|s| s.to_string()).collect(),
             quant,
         };
-        let mut base = init_weights(&cfg, &mut Rng::new(5), &dev).unwrap();
+        let mut base = init_weights(&cfg, &mut Rng::new(5)).unwrap();
         for (name, w) in base.iter_mut() {
             if name.ends_with("c_attn.weight") {
-                *w = (&*w * 10.0).unwrap();
+                *w = scaled(w, 10.0);
             }
         }
-        let params =
-            Params::from_adapter(&cfg, &lora, lora.init(&cfg, &mut Rng::new(4), &dev).unwrap()).unwrap();
+        let mut adapter = lora.init(&cfg, &mut Rng::new(4)).unwrap();
         // B starts at zero, which would leave A without gradient: give B values.
-        for (i, (_, var)) in params.vars.iter().enumerate() {
-            let r = (Tensor::randn(0f32, 0.3, var.as_tensor().shape(), &dev).unwrap() * (1 + i % 3) as f64)
-                .unwrap();
-            var.set(&r).unwrap();
+        let ad_specs = lora.param_specs(&cfg);
+        let mut noise = Rng::new(9);
+        for (i, s) in ad_specs.iter().enumerate() {
+            let t = adapter.get_mut(&s.name).unwrap();
+            let k = (1 + i % 3) as f64;
+            for x in t.data_mut() {
+                *x = (noise.normal() * 0.3 * k) as f32;
+            }
         }
-        let mut ts = base.clone();
-        ts.extend(
-            params
-                .vars
-                .iter()
-                .map(|(s, v)| (s.name.clone(), v.as_tensor().clone())),
-        );
-        let gpt = Gpt::with_lora(
-            &cfg,
-            candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev),
-            Some(&lora),
-        )
-        .unwrap();
-        let mask = AttnMask::packed(&segments, b, t, &dev).unwrap();
-        let mut dropout = Dropout {
-            p: model_p,
-            rng: Rng::new(DROP_SEED),
-        };
-        let logits = gpt
-            .forward(
-                &Tensor::from_slice(&inputs, (b, t), &dev).unwrap(),
-                &Tensor::from_slice(&positions, (b, t), &dev).unwrap(),
-                &mask,
-                None,
-                Some(&mut dropout),
-            )
-            .unwrap();
-        let wf: Vec<f32> = weights.iter().map(|&x| f32::from(x)).collect();
-        let loss = ops::cross_entropy(
-            &logits.reshape((b * t, 37)).unwrap(),
-            &Tensor::from_slice(&targets, b * t, &dev).unwrap(),
-            &Tensor::from_vec(wf, b * t, &dev).unwrap(),
-        )
-        .unwrap();
-        let want_loss: f32 = loss.to_scalar().unwrap();
-        let grads = loss.backward().unwrap();
-
-        let flat = |names: Vec<String>, get: &dyn Fn(&str) -> Tensor| -> Vec<f32> {
-            names
-                .iter()
-                .flat_map(|n| get(n).flatten_all().unwrap().to_vec1::<f32>().unwrap())
-                .collect()
-        };
-        let base_flat = flat(param_specs(&cfg).into_iter().map(|s| s.name).collect(), &|n| {
-            base[n].clone()
-        });
-        let ad_flat: Vec<f32> = params
-            .vars
-            .iter()
-            .flat_map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
-            .collect();
-        let mut engine =
-            TrainEngine::with_lora(&cfg, b, t, base_flat.clone(), &lora, ad_flat.clone()).unwrap();
-        engine.zero_grad();
         let batch = StepBatch {
             b,
             t,
@@ -431,6 +358,22 @@ fn engine_lora_matches_autograd() {
             segments: &segments,
             weights: &weights,
         };
+        let mut reference_stream = Rng::new(DROP_SEED);
+        let want = oracle::reference(
+            &cfg,
+            Some(&lora),
+            &base,
+            &adapter,
+            &oracle_batch(&batch),
+            1.0,
+            Some(&mut reference_stream),
+        );
+        let want_loss = want.loss;
+        let base_flat = take_flat(&param_specs(&cfg), &mut base.clone()).unwrap();
+        let ad_flat = take_flat(&ad_specs, &mut adapter.clone()).unwrap();
+        let mut engine =
+            TrainEngine::with_lora(&cfg, b, t, base_flat.clone(), &lora, ad_flat.clone()).unwrap();
+        engine.zero_grad();
         let mut stream = Rng::new(DROP_SEED);
         let got_loss = engine.forward_backward(&batch, 1.0, &mut stream).unwrap();
         same_when_checkpointed(
@@ -445,22 +388,15 @@ fn engine_lora_matches_autograd() {
             "loss {got_loss} vs {want_loss}"
         );
         assert_eq!(
-            stream, dropout.rng,
+            stream, reference_stream,
             "{targets_set:?}: the stream ends in the same place"
         );
         if lora_p > 0.0 {
             assert_ne!(stream, Rng::new(DROP_SEED), "adapter dropout draws masks");
         }
-        assert_eq!(engine.offsets.len(), params.vars.len());
-        for ((spec, var), &(off, len)) in params.vars.iter().zip(&engine.offsets) {
-            let want: Vec<f32> = grads
-                .get(var.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let d = rel_diff(&engine.grads[off..off + len], &want);
+        assert_eq!(engine.offsets.len(), ad_specs.len());
+        for (spec, &(off, len)) in ad_specs.iter().zip(&engine.offsets) {
+            let d = rel_diff(&engine.grads[off..off + len], &want.grads[&spec.name]);
             assert!(
                 d < 1e-4,
                 "{:?} {}: gradient differs by {d}",
@@ -495,12 +431,8 @@ fn eval_loss_is_the_loss_without_dropout_and_pads_short_batches() {
     let segments = vec![0u32; b * t];
     let mut weights = vec![1u8; b * t];
     weights[..5].fill(0);
-    let dev = Device::Cpu;
-    let w = init_weights(&cfg, &mut Rng::new(5), &dev).unwrap();
-    let flat: Vec<f32> = param_specs(&cfg)
-        .iter()
-        .flat_map(|s| w[&s.name].flatten_all().unwrap().to_vec1::<f32>().unwrap())
-        .collect();
+    let w = init_weights(&cfg, &mut Rng::new(5)).unwrap();
+    let flat = take_flat(&param_specs(&cfg), &mut w.clone()).unwrap();
     let rows = |r: std::ops::Range<usize>| StepBatch {
         b: r.len(),
         t,

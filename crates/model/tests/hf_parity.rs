@@ -1,40 +1,23 @@
-//! chatforge's GPT against transformers' `GPT2LMHeadModel` on the same random weights:
-//! logits, loss and gradients, read from model.safetensors, pytorch_model.bin and f16 safetensors.
+//! chatforge against transformers' `GPT2LMHeadModel` on the same random weights, read from
+//! model.safetensors, pytorch_model.bin (a `torch.save` archive) and f16 safetensors: the
+//! oracle's logits, and the training engine's loss and gradients.
 //! Reference: scripts/reference/gpt2_parity.py (CPU torch, float32).
 
 #![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
 
-use candle_core::{D, DType, Device, Tensor};
-use chatforge_model::{AttnMask, Gpt, Params, load_hf, ops};
-use chatforge_testkit::{python, run_reference};
+use chatforge_base::Rng;
+use chatforge_model::engine::{StepBatch, TrainEngine};
+use chatforge_model::{GptConfig, load_hf, param_specs, take_flat};
+use chatforge_testkit::{json_floats, python, run_reference};
 use serde_json::Value;
 
-fn tensor(v: &Value) -> Tensor {
-    fn flat(v: &Value, out: &mut Vec<f32>, shape: &mut Vec<usize>, depth: usize) {
-        match v {
-            Value::Array(a) => {
-                if shape.len() == depth {
-                    shape.push(a.len());
-                }
-                a.iter().for_each(|x| flat(x, out, shape, depth + 1));
-            }
-            x => out.push(x.as_f64().unwrap() as f32),
-        }
-    }
-    let (mut data, mut shape) = (Vec::new(), Vec::new());
-    flat(v, &mut data, &mut shape, 0);
-    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+fn max_abs(v: &[f32]) -> f32 {
+    v.iter().fold(0f32, |m, x| m.max(x.abs()))
 }
 
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(D::Minus1)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+fn diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
 }
 
 #[test]
@@ -44,59 +27,63 @@ fn logits_loss_and_gradients_match_transformers() {
     run_reference(&py, "gpt2_parity.py", &[dir.path().to_str().unwrap()]);
     let reference: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("reference.json")).unwrap()).unwrap();
-    let ids = tensor(&reference["ids"]).to_dtype(DType::U32).unwrap();
-    let (b, t) = ids.dims2().unwrap();
+    let ids: Vec<Vec<u32>> = reference["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .collect();
+    let (b, t) = (ids.len(), ids[0].len());
+    let inputs = ids.concat();
+    // Position i predicts token i + 1; a row's last position has nothing to predict.
+    let targets: Vec<u32> = (0..b * t)
+        .map(|i| if i % t + 1 < t { inputs[i + 1] } else { 0 })
+        .collect();
+    let weights: Vec<u8> = (0..b * t).map(|i| u8::from(i % t + 1 < t)).collect();
+    let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
+    let segments = vec![0u32; b * t];
 
     for (folder, key) in [("safetensors", "fp32"), ("bin", "fp32"), ("f16", "f16")] {
-        let (cfg, weights) = load_hf(&dir.path().join(folder), &Device::Cpu).unwrap();
-        let params = Params::from_weights(&cfg, weights).unwrap();
-        let gpt = Gpt::new(&cfg, params.var_builder(&Device::Cpu)).unwrap();
-        let logits = gpt
-            .forward(
-                &ids,
-                &Gpt::positions(b, t, 0, &Device::Cpu).unwrap(),
-                &AttnMask::Causal,
-                None,
-                None,
-            )
-            .unwrap();
+        let (cfg, weights_by_name) = load_hf(&dir.path().join(folder)).unwrap();
         let r = &reference[key];
-        let diff = max_abs(&(&logits - tensor(&r["logits"])).unwrap());
-        assert!(diff < 1e-4, "{folder}: logits differ by {diff}");
+        // The oracle's logits (the decoder is checked against it in chatforge-infer).
+        let logits = chatforge_oracle::logits(&cfg, None, &weights_by_name, &ids);
+        let d = diff(&logits, &json_floats(&r["logits"]));
+        assert!(d < 1e-4, "{folder}: logits differ by {d}");
 
-        let v = cfg.vocab_size;
-        let pred = logits
-            .narrow(1, 0, t - 1)
-            .unwrap()
-            .contiguous()
-            .unwrap()
-            .reshape((b * (t - 1), v))
-            .unwrap();
-        let targets = ids
-            .narrow(1, 1, t - 1)
-            .unwrap()
-            .contiguous()
-            .unwrap()
-            .flatten_all()
-            .unwrap();
-        let ones = Tensor::ones(b * (t - 1), DType::F32, &Device::Cpu).unwrap();
-        let loss = ops::cross_entropy(&pred, &targets, &ones).unwrap();
-        let (ours, theirs) = (
-            loss.to_scalar::<f32>().unwrap() as f64,
-            r["loss"].as_f64().unwrap(),
-        );
+        // The training engine's loss and gradients (transformers in eval mode: no dropout).
+        let cfg = GptConfig { dropout: 0.0, ..cfg };
+        let specs = param_specs(&cfg);
+        let flat = take_flat(&specs, &mut weights_by_name.clone()).unwrap();
+        let mut engine = TrainEngine::new(&cfg, b, t, flat).unwrap();
+        engine.zero_grad();
+        let batch = StepBatch {
+            b,
+            t,
+            inputs: &inputs,
+            targets: &targets,
+            positions: &positions,
+            segments: &segments,
+            weights: &weights,
+        };
+        let ours = engine.forward_backward(&batch, 1.0, &mut Rng::new(0)).unwrap();
+        let theirs = r["loss"].as_f64().unwrap();
         assert!(
             ((ours - theirs) / theirs).abs() < 1e-4,
             "{folder}: loss {ours} vs {theirs}"
         );
-
-        let grads = loss.backward().unwrap();
         assert_eq!(r["grads"].as_object().unwrap().len(), 7);
         for (name, expected) in r["grads"].as_object().unwrap() {
-            let var = &params.vars.iter().find(|(s, _)| &s.name == name).unwrap().1;
-            let ours = grads.get(var.as_tensor()).unwrap();
-            let expected = tensor(expected);
-            let rel = max_abs(&(ours - &expected).unwrap()) / max_abs(&expected);
+            let i = specs.iter().position(|s| &s.name == name).unwrap();
+            let (off, len) = engine.offsets[i];
+            let expected = json_floats(expected);
+            let rel = diff(&engine.grads[off..off + len], &expected) / max_abs(&expected);
             assert!(
                 rel < 1e-4,
                 "{folder}: gradient of {name} differs by {rel} (relative)"

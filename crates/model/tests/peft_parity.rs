@@ -6,22 +6,15 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Tensor};
 use chatforge_base::Rng;
 use chatforge_model::lora::{load_adapter, merge, save_adapter};
-use chatforge_model::{AttnMask, Gpt, GptConfig, LoraConfig, Weights, load_hf};
+use chatforge_model::{GptConfig, LoraConfig, Tensor, Weights, load_hf};
 use chatforge_testkit::{json_floats, max_abs_diff, python, run_reference};
 use serde_json::Value;
 
+/// The oracle's logits (the engine and the decoder are checked against it elsewhere).
 fn logits(cfg: &GptConfig, w: &Weights, lora: Option<&LoraConfig>, ids: &[Vec<u32>]) -> Vec<f32> {
-    let vb = candle_nn::VarBuilder::from_tensors(w.clone(), DType::F32, &Device::Cpu);
-    let model = Gpt::with_lora(cfg, vb, lora).unwrap();
-    let (b, t) = (ids.len(), ids[0].len());
-    let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-    let x = Tensor::from_vec(flat, (b, t), &Device::Cpu).unwrap();
-    let pos = Gpt::positions(b, t, 0, &Device::Cpu).unwrap();
-    let l = model.forward(&x, &pos, &AttnMask::Causal, None, None).unwrap();
-    l.flatten_all().unwrap().to_vec1().unwrap()
+    chatforge_oracle::logits(cfg, lora, w, ids)
 }
 
 fn with(base: &Weights, adapter: &Weights) -> Weights {
@@ -50,12 +43,12 @@ fn adapters_round_trip_with_peft() {
                 .collect()
         })
         .collect();
-    let (cfg, base) = load_hf(&d.join("base"), &Device::Cpu).unwrap();
+    let (cfg, base) = load_hf(&d.join("base")).unwrap();
     let base_logits = logits(&cfg, &base, None, &ids);
     assert!(max_abs_diff(&base_logits, &json_floats(&reference["base"])) < 1e-4);
 
     // PEFT's adapter, read here.
-    let (lcfg, adapter) = load_adapter(&d.join("adapter"), &cfg, &Device::Cpu).unwrap();
+    let (lcfg, adapter) = load_adapter(&d.join("adapter"), &cfg).unwrap();
     assert_eq!((lcfg.rank, lcfg.alpha), (4, 8.0));
     let adapted = logits(&cfg, &with(&base, &adapter), Some(&lcfg), &ids);
     let diff = max_abs_diff(&adapted, &json_floats(&reference["adapted"]));
@@ -75,7 +68,7 @@ fn adapters_round_trip_with_peft() {
     );
 
     // A fresh adapter is the identity: B = 0.
-    let fresh = lcfg.init(&cfg, &mut Rng::new(1), &Device::Cpu).unwrap();
+    let fresh = lcfg.init(&cfg, &mut Rng::new(1)).unwrap();
     assert_eq!(logits(&cfg, &with(&base, &fresh), Some(&lcfg), &ids), base_logits);
 
     // chatforge's adapter (A fresh, B random), read by PEFT.
@@ -86,7 +79,7 @@ fn adapters_round_trip_with_peft() {
             let t = if k.contains("lora_B") {
                 let n = v.elem_count();
                 let data: Vec<f32> = (0..n).map(|_| (rng.normal() * 0.2) as f32).collect();
-                Tensor::from_vec(data, v.shape(), &Device::Cpu).unwrap()
+                Tensor::new(v.dims(), data).unwrap()
             } else {
                 v.clone()
             };

@@ -5,15 +5,13 @@
 
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::{Device, Tensor};
-use chatforge_model::{Activation, GptConfig, Weights};
+use chatforge_model::io::gguf::{self, Value};
+use chatforge_model::{Activation, GptConfig, Tensor, Weights};
 use chatforge_tokenizer::ChatTokenizer;
 
 use crate::{Error, Result};
 
-/// GGUF's magic number: "GGUF" little-endian.
-pub const MAGIC: u32 = 0x4655_4747;
+pub use chatforge_model::io::gguf::MAGIC;
 
 /// Whether `path` is a GGUF file (by its magic number).
 pub fn is_gguf(path: &Path) -> bool {
@@ -33,44 +31,14 @@ fn load_err(path: &Path, msg: impl Into<String>) -> Error {
     }
 }
 
-fn int(v: &Value) -> Option<usize> {
-    v.to_u32()
-        .map(|x| x as usize)
-        .or_else(|_| v.to_u64().map(|x| x as usize))
-        .or_else(|_| v.to_i32().map(|x| x as usize))
-        .ok()
-}
-
 /// Reads a GPT-2 GGUF file: the config from its `gpt2.*` keys, every tensor dequantised to f32
 /// under its HF name, and the tokenizer embedded in it.
 pub fn read(path: &Path) -> Result<(GptConfig, Weights, ChatTokenizer)> {
-    let mut f = std::fs::File::open(path).map_err(|e| load_err(path, e.to_string()))?;
-    let content =
-        Content::read(&mut f).map_err(|e| load_err(path, format!("not a readable GGUF file: {e}")))?;
+    let content = gguf::read_header(path)?;
     let meta = &content.metadata;
-    // Tensor data must start on the file's alignment: an offset off it is a corrupt or crafted
-    // file whose values would be read from the wrong bytes.
-    let alignment = meta
-        .get("general.alignment")
-        .and_then(int)
-        .filter(|&a| a > 0)
-        .unwrap_or(32) as u64;
-    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
-    names.sort();
-    for name in names {
-        let offset = content.tensor_infos[name].offset;
-        if offset % alignment != 0 {
-            return Err(load_err(
-                path,
-                format!(
-                    "tensor {name} starts at offset {offset}, not a multiple of the alignment {alignment}"
-                ),
-            ));
-        }
-    }
     let arch = meta
         .get("general.architecture")
-        .and_then(|v| v.to_string().ok())
+        .and_then(Value::as_str)
         .ok_or_else(|| load_err(path, "no general.architecture key"))?;
     if arch != "gpt2" {
         return Err(load_err(
@@ -80,45 +48,44 @@ pub fn read(path: &Path) -> Result<(GptConfig, Weights, ChatTokenizer)> {
     }
     let key = |k: &str| {
         meta.get(&format!("gpt2.{k}"))
-            .and_then(int)
+            .and_then(Value::as_u64)
+            .map(|x| x as usize)
             .ok_or_else(|| load_err(path, format!("no integer key gpt2.{k}")))
     };
     let emb = content
-        .tensor_infos
-        .get("token_embd.weight")
+        .tensor("token_embd.weight")
         .ok_or_else(|| load_err(path, "no token_embd.weight tensor"))?;
     let eps = meta
         .get("gpt2.attention.layer_norm_epsilon")
-        .and_then(|v| v.to_f32().ok())
+        .and_then(Value::as_f64)
         .unwrap_or(1e-5);
-    let flag = |k: &str, default: bool| meta.get(k).and_then(|v| v.to_bool().ok()).unwrap_or(default);
+    let flag = |k: &str, default: bool| meta.get(k).and_then(Value::as_bool).unwrap_or(default);
     let config = GptConfig {
-        vocab_size: emb.shape.dims()[0],
+        vocab_size: emb.shape.first().copied().unwrap_or(0),
         n_ctx: key("context_length")?,
         n_layer: key("block_count")?,
         n_head: key("attention.head_count")?,
         n_embd: key("embedding_length")?,
         dropout: 0.0,
-        bias: content.tensor_infos.contains_key("blk.0.attn_qkv.bias"),
-        tie_embeddings: !content.tensor_infos.contains_key("output.weight"),
+        bias: content.tensor("blk.0.attn_qkv.bias").is_some(),
+        tie_embeddings: content.tensor("output.weight").is_none(),
         activation: if flag("chatforge.gelu_erf", false) {
             Activation::GeluErf
         } else {
             Activation::GeluTanh
         },
-        layer_norm_eps: f64::from(eps),
+        layer_norm_eps: eps,
     };
     config.validate()?;
-    let dev = Device::Cpu;
     let mut weights = Weights::new();
     for slot in chatforge_model::layout::slots(&config) {
         let (name, transposed) = slot.gguf();
-        let q = content
-            .tensor(&mut f, &name, &dev)
-            .map_err(|e| load_err(path, format!("tensor {name}: {e}")))?;
-        let mut t: Tensor = q.dequantize(&dev)?;
+        let info = content
+            .tensor(&name)
+            .ok_or_else(|| load_err(path, format!("no tensor {name}")))?;
+        let mut t = Tensor::new(info.shape.clone(), content.read_f32(path, info)?)?;
         if transposed {
-            t = t.t()?.contiguous()?;
+            t = t.t();
         }
         let shape = slot.shape(&config);
         if t.dims() != shape.as_slice() {
@@ -129,10 +96,7 @@ pub fn read(path: &Path) -> Result<(GptConfig, Weights, ChatTokenizer)> {
         }
         weights.insert(slot.name(), t);
     }
-    let tokenizer = match meta
-        .get("tokenizer.huggingface.json")
-        .and_then(|v| v.to_string().ok())
-    {
+    let tokenizer = match meta.get("tokenizer.huggingface.json").and_then(Value::as_str) {
         Some(json) => ChatTokenizer::from_json(json)?,
         None => {
             return Err(load_err(

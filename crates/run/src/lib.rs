@@ -14,8 +14,6 @@ pub enum Error {
     Tokenizer(#[from] chatforge_tokenizer::Error),
     #[error(transparent)]
     Data(#[from] chatforge_data::Error),
-    #[error(transparent)]
-    Candle(#[from] candle_core::Error),
     #[error("{0}")]
     Invalid(String),
     #[error("{}: {msg}", path.display())]

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use candle_core::Device;
 use chatforge_model::lora::{is_adapter_dir, load_adapter, merge};
 use chatforge_model::{GptConfig, LoraConfig, Weights, load_hf};
 use chatforge_tokenizer::ChatTokenizer;
@@ -250,7 +249,7 @@ impl ModelSource {
         } else {
             (None, None)
         };
-        let (config, mut base) = load_hf(base_dir.as_deref().unwrap_or(&weights_dir), &Device::Cpu)?;
+        let (config, mut base) = load_hf(base_dir.as_deref().unwrap_or(&weights_dir))?;
         let quant = trained_quant(&weights_dir);
         if let Some(kind) = quant {
             // A QLoRA adapter learnt against the quantised base: decode with that base.
@@ -317,9 +316,9 @@ fn quant_round_trip(w: &mut Weights, kind: chatforge_model::quant::QuantKind) ->
     use chatforge_model::quant::QuantWeight;
     for (name, t) in w.iter_mut() {
         if let Some(Slot::BlockLinear(_, _, Part::Weight)) = Slot::from_name(name) {
-            let (r, c) = t.dims2()?;
-            let q = QuantWeight::quantize(&t.flatten_all()?.to_vec1::<f32>()?, r, c, kind);
-            *t = candle_core::Tensor::from_vec(q.dequantize(), (r, c), &Device::Cpu)?;
+            let (r, c) = (t.dims()[0], t.dims()[1]);
+            let q = QuantWeight::quantize(t.data(), r, c, kind);
+            t.data_mut().copy_from_slice(&q.dequantize());
         }
     }
     Ok(())
@@ -356,7 +355,7 @@ pub fn find_adapter(root: &Path, a: &str) -> Result<PathBuf> {
 
 /// Base weights with the adapter in `dir` folded in.
 pub fn with_adapter(base: &Weights, config: &GptConfig, dir: &Path) -> Result<Weights> {
-    let (lcfg, adapter): (LoraConfig, Weights) = load_adapter(dir, config, &Device::Cpu)?;
+    let (lcfg, adapter): (LoraConfig, Weights) = load_adapter(dir, config)?;
     Ok(merge(base, &lcfg, &adapter, config)?)
 }
 

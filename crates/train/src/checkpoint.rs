@@ -6,9 +6,9 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor, Var};
 use chatforge_data::{SamplerState, atomic_dir, sha256_file};
-use chatforge_model::{GptConfig, LoraConfig, ParamSpec, save_f32_tensors};
+use chatforge_model::io::safetensors;
+use chatforge_model::{GptConfig, LoraConfig, ParamSpec, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::{AdamW, Error, Result, TrainConfig};
@@ -30,42 +30,28 @@ pub fn step_dir(run: &Path, step: u64) -> PathBuf {
     run.join("checkpoints").join(format!("step_{step:06}"))
 }
 
-/// The trainable values a checkpoint writes, in [`ParamSpec`] order: candle's variables (the
-/// autograd path), or the training engine's flat buffer, written from where it is without a copy.
+/// The trainable values a checkpoint writes, in [`ParamSpec`] order: the training engine's flat
+/// buffer, written from where it is without a copy.
 #[derive(Clone, Copy)]
-pub enum Values<'a> {
-    Vars(&'a [(ParamSpec, Var)]),
-    Flat {
-        specs: &'a [ParamSpec],
-        flat: &'a [f32],
-        offsets: &'a [(usize, usize)],
-    },
+pub struct Values<'a> {
+    pub specs: &'a [ParamSpec],
+    pub flat: &'a [f32],
+    pub offsets: &'a [(usize, usize)],
 }
 
 impl<'a> Values<'a> {
     fn len(&self) -> usize {
-        match self {
-            Values::Vars(v) => v.len(),
-            Values::Flat { specs, .. } => specs.len(),
-        }
+        self.specs.len()
     }
 
     fn spec(&self, i: usize) -> &'a ParamSpec {
-        match self {
-            Values::Vars(v) => &v[i].0,
-            Values::Flat { specs, .. } => &specs[i],
-        }
+        &self.specs[i]
     }
 
-    /// The values of parameter `i`: borrowed from the engine, copied out of a variable.
+    /// The values of parameter `i`, borrowed from the engine.
     fn get(&self, i: usize) -> chatforge_model::Result<Cow<'a, [f32]>> {
-        Ok(match self {
-            Values::Vars(v) => Cow::Owned(v[i].1.as_tensor().flatten_all()?.to_vec1()?),
-            Values::Flat { flat, offsets, .. } => {
-                let (off, len) = offsets[i];
-                Cow::Borrowed(&flat[off..off + len])
-            }
-        })
+        let (off, len) = self.offsets[i];
+        Ok(Cow::Borrowed(&self.flat[off..off + len]))
     }
 
     /// Every parameter as a tensor by name (copies: for a LoRA adapter, which is small).
@@ -75,7 +61,7 @@ impl<'a> Values<'a> {
                 let s = self.spec(i);
                 Ok((
                     s.name.clone(),
-                    Tensor::from_slice(&self.get(i)?, s.shape.as_slice(), &Device::Cpu)?,
+                    Tensor::new(s.shape.clone(), self.get(i)?.into_owned())?,
                 ))
             })
             .collect()
@@ -122,7 +108,7 @@ pub fn save(
                 }
             }
             None => {
-                save_f32_tensors(&tmp.join("model.safetensors"), &shapes, |i| values.get(i))?;
+                safetensors::write_with(&tmp.join("model.safetensors"), &shapes, |i| values.get(i))?;
                 files.insert(
                     "model.safetensors".to_string(),
                     sha256_file(&tmp.join("model.safetensors"))?,
@@ -139,7 +125,7 @@ pub fn save(
                     ]
                 })
                 .collect();
-            save_f32_tensors(&tmp.join("optimizer.safetensors"), &moments, |i| {
+            safetensors::write_with(&tmp.join("optimizer.safetensors"), &moments, |i| {
                 let m = if i % 2 == 0 { &opt.m } else { &opt.v };
                 Ok(Cow::Borrowed(m[i / 2].as_slice()))
             })?;
@@ -210,13 +196,15 @@ pub type Moments = (Vec<Vec<f32>>, Vec<Vec<f32>>);
 /// against its parameter's size.
 pub fn load_optimizer(dir: &Path, specs: &[ParamSpec]) -> Result<Moments> {
     let path = dir.join("optimizer.safetensors");
-    let t = candle_core::safetensors::load(&path, &Device::Cpu)
-        .map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))?;
+    let t: std::collections::HashMap<String, Tensor> = safetensors::read(&path)
+        .map_err(|e| Error::Checkpoint(e.to_string()))?
+        .into_iter()
+        .collect();
     let get = |k: String, len: usize| -> Result<Vec<f32>> {
         let x = t
             .get(&k)
             .ok_or_else(|| Error::Checkpoint(format!("{}: no tensor {k}", path.display())))?;
-        let v: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let v: Vec<f32> = x.data().to_vec();
         if v.len() != len {
             return Err(Error::Checkpoint(format!(
                 "{}: {k} has {} values, the parameter {len}",

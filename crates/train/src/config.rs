@@ -93,8 +93,8 @@ pub struct TrainSettings {
     pub adapter_name: Option<String>,
     /// Recompute each block's activations in backward instead of keeping them (long contexts).
     pub grad_checkpoint: bool,
-    /// Train with the engine (plain buffers, hand-written backward): every mode, with or without
-    /// gradient checkpointing. `false` forces candle's autograd.
+    /// Kept so configs that set it still load: training always runs on the engine (plain
+    /// buffers, hand-written backward), and `false` (the removed autograd path) is refused.
     pub engine: bool,
 }
 
@@ -206,6 +206,11 @@ impl TrainConfig {
         self.model.validate().map_err(|e| Error::Config(e.to_string()))?;
         let t = &self.train;
         let bad = |m: String| Err(Error::Config(m));
+        if !t.engine {
+            return bad(
+                "train.engine = false: the autograd path is gone; the engine trains every mode".into(),
+            );
+        }
         if t.batch_size == 0 {
             return bad("train.batch_size must be at least 1".into());
         }

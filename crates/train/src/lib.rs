@@ -2,7 +2,6 @@
 //! with AdamW, warm-up + cosine schedule, gradient clipping and accumulation, validation, early
 //! stopping, and checkpoints from which a killed run resumes with identical per-step losses.
 
-mod autograd;
 mod checkpoint;
 mod config;
 mod events;
@@ -11,13 +10,12 @@ mod plot;
 mod run;
 mod start;
 
-pub use autograd::optimizer_step;
 pub use checkpoint::{CheckpointState, list as list_checkpoints, read_state, step_dir};
 pub use config::{Mode, TrainConfig, TrainSettings};
 pub use events::{Event, line_step};
-pub use optim::{AdamW, AdamWConfig, clip_grad_norm, clip_grad_norm_flat, lr_at};
+pub use optim::{AdamW, AdamWConfig, clip_grad_norm, lr_at};
 pub use plot::{loss_plot, read_curves};
-pub use run::{StepOutcome, TrainSummary, engine_step, train, unigram_baseline};
+pub use run::{StepOutcome, TrainSummary, optimizer_step, train, unigram_baseline};
 pub use start::{check_memory, init_config, load_init};
 
 use std::path::PathBuf;
@@ -37,8 +35,6 @@ pub enum Error {
     Data(#[from] chatforge_data::Error),
     #[error(transparent)]
     Model(#[from] chatforge_model::Error),
-    #[error(transparent)]
-    Candle(#[from] candle_core::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

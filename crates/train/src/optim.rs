@@ -1,11 +1,8 @@
 //! AdamW as `torch.optim.AdamW` computes it, and nanoGPT's learning-rate schedule.
 
-use candle_core::{Tensor, Var};
 use chatforge_model::ParamSpec;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-
-use crate::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AdamWConfig {
@@ -38,16 +35,6 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    pub fn new(cfg: AdamWConfig, params: &[(ParamSpec, Var)]) -> Self {
-        let zeros = || params.iter().map(|(_, p)| vec![0f32; p.elem_count()]).collect();
-        AdamW {
-            cfg,
-            step: 0,
-            m: zeros(),
-            v: zeros(),
-        }
-    }
-
     /// Moments for parameters of these lengths (the training engine's flat parameters).
     pub fn for_lengths(cfg: AdamWConfig, lens: impl Iterator<Item = usize>) -> Self {
         let lens: Vec<usize> = lens.collect();
@@ -59,43 +46,11 @@ impl AdamW {
         }
     }
 
-    /// One update at learning rate `lr`; `grads[i]` belongs to `params[i]` (None: no gradient, skipped).
-    /// Weight decay applies only where the spec says so.
-    pub fn update(&mut self, params: &[(ParamSpec, Var)], grads: &[Option<Tensor>], lr: f64) -> Result<()> {
-        self.step += 1;
-        let c = self.cfg;
-        let bias1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bias2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
-        let step_size = (lr / bias1) as f32;
-        let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
-        for (i, ((spec, var), grad)) in params.iter().zip(grads).enumerate() {
-            let Some(grad) = grad else { continue };
-            let g: Vec<f32> = grad.flatten_all()?.to_vec1()?;
-            let mut p: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
-            let decay = if spec.decay {
-                (1.0 - lr * c.weight_decay) as f32
-            } else {
-                1.0
-            };
-            let (m, v) = (&mut self.m[i], &mut self.v[i]);
-            for k in 0..p.len() {
-                p[k] *= decay;
-                m[k] += (g[k] - m[k]) * (1.0 - b1); // lerp, as torch does
-                v[k] = v[k] * b2 + (1.0 - b2) * g[k] * g[k];
-                let denom = v[k].sqrt() / bias2_sqrt as f32 + eps;
-                p[k] -= step_size * m[k] / denom;
-            }
-            var.set(&Tensor::from_vec(p, var.shape(), var.device())?)?;
-        }
-        Ok(())
-    }
-}
-
-impl AdamW {
-    /// [`update`](Self::update) on flat buffers (the training engine's): `params` and `grads` hold
-    /// every parameter at `offsets`, in the order of `specs` and of the moments. One fused pass
-    /// per parameter, on all cores; nothing is allocated.
-    pub fn update_flat(
+    /// One update at learning rate `lr` on flat buffers (the training engine's): `params` and
+    /// `grads` hold every parameter at `offsets`, in the order of `specs` and of the moments.
+    /// Weight decay applies only where the spec says so. One fused pass per parameter, on all
+    /// cores; nothing is allocated.
+    pub fn update(
         &mut self,
         specs: &[ParamSpec],
         params: &mut [f32],
@@ -137,8 +92,9 @@ impl AdamW {
     }
 }
 
-/// [`clip_grad_norm`] on a flat gradient buffer.
-pub fn clip_grad_norm_flat(grads: &mut [f32], max_norm: f64) -> f64 {
+/// Scales a flat gradient buffer so its global L2 norm is at most `max_norm`; returns the norm
+/// before clipping.
+pub fn clip_grad_norm(grads: &mut [f32], max_norm: f64) -> f64 {
     // Partial sums collected in order, so the norm is the same on every run.
     let sq: f64 = grads
         .par_chunks(1 << 14)
@@ -173,71 +129,23 @@ pub fn lr_at(step: u64, lr: f64, min_lr: f64, warmup: u64, max_steps: u64) -> f6
     min_lr + coeff * (lr - min_lr)
 }
 
-/// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm before clipping.
-pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
-    let mut sq = 0f64;
-    for g in grads.iter().flatten() {
-        sq += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
-    }
-    let norm = sq.sqrt();
-    if max_norm > 0.0 && norm > max_norm {
-        let scale = max_norm / (norm + 1e-6);
-        for g in grads.iter_mut().flatten() {
-            *g = (&*g * scale)?;
-        }
-    }
-    Ok(norm)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn flat_update_and_clipping_equal_the_tensor_ones() {
-        use candle_core::Device;
-        use chatforge_model::Init;
-        let dev = Device::Cpu;
-        let spec = |name: &str, n: usize, decay: bool| ParamSpec {
-            name: name.into(),
-            shape: vec![n],
-            init: Init::Zeros,
-            decay,
-        };
-        let specs = [spec("w", 40_000, true), spec("b", 7, false)];
-        let mut rng = chatforge_data::Rng::new(3);
-        let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32).collect() };
-        let (p0, p1, g0, g1) = (draw(40_000), draw(7), draw(40_000), draw(7));
-        let vars: Vec<(ParamSpec, Var)> = vec![
-            (specs[0].clone(), Var::from_vec(p0.clone(), 40_000, &dev).unwrap()),
-            (specs[1].clone(), Var::from_vec(p1.clone(), 7, &dev).unwrap()),
-        ];
-        let cfg = AdamWConfig::default();
-        let (mut a, mut b) = (AdamW::new(cfg, &vars), AdamW::new(cfg, &vars));
-        let mut grads = vec![
-            Some(Tensor::from_vec(g0.clone(), 40_000, &dev).unwrap()),
-            Some(Tensor::from_vec(g1.clone(), 7, &dev).unwrap()),
-        ];
-        let mut flat_g: Vec<f32> = g0.iter().chain(&g1).copied().collect();
-        let mut flat_p: Vec<f32> = p0.iter().chain(&p1).copied().collect();
-        let offsets = [(0, 40_000), (40_000, 7)];
-        let n1 = clip_grad_norm(&mut grads, 50.0).unwrap();
-        let n2 = clip_grad_norm_flat(&mut flat_g, 50.0);
-        assert!((n1 - n2).abs() < 1e-6 * n1, "{n1} vs {n2}");
-        for _ in 0..3 {
-            a.update(&vars, &grads, 1e-2).unwrap();
-            b.update_flat(&specs, &mut flat_p, &flat_g, &offsets, 1e-2);
-        }
-        let want: Vec<f32> = vars
-            .iter()
-            .flat_map(|(_, v)| v.as_tensor().to_vec1::<f32>().unwrap())
-            .collect();
-        let d = want
-            .iter()
-            .zip(&flat_p)
-            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(d < 1e-6, "parameters differ by {d}");
-        assert_eq!((a.m, a.v, a.step), (b.m, b.v, b.step));
+    fn clipping_scales_to_the_norm_and_reports_it_before() {
+        let mut g = vec![3.0f32, 4.0, 0.0];
+        assert_eq!(clip_grad_norm(&mut g, 10.0), 5.0);
+        assert_eq!(g, [3.0, 4.0, 0.0], "under the limit: untouched");
+        let n = clip_grad_norm(&mut g, 1.0);
+        assert_eq!(n, 5.0);
+        assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6, "{g:?}");
+        assert_eq!(
+            clip_grad_norm(&mut g, 0.0),
+            clip_grad_norm(&mut g.clone(), 0.0),
+            "0: no clipping"
+        );
     }
 
     #[test]

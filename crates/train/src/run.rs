@@ -1,21 +1,22 @@
-//! `train`: config first, named helpers, then one loop (nanoGPT's shape).
+//! `train`: set-up, one loop of steps, finish (nanoGPT's shape). The set-up decides where the
+//! weights come from (a checkpoint of this run, `--init`, or the seed) and builds the engine, the
+//! sampler and the log; the loop steps, validates and checkpoints; finish writes the adapter, the
+//! plot, the summary and the manifest.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
-use chatforge_data::{Batch, BatchSampler, Rng, SamplerConfig, SamplerState, Shard, sha256_file};
+use chatforge_base::Rng;
+use chatforge_data::{Batch, BatchSampler, SamplerConfig, SamplerState, Shard, sha256_file};
 use chatforge_model::engine::{StepBatch, TrainEngine};
-use chatforge_model::{Dropout, Gpt, GptConfig, LoraConfig, ParamSpec, Params, Weights, init_weights};
+use chatforge_model::{GptConfig, LoraConfig, ParamSpec, Weights, init_weights, take_flat};
 use serde::Serialize;
 
-use crate::autograd::{estimate_loss, optimizer_step};
 use crate::checkpoint::{self, CheckpointState, write_json};
 use crate::events::{Event, Log, trim_log};
-use crate::optim::{AdamW, clip_grad_norm_flat, lr_at};
-use crate::start::{check_memory, init_config, load_init, relative, resume_point};
+use crate::optim::{AdamW, clip_grad_norm, lr_at};
+use crate::start::{Resumed, check_memory, init_config, load_init, relative, resume_point};
 use crate::{Error, Mode, Result, TrainConfig};
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,11 +44,11 @@ pub struct StepOutcome {
     pub positions: usize,
 }
 
-/// [`optimizer_step`] through the training engine (plain buffers, hand-written backward): the same
-/// micro-batches, loss scaling, clipping, dropout masks (from `dropout`'s stream) and AdamW, on
-/// the engine's flat parameters.
+/// One optimizer step on the engine: `micro` batches from `next`, gradients accumulated (each
+/// micro-batch's mean loss / `micro`), clipped to `clip`, AdamW at `lr`; dropout masks from the
+/// `dropout` stream.
 #[allow(clippy::too_many_arguments)] // the step's whole state, passed explicitly
-pub fn engine_step(
+pub fn optimizer_step(
     engine: &mut TrainEngine,
     specs: &[ParamSpec],
     opt: &mut AdamW,
@@ -69,12 +70,12 @@ pub fn engine_step(
             used += 1;
         }
     }
-    let grad_norm = clip_grad_norm_flat(&mut engine.grads, clip);
+    let grad_norm = clip_grad_norm(&mut engine.grads, clip);
     if used == 0 {
-        // As the autograd path: no parameter had a gradient, so none moves.
+        // No position carried loss: no parameter has a gradient, so none moves.
         opt.step += 1;
     } else {
-        opt.update_flat(specs, &mut engine.params, &engine.grads, &engine.offsets, lr);
+        opt.update(specs, &mut engine.params, &engine.grads, &engine.offsets, lr);
     }
     Ok(StepOutcome {
         loss: if used == 0 {
@@ -88,62 +89,9 @@ pub fn engine_step(
     })
 }
 
-/// Whether `train` may use the engine: `train.engine` on, and the variables in the engine's order.
-fn engine_fits(cfg: &TrainConfig, lora: Option<&LoraConfig>, params: &Params) -> bool {
-    let specs = match lora {
-        Some(l) => l.param_specs(&cfg.model),
-        None => chatforge_model::param_specs(&cfg.model),
-    };
-    cfg.train.engine
-        && specs.len() == params.vars.len()
-        && specs.iter().zip(&params.vars).all(|(a, (b, _))| a.name == b.name)
-}
-
-/// The engine for this run, when it fits: the variables are its trainable parameters, and with
-/// LoRA `frozen` (the base, by name) is its frozen model.
-fn build_engine(
-    cfg: &TrainConfig,
-    lora: Option<&LoraConfig>,
-    params: &Params,
-    frozen: &Weights,
-    seq_len: usize,
-) -> Result<Option<TrainEngine>> {
-    if !engine_fits(cfg, lora, params) {
-        return Ok(None);
-    }
-    let trainable = params.flat()?;
-    let (b, m) = (cfg.train.batch_size, &cfg.model);
-    let engine = match lora {
-        Some(l) => {
-            let names = chatforge_model::param_specs(m);
-            let base = names
-                .iter()
-                .map(|s| {
-                    frozen
-                        .get(&s.name)
-                        .ok_or_else(|| Error::Config(format!("the base has no {}", s.name)))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            TrainEngine::with_lora(
-                m,
-                b,
-                seq_len,
-                chatforge_model::flatten(base.into_iter())?,
-                l,
-                trainable,
-            )?
-        }
-        None => TrainEngine::new(m, b, seq_len, trainable)?,
-    };
-    Ok(Some(if cfg.train.grad_checkpoint {
-        engine.checkpointed()
-    } else {
-        engine
-    }))
-}
-
-/// [`estimate_loss`] on the engine.
-fn engine_val_loss(engine: &mut TrainEngine, batches: &[Batch], mode: Mode) -> Result<Option<f64>> {
+/// Mean loss over the validation batches, weighted by the positions that carry loss (`None`
+/// when none does); no backward, no dropout.
+fn val_loss(engine: &mut TrainEngine, batches: &[Batch], mode: Mode) -> Result<Option<f64>> {
     let (mut total, mut count) = (0f64, 0usize);
     for batch in batches {
         let (sum, n) = engine.eval_loss(&step_batch(batch, mode))?;
@@ -170,44 +118,31 @@ fn step_batch(batch: &Batch, mode: Mode) -> StepBatch<'_> {
     }
 }
 
-/// What takes a run's steps, validates it and holds its trainable values: the engine (its flat
-/// buffer), or (when it does not fit) candle's autograd through a model with the trainable
-/// variables and a detached copy for validation.
-#[allow(clippy::large_enum_variant)] // one per run, on the stack of `train`
-enum Stepper {
-    Engine(TrainEngine),
-    Autograd {
-        model: Gpt,
-        eval_model: Gpt,
-        params: Params,
-    },
+/// Everything the loop starts from, decided before the first step.
+struct Setup {
+    cfg: TrainConfig,
+    lora: Option<LoraConfig>,
+    data: PathBuf,
+    shard: Shard,
+    val_batches: Vec<Batch>,
+    seq_len: usize,
+    specs: Vec<ParamSpec>,
+    engine: TrainEngine,
+    opt: AdamW,
+    /// Where a resumed run continues: its step, sampler, dropout stream, best loss and how many
+    /// evaluations since it.
+    step: u64,
+    sampler: SamplerState,
+    dropout: Rng,
+    best: Option<f64>,
+    since_best: u64,
+    resumed_from: Option<PathBuf>,
+    warnings: Vec<String>,
 }
 
-impl Stepper {
-    /// The current trainable values, for checkpoints.
-    fn values<'a>(&'a self, specs: &'a [ParamSpec]) -> checkpoint::Values<'a> {
-        match self {
-            Stepper::Engine(e) => checkpoint::Values::Flat {
-                specs,
-                flat: &e.params,
-                offsets: &e.offsets,
-            },
-            Stepper::Autograd { params, .. } => checkpoint::Values::Vars(&params.vars),
-        }
-    }
-}
-
-/// Trains `cfg` into the run directory `run`. With `resume`, continues from the newest checkpoint
-/// that verifies. `stop` ends the run after the current step (with a checkpoint).
-pub fn train(
-    cfg: &TrainConfig,
-    run: &Path,
-    resume: bool,
-    on_event: &mut dyn FnMut(&Event),
-    stop: &AtomicBool,
-) -> Result<TrainSummary> {
-    let started = Instant::now();
-    let dev = Device::Cpu;
+/// Resolves the config (vocabulary from the shard, the model from `--init`, QLoRA's
+/// quantisation), checks it against the machine, finds the weights and builds the engine.
+fn set_up(cfg: &TrainConfig, run: &Path, resume: bool) -> Result<Setup> {
     let mut cfg = cfg.clone();
     let data = cfg
         .train
@@ -220,7 +155,6 @@ pub fn train(
     }
     cfg.validate()?;
     check_memory(&cfg)?;
-    let t = cfg.train.clone();
     std::fs::create_dir_all(run).map_err(|e| Error::Io {
         path: run.to_path_buf(),
         source: e,
@@ -234,6 +168,7 @@ pub fn train(
     }
     // LoRA: the base always comes from --init and stays frozen; the adapter is what trains.
     // QLoRA is LoRA on a quantised base (q4 unless the config says q8); plain LoRA never quantises.
+    let t = cfg.train.clone();
     cfg.lora.quant = match t.mode {
         Mode::Qlora => Some(cfg.lora.quant.unwrap_or(chatforge_model::quant::QuantKind::Q4)),
         _ => None,
@@ -249,52 +184,6 @@ pub fn train(
             "mode lora adapts a pretrained model: give train.init (--init)".into(),
         ));
     }
-    // Where the weights come from: a checkpoint of this run (the newest that loads), an --init
-    // model, or the seed.
-    let resumed = if resume {
-        resume_point(run, &cfg, lora.as_ref(), &mut warnings, &dev)?
-    } else {
-        None
-    };
-    let resumed_from = resumed.as_ref().map(|r| relative(run, &r.dir));
-    // Steps logged after the checkpoint (by a run that died), or by a run that left no usable
-    // checkpoint at all, happen again: drop them, so the log holds each step once.
-    trim_log(
-        &run.join("logs.jsonl"),
-        resumed.as_ref().map_or(0, |r| r.state.step),
-    )?;
-    let mut log = Log(std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run.join("logs.jsonl"))
-        .map_err(|e| Error::Io {
-            path: run.join("logs.jsonl"),
-            source: e,
-        })?);
-    let mut emit = |e: Event, log: &mut Log| {
-        log.write(&e);
-        on_event(&e);
-    };
-    for w in warnings {
-        emit(
-            Event::Warning {
-                step: resumed.as_ref().map_or(0, |r| r.state.step),
-                message: w,
-            },
-            &mut log,
-        );
-    }
-    // The frozen base (LoRA), or the --init weights a full fine-tune starts from.
-    let mut frozen: Weights = match &t.init {
-        Some(init) if lora.is_some() || resumed.is_none() => load_init(init, &dev)?.1,
-        _ => Weights::new(),
-    };
-    let weights = match (&resumed, &lora) {
-        (Some(r), _) => r.weights.clone(),
-        (None, Some(l)) => l.init(&cfg.model, &mut Rng::new(t.seed ^ 0x10_4A), &dev)?,
-        (None, None) if t.init.is_some() => std::mem::take(&mut frozen),
-        (None, None) => init_weights(&cfg.model, &mut Rng::new(t.seed), &dev)?,
-    };
     let seq_len = t.seq_len.unwrap_or(cfg.model.n_ctx);
     if seq_len > cfg.model.n_ctx {
         return Err(Error::Config(format!(
@@ -302,12 +191,6 @@ pub fn train(
             cfg.model.n_ctx
         )));
     }
-
-    let data = t
-        .data
-        .clone()
-        .ok_or_else(|| Error::Config("no training data (train.data or --data)".into()))?;
-    let shard = Shard::open(&data)?;
     if shard.vocab_size() as usize > cfg.model.vocab_size {
         return Err(Error::Config(format!(
             "the tokenizer of {} has {} tokens but model.vocab_size is {}",
@@ -316,302 +199,307 @@ pub fn train(
             cfg.model.vocab_size
         )));
     }
-    let val_shard = t.val.as_ref().map(|p| Shard::open(p)).transpose()?;
-    if let Some(v) = &val_shard
-        && v.vocab_size() != shard.vocab_size()
-    {
+    let val_batches = val_batches(&cfg, &shard, seq_len)?;
+    // Where the weights come from: a checkpoint of this run (the newest that loads), an --init
+    // model, or the seed.
+    let resumed = if resume {
+        resume_point(run, &cfg, lora.as_ref(), &mut warnings)?
+    } else {
+        None
+    };
+    let (engine, specs, opt, resumed) = build(&cfg, lora.as_ref(), seq_len, resumed)?;
+    let mut s = Setup {
+        resumed_from: resumed.as_ref().map(|r| relative(run, &r.dir)),
+        step: 0,
+        sampler: SamplerState::default(),
+        dropout: Rng::new(t.seed ^ 0xD0D0),
+        best: None,
+        since_best: 0,
+        cfg,
+        lora,
+        data,
+        shard,
+        val_batches,
+        seq_len,
+        specs,
+        engine,
+        opt,
+        warnings,
+    };
+    if let Some(state) = resumed.map(|r| r.state) {
+        s.opt.step = state.step;
+        (s.step, s.sampler, s.dropout) = (state.step, state.sampler, Rng::from_state(state.dropout_rng));
+        (s.best, s.since_best) = (state.best_val_loss, state.evals_since_best);
+    }
+    Ok(s)
+}
+
+/// The engine with its trainable values (a checkpoint's, an adapter's fresh ones, the `--init`
+/// weights or the seed's), the frozen base for LoRA, and AdamW (with a checkpoint's moments).
+/// Only the engine keeps the weights: the process holds one copy of them.
+fn build(
+    cfg: &TrainConfig,
+    lora: Option<&LoraConfig>,
+    seq_len: usize,
+    mut resumed: Option<Resumed>,
+) -> Result<(TrainEngine, Vec<ParamSpec>, AdamW, Option<Resumed>)> {
+    let t = &cfg.train;
+    let m = &cfg.model;
+    let specs = match lora {
+        Some(l) => l.param_specs(m),
+        None => chatforge_model::param_specs(m),
+    };
+    // The frozen base (LoRA), or the --init weights a full fine-tune starts from.
+    let mut frozen: Weights = match &t.init {
+        Some(init) if lora.is_some() || resumed.is_none() => load_init(init)?.1,
+        _ => Weights::new(),
+    };
+    let mut weights = match (&mut resumed, lora) {
+        (Some(r), _) => std::mem::take(&mut r.weights),
+        (None, Some(l)) => l.init(m, &mut Rng::new(t.seed ^ 0x10_4A))?,
+        (None, None) if t.init.is_some() => std::mem::take(&mut frozen),
+        (None, None) => init_weights(m, &mut Rng::new(t.seed))?,
+    };
+    let trainable = take_flat(&specs, &mut weights)?;
+    drop(weights);
+    let engine = match lora {
+        Some(l) => {
+            let base = take_flat(&chatforge_model::param_specs(m), &mut frozen)
+                .map_err(|e| Error::Config(format!("the base: {e}")))?;
+            TrainEngine::with_lora(m, t.batch_size, seq_len, base, l, trainable)?
+        }
+        None => TrainEngine::new(m, t.batch_size, seq_len, trainable)?,
+    };
+    let engine = if t.grad_checkpoint {
+        engine.checkpointed()
+    } else {
+        engine
+    };
+    let mut opt = AdamW::for_lengths(t.adamw(), specs.iter().map(|s| s.shape.iter().product()));
+    if let Some(r) = &mut resumed {
+        (opt.m, opt.v) = std::mem::take(&mut r.moments);
+    }
+    Ok((engine, specs, opt, resumed))
+}
+
+/// The validation set's batches (at most `train.eval_batches`), in order.
+fn val_batches(cfg: &TrainConfig, shard: &Shard, seq_len: usize) -> Result<Vec<Batch>> {
+    let t = &cfg.train;
+    let Some(path) = &t.val else {
+        return Ok(Vec::new());
+    };
+    let v = Shard::open(path)?;
+    if v.vocab_size() != shard.vocab_size() {
         return Err(Error::Config(
             "training and validation shards come from different tokenizers".into(),
         ));
     }
-
-    let params = match &lora {
-        Some(l) => Params::from_adapter(&cfg.model, l, weights)?,
-        None => Params::from_weights(&cfg.model, weights)?,
-    };
-    let total_params = cfg.model.n_params();
-    let specs: Vec<ParamSpec> = params.vars.iter().map(|(s, _)| s.clone()).collect();
-    let trainable = params.count();
-    // The engine trains several times faster than autograd, and validates too: then no candle
-    // model is built and the variables are dropped (checkpoints are written from the engine's
-    // buffer), so the process holds one copy of the weights.
-    let mut stepper = match build_engine(&cfg, lora.as_ref(), &params, &frozen, seq_len)? {
-        Some(e) => {
-            drop(params);
-            Stepper::Engine(e)
-        }
-        None => {
-            // The trainable vars, and for LoRA the frozen base beside them (plain tensors: no
-            // gradient).
-            let mut ts: HashMap<String, Tensor> = frozen.clone();
-            ts.extend(
-                params
-                    .vars
-                    .iter()
-                    .map(|(s, v)| (s.name.clone(), v.as_tensor().clone())),
-            );
-            let model = Gpt::with_lora(
-                &cfg.model,
-                candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev),
-                lora.as_ref(),
-            )?;
-            // The same weights, detached: validation through it records no graph for backward.
-            let mut ts: HashMap<String, Tensor> = frozen.clone();
-            ts.extend(params.tensors());
-            let eval_model = Gpt::with_lora(
-                &cfg.model,
-                candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev),
-                lora.as_ref(),
-            )?;
-            Stepper::Autograd {
-                model,
-                eval_model,
-                params,
-            }
-        }
-    };
-    drop(frozen);
-    let mut opt = AdamW::for_lengths(t.adamw(), specs.iter().map(|s| s.shape.iter().product()));
-    let scfg = SamplerConfig {
-        batch_size: t.batch_size,
-        seq_len,
-        seed: t.seed,
-        shuffle: true,
-    };
-    let (mut step, mut sampler_state, mut dropout_rng) = (0, SamplerState::default(), t.seed ^ 0xD0D0);
-    let (mut best, mut since_best) = (None::<f64>, 0u64);
-    if let Some(r) = resumed {
-        let state = r.state;
-        (opt.m, opt.v) = r.moments;
-        opt.step = state.step;
-        (step, sampler_state, dropout_rng) = (state.step, state.sampler, state.dropout_rng);
-        (best, since_best) = (state.best_val_loss, state.evals_since_best);
+    let mut s = BatchSampler::new(&v, sampler_config(cfg, seq_len, false))?;
+    let mut b = s.epoch_batches();
+    if let Some(n) = t.eval_batches {
+        b.truncate(n);
     }
-    let mut sampler = BatchSampler::resume(&shard, scfg, sampler_state)?;
-    let mut dropout = Dropout {
-        p: cfg.model.dropout,
-        rng: Rng::from_state(dropout_rng),
-    };
-    let val_batches: Vec<Batch> = match &val_shard {
-        Some(v) => {
-            let mut s = BatchSampler::new(
-                v,
-                SamplerConfig {
-                    shuffle: false,
-                    ..scfg
-                },
-            )?;
-            let mut b = s.epoch_batches();
-            if let Some(n) = t.eval_batches {
-                b.truncate(n);
-            }
-            b
-        }
-        None => Vec::new(),
-    };
+    Ok(b)
+}
 
+fn sampler_config(cfg: &TrainConfig, seq_len: usize, shuffle: bool) -> SamplerConfig {
+    SamplerConfig {
+        batch_size: cfg.train.batch_size,
+        seq_len,
+        seed: cfg.train.seed,
+        shuffle,
+    }
+}
+
+/// `logs.jsonl` for appending, after dropping the steps a checkpoint at `step` does not hold.
+fn open_log(run: &Path, step: u64) -> Result<Log> {
+    let path = run.join("logs.jsonl");
+    // Steps logged after the checkpoint (by a run that died), or by a run that left no usable
+    // checkpoint at all, happen again: drop them, so the log holds each step once.
+    trim_log(&path, step)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| Error::Io { path, source: e })?;
+    Ok(Log(file))
+}
+
+/// Trains `cfg` into the run directory `run`. With `resume`, continues from the newest checkpoint
+/// that verifies. `stop` ends the run after the current step (with a checkpoint).
+pub fn train(
+    cfg: &TrainConfig,
+    run: &Path,
+    resume: bool,
+    on_event: &mut dyn FnMut(&Event),
+    stop: &AtomicBool,
+) -> Result<TrainSummary> {
+    let started = Instant::now();
+    let mut s = set_up(cfg, run, resume)?;
+    let mut log = open_log(run, s.step)?;
+    let mut emit = |e: Event| {
+        log.write(&e);
+        on_event(&e);
+    };
+    for w in std::mem::take(&mut s.warnings) {
+        emit(Event::Warning {
+            step: s.step,
+            message: w,
+        });
+    }
+    let (cfg, t) = (s.cfg.clone(), s.cfg.train.clone());
+    let mut sampler = BatchSampler::resume(&s.shard, sampler_config(&cfg, s.seq_len, true), s.sampler)?;
     let micro = t
         .tokens_per_step
-        .map_or(1, |n| n.div_ceil(t.batch_size * seq_len).max(1));
+        .map_or(1, |n| n.div_ceil(t.batch_size * s.seq_len).max(1));
     let steps = t.max_steps.unwrap_or_else(|| {
         let rows = t.epochs.unwrap_or(1.0) * sampler.rows_in_epoch() as f64;
         (rows / (t.batch_size * micro) as f64).ceil().max(1.0) as u64
     });
-    write_manifest(run, &cfg, &data, t.val.as_deref(), "running")?;
+    write_manifest(run, &cfg, &s.data, "running")?;
     write_json(&run.join("config.json"), &cfg.model.to_hf())?;
-    emit(
-        Event::Start {
-            steps,
-            start_step: step,
-            params: trainable,
-            total_params: if lora.is_some() {
-                total_params + trainable
-            } else {
-                trainable
-            },
-            rows_per_epoch: sampler.rows_in_epoch(),
-            micro_batches: micro,
-            resumed_from: resumed_from.clone(),
-        },
-        &mut log,
-    );
-
-    let save = |values: checkpoint::Values<'_>,
-                step: u64,
-                sampler: &BatchSampler,
-                dropout: &Dropout,
-                best: Option<f64>,
-                since: u64,
-                opt: &AdamW|
-     -> Result<PathBuf> {
-        let state = CheckpointState {
-            step,
-            sampler: sampler.state(),
-            dropout_rng: dropout.rng.state(),
-            best_val_loss: best,
-            evals_since_best: since,
-            config: cfg.clone(),
-            files: Default::default(),
-        };
-        let dir = checkpoint::step_dir(run, step);
-        checkpoint::save(&dir, &cfg.model, lora.as_ref(), values, Some(opt), &state)?;
-        checkpoint::prune(run, t.keep_last)?;
-        Ok(dir)
-    };
-
+    let trainable = s
+        .specs
+        .iter()
+        .map(|p| p.shape.iter().product::<usize>())
+        .sum::<usize>();
+    emit(Event::Start {
+        steps,
+        start_step: s.step,
+        params: trainable,
+        total_params: trainable + if s.lora.is_some() { cfg.model.n_params() } else { 0 },
+        rows_per_epoch: sampler.rows_in_epoch(),
+        micro_batches: micro,
+        resumed_from: s.resumed_from.clone(),
+    });
     let mut summary = TrainSummary {
-        steps: step,
+        steps: s.step,
         last_loss: None,
-        best_val_loss: best,
+        best_val_loss: s.best,
         tokens: 0,
         seconds: 0.0,
         stopped: None,
         losses: Vec::new(),
     };
+    let mut step = s.step;
     while step < steps {
         let t0 = Instant::now();
         let lr = lr_at(step, t.lr, t.min_lr, t.warmup_steps, steps);
-        let out = match &mut stepper {
-            Stepper::Engine(e) => engine_step(
-                e,
-                &specs,
-                &mut opt,
-                || sampler.next_batch(),
-                micro,
-                t.mode,
-                lr,
-                t.grad_clip,
-                &mut dropout.rng,
-            )?,
-            Stepper::Autograd { model, params, .. } => optimizer_step(
-                model,
-                params,
-                &mut opt,
-                || sampler.next_batch(),
-                micro,
-                t.mode,
-                lr,
-                t.grad_clip,
-                t.grad_checkpoint,
-                &mut dropout,
-                &dev,
-            )?,
-        };
-        summary.tokens += out.positions as u64;
-        let (loss, grad_norm) = (out.loss, out.grad_norm);
+        let out = optimizer_step(
+            &mut s.engine,
+            &s.specs,
+            &mut s.opt,
+            || sampler.next_batch(),
+            micro,
+            t.mode,
+            lr,
+            t.grad_clip,
+            &mut s.dropout,
+        )?;
         step += 1;
+        let (loss, grad_norm) = (out.loss, out.grad_norm);
         // NaN loss with no position carrying loss is an empty step, not divergence.
         if (out.used > 0 && !loss.is_finite()) || !grad_norm.is_finite() {
-            return Err(Error::Diverged {
-                step,
-                what: format!("loss {loss}, gradient norm {grad_norm}"),
-            });
+            let what = format!("loss {loss}, gradient norm {grad_norm}");
+            return Err(Error::Diverged { step, what });
         }
+        summary.tokens += out.positions as u64;
         summary.losses.push(loss);
         summary.last_loss = Some(loss);
-        let secs = t0.elapsed().as_secs_f64();
-        emit(
-            Event::Step {
-                step,
-                loss,
-                lr,
-                grad_norm,
-                tokens_per_s: (micro * t.batch_size * seq_len) as f64 / secs,
-                epoch: sampler.epoch_progress(),
-                elapsed_s: started.elapsed().as_secs_f64(),
-            },
-            &mut log,
-        );
-
+        emit(Event::Step {
+            step,
+            loss,
+            lr,
+            grad_norm,
+            tokens_per_s: out.positions as f64 / t0.elapsed().as_secs_f64(),
+            epoch: sampler.epoch_progress(),
+            elapsed_s: started.elapsed().as_secs_f64(),
+        });
         let mut stop_reason = stop.load(Ordering::Relaxed).then(|| "stop requested".to_string());
-        let evaluate = !val_batches.is_empty() && (step % t.eval_every == 0 || step == steps);
-        if evaluate {
-            let val = match &mut stepper {
-                Stepper::Engine(e) => engine_val_loss(e, &val_batches, t.mode)?,
-                Stepper::Autograd { eval_model, .. } => {
-                    estimate_loss(eval_model, &val_batches, t.mode, &dev)?
-                }
-            };
+        if !s.val_batches.is_empty() && (step % t.eval_every == 0 || step == steps) {
+            let val = val_loss(&mut s.engine, &s.val_batches, t.mode)?;
             if let Some(v) = val.filter(|v| !v.is_finite()) {
-                return Err(Error::Diverged {
-                    step,
-                    what: format!("validation loss {v}"),
-                });
+                let what = format!("validation loss {v}");
+                return Err(Error::Diverged { step, what });
             }
             // No validation position carries loss: nothing to compare, never best.
             let val = val.unwrap_or(f64::NAN);
-            let improved = !val.is_nan() && best.is_none_or(|b| val < b);
+            let improved = !val.is_nan() && s.best.is_none_or(|b| val < b);
             if improved {
-                best = Some(val);
-                since_best = 0;
-                let state = CheckpointState {
-                    step,
-                    sampler: sampler.state(),
-                    dropout_rng: dropout.rng.state(),
-                    best_val_loss: best,
-                    evals_since_best: 0,
-                    config: cfg.clone(),
-                    files: Default::default(),
-                };
-                checkpoint::save(
-                    &run.join("best"),
-                    &cfg.model,
-                    lora.as_ref(),
-                    stepper.values(&specs),
-                    None,
-                    &state,
-                )?;
+                (s.best, s.since_best) = (Some(val), 0);
+                save(&s, &run.join("best"), step, &sampler, None)?;
             } else {
-                since_best += 1;
+                s.since_best += 1;
             }
-            emit(
-                Event::Eval {
-                    step,
-                    val_loss: val,
-                    best_val_loss: best.unwrap_or(val),
-                    improved,
-                },
-                &mut log,
-            );
-            if t.patience.is_some_and(|p| since_best >= p) {
+            let best_val_loss = s.best.unwrap_or(val);
+            emit(Event::Eval {
+                step,
+                val_loss: val,
+                best_val_loss,
+                improved,
+            });
+            if t.patience.is_some_and(|p| s.since_best >= p) {
                 stop_reason = Some(format!(
-                    "early stopping: no better validation loss in {since_best} evaluations"
+                    "early stopping: no better validation loss in {} evaluations",
+                    s.since_best
                 ));
             }
         }
         if step % t.checkpoint_every == 0 || step == steps || stop_reason.is_some() {
-            let dir = save(
-                stepper.values(&specs),
+            let dir = checkpoint::step_dir(run, step);
+            save(&s, &dir, step, &sampler, Some(&s.opt))?;
+            checkpoint::prune(run, t.keep_last)?;
+            emit(Event::Checkpoint {
                 step,
-                &sampler,
-                &dropout,
-                best,
-                since_best,
-                &opt,
-            )?;
-            emit(
-                Event::Checkpoint {
-                    step,
-                    path: relative(run, &dir),
-                },
-                &mut log,
-            );
+                path: relative(run, &dir),
+            });
         }
         if let Some(reason) = stop_reason {
-            emit(
-                Event::Stopped {
-                    step,
-                    reason: reason.clone(),
-                },
-                &mut log,
-            );
+            emit(Event::Stopped {
+                step,
+                reason: reason.clone(),
+            });
             summary.stopped = Some(reason);
             break;
         }
     }
     summary.steps = step;
-    summary.best_val_loss = best;
-    if let (Some(name), Some(_)) = (&t.adapter_name, &lora) {
+    summary.best_val_loss = s.best;
+    finish(&s, run, step, &mut summary, started, &mut emit)?;
+    Ok(summary)
+}
+
+/// A checkpoint of the engine's trainable values at `step` into `dir` (with the optimizer's
+/// moments when given: `best/` holds none).
+fn save(s: &Setup, dir: &Path, step: u64, sampler: &BatchSampler, opt: Option<&AdamW>) -> Result<()> {
+    let state = CheckpointState {
+        step,
+        sampler: sampler.state(),
+        dropout_rng: s.dropout.state(),
+        best_val_loss: s.best,
+        evals_since_best: s.since_best,
+        config: s.cfg.clone(),
+        files: Default::default(),
+    };
+    let values = checkpoint::Values {
+        specs: &s.specs,
+        flat: &s.engine.params,
+        offsets: &s.engine.offsets,
+    };
+    checkpoint::save(dir, &s.cfg.model, s.lora.as_ref(), values, opt, &state)
+}
+
+/// After the last step: the adapter under `adapters/<name>/` (LoRA), the loss plot, the summary
+/// and the manifest's final status.
+fn finish(
+    s: &Setup,
+    run: &Path,
+    step: u64,
+    summary: &mut TrainSummary,
+    started: Instant,
+    emit: &mut dyn FnMut(Event),
+) -> Result<()> {
+    if let (Some(name), Some(_)) = (&s.cfg.train.adapter_name, &s.lora) {
         // The best adapter (or the last, without validation) under adapters/<name>/, PEFT layout.
         let src = if chatforge_model::lora::is_adapter_dir(&run.join("best")) {
             run.join("best")
@@ -630,37 +518,22 @@ pub fn train(
         })?;
     }
     if let Err(e) = crate::plot::loss_plot(&run.join("logs.jsonl"), &run.join("plots/loss.png")) {
-        emit(
-            Event::Warning {
-                step,
-                message: format!("no loss plot: {e}"),
-            },
-            &mut log,
-        );
+        emit(Event::Warning {
+            step,
+            message: format!("no loss plot: {e}"),
+        });
     }
     summary.seconds = started.elapsed().as_secs_f64();
-    write_json(&run.join("summary.json"), &summary)?;
-    write_manifest(
-        run,
-        &cfg,
-        &data,
-        t.val.as_deref(),
-        if summary.stopped.is_some() {
-            "stopped"
-        } else {
-            "done"
-        },
-    )?;
-    Ok(summary)
+    write_json(&run.join("summary.json"), summary)?;
+    let status = if summary.stopped.is_some() {
+        "stopped"
+    } else {
+        "done"
+    };
+    write_manifest(run, &s.cfg, &s.data, status)
 }
 
-fn write_manifest(
-    run: &Path,
-    cfg: &TrainConfig,
-    data: &Path,
-    val: Option<&Path>,
-    status: &str,
-) -> Result<()> {
+fn write_manifest(run: &Path, cfg: &TrainConfig, data: &Path, status: &str) -> Result<()> {
     let input = |p: &Path| -> Result<serde_json::Value> {
         let sidecar = chatforge_tokenizer::TokenizeReport::sidecar(p);
         let meta = std::fs::read_to_string(&sidecar)
@@ -672,11 +545,11 @@ fn write_manifest(
         "kind": "train",
         "status": status,
         "config": cfg,
-        "inputs": {"train": input(data)?, "val": val.map(input).transpose()?},
+        "inputs": {"train": input(data)?, "val": cfg.train.val.as_deref().map(input).transpose()?},
         "seed": cfg.train.seed,
-        "versions": {"chatforge": env!("CARGO_PKG_VERSION"), "candle": "0.11.1"},
+        "versions": {"chatforge": env!("CARGO_PKG_VERSION")},
         "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
-        "dtype": format!("{:?}", DType::F32),
+        "dtype": "F32",
     });
     write_json(&run.join("manifest.json"), &manifest)
 }

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
 use chatforge_model::{GptConfig, LoraConfig, Weights, load_hf, load_weights};
 
 use crate::checkpoint::{self, CheckpointState};
@@ -11,8 +10,8 @@ use crate::{Error, Result, TrainConfig};
 
 /// Weights to start from: an HF GPT-2-family folder, an earlier run (its `best/`, else its newest
 /// checkpoint), or a checkpoint folder.
-pub fn load_init(path: &Path, device: &Device) -> Result<(GptConfig, Weights)> {
-    Ok(load_hf(&init_dir(path)?, device)?)
+pub fn load_init(path: &Path) -> Result<(GptConfig, Weights)> {
+    Ok(load_hf(&init_dir(path)?)?)
 }
 
 /// The folder `--init path` loads: an HF folder holds config.json and weights; a run holds
@@ -67,7 +66,6 @@ pub(crate) fn resume_point(
     cfg: &TrainConfig,
     lora: Option<&LoraConfig>,
     warnings: &mut Vec<String>,
-    dev: &Device,
 ) -> Result<Option<Resumed>> {
     let specs = match lora {
         Some(l) => l.param_specs(&cfg.model),
@@ -82,8 +80,8 @@ pub(crate) fn resume_point(
                 )));
             }
             let weights = match lora {
-                Some(_) => chatforge_model::lora::load_adapter(&dir, &cfg.model, dev)?.1,
-                None => load_weights(&dir, &cfg.model, dev)?,
+                Some(_) => chatforge_model::lora::load_adapter(&dir, &cfg.model)?.1,
+                None => load_weights(&dir, &cfg.model)?,
             };
             Ok(Resumed {
                 moments: checkpoint::load_optimizer(&dir, &specs)?,

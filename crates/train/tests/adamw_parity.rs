@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
 
-use candle_core::{Device, Tensor, Var};
 use chatforge_data::Rng;
 use chatforge_model::{Init, ParamSpec};
 use chatforge_testkit::{python, run_reference};
@@ -38,35 +37,29 @@ fn adamw_matches_torch() {
     let history: Vec<Vec<Vec<f32>>> =
         serde_json::from_str(&run_reference(&py, "adamw_step.py", &[input.to_str().unwrap()])).unwrap();
 
-    let params: Vec<(ParamSpec, Var)> = shapes
+    let specs: Vec<ParamSpec> = shapes
         .iter()
-        .zip(&init)
         .zip(decay)
         .enumerate()
-        .map(|(i, ((s, v), d))| {
-            let spec = ParamSpec {
-                name: format!("p{i}"),
-                shape: s.clone(),
-                init: Init::Zeros,
-                decay: d,
-            };
-            (
-                spec,
-                Var::from_vec(v.clone(), s.as_slice(), &Device::Cpu).unwrap(),
-            )
+        .map(|(i, (s, d))| ParamSpec {
+            name: format!("p{i}"),
+            shape: s.clone(),
+            init: Init::Zeros,
+            decay: d,
         })
         .collect();
-    let mut opt = AdamW::new(cfg, &params);
+    let mut offsets = Vec::new();
+    let mut at = 0;
+    for v in &init {
+        offsets.push((at, v.len()));
+        at += v.len();
+    }
+    let mut params: Vec<f32> = init.concat();
+    let mut opt = AdamW::for_lengths(cfg, init.iter().map(Vec::len));
     for (step, step_grads) in grads.iter().enumerate() {
-        let g: Vec<Option<Tensor>> = step_grads
-            .iter()
-            .zip(&shapes)
-            .map(|(g, s)| Some(Tensor::from_vec(g.clone(), s.as_slice(), &Device::Cpu).unwrap()))
-            .collect();
-        opt.update(&params, &g, cfg.lr).unwrap();
-        for (i, (_, var)) in params.iter().enumerate() {
-            let ours: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
-            for (a, b) in ours.iter().zip(&history[step][i]) {
+        opt.update(&specs, &mut params, &step_grads.concat(), &offsets, cfg.lr);
+        for (i, &(off, len)) in offsets.iter().enumerate() {
+            for (a, b) in params[off..off + len].iter().zip(&history[step][i]) {
                 assert!((a - b).abs() < 1e-6, "step {}, param {i}: {a} vs {b}", step + 1);
             }
         }

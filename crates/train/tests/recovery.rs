@@ -9,7 +9,8 @@ mod common;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use candle_core::{Device, Tensor};
+use chatforge_model::Tensor;
+use chatforge_model::io::safetensors;
 use chatforge_train::{Event, TrainConfig, TrainSettings, list_checkpoints, train};
 use common::{config, crash_after, run};
 
@@ -64,10 +65,15 @@ fn a_diverging_run_stops_at_its_step_and_saves_no_nan() {
     run(&cfg, &dir.path().join("base"), false);
     // A model whose weights overflow the logits: its first step's loss is not a number.
     let best = dir.path().join("base/best");
-    let w = candle_core::safetensors::load(best.join("model.safetensors"), &Device::Cpu).unwrap();
-    let huge: std::collections::HashMap<String, Tensor> =
-        w.into_iter().map(|(k, t)| (k, (t * 1e30).unwrap())).collect();
-    candle_core::safetensors::save(&huge, best.join("model.safetensors")).unwrap();
+    let w = safetensors::read(&best.join("model.safetensors")).unwrap();
+    let huge: std::collections::BTreeMap<String, Tensor> = w
+        .into_iter()
+        .map(|(k, t)| {
+            let v = t.data().iter().map(|x| x * 1e30).collect();
+            (k, Tensor::new(t.dims(), v).unwrap())
+        })
+        .collect();
+    safetensors::write(&best.join("model.safetensors"), &huge).unwrap();
     let mut next = cfg.clone();
     next.train.init = Some(dir.path().join("base"));
     let out = dir.path().join("diverged");
@@ -140,11 +146,8 @@ fn a_checkpoint_that_verifies_but_does_not_load_is_passed_over() {
     // model of this config.
     let (step, newest) = list_checkpoints(&out)[0].clone();
     assert_eq!(step, 8);
-    let other = std::collections::HashMap::from([(
-        "x".to_string(),
-        Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap(),
-    )]);
-    candle_core::safetensors::save(&other, newest.join("model.safetensors")).unwrap();
+    let other = std::collections::BTreeMap::from([("x".to_string(), Tensor::zeros([3]))]);
+    safetensors::write(&newest.join("model.safetensors"), &other).unwrap();
     let state_path = newest.join("state.json");
     let mut state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();

@@ -70,8 +70,8 @@ fn it_learns_and_repeats_itself() {
 }
 
 /// `grad_checkpoint` changes how backward gets its activations, not what it computes: the same
-/// seed gives the same losses (dropout on, micro-batches accumulated). On the engine, which
-/// recomputes the same arithmetic, bit for bit; on candle's autograd, to float rounding.
+/// seed gives the same losses, bit for bit (dropout on, micro-batches accumulated): the engine
+/// recomputes the same arithmetic.
 #[test]
 fn gradient_checkpointing_trains_the_same_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -82,114 +82,7 @@ fn gradient_checkpointing_trains_the_same_run() {
     ck.train.grad_checkpoint = true;
     let checkpointed = run(&ck, &dir.path().join("ckpt"), false);
     assert_eq!(plain, checkpointed, "the engine, checkpointed");
-    let mut auto = ck.clone();
-    auto.train.engine = false;
-    let autograd = run(&auto, &dir.path().join("autograd"), false);
-    assert_eq!(plain.len(), autograd.len());
-    for (i, (a, b)) in plain.iter().zip(&autograd).enumerate() {
-        assert!((a - b).abs() < 1e-4 * a.abs(), "step {}: loss {a} vs {b}", i + 1);
-    }
     assert!(plain[11] < plain[0], "it learns: {} -> {}", plain[0], plain[11]);
-}
-
-/// Training runs on the engine (plain buffers, hand-written backward): the same run as candle's
-/// autograd computes, to float rounding, with packed SFT batches and accumulated micro-batches,
-/// without dropout and with it (the same masks); validation and checkpoints see the engine's
-/// weights. LoRA too, with and without adapter dropout.
-#[test]
-fn the_engine_trains_the_same_run_as_autograd() {
-    let dir = tempfile::tempdir().unwrap();
-    for (model_p, lora_p) in [(0.0, 0.0), (0.1, 0.1)] {
-        let dir = dir.path().join(format!("dropout{model_p}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        engine_and_autograd_agree(&dir, model_p, lora_p);
-    }
-}
-
-fn engine_and_autograd_agree(dir: &Path, model_p: f32, lora_p: f32) {
-    let mut cfg = config(dir, 12);
-    cfg.model.dropout = model_p;
-    let mut auto = cfg.clone();
-    auto.train.engine = false;
-    let a = train(
-        &cfg,
-        &dir.join("engine"),
-        false,
-        &mut |_| {},
-        &AtomicBool::new(false),
-    )
-    .unwrap();
-    let b = train(
-        &auto,
-        &dir.join("autograd"),
-        false,
-        &mut |_| {},
-        &AtomicBool::new(false),
-    )
-    .unwrap();
-    for (i, (x, y)) in a.losses.iter().zip(&b.losses).enumerate() {
-        assert!((x - y).abs() < 1e-4 * y.abs(), "step {}: loss {x} vs {y}", i + 1);
-    }
-    let (va, vb) = (a.best_val_loss.unwrap(), b.best_val_loss.unwrap());
-    assert!((va - vb).abs() < 1e-4 * vb, "validation {va} vs {vb}");
-    assert!(a.losses[11] < a.losses[0], "it learns");
-    // The checkpoints hold the engine's weights: the same as autograd's to rounding.
-    let w = |run: &str| -> Vec<f32> {
-        let t = chatforge_model::load_weights(
-            &dir.join(run).join("checkpoints/step_000012"),
-            &cfg.model,
-            &candle_core::Device::Cpu,
-        )
-        .unwrap();
-        t["transformer.h.0.attn.c_attn.weight"]
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
-    let (we, wa) = (w("engine"), w("autograd"));
-    let d = we.iter().zip(&wa).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    assert!(d < 1e-4, "checkpointed weights differ by {d}");
-
-    // LoRA trains on the engine too: the same run as autograd's. The model's dropout is off, so
-    // the adapters' is all there is.
-    let mut lora = cfg.clone();
-    lora.model.dropout = 0.0;
-    lora.train.mode = Mode::Lora;
-    lora.train.init = Some(dir.join("engine"));
-    lora.train.lr = 2e-2;
-    lora.lora = LoraConfig {
-        rank: 4,
-        alpha: 8.0,
-        dropout: lora_p,
-        targets: vec!["c_attn".into(), "c_proj".into(), "c_fc".into()],
-        quant: None,
-    };
-    let mut lora_auto = lora.clone();
-    lora_auto.train.engine = false;
-    let a = train(
-        &lora,
-        &dir.join("lora-engine"),
-        false,
-        &mut |_| {},
-        &AtomicBool::new(false),
-    )
-    .unwrap();
-    let b = train(
-        &lora_auto,
-        &dir.join("lora-autograd"),
-        false,
-        &mut |_| {},
-        &AtomicBool::new(false),
-    )
-    .unwrap();
-    for (i, (x, y)) in a.losses.iter().zip(&b.losses).enumerate() {
-        assert!(
-            (x - y).abs() < 1e-4 * y.abs(),
-            "LoRA step {}: loss {x} vs {y}",
-            i + 1
-        );
-    }
 }
 
 #[test]
@@ -284,6 +177,10 @@ fn impossible_configs_fail_before_training() {
         ..cfg.clone()
     });
     assert!(e.contains("has 40 tokens but model.vocab_size is 30"), "{e}");
+    let mut autograd = cfg.clone();
+    autograd.train.engine = false;
+    let e = err(autograd);
+    assert!(e.contains("train.engine = false"), "{e}");
 }
 
 #[test]
@@ -396,8 +293,11 @@ fn lora_trains_only_the_adapter_and_leaves_the_base_alone() {
     let ckpt = &list_checkpoints(&d.join("lora"))[0].1;
     assert!(chatforge_model::lora::is_adapter_dir(ckpt));
     assert!(!ckpt.join("model.safetensors").exists());
-    let opt = candle_core::safetensors::load(ckpt.join("optimizer.safetensors"), &candle_core::Device::Cpu)
-        .unwrap();
+    let opt: std::collections::HashMap<String, chatforge_model::Tensor> =
+        chatforge_model::io::safetensors::read(&ckpt.join("optimizer.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
     assert_eq!(
         opt.len(),
         2 * 2 * 8,

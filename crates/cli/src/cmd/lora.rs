@@ -1,12 +1,10 @@
 //! `chatforge lora`: adapters outside training (merging one into its base).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
-use candle_core::Device;
-use chatforge_model::{load_hf, save_weights};
-use chatforge_run::source::{Checkpoint, find_adapter, resolve, with_adapter};
+use chatforge_export::{ExportOptions, Format, export};
+use chatforge_run::ModelSource;
+use chatforge_run::source::Checkpoint;
 use clap::{Args, Subcommand};
 
 #[derive(Subcommand)]
@@ -36,42 +34,23 @@ pub fn run(cmd: LoraCommand) -> anyhow::Result<()> {
     }
 }
 
+/// The merged model is an HF export of the base with the adapter folded in: the same writer as
+/// `chatforge export --format hf` (tokenizer, chat template, special tokens and all).
 fn merge(a: &MergeArgs) -> anyhow::Result<()> {
-    if a.out.exists() && !a.force {
-        bail!("{} exists: pass --force to replace it", a.out.display());
-    }
-    let (_, base_dir) = resolve(&a.base, &Checkpoint::Best)?;
-    let (cfg, base) = load_hf(&base_dir, &Device::Cpu)?;
-    let adapter = find_adapter(&a.base, &a.adapter)?;
-    let merged = with_adapter(&base, &cfg, &adapter)?;
-    let merged: BTreeMap<String, candle_core::Tensor> = merged.into_iter().collect();
-    chatforge_data::atomic_dir(&a.out, |tmp| -> anyhow::Result<()> {
-        save_weights(&merged, &tmp.join("model.safetensors"))?;
-        std::fs::write(
-            tmp.join("config.json"),
-            serde_json::to_string_pretty(&cfg.to_hf())?,
-        )?;
-        // The tokenizer travels with the weights: from the base folder, or the run above it.
-        for dir in [base_dir.clone(), a.base.clone()] {
-            for f in [
-                "tokenizer.json",
-                "vocab.json",
-                "merges.txt",
-                "tokenizer_config.json",
-                "special_tokens_map.json",
-                "generation_config.json",
-            ] {
-                if dir.join(f).is_file() && !tmp.join(f).exists() {
-                    std::fs::copy(dir.join(f), tmp.join(f)).with_context(|| format!("copying {f}"))?;
-                }
-            }
-        }
-        Ok(())
-    })?;
+    let src = ModelSource::open(&a.base, &Checkpoint::Best, None, Some(&a.adapter))?;
+    let opts = ExportOptions {
+        format: Format::Hf,
+        gguf_quant: Default::default(),
+        onnx: Default::default(),
+        force: a.force,
+    };
+    export(&src, &opts, &a.out)?;
     say!(
-        "{} + {} → {} (HF folder: config.json, model.safetensors)",
-        base_dir.display(),
-        adapter.display(),
+        "{} + {} → {} (HF folder: config.json, model.safetensors, tokenizer and chat template)",
+        src.weights_dir.display(),
+        src.adapter
+            .as_ref()
+            .map_or_else(|| a.adapter.clone(), |p| p.display().to_string()),
         a.out.display()
     );
     Ok(())

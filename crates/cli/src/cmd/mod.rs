@@ -1,5 +1,3 @@
-pub mod bench;
-pub mod bench_serve;
 pub mod chat;
 pub mod data;
 pub mod eval;

@@ -117,8 +117,7 @@ impl Builder {
         let t = w
             .get(name)
             .ok_or_else(|| Error::Invalid(format!("the model has no tensor {name}")))?;
-        let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
-        Ok(self.init(name, dtype::FLOAT, t.dims(), f32_bytes(&v)))
+        Ok(self.init(name, dtype::FLOAT, t.dims(), f32_bytes(t.data())))
     }
 
     fn const_i64(&mut self, name: &str, v: &[i64]) -> String {
@@ -172,8 +171,8 @@ impl Builder {
             let t = w
                 .get(&name)
                 .ok_or_else(|| Error::Invalid(format!("the model has no tensor {name}")))?;
-            let (n_in, n_out) = t.dims2()?;
-            let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+            let (n_in, n_out) = (t.dims()[0], t.dims()[1]);
+            let v = t.data();
             // Symmetric per output column: q = round(w / s), s = max|w| / 127.
             let mut scale = vec![0f32; n_out];
             for row in v.chunks(n_out) {

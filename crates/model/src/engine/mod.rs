@@ -10,8 +10,9 @@
 //! stream's `i`-th draw past the site's start, computed where it is used, in parallel, and again
 //! in backward instead of being stored.
 //!
-//! It computes what [`crate::Gpt`] with candle's autograd computes (tested to 1e-4 against it in
-//! `tests/engine.rs`, forward and every gradient, causal and packed, both GELUs, with and without
+//! It computes what the test oracle (`chatforge-oracle`: the model as plain candle ops under
+//! candle's autograd) computes (tested to 1e-4 against it in `tests/engine.rs`, forward and every
+//! gradient, causal and packed, both GELUs, with and without
 //! biases, tied and untied heads), several times faster per step. Parameters live in one flat
 //! buffer in [`crate::param_specs`] order; gradients accumulate in another of the same layout.
 
