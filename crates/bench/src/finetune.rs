@@ -7,10 +7,11 @@ use anyhow::bail;
 use chatforge_base::Rng;
 use chatforge_model::engine::TrainEngine;
 use chatforge_model::{GptConfig, LoraConfig, init_weights, param_specs, take_flat};
-use chatforge_train::{AdamW, AdamWConfig, Mode, optimizer_step};
+use chatforge_train::{AdamW, AdamWConfig, Mode};
 
 use crate::{
-    FinetuneBench, current_rss_mb, json_of, median, peak_rss_mb, random_batch, rayon_threads, reset_peak_rss,
+    FinetuneBench, Step, current_rss_mb, json_of, median, peak_rss_mb, random_batch, rayon_threads,
+    reset_peak_rss,
 };
 
 pub(crate) fn run(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow::Result<()> {
@@ -136,25 +137,15 @@ fn child(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow::Result<(
     };
     let mut opt = AdamW::for_lengths(adamw, specs.iter().map(|s| s.shape.iter().product()));
     let (mut dropout, mut rng) = (Rng::new(0), Rng::new(2));
-    let mut times = Vec::new();
-    for i in 0..args.warmup + args.steps {
-        let batch = random_batch(&mut rng, b, t, v);
-        let t0 = std::time::Instant::now();
-        optimizer_step(
-            &mut engine,
-            &specs,
-            &mut opt,
-            || batch.clone(),
-            1,
-            Mode::Pretrain,
-            1e-4,
-            1.0,
-            &mut dropout,
-        )?;
-        if i >= args.warmup {
-            times.push(t0.elapsed().as_secs_f64());
-        }
-    }
+    let step = Step {
+        mode: Mode::Pretrain,
+        lr: 1e-4,
+        warmup: args.warmup,
+        steps: args.steps,
+    };
+    let times = step.time(&mut engine, &specs, &mut opt, &mut dropout, || {
+        random_batch(&mut rng, b, t, v)
+    })?;
     let s = median(times);
     say!(
         "{}",

@@ -162,6 +162,47 @@ pub fn run(cmd: BenchCommand, purge_freed_memory: fn(bool)) -> anyhow::Result<()
     }
 }
 
+/// Timed optimizer steps: `warmup` untimed, then `steps` timed, one micro-batch each.
+pub(crate) struct Step {
+    pub mode: chatforge_train::Mode,
+    pub lr: f64,
+    pub warmup: usize,
+    pub steps: usize,
+}
+
+impl Step {
+    /// Each timed step's seconds, batches from `next`.
+    pub(crate) fn time(
+        &self,
+        engine: &mut chatforge_model::engine::TrainEngine,
+        specs: &[chatforge_model::ParamSpec],
+        opt: &mut chatforge_train::AdamW,
+        dropout: &mut chatforge_base::Rng,
+        mut next: impl FnMut() -> chatforge_data::Batch,
+    ) -> anyhow::Result<Vec<f64>> {
+        let mut times = Vec::with_capacity(self.steps);
+        for i in 0..self.warmup + self.steps {
+            let batch = next();
+            let t0 = std::time::Instant::now();
+            chatforge_train::optimizer_step(
+                engine,
+                specs,
+                opt,
+                || batch.clone(),
+                1,
+                self.mode,
+                self.lr,
+                1.0,
+                dropout,
+            )?;
+            if i >= self.warmup {
+                times.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        Ok(times)
+    }
+}
+
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -273,7 +314,7 @@ pub(crate) fn sgemm_gflops(n: usize, runs: usize) -> f64 {
     let mut best = f64::INFINITY;
     for _ in 0..runs.max(1) + 1 {
         let t0 = std::time::Instant::now();
-        chatforge_model::ops::matmul_into(&a, n, n, &bm, n, false, &mut c);
+        chatforge_model::kernels::matmul_into(&a, n, n, &bm, n, false, &mut c);
         best = best.min(t0.elapsed().as_secs_f64());
     }
     2.0 * (n as f64).powi(3) / best / 1e9

@@ -6,9 +6,9 @@ use std::process::Command;
 use chatforge_base::Rng;
 use chatforge_model::engine::TrainEngine;
 use chatforge_model::{GptConfig, init_weights, param_specs, take_flat};
-use chatforge_train::{AdamW, AdamWConfig, Mode, optimizer_step};
+use chatforge_train::{AdamW, AdamWConfig, Mode};
 
-use crate::{TrainBench, json_of, median, peak_rss_mb, random_batch, sgemm_gflops};
+use crate::{Step, TrainBench, json_of, median, peak_rss_mb, random_batch, sgemm_gflops};
 
 /// The fastest of the PyTorch references (SDPA and plain attention), each in its own process,
 /// run before ours: a child forked after our peak would report our peak as its own (Linux
@@ -64,7 +64,7 @@ pub(crate) fn run(args: &TrainBench) -> anyhow::Result<()> {
     let mut rng = Rng::new(1);
     let sft = args.sft;
     let mode = if sft { Mode::Sft } else { Mode::Pretrain };
-    let mut next_batch = || {
+    let next_batch = || {
         let mut batch = random_batch(&mut rng, b, t, v);
         if sft {
             // Four documents a row, positions restarting, loss on each one's second half.
@@ -83,25 +83,13 @@ pub(crate) fn run(args: &TrainBench) -> anyhow::Result<()> {
     // nanoGPT's estimate: 6 N (N without the position table) + attention's 12 L H Q T per token.
     let n = cfg.n_params() - cfg.n_ctx * cfg.n_embd;
     let flops_per_token = (6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim() * t) as f64;
-    let mut times = Vec::new();
-    for i in 0..args.warmup + args.steps {
-        let batch = next_batch();
-        let t0 = std::time::Instant::now();
-        optimizer_step(
-            &mut engine,
-            &specs,
-            &mut opt,
-            || batch.clone(),
-            1,
-            mode,
-            6e-4,
-            1.0,
-            &mut dropout,
-        )?;
-        if i >= args.warmup {
-            times.push(t0.elapsed().as_secs_f64());
-        }
-    }
+    let step = Step {
+        mode,
+        lr: 6e-4,
+        warmup: args.warmup,
+        steps: args.steps,
+    };
+    let times = step.time(&mut engine, &specs, &mut opt, &mut dropout, next_batch)?;
     let s = median(times);
     let tps = (b * t) as f64 / s;
     let gflops = flops_per_token * tps / 1e9;

@@ -368,6 +368,16 @@ fn tokenizer_train_load_and_corrupt_shards() {
             .vocab_size(),
         265
     );
+    // Trained and loaded artifacts share one manifest schema.
+    let manifest = |d: &str| -> chatforge_tokenizer::TokenizerManifest {
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join(d).join("manifest.json")).unwrap())
+            .unwrap()
+    };
+    let (trained, loaded) = (manifest("tok"), manifest("gpt2"));
+    assert_eq!(trained.origin, chatforge_tokenizer::Origin::Trained);
+    assert_eq!(loaded.origin, chatforge_tokenizer::Origin::Loaded);
+    assert_eq!(loaded.vocab_size, 265);
+    assert!(loaded.loaded_from.unwrap().contains("gpt2-tiny"));
 
     ok(
         &[

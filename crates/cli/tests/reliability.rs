@@ -126,7 +126,9 @@ fn idle_connections_are_closed_and_capped() {
         &[],
         &[
             ("CHATFORGE__API__MAX_CONNECTIONS", "16"),
-            ("CHATFORGE__API__HEADER_TIMEOUT_S", "1"),
+            // Long enough that a loaded machine (tests build and run beside this one) still has
+            // the idle connections open when the request over the cap arrives.
+            ("CHATFORGE__API__HEADER_TIMEOUT_S", "4"),
         ],
     );
     // Forty connections that send half a request head and wait.
@@ -134,7 +136,7 @@ fn idle_connections_are_closed_and_capped() {
         .map(|_| {
             let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
             s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
             s
         })
         .collect();
@@ -165,14 +167,14 @@ fn idle_connections_are_closed_and_capped() {
         );
     }
     assert!(
-        t0.elapsed() < Duration::from_secs(5),
+        t0.elapsed() < Duration::from_secs(12),
         "idle connections stayed open"
     );
     assert_eq!(get(port, "/healthz").status, 200);
     // A kept-alive connection that goes quiet after a whole request is closed as well.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let t0 = Instant::now();
     let mut seen = Vec::new();
     let mut buf = [0u8; 1024];
@@ -186,7 +188,7 @@ fn idle_connections_are_closed_and_capped() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let idle = t0.elapsed();
     assert!(
-        idle > Duration::from_millis(500) && idle < Duration::from_secs(5),
+        idle > Duration::from_secs(2) && idle < Duration::from_secs(12),
         "closed after {idle:?}"
     );
 }

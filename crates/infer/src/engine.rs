@@ -9,8 +9,8 @@
 //! The same weights give the same logits as the test oracle (`chatforge-oracle`, tested to 1e-4) and
 //! as transformers' `GPT2LMHeadModel` (tested in `tests/hf_generate.rs`).
 
+use chatforge_model::kernels::{gelu_fast, layer_norm_row, simd::vectorized};
 use chatforge_model::layout::{Linear, Norm as LayerNormOf, Part, Slot};
-use chatforge_model::ops::{gelu_fast, simd::vectorized};
 use chatforge_model::{Activation, GptConfig, Tensor, Weights};
 use rayon::prelude::*;
 
@@ -351,12 +351,7 @@ fn layer_norm(x: &[f32], n: &Norm, eps: f64, out: &mut [f32]) {
     let c = n.weight.len();
     vectorized(|| {
         for (row, o) in x.chunks(c).zip(out.chunks_mut(c)) {
-            let mean = row.iter().sum::<f32>() / c as f32;
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
-            let inv = 1.0 / (var + eps as f32).sqrt();
-            for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(&n.weight).zip(&n.bias) {
-                *o = (v - mean) * inv * w + b;
-            }
+            layer_norm_row(row, &n.weight, Some(&n.bias), eps as f32, o);
         }
     })
 }

@@ -11,8 +11,9 @@
 //! The inner loops are plain Rust, compiled three times (AVX-512, AVX2+FMA, baseline) and chosen at
 //! run time from the CPU's features, so the default build is fast on every x86-64 machine.
 //! Weights are f32, bf16 (the upper half of an f32: converting back is a shift), which halves the
-//! bytes each token streams, or q8: int8 in blocks of [`QBLOCK`] inputs per output, each block with
-//! its own f32 scale (llama.cpp's q8_0 with an f32 scale), a little over a quarter of f32's bytes.
+//! bytes each token streams, or q8: llama.cpp's q8_0 blocks of [`QBLOCK`] inputs per output
+//! ([`chatforge_model::quant`]), the values packed like f32's and each block's f16 scale kept
+//! widened to f32 beside them, a little over a quarter of f32's bytes.
 
 use rayon::prelude::*;
 
@@ -20,7 +21,7 @@ use rayon::prelude::*;
 const SMALL_M: usize = 8;
 
 /// Inputs per q8 block: each output's weights are quantised in runs of this many, with one scale.
-pub const QBLOCK: usize = 32;
+pub const QBLOCK: usize = chatforge_model::quant::BLOCK;
 
 /// Precision of the weight matrices (norms, biases and the cache stay f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -54,16 +55,11 @@ pub struct Bf16(pub u16);
 impl Bf16 {
     /// Rounds to nearest, ties to even (NaN stays NaN).
     pub fn from_f32(x: f32) -> Bf16 {
-        let b = x.to_bits();
-        if x.is_nan() {
-            return Bf16(((b >> 16) | 0x40) as u16);
-        }
-        let round = 0x7FFF + ((b >> 16) & 1);
-        Bf16((b.wrapping_add(round) >> 16) as u16)
+        Bf16(chatforge_model::f32_to_bf16(x))
     }
 
     pub fn to_f32(self) -> f32 {
-        f32::from_bits(u32::from(self.0) << 16)
+        chatforge_model::bf16_to_f32(self.0)
     }
 }
 
@@ -107,24 +103,27 @@ pub enum Store {
     },
 }
 
-/// Symmetric int8 quantisation of `w`, whose element `(i, j)` is at `w[i * rs + j * cs]` for
-/// `i < k` inputs and `j < n` outputs: blocks of [`QBLOCK`] inputs per output, each scaled so its
-/// largest magnitude is 127. Returns the values in the same places and the scales `(k blocks, n)`
-/// row-major.
+/// llama.cpp's `q8_0` quantisation of `w` ([`chatforge_model::quant`]), whose element `(i, j)` is
+/// at `w[i * rs + j * cs]` for `i < k` inputs and `j < n` outputs: blocks of [`QBLOCK`] inputs per
+/// output. Returns the values in the same places and the blocks' scales `(k blocks, n)` row-major,
+/// as f32 (the f16 scale `q8_0` stores, widened).
 fn quantize_q8(w: &[f32], k: usize, n: usize, rs: usize, cs: usize) -> (Vec<i8>, Vec<f32>) {
+    use chatforge_model::quant::{QuantKind, quantize_block};
     let nb = k.div_ceil(QBLOCK);
     let mut q = vec![0i8; w.len()];
     let mut scales = vec![0f32; nb * n];
+    let (mut vals, mut block) = ([0f32; QBLOCK], [0u8; 2 + QBLOCK]);
     for b in 0..nb {
         let (i0, i1) = (b * QBLOCK, ((b + 1) * QBLOCK).min(k));
         for j in 0..n {
-            let max = (i0..i1).fold(0f32, |m, i| m.max(w[i * rs + j * cs].abs()));
-            let d = max / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
             for i in i0..i1 {
-                q[i * rs + j * cs] = (w[i * rs + j * cs] * inv).round() as i8;
+                vals[i - i0] = w[i * rs + j * cs];
             }
-            scales[b * n + j] = d;
+            quantize_block(&vals[..i1 - i0], QuantKind::Q8, &mut block);
+            for i in i0..i1 {
+                q[i * rs + j * cs] = block[2 + i - i0] as i8;
+            }
+            scales[b * n + j] = chatforge_model::f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
         }
     }
     (q, scales)
@@ -299,7 +298,7 @@ fn unpack_panels(packed: &[f32], k: usize, n: usize) -> Vec<f32> {
     out
 }
 
-pub use chatforge_model::ops::simd::{Isa, isa};
+pub use chatforge_model::kernels::simd::{Isa, isa};
 
 #[inline(always)]
 fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
@@ -543,7 +542,7 @@ fn attend_k<E: Elem, const FMA: bool>(
     // The vectorisable exp (libm's is a call per score).
     scores
         .iter_mut()
-        .for_each(|s| *s = chatforge_model::ops::fast_math::exp(*s - max));
+        .for_each(|s| *s = chatforge_model::kernels::fast_math::exp(*s - max));
     let inv = 1.0 / scores.iter().sum::<f32>();
     if d == HEAD {
         weigh_values::<E, FMA, HEAD>(scores, inv, v, c, off, y);
@@ -721,7 +720,7 @@ fn streaming_out_in<E: Elem>(
 fn gemm_f32(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
     let (k, n) = (w.n_in(), w.n_out());
     // W as (k, n): InOut unpacked is that already; OutIn is (n, k), read transposed.
-    chatforge_model::ops::matmul_into(x, m, k, &w.to_f32(), n, w.layout == Layout::OutIn, out);
+    chatforge_model::kernels::matmul_into(x, m, k, &w.to_f32(), n, w.layout == Layout::OutIn, out);
 }
 
 #[cfg(test)]

@@ -5,10 +5,10 @@
 mod config;
 pub mod engine;
 pub mod io;
+pub mod kernels;
 pub mod layout;
 pub mod lora;
 pub mod memory;
-pub mod ops;
 mod params;
 pub mod quant;
 mod tensor;

@@ -57,19 +57,6 @@ fn same_when_checkpointed(
     }
 }
 
-/// The engine's batch as the oracle takes it.
-fn oracle_batch<'a>(b: &StepBatch<'a>) -> oracle::Batch<'a> {
-    oracle::Batch {
-        b: b.b,
-        t: b.t,
-        inputs: b.inputs,
-        targets: b.targets,
-        positions: b.positions,
-        segments: b.segments,
-        weights: b.weights,
-    }
-}
-
 fn check(cfg: &GptConfig, segments: &[u32], weights: &[u8], scale: f32) {
     let (b, t) = (2, segments.len() / 2);
     let mut rng = Rng::new(11);
@@ -114,7 +101,7 @@ fn check(cfg: &GptConfig, segments: &[u32], weights: &[u8], scale: f32) {
         None,
         &Weights::new(),
         &w,
-        &oracle_batch(&batch),
+        &batch,
         f64::from(scale),
         Some(&mut reference_stream),
     );
@@ -364,7 +351,7 @@ fn engine_lora_matches_autograd() {
             Some(&lora),
             &base,
             &adapter,
-            &oracle_batch(&batch),
+            &batch,
             1.0,
             Some(&mut reference_stream),
         );

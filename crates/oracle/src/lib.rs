@@ -14,22 +14,10 @@ use std::collections::HashMap;
 
 use candle_core::{D, DType, Device, Tensor, Var};
 use chatforge_base::Rng;
+use chatforge_model::engine::StepBatch as Batch;
 use chatforge_model::layout::{self, Norm, Part, Slot};
 use chatforge_model::quant::QuantWeight;
 use chatforge_model::{Activation, GptConfig, LoraConfig, Weights};
-
-/// A batch as the oracle takes it: `(b, t)` rows of token ids, positions and segments (a packed
-/// row's conversations), and the 0/1 weight of each position's loss.
-#[derive(Debug, Clone, Copy)]
-pub struct Batch<'a> {
-    pub b: usize,
-    pub t: usize,
-    pub inputs: &'a [u32],
-    pub targets: &'a [u32],
-    pub positions: &'a [u32],
-    pub segments: &'a [u32],
-    pub weights: &'a [u8],
-}
 
 /// What the oracle computed: the weighted mean cross-entropy, and the gradient of `scale · loss`
 /// for each trainable tensor by name.
@@ -177,7 +165,7 @@ impl Model<'_> {
     }
 
     /// Logits `(b·t, vocab)`.
-    fn forward(&self, batch: &Batch, drop: &mut Dropout) -> Tensor {
+    fn forward(&self, batch: &Batch<'_>, drop: &mut Dropout) -> Tensor {
         let (b, t) = (batch.b, batch.t);
         let ids = Tensor::from_slice(batch.inputs, b * t, &dev()).unwrap();
         let pos = Tensor::from_slice(batch.positions, b * t, &dev()).unwrap();
@@ -226,7 +214,7 @@ impl Model<'_> {
     }
 }
 
-/// Runs the model on `batch`: the base `weights` (all of them for a full model; the frozen base
+/// Runs the model on `batch` (as the engine takes it): the base `weights` (all of them for a full model; the frozen base
 /// with `lora`), `trainable` (a full model's weights again, or the adapter's) as variables, and
 /// dropout at the config's (and the adapter's) rates drawn from `dropout` when given.
 pub fn reference(
@@ -234,7 +222,7 @@ pub fn reference(
     lora: Option<&LoraConfig>,
     base: &Weights,
     trainable: &Weights,
-    batch: &Batch,
+    batch: &Batch<'_>,
     scale: f64,
     dropout: Option<&mut Rng>,
 ) -> Reference {

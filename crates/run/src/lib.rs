@@ -1,9 +1,12 @@
-//! Runs and model sources: where a model's weights, tokenizer and adapters come from (a run
-//! directory, a Hugging Face folder, a GGUF file), shared by generation, evaluation and export.
+//! Runs and model sources: the run directory's layout ([`RunDir`]), and where a model's weights,
+//! tokenizer and adapters come from (a run directory, a Hugging Face folder, a GGUF file), shared
+//! by training, generation, evaluation and export.
 
+mod dir;
 pub mod gguf;
 pub mod source;
 
+pub use dir::{CONFIG_FILE, RunDir, STATE_FILE, TOKENIZER_FILE};
 pub use source::{Checkpoint, ModelKind, ModelSource};
 
 #[derive(Debug, thiserror::Error)]

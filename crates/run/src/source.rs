@@ -9,7 +9,7 @@ use chatforge_model::lora::{is_adapter_dir, load_adapter, merge};
 use chatforge_model::{GptConfig, LoraConfig, Weights, load_hf};
 use chatforge_tokenizer::ChatTokenizer;
 
-use crate::{Error, Result};
+use crate::{CONFIG_FILE, Error, Result, RunDir, STATE_FILE, TOKENIZER_FILE};
 
 /// Which checkpoint of a run to load.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -49,27 +49,20 @@ pub enum ModelKind {
 }
 
 fn is_weights_dir(d: &Path) -> bool {
-    (d.join("config.json").is_file() && chatforge_model::weights_file(d).is_ok()) || is_adapter_dir(d)
+    (d.join(CONFIG_FILE).is_file() && chatforge_model::weights_file(d).is_ok()) || is_adapter_dir(d)
 }
 
-/// A run's checkpoints, newest first.
+/// A run's checkpoints that hold weights, newest first.
 pub fn checkpoints(run: &Path) -> Vec<(u64, PathBuf)> {
-    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(run.join("checkpoints"))
+    RunDir::new(run)
+        .list_checkpoints()
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            let step = name.strip_prefix("step_")?.parse().ok()?;
-            is_weights_dir(&e.path()).then(|| (step, e.path()))
-        })
-        .collect();
-    out.sort_by_key(|c| std::cmp::Reverse(c.0));
-    out
+        .filter(|(_, d)| is_weights_dir(d))
+        .collect()
 }
 
 fn is_run(path: &Path) -> bool {
-    path.join("best").is_dir() || path.join("checkpoints").is_dir()
+    RunDir::new(path).exists()
 }
 
 /// The folder of weights `path` + `checkpoint` name, and whether `path` is a run.
@@ -102,7 +95,7 @@ pub fn resolve(path: &Path, checkpoint: &Checkpoint) -> Result<(ModelKind, PathB
             .ok_or_else(|| err("the run has no checkpoint yet".into()))
     };
     let dir = match checkpoint {
-        Checkpoint::Best if is_weights_dir(&path.join("best")) => path.join("best"),
+        Checkpoint::Best if is_weights_dir(&RunDir::new(path).best()) => RunDir::new(path).best(),
         Checkpoint::Best | Checkpoint::Latest => latest()?,
         Checkpoint::Step(n) => checkpoints(path)
             .into_iter()
@@ -144,8 +137,7 @@ fn find_tokenizer(kind: ModelKind, root: &Path, weights: &Path, base: Option<&Pa
         dirs.extend(b.parent().map(Path::to_path_buf));
     }
     dirs.into_iter().find(|d| {
-        d.join("tokenizer.json").is_file()
-            || (d.join("vocab.json").is_file() && d.join("merges.txt").is_file())
+        d.join(TOKENIZER_FILE).is_file() || (d.join("vocab.json").is_file() && d.join("merges.txt").is_file())
     })
 }
 
@@ -192,7 +184,7 @@ impl ModelSource {
     ) -> Result<ModelSource> {
         // An export folder holding a GGUF file and no HF weights stands for the file.
         let gguf_in_dir = path.join("model.gguf");
-        let path = if path.is_dir() && gguf_in_dir.is_file() && !path.join("config.json").is_file() {
+        let path = if path.is_dir() && gguf_in_dir.is_file() && !path.join(CONFIG_FILE).is_file() {
             gguf_in_dir.as_path()
         } else {
             path
@@ -306,7 +298,7 @@ impl ModelSource {
 /// The quantisation a QLoRA checkpoint's base was trained in (from its `state.json`).
 fn trained_quant(dir: &Path) -> Option<chatforge_model::quant::QuantKind> {
     let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).ok()?).ok()?;
+        serde_json::from_str(&std::fs::read_to_string(dir.join(STATE_FILE)).ok()?).ok()?;
     serde_json::from_value(v["config"]["lora"]["quant"].clone()).ok()
 }
 
@@ -339,7 +331,7 @@ fn persona_run_base(path: &Path) -> Result<Option<PathBuf>> {
 /// A PEFT adapter folder: `a` itself, or `root/adapters/a`.
 pub fn find_adapter(root: &Path, a: &str) -> Result<PathBuf> {
     let direct = PathBuf::from(a);
-    for d in [direct.clone(), root.join("adapters").join(a)] {
+    for d in [direct.clone(), RunDir::new(root).adapter(a)] {
         if is_adapter_dir(&d) {
             return Ok(d);
         }
@@ -348,7 +340,7 @@ pub fn find_adapter(root: &Path, a: &str) -> Result<PathBuf> {
         path: direct,
         msg: format!(
             "no LoRA adapter here (adapter_config.json + adapter_model.safetensors), nor in {}",
-            root.join("adapters").display()
+            RunDir::new(root).adapters().display()
         ),
     })
 }
@@ -371,7 +363,7 @@ fn lora_base(run: &Path, adapter: &Path) -> Result<PathBuf> {
     {
         candidates.push(PathBuf::from(b));
     }
-    if let Some(v) = read(adapter.join("state.json"))
+    if let Some(v) = read(adapter.join(STATE_FILE))
         && let Some(b) = v["config"]["train"]["init"].as_str()
     {
         candidates.push(PathBuf::from(b));

@@ -16,5 +16,6 @@ pub use fast::Encoder;
 pub use shard::{TokenizeReport, tokenize_file};
 pub use stats::TokenizerStats;
 pub use train::{
-    TOKENIZERS_VERSION, TokenizerKind, TrainOptions, TrainReport, ValSource, train, train_artifact,
+    Origin, TOKENIZERS_VERSION, TokenizerKind, TokenizerManifest, TrainOptions, TrainReport, ValSource,
+    train, train_artifact, write_artifact,
 };

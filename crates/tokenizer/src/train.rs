@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use chatforge_data::{Conversation, atomic_dir, atomic_write, read_jsonl, sha256_file, split};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokenizers::models::TrainerWrapper;
 use tokenizers::models::bpe::BpeTrainer;
@@ -22,7 +22,7 @@ use crate::{ChatTokenizer, Error, Result, TokenizerStats, specials};
 /// The `tokenizers` crate version this build uses (pinned in the workspace `Cargo.toml`).
 pub const TOKENIZERS_VERSION: &str = "0.23.2";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenizerKind {
     /// Byte-level BPE, GPT-2 style: every byte is representable, nothing is ever unknown.
@@ -44,7 +44,7 @@ impl FromStr for TokenizerKind {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainOptions {
     pub kind: TokenizerKind,
     pub vocab_size: usize,
@@ -206,28 +206,24 @@ pub fn train_artifact(
     let tokenizer = train(texts(&train_set).into_iter(), opts)?;
     let stats = TokenizerStats::measure(&tokenizer, &texts(&val_set))?;
     let seconds = started.elapsed().as_secs_f64();
-    let manifest = json!({
-        "kind": opts.kind,
-        "options": opts,
-        "vocab_size": tokenizer.vocab_size(),
-        "special_tokens": specials::CHAT,
-        "inputs": input_meta,
-        "validation": val_meta,
-        "train_conversations": train_set.len(),
-        "val_conversations": val_set.len(),
-        "seed": opts.seed,
-        "versions": {"chatforge": env!("CARGO_PKG_VERSION"), "tokenizers": TOKENIZERS_VERSION},
-        "duration_secs": seconds,
-        "created_unix": std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    });
-    atomic_dir(out, |dir| -> Result<()> {
-        save_tokenizer_json(&tokenizer, &dir.join("tokenizer.json"))?;
-        write_json(&dir.join("manifest.json"), &manifest)?;
-        write_json(&dir.join("stats.json"), &stats)?;
-        Ok(())
-    })?;
+    let manifest = TokenizerManifest {
+        origin: Origin::Trained,
+        kind: Some(opts.kind),
+        options: Some(opts.clone()),
+        loaded_from: None,
+        vocab_size: tokenizer.vocab_size(),
+        template: format!("{:?}", tokenizer.template()),
+        special_tokens: specials::CHAT.iter().map(|s| s.to_string()).collect(),
+        inputs: input_meta,
+        validation: Some(val_meta),
+        train_conversations: train_set.len(),
+        val_conversations: val_set.len(),
+        seed: Some(opts.seed),
+        versions: json!({"chatforge": env!("CARGO_PKG_VERSION"), "tokenizers": TOKENIZERS_VERSION}),
+        duration_secs: seconds,
+        created_unix: now_unix(),
+    };
+    write_artifact(out, &tokenizer, &manifest, Some(&stats))?;
     Ok(TrainReport {
         tokenizer,
         stats,
@@ -238,6 +234,102 @@ pub fn train_artifact(
 }
 
 /// Saves `tokenizer.json` as other tools expect it: special tokens matched in text as usual.
+/// How a tokenizer artifact came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// Trained by chatforge on conversations.
+    Trained,
+    /// Loaded from another tool's files (`tokenizer load --out`).
+    Loaded,
+}
+
+/// `manifest.json` of a tokenizer artifact (`tokenizers/<id>/` or `tokenizer train --out`): one
+/// schema whether it was trained or loaded; what does not apply is absent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenizerManifest {
+    pub origin: Origin,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<TokenizerKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<TrainOptions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loaded_from: Option<String>,
+    pub vocab_size: usize,
+    /// The chat template the tokenizer renders with (`Chat` or `Plain { … }`).
+    pub template: String,
+    pub special_tokens: Vec<String>,
+    /// Each input: path, SHA-256, conversations.
+    #[serde(default)]
+    pub inputs: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<serde_json::Value>,
+    #[serde(default)]
+    pub train_conversations: usize,
+    #[serde(default)]
+    pub val_conversations: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    pub versions: serde_json::Value,
+    #[serde(default)]
+    pub duration_secs: f64,
+    pub created_unix: u64,
+}
+
+impl TokenizerManifest {
+    /// The manifest of a tokenizer loaded from `path`.
+    pub fn loaded(tok: &ChatTokenizer, path: &Path) -> TokenizerManifest {
+        TokenizerManifest {
+            origin: Origin::Loaded,
+            kind: None,
+            options: None,
+            loaded_from: Some(path.display().to_string()),
+            vocab_size: tok.vocab_size(),
+            template: format!("{:?}", tok.template()),
+            special_tokens: tok
+                .inner()
+                .get_added_tokens_decoder()
+                .values()
+                .filter(|t| t.special)
+                .map(|t| t.content.clone())
+                .collect(),
+            inputs: Vec::new(),
+            validation: None,
+            train_conversations: 0,
+            val_conversations: 0,
+            seed: None,
+            versions: json!({"chatforge": env!("CARGO_PKG_VERSION"), "tokenizers": TOKENIZERS_VERSION}),
+            duration_secs: 0.0,
+            created_unix: now_unix(),
+        }
+    }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Writes a tokenizer artifact into the directory `out` (built under a temporary name):
+/// `tokenizer.json`, `manifest.json` and, when measured, `stats.json`. The one writer of the
+/// layout, for trained and loaded tokenizers alike.
+pub fn write_artifact(
+    out: &Path,
+    tok: &ChatTokenizer,
+    manifest: &TokenizerManifest,
+    stats: Option<&TokenizerStats>,
+) -> Result<()> {
+    atomic_dir(out, |dir| -> Result<()> {
+        save_tokenizer_json(tok, &dir.join("tokenizer.json"))?;
+        write_json(&dir.join("manifest.json"), manifest)?;
+        if let Some(s) = stats {
+            write_json(&dir.join("stats.json"), s)?;
+        }
+        Ok(())
+    })
+}
+
 pub(crate) fn save_tokenizer_json(tok: &ChatTokenizer, path: &Path) -> Result<()> {
     let mut plain = tok.inner().clone();
     plain.set_encode_special_tokens(false);

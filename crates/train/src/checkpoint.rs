@@ -4,11 +4,12 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chatforge_data::{SamplerState, atomic_dir, sha256_file};
 use chatforge_model::io::safetensors;
 use chatforge_model::{GptConfig, LoraConfig, ParamSpec, Tensor};
+use chatforge_run::{CONFIG_FILE, RunDir, STATE_FILE};
 use serde::{Deserialize, Serialize};
 
 use crate::{AdamW, Error, Result, TrainConfig};
@@ -24,10 +25,6 @@ pub struct CheckpointState {
     pub config: TrainConfig,
     /// SHA-256 of each file beside `state.json`.
     pub files: BTreeMap<String, String>,
-}
-
-pub fn step_dir(run: &Path, step: u64) -> PathBuf {
-    run.join("checkpoints").join(format!("step_{step:06}"))
 }
 
 /// The trainable values a checkpoint writes, in [`ParamSpec`] order: the training engine's flat
@@ -134,12 +131,12 @@ pub fn save(
                 sha256_file(&tmp.join("optimizer.safetensors"))?,
             );
         }
-        write_json(&tmp.join("config.json"), &model.to_hf())?;
+        write_json(&tmp.join(CONFIG_FILE), &model.to_hf())?;
         let state = CheckpointState {
             files,
             ..state.clone()
         };
-        write_json(&tmp.join("state.json"), &state)?;
+        write_json(&tmp.join(STATE_FILE), &state)?;
         Ok(())
     })
 }
@@ -154,7 +151,7 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
 
 /// Reads and verifies `state.json` and the hashes of the files it lists.
 pub fn read_state(dir: &Path) -> Result<CheckpointState> {
-    let path = dir.join("state.json");
+    let path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::Io {
         path: path.clone(),
         source: e,
@@ -171,22 +168,6 @@ pub fn read_state(dir: &Path) -> Result<CheckpointState> {
         }
     }
     Ok(state)
-}
-
-/// Checkpoint directories of a run, newest first.
-pub fn list(run: &Path) -> Vec<(u64, PathBuf)> {
-    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(run.join("checkpoints"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let step = name.strip_prefix("step_")?.parse().ok()?;
-            Some((step, e.path()))
-        })
-        .collect();
-    out.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
-    out
 }
 
 /// AdamW's first and second moments, one vector per parameter.
@@ -225,7 +206,7 @@ pub fn load_optimizer(dir: &Path, specs: &[ParamSpec]) -> Result<Moments> {
 
 /// Removes all but the newest `keep` checkpoints.
 pub fn prune(run: &Path, keep: usize) -> Result<()> {
-    for (_, dir) in list(run).into_iter().skip(keep.max(1)) {
+    for (_, dir) in RunDir::new(run).list_checkpoints().into_iter().skip(keep.max(1)) {
         std::fs::remove_dir_all(&dir).map_err(|e| Error::Io {
             path: dir.clone(),
             source: e,

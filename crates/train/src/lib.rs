@@ -10,7 +10,7 @@ mod plot;
 mod run;
 mod start;
 
-pub use checkpoint::{CheckpointState, list as list_checkpoints, read_state, step_dir};
+pub use checkpoint::{CheckpointState, read_state};
 pub use config::{Mode, TrainConfig, TrainSettings};
 pub use events::{Event, line_step};
 pub use optim::{AdamW, AdamWConfig, clip_grad_norm, lr_at};

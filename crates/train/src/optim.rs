@@ -78,7 +78,7 @@ impl AdamW {
                 .zip(m.par_chunks_mut(CHUNK))
                 .zip(v.par_chunks_mut(CHUNK))
                 .for_each(|(((p, g), m), v)| {
-                    chatforge_model::ops::simd::vectorized(|| {
+                    chatforge_model::kernels::simd::vectorized(|| {
                         for k in 0..p.len() {
                             p[k] *= decay;
                             m[k] += (g[k] - m[k]) * (1.0 - b1);

@@ -11,6 +11,7 @@ use chatforge_base::Rng;
 use chatforge_data::{Batch, BatchSampler, SamplerConfig, SamplerState, Shard, sha256_file};
 use chatforge_model::engine::{StepBatch, TrainEngine};
 use chatforge_model::{GptConfig, LoraConfig, ParamSpec, Weights, init_weights, take_flat};
+use chatforge_run::RunDir;
 use serde::Serialize;
 
 use crate::checkpoint::{self, CheckpointState, write_json};
@@ -161,7 +162,7 @@ fn set_up(cfg: &TrainConfig, run: &Path, resume: bool) -> Result<Setup> {
     })?;
     // What a crash left half-written (a checkpoint's or best/'s temporary, a log being trimmed).
     let mut warnings: Vec<String> = Vec::new();
-    for dir in [run.to_path_buf(), run.join("checkpoints")] {
+    for dir in [run.to_path_buf(), RunDir::new(run).checkpoints()] {
         for name in chatforge_data::clear_leftovers(&dir)? {
             warnings.push(format!("cleared {name}, left by a crash"));
         }
@@ -312,8 +313,8 @@ fn sampler_config(cfg: &TrainConfig, seq_len: usize, shuffle: bool) -> SamplerCo
 }
 
 /// `logs.jsonl` for appending, after dropping the steps a checkpoint at `step` does not hold.
-fn open_log(run: &Path, step: u64) -> Result<Log> {
-    let path = run.join("logs.jsonl");
+fn open_log(run: &RunDir, step: u64) -> Result<Log> {
+    let path = run.logs();
     // Steps logged after the checkpoint (by a run that died), or by a run that left no usable
     // checkpoint at all, happen again: drop them, so the log holds each step once.
     trim_log(&path, step)?;
@@ -336,7 +337,8 @@ pub fn train(
 ) -> Result<TrainSummary> {
     let started = Instant::now();
     let mut s = set_up(cfg, run, resume)?;
-    let mut log = open_log(run, s.step)?;
+    let dir = RunDir::new(run);
+    let mut log = open_log(&dir, s.step)?;
     let mut emit = |e: Event| {
         log.write(&e);
         on_event(&e);
@@ -356,8 +358,8 @@ pub fn train(
         let rows = t.epochs.unwrap_or(1.0) * sampler.rows_in_epoch() as f64;
         (rows / (t.batch_size * micro) as f64).ceil().max(1.0) as u64
     });
-    write_manifest(run, &cfg, &s.data, "running")?;
-    write_json(&run.join("config.json"), &cfg.model.to_hf())?;
+    write_manifest(&dir, &cfg, &s.data, "running")?;
+    write_json(&dir.config(), &cfg.model.to_hf())?;
     let trainable = s
         .specs
         .iter()
@@ -427,7 +429,7 @@ pub fn train(
             let improved = !val.is_nan() && s.best.is_none_or(|b| val < b);
             if improved {
                 (s.best, s.since_best) = (Some(val), 0);
-                save(&s, &run.join("best"), step, &sampler, None)?;
+                save(&s, &dir.best(), step, &sampler, None)?;
             } else {
                 s.since_best += 1;
             }
@@ -446,12 +448,12 @@ pub fn train(
             }
         }
         if step % t.checkpoint_every == 0 || step == steps || stop_reason.is_some() {
-            let dir = checkpoint::step_dir(run, step);
-            save(&s, &dir, step, &sampler, Some(&s.opt))?;
+            let ckpt = dir.checkpoint(step);
+            save(&s, &ckpt, step, &sampler, Some(&s.opt))?;
             checkpoint::prune(run, t.keep_last)?;
             emit(Event::Checkpoint {
                 step,
-                path: relative(run, &dir),
+                path: relative(run, &ckpt),
             });
         }
         if let Some(reason) = stop_reason {
@@ -465,7 +467,7 @@ pub fn train(
     }
     summary.steps = step;
     summary.best_val_loss = s.best;
-    finish(&s, run, step, &mut summary, started, &mut emit)?;
+    finish(&s, &dir, step, &mut summary, started, &mut emit)?;
     Ok(summary)
 }
 
@@ -493,7 +495,7 @@ fn save(s: &Setup, dir: &Path, step: u64, sampler: &BatchSampler, opt: Option<&A
 /// and the manifest's final status.
 fn finish(
     s: &Setup,
-    run: &Path,
+    run: &RunDir,
     step: u64,
     summary: &mut TrainSummary,
     started: Instant,
@@ -501,12 +503,12 @@ fn finish(
 ) -> Result<()> {
     if let (Some(name), Some(_)) = (&s.cfg.train.adapter_name, &s.lora) {
         // The best adapter (or the last, without validation) under adapters/<name>/, PEFT layout.
-        let src = if chatforge_model::lora::is_adapter_dir(&run.join("best")) {
-            run.join("best")
+        let src = if chatforge_model::lora::is_adapter_dir(&run.best()) {
+            run.best()
         } else {
-            checkpoint::step_dir(run, step)
+            run.checkpoint(step)
         };
-        let dst = run.join("adapters").join(name);
+        let dst = run.adapter(name);
         chatforge_data::atomic_dir(&dst, |tmp| -> Result<()> {
             for f in ["adapter_config.json", "adapter_model.safetensors"] {
                 std::fs::copy(src.join(f), tmp.join(f)).map_err(|e| Error::Io {
@@ -517,14 +519,14 @@ fn finish(
             Ok(())
         })?;
     }
-    if let Err(e) = crate::plot::loss_plot(&run.join("logs.jsonl"), &run.join("plots/loss.png")) {
+    if let Err(e) = crate::plot::loss_plot(&run.logs(), &run.loss_plot()) {
         emit(Event::Warning {
             step,
             message: format!("no loss plot: {e}"),
         });
     }
     summary.seconds = started.elapsed().as_secs_f64();
-    write_json(&run.join("summary.json"), summary)?;
+    write_json(&run.summary(), summary)?;
     let status = if summary.stopped.is_some() {
         "stopped"
     } else {
@@ -533,7 +535,7 @@ fn finish(
     write_manifest(run, &s.cfg, &s.data, status)
 }
 
-fn write_manifest(run: &Path, cfg: &TrainConfig, data: &Path, status: &str) -> Result<()> {
+fn write_manifest(run: &RunDir, cfg: &TrainConfig, data: &Path, status: &str) -> Result<()> {
     let input = |p: &Path| -> Result<serde_json::Value> {
         let sidecar = chatforge_tokenizer::TokenizeReport::sidecar(p);
         let meta = std::fs::read_to_string(&sidecar)
@@ -551,7 +553,7 @@ fn write_manifest(run: &Path, cfg: &TrainConfig, data: &Path, status: &str) -> R
         "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "dtype": "F32",
     });
-    write_json(&run.join("manifest.json"), &manifest)
+    write_json(&run.manifest(), &manifest)
 }
 
 /// The loss of a model that ignores context: cross-entropy, on the targets of `val` that carry

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use chatforge_model::{GptConfig, LoraConfig, Weights, load_hf, load_weights};
+use chatforge_run::{CONFIG_FILE, RunDir};
 
 use crate::checkpoint::{self, CheckpointState};
 use crate::{Error, Result, TrainConfig};
@@ -17,11 +18,12 @@ pub fn load_init(path: &Path) -> Result<(GptConfig, Weights)> {
 /// The folder `--init path` loads: an HF folder holds config.json and weights; a run holds
 /// config.json too, but its weights are in best/ or its checkpoints.
 fn init_dir(path: &Path) -> Result<PathBuf> {
-    let latest = checkpoint::list(path).first().map(|(_, d)| d.clone());
-    [Some(path.to_path_buf()), Some(path.join("best")), latest]
+    let run = RunDir::new(path);
+    let latest = run.list_checkpoints().first().map(|(_, d)| d.clone());
+    [Some(path.to_path_buf()), Some(run.best()), latest]
         .into_iter()
         .flatten()
-        .find(|d| d.join("config.json").is_file() && chatforge_model::weights_file(d).is_ok())
+        .find(|d| d.join(CONFIG_FILE).is_file() && chatforge_model::weights_file(d).is_ok())
         .ok_or_else(|| {
             Error::Config(format!(
                 "--init {}: expected an HF folder (config.json + model.safetensors or pytorch_model.bin) or a chatforge run",
@@ -32,7 +34,7 @@ fn init_dir(path: &Path) -> Result<PathBuf> {
 
 /// The model `--init path` holds, from its config.json alone (validated, no weights read).
 pub fn init_config(path: &Path) -> Result<GptConfig> {
-    let file = init_dir(path)?.join("config.json");
+    let file = init_dir(path)?.join(CONFIG_FILE);
     let text = chatforge_data::read_capped(&file, 1 << 20)?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
@@ -71,7 +73,7 @@ pub(crate) fn resume_point(
         Some(l) => l.param_specs(&cfg.model),
         None => chatforge_model::param_specs(&cfg.model),
     };
-    for (_, dir) in checkpoint::list(run) {
+    for (_, dir) in RunDir::new(run).list_checkpoints() {
         let loaded = checkpoint::read_state(&dir).and_then(|state| {
             if state.config.model != cfg.model || lora.is_some_and(|l| state.config.lora != *l) {
                 return Err(Error::Config(format!(

@@ -11,7 +11,8 @@ use std::sync::atomic::AtomicBool;
 
 use chatforge_model::Tensor;
 use chatforge_model::io::safetensors;
-use chatforge_train::{Event, TrainConfig, TrainSettings, list_checkpoints, train};
+use chatforge_run::RunDir;
+use chatforge_train::{Event, TrainConfig, TrainSettings, train};
 use common::{config, crash_after, run};
 
 /// The step numbers of `logs.jsonl`'s step events, in order; every line must be whole JSON.
@@ -81,7 +82,7 @@ fn a_diverging_run_stops_at_its_step_and_saves_no_nan() {
     let err = r.unwrap_err().to_string();
     assert!(err.contains("diverged at step 1"), "{err}");
     assert!(
-        !out.join("best").exists() && list_checkpoints(&out).is_empty(),
+        !out.join("best").exists() && RunDir::new(&out).list_checkpoints().is_empty(),
         "nothing saved"
     );
 }
@@ -144,7 +145,7 @@ fn a_checkpoint_that_verifies_but_does_not_load_is_passed_over() {
     assert!(result.is_err());
     // step 8 is the newest; make it hash-valid (state.json lists the new file's hash) but not a
     // model of this config.
-    let (step, newest) = list_checkpoints(&out)[0].clone();
+    let (step, newest) = RunDir::new(&out).list_checkpoints()[0].clone();
     assert_eq!(step, 8);
     let other = std::collections::BTreeMap::from([("x".to_string(), Tensor::zeros([3]))]);
     safetensors::write(&newest.join("model.safetensors"), &other).unwrap();

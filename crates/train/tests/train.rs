@@ -9,7 +9,8 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use chatforge_model::{GptConfig, LoraConfig};
-use chatforge_train::{Event, Mode, TrainConfig, TrainSettings, list_checkpoints, train};
+use chatforge_run::RunDir;
+use chatforge_train::{Event, Mode, TrainConfig, TrainSettings, train};
 use common::{config, crash_after, run};
 
 #[test]
@@ -59,7 +60,11 @@ fn it_learns_and_repeats_itself() {
         last_val < 0.6 * first_val,
         "validation went from {first_val} to {last_val}"
     );
-    let steps: Vec<u64> = list_checkpoints(&run_dir).iter().map(|(s, _)| *s).collect();
+    let steps: Vec<u64> = RunDir::new(&run_dir)
+        .list_checkpoints()
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
     assert_eq!(steps, [60, 56, 52], "keep_last = 3");
     let log = std::fs::read_to_string(run_dir.join("logs.jsonl")).unwrap();
     assert_eq!(
@@ -113,7 +118,7 @@ fn resumes_with_identical_losses(dir: &Path, dropout: f32) {
     );
 
     // A corrupt newest checkpoint is skipped with a warning; the one before is used.
-    let (_, newest) = &list_checkpoints(&crashed)[0];
+    let (_, newest) = &RunDir::new(&crashed).list_checkpoints()[0];
     std::fs::write(newest.join("model.safetensors"), b"garbage").unwrap();
     let mut warned = Vec::new();
     let summary = train(
@@ -290,7 +295,7 @@ fn lora_trains_only_the_adapter_and_leaves_the_base_alone() {
     assert!(last < first - 0.1, "LoRA loss went from {first} to {last}");
     // The base is untouched; checkpoints hold the adapter and its optimizer state only.
     assert_eq!(chatforge_data::sha256_file(&base_file).unwrap(), base_hash);
-    let ckpt = &list_checkpoints(&d.join("lora"))[0].1;
+    let ckpt = &RunDir::new(d.join("lora")).list_checkpoints()[0].1;
     assert!(chatforge_model::lora::is_adapter_dir(ckpt));
     assert!(!ckpt.join("model.safetensors").exists());
     let opt: std::collections::HashMap<String, chatforge_model::Tensor> =
@@ -324,7 +329,7 @@ fn lora_trains_only_the_adapter_and_leaves_the_base_alone() {
     );
     assert!(qlast < qf - 0.1, "QLoRA loss went from {qf} to {qlast}");
     assert_ne!(ql, *l, "q4 weights are not the f32 ones");
-    let state = chatforge_train::read_state(&list_checkpoints(&d.join("qlora"))[0].1).unwrap();
+    let state = chatforge_train::read_state(&RunDir::new(d.join("qlora")).list_checkpoints()[0].1).unwrap();
     assert_eq!(
         state.config.lora.quant,
         Some(chatforge_model::quant::QuantKind::Q4)

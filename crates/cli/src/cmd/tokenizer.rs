@@ -1,8 +1,6 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use anyhow::Context;
-use chatforge_data::atomic_dir;
 use chatforge_tokenizer::{ChatTokenizer, TokenizerKind, TrainOptions, ValSource, train_artifact};
 use clap::{Args, Subcommand};
 
@@ -107,24 +105,8 @@ fn load(path: &std::path::Path, out: Option<&std::path::Path>, text: &str) -> an
         .collect();
     say!("{text:?} → {} tokens: {}", ids.len(), pieces.join(" | "));
     if let Some(out) = out {
-        let manifest = serde_json::json!({
-            "loaded_from": path.display().to_string(),
-            "vocab_size": tok.vocab_size(),
-            "template": format!("{:?}", tok.template()),
-        });
-        atomic_dir(out, |dir| -> anyhow::Result<()> {
-            let mut plain = tok.inner().clone();
-            plain.set_encode_special_tokens(false);
-            plain
-                .save(dir.join("tokenizer.json"), true)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            std::fs::write(
-                dir.join("manifest.json"),
-                serde_json::to_string_pretty(&manifest)?,
-            )
-            .context("writing manifest.json")?;
-            Ok(())
-        })?;
+        let manifest = chatforge_tokenizer::TokenizerManifest::loaded(&tok, path);
+        chatforge_tokenizer::write_artifact(out, &tok, &manifest, None)?;
         say!("wrote {}/tokenizer.json", out.display());
     }
     Ok(())

@@ -124,19 +124,27 @@ pub(super) fn tile_weights(
     // SAFETY: `p` is borrowed uniquely and `qkv` shared, so they do not overlap; the views are
     // checked against both lengths.
     unsafe {
-        mm_raw(
-            p.as_mut_ptr(),
-            p.len(),
-            View::rows(tile.r0 * t + tile.s, m, nc, t),
-            qkv.as_ptr(),
-            qkv.len(),
-            View::rows((row0 + tile.r0) * 3 * c + hi * d, m, d, 3 * c),
-            qkv.as_ptr(),
-            qkv.len(),
-            View::rows((row0 + tile.s) * 3 * c + c + hi * d, nc, d, 3 * c).t(),
-            false,
-            1.0 / (d as f32).sqrt(),
-            false,
+        gemm_raw(
+            Out {
+                ptr: p.as_mut_ptr(),
+                len: p.len(),
+                view: View::rows(tile.r0 * t + tile.s, m, nc, t),
+            },
+            In {
+                ptr: qkv.as_ptr(),
+                len: qkv.len(),
+                view: View::rows((row0 + tile.r0) * 3 * c + hi * d, m, d, 3 * c),
+            },
+            In {
+                ptr: qkv.as_ptr(),
+                len: qkv.len(),
+                view: View::rows((row0 + tile.s) * 3 * c + c + hi * d, nc, d, 3 * c).t(),
+            },
+            Gemm {
+                acc: false,
+                beta: 1.0 / (d as f32).sqrt(),
+                par: false,
+            },
         );
     }
     tile_softmax(p, t, tile, general, seg, stats);
@@ -262,34 +270,50 @@ pub(super) fn attention_bwd(
                     }
                     None => p.as_ptr(),
                 };
-                mm_raw(
-                    dq.get(),
-                    dqkv_len,
-                    v_rows(tile.s, nc),
-                    pw,
-                    tt,
-                    pv.t(),
-                    datty.as_ptr(),
-                    datty_len,
-                    dy,
-                    true,
-                    1.0,
-                    false,
+                gemm_raw(
+                    Out {
+                        ptr: dq.get(),
+                        len: dqkv_len,
+                        view: v_rows(tile.s, nc),
+                    },
+                    In {
+                        ptr: pw,
+                        len: tt,
+                        view: pv.t(),
+                    },
+                    In {
+                        ptr: datty.as_ptr(),
+                        len: datty_len,
+                        view: dy,
+                    },
+                    Gemm {
+                        acc: true,
+                        beta: 1.0,
+                        par: false,
+                    },
                 );
                 // dP = dy · vᵀ
-                mm_raw(
-                    dp.as_mut_ptr(),
-                    tt,
-                    pv,
-                    datty.as_ptr(),
-                    datty_len,
-                    dy,
-                    qkv.as_ptr(),
-                    qkv_len,
-                    v_rows(tile.s, nc).t(),
-                    false,
-                    1.0,
-                    false,
+                gemm_raw(
+                    Out {
+                        ptr: dp.as_mut_ptr(),
+                        len: tt,
+                        view: pv,
+                    },
+                    In {
+                        ptr: datty.as_ptr(),
+                        len: datty_len,
+                        view: dy,
+                    },
+                    In {
+                        ptr: qkv.as_ptr(),
+                        len: qkv_len,
+                        view: v_rows(tile.s, nc).t(),
+                    },
+                    Gemm {
+                        acc: false,
+                        beta: 1.0,
+                        par: false,
+                    },
                 );
             }
             // Through the dropout: dP ⊙ mask (where the weights are 0 it does not matter).
@@ -320,34 +344,50 @@ pub(super) fn attention_bwd(
             // SAFETY: as above.
             unsafe {
                 // dq = dS · k / √d (each query row is in one tile)
-                mm_raw(
-                    dq.get(),
-                    dqkv_len,
-                    q_rows(tile.r0, m),
-                    dp.as_ptr(),
-                    tt,
-                    pv,
-                    qkv.as_ptr(),
-                    qkv_len,
-                    k_rows(tile.s, nc),
-                    false,
-                    scale,
-                    false,
+                gemm_raw(
+                    Out {
+                        ptr: dq.get(),
+                        len: dqkv_len,
+                        view: q_rows(tile.r0, m),
+                    },
+                    In {
+                        ptr: dp.as_ptr(),
+                        len: tt,
+                        view: pv,
+                    },
+                    In {
+                        ptr: qkv.as_ptr(),
+                        len: qkv_len,
+                        view: k_rows(tile.s, nc),
+                    },
+                    Gemm {
+                        acc: false,
+                        beta: scale,
+                        par: false,
+                    },
                 );
                 // dk += dSᵀ · q / √d
-                mm_raw(
-                    dq.get(),
-                    dqkv_len,
-                    k_rows(tile.s, nc),
-                    dp.as_ptr(),
-                    tt,
-                    pv.t(),
-                    qkv.as_ptr(),
-                    qkv_len,
-                    q_rows(tile.r0, m),
-                    true,
-                    scale,
-                    false,
+                gemm_raw(
+                    Out {
+                        ptr: dq.get(),
+                        len: dqkv_len,
+                        view: k_rows(tile.s, nc),
+                    },
+                    In {
+                        ptr: dp.as_ptr(),
+                        len: tt,
+                        view: pv.t(),
+                    },
+                    In {
+                        ptr: qkv.as_ptr(),
+                        len: qkv_len,
+                        view: q_rows(tile.r0, m),
+                    },
+                    Gemm {
+                        acc: true,
+                        beta: scale,
+                        par: false,
+                    },
                 );
             }
         }
@@ -409,19 +449,27 @@ impl TrainEngine {
                 // SAFETY: the output block (this tile's rows of this batch row, this head's
                 // columns) belongs to this task alone; `weights` and `qkv` are read only.
                 unsafe {
-                    mm_raw(
-                        atty.get(),
-                        atty_len,
-                        View::rows((row0 + tile.r0) * c + hi * d, m, d, c),
-                        weights.as_ptr(),
-                        tt,
-                        pv,
-                        qkv.as_ptr(),
-                        qkv_len,
-                        View::rows((row0 + tile.s) * 3 * c + 2 * c + hi * d, nc, d, 3 * c),
-                        false,
-                        1.0,
-                        false,
+                    gemm_raw(
+                        Out {
+                            ptr: atty.get(),
+                            len: atty_len,
+                            view: View::rows((row0 + tile.r0) * c + hi * d, m, d, c),
+                        },
+                        In {
+                            ptr: weights.as_ptr(),
+                            len: tt,
+                            view: pv,
+                        },
+                        In {
+                            ptr: qkv.as_ptr(),
+                            len: qkv_len,
+                            view: View::rows((row0 + tile.s) * 3 * c + 2 * c + hi * d, nc, d, 3 * c),
+                        },
+                        Gemm {
+                            acc: false,
+                            beta: 1.0,
+                            par: false,
+                        },
                     );
                 }
             }

@@ -128,15 +128,18 @@ pub(super) fn linear_fwd(
             View::rows(ad.a, r, i, i).t(),
             false,
         );
-        mm_beta(
+        gemm(
             out,
             View::rows(0, n, o, o),
             u,
             View::rows(0, n, r, r),
             trainable,
             View::rows(ad.b, o, r, r).t(),
-            true,
-            ad.scale,
+            Gemm {
+                acc: true,
+                beta: ad.scale,
+                par: true,
+            },
         );
     }
 }
@@ -188,25 +191,31 @@ pub(super) fn linear_bwd(
     );
     if let Some(ad) = lin.ad {
         let r = ad.r;
-        mm_beta(
+        gemm(
             grads,
             View::rows(ad.b, o, r, r),
             dy,
             View::rows(0, n, o, o).t(),
             u,
             View::rows(0, n, r, r),
-            true,
-            ad.scale,
+            Gemm {
+                acc: true,
+                beta: ad.scale,
+                par: true,
+            },
         );
-        mm_beta(
+        gemm(
             du,
             View::rows(0, n, r, r),
             dy,
             View::rows(0, n, o, o),
             trainable,
             View::rows(ad.b, o, r, r),
-            false,
-            ad.scale,
+            Gemm {
+                acc: false,
+                beta: ad.scale,
+                par: true,
+            },
         );
         let mut drop = drop;
         let xa: &[f32] = match drop.as_mut() {

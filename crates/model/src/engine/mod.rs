@@ -19,9 +19,10 @@
 use crate::layout::{self, Linear, Norm, Part, Slot};
 use rayon::prelude::*;
 
-use crate::ops::fast_math as fm;
-use crate::ops::simd::vectorized;
-use crate::ops::{gelu_fast, gelu_fast_grad};
+use crate::kernels::fast_math as fm;
+use crate::kernels::gemm::{Gemm, In, Out, SendPtr, View, gemm, gemm_raw, mm};
+use crate::kernels::simd::vectorized;
+use crate::kernels::{gelu_fast, gelu_fast_grad, layer_norm_row};
 use crate::quant::QuantWeight;
 use crate::{Activation, Error, GptConfig, LoraConfig, ParamSpec, Result, param_specs};
 use chatforge_base::Rng;
@@ -32,13 +33,11 @@ mod build;
 mod dropout;
 mod forward;
 mod linear;
-mod matmul;
 mod ops;
 
 use attention::*;
 use dropout::*;
 use linear::*;
-use matmul::*;
 use ops::*;
 
 /// One micro-batch: `b` rows of `t` tokens.

@@ -12,15 +12,6 @@ pub(super) fn map_into(out: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32 + Sync
         .for_each(|(o, x)| vectorized(|| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x))));
 }
 
-/// Row statistics `(mean, 1/√(var + eps))`, as the fused layer norm computes them.
-#[inline]
-pub(super) fn stats(row: &[f32], eps: f32) -> (f32, f32) {
-    let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-    (mean, 1.0 / (var + eps).sqrt())
-}
-
 #[inline]
 pub(super) fn layer_norm_fwd(
     out: &mut [f32],
@@ -37,20 +28,7 @@ pub(super) fn layer_norm_fwd(
         .for_each(|((o, s), xs)| {
             vectorized(|| {
                 for ((orow, srow), xrow) in o.chunks_mut(c).zip(s.iter_mut()).zip(xs.chunks(c)) {
-                    let (mean, rstd) = stats(xrow, eps);
-                    *srow = (mean, rstd);
-                    match b {
-                        Some(b) => {
-                            for i in 0..c {
-                                orow[i] = (xrow[i] - mean) * rstd * w[i] + b[i];
-                            }
-                        }
-                        None => {
-                            for i in 0..c {
-                                orow[i] = (xrow[i] - mean) * rstd * w[i];
-                            }
-                        }
-                    }
+                    *srow = layer_norm_row(xrow, w, b, eps, orow);
                 }
             })
         });
