@@ -43,9 +43,11 @@ pub struct GptConfig {
     pub layer_norm_eps: f64,
 }
 
+/// The default model: [`GptConfig::small`] with the tokenizer's vocabulary (`vocab_size` 0 is
+/// filled in from the training shard).
 impl Default for GptConfig {
     fn default() -> Self {
-        GptConfig::small(4096)
+        GptConfig::small(0)
     }
 }
 

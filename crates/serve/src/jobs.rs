@@ -198,17 +198,12 @@ impl TokenizerRequest {
 
 impl TrainRequest {
     pub fn resolve(&self, root: &Path) -> Result<Spec> {
+        // The defaults are the CLI's (one table: `TrainConfig::default()`); the request overrides.
         let mut cfg = TrainConfig {
             model: self.model.clone().unwrap_or_default(),
             train: self.train.clone().unwrap_or_default(),
             lora: self.lora.clone().unwrap_or_default(),
         };
-        if self.model.is_none() {
-            cfg.model = GptConfig {
-                vocab_size: 0,
-                ..GptConfig::tiny(0)
-            };
-        }
         let t = &mut cfg.train;
         if let Some(m) = self.mode {
             t.mode = m;
@@ -309,6 +304,35 @@ pub struct Progress {
     pub val_loss: Option<f64>,
 }
 
+impl Progress {
+    /// Follows a training run's events.
+    fn update(&mut self, e: &Event) {
+        match e {
+            Event::Start {
+                steps, start_step, ..
+            } => {
+                self.total = *steps;
+                self.step = *start_step;
+            }
+            Event::Step {
+                step,
+                loss,
+                tokens_per_s,
+                elapsed_s,
+                ..
+            } => {
+                self.step = *step;
+                self.loss = Some(*loss);
+                self.tokens_per_s = Some(*tokens_per_s);
+                let done = (*step).max(1) as f64;
+                self.eta_s = Some(elapsed_s / done * (self.total.saturating_sub(*step)) as f64);
+            }
+            Event::Eval { val_loss, .. } => self.val_loss = Some(*val_loss),
+            _ => {}
+        }
+    }
+}
+
 /// Runs `spec` for job `target` under `root`; `stop` ends it early (a training run saves a
 /// checkpoint first). The worker knows why it set `stop`, and so how the job ended.
 pub fn execute(
@@ -347,99 +371,26 @@ pub fn execute(
         }
         Spec::Train { config, tokenizer } => {
             let run = root.join("runs").join(target);
-            std::fs::create_dir_all(&run).map_err(|e| Error::Io {
-                path: run.clone(),
-                source: e,
-            })?;
-            if let Some(tok) = tokenizer
-                && !run.join("tokenizer.json").is_file()
-            {
-                std::fs::copy(tok, run.join("tokenizer.json")).map_err(|e| Error::Io {
-                    path: tok.clone(),
-                    source: e,
-                })?;
-            }
-            // Conversations are tokenized into the run (once: a resumed attempt finds the shards).
-            let mut config = (**config).clone();
-            for (slot, name) in [
-                (&mut config.train.data, "train.bin"),
-                (&mut config.train.val, "val.bin"),
-            ] {
-                if let Some(p) = slot
-                    .clone()
-                    .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-                {
-                    let shard = run.join("data").join(name);
-                    if !shard.is_file() {
-                        let tok_path = tokenizer
-                            .as_ref()
-                            .ok_or_else(|| Error::Invalid("no tokenizer".into()))?;
-                        let tok = chatforge_tokenizer::ChatTokenizer::load(tok_path)
-                            .map_err(|e| Error::Invalid(e.to_string()))?;
-                        std::fs::create_dir_all(run.join("data")).map_err(|e| Error::Io {
-                            path: run.clone(),
-                            source: e,
-                        })?;
-                        chatforge_tokenizer::tokenize_file(&p, &tok, &Default::default(), &shard)
-                            .map_err(|e| Error::Invalid(format!("tokenizing {}: {e}", p.display())))?;
-                    }
-                    *slot = Some(shard);
-                }
-            }
-            // A run that has a checkpoint (an earlier attempt, killed or cancelled) continues from it.
-            let resume = run.join("checkpoints").is_dir();
+            let job = chatforge_pipeline::TrainJob {
+                config: (**config).clone(),
+                tokenizer: tokenizer.clone(),
+            };
             let mut on_event = |e: &Event| {
                 if let Ok(mut p) = progress.lock() {
-                    match e {
-                        Event::Start {
-                            steps, start_step, ..
-                        } => {
-                            p.total = *steps;
-                            p.step = *start_step;
-                        }
-                        Event::Step {
-                            step,
-                            loss,
-                            tokens_per_s,
-                            elapsed_s,
-                            ..
-                        } => {
-                            p.step = *step;
-                            p.loss = Some(*loss);
-                            p.tokens_per_s = Some(*tokens_per_s);
-                            let done = (*step).max(1) as f64;
-                            p.eta_s = Some(elapsed_s / done * (p.total.saturating_sub(*step)) as f64);
-                        }
-                        Event::Eval { val_loss, .. } => p.val_loss = Some(*val_loss),
-                        _ => {}
-                    }
+                    p.update(e);
                 }
             };
-            chatforge_train::train(&config, &run, resume, &mut on_event, stop)
+            // A run that has a checkpoint (an earlier attempt, killed or cancelled) continues
+            // from it; evaluation is a job of its own (`POST /runs/{id}/evaluate`).
+            let resume = chatforge_pipeline::Resume::IfCheckpoints;
+            chatforge_pipeline::train_run(&job, &run, resume, false, &mut on_event, stop)
                 .map_err(|e| Error::Invalid(format!("training failed: {e}")))?;
             Ok(())
         }
         Spec::Evaluate { run } => {
-            use chatforge_infer::eval::LossOn;
             let dir = root.join("runs").join(run);
-            let manifest: serde_json::Value = std::fs::read_to_string(dir.join("manifest.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or_default();
-            let cfg: Option<TrainConfig> = serde_json::from_value(manifest["config"].clone()).ok();
-            let loss_on = match cfg.as_ref().map(|c| c.train.mode) {
-                Some(Mode::Pretrain) => LossOn::All,
-                _ => LossOn::Assistant,
-            };
-            let m = chatforge_infer::LoadedModel::open(
-                &dir,
-                &chatforge_infer::Checkpoint::Best,
-                None,
-                chatforge_infer::WeightType::F32,
-            )
-            .map_err(|e| Error::Invalid(format!("loading the run: {e}")))?;
-            let val = cfg.as_ref().and_then(|c| c.train.val.clone());
-            chatforge_infer::eval::evaluate_run(&m, val.as_deref(), loss_on)
+            let cfg = chatforge_pipeline::run_config(&dir).unwrap_or_default();
+            chatforge_pipeline::evaluate_run(&cfg, &dir)
                 .map_err(|e| Error::Invalid(format!("evaluation failed: {e}")))?;
             Ok(())
         }

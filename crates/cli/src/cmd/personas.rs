@@ -329,10 +329,7 @@ pub fn train(
                 record.personas = persona_entries(&Registry::load_enabled(registry)?, None);
             }
             record.write(out)?;
-            super::train::run_training(&cfg, out, args.resume, Some(tok_path))?;
-            if !args.no_eval {
-                super::train::evaluate_or_warn(&cfg, out);
-            }
+            super::train::run_training(&cfg, out, args.resume, Some(tok_path), !args.no_eval)?;
             Ok(())
         }
         Strategy::Adapters => train_adapters(
@@ -418,7 +415,7 @@ fn train_adapters(
         pcfg.train.data = Some(train_shard);
         pcfg.train.val = val_shard;
         pcfg.train.adapter_name = Some(name.clone());
-        super::train::run_training(&pcfg, &sub, resume, Some(tok_path))?;
+        super::train::run_training(&pcfg, &sub, resume, Some(tok_path), false)?;
         let src = sub.join("adapters").join(&name);
         chatforge_data::atomic_dir(&adapter, |tmp| -> anyhow::Result<()> {
             for f in ["adapter_config.json", "adapter_model.safetensors"] {

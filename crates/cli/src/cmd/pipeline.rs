@@ -95,7 +95,7 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_file(args.out.join("logs.jsonl"));
-    let summary = super::train::run_training(&cfg, &args.out, false, Some(&tok_dir))?;
+    let summary = super::train::run_training(&cfg, &args.out, false, Some(&tok_dir), false)?.summary;
 
     say!("\n── 5/5 evaluate ──");
     let train_shard = Shard::open(&data_dir.join("train.bin"))?;
@@ -107,7 +107,8 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
         best.exp(),
         baseline.exp()
     );
-    super::train::evaluate_run(&cfg, &args.out)?;
+    let metrics = chatforge_pipeline::evaluate_run(&cfg, &args.out)?;
+    super::train::report_metrics(&args.out, &metrics);
 
     say!(
         "\ndone in {:.1} s. Written under {}:\n  data/train.jsonl, data/train.val.jsonl   canonical conversations\n  tokenizer/                               tokenizer.json, manifest.json, stats.json\n  data/train.bin, data/val.bin             token shards (+ .json sidecars)\n  best/, checkpoints/                      model weights (HF GPT-2 layout), optimizer state\n  manifest.json, config.json, logs.jsonl   what produced the run, the model config, per-step events",

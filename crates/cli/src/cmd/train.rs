@@ -2,8 +2,9 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use anyhow::Context;
-use chatforge_train::{Event, Mode, TrainConfig, TrainSummary, train};
+use chatforge_pipeline::{Outcome, Resume, TrainJob, train_run};
+use chatforge_run::RunDir;
+use chatforge_train::{Event, Mode, TrainConfig};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -12,10 +13,11 @@ pub struct TrainArgs {
     /// TOML config with [model] and [train] sections (see configs/)
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Training shard (from `chatforge data tokenize`)
+    /// Training shard (from `chatforge data tokenize`), or conversations (`.jsonl`, tokenized
+    /// into the run with --tokenizer)
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Validation shard
+    /// Validation shard or conversations
     #[arg(long)]
     pub val: Option<PathBuf>,
     /// The run directory
@@ -39,7 +41,8 @@ pub struct TrainArgs {
     /// Continue from the newest checkpoint in the run directory
     #[arg(long)]
     pub resume: bool,
-    /// Copy this tokenizer's tokenizer.json into the run directory
+    /// The tokenizer (tokenizer.json or its folder): copied into the run, and the one `.jsonl`
+    /// inputs are tokenized with
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// Skip the evaluation of the best checkpoint after training
@@ -83,6 +86,7 @@ impl TrainArgs {
     pub fn config(&self) -> anyhow::Result<TrainConfig> {
         let mut cfg = match &self.config {
             Some(p) => TrainConfig::from_toml_file(p)?,
+            // The one table of defaults, the service's too.
             None => TrainConfig::default(),
         };
         let t = &mut cfg.train;
@@ -203,29 +207,29 @@ pub fn reporter() -> impl FnMut(&Event) {
     }
 }
 
+/// prepare → train → evaluate (when `evaluate`) through the pipeline every run takes (the
+/// service's too), with progress shown and the outcome printed. A failed evaluation is a warning:
+/// the run is done and saved.
 pub fn run_training(
     cfg: &TrainConfig,
     out: &Path,
     resume: bool,
     tokenizer: Option<&Path>,
-) -> anyhow::Result<TrainSummary> {
-    if let Some(tok) = tokenizer {
-        let src = if tok.is_dir() {
-            tok.join("tokenizer.json")
-        } else {
-            tok.to_path_buf()
-        };
-        std::fs::create_dir_all(out)?;
-        std::fs::copy(&src, out.join("tokenizer.json"))
-            .with_context(|| format!("copying {}", src.display()))?;
-    }
+    evaluate: bool,
+) -> anyhow::Result<Outcome> {
+    let job = TrainJob {
+        config: cfg.clone(),
+        tokenizer: tokenizer.map(Path::to_path_buf),
+    };
+    let resume = if resume { Resume::Yes } else { Resume::No };
     let mut report = reporter();
     // Loading hands back what it frees (the file, the copies weights pass through); the reporter
     // turns purging off again when training starts.
     crate::purge_freed_memory(true);
-    let summary = train(cfg, out, resume, &mut report, &AtomicBool::new(false));
+    let outcome = train_run(&job, out, resume, evaluate, &mut report, &AtomicBool::new(false));
     crate::purge_freed_memory(false);
-    let summary = summary?;
+    let outcome = outcome?;
+    let summary = &outcome.summary;
     say!(
         "{} steps in {:.1} s; last training loss {}, best validation loss {}; run in {}",
         summary.steps,
@@ -234,7 +238,27 @@ pub fn run_training(
         summary.best_val_loss.map_or("-".into(), |l| format!("{l:.4}")),
         out.display()
     );
-    Ok(summary)
+    if let Some(m) = &outcome.metrics {
+        say!("\nevaluation of the best checkpoint:");
+        report_metrics(out, m);
+    }
+    if let Some(e) = &outcome.eval_error {
+        eprintln!(
+            "warning: no evaluation: {e} (run `chatforge eval --model {}` later)",
+            out.display()
+        );
+    }
+    Ok(outcome)
+}
+
+/// Prints a run's evaluation and where it was written.
+pub fn report_metrics(run: &Path, m: &chatforge_infer::eval::Metrics) {
+    super::eval::print_metrics(m);
+    say!(
+        "metrics written to {} ({:.1} s)",
+        RunDir::new(run).metrics().display(),
+        m.seconds
+    );
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
@@ -245,43 +269,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if args.examples.with_channel || args.examples.augment > 0 {
         anyhow::bail!("--with-channel and --augment shape persona examples: add --persona-strategy");
     }
-    run_training(&cfg, &args.out, args.resume, args.tokenizer.as_deref())?;
-    if !args.no_eval {
-        evaluate_or_warn(&cfg, &args.out);
-    }
+    run_training(
+        &cfg,
+        &args.out,
+        args.resume,
+        args.tokenizer.as_deref(),
+        !args.no_eval,
+    )?;
     Ok(())
-}
-
-/// Evaluates the finished run; the run is done and saved whatever happens here, so a failed
-/// evaluation is a warning.
-pub fn evaluate_or_warn(cfg: &TrainConfig, run: &Path) {
-    say!("\nevaluation of the best checkpoint:");
-    if let Err(e) = evaluate_run(cfg, run) {
-        eprintln!(
-            "warning: no evaluation: {e:#} (run `chatforge eval --model {}` later)",
-            run.display()
-        );
-    }
-}
-
-/// Evaluates a finished run's best checkpoint: on the conversations its validation shard was
-/// made from (found through the shard's sidecar), rendered as they were then, and on the default
-/// test prompts. Writes `eval/metrics.json` in the run.
-pub fn evaluate_run(cfg: &TrainConfig, run: &Path) -> anyhow::Result<chatforge_infer::eval::Metrics> {
-    use chatforge_infer::eval::LossOn;
-    use chatforge_infer::{Checkpoint, LoadedModel, WeightType};
-
-    let m = LoadedModel::open(run, &Checkpoint::Best, None, WeightType::F32)?;
-    let loss_on = match cfg.train.mode {
-        Mode::Sft | Mode::Lora | Mode::Qlora => LossOn::Assistant,
-        Mode::Pretrain => LossOn::All,
-    };
-    let (metrics, _) = chatforge_infer::eval::evaluate_run(&m, cfg.train.val.as_deref(), loss_on)?;
-    super::eval::print_metrics(&metrics);
-    say!(
-        "metrics written to {} ({:.1} s)",
-        m.eval_dir().join("metrics.json").display(),
-        metrics.seconds
-    );
-    Ok(metrics)
 }

@@ -1,0 +1,165 @@
+//! One way to make a run, for the CLI (`chatforge train`) and the service (`POST /runs/train`)
+//! alike: **prepare** (the tokenizer copied into the run, conversation files tokenized into its
+//! `data/`) → **train** → **evaluate** (the best checkpoint on the validation conversations and
+//! the test prompts). The defaults are `TrainConfig::default()`'s, one table for both; a request
+//! only overrides them.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use chatforge_infer::eval::{LossOn, Metrics};
+use chatforge_run::RunDir;
+use chatforge_train::{Event, Mode, TrainConfig, TrainSummary};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Train(#[from] chatforge_train::Error),
+    #[error(transparent)]
+    Infer(#[from] chatforge_infer::Error),
+    #[error(transparent)]
+    Tokenizer(#[from] chatforge_tokenizer::Error),
+    #[error(transparent)]
+    Data(#[from] chatforge_data::Error),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A training request: the config (defaults overridden) and the tokenizer its conversations are
+/// tokenized with (and which the run keeps).
+#[derive(Debug, Clone)]
+pub struct TrainJob {
+    pub config: TrainConfig,
+    /// A `tokenizer.json`, or a folder holding one.
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// Whether a run continues from its newest checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Start over (the CLI without `--resume`).
+    No,
+    /// Continue; a run without checkpoints starts (the CLI's `--resume`).
+    Yes,
+    /// Continue when an earlier attempt left checkpoints (a service job that is retried).
+    IfCheckpoints,
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    pub summary: TrainSummary,
+    /// The best checkpoint's evaluation, when asked for and it succeeded.
+    pub metrics: Option<Metrics>,
+    /// Why there is no evaluation although one was asked for: the run itself is done and saved,
+    /// so a failed evaluation does not fail it.
+    pub eval_error: Option<String>,
+}
+
+fn is_conversations(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e == "jsonl")
+}
+
+/// The tokenizer file a `--tokenizer` argument names.
+pub fn tokenizer_file(tok: &Path) -> PathBuf {
+    if tok.is_dir() {
+        tok.join(chatforge_run::TOKENIZER_FILE)
+    } else {
+        tok.to_path_buf()
+    }
+}
+
+/// Puts the job's inputs into the run: its tokenizer as `tokenizer.json`, and conversation files
+/// (`.jsonl`) tokenized into `data/train.bin` and `data/val.bin` (once: a resumed attempt finds
+/// them). Returns the config that trains on what the run now holds.
+pub fn prepare(job: &TrainJob, run: &RunDir) -> Result<TrainConfig> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::create_dir_all(run.root()).map_err(io(run.root()))?;
+    if let Some(tok) = &job.tokenizer {
+        let src = tokenizer_file(tok);
+        if src != run.tokenizer() {
+            std::fs::copy(&src, run.tokenizer()).map_err(io(&src))?;
+        }
+    }
+    let mut config = job.config.clone();
+    let t = &mut config.train;
+    for (slot, shard) in [(&mut t.data, run.train_shard()), (&mut t.val, run.val_shard())] {
+        let Some(path) = slot.clone().filter(|p| is_conversations(p)) else {
+            continue;
+        };
+        if !shard.is_file() {
+            let tok = job.tokenizer.as_deref().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{}: conversations need a tokenizer to be tokenized with (--tokenizer)",
+                    path.display()
+                ))
+            })?;
+            let tok = chatforge_tokenizer::ChatTokenizer::load(&tokenizer_file(tok))?;
+            std::fs::create_dir_all(run.data()).map_err(io(&run.data()))?;
+            chatforge_tokenizer::tokenize_file(&path, &tok, &Default::default(), &shard)?;
+        }
+        *slot = Some(shard);
+    }
+    Ok(config)
+}
+
+/// prepare → train → evaluate (when `evaluate`) into the run directory `run`. Events go to
+/// `on_event` as they happen; `stop` ends training after the current step, with a checkpoint.
+pub fn train_run(
+    job: &TrainJob,
+    run: &Path,
+    resume: Resume,
+    evaluate: bool,
+    on_event: &mut dyn FnMut(&Event),
+    stop: &AtomicBool,
+) -> Result<Outcome> {
+    let dir = RunDir::new(run);
+    let config = prepare(job, &dir)?;
+    let resume = match resume {
+        Resume::No => false,
+        Resume::Yes => true,
+        Resume::IfCheckpoints => dir.checkpoints().is_dir(),
+    };
+    let summary = chatforge_train::train(&config, run, resume, on_event, stop)?;
+    let (metrics, eval_error) = if evaluate {
+        match evaluate_run(&config, run) {
+            Ok(m) => (Some(m), None),
+            Err(e) => (None, Some(e.to_string())),
+        }
+    } else {
+        (None, None)
+    };
+    Ok(Outcome {
+        summary,
+        metrics,
+        eval_error,
+    })
+}
+
+/// Evaluates a finished run's best checkpoint, on the conversations its validation shard was made
+/// from (found through the shard's sidecar) and the default test prompts; loss on the assistant's
+/// tokens unless the run pre-trained. Writes `eval/metrics.json`.
+pub fn evaluate_run(cfg: &TrainConfig, run: &Path) -> Result<Metrics> {
+    use chatforge_infer::{Checkpoint, LoadedModel, WeightType};
+    let m = LoadedModel::open(run, &Checkpoint::Best, None, WeightType::F32)?;
+    let loss_on = match cfg.train.mode {
+        Mode::Pretrain => LossOn::All,
+        _ => LossOn::Assistant,
+    };
+    let (metrics, _) = chatforge_infer::eval::evaluate_run(&m, cfg.train.val.as_deref(), loss_on)?;
+    Ok(metrics)
+}
+
+/// The config a run was trained with, from its manifest (`None` for a run without one).
+pub fn run_config(run: &Path) -> Option<TrainConfig> {
+    let text = std::fs::read_to_string(RunDir::new(run).manifest()).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    serde_json::from_value(v["config"].clone()).ok()
+}
