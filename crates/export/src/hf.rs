@@ -56,8 +56,8 @@ pub(crate) fn write_side_files(src: &ModelSource, dir: &Path) -> Result<()> {
     let mut config = src.config.to_hf();
     config["bos_token_id"] = json!(ids.bos);
     config["eos_token_id"] = json!(ids.eos);
-    write_json(&dir.join("config.json"), &config)?;
-    let path = dir.join("tokenizer.json");
+    write_json(&dir.join(chatforge_run::CONFIG_FILE), &config)?;
+    let path = dir.join(chatforge_run::TOKENIZER_FILE);
     std::fs::write(&path, tok.to_json()?).map_err(io_err(&path))?;
     let unk = tok
         .inner()

@@ -174,10 +174,10 @@ fn make_manifest(
     })
     .collect();
     let run_manifest = (src.kind == ModelKind::Run)
-        .then(|| std::fs::read_to_string(src.root.join("manifest.json")).ok())
+        .then(|| std::fs::read_to_string(chatforge_run::RunDir::new(&src.root).manifest()).ok())
         .flatten()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
-    let state = std::fs::read_to_string(src.weights_dir.join("state.json"))
+    let state = std::fs::read_to_string(src.weights_dir.join(chatforge_run::STATE_FILE))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
     Ok(serde_json::json!({

@@ -366,7 +366,7 @@ pub fn write_metrics(dir: &Path, metrics: &Metrics) -> Result<std::path::PathBuf
 /// Reads the metrics of a run (`run/eval/metrics.json`), a folder holding `metrics.json`, or the file.
 pub fn read_metrics(path: &Path) -> Result<Metrics> {
     let file = [
-        path.join("eval").join("metrics.json"),
+        chatforge_run::RunDir::new(path).metrics(),
         path.join("metrics.json"),
         path.to_path_buf(),
     ]

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use chatforge_model::lora::is_adapter_dir;
 use chatforge_model::{GptConfig, Weights};
+use chatforge_run::RunDir;
 pub use chatforge_run::source::{Checkpoint, ModelKind, ModelSource, checkpoints, resolve};
 use chatforge_run::source::{declares_chat_template, find_adapter, with_adapter};
 use chatforge_tokenizer::{ChatTokenizer, Template};
@@ -55,7 +56,8 @@ impl LoadedModel {
     ) -> Result<LoadedModel> {
         let src = ModelSource::open(path, checkpoint, tokenizer, adapter)?;
         let engine = Engine::new(&src.config, &src.merged()?, weight_type)?;
-        let keep_base = src.kind == ModelKind::Run && path.join("adapters").is_dir() || src.adapter.is_some();
+        let keep_base =
+            src.kind == ModelKind::Run && RunDir::new(path).adapters().is_dir() || src.adapter.is_some();
         let chat = src.kind != ModelKind::Hf
             || matches!(src.tokenizer.template(), Template::Chat { .. })
             || declares_chat_template(path);
@@ -98,7 +100,7 @@ impl LoadedModel {
 
     /// Adapter names in the run's `adapters/`.
     pub fn adapter_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.root.join("adapters"))
+        let mut names: Vec<String> = std::fs::read_dir(RunDir::new(&self.root).adapters())
             .into_iter()
             .flatten()
             .flatten()
@@ -113,7 +115,7 @@ impl LoadedModel {
     pub fn eval_dir(&self) -> PathBuf {
         match self.kind {
             ModelKind::Gguf => self.root.with_extension("eval"),
-            _ => self.root.join("eval"),
+            _ => RunDir::new(&self.root).eval(),
         }
     }
 }

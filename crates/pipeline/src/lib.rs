@@ -74,9 +74,10 @@ pub fn tokenizer_file(tok: &Path) -> PathBuf {
 }
 
 /// Puts the job's inputs into the run: its tokenizer as `tokenizer.json`, and conversation files
-/// (`.jsonl`) tokenized into `data/train.bin` and `data/val.bin` (once: a resumed attempt finds
-/// them). Returns the config that trains on what the run now holds.
-pub fn prepare(job: &TrainJob, run: &RunDir) -> Result<TrainConfig> {
+/// (`.jsonl`) tokenized into `data/train.bin` and `data/val.bin`. With `reuse`, shards already
+/// there are kept (a resumed run trains on what it started with). Returns the config that trains
+/// on what the run now holds.
+pub fn prepare(job: &TrainJob, run: &RunDir, reuse: bool) -> Result<TrainConfig> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| Error::Io { path, source }
@@ -94,7 +95,7 @@ pub fn prepare(job: &TrainJob, run: &RunDir) -> Result<TrainConfig> {
         let Some(path) = slot.clone().filter(|p| is_conversations(p)) else {
             continue;
         };
-        if !shard.is_file() {
+        if !(reuse && shard.is_file()) {
             let tok = job.tokenizer.as_deref().ok_or_else(|| {
                 Error::Invalid(format!(
                     "{}: conversations need a tokenizer to be tokenized with (--tokenizer)",
@@ -121,12 +122,12 @@ pub fn train_run(
     stop: &AtomicBool,
 ) -> Result<Outcome> {
     let dir = RunDir::new(run);
-    let config = prepare(job, &dir)?;
     let resume = match resume {
         Resume::No => false,
         Resume::Yes => true,
         Resume::IfCheckpoints => dir.checkpoints().is_dir(),
     };
+    let config = prepare(job, &dir, resume)?;
     let summary = chatforge_train::train(&config, run, resume, on_event, stop)?;
     let (metrics, eval_error) = if evaluate {
         match evaluate_run(&config, run) {

@@ -241,7 +241,7 @@ impl TrainRequest {
             None => None,
             Some(tok) => {
                 let by_id = match Area::Tokenizers.dir(root, tok) {
-                    Ok(d) => Some(d.join("tokenizer.json")).filter(|p| p.is_file()),
+                    Ok(d) => Some(d.join(chatforge_run::TOKENIZER_FILE)).filter(|p| p.is_file()),
                     // A valid id whose directory leads out of the data root.
                     Err(Error::BadPath(m)) if crate::paths::check_id(tok).is_ok() => {
                         return Err(Error::BadPath(format!("tokenizer: {m}")));
@@ -252,7 +252,7 @@ impl TrainRequest {
                     Some(p) => p,
                     None => {
                         let p = existing(root, tok, "tokenizer")?;
-                        if p.is_dir() { p.join("tokenizer.json") } else { p }
+                        chatforge_pipeline::tokenizer_file(&p)
                     }
                 })
             }

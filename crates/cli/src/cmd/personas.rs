@@ -7,7 +7,7 @@ use chatforge_data::personas::{
     ExampleOptions, PersonaEntry, PersonaRun, Registry, Strategy, Targets, build_examples, discover, slug,
 };
 use chatforge_data::{Conversation, Shard, read_jsonl, write_jsonl};
-use chatforge_tokenizer::{ChatTokenizer, RenderOptions, tokenize_file};
+use chatforge_run::RunDir;
 use chatforge_train::TrainConfig;
 use clap::{Args, Subcommand};
 
@@ -238,37 +238,26 @@ fn example_sets(
 }
 
 /// Examples → `dir/{train,val}.jsonl` → `dir/{train,val}.bin`; returns the shards.
-fn prepare(
-    dir: &Path,
-    tok: &ChatTokenizer,
+/// Writes a persona run's examples into the run's `data/` as conversations, which training
+/// tokenizes (`chatforge_pipeline::prepare`).
+fn write_examples(
+    run: &RunDir,
     train: &[Conversation],
     val: Option<&[Conversation]>,
 ) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
-    let mut shards = Vec::new();
-    for (name, convs) in [("train", Some(train)), ("val", val)] {
-        let Some(convs) = convs.filter(|c| !c.is_empty()) else {
-            continue;
-        };
-        let jsonl = dir.join(format!("{name}.jsonl"));
-        write_jsonl(&jsonl, convs)?;
-        let shard = dir.join(format!("{name}.bin"));
-        let r = tokenize_file(&jsonl, tok, &RenderOptions::default(), &shard)?;
-        say!(
-            "{}: {} examples → {} tokens ({} carry loss)",
-            shard.display(),
-            r.conversations,
-            r.tokens,
-            r.loss_tokens
-        );
-        shards.push((name, shard));
+    if train.is_empty() {
+        bail!("no training examples");
     }
-    let train = shards
-        .iter()
-        .find(|(n, _)| *n == "train")
-        .map(|(_, p)| p.clone())
-        .context("no training examples")?;
-    let val = shards.into_iter().find(|(n, _)| *n == "val").map(|(_, p)| p);
-    Ok((train, val))
+    let path = |name: &str| run.data().join(format!("{name}.jsonl"));
+    write_jsonl(&path("train"), train)?;
+    let val = match val.filter(|v| !v.is_empty()) {
+        Some(v) => {
+            write_jsonl(&path("val"), v)?;
+            Some(path("val"))
+        }
+        None => None,
+    };
+    Ok((path("train"), val))
 }
 
 /// `train --persona-strategy`: `train.data` / `train.val` are imported chat conversations (JSONL);
@@ -284,7 +273,8 @@ pub fn train(
         .tokenizer
         .as_deref()
         .context("--persona-strategy tokenizes the conversations for training: give --tokenizer")?;
-    let tok = super::data::load_tokenizer(tok_path)?;
+    // Loaded once here so a bad tokenizer fails before anything is built; training tokenizes.
+    super::data::load_tokenizer(tok_path)?;
     let data =
         cfg.train.data.clone().context(
             "no training data: --data CONVERSATIONS.jsonl (from `data import --format chat-export`)",
@@ -322,7 +312,7 @@ pub fn train(
                 train_set.len(),
                 threads.len()
             );
-            let (train_shard, val_shard) = prepare(&out.join("data"), &tok, train_set, val_set)?;
+            let (train_shard, val_shard) = write_examples(&RunDir::new(out), train_set, val_set)?;
             cfg.train.data = Some(train_shard);
             cfg.train.val = val_shard;
             if strategy == Strategy::Instruction {
@@ -332,16 +322,9 @@ pub fn train(
             super::train::run_training(&cfg, out, args.resume, Some(tok_path), !args.no_eval)?;
             Ok(())
         }
-        Strategy::Adapters => train_adapters(
-            cfg,
-            &threads,
-            val_threads.as_deref(),
-            &tok,
-            tok_path,
-            out,
-            args,
-            record,
-        ),
+        Strategy::Adapters => {
+            train_adapters(cfg, &threads, val_threads.as_deref(), tok_path, out, args, record)
+        }
     }
 }
 
@@ -356,12 +339,10 @@ fn persona_entries(reg: &Registry, trained: Option<&[String]>) -> Vec<PersonaEnt
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
 fn train_adapters(
     mut cfg: TrainConfig,
     threads: &[Conversation],
     val_threads: Option<&[Conversation]>,
-    tok: &ChatTokenizer,
     tok_path: &Path,
     out: &Path,
     args: &super::train::TrainArgs,
@@ -384,8 +365,8 @@ fn train_adapters(
     let enabled: Vec<_> = reg.enabled().cloned().collect();
     for (i, p) in enabled.iter().enumerate() {
         let name = slug(&p.name);
-        let sub = out.join("personas").join(&name);
-        let adapter = out.join("adapters").join(&name);
+        let sub = RunDir::new(out).persona(&name);
+        let adapter = RunDir::new(out).adapter(&name);
         say!(
             "\n── persona {}/{}: {} ({}) ──",
             i + 1,
@@ -406,17 +387,18 @@ fn train_adapters(
         let val = val_threads.map(|v| build_examples(v, Targets::Only(p), &opts));
         say!("{} training examples", examples.len());
         // A fresh run starts clean; --resume continues this persona's checkpoints.
-        let resume = args.resume && sub.join("checkpoints").is_dir();
-        if !resume && sub.exists() {
-            std::fs::remove_dir_all(&sub).with_context(|| format!("clearing {}", sub.display()))?;
+        let resume = args.resume && sub.checkpoints().is_dir();
+        if !resume && sub.root().exists() {
+            std::fs::remove_dir_all(sub.root())
+                .with_context(|| format!("clearing {}", sub.root().display()))?;
         }
-        let (train_shard, val_shard) = prepare(&sub.join("data"), tok, &examples, val.as_deref())?;
+        let (train_shard, val_shard) = write_examples(&sub, &examples, val.as_deref())?;
         let mut pcfg = cfg.clone();
         pcfg.train.data = Some(train_shard);
         pcfg.train.val = val_shard;
         pcfg.train.adapter_name = Some(name.clone());
-        super::train::run_training(&pcfg, &sub, resume, Some(tok_path), false)?;
-        let src = sub.join("adapters").join(&name);
+        super::train::run_training(&pcfg, sub.root(), resume, Some(tok_path), false)?;
+        let src = sub.adapter(&name);
         chatforge_data::atomic_dir(&adapter, |tmp| -> anyhow::Result<()> {
             for f in ["adapter_config.json", "adapter_model.safetensors"] {
                 std::fs::copy(src.join(f), tmp.join(f))
@@ -431,12 +413,8 @@ fn train_adapters(
         bail!("no persona had data to train an adapter on");
     }
     std::fs::copy(
-        if tok_path.is_dir() {
-            tok_path.join("tokenizer.json")
-        } else {
-            tok_path.to_path_buf()
-        },
-        out.join("tokenizer.json"),
+        chatforge_pipeline::tokenizer_file(tok_path),
+        RunDir::new(out).tokenizer(),
     )
     .context("copying the tokenizer into the run")?;
     record.base = Some(base.clone());
@@ -445,7 +423,7 @@ fn train_adapters(
     say!(
         "\n{} adapters in {}; chat with `chatforge chat --model {}` and `/persona NAME`",
         trained.len(),
-        out.join("adapters").display(),
+        RunDir::new(out).adapters().display(),
         out.display()
     );
     Ok(())

@@ -2,6 +2,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use chatforge_data::Shard;
+use chatforge_run::RunDir;
 use chatforge_tokenizer::{ChatTokenizer, RenderOptions, TokenizerKind, tokenize_file};
 use chatforge_train::{Mode, TrainConfig, unigram_baseline};
 use clap::Args;
@@ -24,7 +25,8 @@ pub struct PipelineArgs {
 
 pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let data_dir = args.out.join("data");
+    let run = RunDir::new(&args.out);
+    let data_dir = run.data();
     let train_jsonl = data_dir.join("train.jsonl");
     say!("── 1/5 import {} ──", args.data.display());
     import_cmd(&ImportArgs {
@@ -61,11 +63,10 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
 
     say!("\n── 3/5 tokenize ──");
     let tok = ChatTokenizer::load(&tok_dir)?;
-    for (name, jsonl) in [
-        ("train", train_jsonl.clone()),
-        ("val", data_dir.join("train.val.jsonl")),
+    for (shard, jsonl) in [
+        (run.train_shard(), train_jsonl.clone()),
+        (run.val_shard(), data_dir.join("train.val.jsonl")),
     ] {
-        let shard = data_dir.join(format!("{name}.bin"));
         let r = tokenize_file(&jsonl, &tok, &RenderOptions::default(), &shard)?;
         say!(
             "{}: {} conversations → {} tokens ({} carry loss)",
@@ -85,21 +86,20 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
         }
     );
     let mut cfg: TrainConfig = toml::from_str(if args.quick { TINY } else { SMALL })?;
-    cfg.train.data = Some(data_dir.join("train.bin"));
-    cfg.train.val = Some(data_dir.join("val.bin"));
+    cfg.train.data = Some(run.train_shard());
+    cfg.train.val = Some(run.val_shard());
     // A fresh run: earlier checkpoints of this directory would otherwise be resumed or pruned against.
-    for old in ["checkpoints", "best"] {
-        let p = args.out.join(old);
+    for p in [run.checkpoints(), run.best()] {
         if p.exists() {
             std::fs::remove_dir_all(&p)?;
         }
     }
-    let _ = std::fs::remove_file(args.out.join("logs.jsonl"));
+    let _ = std::fs::remove_file(run.logs());
     let summary = super::train::run_training(&cfg, &args.out, false, Some(&tok_dir), false)?.summary;
 
     say!("\n── 5/5 evaluate ──");
-    let train_shard = Shard::open(&data_dir.join("train.bin"))?;
-    let val_shard = Shard::open(&data_dir.join("val.bin"))?;
+    let train_shard = Shard::open(&run.train_shard())?;
+    let val_shard = Shard::open(&run.val_shard())?;
     let baseline = unigram_baseline(&train_shard, &val_shard, Mode::Sft);
     let best = summary.best_val_loss.unwrap_or(f64::NAN);
     say!(

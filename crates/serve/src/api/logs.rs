@@ -13,6 +13,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiResult, AppState, QueryArgs, blocking, job_for, off_thread, run_dir};
+use chatforge_run::RunDir;
+
 use crate::Error;
 use crate::logs::{EventId, Follower, From as LogFrom};
 use crate::store::{JobKind, JobState};
@@ -38,7 +40,7 @@ async fn run_logs(
     QueryArgs(q): QueryArgs<TailQuery>,
 ) -> ApiResult<Response> {
     job_for(&st, &id, JobKind::Train).await?;
-    let path = run_dir(&st, &id)?.join("logs.jsonl");
+    let path = RunDir::new(run_dir(&st, &id)?).logs();
     let tail = q.tail.unwrap_or(200).min(10_000);
     let lines = off_thread(move || {
         let mut f = Follower::new(&path, LogFrom::Tail(tail));
@@ -74,7 +76,7 @@ async fn run_log_stream(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let job = job_for(&st, &id, JobKind::Train).await?;
-    let path = run_dir(&st, &id)?.join("logs.jsonl");
+    let path = RunDir::new(run_dir(&st, &id)?).logs();
     let from = match headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

@@ -20,6 +20,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, JsonBody};
+use chatforge_run::RunDir;
+
 use crate::paths::Area;
 
 #[derive(Deserialize)]
@@ -111,7 +113,7 @@ pub async fn chat_completions(
     let dir = Area::Runs
         .dir(&st.cfg.data_root, &req.model)
         .map_err(|_| invalid(format!("model: {:?} is not a run id", req.model)))?;
-    if !dir.join("best").is_dir() && chatforge_infer::source::checkpoints(&dir).is_empty() {
+    if !RunDir::new(&dir).best().is_dir() && chatforge_infer::source::checkpoints(&dir).is_empty() {
         return Err(ApiError::NotFound(format!("no trained run {:?}", req.model)));
     }
     let (last, history) = req

@@ -15,6 +15,8 @@ use super::{
     ApiError, ApiResult, AppState, JsonBody, QueryArgs, blocking, enqueue, job_for, job_json, not_found,
     off_thread, read_json, run_dir, scrubbed,
 };
+use chatforge_run::RunDir;
+
 use crate::jobs::{ExportRequest, Spec, TrainRequest};
 use crate::now;
 use crate::paths::scrub;
@@ -106,7 +108,7 @@ async fn resume_run(State(st): State<AppState>, UrlPath(id): UrlPath<String>) ->
 /// A run that finished training (evaluation and export need its best checkpoint).
 async fn finished_run(st: &AppState, id: &str) -> ApiResult<Job> {
     let job = job_for(st, id, JobKind::Train).await?;
-    if job.state != JobState::Succeeded && !run_dir(st, id)?.join("best").is_dir() {
+    if job.state != JobState::Succeeded && !RunDir::new(run_dir(st, id)?).best().is_dir() {
         return Err(ApiError::Conflict(format!(
             "the run is {} and has no best checkpoint yet",
             job.state.as_str()

@@ -39,7 +39,7 @@ async fn get_tokenizer(State(st): State<AppState>, UrlPath(id): UrlPath<String>)
     let mut v = job_json(&st, &job, "id");
     v["stats"] = json!(stats);
     v["artifact"] = json!(
-        dir.join("tokenizer.json")
+        dir.join(chatforge_run::TOKENIZER_FILE)
             .is_file()
             .then(|| format!("tokenizers/{id}/tokenizer.json"))
     );
