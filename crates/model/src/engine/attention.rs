@@ -206,7 +206,7 @@ pub(super) fn tile_softmax(
 
 /// Backward of attention for every (row, head), tile by tile: `dqkv` from `datty` (the gradient
 /// of the attention's output) and qkv, with the weights made again from the kept softmax `stats`.
-/// `scratch` as in [`TrainEngine::attention_fwd`].
+/// `scratch` as in [`attention_fwd`].
 #[inline]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attention_bwd(
@@ -394,85 +394,83 @@ pub(super) fn attention_bwd(
     });
 }
 
-impl TrainEngine {
-    /// Per (row, head): causal softmax(q·kᵀ/√d) over the row's segment, times v, tile by tile
-    /// ([`Tile`]): only the causal triangle of each segment's block is computed. The weights are
-    /// not kept: `stats` gets each row's softmax maximum and `1/sum` (2 values per row), from which
-    /// backward makes the same weights again. `scratch` holds a pair of `(t, t)` matrices per
-    /// group of tasks ([`per_head`]); with dropout v is multiplied by the weights' dropped-out copy.
-    #[inline]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn attention_fwd(
-        &self,
-        stats_all: &mut [f32],
-        atty_all: &mut [f32],
-        qkv: &[f32],
-        batch: &StepBatch<'_>,
-        scratch: &mut [f32],
-        mask: Option<&Mask>,
-    ) {
-        let t = batch.t;
-        let (c, h) = (self.cfg.n_embd, self.cfg.n_head);
-        let d = c / h;
-        let (qkv_len, atty_len, tt) = (qkv.len(), atty_all.len(), t * t);
-        let atty = SendPtr(atty_all.as_mut_ptr());
-        let stats_ptr = SendPtr(stats_all.as_mut_ptr());
-        assert_eq!(stats_all.len(), batch.b * h * t * 2, "attention stats");
-        per_head(scratch, tt, batch.b * h, |bh, p, pd| {
-            let (bi, hi) = (bh / h, bh % h);
-            let row0 = bi * t;
-            let seg = &batch.segments[row0..row0 + t];
-            let (tiles, general) = &self.row_tiles[bi];
-            #[allow(unsafe_code)]
-            // SAFETY: rows `bh·t..(bh+1)·t` of the stats belong to this task alone.
-            let stats = unsafe { std::slice::from_raw_parts_mut(stats_ptr.get().add(bh * t * 2), t * 2) };
-            for &tile in tiles {
-                let (m, nc) = (tile.r1 - tile.r0, tile.r1 - tile.s);
-                let pv = View::rows(tile.r0 * t + tile.s, m, nc, t);
-                tile_weights(
-                    p,
-                    qkv,
-                    (row0, hi, t),
-                    (c, d),
-                    (tile, *general, seg),
-                    Stats::Write(&mut *stats),
-                );
-                // The weights v is multiplied by: the softmax's, or their dropped-out copy.
-                let weights: &[f32] = match mask {
-                    Some(mk) => {
-                        dropped_weights(pd, p, mk, bh * tt, t, tile);
-                        pd
-                    }
-                    None => p,
-                };
-                #[allow(unsafe_code)]
-                // SAFETY: the output block (this tile's rows of this batch row, this head's
-                // columns) belongs to this task alone; `weights` and `qkv` are read only.
-                unsafe {
-                    gemm_raw(
-                        Out {
-                            ptr: atty.get(),
-                            len: atty_len,
-                            view: View::rows((row0 + tile.r0) * c + hi * d, m, d, c),
-                        },
-                        In {
-                            ptr: weights.as_ptr(),
-                            len: tt,
-                            view: pv,
-                        },
-                        In {
-                            ptr: qkv.as_ptr(),
-                            len: qkv_len,
-                            view: View::rows((row0 + tile.s) * 3 * c + 2 * c + hi * d, nc, d, 3 * c),
-                        },
-                        Gemm {
-                            acc: false,
-                            beta: 1.0,
-                            par: false,
-                        },
-                    );
+/// Per (row, head): causal softmax(q·kᵀ/√d) over the row's segment, times v, tile by tile
+/// ([`Tile`]): only the causal triangle of each segment's block is computed. The weights are
+/// not kept: `stats` gets each row's softmax maximum and `1/sum` (2 values per row), from which
+/// backward makes the same weights again. `scratch` holds a pair of `(t, t)` matrices per
+/// group of tasks ([`per_head`]); with dropout v is multiplied by the weights' dropped-out copy.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attention_fwd(
+    (c, h): (usize, usize),
+    row_tiles: &[(Vec<Tile>, bool)],
+    stats_all: &mut [f32],
+    atty_all: &mut [f32],
+    qkv: &[f32],
+    batch: &StepBatch<'_>,
+    scratch: &mut [f32],
+    mask: Option<&Mask>,
+) {
+    let t = batch.t;
+    let d = c / h;
+    let (qkv_len, atty_len, tt) = (qkv.len(), atty_all.len(), t * t);
+    let atty = SendPtr(atty_all.as_mut_ptr());
+    let stats_ptr = SendPtr(stats_all.as_mut_ptr());
+    assert_eq!(stats_all.len(), batch.b * h * t * 2, "attention stats");
+    per_head(scratch, tt, batch.b * h, |bh, p, pd| {
+        let (bi, hi) = (bh / h, bh % h);
+        let row0 = bi * t;
+        let seg = &batch.segments[row0..row0 + t];
+        let (tiles, general) = &row_tiles[bi];
+        #[allow(unsafe_code)]
+        // SAFETY: rows `bh·t..(bh+1)·t` of the stats belong to this task alone.
+        let stats = unsafe { std::slice::from_raw_parts_mut(stats_ptr.get().add(bh * t * 2), t * 2) };
+        for &tile in tiles {
+            let (m, nc) = (tile.r1 - tile.r0, tile.r1 - tile.s);
+            let pv = View::rows(tile.r0 * t + tile.s, m, nc, t);
+            tile_weights(
+                p,
+                qkv,
+                (row0, hi, t),
+                (c, d),
+                (tile, *general, seg),
+                Stats::Write(&mut *stats),
+            );
+            // The weights v is multiplied by: the softmax's, or their dropped-out copy.
+            let weights: &[f32] = match mask {
+                Some(mk) => {
+                    dropped_weights(pd, p, mk, bh * tt, t, tile);
+                    pd
                 }
+                None => p,
+            };
+            #[allow(unsafe_code)]
+            // SAFETY: the output block (this tile's rows of this batch row, this head's
+            // columns) belongs to this task alone; `weights` and `qkv` are read only.
+            unsafe {
+                gemm_raw(
+                    Out {
+                        ptr: atty.get(),
+                        len: atty_len,
+                        view: View::rows((row0 + tile.r0) * c + hi * d, m, d, c),
+                    },
+                    In {
+                        ptr: weights.as_ptr(),
+                        len: tt,
+                        view: pv,
+                    },
+                    In {
+                        ptr: qkv.as_ptr(),
+                        len: qkv_len,
+                        view: View::rows((row0 + tile.s) * 3 * c + 2 * c + hi * d, nc, d, 3 * c),
+                    },
+                    Gemm {
+                        acc: false,
+                        beta: 1.0,
+                        par: false,
+                    },
+                );
             }
-        });
-    }
+        }
+    });
 }

@@ -198,50 +198,59 @@ impl TrainEngine {
             }
             None => (params, offsets, Vec::new(), false),
         };
-        Ok(TrainEngine {
+        let model = Model {
+            cfg: cfg.clone(),
             b,
             t,
-            grads: z(trainable.len()),
-            offsets,
             base,
             frozen,
-            wq: if quant.is_empty() {
-                Vec::new()
-            } else {
-                z(4 * c * c)
-            },
             quant,
-            du: z(n * rank),
-            p: cfg.dropout,
-            lora_p,
-            emb_mask: None,
-            masks: vec![LayerMasks::default(); cfg.n_layer],
-            dmask: if cfg.dropout > 0.0 { z(n * c) } else { Vec::new() },
-            xdrop: if lora_p > 0.0 && layers.iter().any(|l| l.ad.iter().any(Option::is_some)) {
-                z(n * 4 * c)
-            } else {
-                Vec::new()
-            },
             wte,
             wpe,
             layers,
             lnf_w,
             lnf_b,
             head,
-            x0: z(n * c),
-            acts,
-            work: None,
-            lnf: z(n * c),
-            lnf_stats: vec![(0.0, 0.0); n],
-            logits: z(n * v),
+            p: cfg.dropout,
+            lora_p,
+        };
+        let scratch = Scratch {
+            wq: if model.quant.is_empty() {
+                Vec::new()
+            } else {
+                z(4 * c * c)
+            },
+            xdrop: if lora_p > 0.0 && model.layers.iter().any(|l| l.ad.iter().any(Option::is_some)) {
+                z(n * 4 * c)
+            } else {
+                Vec::new()
+            },
+            att: z(2 * t * t * (b * h).min(rayon::current_num_threads()).max(1)),
             dres: z(n * c),
             dwide: z(n * 4 * c),
             dnarrow: z(n * c),
             dqkv: z(n * 3 * c),
-            ascratch: z(2 * t * t * (b * h).min(rayon::current_num_threads()).max(1)),
+            du: z(n * rank),
+            dmask: if cfg.dropout > 0.0 { z(n * c) } else { Vec::new() },
+        };
+        let acts = Acts {
+            x0: z(n * c),
+            layers: acts,
+            work: None,
+            lnf: z(n * c),
+            lnf_stats: vec![(0.0, 0.0); n],
+            logits: z(n * v),
             row_tiles: Vec::new(),
+            emb_mask: None,
+            masks: vec![LayerMasks::default(); cfg.n_layer],
+        };
+        Ok(TrainEngine {
+            grads: z(trainable.len()),
             params: trainable,
-            cfg: cfg.clone(),
+            offsets,
+            model,
+            acts,
+            scratch,
         })
     }
 }

@@ -43,7 +43,7 @@ impl Mask {
     }
 }
 
-/// The dropout sites of one block, in the order the autograd path draws them.
+/// The dropout sites of one block, in the order they are drawn.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct LayerMasks {
     /// The inputs of the four adapters (c_attn, attn.c_proj, c_fc, mlp.c_proj).
@@ -110,31 +110,35 @@ pub(super) fn dropped_weights(pd: &mut [f32], p: &[f32], m: &Mask, at: usize, t:
     })
 }
 
-impl TrainEngine {
-    /// Places this micro-batch's dropout sites in the stream, in the autograd path's order:
-    /// the embeddings, then per block c_attn's adapter input, the attention weights,
-    /// attn.c_proj's adapter input, the attention's output, c_fc's and mlp.c_proj's adapter
-    /// inputs, and the MLP's output.
-    #[inline]
-    pub(super) fn draw_masks(&mut self, rng: &mut Rng, b: usize, t: usize) {
-        let (c, h, n) = (self.cfg.n_embd, self.cfg.n_head, b * t);
-        let (p, lp) = (self.p, self.lora_p);
-        self.emb_mask = Mask::take(rng, p, n * c);
-        for (m, layer) in self.masks.iter_mut().zip(&self.layers) {
-            let adapter =
-                |k: usize, rng: &mut Rng, len: usize| layer.ad[k].and_then(|_| Mask::take(rng, lp, len));
-            let ad0 = adapter(0, rng, n * c);
-            let att = Mask::take(rng, p, b * h * t * t);
-            let ad1 = adapter(1, rng, n * c);
-            let res0 = Mask::take(rng, p, n * c);
-            let ad2 = adapter(2, rng, n * c);
-            let ad3 = adapter(3, rng, n * 4 * c);
-            let res1 = Mask::take(rng, p, n * c);
-            *m = LayerMasks {
-                ad: [ad0, ad1, ad2, ad3],
-                att,
-                res: [res0, res1],
-            };
-        }
+/// Places this micro-batch's dropout sites in the stream, in the oracle's order: the
+/// embeddings, then per block c_attn's adapter input, the attention weights, attn.c_proj's
+/// adapter input, the attention's output, c_fc's and mlp.c_proj's adapter inputs, and the MLP's
+/// output.
+#[inline]
+pub(super) fn draw_masks(m: &Model, acts: &mut Acts, rng: &mut Rng, b: usize, t: usize) {
+    let (c, h, n) = (m.cfg.n_embd, m.cfg.n_head, b * t);
+    let (p, lp) = (m.p, m.lora_p);
+    acts.emb_mask = Mask::take(rng, p, n * c);
+    for (masks, layer) in acts.masks.iter_mut().zip(&m.layers) {
+        let adapter =
+            |k: usize, rng: &mut Rng, len: usize| layer.ad[k].and_then(|_| Mask::take(rng, lp, len));
+        let ad0 = adapter(0, rng, n * c);
+        let att = Mask::take(rng, p, b * h * t * t);
+        let ad1 = adapter(1, rng, n * c);
+        let res0 = Mask::take(rng, p, n * c);
+        let ad2 = adapter(2, rng, n * c);
+        let ad3 = adapter(3, rng, n * 4 * c);
+        let res1 = Mask::take(rng, p, n * c);
+        *masks = LayerMasks {
+            ad: [ad0, ad1, ad2, ad3],
+            att,
+            res: [res0, res1],
+        };
     }
+}
+
+/// An adapter's input dropout at block site `k`, with the scratch its dropped-out input goes to.
+#[inline]
+pub(super) fn drop_in<'a>(masks: &'a LayerMasks, k: usize, xdrop: &'a mut [f32]) -> DropIn<'a> {
+    masks.ad[k].as_ref().map(|m| (m, xdrop))
 }

@@ -11,7 +11,7 @@ pub(super) struct Lin {
     pub(super) w: usize,
     pub(super) b: Option<usize>,
     pub(super) ad: Option<Adapter>,
-    /// The weight's index in `TrainEngine::quant` (QLoRA), instead of `w`.
+    /// The weight's index in `Model::quant` (QLoRA), instead of `w`.
     pub(super) q: Option<usize>,
 }
 
@@ -81,16 +81,15 @@ pub(super) fn weight_of<'a>(
 }
 
 /// An adapter's input dropout: its mask and scratch for the dropped-out input.
-type DropIn<'a> = Option<(&'a Mask, &'a mut [f32])>;
+pub(super) type DropIn<'a> = Option<(&'a Mask, &'a mut [f32])>;
 
 /// `out = x·W + b`, plus `scale · (x·Aᵀ)·Bᵀ` with an adapter (`x·Aᵀ` kept in `u` for backward;
 /// with `drop`, `x` dropped out first).
 #[inline]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn linear_fwd(
-    wts: &[f32],
-    (quant, wq): (&[QuantWeight], &mut [f32]),
-    trainable: &[f32],
+    w: &Params<'_>,
+    wq: &mut [f32],
     out: &mut [f32],
     x: &[f32],
     n: usize,
@@ -99,8 +98,9 @@ pub(super) fn linear_fwd(
     drop: DropIn<'_>,
 ) {
     let (i, o) = (lin.n_in, lin.n_out);
+    let (wts, trainable) = (w.wts, w.trainable);
     fill_bias(out, lin.b.map(|b| &wts[b..b + o]), o);
-    let (wbuf, wv) = weight_of(wts, quant, wq, lin);
+    let (wbuf, wv) = weight_of(wts, w.quant, wq, lin);
     mm(
         out,
         View::rows(0, n, o, o),
@@ -144,119 +144,127 @@ pub(super) fn linear_fwd(
     }
 }
 
-/// Backward of [`linear_fwd`]: `dx = dy·Wᵀ (+ du·A)`; a trainable model's `dW += xᵀ·dy`,
-/// `db += Σ dy`; an adapter's `dB += scale·dyᵀ·u` and `dA += duᵀ·x`, where `du = scale·dy·B`
-/// (with `drop`, `x` is the dropped-out input and `du·A` goes through the mask).
-#[inline]
-#[allow(clippy::too_many_arguments)]
-pub(super) fn linear_bwd(
-    wts: &[f32],
-    (quant, wq): (&[QuantWeight], &mut [f32]),
-    trainable: &[f32],
-    grads: &mut [f32],
-    frozen: bool,
-    dx: &mut [f32],
-    dy: &[f32],
-    x: &[f32],
-    n: usize,
-    lin: Lin,
-    u: &[f32],
-    du: &mut [f32],
-    drop: DropIn<'_>,
-) {
-    let (i, o) = (lin.n_in, lin.n_out);
-    if !frozen {
-        if let Some(b) = lin.b {
-            bias_grad(&mut grads[b..b + o], dy, o);
-        }
-        mm(
-            grads,
-            View::rows(lin.w, i, o, o),
-            x,
-            View::rows(0, n, i, i).t(),
-            dy,
-            View::rows(0, n, o, o),
-            true,
-        );
-    }
-    let (wbuf, wv) = weight_of(wts, quant, wq, lin);
-    mm(
-        dx,
-        View::rows(0, n, i, i),
-        dy,
-        View::rows(0, n, o, o),
-        wbuf,
-        wv.t(),
-        false,
-    );
-    if let Some(ad) = lin.ad {
-        let r = ad.r;
-        gemm(
-            grads,
-            View::rows(ad.b, o, r, r),
-            dy,
-            View::rows(0, n, o, o).t(),
-            u,
-            View::rows(0, n, r, r),
-            Gemm {
-                acc: true,
-                beta: ad.scale,
-                par: true,
-            },
-        );
-        gemm(
-            du,
-            View::rows(0, n, r, r),
-            dy,
-            View::rows(0, n, o, o),
-            trainable,
-            View::rows(ad.b, o, r, r),
-            Gemm {
-                acc: false,
-                beta: ad.scale,
-                par: true,
-            },
-        );
-        let mut drop = drop;
-        let xa: &[f32] = match drop.as_mut() {
-            Some((m, xd)) => {
-                apply_mask(&mut xd[..n * i], Some(x), m, false);
-                &xd[..]
+/// Where backward writes: the trainable parameters' gradients, and the scratch a linear layer's
+/// backward needs (a dequantised weight, an adapter's `du`), for a micro-batch of `n` positions.
+pub(super) struct Grads<'a> {
+    pub(super) w: Params<'a>,
+    pub(super) n: usize,
+    pub(super) grads: &'a mut [f32],
+    pub(super) wq: &'a mut [f32],
+    pub(super) du: &'a mut [f32],
+}
+
+impl Grads<'_> {
+    /// Backward of [`linear_fwd`]: `dx = dy·Wᵀ (+ du·A)`; a trainable model's `dW += xᵀ·dy`,
+    /// `db += Σ dy`; an adapter's `dB += scale·dyᵀ·u` and `dA += duᵀ·x`, where `du = scale·dy·B`
+    /// (with `drop`, `x` is the dropped-out input and `du·A` goes through the mask).
+    #[inline]
+    pub(super) fn linear(
+        &mut self,
+        dx: &mut [f32],
+        dy: &[f32],
+        x: &[f32],
+        lin: Lin,
+        u: &[f32],
+        drop: DropIn<'_>,
+    ) {
+        let (wts, trainable, quant, frozen, n) =
+            (self.w.wts, self.w.trainable, self.w.quant, self.w.frozen, self.n);
+        let (grads, wq, du) = (&mut *self.grads, &mut *self.wq, &mut *self.du);
+        let (i, o) = (lin.n_in, lin.n_out);
+        if !frozen {
+            if let Some(b) = lin.b {
+                bias_grad(&mut grads[b..b + o], dy, o);
             }
-            None => x,
-        };
+            mm(
+                grads,
+                View::rows(lin.w, i, o, o),
+                x,
+                View::rows(0, n, i, i).t(),
+                dy,
+                View::rows(0, n, o, o),
+                true,
+            );
+        }
+        let (wbuf, wv) = weight_of(wts, quant, wq, lin);
         mm(
-            grads,
-            View::rows(ad.a, r, i, i),
-            du,
-            View::rows(0, n, r, r).t(),
-            xa,
+            dx,
             View::rows(0, n, i, i),
-            true,
+            dy,
+            View::rows(0, n, o, o),
+            wbuf,
+            wv.t(),
+            false,
         );
-        match drop {
-            // dx += (du·A) ⊙ mask
-            Some((m, xd)) => {
-                mm(
-                    xd,
+        if let Some(ad) = lin.ad {
+            let r = ad.r;
+            gemm(
+                grads,
+                View::rows(ad.b, o, r, r),
+                dy,
+                View::rows(0, n, o, o).t(),
+                u,
+                View::rows(0, n, r, r),
+                Gemm {
+                    acc: true,
+                    beta: ad.scale,
+                    par: true,
+                },
+            );
+            gemm(
+                du,
+                View::rows(0, n, r, r),
+                dy,
+                View::rows(0, n, o, o),
+                trainable,
+                View::rows(ad.b, o, r, r),
+                Gemm {
+                    acc: false,
+                    beta: ad.scale,
+                    par: true,
+                },
+            );
+            let mut drop = drop;
+            let xa: &[f32] = match drop.as_mut() {
+                Some((m, xd)) => {
+                    apply_mask(&mut xd[..n * i], Some(x), m, false);
+                    &xd[..]
+                }
+                None => x,
+            };
+            mm(
+                grads,
+                View::rows(ad.a, r, i, i),
+                du,
+                View::rows(0, n, r, r).t(),
+                xa,
+                View::rows(0, n, i, i),
+                true,
+            );
+            match drop {
+                // dx += (du·A) ⊙ mask
+                Some((m, xd)) => {
+                    mm(
+                        xd,
+                        View::rows(0, n, i, i),
+                        du,
+                        View::rows(0, n, r, r),
+                        trainable,
+                        View::rows(ad.a, r, i, i),
+                        false,
+                    );
+                    apply_mask(dx, Some(&xd[..n * i]), m, true);
+                }
+                None => mm(
+                    dx,
                     View::rows(0, n, i, i),
                     du,
                     View::rows(0, n, r, r),
                     trainable,
                     View::rows(ad.a, r, i, i),
-                    false,
-                );
-                apply_mask(dx, Some(&xd[..n * i]), m, true);
+                    true,
+                ),
             }
-            None => mm(
-                dx,
-                View::rows(0, n, i, i),
-                du,
-                View::rows(0, n, r, r),
-                trainable,
-                View::rows(ad.a, r, i, i),
-                true,
-            ),
         }
     }
 }

@@ -5,8 +5,8 @@
 //! all three gradients, causal softmax over packed segments, cross-entropy with its gradient
 //! written over the logits.
 //!
-//! Dropout (the model's and the adapters') draws exactly the masks [`crate::Dropout`] draws, from
-//! the same stream in the same order: SplitMix64 is a counter, so element `i` of a mask is the
+//! Dropout (the model's and the adapters') draws its masks from the caller's stream in a fixed
+//! order (the oracle's): SplitMix64 is a counter, so element `i` of a mask is the
 //! stream's `i`-th draw past the site's start, computed where it is used, in parallel, and again
 //! in backward instead of being stored.
 //!
@@ -36,7 +36,9 @@ mod linear;
 mod ops;
 
 use attention::*;
+use backward::backward;
 use dropout::*;
+use forward::{Block, forward, layer_forward, loss_and_dlogits};
 use linear::*;
 use ops::*;
 
@@ -69,7 +71,7 @@ struct Adapter {
 struct LayerParams {
     /// Adapters of c_attn, attn.c_proj, c_fc and mlp.c_proj.
     ad: [Option<Adapter>; 4],
-    /// QLoRA: the same four weights block-quantised (indices into `TrainEngine::quant`).
+    /// QLoRA: the same four weights block-quantised (indices into `Model::quant`).
     q: [Option<usize>; 4],
     ln1_w: usize,
     ln1_b: Option<usize>,
@@ -105,25 +107,17 @@ struct LayerActs {
     u: [Vec<f32>; 4],
 }
 
-/// The engine: parameters, their gradients, and every buffer of one step.
-pub struct TrainEngine {
+/// The model side of the engine, read-only during a step: its shape, where each weight lives, the
+/// frozen base and quantised weights (LoRA, QLoRA), and the dropout rates.
+struct Model {
     cfg: GptConfig,
     b: usize,
     t: usize,
-    /// The trainable parameters: the whole model in `param_specs` order, or with LoRA the
-    /// adapters in `LoraConfig::param_specs` order.
-    pub params: Vec<f32>,
-    /// Gradients of `params`, same layout; accumulated by [`TrainEngine::forward_backward`].
-    pub grads: Vec<f32>,
-    /// `(offset, len)` of each trainable parameter.
-    pub offsets: Vec<(usize, usize)>,
     /// LoRA: the frozen base model in `param_specs` order (empty when the model trains); with
     /// QLoRA without its linear weights, which are in `quant`.
     base: Vec<f32>,
     frozen: bool,
     quant: Vec<QuantWeight>,
-    /// A quantised weight, dequantised for the product that needs it.
-    wq: Vec<f32>,
     wte: usize,
     wpe: usize,
     layers: Vec<LayerParams>,
@@ -131,36 +125,93 @@ pub struct TrainEngine {
     lnf_b: Option<usize>,
     /// The output head: `wte` when tied.
     head: usize,
+    /// Dropout rates: the model's and the adapters' inputs'.
+    p: f32,
+    lora_p: f32,
+}
+
+/// The weights a step reads: the model's (the frozen base with LoRA, else the trainable
+/// parameters), the trainable ones (the adapters with LoRA), and QLoRA's quantised weights.
+#[derive(Clone, Copy)]
+struct Params<'a> {
+    wts: &'a [f32],
+    trainable: &'a [f32],
+    quant: &'a [QuantWeight],
+    frozen: bool,
+}
+
+impl Model {
+    fn params<'a>(&'a self, trainable: &'a [f32]) -> Params<'a> {
+        Params {
+            wts: if self.frozen { &self.base } else { trainable },
+            trainable,
+            quant: &self.quant,
+            frozen: self.frozen,
+        }
+    }
+}
+
+/// What the forward pass keeps for backward, and this micro-batch's attention tiles and dropout
+/// masks.
+struct Acts {
     x0: Vec<f32>,
     /// Each block's activations; with gradient checkpointing only its output (`res3`).
-    acts: Vec<LayerActs>,
+    layers: Vec<LayerActs>,
     /// Gradient checkpointing: one block's full activations, recomputed for each block in
     /// backward from its kept input.
     work: Option<LayerActs>,
     lnf: Vec<f32>,
     lnf_stats: Vec<(f32, f32)>,
     logits: Vec<f32>,
-    // Backward scratch, reused by every layer.
+    /// This micro-batch's attention tiles, per batch row.
+    row_tiles: Vec<(Vec<Tile>, bool)>,
+    /// This micro-batch's masks: the embeddings' and each block's.
+    emb_mask: Option<Mask>,
+    masks: Vec<LayerMasks>,
+}
+
+impl Acts {
+    /// Block `l`'s input: the embeddings, or block `l − 1`'s output.
+    fn input(&self, l: usize) -> &[f32] {
+        if l == 0 {
+            &self.x0
+        } else {
+            &self.layers[l - 1].res3
+        }
+    }
+}
+
+/// Buffers every layer reuses within a step.
+struct Scratch {
+    /// A quantised weight, dequantised for the product that needs it.
+    wq: Vec<f32>,
+    /// With adapter dropout: an adapter's dropped-out input, then its input gradient, `(N, 4C)`.
+    xdrop: Vec<f32>,
+    /// Attention's scratch: a pair of `(T, T)` matrices per group of (row, head) tasks.
+    att: Vec<f32>,
     dres: Vec<f32>,
     dwide: Vec<f32>,
     dnarrow: Vec<f32>,
     dqkv: Vec<f32>,
-    /// Attention's scratch: a pair of `(T, T)` matrices per group of (row, head) tasks.
-    ascratch: Vec<f32>,
-    /// This micro-batch's attention tiles, per batch row.
-    row_tiles: Vec<(Vec<Tile>, bool)>,
     /// `dy B · scale` of an adapted linear, `(N, r)`.
     du: Vec<f32>,
-    /// Dropout rates: the model's and the adapters' inputs'.
-    p: f32,
-    lora_p: f32,
-    /// This micro-batch's masks: the embeddings' and each block's.
-    emb_mask: Option<Mask>,
-    masks: Vec<LayerMasks>,
     /// With dropout: a residual branch's masked gradient, `(N, C)`.
     dmask: Vec<f32>,
-    /// With adapter dropout: an adapter's dropped-out input, then its input gradient, `(N, 4C)`.
-    xdrop: Vec<f32>,
+}
+
+/// The engine: the trainable parameters and their gradients, the model they belong to, what a
+/// forward pass keeps, and the scratch of a step.
+pub struct TrainEngine {
+    /// The trainable parameters: the whole model in `param_specs` order, or with LoRA the
+    /// adapters in `LoraConfig::param_specs` order.
+    pub params: Vec<f32>,
+    /// Gradients of `params`, same layout; accumulated by [`TrainEngine::forward_backward`].
+    pub grads: Vec<f32>,
+    /// `(offset, len)` of each trainable parameter.
+    pub offsets: Vec<(usize, usize)>,
+    model: Model,
+    acts: Acts,
+    scratch: Scratch,
 }
 
 impl TrainEngine {
@@ -192,12 +243,12 @@ impl TrainEngine {
     /// blocks; the gradients are the same, bit for bit (the recomputation repeats the same
     /// arithmetic, dropout masks included).
     pub fn checkpointed(mut self) -> TrainEngine {
-        if self.work.is_some() {
+        if self.acts.work.is_some() {
             return self;
         }
-        let n = self.b * self.t * self.cfg.n_embd;
+        let n = self.model.b * self.model.t * self.model.cfg.n_embd;
         let mut work = None;
-        for a in &mut self.acts {
+        for a in &mut self.acts.layers {
             let res3 = std::mem::take(&mut a.res3);
             let full = std::mem::replace(a, empty_acts());
             a.res3 = res3;
@@ -209,32 +260,33 @@ impl TrainEngine {
                 });
             }
         }
-        self.work = work;
+        self.acts.work = work;
         self
     }
 
     /// Whether backward recomputes the blocks' activations ([`TrainEngine::checkpointed`]).
     pub fn is_checkpointed(&self) -> bool {
-        self.work.is_some()
+        self.acts.work.is_some()
     }
 
     pub fn config(&self) -> &GptConfig {
-        &self.cfg
+        &self.model.cfg
     }
 
     /// The micro-batch shape the buffers hold.
     pub fn shape(&self) -> (usize, usize) {
-        (self.b, self.t)
+        (self.model.b, self.model.t)
     }
 
     /// Bytes the engine holds: weights (f32 and quantised), gradients and every step buffer.
     pub fn bytes(&self) -> usize {
         let f = |v: &Vec<f32>| v.len() * 4;
         let st = |v: &Vec<(f32, f32)>| v.len() * 8;
-        let acts: usize = self
-            .acts
+        let (m, a, s) = (&self.model, &self.acts, &self.scratch);
+        let acts: usize = a
+            .layers
             .iter()
-            .chain(&self.work)
+            .chain(&a.work)
             .map(|a| {
                 [
                     &a.ln1,
@@ -258,51 +310,55 @@ impl TrainEngine {
         let buffers = [
             &self.params,
             &self.grads,
-            &self.base,
-            &self.wq,
-            &self.x0,
-            &self.lnf,
-            &self.logits,
-            &self.dres,
-            &self.dwide,
-            &self.dnarrow,
-            &self.dqkv,
-            &self.ascratch,
-            &self.du,
-            &self.dmask,
-            &self.xdrop,
+            &m.base,
+            &a.x0,
+            &a.lnf,
+            &a.logits,
+            &s.wq,
+            &s.dres,
+            &s.dwide,
+            &s.dnarrow,
+            &s.dqkv,
+            &s.att,
+            &s.du,
+            &s.dmask,
+            &s.xdrop,
         ];
         buffers.iter().map(|v| f(v)).sum::<usize>()
-            + st(&self.lnf_stats)
+            + st(&a.lnf_stats)
             + acts
-            + self.quant.iter().map(QuantWeight::bytes).sum::<usize>()
+            + m.quant.iter().map(QuantWeight::bytes).sum::<usize>()
     }
 
     pub fn zero_grad(&mut self) {
         self.grads.par_chunks_mut(1 << 16).for_each(|g| g.fill(0.0));
     }
 
-    /// The model's weights: the frozen base with LoRA, else the trainable parameters.
-    fn weights(&self) -> &[f32] {
-        if self.frozen { &self.base } else { &self.params }
-    }
-
-    fn p(&self, off: usize, len: usize) -> &[f32] {
-        &self.weights()[off..off + len]
-    }
-
     /// Forward and backward of one micro-batch: returns its weighted mean cross-entropy (NaN when
     /// no position carries loss, and then no gradient) and adds `scale ×` its gradient to `grads`.
-    /// Dropout masks come from `rng`, which moves past them as [`crate::Gpt::forward`] would move it.
+    /// Dropout masks come from `rng`, which moves past them as the oracle's forward moves it.
     pub fn forward_backward(&mut self, batch: &StepBatch<'_>, scale: f32, rng: &mut Rng) -> Result<f64> {
         let total = self.check_batch(batch)?;
         if total == 0 {
             return Ok(f64::NAN);
         }
-        self.draw_masks(rng, batch.b, batch.t);
-        self.forward(batch);
-        let loss = self.loss_and_dlogits(batch, scale / total as f32);
-        self.backward(batch);
+        let TrainEngine {
+            params,
+            grads,
+            model,
+            acts,
+            scratch,
+            ..
+        } = self;
+        draw_masks(model, acts, rng, batch.b, batch.t);
+        forward(model, params, acts, scratch, batch);
+        let loss = loss_and_dlogits(
+            &mut acts.logits,
+            model.cfg.vocab_size,
+            batch,
+            scale / total as f32,
+        );
+        backward(model, params, grads, acts, scratch, batch);
         Ok(loss / total as f64)
     }
 
@@ -310,8 +366,9 @@ impl TrainEngine {
     /// over positions and the weight it carries; the gradients are untouched. A batch of fewer
     /// rows than the engine's (an epoch's last) is padded with rows that carry no loss.
     pub fn eval_loss(&mut self, batch: &StepBatch<'_>) -> Result<(f64, usize)> {
-        if batch.b < self.b && batch.t == self.t {
-            let n = self.b * self.t;
+        let (b, t) = (self.model.b, self.model.t);
+        if batch.b < b && batch.t == t {
+            let n = b * t;
             let pad = |v: &[u32]| {
                 let mut p = v.to_vec();
                 p.resize(n, 0);
@@ -326,8 +383,8 @@ impl TrainEngine {
                 pad(batch.segments),
             );
             return self.eval_loss(&StepBatch {
-                b: self.b,
-                t: self.t,
+                b,
+                t,
                 inputs: &inputs,
                 targets: &targets,
                 positions: &positions,
@@ -339,11 +396,13 @@ impl TrainEngine {
         if total == 0 {
             return Ok((0.0, 0));
         }
-        self.emb_mask = None;
-        self.masks.fill(LayerMasks::default());
-        self.forward(batch);
+        let (model, acts) = (&self.model, &mut self.acts);
+        acts.emb_mask = None;
+        acts.masks.fill(LayerMasks::default());
+        forward(model, &self.params, acts, &mut self.scratch, batch);
         // The gradient written over the logits is scaled to 0 and never used.
-        Ok((self.loss_and_dlogits(batch, 0.0), total))
+        let loss = loss_and_dlogits(&mut acts.logits, model.cfg.vocab_size, batch, 0.0);
+        Ok((loss, total))
     }
 
     /// Checks a batch against the engine's shape, vocabulary and context; returns the weight it
@@ -351,10 +410,10 @@ impl TrainEngine {
     fn check_batch(&self, batch: &StepBatch<'_>) -> Result<usize> {
         let (b, t) = (batch.b, batch.t);
         let n = b * t;
-        if (b, t) != (self.b, self.t) {
+        if (b, t) != (self.model.b, self.model.t) {
             return Err(Error::Config(format!(
                 "engine built for {}×{}, batch is {b}×{t}",
-                self.b, self.t
+                self.model.b, self.model.t
             )));
         }
         for (name, len) in [
@@ -368,7 +427,7 @@ impl TrainEngine {
                 return Err(Error::Config(format!("engine: {name} has {len} values, not {n}")));
             }
         }
-        let (v, ctx) = (self.cfg.vocab_size, self.cfg.n_ctx);
+        let (v, ctx) = (self.model.cfg.vocab_size, self.model.cfg.n_ctx);
         if let Some(bad) = batch
             .inputs
             .iter()
