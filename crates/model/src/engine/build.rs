@@ -3,6 +3,19 @@
 
 use super::*;
 
+/// `(offset, len)` of each spec's tensor laid out one after another.
+fn offsets_of(specs: &[ParamSpec]) -> Vec<(usize, usize)> {
+    let mut at = 0;
+    specs
+        .iter()
+        .map(|s| {
+            let n: usize = s.shape.iter().product();
+            at += n;
+            (at - n, n)
+        })
+        .collect()
+}
+
 impl TrainEngine {
     #[inline]
     pub(super) fn build(
@@ -20,44 +33,76 @@ impl TrainEngine {
             )));
         }
         let specs = param_specs(cfg);
-        let mut offsets = Vec::with_capacity(specs.len());
-        let mut at = 0;
-        for s in &specs {
-            let n: usize = s.shape.iter().product();
-            offsets.push((at, n));
-            at += n;
-        }
-        if params.len() != at {
+        let offsets = offsets_of(&specs);
+        let total: usize = offsets.iter().map(|o| o.1).sum();
+        if params.len() != total {
             return Err(Error::Config(format!(
-                "engine: {} parameters given, the config has {at}",
+                "engine: {} parameters given, the config has {total}",
                 params.len()
             )));
         }
-        let starts: Vec<usize> = offsets.iter().map(|o| o.0).collect();
-        let find = |slot: Slot| -> Option<usize> {
-            let name = slot.name();
-            specs.iter().position(|s| s.name == name).map(|i| starts[i])
-        };
-        let need = |slot: Slot| -> Result<usize> {
-            find(slot).ok_or_else(|| Error::Config(format!("engine: no parameter {}", slot.name())))
-        };
-        // Adapters: where each one's A and B sit in the trainable buffer.
-        let (ad_specs, ad_offsets): (Vec<ParamSpec>, Vec<(usize, usize)>) = match &lora {
-            Some((l, _)) => {
+        let lora_cfg = lora.as_ref().map(|(l, _)| *l);
+        let (ad_specs, ad_offsets) = match lora_cfg {
+            Some(l) => {
                 let specs = l.param_specs(cfg);
-                let mut offs = Vec::with_capacity(specs.len());
-                let mut at = 0;
-                for s in &specs {
-                    let n: usize = s.shape.iter().product();
-                    offs.push((at, n));
-                    at += n;
-                }
+                let offs = offsets_of(&specs);
                 (specs, offs)
             }
             None => (Vec::new(), Vec::new()),
         };
+        let mut model = Model::lay_out(cfg, b, t, (&specs, &offsets), lora_cfg, (&ad_specs, &ad_offsets))?;
+        let mut params = params;
+        // QLoRA: the linear weights leave the base for their quantised form.
+        if let Some(kind) = lora_cfg.and_then(|l| l.quant) {
+            params = model.quantize_linears(params, kind);
+        }
+        let (trainable, offsets) = match lora {
+            Some((_, adapters)) => {
+                let want: usize = ad_offsets.iter().map(|o| o.1).sum();
+                if adapters.len() != want {
+                    return Err(Error::Config(format!(
+                        "engine: {} adapter values given, the LoRA config has {want}",
+                        adapters.len()
+                    )));
+                }
+                model.base = params;
+                model.frozen = true;
+                (adapters, ad_offsets)
+            }
+            None => (params, offsets),
+        };
+        let rank = lora_cfg.map_or(0, |l| l.rank);
+        Ok(TrainEngine {
+            grads: vec![0.0; trainable.len()],
+            params: trainable,
+            offsets,
+            acts: Acts::allocate(&model, rank),
+            scratch: Scratch::allocate(&model, rank),
+            model,
+        })
+    }
+}
+
+impl Model {
+    /// Where every weight of `cfg` sits (`specs` at `offsets`), and each adapter's `A` and `B` in
+    /// the trainable buffer (`ad_specs` at `ad_offsets`). The base is attached by the caller.
+    fn lay_out(
+        cfg: &GptConfig,
+        b: usize,
+        t: usize,
+        (specs, offsets): (&[ParamSpec], &[(usize, usize)]),
+        lora: Option<&LoraConfig>,
+        (ad_specs, ad_offsets): (&[ParamSpec], &[(usize, usize)]),
+    ) -> Result<Model> {
+        let find = |slot: Slot| -> Option<usize> {
+            let name = slot.name();
+            specs.iter().position(|s| s.name == name).map(|i| offsets[i].0)
+        };
+        let need = |slot: Slot| -> Result<usize> {
+            find(slot).ok_or_else(|| Error::Config(format!("engine: no parameter {}", slot.name())))
+        };
         let adapter = |i: usize, lin: Linear| -> Option<Adapter> {
-            let (l, _) = lora.as_ref()?;
+            let l = lora?;
             let at = |name: String| {
                 ad_specs
                     .iter()
@@ -95,14 +140,93 @@ impl TrainEngine {
             })
             .collect::<Result<Vec<_>>>()?;
         let wte = need(Slot::TokenEmbedding)?;
-        let (c, n, h, v) = (cfg.n_embd, b * t, cfg.n_head, cfg.vocab_size);
+        Ok(Model {
+            cfg: cfg.clone(),
+            b,
+            t,
+            base: Vec::new(),
+            frozen: false,
+            quant: Vec::new(),
+            wte,
+            wpe: need(Slot::PositionEmbedding)?,
+            layers,
+            lnf_w: need(Slot::FinalNorm(Part::Weight))?,
+            lnf_b: find(Slot::FinalNorm(Part::Bias)),
+            head: if cfg.tie_embeddings {
+                wte
+            } else {
+                need(Slot::LmHead)?
+            },
+            p: cfg.dropout,
+            lora_p: lora.map_or(0.0, |l| l.dropout),
+        })
+    }
+
+    /// QLoRA: every block's four linear weights move from `params` into `quant` in `kind`'s
+    /// blocks; returns the rest of `params`, every offset remapped past what left.
+    fn quantize_linears(&mut self, params: Vec<f32>, kind: crate::quant::QuantKind) -> Vec<f32> {
+        let c = self.cfg.n_embd;
+        let mut removed: Vec<(usize, usize)> = Vec::new();
+        for lp in self.layers.iter_mut() {
+            let ws = [
+                (lp.attn_w, c, 3 * c),
+                (lp.proj_w, c, c),
+                (lp.fc_w, c, 4 * c),
+                (lp.fcproj_w, 4 * c, c),
+            ];
+            for (k, (w, n_in, n_out)) in ws.into_iter().enumerate() {
+                let q = QuantWeight::quantize(&params[w..w + n_in * n_out], n_in, n_out, kind);
+                self.quant.push(q);
+                lp.q[k] = Some(self.quant.len() - 1);
+                removed.push((w, n_in * n_out));
+            }
+        }
+        removed.sort_unstable();
+        let mut kept = Vec::with_capacity(params.len() - removed.iter().map(|r| r.1).sum::<usize>());
+        let mut at = 0;
+        for &(o, len) in &removed {
+            kept.extend_from_slice(&params[at..o]);
+            at = o + len;
+        }
+        kept.extend_from_slice(&params[at..]);
+        let remap = |o: usize| o - removed.iter().filter(|r| r.0 < o).map(|r| r.1).sum::<usize>();
+        for lp in self.layers.iter_mut() {
+            for o in [&mut lp.ln1_w, &mut lp.ln2_w] {
+                *o = remap(*o);
+            }
+            for o in [
+                &mut lp.ln1_b,
+                &mut lp.attn_b,
+                &mut lp.proj_b,
+                &mut lp.ln2_b,
+                &mut lp.fc_b,
+                &mut lp.fcproj_b,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                *o = remap(*o);
+            }
+        }
+        (self.wte, self.wpe) = (remap(self.wte), remap(self.wpe));
+        (self.lnf_w, self.head) = (remap(self.lnf_w), remap(self.head));
+        self.lnf_b = self.lnf_b.map(remap);
+        kept
+    }
+}
+
+impl Acts {
+    /// Every activation buffer of a `b × t` step (adapters of rank `rank` keep `x Aᵀ`).
+    fn allocate(m: &Model, rank: usize) -> Acts {
+        let (c, h, v, b, t) = (m.cfg.n_embd, m.cfg.n_head, m.cfg.vocab_size, m.b, m.t);
+        let n = b * t;
         let z = |len: usize| vec![0f32; len];
-        let rank = lora.as_ref().map_or(0, |(l, _)| l.rank);
-        let lora_p = lora.as_ref().map_or(0.0, |(l, _)| l.dropout);
-        let acts = (0..cfg.n_layer)
-            .map(|i| LayerActs {
+        let layers = m
+            .layers
+            .iter()
+            .map(|lp| LayerActs {
                 u: std::array::from_fn(|k| {
-                    if layers[i].ad[k].is_some() {
+                    if lp.ad[k].is_some() {
                         z(n * rank)
                     } else {
                         Vec::new()
@@ -121,106 +245,35 @@ impl TrainEngine {
                 res3: z(n * c),
             })
             .collect();
-        // QLoRA: the linear weights leave the base for their quantised form.
-        let mut layers = layers;
-        let (mut params, mut quant) = (params, Vec::new());
-        let (mut wte, mut wpe) = (wte, need(Slot::PositionEmbedding)?);
-        let (mut lnf_w, mut lnf_b) = (
-            need(Slot::FinalNorm(Part::Weight))?,
-            find(Slot::FinalNorm(Part::Bias)),
-        );
-        let mut head = if cfg.tie_embeddings {
-            wte
-        } else {
-            need(Slot::LmHead)?
-        };
-        if let Some(kind) = lora.as_ref().and_then(|(l, _)| l.quant) {
-            let mut removed: Vec<(usize, usize)> = Vec::new();
-            for lp in layers.iter_mut() {
-                let ws = [
-                    (lp.attn_w, c, 3 * c),
-                    (lp.proj_w, c, c),
-                    (lp.fc_w, c, 4 * c),
-                    (lp.fcproj_w, 4 * c, c),
-                ];
-                for (k, (w, n_in, n_out)) in ws.into_iter().enumerate() {
-                    quant.push(QuantWeight::quantize(
-                        &params[w..w + n_in * n_out],
-                        n_in,
-                        n_out,
-                        kind,
-                    ));
-                    lp.q[k] = Some(quant.len() - 1);
-                    removed.push((w, n_in * n_out));
-                }
-            }
-            removed.sort_unstable();
-            let mut kept = Vec::with_capacity(params.len() - removed.iter().map(|r| r.1).sum::<usize>());
-            let mut at = 0;
-            for &(o, len) in &removed {
-                kept.extend_from_slice(&params[at..o]);
-                at = o + len;
-            }
-            kept.extend_from_slice(&params[at..]);
-            params = kept;
-            let remap = |o: usize| o - removed.iter().filter(|r| r.0 < o).map(|r| r.1).sum::<usize>();
-            for lp in layers.iter_mut() {
-                for o in [&mut lp.ln1_w, &mut lp.ln2_w] {
-                    *o = remap(*o);
-                }
-                for o in [
-                    &mut lp.ln1_b,
-                    &mut lp.attn_b,
-                    &mut lp.proj_b,
-                    &mut lp.ln2_b,
-                    &mut lp.fc_b,
-                    &mut lp.fcproj_b,
-                ]
-                .into_iter()
-                .flatten()
-                {
-                    *o = remap(*o);
-                }
-            }
-            (wte, wpe, lnf_w, head) = (remap(wte), remap(wpe), remap(lnf_w), remap(head));
-            lnf_b = lnf_b.map(remap);
-        }
-        let (trainable, offsets, base, frozen) = match lora {
-            Some((_, adapters)) => {
-                let want: usize = ad_offsets.iter().map(|o| o.1).sum();
-                if adapters.len() != want {
-                    return Err(Error::Config(format!(
-                        "engine: {} adapter values given, the LoRA config has {want}",
-                        adapters.len()
-                    )));
-                }
-                (adapters, ad_offsets, params, true)
-            }
-            None => (params, offsets, Vec::new(), false),
-        };
-        let model = Model {
-            cfg: cfg.clone(),
-            b,
-            t,
-            base,
-            frozen,
-            quant,
-            wte,
-            wpe,
+        Acts {
+            x0: z(n * c),
             layers,
-            lnf_w,
-            lnf_b,
-            head,
-            p: cfg.dropout,
-            lora_p,
-        };
-        let scratch = Scratch {
-            wq: if model.quant.is_empty() {
+            work: None,
+            lnf: z(n * c),
+            lnf_stats: vec![(0.0, 0.0); n],
+            logits: z(n * v),
+            row_tiles: Vec::new(),
+            emb_mask: None,
+            masks: vec![LayerMasks::default(); m.cfg.n_layer],
+        }
+    }
+}
+
+impl Scratch {
+    /// The scratch of a `b × t` step: only what the model's options need (a dequantised weight
+    /// with QLoRA, masked gradients with dropout, dropped-out adapter inputs with adapter dropout).
+    fn allocate(m: &Model, rank: usize) -> Scratch {
+        let (c, h, b, t) = (m.cfg.n_embd, m.cfg.n_head, m.b, m.t);
+        let n = b * t;
+        let z = |len: usize| vec![0f32; len];
+        let adapters = m.layers.iter().any(|l| l.ad.iter().any(Option::is_some));
+        Scratch {
+            wq: if m.quant.is_empty() {
                 Vec::new()
             } else {
                 z(4 * c * c)
             },
-            xdrop: if lora_p > 0.0 && model.layers.iter().any(|l| l.ad.iter().any(Option::is_some)) {
+            xdrop: if m.lora_p > 0.0 && adapters {
                 z(n * 4 * c)
             } else {
                 Vec::new()
@@ -231,26 +284,7 @@ impl TrainEngine {
             dnarrow: z(n * c),
             dqkv: z(n * 3 * c),
             du: z(n * rank),
-            dmask: if cfg.dropout > 0.0 { z(n * c) } else { Vec::new() },
-        };
-        let acts = Acts {
-            x0: z(n * c),
-            layers: acts,
-            work: None,
-            lnf: z(n * c),
-            lnf_stats: vec![(0.0, 0.0); n],
-            logits: z(n * v),
-            row_tiles: Vec::new(),
-            emb_mask: None,
-            masks: vec![LayerMasks::default(); cfg.n_layer],
-        };
-        Ok(TrainEngine {
-            grads: z(trainable.len()),
-            params: trainable,
-            offsets,
-            model,
-            acts,
-            scratch,
-        })
+            dmask: if m.p > 0.0 { z(n * c) } else { Vec::new() },
+        }
     }
 }

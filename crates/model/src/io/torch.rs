@@ -262,10 +262,67 @@ impl Machine {
         })
     }
 
+    /// The value a literal opcode pushes (`None` for any other opcode).
+    fn literal(op: u8, r: &mut Reader<'_>) -> Res<Option<V>> {
+        Ok(Some(match op {
+            b'N' => V::None,
+            0x88 => V::Bool(true),
+            0x89 => V::Bool(false),
+            b'}' => V::Dict(Vec::new()),
+            b']' => V::List(Vec::new()),
+            b')' => V::Tuple(Vec::new()),
+            b'J' => V::Int(i64::from(i32::from_le_bytes(r.array()?))),
+            b'K' => V::Int(i64::from(r.byte()?)),
+            b'M' => V::Int(i64::from(u16::from_le_bytes(r.array()?))),
+            0x8A => {
+                let n = usize::from(r.byte()?);
+                let b = r.take(n)?;
+                if n > 8 {
+                    return Err("an integer wider than 64 bits".into());
+                }
+                let mut v = [if b.last().is_some_and(|x| x & 0x80 != 0) {
+                    0xFF
+                } else {
+                    0
+                }; 8];
+                v[..n].copy_from_slice(b);
+                V::Int(i64::from_le_bytes(v))
+            }
+            b'G' => V::Float(f64::from_be_bytes(r.array()?)),
+            b'X' | 0x8C | 0x8D => {
+                let n = match op {
+                    b'X' => u32::from_le_bytes(r.array()?) as usize,
+                    0x8C => usize::from(r.byte()?),
+                    _ => usize::try_from(u64::from_le_bytes(r.array()?)).map_err(|e| e.to_string())?,
+                };
+                let s = std::str::from_utf8(r.take(n)?).map_err(|e| e.to_string())?;
+                V::Str(s.to_string())
+            }
+            b'C' | b'B' => {
+                let n = if op == b'C' {
+                    usize::from(r.byte()?)
+                } else {
+                    u32::from_le_bytes(r.array()?) as usize
+                };
+                V::Bytes(r.take(n)?.to_vec())
+            }
+            b'c' => {
+                let module = r.line()?;
+                let name = r.line()?;
+                V::Global(module, name)
+            }
+            _ => return Ok(None),
+        }))
+    }
+
     fn run(mut self, code: &[u8]) -> Res<V> {
         let mut r = Reader { code, at: 0 };
         loop {
             let op = r.byte()?;
+            if let Some(v) = Self::literal(op, &mut r)? {
+                self.push(v)?;
+                continue;
+            }
             match op {
                 0x80 => {
                     r.take(1)?; // PROTO
@@ -275,65 +332,6 @@ impl Machine {
                 }
                 b'.' => return self.pop(),
                 b'(' => self.push(V::Mark)?,
-                b'N' => self.push(V::None)?,
-                0x88 => self.push(V::Bool(true))?,
-                0x89 => self.push(V::Bool(false))?,
-                b'}' => self.push(V::Dict(Vec::new()))?,
-                b']' => self.push(V::List(Vec::new()))?,
-                b')' => self.push(V::Tuple(Vec::new()))?,
-                b'J' => {
-                    let v = i32::from_le_bytes(r.array()?);
-                    self.push(V::Int(i64::from(v)))?
-                }
-                b'K' => {
-                    let v = r.byte()?;
-                    self.push(V::Int(i64::from(v)))?
-                }
-                b'M' => {
-                    let v = u16::from_le_bytes(r.array()?);
-                    self.push(V::Int(i64::from(v)))?
-                }
-                0x8A => {
-                    let n = usize::from(r.byte()?);
-                    let b = r.take(n)?;
-                    if n > 8 {
-                        return Err("an integer wider than 64 bits".into());
-                    }
-                    let mut v = [if b.last().is_some_and(|x| x & 0x80 != 0) {
-                        0xFF
-                    } else {
-                        0
-                    }; 8];
-                    v[..n].copy_from_slice(b);
-                    self.push(V::Int(i64::from_le_bytes(v)))?
-                }
-                b'G' => {
-                    let v = f64::from_be_bytes(r.array()?);
-                    self.push(V::Float(v))?
-                }
-                b'X' | 0x8C | 0x8D => {
-                    let n = match op {
-                        b'X' => u32::from_le_bytes(r.array()?) as usize,
-                        0x8C => usize::from(r.byte()?),
-                        _ => usize::try_from(u64::from_le_bytes(r.array()?)).map_err(|e| e.to_string())?,
-                    };
-                    let s = std::str::from_utf8(r.take(n)?).map_err(|e| e.to_string())?;
-                    self.push(V::Str(s.to_string()))?
-                }
-                b'C' | b'B' => {
-                    let n = if op == b'C' {
-                        usize::from(r.byte()?)
-                    } else {
-                        u32::from_le_bytes(r.array()?) as usize
-                    };
-                    let b = r.take(n)?.to_vec();
-                    self.push(V::Bytes(b))?
-                }
-                b'c' => {
-                    let module = r.line()?;
-                    let name = r.line()?;
-                    self.push(V::Global(module, name))?
-                }
                 0x93 => {
                     let (name, module) = (self.pop()?, self.pop()?);
                     let (V::Str(module), V::Str(name)) = (module, name) else {
