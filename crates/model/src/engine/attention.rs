@@ -125,26 +125,22 @@ pub(super) fn tile_weights(
     // checked against both lengths.
     unsafe {
         gemm_raw(
-            Out {
-                ptr: p.as_mut_ptr(),
-                len: p.len(),
-                view: View::rows(tile.r0 * t + tile.s, m, nc, t),
-            },
-            In {
-                ptr: qkv.as_ptr(),
-                len: qkv.len(),
-                view: View::rows((row0 + tile.r0) * 3 * c + hi * d, m, d, 3 * c),
-            },
-            In {
-                ptr: qkv.as_ptr(),
-                len: qkv.len(),
-                view: View::rows((row0 + tile.s) * 3 * c + c + hi * d, nc, d, 3 * c).t(),
-            },
-            Gemm {
-                acc: false,
-                beta: 1.0 / (d as f32).sqrt(),
-                par: false,
-            },
+            Out::new(
+                p.as_mut_ptr(),
+                p.len(),
+                View::rows(tile.r0 * t + tile.s, m, nc, t),
+            ),
+            In::new(
+                qkv.as_ptr(),
+                qkv.len(),
+                View::rows((row0 + tile.r0) * 3 * c + hi * d, m, d, 3 * c),
+            ),
+            In::new(
+                qkv.as_ptr(),
+                qkv.len(),
+                View::rows((row0 + tile.s) * 3 * c + c + hi * d, nc, d, 3 * c).t(),
+            ),
+            Gemm::serial(false, 1.0 / (d as f32).sqrt()),
         );
     }
     tile_softmax(p, t, tile, general, seg, stats);
@@ -202,6 +198,35 @@ pub(super) fn tile_softmax(
             });
         }
     }
+}
+
+/// Through a tile's softmax: `dP` (in `dp`, through the dropout `mask` whose elements start at
+/// `at`) becomes `dS = P ⊙ (dP − rowsum(dP ⊙ P))`, where `p` holds the weights `P`.
+#[inline]
+fn softmax_grad(p: &[f32], dp: &mut [f32], mask: Option<(&Mask, usize)>, t: usize, tile: Tile) {
+    // Through the dropout: dP ⊙ mask (where the weights are 0 it does not matter).
+    if let Some((mk, at)) = mask {
+        vectorized(|| {
+            for i in tile.r0..tile.r1 {
+                let row = &mut dp[i * t + tile.s..=i * t + i];
+                row.iter_mut()
+                    .enumerate()
+                    .for_each(|(j, x)| *x *= mk.factor(at + i * t + tile.s + j));
+            }
+        });
+    }
+    // dS = P ⊙ (dP − rowsum(dP ⊙ P)); masked weights are 0, so their dS is too.
+    vectorized(|| {
+        for i in tile.r0..tile.r1 {
+            let span = i * t + tile.s..i * t + tile.r1;
+            let (prow, drow) = (&p[span.clone()], &mut dp[span]);
+            let n = i - tile.s + 1;
+            let dot: f32 = prow[..n].iter().zip(&drow[..n]).map(|(p, d)| p * d).sum();
+            for (d, &p) in drow.iter_mut().zip(prow) {
+                *d = p * (*d - dot);
+            }
+        }
+    });
 }
 
 /// Backward of attention for every (row, head), tile by tile: `dqkv` from `datty` (the gradient
@@ -271,123 +296,36 @@ pub(super) fn attention_bwd(
                     None => p.as_ptr(),
                 };
                 gemm_raw(
-                    Out {
-                        ptr: dq.get(),
-                        len: dqkv_len,
-                        view: v_rows(tile.s, nc),
-                    },
-                    In {
-                        ptr: pw,
-                        len: tt,
-                        view: pv.t(),
-                    },
-                    In {
-                        ptr: datty.as_ptr(),
-                        len: datty_len,
-                        view: dy,
-                    },
-                    Gemm {
-                        acc: true,
-                        beta: 1.0,
-                        par: false,
-                    },
+                    Out::new(dq.get(), dqkv_len, v_rows(tile.s, nc)),
+                    In::new(pw, tt, pv.t()),
+                    In::new(datty.as_ptr(), datty_len, dy),
+                    Gemm::serial(true, 1.0),
                 );
                 // dP = dy · vᵀ
                 gemm_raw(
-                    Out {
-                        ptr: dp.as_mut_ptr(),
-                        len: tt,
-                        view: pv,
-                    },
-                    In {
-                        ptr: datty.as_ptr(),
-                        len: datty_len,
-                        view: dy,
-                    },
-                    In {
-                        ptr: qkv.as_ptr(),
-                        len: qkv_len,
-                        view: v_rows(tile.s, nc).t(),
-                    },
-                    Gemm {
-                        acc: false,
-                        beta: 1.0,
-                        par: false,
-                    },
+                    Out::new(dp.as_mut_ptr(), tt, pv),
+                    In::new(datty.as_ptr(), datty_len, dy),
+                    In::new(qkv.as_ptr(), qkv_len, v_rows(tile.s, nc).t()),
+                    Gemm::serial(false, 1.0),
                 );
             }
-            // Through the dropout: dP ⊙ mask (where the weights are 0 it does not matter).
-            if let Some(mk) = mask {
-                let at = bh * tt;
-                vectorized(|| {
-                    for i in tile.r0..tile.r1 {
-                        let row = &mut dp[i * t + tile.s..=i * t + i];
-                        row.iter_mut()
-                            .enumerate()
-                            .for_each(|(j, x)| *x *= mk.factor(at + i * t + tile.s + j));
-                    }
-                });
-            }
-            // dS = P ⊙ (dP − rowsum(dP ⊙ P)); masked weights are 0, so their dS is too.
-            vectorized(|| {
-                for i in tile.r0..tile.r1 {
-                    let span = i * t + tile.s..i * t + tile.r1;
-                    let (prow, drow) = (&p[span.clone()], &mut dp[span]);
-                    let n = i - tile.s + 1;
-                    let dot: f32 = prow[..n].iter().zip(&drow[..n]).map(|(p, d)| p * d).sum();
-                    for (d, &p) in drow.iter_mut().zip(prow) {
-                        *d = p * (*d - dot);
-                    }
-                }
-            });
+            softmax_grad(p, dp, mask.map(|mk| (mk, bh * tt)), t, tile);
             #[allow(unsafe_code)]
             // SAFETY: as above.
             unsafe {
                 // dq = dS · k / √d (each query row is in one tile)
                 gemm_raw(
-                    Out {
-                        ptr: dq.get(),
-                        len: dqkv_len,
-                        view: q_rows(tile.r0, m),
-                    },
-                    In {
-                        ptr: dp.as_ptr(),
-                        len: tt,
-                        view: pv,
-                    },
-                    In {
-                        ptr: qkv.as_ptr(),
-                        len: qkv_len,
-                        view: k_rows(tile.s, nc),
-                    },
-                    Gemm {
-                        acc: false,
-                        beta: scale,
-                        par: false,
-                    },
+                    Out::new(dq.get(), dqkv_len, q_rows(tile.r0, m)),
+                    In::new(dp.as_ptr(), tt, pv),
+                    In::new(qkv.as_ptr(), qkv_len, k_rows(tile.s, nc)),
+                    Gemm::serial(false, scale),
                 );
                 // dk += dSᵀ · q / √d
                 gemm_raw(
-                    Out {
-                        ptr: dq.get(),
-                        len: dqkv_len,
-                        view: k_rows(tile.s, nc),
-                    },
-                    In {
-                        ptr: dp.as_ptr(),
-                        len: tt,
-                        view: pv.t(),
-                    },
-                    In {
-                        ptr: qkv.as_ptr(),
-                        len: qkv_len,
-                        view: q_rows(tile.r0, m),
-                    },
-                    Gemm {
-                        acc: true,
-                        beta: scale,
-                        par: false,
-                    },
+                    Out::new(dq.get(), dqkv_len, k_rows(tile.s, nc)),
+                    In::new(dp.as_ptr(), tt, pv.t()),
+                    In::new(qkv.as_ptr(), qkv_len, q_rows(tile.r0, m)),
+                    Gemm::serial(true, scale),
                 );
             }
         }
@@ -449,26 +387,18 @@ pub(super) fn attention_fwd(
             // columns) belongs to this task alone; `weights` and `qkv` are read only.
             unsafe {
                 gemm_raw(
-                    Out {
-                        ptr: atty.get(),
-                        len: atty_len,
-                        view: View::rows((row0 + tile.r0) * c + hi * d, m, d, c),
-                    },
-                    In {
-                        ptr: weights.as_ptr(),
-                        len: tt,
-                        view: pv,
-                    },
-                    In {
-                        ptr: qkv.as_ptr(),
-                        len: qkv_len,
-                        view: View::rows((row0 + tile.s) * 3 * c + 2 * c + hi * d, nc, d, 3 * c),
-                    },
-                    Gemm {
-                        acc: false,
-                        beta: 1.0,
-                        par: false,
-                    },
+                    Out::new(
+                        atty.get(),
+                        atty_len,
+                        View::rows((row0 + tile.r0) * c + hi * d, m, d, c),
+                    ),
+                    In::new(weights.as_ptr(), tt, pv),
+                    In::new(
+                        qkv.as_ptr(),
+                        qkv_len,
+                        View::rows((row0 + tile.s) * 3 * c + 2 * c + hi * d, nc, d, 3 * c),
+                    ),
+                    Gemm::serial(false, 1.0),
                 );
             }
         }

@@ -81,6 +81,20 @@ pub struct In {
     pub view: View,
 }
 
+impl Out {
+    #[inline]
+    pub fn new(ptr: *mut f32, len: usize, view: View) -> Out {
+        Out { ptr, len, view }
+    }
+}
+
+impl In {
+    #[inline]
+    pub fn new(ptr: *const f32, len: usize, view: View) -> In {
+        In { ptr, len, view }
+    }
+}
+
 /// How a product is written: `dst = (acc ? dst : 0) + beta · lhs · rhs`, on all cores when `par`.
 #[derive(Debug, Clone, Copy)]
 pub struct Gemm {
@@ -102,6 +116,16 @@ impl Gemm {
         beta: 1.0,
         par: true,
     };
+
+    /// `dst = (acc ? dst : 0) + beta · lhs · rhs` on the calling thread (inside a parallel task).
+    #[inline]
+    pub fn serial(acc: bool, beta: f32) -> Gemm {
+        Gemm {
+            acc,
+            beta,
+            par: false,
+        }
+    }
 }
 
 /// The product `how` says, with the `gemm` crate.
