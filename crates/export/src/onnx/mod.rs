@@ -279,6 +279,86 @@ fn fixed(n: usize) -> DimValue {
     DimValue::DimValue(n as i64)
 }
 
+/// The additive attention mask `(B, 1, T, S)` computed in the graph: key `j` is visible to query
+/// `i` (at absolute position `P + i`, after `P` cached tokens) when `j ≤ P + i` and
+/// `attention_mask[b, j]` is 1; 0 where visible, −1e9 elsewhere.
+fn attention_bias(g: &mut Builder) -> String {
+    let zero = g.const_i64("const.zero", &[0]);
+    let one = g.const_i64("const.one", &[1]);
+    let two = g.const_i64("const.two", &[2]);
+    let past_shape = g.op("Shape", &["past_key_values.0.key"], vec![]);
+    let p = g.op("Gather", &[&past_shape, &two], vec![attr_i("axis", 0)]); // [1]
+    let ids_shape = g.op("Shape", &["input_ids"], vec![]);
+    let t = g.op("Gather", &[&ids_shape, &one], vec![attr_i("axis", 0)]); // [1]
+    let s = g.op("Add", &[&p, &t], vec![]);
+    let scalar = |g: &mut Builder, v: &str| g.op("Squeeze", &[v, &zero], vec![]);
+    let (p0, s0, one0) = (scalar(g, &p), scalar(g, &s), scalar(g, &one));
+    let zero0 = scalar(g, &zero);
+    let q_pos = g.op("Range", &[&p0, &s0, &one0], vec![]); // [T]
+    let k_pos = g.op("Range", &[&zero0, &s0, &one0], vec![]); // [S]
+    let q_col = g.op("Unsqueeze", &[&q_pos, &one], vec![]); // [T, 1]
+    let k_row = g.op("Unsqueeze", &[&k_pos, &zero], vec![]); // [1, S]
+    let causal = g.op("LessOrEqual", &[&k_row, &q_col], vec![]); // [T, S]
+    let pad = g.op(
+        "Cast",
+        &["attention_mask"],
+        vec![attr_i("to", i64::from(dtype::BOOL))],
+    );
+    let axes12 = g.const_i64("const.axes12", &[1, 2]);
+    let pad = g.op("Unsqueeze", &[&pad, &axes12], vec![]); // [B, 1, 1, S]
+    let allowed = g.op("And", &[&causal, &pad], vec![]); // [B, 1, T, S]
+    let zero_f = g.const_f32("const.zero_f", 0.0);
+    let neg = g.const_f32("const.neg", -1e9);
+    g.op("Where", &[&allowed, &zero_f, &neg], vec![])
+}
+
+/// The graph's inputs and outputs, named and shaped as Optimum's decoder exports.
+fn graph_io(cfg: &GptConfig) -> (Vec<ValueInfoProto>, Vec<ValueInfoProto>) {
+    let (h, d) = (cfg.n_head, cfg.head_dim());
+    let mut inputs = vec![
+        value_info(
+            "input_ids",
+            dtype::INT64,
+            &[sym("batch_size"), sym("sequence_length")],
+        ),
+        value_info(
+            "attention_mask",
+            dtype::INT64,
+            &[sym("batch_size"), sym("total_sequence_length")],
+        ),
+        value_info(
+            "position_ids",
+            dtype::INT64,
+            &[sym("batch_size"), sym("sequence_length")],
+        ),
+    ];
+    let mut outputs = vec![value_info(
+        "logits",
+        dtype::FLOAT,
+        &[sym("batch_size"), sym("sequence_length"), fixed(cfg.vocab_size)],
+    )];
+    for i in 0..cfg.n_layer {
+        for kv in ["key", "value"] {
+            inputs.push(value_info(
+                &format!("past_key_values.{i}.{kv}"),
+                dtype::FLOAT,
+                &[sym("batch_size"), fixed(h), sym("past_sequence_length"), fixed(d)],
+            ));
+            outputs.push(value_info(
+                &format!("present.{i}.{kv}"),
+                dtype::FLOAT,
+                &[
+                    sym("batch_size"),
+                    fixed(h),
+                    sym("total_sequence_length"),
+                    fixed(d),
+                ],
+            ));
+        }
+    }
+    (inputs, outputs)
+}
+
 /// The decoder graph for `cfg` with `w` (HF names, f32).
 fn build(cfg: &GptConfig, w: &Weights, opts: OnnxOptions) -> Result<ModelProto> {
     let (c, h) = (cfg.n_embd, cfg.n_head);
@@ -296,35 +376,7 @@ fn build(cfg: &GptConfig, w: &Weights, opts: OnnxOptions) -> Result<ModelProto> 
     let pos = g.op("Gather", &[&wpe, "position_ids"], vec![attr_i("axis", 0)]);
     let mut x = g.op("Add", &[&tok, &pos], vec![]);
 
-    // The additive mask (B, 1, T, S): key j is visible to query i (at absolute position P + i) when
-    // j <= P + i and attention_mask[b, j] is 1.
-    let zero = g.const_i64("const.zero", &[0]);
-    let one = g.const_i64("const.one", &[1]);
-    let two = g.const_i64("const.two", &[2]);
-    let past_shape = g.op("Shape", &["past_key_values.0.key"], vec![]);
-    let p = g.op("Gather", &[&past_shape, &two], vec![attr_i("axis", 0)]); // [1]
-    let ids_shape = g.op("Shape", &["input_ids"], vec![]);
-    let t = g.op("Gather", &[&ids_shape, &one], vec![attr_i("axis", 0)]); // [1]
-    let s = g.op("Add", &[&p, &t], vec![]);
-    let scalar = |g: &mut Builder, v: &str| g.op("Squeeze", &[v, &zero], vec![]);
-    let (p0, s0, one0) = (scalar(&mut g, &p), scalar(&mut g, &s), scalar(&mut g, &one));
-    let zero0 = scalar(&mut g, &zero);
-    let q_pos = g.op("Range", &[&p0, &s0, &one0], vec![]); // [T]
-    let k_pos = g.op("Range", &[&zero0, &s0, &one0], vec![]); // [S]
-    let q_col = g.op("Unsqueeze", &[&q_pos, &one], vec![]); // [T, 1]
-    let k_row = g.op("Unsqueeze", &[&k_pos, &zero], vec![]); // [1, S]
-    let causal = g.op("LessOrEqual", &[&k_row, &q_col], vec![]); // [T, S]
-    let pad = g.op(
-        "Cast",
-        &["attention_mask"],
-        vec![attr_i("to", i64::from(dtype::BOOL))],
-    );
-    let axes12 = g.const_i64("const.axes12", &[1, 2]);
-    let pad = g.op("Unsqueeze", &[&pad, &axes12], vec![]); // [B, 1, 1, S]
-    let allowed = g.op("And", &[&causal, &pad], vec![]); // [B, 1, T, S]
-    let zero_f = g.const_f32("const.zero_f", 0.0);
-    let neg = g.const_f32("const.neg", -1e9);
-    let bias = g.op("Where", &[&allowed, &zero_f, &neg], vec![]);
+    let bias = attention_bias(&mut g);
 
     let split = g.const_i64("const.split", &[c as i64, c as i64, c as i64]);
     let heads_shape = g.const_i64("const.heads_shape", &[0, 0, h as i64, d as i64]);
@@ -372,47 +424,7 @@ fn build(cfg: &GptConfig, w: &Weights, opts: OnnxOptions) -> Result<ModelProto> 
     let head_t = g.op("Transpose", &[&head], vec![attr_ints("perm", &[1, 0])]);
     g.op_into("MatMul", &[&x, &head_t], vec![], &["logits"]);
 
-    let mut inputs = vec![
-        value_info(
-            "input_ids",
-            dtype::INT64,
-            &[sym("batch_size"), sym("sequence_length")],
-        ),
-        value_info(
-            "attention_mask",
-            dtype::INT64,
-            &[sym("batch_size"), sym("total_sequence_length")],
-        ),
-        value_info(
-            "position_ids",
-            dtype::INT64,
-            &[sym("batch_size"), sym("sequence_length")],
-        ),
-    ];
-    let mut outputs = vec![value_info(
-        "logits",
-        dtype::FLOAT,
-        &[sym("batch_size"), sym("sequence_length"), fixed(cfg.vocab_size)],
-    )];
-    for i in 0..cfg.n_layer {
-        for kv in ["key", "value"] {
-            inputs.push(value_info(
-                &format!("past_key_values.{i}.{kv}"),
-                dtype::FLOAT,
-                &[sym("batch_size"), fixed(h), sym("past_sequence_length"), fixed(d)],
-            ));
-            outputs.push(value_info(
-                &format!("present.{i}.{kv}"),
-                dtype::FLOAT,
-                &[
-                    sym("batch_size"),
-                    fixed(h),
-                    sym("total_sequence_length"),
-                    fixed(d),
-                ],
-            ));
-        }
-    }
+    let (inputs, outputs) = graph_io(cfg);
     Ok(ModelProto {
         ir_version: IR_VERSION,
         opset_import: vec![OperatorSetIdProto {
