@@ -8,7 +8,7 @@
 use chatforge_base::Rng;
 use chatforge_model::engine::{StepBatch, TrainEngine};
 use chatforge_model::{GptConfig, load_hf, param_specs, take_flat};
-use chatforge_testkit::{json_floats, python, run_reference};
+use chatforge_testkit::{json_floats, json_ids, python, run_reference};
 use serde_json::Value;
 
 fn max_abs(v: &[f32]) -> f32 {
@@ -27,18 +27,7 @@ fn logits_loss_and_gradients_match_transformers() {
     run_reference(&py, "gpt2_parity.py", &[dir.path().to_str().unwrap()]);
     let reference: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("reference.json")).unwrap()).unwrap();
-    let ids: Vec<Vec<u32>> = reference["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect()
-        })
-        .collect();
+    let ids = json_ids(&reference["ids"]);
     let (b, t) = (ids.len(), ids[0].len());
     let inputs = ids.concat();
     // Position i predicts token i + 1; a row's last position has nothing to predict.

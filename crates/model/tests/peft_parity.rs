@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use chatforge_base::Rng;
 use chatforge_model::lora::{load_adapter, merge, save_adapter};
 use chatforge_model::{GptConfig, LoraConfig, Tensor, Weights, load_hf};
-use chatforge_testkit::{json_floats, max_abs_diff, python, run_reference};
+use chatforge_testkit::{json_floats, json_ids, max_abs_diff, python, run_reference};
 use serde_json::Value;
 
 /// The oracle's logits (the engine and the decoder are checked against it elsewhere).
@@ -31,18 +31,7 @@ fn adapters_round_trip_with_peft() {
     run_reference(&py, "peft_lora.py", &["make", d.to_str().unwrap()]);
     let reference: Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("reference.json")).unwrap()).unwrap();
-    let ids: Vec<Vec<u32>> = reference["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect()
-        })
-        .collect();
+    let ids = json_ids(&reference["ids"]);
     let (cfg, base) = load_hf(&d.join("base")).unwrap();
     let base_logits = logits(&cfg, &base, None, &ids);
     assert!(max_abs_diff(&base_logits, &json_floats(&reference["base"])) < 1e-4);

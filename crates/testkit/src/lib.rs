@@ -90,6 +90,22 @@ pub fn json_floats(v: &serde_json::Value) -> Vec<f32> {
     out
 }
 
+/// Rows of token ids a reference printed (`[[5, 17, …], …]`).
+pub fn json_ids(v: &serde_json::Value) -> Vec<Vec<u32>> {
+    let ids = |r: &serde_json::Value| -> Vec<u32> {
+        r.as_array()
+            .unwrap_or_else(|| panic!("not a row of ids: {r}"))
+            .iter()
+            .map(|x| x.as_u64().unwrap_or_else(|| panic!("not an id: {x}")) as u32)
+            .collect()
+    };
+    v.as_array()
+        .unwrap_or_else(|| panic!("not rows of ids: {v}"))
+        .iter()
+        .map(ids)
+        .collect()
+}
+
 /// The largest absolute difference between two equally long slices.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths differ");

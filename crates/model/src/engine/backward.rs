@@ -39,16 +39,20 @@ pub(super) fn backward(
         );
     }
     s.dres.par_chunks_mut(1 << 14).for_each(|x| x.fill(0.0));
-    let (gw, gb) = norm_grads(grads, frozen, m.lnf_w, m.lnf_b, c);
-    layer_norm_bwd(
+    let mut g = Grads {
+        w,
+        n,
+        grads: &mut *grads,
+        wq: &mut s.wq,
+        du: &mut s.du,
+    };
+    let last = &acts.layers[cfg.n_layer - 1].res3;
+    g.layer_norm(
         &mut s.dres,
-        gw,
-        gb,
         &s.dnarrow,
-        &acts.layers[cfg.n_layer - 1].res3,
+        last,
         &acts.lnf_stats,
-        &wts[m.lnf_w..m.lnf_w + c],
-        c,
+        ((m.lnf_w, m.lnf_b), c),
     );
     for l in (0..cfg.n_layer).rev() {
         let (lp, lm) = (m.layers[l], &acts.masks[l]);
@@ -86,9 +90,13 @@ pub(super) fn backward(
         // fch = ln2 · Wfc + b
         let drop = drop_in(lm, 2, &mut s.xdrop);
         g.linear(&mut s.dnarrow, &s.dwide, &a.ln2, lp.fc(c), &a.u[2], drop);
-        let (gw, gb) = norm_grads(g.grads, frozen, lp.ln2_w, lp.ln2_b, c);
-        let ln2_w = &wts[lp.ln2_w..lp.ln2_w + c];
-        layer_norm_bwd(&mut s.dres, gw, gb, &s.dnarrow, &a.res2, &a.ln2_stats, ln2_w, c);
+        g.layer_norm(
+            &mut s.dres,
+            &s.dnarrow,
+            &a.res2,
+            &a.ln2_stats,
+            ((lp.ln2_w, lp.ln2_b), c),
+        );
         // res2 = input + dropout(atty · Wproj + b)
         let dy = through_mask(&mut s.dmask, &s.dres, lm.res[0].as_ref());
         let drop = drop_in(lm, 1, &mut s.xdrop);
@@ -106,9 +114,13 @@ pub(super) fn backward(
         // qkv = ln1 · Wattn + b
         let drop = drop_in(lm, 0, &mut s.xdrop);
         g.linear(&mut s.dnarrow, &s.dqkv, &a.ln1, lp.attn(c), &a.u[0], drop);
-        let (gw, gb) = norm_grads(g.grads, frozen, lp.ln1_w, lp.ln1_b, c);
-        let ln1_w = &wts[lp.ln1_w..lp.ln1_w + c];
-        layer_norm_bwd(&mut s.dres, gw, gb, &s.dnarrow, input, &a.ln1_stats, ln1_w, c);
+        g.layer_norm(
+            &mut s.dres,
+            &s.dnarrow,
+            input,
+            &a.ln1_stats,
+            ((lp.ln1_w, lp.ln1_b), c),
+        );
     }
     // Embeddings: each row's gradient (through their dropout) to its token's and its position's
     // row.
@@ -124,6 +136,23 @@ pub(super) fn backward(
             let dp = &mut grads[m.wpe + pos * c..m.wpe + (pos + 1) * c];
             dp.iter_mut().zip(g).for_each(|(a, b)| *a += b);
         }
+    }
+}
+
+impl Grads<'_> {
+    /// Backward of the layer norm whose weight (and bias) sit at `at`: `dx += ` its input's
+    /// gradient from `dy`, and a trainable model's weight and bias gradients.
+    #[inline]
+    fn layer_norm(
+        &mut self,
+        dx: &mut [f32],
+        dy: &[f32],
+        x: &[f32],
+        stats: &[(f32, f32)],
+        (at, c): ((usize, Option<usize>), usize),
+    ) {
+        let (gw, gb) = norm_grads(self.grads, self.w.frozen, at.0, at.1, c);
+        layer_norm_bwd(dx, gw, gb, dy, x, stats, &self.w.wts[at.0..at.0 + c], c);
     }
 }
 
