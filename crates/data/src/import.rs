@@ -10,7 +10,7 @@ use crate::formats::{DataFormat, Detected, ReadOptions, read_file};
 use crate::{Conversation, Error, Result, Rng};
 
 /// File extensions taken when a directory is given.
-const DATA_EXTENSIONS: [&str; 6] = ["json", "jsonl", "ndjson", "txt", "yaml", "yml"];
+const DATA_EXTENSIONS: [&str; 8] = ["json", "jsonl", "ndjson", "csv", "tsv", "txt", "yaml", "yml"];
 
 #[derive(Debug, Clone)]
 pub struct ImportOptions {
@@ -129,11 +129,7 @@ fn walk_once(
         };
         if meta.is_dir() {
             walk_once(&path, extensions, out, seen)?;
-        } else if meta.is_file()
-            && path
-                .extension()
-                .is_some_and(|e| extensions.contains(&e.to_string_lossy().to_ascii_lowercase().as_str()))
-        {
+        } else if meta.is_file() && extensions.contains(&crate::formats::data_extension(&path).as_str()) {
             out.push(path);
         }
     }

@@ -369,3 +369,91 @@ fn import_merges_a_directory_and_filters() {
         "#science What gas do plants take in?"
     );
 }
+
+/// `*.jsonl.gz` (oasst1's own release is gzip-compressed) reads as the JSONL inside, lines and
+/// errors counted in the decompressed text; a broken gzip file is named.
+#[test]
+fn gzip_compressed_files_read_as_their_contents() {
+    use std::io::Write;
+    let plain = std::fs::read(fixture("formats/openai.jsonl")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gz = dir.path().join("openai.jsonl.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(&plain).unwrap();
+    std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+    let r = read_file(&gz, &ReadOptions::default()).unwrap();
+    let want = read("formats/openai.jsonl");
+    assert_eq!(
+        r.detected.container,
+        Container::Jsonl,
+        "the container is the name's inner extension"
+    );
+    assert_eq!(r.conversations.len(), want.conversations.len());
+    for (a, b) in r.conversations.iter().zip(&want.conversations) {
+        assert_eq!(a.messages, b.messages);
+    }
+    assert!(
+        r.conversations[2].meta["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("openai.jsonl.gz:4")
+    );
+    // Cut short: an error naming the file.
+    let bytes = std::fs::read(&gz).unwrap();
+    let cut = dir.path().join("cut.jsonl.gz");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let e = read_file(&cut, &ReadOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("cut.jsonl.gz") && e.contains("gzip"), "{e}");
+    // A directory import takes `.jsonl.gz` files too.
+    let imported = import(&[dir.path().to_path_buf()], &ImportOptions::default());
+    assert!(imported.unwrap_err().to_string().contains("cut.jsonl.gz"));
+}
+
+/// CSV and TSV with a header: instruction/response columns detected as in JSON records, quoted
+/// fields with commas, quotes and line breaks, `--field-map` for other names, and a malformed
+/// row named by file and line.
+#[test]
+fn csv_and_tsv_with_a_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("qa.csv");
+    std::fs::write(
+        &csv,
+        "instruction,input,output\n\"Add 2, 3\",,5\n\"Quote \"\"this\"\"\",,\"First line\nsecond line\"\n",
+    )
+    .unwrap();
+    let r = read_file(&csv, &ReadOptions::default()).unwrap();
+    assert_eq!(r.detected.container, Container::Csv { tabs: false });
+    assert_eq!(r.detected.format, DataFormat::Instruction);
+    assert_eq!(r.conversations.len(), 2);
+    assert_eq!(r.conversations[0].messages[0].content, "Add 2, 3");
+    assert_eq!(r.conversations[1].messages[0].content, "Quote \"this\"");
+    assert_eq!(r.conversations[1].messages[1].content, "First line\nsecond line");
+    assert!(
+        r.conversations[1].meta["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("qa.csv:3")
+    );
+
+    let tsv = dir.path().join("pairs.tsv");
+    std::fs::write(&tsv, "question\tanswer_text\nWhy?\tBecause.\n").unwrap();
+    let opts = ReadOptions {
+        field_map: "instruction=question,output=answer_text"
+            .parse::<FieldMap>()
+            .unwrap(),
+        ..ReadOptions::default()
+    };
+    let r = read_file(&tsv, &opts).unwrap();
+    assert_eq!(r.detected.container, Container::Csv { tabs: true });
+    assert_eq!(r.conversations[0].messages[1].content, "Because.");
+
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "instruction,output\na,b\nc,d,e\n").unwrap();
+    match read_file(&bad, &ReadOptions::default()).unwrap_err() {
+        Error::Record { path, pos, .. } => {
+            assert!(path.ends_with("bad.csv"));
+            assert_eq!(pos, Pos::Line(3));
+        }
+        other => panic!("{other}"),
+    }
+}

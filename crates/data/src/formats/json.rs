@@ -48,8 +48,7 @@ pub(super) fn detect_container(path: &Path, text: &str) -> Result<Container> {
     if text.trim_start().starts_with('[') {
         return Ok(Container::JsonList);
     }
-    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
-    if matches!(ext.as_deref(), Some("jsonl" | "ndjson")) {
+    if matches!(super::data_extension(path).as_str(), "jsonl" | "ndjson") {
         return Ok(Container::Jsonl);
     }
     match serde_json::from_str::<Value>(text) {
@@ -169,6 +168,8 @@ pub(super) fn records(
             }
             Ok(out)
         }
-        Container::Text | Container::Yaml => Err(Error::file(path, "not a JSON container")),
+        Container::Csv { .. } | Container::Text | Container::Yaml => {
+            Err(Error::file(path, "not a JSON container"))
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! Readers for the formats people already have. The container (JSON list, JSON object holding a
-//! list, JSONL, plain text, YAML) and the record shape (OpenAI messages, ShareGPT, instruction
+//! list, JSONL, CSV/TSV, plain text, YAML; any of them gzip-compressed) and the record shape (OpenAI messages, ShareGPT, instruction
 //! records, OpenAssistant messages or trees, transcripts, YAML dialogs) are both detected from the
 //! content; `--format` forces the shape and `--field-map` names instruction fields.
 
+mod csv;
 mod json;
 mod oasst;
 mod records;
@@ -88,6 +89,10 @@ pub enum Container {
         key: Option<String>,
     },
     Jsonl,
+    /// Comma- or tab-separated values with a header row.
+    Csv {
+        tabs: bool,
+    },
     Text,
     Yaml,
 }
@@ -99,6 +104,8 @@ impl fmt::Display for Container {
             Container::JsonObject { key: Some(k) } => write!(f, "JSON dict, records under \"{k}\""),
             Container::JsonObject { key: None } => write!(f, "JSON object (one record)"),
             Container::Jsonl => write!(f, "JSONL"),
+            Container::Csv { tabs: false } => write!(f, "CSV"),
+            Container::Csv { tabs: true } => write!(f, "TSV"),
             Container::Text => write!(f, "text"),
             Container::Yaml => write!(f, "YAML"),
         }
@@ -250,9 +257,42 @@ impl<'a> Sink<'a> {
     }
 }
 
+/// The most a compressed file may expand to in memory.
+const MAX_EXPANDED: u64 = 8 << 30;
+
+/// A gzip file's contents (by its magic bytes, whatever its name), or the bytes as they are.
+fn expand(path: &Path, bytes: Vec<u8>) -> Result<Vec<u8>> {
+    use std::io::Read;
+    if !bytes.starts_with(&[0x1F, 0x8B]) {
+        return Ok(bytes);
+    }
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(bytes.as_slice())
+        .take(MAX_EXPANDED + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::file(path, format!("not a readable gzip file: {e}")))?;
+    if out.len() as u64 > MAX_EXPANDED {
+        return Err(Error::file(path, "expands to more than 8 GiB"));
+    }
+    Ok(out)
+}
+
+/// A file's extension as its contents have it: `train.jsonl.gz` is `jsonl`.
+pub(crate) fn data_extension(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let name = name.strip_suffix(".gz").unwrap_or(&name);
+    Path::new(name)
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// Reads one file of any supported format into canonical conversations.
 pub fn read_file(path: &Path, opts: &ReadOptions) -> Result<FileRead> {
-    let bytes = crate::io::read_regular(path)?;
+    let bytes = expand(path, crate::io::read_regular(path)?)?;
     // Skipping invalid records, a line that is not UTF-8 is one: it is counted and blanked (so
     // the other lines keep their numbers), and the rest of the file is read.
     let mut bad_lines = Vec::new();
@@ -296,7 +336,10 @@ pub fn read_file(path: &Path, opts: &ReadOptions) -> Result<FileRead> {
             (detected, records)
         }
         container => {
-            let items = json::records(path, text, &container, &mut sink)?;
+            let items = match container {
+                Container::Csv { tabs } => csv::records(path, text, if tabs { b'\t' } else { b',' })?,
+                _ => json::records(path, text, &container, &mut sink)?,
+            };
             let format = match opts.format {
                 Some(f) => f,
                 None if !opts.field_map.is_empty() => DataFormat::Instruction,
@@ -356,14 +399,14 @@ fn decode_utf8<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str> {
 }
 
 fn container_for(path: &Path, text: &str, forced: Option<DataFormat>) -> Result<Container> {
-    let ext = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
+    let ext = data_extension(path);
     match forced {
         Some(DataFormat::Transcript) => return Ok(Container::Text),
         Some(DataFormat::YamlDialog) => return Ok(Container::Yaml),
         _ => {}
+    }
+    if ext == "csv" || ext == "tsv" {
+        return Ok(Container::Csv { tabs: ext == "tsv" });
     }
     let first = text.trim_start().chars().next();
     if matches!(first, Some('[' | '{')) {
@@ -377,8 +420,8 @@ fn container_for(path: &Path, text: &str, forced: Option<DataFormat>) -> Result<
     }
     Err(Error::file(
         path,
-        "unknown format: expected JSON, JSONL, a `User:`/`Assistant:` transcript or a YAML dialog corpus \
-         (`conversations:`); see docs/formats.md",
+        "unknown format: expected JSON, JSONL, CSV/TSV (by extension), a `User:`/`Assistant:` transcript \
+         or a YAML dialog corpus (`conversations:`); see docs/formats.md",
     ))
 }
 
