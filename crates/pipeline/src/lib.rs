@@ -60,10 +60,6 @@ pub struct Outcome {
     pub eval_error: Option<String>,
 }
 
-fn is_conversations(p: &Path) -> bool {
-    p.extension().is_some_and(|e| e == "jsonl")
-}
-
 /// The tokenizer file a `--tokenizer` argument names.
 pub fn tokenizer_file(tok: &Path) -> PathBuf {
     if tok.is_dir() {
@@ -73,10 +69,12 @@ pub fn tokenizer_file(tok: &Path) -> PathBuf {
     }
 }
 
-/// Puts the job's inputs into the run: its tokenizer as `tokenizer.json`, and conversation files
-/// (`.jsonl`) tokenized into `data/train.bin` and `data/val.bin`. With `reuse`, shards already
-/// there are kept (a resumed run trains on what it started with). Returns the config that trains
-/// on what the run now holds.
+/// Puts the job's inputs into the run: its tokenizer as `tokenizer.json`, and inputs that are not
+/// token shards tokenized into `data/train.bin` and `data/val.bin`. Conversations (`.jsonl`) are
+/// tokenized as they are; any other file `data import` reads (CSV, ShareGPT, Alpaca, gzip, …) is
+/// imported into `data/{train,val}.jsonl` first. A shard is made again only when its input or the
+/// tokenizer changed (their SHA-256 are kept beside it), or kept as it is with `reuse` (a resumed
+/// run trains on what it started with). Returns the config that trains on what the run holds.
 pub fn prepare(job: &TrainJob, run: &RunDir, reuse: bool) -> Result<TrainConfig> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -92,23 +90,66 @@ pub fn prepare(job: &TrainJob, run: &RunDir, reuse: bool) -> Result<TrainConfig>
     let mut config = job.config.clone();
     let t = &mut config.train;
     for (slot, shard) in [(&mut t.data, run.train_shard()), (&mut t.val, run.val_shard())] {
-        let Some(path) = slot.clone().filter(|p| is_conversations(p)) else {
+        let Some(path) = slot.clone().filter(|p| !chatforge_data::Shard::is_shard(p)) else {
             continue;
         };
         if !(reuse && shard.is_file()) {
-            let tok = job.tokenizer.as_deref().ok_or_else(|| {
-                Error::Invalid(format!(
-                    "{}: conversations need a tokenizer to be tokenized with (--tokenizer)",
-                    path.display()
-                ))
-            })?;
-            let tok = chatforge_tokenizer::ChatTokenizer::load(&tokenizer_file(tok))?;
-            std::fs::create_dir_all(run.data()).map_err(io(&run.data()))?;
-            chatforge_tokenizer::tokenize_file(&path, &tok, &Default::default(), &shard)?;
+            tokenize_into(job, run, &path, &shard)?;
         }
         *slot = Some(shard);
     }
     Ok(config)
+}
+
+/// What a shard was made from, kept beside it (`train.bin.source.json`): the input's and the
+/// tokenizer's SHA-256.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Source {
+    input: String,
+    tokenizer: String,
+}
+
+/// Tokenizes `input` into `shard` with the job's tokenizer, unless the shard there was made from
+/// the same input and tokenizer.
+fn tokenize_into(job: &TrainJob, run: &RunDir, input: &Path, shard: &Path) -> Result<()> {
+    let tok_path = job.tokenizer.as_deref().ok_or_else(|| {
+        Error::Invalid(format!(
+            "{}: conversations need a tokenizer to be tokenized with (--tokenizer)",
+            input.display()
+        ))
+    })?;
+    let tok_file = tokenizer_file(tok_path);
+    let source = Source {
+        input: chatforge_data::sha256_file(input)?,
+        tokenizer: chatforge_data::sha256_file(&tok_file)?,
+    };
+    let mut record = shard.as_os_str().to_owned();
+    record.push(".source.json");
+    let record = PathBuf::from(record);
+    let made_from = std::fs::read_to_string(&record)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Source>(&t).ok());
+    if shard.is_file() && made_from.as_ref() == Some(&source) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(run.data()).map_err(|e| Error::Io {
+        path: run.data(),
+        source: e,
+    })?;
+    let conversations = if input.extension().is_some_and(|e| e == "jsonl") {
+        input.to_path_buf()
+    } else {
+        // Any format `data import` reads, canonicalised beside the shard.
+        let imported = chatforge_data::import(&[input.to_path_buf()], &Default::default())?;
+        let jsonl = shard.with_extension("jsonl");
+        chatforge_data::write_jsonl(&jsonl, &imported.conversations)?;
+        jsonl
+    };
+    let tok = chatforge_tokenizer::ChatTokenizer::load(&tok_file)?;
+    chatforge_tokenizer::tokenize_file(&conversations, &tok, &Default::default(), shard)?;
+    let text = serde_json::to_string(&source).map_err(|e| Error::Invalid(e.to_string()))?;
+    chatforge_data::atomic_write(&record, |w| std::io::Write::write_all(w, text.as_bytes()))?;
+    Ok(())
 }
 
 /// prepare → train → evaluate (when `evaluate`) into the run directory `run`. Events go to

@@ -257,13 +257,13 @@ impl TrainRequest {
                 })
             }
         };
-        let is_jsonl = |p: &Option<PathBuf>| {
-            p.as_ref()
-                .is_some_and(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        };
-        if tokenizer.is_none() && (is_jsonl(&cfg.train.data) || is_jsonl(&cfg.train.val)) {
+        // Anything but a token shard (conversations, CSV, ShareGPT, …) is tokenized in the job.
+        let needs_tokenizer =
+            |p: &Option<PathBuf>| p.as_ref().is_some_and(|p| !chatforge_data::Shard::is_shard(p));
+        if tokenizer.is_none() && (needs_tokenizer(&cfg.train.data) || needs_tokenizer(&cfg.train.val)) {
             return Err(Error::Invalid(
-                "tokenizer: conversation files (.jsonl) need a tokenizer to be tokenized with".into(),
+                "tokenizer: data that is not a token shard (conversations, CSV, …) needs a tokenizer to be tokenized with"
+                    .into(),
             ));
         }
         check_memory(&cfg, tokenizer.as_deref())?;

@@ -13,11 +13,11 @@ pub struct TrainArgs {
     /// TOML config with [model] and [train] sections (see configs/)
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Training shard (from `chatforge data tokenize`), or conversations (`.jsonl`, tokenized
-    /// into the run with --tokenizer)
+    /// Training shard (from `chatforge data tokenize`), or any file `data import` reads
+    /// (conversations, CSV, ShareGPT, gzip…), imported and tokenized into the run with --tokenizer
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Validation shard or conversations
+    /// Validation shard, or a file to import and tokenize as --data
     #[arg(long)]
     pub val: Option<PathBuf>,
     /// The run directory
