@@ -186,13 +186,13 @@ fn bad_input_is_a_clear_error_and_keeps_earlier_output() {
         &[
             "data",
             "import",
-            fixture("broken/unknown.txt").to_str().unwrap(),
+            fixture("broken/unknown.dat").to_str().unwrap(),
             "-o",
             "x.jsonl",
         ],
         dir.path(),
     );
-    assert!(err.contains("unknown.txt: unknown format"), "{err}");
+    assert!(err.contains("unknown.dat: unknown format"), "{err}");
     let err = fails(&["data", "import", "missing.json", "-o", "x.jsonl"], dir.path());
     assert!(err.contains("missing.json"), "{err}");
     let err = fails(

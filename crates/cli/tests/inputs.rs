@@ -83,3 +83,61 @@ fn train_takes_csv_and_gzip_files_and_caches_their_shards() {
     assert!(out.contains("3 steps"), "{out}");
     assert!(d.join("gz-run/data/train.bin").is_file());
 }
+
+/// A plain-text corpus: imported as documents, a tokenizer trained on them, and pre-training
+/// straight from the `.txt` file, each paragraph a document closed by the end-of-text token.
+#[test]
+fn pretraining_on_a_plain_text_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let corpus: String = (0..60)
+        .map(|i| format!("Paragraph {i} of the story: the fox ran {i} miles\nand rested.\n\n"))
+        .collect();
+    std::fs::write(d.join("story.txt"), &corpus).unwrap();
+    let out = ok(&["data", "import", "story.txt", "-o", "story.jsonl"], d, None);
+    assert!(out.contains("documents"), "{out}");
+    // The tokenizer trains on the corpus itself.
+    ok(
+        &[
+            "tokenizer",
+            "train",
+            "--vocab-size",
+            "300",
+            "--input",
+            "story.txt",
+            "-o",
+            "tok",
+        ],
+        d,
+        None,
+    );
+    std::fs::write(d.join("cfg.toml"), CONFIG.replace("\"sft\"", "\"pretrain\"")).unwrap();
+    let out = ok(
+        &[
+            "train",
+            "--config",
+            "cfg.toml",
+            "--data",
+            "story.txt",
+            "--tokenizer",
+            "tok",
+            "-o",
+            "run",
+            "--no-eval",
+        ],
+        d,
+        None,
+    );
+    assert!(out.contains("3 steps"), "{out}");
+    let side: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("run/data/train.bin.json")).unwrap()).unwrap();
+    assert_eq!(side["conversations"], 60, "{side}");
+    // Every token is learnt and each document ends with the end-of-text token.
+    let tok = chatforge_tokenizer::ChatTokenizer::load(&d.join("tok")).unwrap();
+    let eot = tok.end_of_text().unwrap();
+    let shard = chatforge_data::Shard::open(&d.join("run/data/train.bin")).unwrap();
+    let mut ids = Vec::new();
+    shard.ids_into(shard.doc(0), &mut ids);
+    assert_eq!(*ids.last().unwrap(), eot);
+    assert!(shard.mask(shard.doc(0)).iter().all(|&m| m == 1));
+}

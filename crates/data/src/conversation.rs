@@ -73,6 +73,20 @@ impl Conversation {
         self.meta.get("domain").and_then(Value::as_str)
     }
 
+    /// A plain-text document (a corpus's paragraph or file, for pre-training and tokenizers):
+    /// one message holding the text, marked `meta.kind = "text"`, which the tokenizer renders as
+    /// the text itself and an end-of-text token, every token carrying loss.
+    pub fn text(content: impl Into<String>) -> Conversation {
+        let mut c = Conversation::new(vec![Message::new(Role::Assistant, content)]);
+        c.meta.insert(KIND.into(), Value::String(TEXT_KIND.into()));
+        c
+    }
+
+    /// Whether this is a plain-text document ([`Conversation::text`]).
+    pub fn is_text(&self) -> bool {
+        self.meta.get(KIND).and_then(Value::as_str) == Some(TEXT_KIND)
+    }
+
     pub fn chars(&self) -> usize {
         self.messages.iter().map(|m| m.content.chars().count()).sum()
     }
@@ -103,6 +117,10 @@ impl Conversation {
         }
     }
 }
+
+/// The `meta` key telling a document from a conversation, and its value for documents.
+const KIND: &str = "kind";
+const TEXT_KIND: &str = "text";
 
 /// The text a domain becomes when it conditions a user turn ("hash conditioning"):
 /// `"Cooking Tips"` → `"#cooking-tips "`.

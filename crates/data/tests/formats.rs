@@ -261,7 +261,7 @@ fn whole_file_problems() {
     let cases = [
         ("broken/bad_utf8.jsonl", "not valid UTF-8 at line 1 (byte 46)"),
         ("broken/empty.json", "file is empty"),
-        ("broken/unknown.txt", "unknown format"),
+        ("broken/unknown.dat", "unknown format"),
         ("broken/syntax.json", "invalid JSON at line 2, column 15"),
     ];
     for (rel, expected) in cases {
@@ -456,4 +456,62 @@ fn csv_and_tsv_with_a_header() {
         }
         other => panic!("{other}"),
     }
+}
+
+/// Plain text is a corpus of documents (paragraphs between blank lines), each a text
+/// conversation; JSONL records holding a `text` field are documents too.
+#[test]
+fn plain_text_corpora_are_documents() {
+    let r = read("formats/corpus.txt");
+    assert_eq!(r.detected.container, Container::Text);
+    assert_eq!(r.detected.format, DataFormat::Documents);
+    let texts: Vec<&str> = r
+        .conversations
+        .iter()
+        .map(|c| c.messages[0].content.as_str())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "The first paragraph of a corpus,\nover two lines.",
+            "The second one.",
+            "A third,\n  indented."
+        ]
+    );
+    assert!(
+        r.conversations
+            .iter()
+            .all(|c| c.is_text() && c.messages.len() == 1)
+    );
+    assert!(
+        r.conversations[1].meta["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("corpus.txt:5")
+    );
+    // A transcript stays a transcript.
+    assert_eq!(
+        read("formats/transcript.txt").detected.format,
+        DataFormat::Transcript
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("web.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"text\": \"One page.\", \"url\": \"x\"}\n{\"text\": \"Another.\"}\n",
+    )
+    .unwrap();
+    let r = read_file(&jsonl, &ReadOptions::default()).unwrap();
+    assert_eq!(r.detected.format, DataFormat::Documents);
+    assert_eq!(r.conversations.len(), 2);
+    assert!(r.conversations[0].is_text());
+    std::fs::write(&jsonl, "{\"text\": \"One page.\"}\n{\"text\": 5}\n").unwrap();
+    let e = read_file(&jsonl, &ReadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("web.jsonl") && e.contains("line 2") && e.contains("text"),
+        "{e}"
+    );
 }

@@ -391,6 +391,16 @@ impl ChatTokenizer {
         opts: &RenderOptions,
         out: &mut Rendered,
     ) -> Result<()> {
+        if conv.is_text() {
+            // A plain-text document: its text and the end of text, every token learnt.
+            for m in &conv.messages {
+                out.text(enc, &m.content, true)?;
+            }
+            if let Some(eot) = self.end_of_text() {
+                out.push(&[eot], true);
+            }
+            return Ok(());
+        }
         let system = Self::system_text(conv, opts);
         let turns = conv.messages.iter().filter(|m| m.role != Role::System);
         match self.template {

@@ -179,7 +179,7 @@ pub fn train_artifact(
     let mut conversations = Vec::new();
     let mut input_meta = Vec::new();
     for path in inputs {
-        let convs = read_jsonl(path)?;
+        let convs = read_any(path)?;
         input_meta.push(json!({
             "path": path.display().to_string(),
             "sha256": sha256_file(path)?,
@@ -194,7 +194,7 @@ pub fn train_artifact(
     }
     let (train_set, val_set, val_meta) = match val {
         ValSource::File(path) => {
-            let v = read_jsonl(path)?;
+            let v = read_any(path)?;
             let meta = json!({"path": path.display().to_string(), "sha256": sha256_file(path)?});
             (conversations, v, meta)
         }
@@ -234,6 +234,15 @@ pub fn train_artifact(
 }
 
 /// Saves `tokenizer.json` as other tools expect it: special tokens matched in text as usual.
+/// Conversations (canonical `.jsonl`) or anything `data import` reads (a `.txt` corpus, CSV,
+/// ShareGPT, gzip, …), imported as it would be.
+fn read_any(path: &Path) -> Result<Vec<Conversation>> {
+    if path.extension().is_some_and(|e| e == "jsonl") {
+        return Ok(read_jsonl(path)?);
+    }
+    Ok(chatforge_data::import(&[path.to_path_buf()], &Default::default())?.conversations)
+}
+
 /// How a tokenizer artifact came to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -412,3 +412,34 @@ fn fast_encoder_equals_the_tokenizers_pipeline() {
     .unwrap();
     assert!(!unigram.uses_fast_encoder());
 }
+
+/// A plain-text document renders as its text and the end-of-text token, every token carrying
+/// loss, with either template; no role markers.
+#[test]
+fn text_documents_render_as_text_then_end_of_text() {
+    let doc = Conversation::text("Once upon a time.\nThe end.");
+    let gpt2 = ChatTokenizer::load(&fixture("gpt2-tiny")).unwrap();
+    let chat = {
+        let convs = [Conversation::new(vec![
+            Message::new(Role::User, "Once upon a time there was a fox."),
+            Message::new(Role::Assistant, "The end of the story, said the fox."),
+        ])];
+        chatforge_tokenizer::train(
+            convs
+                .iter()
+                .flat_map(|c| c.messages.iter().map(|m| m.content.as_str())),
+            &TrainOptions {
+                vocab_size: 300,
+                ..TrainOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    for tok in [&gpt2, &chat] {
+        let r = tok.render_chat(&doc, &RenderOptions::default()).unwrap();
+        let mut want = tok.encode("Once upon a time.\nThe end.").unwrap();
+        want.extend(tok.end_of_text());
+        assert_eq!(r.ids, want);
+        assert!(r.mask.iter().all(|&m| m == 1), "every token carries loss");
+    }
+}

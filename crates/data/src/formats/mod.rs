@@ -38,10 +38,13 @@ pub enum DataFormat {
     /// Group-chat exports (Discord-style channel files, in a zip or a directory): read as a
     /// whole by [`crate::read_chat_export`], not file by file.
     ChatExport,
+    /// Plain-text documents for pre-training and tokenizers: a `.txt` corpus (paragraphs
+    /// separated by blank lines), or records holding a `text` field.
+    Documents,
 }
 
 impl DataFormat {
-    pub const NAMES: &'static str = "messages (openai), sharegpt, instruction (alpaca), oasst, oasst-trees, transcript, yaml-dialog, chat-export";
+    pub const NAMES: &'static str = "messages (openai), sharegpt, instruction (alpaca), oasst, oasst-trees, transcript, yaml-dialog, chat-export, documents";
 
     pub fn name(self) -> &'static str {
         match self {
@@ -53,6 +56,7 @@ impl DataFormat {
             DataFormat::Transcript => "transcript",
             DataFormat::YamlDialog => "yaml-dialog",
             DataFormat::ChatExport => "chat-export",
+            DataFormat::Documents => "documents",
         }
     }
 }
@@ -70,6 +74,7 @@ impl FromStr for DataFormat {
             "transcript" | "text" | "txt" => DataFormat::Transcript,
             "yaml" | "yml" | "yaml-dialog" => DataFormat::YamlDialog,
             "chat-export" | "discord" => DataFormat::ChatExport,
+            "documents" | "plain" | "corpus" => DataFormat::Documents,
             other => {
                 return Err(Error::Invalid(format!(
                     "unknown format '{other}': expected one of {}",
@@ -323,7 +328,11 @@ pub fn read_file(path: &Path, opts: &ReadOptions) -> Result<FileRead> {
     sink.invalid = bad_lines;
     let (detected, records) = match container_for(path, text, opts.format)? {
         container @ (Container::Text | Container::Yaml) => {
-            let (format, records) = if container == Container::Text {
+            let documents = opts.format == Some(DataFormat::Documents)
+                || (opts.format.is_none() && !text::looks_like_transcript(text));
+            let (format, records) = if container == Container::Text && documents {
+                (DataFormat::Documents, text::read_documents(text, &mut sink)?)
+            } else if container == Container::Text {
                 (DataFormat::Transcript, text::read_transcripts(text, &mut sink)?)
             } else {
                 (DataFormat::YamlDialog, text::read_yaml(path, text, &mut sink)?)
@@ -356,6 +365,15 @@ pub fn read_file(path: &Path, opts: &ReadOptions) -> Result<FileRead> {
             match format {
                 DataFormat::Oasst => oasst::read_messages(items, opts.oasst_best_only, &mut sink)?,
                 DataFormat::OasstTrees => oasst::read_trees(items, opts.oasst_best_only, &mut sink)?,
+                DataFormat::Documents => {
+                    for (line, value) in items {
+                        let c = match value.get("text").and_then(Value::as_str) {
+                            Some(t) => Ok(Conversation::text(t)),
+                            None => Err("a document record needs a \"text\" string".to_string()),
+                        };
+                        sink.push(Pos::Line(line), c)?;
+                    }
+                }
                 DataFormat::Transcript | DataFormat::YamlDialog | DataFormat::ChatExport => {
                     return Err(Error::file(
                         path,
@@ -400,15 +418,16 @@ fn decode_utf8<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str> {
 
 fn container_for(path: &Path, text: &str, forced: Option<DataFormat>) -> Result<Container> {
     let ext = data_extension(path);
+    let first = text.trim_start().chars().next();
     match forced {
         Some(DataFormat::Transcript) => return Ok(Container::Text),
         Some(DataFormat::YamlDialog) => return Ok(Container::Yaml),
+        Some(DataFormat::Documents) if !matches!(first, Some('[' | '{')) => return Ok(Container::Text),
         _ => {}
     }
     if ext == "csv" || ext == "tsv" {
         return Ok(Container::Csv { tabs: ext == "tsv" });
     }
-    let first = text.trim_start().chars().next();
     if matches!(first, Some('[' | '{')) {
         return json::detect_container(path, text);
     }
@@ -418,10 +437,14 @@ fn container_for(path: &Path, text: &str, forced: Option<DataFormat>) -> Result<
     if ext == "yaml" || ext == "yml" || text::looks_like_yaml_dialog(text) {
         return Ok(Container::Yaml);
     }
+    // Any other text file is a corpus of documents.
+    if ext == "txt" || ext == "text" || ext == "md" {
+        return Ok(Container::Text);
+    }
     Err(Error::file(
         path,
-        "unknown format: expected JSON, JSONL, CSV/TSV (by extension), a `User:`/`Assistant:` transcript \
-         or a YAML dialog corpus (`conversations:`); see docs/formats.md",
+        "unknown format: expected JSON, JSONL, CSV/TSV (by extension), a `User:`/`Assistant:` transcript, \
+         a YAML dialog corpus (`conversations:`) or a plain-text corpus (`.txt`); see docs/formats.md",
     ))
 }
 
@@ -457,6 +480,9 @@ fn detect_format(path: &Path, items: &[(usize, Value)]) -> Result<DataFormat> {
     }
     if records::looks_like_instruction(first) {
         return Ok(DataFormat::Instruction);
+    }
+    if keys.get("text").is_some_and(|v| v.is_string()) {
+        return Ok(DataFormat::Documents);
     }
     let names: Vec<&str> = keys.keys().copied().collect();
     Err(Error::record(

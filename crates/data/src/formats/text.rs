@@ -29,6 +29,31 @@ pub(super) fn looks_like_yaml_dialog(text: &str) -> bool {
         .any(|l| l == "conversations:" || l.starts_with("conversations: ["))
 }
 
+/// Plain-text documents: paragraphs separated by one or more blank lines, each kept as it is
+/// (inner line breaks included) and recorded at the line it starts on.
+pub(super) fn read_documents(text: &str, sink: &mut Sink<'_>) -> Result<usize> {
+    let mut count = 0;
+    let mut paragraph: Vec<&str> = Vec::new();
+    let mut start = 0;
+    let lines = text.lines().chain(std::iter::once(""));
+    for (i, line) in lines.enumerate() {
+        if line.trim().is_empty() {
+            if !paragraph.is_empty() {
+                count += 1;
+                let doc = Conversation::text(paragraph.join("\n"));
+                sink.push(Pos::Line(start), Ok(doc))?;
+                paragraph.clear();
+            }
+        } else {
+            if paragraph.is_empty() {
+                start = i + 1;
+            }
+            paragraph.push(line.trim_end());
+        }
+    }
+    Ok(count)
+}
+
 /// Conversations separated by blank lines; a line without a role prefix continues the message above.
 pub(super) fn read_transcripts(text: &str, sink: &mut Sink<'_>) -> Result<usize> {
     let mut count = 0;
