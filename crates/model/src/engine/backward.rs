@@ -56,13 +56,9 @@ pub(super) fn backward(
     );
     for l in (0..cfg.n_layer).rev() {
         let (lp, lm) = (m.layers[l], &acts.masks[l]);
+        let input = block_input(&acts.x0, &acts.layers, l);
         // With checkpointing the block's activations are recomputed from its kept input.
         if let Some(work) = acts.work.as_mut() {
-            let input = if l == 0 {
-                &acts.x0
-            } else {
-                &acts.layers[l - 1].res3
-            };
             let block = Block {
                 m,
                 w,
@@ -74,7 +70,6 @@ pub(super) fn backward(
             layer_forward(&block, input, work, s);
         }
         let a = acts.work.as_ref().unwrap_or(&acts.layers[l]);
-        let input = acts.input(l);
         let mut g = Grads {
             w,
             n,

@@ -29,7 +29,7 @@ pub(super) fn forward(m: &Model, params: &[f32], acts: &mut Acts, s: &mut Scratc
     }
     for l in 0..cfg.n_layer {
         let (before, rest) = acts.layers.split_at_mut(l);
-        let input: &[f32] = if l == 0 { &acts.x0 } else { &before[l - 1].res3 };
+        let input = block_input(&acts.x0, before, l);
         let block = Block {
             m,
             w,

@@ -170,15 +170,10 @@ struct Acts {
     masks: Vec<LayerMasks>,
 }
 
-impl Acts {
-    /// Block `l`'s input: the embeddings, or block `l − 1`'s output.
-    fn input(&self, l: usize) -> &[f32] {
-        if l == 0 {
-            &self.x0
-        } else {
-            &self.layers[l - 1].res3
-        }
-    }
+/// Block `l`'s input: the embeddings, or block `l − 1`'s output (`layers` holds at least the
+/// blocks before `l`). A function of the two fields, so it borrows only them.
+fn block_input<'a>(x0: &'a [f32], layers: &'a [LayerActs], l: usize) -> &'a [f32] {
+    if l == 0 { x0 } else { &layers[l - 1].res3 }
 }
 
 /// Buffers every layer reuses within a step.
