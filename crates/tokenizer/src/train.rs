@@ -219,7 +219,7 @@ pub fn train_artifact(
         train_conversations: train_set.len(),
         val_conversations: val_set.len(),
         seed: Some(opts.seed),
-        versions: json!({"chatforge": env!("CARGO_PKG_VERSION"), "tokenizers": TOKENIZERS_VERSION}),
+        versions: versions(),
         duration_secs: seconds,
         created_unix: now_unix(),
     };
@@ -307,11 +307,16 @@ impl TokenizerManifest {
             train_conversations: 0,
             val_conversations: 0,
             seed: None,
-            versions: json!({"chatforge": env!("CARGO_PKG_VERSION"), "tokenizers": TOKENIZERS_VERSION}),
+            versions: versions(),
             duration_secs: 0.0,
             created_unix: now_unix(),
         }
     }
+}
+
+/// The versions an artifact records: chatforge's and the `tokenizers` crate's.
+fn versions() -> serde_json::Value {
+    json!({"chatforge": env!("CARGO_PKG_VERSION"), "tokenizers": TOKENIZERS_VERSION})
 }
 
 fn now_unix() -> u64 {
