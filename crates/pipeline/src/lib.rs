@@ -89,16 +89,55 @@ pub fn prepare(job: &TrainJob, run: &RunDir, reuse: bool) -> Result<TrainConfig>
     }
     let mut config = job.config.clone();
     let t = &mut config.train;
+    // The tokenizer, hashed and loaded once for both inputs, and only when one needs it.
+    let mut tokenizer: Option<Tokenizer> = None;
     for (slot, shard) in [(&mut t.data, run.train_shard()), (&mut t.val, run.val_shard())] {
         let Some(path) = slot.clone().filter(|p| !chatforge_data::Shard::is_shard(p)) else {
             continue;
         };
         if !(reuse && shard.is_file()) {
-            tokenize_into(job, run, &path, &shard)?;
+            let tok = match &mut tokenizer {
+                Some(t) => t,
+                None => tokenizer.insert(Tokenizer::of(job, &path)?),
+            };
+            tokenize_into(tok, run, &path, &shard)?;
         }
         *slot = Some(shard);
     }
     Ok(config)
+}
+
+/// The job's tokenizer file and its SHA-256; the tokenizer itself is loaded when a shard is made.
+struct Tokenizer {
+    file: PathBuf,
+    sha256: String,
+    loaded: Option<chatforge_tokenizer::ChatTokenizer>,
+}
+
+impl Tokenizer {
+    /// The job's tokenizer, which `input` needs to become tokens.
+    fn of(job: &TrainJob, input: &Path) -> Result<Tokenizer> {
+        let tok = job.tokenizer.as_deref().ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: conversations need a tokenizer to be tokenized with (--tokenizer)",
+                input.display()
+            ))
+        })?;
+        let file = tokenizer_file(tok);
+        Ok(Tokenizer {
+            sha256: chatforge_data::sha256_file(&file)?,
+            file,
+            loaded: None,
+        })
+    }
+
+    fn get(&mut self) -> Result<&chatforge_tokenizer::ChatTokenizer> {
+        let tok = match self.loaded.take() {
+            Some(t) => t,
+            None => chatforge_tokenizer::ChatTokenizer::load(&self.file)?,
+        };
+        Ok(self.loaded.insert(tok))
+    }
 }
 
 /// What a shard was made from, kept beside it (`train.bin.source.json`): the input's and the
@@ -109,19 +148,12 @@ struct Source {
     tokenizer: String,
 }
 
-/// Tokenizes `input` into `shard` with the job's tokenizer, unless the shard there was made from
-/// the same input and tokenizer.
-fn tokenize_into(job: &TrainJob, run: &RunDir, input: &Path, shard: &Path) -> Result<()> {
-    let tok_path = job.tokenizer.as_deref().ok_or_else(|| {
-        Error::Invalid(format!(
-            "{}: conversations need a tokenizer to be tokenized with (--tokenizer)",
-            input.display()
-        ))
-    })?;
-    let tok_file = tokenizer_file(tok_path);
+/// Tokenizes `input` into `shard` with `tok`, unless the shard there was made from the same input
+/// and tokenizer.
+fn tokenize_into(tok: &mut Tokenizer, run: &RunDir, input: &Path, shard: &Path) -> Result<()> {
     let source = Source {
         input: chatforge_data::sha256_file(input)?,
-        tokenizer: chatforge_data::sha256_file(&tok_file)?,
+        tokenizer: tok.sha256.clone(),
     };
     let mut record = shard.as_os_str().to_owned();
     record.push(".source.json");
@@ -145,8 +177,7 @@ fn tokenize_into(job: &TrainJob, run: &RunDir, input: &Path, shard: &Path) -> Re
         chatforge_data::write_jsonl(&jsonl, &imported.conversations)?;
         jsonl
     };
-    let tok = chatforge_tokenizer::ChatTokenizer::load(&tok_file)?;
-    chatforge_tokenizer::tokenize_file(&conversations, &tok, &Default::default(), shard)?;
+    chatforge_tokenizer::tokenize_file(&conversations, tok.get()?, &Default::default(), shard)?;
     let text = serde_json::to_string(&source).map_err(|e| Error::Invalid(e.to_string()))?;
     chatforge_data::atomic_write(&record, |w| std::io::Write::write_all(w, text.as_bytes()))?;
     Ok(())
