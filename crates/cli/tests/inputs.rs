@@ -13,6 +13,24 @@ use common::ok;
 
 const CONFIG: &str = "[model]\nvocab_size = 0\nn_ctx = 64\nn_layer = 1\nn_head = 2\nn_embd = 16\n\n[train]\nmode = \"sft\"\nmax_steps = 3\nbatch_size = 2\n";
 
+/// A 300-token tokenizer trained on `input`, in `d/tok`.
+fn train_tokenizer(d: &std::path::Path, input: &str) {
+    ok(
+        &[
+            "tokenizer",
+            "train",
+            "--vocab-size",
+            "300",
+            "--input",
+            input,
+            "-o",
+            "tok",
+        ],
+        d,
+        None,
+    );
+}
+
 #[test]
 fn train_takes_csv_and_gzip_files_and_caches_their_shards() {
     let dir = tempfile::tempdir().unwrap();
@@ -23,20 +41,7 @@ fn train_takes_csv_and_gzip_files_and_caches_their_shards() {
     }
     std::fs::write(d.join("pairs.csv"), &csv).unwrap();
     ok(&["data", "import", "pairs.csv", "-o", "pairs.jsonl"], d, None);
-    ok(
-        &[
-            "tokenizer",
-            "train",
-            "--vocab-size",
-            "300",
-            "--input",
-            "pairs.jsonl",
-            "-o",
-            "tok",
-        ],
-        d,
-        None,
-    );
+    train_tokenizer(d, "pairs.jsonl");
     std::fs::write(d.join("cfg.toml"), CONFIG).unwrap();
     let train = |data: &str, out: &str| {
         ok(
@@ -97,20 +102,7 @@ fn pretraining_on_a_plain_text_corpus() {
     let out = ok(&["data", "import", "story.txt", "-o", "story.jsonl"], d, None);
     assert!(out.contains("documents"), "{out}");
     // The tokenizer trains on the corpus itself.
-    ok(
-        &[
-            "tokenizer",
-            "train",
-            "--vocab-size",
-            "300",
-            "--input",
-            "story.txt",
-            "-o",
-            "tok",
-        ],
-        d,
-        None,
-    );
+    train_tokenizer(d, "story.txt");
     std::fs::write(d.join("cfg.toml"), CONFIG.replace("\"sft\"", "\"pretrain\"")).unwrap();
     let out = ok(
         &[
