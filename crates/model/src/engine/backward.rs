@@ -147,7 +147,7 @@ impl Grads<'_> {
         (at, c): ((usize, Option<usize>), usize),
     ) {
         let (gw, gb) = norm_grads(self.grads, self.w.frozen, at.0, at.1, c);
-        layer_norm_bwd(dx, gw, gb, dy, x, stats, &self.w.wts[at.0..at.0 + c], c);
+        layer_norm_bwd(dx, gw, gb, dy, x, stats, self.w.norm(at, c).0, c);
     }
 }
 
@@ -155,25 +155,7 @@ impl Grads<'_> {
 #[inline]
 fn gelu_backward(dwide: &mut [f32], fch: &[f32], act: Activation) {
     match act {
-        Activation::GeluTanh => dwide
-            .par_chunks_mut(1 << 12)
-            .zip(fch.par_chunks(1 << 12))
-            .for_each(|(g, x)| {
-                vectorized(|| {
-                    g.iter_mut()
-                        .zip(x)
-                        .for_each(|(g, &x)| *g *= gelu_fast_grad(Activation::GeluTanh, x))
-                })
-            }),
-        Activation::GeluErf => dwide
-            .par_chunks_mut(1 << 12)
-            .zip(fch.par_chunks(1 << 12))
-            .for_each(|(g, x)| {
-                vectorized(|| {
-                    g.iter_mut()
-                        .zip(x)
-                        .for_each(|(g, &x)| *g *= gelu_fast_grad(Activation::GeluErf, x))
-                })
-            }),
+        Activation::GeluTanh => scale_by(dwide, fch, |x| gelu_fast_grad(Activation::GeluTanh, x)),
+        Activation::GeluErf => scale_by(dwide, fch, |x| gelu_fast_grad(Activation::GeluErf, x)),
     }
 }

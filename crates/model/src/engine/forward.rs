@@ -48,15 +48,8 @@ pub(super) fn forward(m: &Model, params: &[f32], acts: &mut Acts, s: &mut Scratc
         }
     }
     let last = &acts.layers[cfg.n_layer - 1].res3;
-    layer_norm_fwd(
-        &mut acts.lnf,
-        &mut acts.lnf_stats,
-        last,
-        &w.wts[m.lnf_w..m.lnf_w + c],
-        m.lnf_b.map(|o| &w.wts[o..o + c]),
-        c,
-        eps,
-    );
+    let (nw, nb) = w.norm((m.lnf_w, m.lnf_b), c);
+    layer_norm_fwd(&mut acts.lnf, &mut acts.lnf_stats, last, nw, nb, c, eps);
     // logits = lnf · headᵀ
     mm(
         &mut acts.logits,
@@ -87,18 +80,10 @@ pub(super) fn layer_forward(k: &Block<'_>, input: &[f32], a: &mut LayerActs, s: 
     let (c, h, eps) = (cfg.n_embd, cfg.n_head, cfg.layer_norm_eps as f32);
     let n = k.batch.b * k.batch.t;
     let (w, lp, lm) = (&k.w, k.m.layers[k.l], k.masks);
-    let wts = w.wts;
     let (wq, xdrop) = (&mut s.wq, &mut s.xdrop);
     let [u_attn, u_proj, u_fc, u_fcproj] = &mut a.u;
-    layer_norm_fwd(
-        &mut a.ln1,
-        &mut a.ln1_stats,
-        input,
-        &wts[lp.ln1_w..lp.ln1_w + c],
-        lp.ln1_b.map(|o| &wts[o..o + c]),
-        c,
-        eps,
-    );
+    let (nw, nb) = w.norm((lp.ln1_w, lp.ln1_b), c);
+    layer_norm_fwd(&mut a.ln1, &mut a.ln1_stats, input, nw, nb, c, eps);
     linear_fwd(
         w,
         wq,
@@ -134,15 +119,8 @@ pub(super) fn layer_forward(k: &Block<'_>, input: &[f32], a: &mut LayerActs, s: 
         apply_mask(&mut a.res2, None, mask, false);
     }
     add_into(&mut a.res2, input);
-    layer_norm_fwd(
-        &mut a.ln2,
-        &mut a.ln2_stats,
-        &a.res2,
-        &wts[lp.ln2_w..lp.ln2_w + c],
-        lp.ln2_b.map(|o| &wts[o..o + c]),
-        c,
-        eps,
-    );
+    let (nw, nb) = w.norm((lp.ln2_w, lp.ln2_b), c);
+    layer_norm_fwd(&mut a.ln2, &mut a.ln2_stats, &a.res2, nw, nb, c, eps);
     linear_fwd(
         w,
         wq,

@@ -140,6 +140,15 @@ struct Params<'a> {
     frozen: bool,
 }
 
+impl<'a> Params<'a> {
+    /// A norm's weight and (optional) bias at the offsets `at`, each `c` wide.
+    #[inline]
+    fn norm(&self, at: (usize, Option<usize>), c: usize) -> (&'a [f32], Option<&'a [f32]>) {
+        let wts = self.wts;
+        (&wts[at.0..at.0 + c], at.1.map(|b| &wts[b..b + c]))
+    }
+}
+
 impl Model {
     fn params<'a>(&'a self, trainable: &'a [f32]) -> Params<'a> {
         Params {

@@ -12,6 +12,14 @@ pub(super) fn map_into(out: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32 + Sync
         .for_each(|(o, x)| vectorized(|| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x))));
 }
 
+/// `g[i] *= f(x[i])` on all cores, in a loop the compiler vectorises.
+#[inline]
+pub(super) fn scale_by(g: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32 + Sync) {
+    g.par_chunks_mut(1 << 12)
+        .zip(x.par_chunks(1 << 12))
+        .for_each(|(g, x)| vectorized(|| g.iter_mut().zip(x).for_each(|(g, &x)| *g *= f(x))));
+}
+
 #[inline]
 pub(super) fn layer_norm_fwd(
     out: &mut [f32],
