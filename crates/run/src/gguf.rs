@@ -77,13 +77,14 @@ pub fn read(path: &Path) -> Result<(GptConfig, Weights, ChatTokenizer)> {
         layer_norm_eps: eps,
     };
     config.validate()?;
+    let mut file = std::fs::File::open(path).map_err(|e| load_err(path, e.to_string()))?;
     let mut weights = Weights::new();
     for slot in chatforge_model::layout::slots(&config) {
         let (name, transposed) = slot.gguf();
         let info = content
             .tensor(&name)
             .ok_or_else(|| load_err(path, format!("no tensor {name}")))?;
-        let mut t = Tensor::new(info.shape.clone(), content.read_f32(path, info)?)?;
+        let mut t = Tensor::new(info.shape.clone(), content.read_f32(&mut file, path, info)?)?;
         if transposed {
             t = t.t();
         }

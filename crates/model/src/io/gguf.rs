@@ -383,8 +383,9 @@ impl Gguf {
         self.tensors.iter().find(|t| t.name == name)
     }
 
-    /// The values of `t` in f32, row-major, read from `path`.
-    pub fn read_f32(&self, path: &Path, t: &TensorInfo) -> Result<Vec<f32>> {
+    /// The values of `t` in f32, row-major, read from `file` (the file at `path`, opened once for
+    /// all its tensors).
+    pub fn read_f32(&self, file: &mut File, path: &Path, t: &TensorInfo) -> Result<Vec<f32>> {
         let ty = GgmlType::from_id(t.type_id).ok_or_else(|| {
             bad(
                 path,
@@ -393,13 +394,9 @@ impl Gguf {
         })?;
         let n = t.elem_count();
         let bytes = ty.bytes(n).unwrap_or(u64::MAX); // checked by `read_header`
-        let mut f = File::open(path).map_err(|e| Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
         let mut buf = vec![0u8; bytes as usize];
-        f.seek(SeekFrom::Start(self.data_start + t.offset))
-            .and_then(|_| f.read_exact(&mut buf))
+        file.seek(SeekFrom::Start(self.data_start + t.offset))
+            .and_then(|_| file.read_exact(&mut buf))
             .map_err(|e| bad(path, format!("tensor {}: {e}", t.name)))?;
         Ok(decode(&buf, ty, n as usize))
     }
@@ -583,7 +580,7 @@ mod tests {
         for (ty, bound) in types.iter().zip([0.0, 2e-3, 1e-2, 0.03, 0.4]) {
             let t = g.tensor(ty.name()).unwrap();
             assert_eq!(t.shape, [2, 32]);
-            let back = g.read_f32(&p, t).unwrap();
+            let back = g.read_f32(&mut File::open(&p).unwrap(), &p, t).unwrap();
             let err = back
                 .iter()
                 .zip(&values)
