@@ -4,7 +4,8 @@
 //! ```text
 //! manifest.json  config.json  tokenizer.json  summary.json  logs.jsonl
 //! checkpoints/step_000500/  best/  adapters/<name>/  data/{train,val}.bin
-//! eval/metrics.json  plots/loss.png  persona_run.json  personas/<name>/
+//! eval/metrics.json  plots/loss.png  personas/<name>/
+//! (`persona_run.json` is `chatforge_data::personas::PersonaRun`'s own.)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -116,11 +117,6 @@ impl RunDir {
 
     pub fn loss_plot(&self) -> PathBuf {
         self.root.join("plots").join("loss.png")
-    }
-
-    /// A persona run's record (`chatforge_data::personas::PersonaRun`).
-    pub fn persona_run(&self) -> PathBuf {
-        self.root.join(chatforge_data::personas::PERSONA_RUN_FILE)
     }
 
     /// A persona's own LoRA run inside a persona run.
