@@ -3,6 +3,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a broken checkout should fail loudly
 
+pub mod hub;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
