@@ -81,10 +81,23 @@ pub fn prepare(job: &TrainJob, run: &RunDir, reuse: bool) -> Result<TrainConfig>
         move |source| Error::Io { path, source }
     };
     std::fs::create_dir_all(run.root()).map_err(io(run.root()))?;
-    if let Some(tok) = &job.tokenizer {
+    // Fine-tuning without --tokenizer: the tokenizer of the model trained from.
+    let source = job.tokenizer.clone().or_else(|| {
+        let init = job.config.train.init.as_deref()?;
+        chatforge_run::model_tokenizer(init)
+    });
+    if let Some(tok) = &source {
         let src = tokenizer_file(tok);
-        if src != run.tokenizer() {
-            std::fs::copy(&src, run.tokenizer()).map_err(io(&src))?;
+        if src.is_file() {
+            if src != run.tokenizer() {
+                std::fs::copy(&src, run.tokenizer()).map_err(io(&src))?;
+            }
+        } else {
+            // GPT-2's two files (vocab.json, merges.txt): the run keeps one tokenizer.json.
+            chatforge_tokenizer::ChatTokenizer::load(tok)?
+                .inner()
+                .save(run.tokenizer(), false)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", run.tokenizer().display())))?;
         }
     }
     let mut config = job.config.clone();
@@ -98,7 +111,7 @@ pub fn prepare(job: &TrainJob, run: &RunDir, reuse: bool) -> Result<TrainConfig>
         if !(reuse && shard.is_file()) {
             let tok = match &mut tokenizer {
                 Some(t) => t,
-                None => tokenizer.insert(Tokenizer::of(job, &path)?),
+                None => tokenizer.insert(Tokenizer::of(source.is_some().then(|| run.tokenizer()), &path)?),
             };
             tokenize_into(tok, run, &path, &shard)?;
         }
@@ -116,14 +129,14 @@ struct Tokenizer {
 
 impl Tokenizer {
     /// The job's tokenizer, which `input` needs to become tokens.
-    fn of(job: &TrainJob, input: &Path) -> Result<Tokenizer> {
-        let tok = job.tokenizer.as_deref().ok_or_else(|| {
+    fn of(tok: Option<PathBuf>, input: &Path) -> Result<Tokenizer> {
+        let tok = tok.ok_or_else(|| {
             Error::Invalid(format!(
                 "{}: conversations need a tokenizer to be tokenized with (--tokenizer)",
                 input.display()
             ))
         })?;
-        let file = tokenizer_file(tok);
+        let file = tokenizer_file(&tok);
         Ok(Tokenizer {
             sha256: chatforge_data::sha256_file(&file)?,
             file,

@@ -7,7 +7,7 @@ pub mod gguf;
 pub mod source;
 
 pub use dir::{CONFIG_FILE, RunDir, STATE_FILE, TOKENIZER_FILE};
-pub use source::{Checkpoint, ModelKind, ModelSource};
+pub use source::{Checkpoint, ModelKind, ModelSource, model_tokenizer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -127,6 +127,15 @@ pub fn resolve(path: &Path, checkpoint: &Checkpoint) -> Result<(ModelKind, PathB
     Ok((ModelKind::Run, dir))
 }
 
+/// The tokenizer that belongs to a model (a run or an HF folder): its `tokenizer.json`, or the
+/// folder holding `vocab.json` and `merges.txt`.
+pub fn model_tokenizer(model: &Path) -> Option<PathBuf> {
+    let (kind, weights) = resolve(model, &Checkpoint::Best).ok()?;
+    let dir = find_tokenizer(kind, model, &weights, None)?;
+    let file = dir.join(TOKENIZER_FILE);
+    Some(if file.is_file() { file } else { dir })
+}
+
 fn find_tokenizer(kind: ModelKind, root: &Path, weights: &Path, base: Option<&Path>) -> Option<PathBuf> {
     let mut dirs = vec![weights.to_path_buf(), root.to_path_buf()];
     if kind == ModelKind::Run {

@@ -148,6 +148,14 @@ impl Spec {
     }
 }
 
+/// `hf://{id}` for a model id on the Hub, as the job's spec records it.
+fn hub_id(spec: &str) -> Option<PathBuf> {
+    let id = spec.strip_prefix("hf://").unwrap_or(spec);
+    chatforge_hub::RepoRef::parse(chatforge_hub::RepoKind::Model, id)
+        .ok()
+        .map(|r| PathBuf::from(format!("hf://{}@{}", r.id, r.revision)))
+}
+
 fn existing(root: &Path, rel: &str, field: &str) -> Result<PathBuf> {
     let p = inside(root, rel).map_err(|e| match e {
         Error::BadPath(m) => Error::BadPath(format!("{field}: {m}")),
@@ -218,7 +226,12 @@ impl TrainRequest {
             None => None,
             Some(i) => Some(match Area::Runs.dir(root, i) {
                 Ok(run) if run.is_dir() => run,
-                _ => existing(root, i, "init")?,
+                _ => match existing(root, i, "init") {
+                    Ok(p) => p,
+                    // A Hub id (`distilgpt2`, `org/name@rev`, `hf://…`): fetched by the job into
+                    // the server's Hugging Face cache.
+                    Err(e) => hub_id(i).ok_or(e)?,
+                },
             }),
         };
         if t.max_steps.is_none() && t.epochs.is_none() {
@@ -260,13 +273,25 @@ impl TrainRequest {
         // Anything but a token shard (conversations, CSV, ShareGPT, …) is tokenized in the job.
         let needs_tokenizer =
             |p: &Option<PathBuf>| p.as_ref().is_some_and(|p| !chatforge_data::Shard::is_shard(p));
-        if tokenizer.is_none() && (needs_tokenizer(&cfg.train.data) || needs_tokenizer(&cfg.train.val)) {
+        // A model trained from brings its tokenizer; a Hub model's is known once the job fetched it
+        // (and the trainer checks the memory then).
+        let hub_init = cfg.train.init.as_ref().is_some_and(|p| p.starts_with("hf:"));
+        let init_tokenizer = cfg
+            .train
+            .init
+            .as_deref()
+            .filter(|_| !hub_init)
+            .and_then(chatforge_run::model_tokenizer);
+        let tokenizer_known = tokenizer.is_some() || hub_init || init_tokenizer.is_some();
+        if !tokenizer_known && (needs_tokenizer(&cfg.train.data) || needs_tokenizer(&cfg.train.val)) {
             return Err(Error::Invalid(
                 "tokenizer: data that is not a token shard (conversations, CSV, …) needs a tokenizer to be tokenized with"
                     .into(),
             ));
         }
-        check_memory(&cfg, tokenizer.as_deref())?;
+        if !hub_init {
+            check_memory(&cfg, tokenizer.as_deref().or(init_tokenizer.as_deref()))?;
+        }
         Ok(Spec::Train {
             config: Box::new(cfg),
             tokenizer,
@@ -371,10 +396,15 @@ pub fn execute(
         }
         Spec::Train { config, tokenizer } => {
             let run = root.join("runs").join(target);
-            let job = chatforge_pipeline::TrainJob {
+            let mut job = chatforge_pipeline::TrainJob {
                 config: (**config).clone(),
                 tokenizer: tokenizer.clone(),
             };
+            if let Some(init) = &job.config.train.init {
+                let local = chatforge_hub::model_path(init, &chatforge_hub::Quiet)
+                    .map_err(|e| Error::Invalid(format!("init: {e}")))?;
+                job.config.train.init = Some(local);
+            }
             let mut on_event = |e: &Event| {
                 if let Ok(mut p) = progress.lock() {
                     p.update(e);

@@ -197,7 +197,8 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
 }
 
 pub fn load_tokenizer(path: &Path) -> anyhow::Result<ChatTokenizer> {
-    ChatTokenizer::load(path).context("loading the tokenizer")
+    let path = super::hub::tokenizer(path)?;
+    ChatTokenizer::load(&path).context("loading the tokenizer")
 }
 
 /// `x.jsonl` → `x.val.jsonl`.

@@ -32,7 +32,7 @@ pub enum ExportCommand {
 
 #[derive(Args)]
 pub struct WriteArgs {
-    /// A run directory, a Hugging Face GPT-2-family folder, or a GGUF file
+    /// A run directory, a Hugging Face GPT-2-family folder or Hub id (distilgpt2, org/name@revision), or a GGUF file
     #[arg(long)]
     pub model: PathBuf,
     /// For a run: best, latest, a step number, or a checkpoint folder
@@ -92,12 +92,9 @@ fn write(a: &WriteArgs) -> anyhow::Result<()> {
     if (a.quantize.is_some() || a.external_data) && a.format != Format::Onnx {
         anyhow::bail!("--quantize and --external-data apply to --format onnx");
     }
-    let src = ModelSource::open(
-        &a.model,
-        &a.checkpoint,
-        a.tokenizer.as_deref(),
-        a.adapter.as_deref(),
-    )?;
+    let model = super::hub::model(&a.model)?;
+    let tokenizer = a.tokenizer.as_deref().map(super::hub::tokenizer).transpose()?;
+    let src = ModelSource::open(&model, &a.checkpoint, tokenizer.as_deref(), a.adapter.as_deref())?;
     let t0 = std::time::Instant::now();
     let manifest = chatforge_export::export(
         &src,

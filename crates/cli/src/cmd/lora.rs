@@ -15,7 +15,7 @@ pub enum LoraCommand {
 
 #[derive(Args)]
 pub struct MergeArgs {
-    /// The base model: an HF GPT-2-family folder or a run
+    /// The base model: an HF GPT-2-family folder, a Hub id or a run
     #[arg(long)]
     pub base: PathBuf,
     /// A PEFT LoRA folder (or the name of one in the base run's adapters/)
@@ -37,7 +37,8 @@ pub fn run(cmd: LoraCommand) -> anyhow::Result<()> {
 /// The merged model is an HF export of the base with the adapter folded in: the same writer as
 /// `chatforge export --format hf` (tokenizer, chat template, special tokens and all).
 fn merge(a: &MergeArgs) -> anyhow::Result<()> {
-    let src = ModelSource::open(&a.base, &Checkpoint::Best, None, Some(&a.adapter))?;
+    let base = super::hub::model(&a.base)?;
+    let src = ModelSource::open(&base, &Checkpoint::Best, None, Some(&a.adapter))?;
     let opts = ExportOptions {
         format: Format::Hf,
         gguf_quant: Default::default(),

@@ -3,6 +3,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod generate;
+pub mod hub;
 pub mod lora;
 pub mod personas;
 pub mod pipeline;
@@ -48,7 +49,7 @@ impl TemplateArgs {
 /// Which model to load, shared by `chat`, `generate` and `eval`.
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// A run directory, a Hugging Face GPT-2-family folder, or a GGUF file (or an export folder holding one)
+    /// A run directory, a Hugging Face GPT-2-family folder or Hub id (distilgpt2, org/name@revision), or a GGUF file (or an export folder holding one)
     #[arg(long)]
     pub model: std::path::PathBuf,
     /// For a run: best, latest, a step number, or a checkpoint folder
@@ -68,10 +69,12 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<chatforge_infer::LoadedModel> {
+        let model = hub::model(&self.model)?;
+        let tokenizer = self.tokenizer.as_deref().map(hub::tokenizer).transpose()?;
         let m = chatforge_infer::LoadedModel::open_with(
-            &self.model,
+            &model,
             &self.checkpoint,
-            self.tokenizer.as_deref(),
+            tokenizer.as_deref(),
             self.adapter.as_deref(),
             self.weights,
         )?;

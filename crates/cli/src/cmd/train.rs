@@ -25,7 +25,7 @@ pub struct TrainArgs {
     pub out: PathBuf,
     #[arg(long, value_parser = super::parse::<Mode>)]
     pub mode: Option<Mode>,
-    /// Start from an HF GPT-2-family folder or an earlier run
+    /// Start from an HF GPT-2-family folder, a Hub id (distilgpt2, org/name@revision) or an earlier run
     #[arg(long)]
     pub init: Option<PathBuf>,
     #[arg(long)]
@@ -41,7 +41,7 @@ pub struct TrainArgs {
     /// Continue from the newest checkpoint in the run directory
     #[arg(long)]
     pub resume: bool,
-    /// The tokenizer (tokenizer.json or its folder): copied into the run, and the one `.jsonl`
+    /// The tokenizer (tokenizer.json, its folder, or a Hub id): copied into the run, and the one
     /// inputs are tokenized with
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
@@ -93,6 +93,8 @@ impl TrainArgs {
         t.data = self.data.clone().or(t.data.take());
         t.val = self.val.clone().or(t.val.take());
         t.init = self.init.clone().or(t.init.take());
+        // A Hub id is fetched now; the run records the snapshot it trained from.
+        t.init = t.init.take().map(|i| super::hub::model(&i)).transpose()?;
         if let Some(m) = self.mode {
             t.mode = m;
         }
@@ -261,7 +263,8 @@ pub fn report_metrics(run: &Path, m: &chatforge_infer::eval::Metrics) {
     );
 }
 
-pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
+    args.tokenizer = args.tokenizer.map(|t| super::hub::tokenizer(&t)).transpose()?;
     let cfg = args.config()?;
     if let Some(strategy) = args.persona_strategy {
         return super::personas::train(cfg, strategy, &args.out, &args);

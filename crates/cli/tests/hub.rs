@@ -1,0 +1,286 @@
+//! Models by Hub id from the command line, against the fixture Hub: `train --init org/name`
+//! fetches the model into the Hugging Face cache and fine-tunes it with its own tokenizer, the
+//! cache then serves `generate` offline, and a model of another architecture is refused before
+//! its weights download.
+
+#![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use chatforge_testkit::hub::FixtureHub;
+use common::ok;
+
+const CONFIG: &str = "[model]\nvocab_size = 0\nn_ctx = 64\nn_layer = 1\nn_head = 2\nn_embd = 16\n\n[train]\nmode = \"pretrain\"\nmax_steps = 2\nbatch_size = 2\n";
+
+/// chatforge with the Hub pointed at `fixture` and the cache in `cache`.
+fn hub_exec(args: &[&str], cwd: &Path, fixture: &FixtureHub, cache: &Path, offline: bool) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_chatforge"))
+        .args(args)
+        .current_dir(cwd)
+        .env("HF_ENDPOINT", fixture.endpoint())
+        .env("HF_HUB_CACHE", cache)
+        .env("HF_HUB_OFFLINE", if offline { "1" } else { "0" })
+        .env_remove("HF_TOKEN")
+        .env("HF_HOME", cache.join("home"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn succeeds(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap() + &String::from_utf8(out.stderr).unwrap()
+}
+
+/// Publishes every file of the HF folder `dir` as `repo` on the fixture Hub.
+fn publish_folder(fixture: &FixtureHub, repo: &str, dir: &Path) -> String {
+    let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+    fixture.publish(repo, &refs)
+}
+
+/// A tiny GPT-2 in an HF folder (`d/hf`), as a user would find it on the Hub, and a JSON file
+/// of instruction records (`d/chats.json`) to fine-tune it on.
+fn tiny_model_and_chats(d: &Path) {
+    let text: String = (0..200)
+        .map(|i| format!("The kettle {i} boils the water for tea.\n\n"))
+        .collect();
+    std::fs::write(d.join("corpus.txt"), &text).unwrap();
+    std::fs::write(d.join("cfg.toml"), CONFIG).unwrap();
+    ok(
+        &[
+            "tokenizer",
+            "train",
+            "--vocab-size",
+            "300",
+            "--input",
+            "corpus.txt",
+            "-o",
+            "tok",
+        ],
+        d,
+        None,
+    );
+    ok(
+        &[
+            "train",
+            "--config",
+            "cfg.toml",
+            "--data",
+            "corpus.txt",
+            "--tokenizer",
+            "tok",
+            "-o",
+            "base",
+            "--no-eval",
+        ],
+        d,
+        None,
+    );
+    ok(
+        &["export", "--model", "base", "--format", "hf", "-o", "hf"],
+        d,
+        None,
+    );
+    let chats: Vec<serde_json::Value> = (0..30)
+        .map(|i| serde_json::json!({"instruction": format!("Boil kettle {i}?"), "output": "The water boils for tea."}))
+        .collect();
+    std::fs::write(d.join("chats.json"), serde_json::to_string(&chats).unwrap()).unwrap();
+}
+
+#[test]
+fn train_and_generate_from_a_hub_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tiny_model_and_chats(d);
+    let fixture = FixtureHub::start();
+    let commit = publish_folder(&fixture, "org/tiny-gpt2", &d.join("hf"));
+    let cache = d.join("hf-cache");
+
+    // Fine-tune by Hub id on a JSON file, with the model's own tokenizer (no --tokenizer).
+    let out = succeeds(
+        hub_exec(
+            &[
+                "train",
+                "--init",
+                "org/tiny-gpt2",
+                "--data",
+                "chats.json",
+                "--mode",
+                "sft",
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "2",
+                "-o",
+                "ft",
+                "--no-eval",
+            ],
+            d,
+            &fixture,
+            &cache,
+            false,
+        ),
+        "train --init org/tiny-gpt2",
+    );
+    assert!(out.contains("2 steps"), "{out}");
+    assert!(out.contains("downloading model.safetensors"), "{out}");
+    let snapshot = cache.join("models--org--tiny-gpt2/snapshots").join(&commit);
+    assert!(snapshot.join("model.safetensors").is_file());
+    // The run records the snapshot it started from, and took the model's tokenizer.
+    let config = std::fs::read_to_string(d.join("ft/manifest.json")).unwrap();
+    assert!(config.contains(&commit), "{config}");
+    assert_eq!(
+        std::fs::read(d.join("ft/tokenizer.json")).unwrap(),
+        std::fs::read(d.join("hf/tokenizer.json")).unwrap()
+    );
+
+    // The cache serves offline: the fixture is not asked.
+    fixture.take_log();
+    let out = succeeds(
+        hub_exec(
+            &[
+                "generate",
+                "--model",
+                "org/tiny-gpt2",
+                "--prompt",
+                "The kettle",
+                "--max-new-tokens",
+                "4",
+                "--temperature",
+                "0",
+            ],
+            d,
+            &fixture,
+            &cache,
+            true,
+        ),
+        "generate --model org/tiny-gpt2 offline",
+    );
+    assert!(out.contains(&commit), "the model's folder is the snapshot: {out}");
+    assert!(fixture.take_log().is_empty());
+
+    // Not cached and offline; another architecture; a missing repository: clear refusals.
+    let err = hub_exec(
+        &["generate", "--model", "org/other", "--prompt", "x"],
+        d,
+        &fixture,
+        &cache,
+        true,
+    );
+    let msg = String::from_utf8_lossy(&err.stderr);
+    assert!(!err.status.success() && msg.contains("HF_HUB_OFFLINE"), "{msg}");
+    fixture.publish(
+        "org/llama",
+        &[
+            ("config.json", br#"{"model_type": "llama"}"#),
+            ("model.safetensors", b"weights"),
+        ],
+    );
+    let err = hub_exec(
+        &["generate", "--model", "org/llama", "--prompt", "x"],
+        d,
+        &fixture,
+        &cache,
+        false,
+    );
+    let msg = String::from_utf8_lossy(&err.stderr);
+    assert!(
+        !err.status.success() && msg.contains("llama") && msg.contains("GPT-2"),
+        "{msg}"
+    );
+    let err = hub_exec(
+        &["generate", "--model", "hf://org/missing", "--prompt", "x"],
+        d,
+        &fixture,
+        &cache,
+        false,
+    );
+    let msg = String::from_utf8_lossy(&err.stderr);
+    assert!(!err.status.success() && msg.contains("org/missing"), "{msg}");
+    // A mistyped local path is a missing path, not a Hub request.
+    fixture.take_log();
+    let err = hub_exec(
+        &["generate", "--model", "ft/nope", "--prompt", "x"],
+        d,
+        &fixture,
+        &cache,
+        false,
+    );
+    assert!(!err.status.success());
+    assert!(fixture.take_log().is_empty());
+}
+
+#[test]
+fn the_service_trains_from_a_hub_id() {
+    use common::service::{free_port, post, serve, wait_state};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tiny_model_and_chats(d);
+    let fixture = FixtureHub::start();
+    let commit = publish_folder(&fixture, "org/tiny-gpt2", &d.join("hf"));
+    let root = d.join("root");
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::copy(d.join("chats.json"), root.join("data/chats.json")).unwrap();
+    let cache = d.join("hf-cache");
+    let port = free_port();
+    let cache_s = cache.to_str().unwrap().to_string();
+    let _server = serve(
+        &root,
+        port,
+        1,
+        &[],
+        &[
+            ("HF_ENDPOINT", fixture.endpoint()),
+            ("HF_HUB_CACHE", &cache_s),
+            ("HF_HUB_OFFLINE", "0"),
+        ],
+    );
+    let body = |init: &str| {
+        serde_json::json!({
+            "init": init, "data": "data/chats.json", "mode": "sft",
+            "train": {"max_steps": 2, "batch_size": 2}
+        })
+    };
+    let r = post(port, "/runs/train", &body("org/tiny-gpt2"));
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let run = r.json()["run_id"].as_str().unwrap().to_string();
+    let done = wait_state(port, &run, &["succeeded", "failed"], 120);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(
+        cache
+            .join("models--org--tiny-gpt2/snapshots")
+            .join(&commit)
+            .join("model.safetensors")
+            .is_file()
+    );
+    assert!(root.join("runs").join(&run).join("tokenizer.json").is_file());
+
+    // A repository that is not there fails its job, with the reason; the server carries on.
+    let r = post(port, "/runs/train", &body("org/missing"));
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let run = r.json()["run_id"].as_str().unwrap().to_string();
+    let done = wait_state(port, &run, &["succeeded", "failed"], 60);
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(done["error"].as_str().unwrap().contains("org/missing"), "{done}");
+    // A path that leads out of the data root is still refused at once.
+    let r = post(port, "/runs/train", &body("../outside"));
+    assert!(r.status == 400 || r.status == 422, "{}", r.status);
+}
