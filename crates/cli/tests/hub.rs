@@ -284,3 +284,84 @@ fn the_service_trains_from_a_hub_id() {
     let r = post(port, "/runs/train", &body("../outside"));
     assert!(r.status == 400 || r.status == 422, "{}", r.status);
 }
+
+#[cfg(feature = "parquet")]
+#[test]
+fn data_import_reads_a_hub_dataset_split() {
+    let Some(py) = chatforge_testkit::python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    chatforge_testkit::run_reference(&py, "write_parquet.py", &[d.join("pq").to_str().unwrap()]);
+    let fixture = FixtureHub::start();
+    let train = std::fs::read(d.join("pq/alpaca.parquet")).unwrap();
+    let val = std::fs::read(d.join("pq/messages.parquet")).unwrap();
+    let first = fixture.publish(
+        "datasets/org/chats",
+        &[
+            ("README.md", b"# chats"),
+            ("data/train-00000-of-00001.parquet", &train),
+            ("data/validation-00000-of-00001.parquet", &val),
+        ],
+    );
+    let cache = d.join("hf-cache");
+    let import = |args: &[&str]| {
+        let mut all = vec!["data", "import"];
+        all.extend_from_slice(args);
+        hub_exec(&all, d, &fixture, &cache, false)
+    };
+    let lines = |f: &str| std::fs::read_to_string(d.join(f)).unwrap().lines().count();
+
+    let out = succeeds(
+        import(&["hf://datasets/org/chats", "-o", "train.jsonl", "--val-split", "0"]),
+        "import train",
+    );
+    assert!(out.contains("split train") && out.contains(&first), "{out}");
+    assert_eq!(lines("train.jsonl"), 50);
+    succeeds(
+        import(&[
+            "hf://datasets/org/chats",
+            "--split",
+            "validation",
+            "-o",
+            "val.jsonl",
+            "--val-split",
+            "0",
+        ]),
+        "import validation",
+    );
+    assert_eq!(lines("val.jsonl"), 2);
+    assert!(cache.join("datasets--org--chats/snapshots").join(&first).is_dir());
+
+    // A newer commit on main; the old one by --revision.
+    fixture.publish(
+        "datasets/org/chats",
+        &[("data/train-00000-of-00001.parquet", &val)],
+    );
+    succeeds(
+        import(&["hf://datasets/org/chats", "-o", "new.jsonl", "--val-split", "0"]),
+        "import new",
+    );
+    assert_eq!(lines("new.jsonl"), 2);
+    succeeds(
+        import(&[
+            "hf://datasets/org/chats",
+            "--revision",
+            &first,
+            "-o",
+            "old.jsonl",
+            "--val-split",
+            "0",
+        ]),
+        "import pinned",
+    );
+    assert_eq!(lines("old.jsonl"), 50);
+
+    let err = import(&["hf://datasets/org/chats", "--split", "test", "-o", "t.jsonl"]);
+    let msg = String::from_utf8_lossy(&err.stderr);
+    assert!(!err.status.success() && msg.contains("split 'test'"), "{msg}");
+    let err = import(&["hf://datasets/org/none", "-o", "t.jsonl"]);
+    let msg = String::from_utf8_lossy(&err.stderr);
+    assert!(!err.status.success() && msg.contains("org/none"), "{msg}");
+}

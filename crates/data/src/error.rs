@@ -10,6 +10,8 @@ pub enum Pos {
     Offset(u64),
     /// 1-based item number where the format gives no lines (YAML lists).
     Item(usize),
+    /// 1-based row of a table (parquet).
+    Row(usize),
 }
 
 impl fmt::Display for Pos {
@@ -18,6 +20,7 @@ impl fmt::Display for Pos {
             Pos::Line(n) => write!(f, "line {n}"),
             Pos::Offset(n) => write!(f, "byte {n}"),
             Pos::Item(n) => write!(f, "item {n}"),
+            Pos::Row(n) => write!(f, "row {n}"),
         }
     }
 }

@@ -10,7 +10,9 @@ use crate::formats::{DataFormat, Detected, ReadOptions, read_file};
 use crate::{Conversation, Error, Result, Rng};
 
 /// File extensions taken when a directory is given.
-const DATA_EXTENSIONS: [&str; 8] = ["json", "jsonl", "ndjson", "csv", "tsv", "txt", "yaml", "yml"];
+const DATA_EXTENSIONS: [&str; 9] = [
+    "json", "jsonl", "ndjson", "csv", "tsv", "txt", "yaml", "yml", "parquet",
+];
 
 #[derive(Debug, Clone)]
 pub struct ImportOptions {

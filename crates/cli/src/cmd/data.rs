@@ -14,7 +14,7 @@ use super::TemplateArgs;
 #[derive(Subcommand)]
 pub enum DataCommand {
     /// Read and merge conversation files of any supported format into canonical JSONL
-    Import(ImportArgs),
+    Import(Box<ImportArgs>),
     /// Counts, turns, characters, roles, domains and top speakers of a conversation file
     Stats {
         file: PathBuf,
@@ -33,9 +33,16 @@ pub enum DataCommand {
 
 #[derive(Args)]
 pub struct ImportArgs {
-    /// Files or directories (directories are searched for .json, .jsonl, .txt, .yaml)
+    /// Files, directories (searched for .json, .jsonl, .csv, .txt, .yaml, .parquet), or Hub
+    /// datasets: hf://datasets/ORG/NAME[@REVISION]
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
+    /// Hub datasets: the split to read (its parquet files, else its JSON/CSV/text files)
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// Hub datasets: the branch, tag or commit [default: main, or @REVISION in the address]
+    #[arg(long)]
+    pub revision: Option<String>,
     /// Where to write the training conversations (canonical JSONL)
     #[arg(short, long)]
     pub out: PathBuf,
@@ -210,6 +217,40 @@ pub fn val_path_for(out: &Path) -> PathBuf {
     out.with_file_name(format!("{stem}.val.jsonl"))
 }
 
+/// Inputs with each `hf://datasets/…` address replaced by the split's files, fetched into the
+/// Hugging Face cache.
+fn hub_datasets(inputs: &[PathBuf], split: &str, revision: Option<&str>) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for input in inputs {
+        let Some(rest) = input.to_str().and_then(|s| s.strip_prefix("hf://")) else {
+            out.push(input.clone());
+            continue;
+        };
+        let mut repo = chatforge_hub::RepoRef::parse_url(rest)?;
+        if repo.kind != chatforge_hub::RepoKind::Dataset {
+            bail!(
+                "{}: data import reads datasets: hf://datasets/ORG/NAME",
+                input.display()
+            );
+        }
+        if let Some(r) = revision {
+            repo.revision = r.to_string();
+        }
+        let hub = chatforge_hub::Hub::new(chatforge_hub::Settings::from_env())?;
+        let select = |listing: &[String]| chatforge_hub::dataset_files(listing, split);
+        let snap = hub
+            .snapshot(&repo, &select, &super::hub::Bar::default())
+            .with_context(|| format!("{} (split {split})", input.display()))?;
+        say!(
+            "{repo}: split {split} at commit {}: {} file(s)",
+            snap.commit,
+            snap.files.len()
+        );
+        out.extend(snap.files.iter().map(|f| snap.dir.join(f)));
+    }
+    Ok(out)
+}
+
 pub fn import_cmd(args: &ImportArgs) -> anyhow::Result<()> {
     let opts = ImportOptions {
         read: ReadOptions {
@@ -232,7 +273,8 @@ pub fn import_cmd(args: &ImportArgs) -> anyhow::Result<()> {
     if args.chat.consent.is_some() && !chat {
         bail!("--consent applies to chat exports: add --format chat-export");
     }
-    let report = import(&args.inputs, &opts)?;
+    let inputs = hub_datasets(&args.inputs, &args.split, args.revision.as_deref())?;
+    let report = import(&inputs, &opts)?;
     if let Some(r) = &report.chat {
         print_chat_report(r);
     }

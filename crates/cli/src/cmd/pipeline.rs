@@ -31,6 +31,8 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
     say!("── 1/5 import {} ──", args.data.display());
     import_cmd(&ImportArgs {
         inputs: vec![args.data.clone()],
+        split: "train".into(),
+        revision: None,
         out: train_jsonl.clone(),
         val_out: None,
         val_split: 0.05,

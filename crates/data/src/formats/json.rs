@@ -168,7 +168,7 @@ pub(super) fn records(
             }
             Ok(out)
         }
-        Container::Csv { .. } | Container::Text | Container::Yaml => {
+        Container::Csv { .. } | Container::Text | Container::Yaml | Container::Parquet => {
             Err(Error::file(path, "not a JSON container"))
         }
     }

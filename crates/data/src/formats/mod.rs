@@ -6,6 +6,8 @@
 mod csv;
 mod json;
 mod oasst;
+#[cfg(feature = "parquet")]
+mod parquet;
 mod records;
 mod text;
 
@@ -100,6 +102,7 @@ pub enum Container {
     },
     Text,
     Yaml,
+    Parquet,
 }
 
 impl fmt::Display for Container {
@@ -113,6 +116,7 @@ impl fmt::Display for Container {
             Container::Csv { tabs: true } => write!(f, "TSV"),
             Container::Text => write!(f, "text"),
             Container::Yaml => write!(f, "YAML"),
+            Container::Parquet => write!(f, "parquet"),
         }
     }
 }
@@ -210,6 +214,8 @@ pub(crate) struct Sink<'a> {
     path: &'a Path,
     source: String,
     skip_invalid: bool,
+    /// Records are rows of a table (parquet), not lines.
+    rows: bool,
     pub(crate) out: Vec<Conversation>,
     pub(crate) invalid: Vec<Error>,
 }
@@ -220,9 +226,15 @@ impl<'a> Sink<'a> {
             path,
             source: path.display().to_string(),
             skip_invalid,
+            rows: false,
             out: Vec::new(),
             invalid: Vec::new(),
         }
+    }
+
+    /// Where record `n` is: a line of JSONL/CSV, a row of a table.
+    pub(crate) fn at(&self, n: usize) -> Pos {
+        if self.rows { Pos::Row(n) } else { Pos::Line(n) }
     }
 
     pub(crate) fn error(&self, pos: Pos, msg: impl Into<String>) -> Error {
@@ -265,17 +277,28 @@ impl<'a> Sink<'a> {
 /// The most a compressed file may expand to in memory.
 const MAX_EXPANDED: u64 = 8 << 30;
 
-/// A gzip file's contents (by its magic bytes, whatever its name), or the bytes as they are.
+/// A gzip or zstd file's contents (by its magic bytes, whatever its name), or the bytes as they are.
 fn expand(path: &Path, bytes: Vec<u8>) -> Result<Vec<u8>> {
     use std::io::Read;
-    if !bytes.starts_with(&[0x1F, 0x8B]) {
+    let mut out = Vec::new();
+    if bytes.starts_with(&[0x1F, 0x8B]) {
+        flate2::read::MultiGzDecoder::new(bytes.as_slice())
+            .take(MAX_EXPANDED + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| Error::file(path, format!("not a readable gzip file: {e}")))?;
+    } else if bytes.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
+        #[cfg(feature = "zstd")]
+        zstd::stream::read::Decoder::new(bytes.as_slice())
+            .and_then(|d| d.take(MAX_EXPANDED + 1).read_to_end(&mut out))
+            .map_err(|e| Error::file(path, format!("not a readable zstd file: {e}")))?;
+        #[cfg(not(feature = "zstd"))]
+        return Err(Error::file(
+            path,
+            "a zstd-compressed file: this build of chatforge reads gzip only (build with the `zstd` feature)",
+        ));
+    } else {
         return Ok(bytes);
     }
-    let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(bytes.as_slice())
-        .take(MAX_EXPANDED + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| Error::file(path, format!("not a readable gzip file: {e}")))?;
     if out.len() as u64 > MAX_EXPANDED {
         return Err(Error::file(path, "expands to more than 8 GiB"));
     }
@@ -288,7 +311,10 @@ pub(crate) fn data_extension(path: &Path) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
-    let name = name.strip_suffix(".gz").unwrap_or(&name);
+    let name = name
+        .strip_suffix(".gz")
+        .or_else(|| name.strip_suffix(".zst"))
+        .unwrap_or(&name);
     Path::new(name)
         .extension()
         .map(|e| e.to_string_lossy().into_owned())
@@ -298,6 +324,9 @@ pub(crate) fn data_extension(path: &Path) -> String {
 /// Reads one file of any supported format into canonical conversations.
 pub fn read_file(path: &Path, opts: &ReadOptions) -> Result<FileRead> {
     let bytes = expand(path, crate::io::read_regular(path)?)?;
+    if bytes.starts_with(b"PAR1") {
+        return read_parquet(path, bytes, opts);
+    }
     // Skipping invalid records, a line that is not UTF-8 is one: it is counted and blanked (so
     // the other lines keep their numbers), and the rest of the file is read.
     let mut bad_lines = Vec::new();
@@ -349,50 +378,7 @@ pub fn read_file(path: &Path, opts: &ReadOptions) -> Result<FileRead> {
                 Container::Csv { tabs } => csv::records(path, text, if tabs { b'\t' } else { b',' })?,
                 _ => json::records(path, text, &container, &mut sink)?,
             };
-            let format = match opts.format {
-                Some(f) => f,
-                None if !opts.field_map.is_empty() => DataFormat::Instruction,
-                None => detect_format(path, &items)?,
-            };
-            let fields = (format == DataFormat::Instruction)
-                .then(|| {
-                    items
-                        .first()
-                        .map(|(_, v)| records::describe_fields(v, &opts.field_map))
-                })
-                .flatten();
-            let n = items.len();
-            match format {
-                DataFormat::Oasst => oasst::read_messages(items, opts.oasst_best_only, &mut sink)?,
-                DataFormat::OasstTrees => oasst::read_trees(items, opts.oasst_best_only, &mut sink)?,
-                DataFormat::Documents => {
-                    for (line, value) in items {
-                        let c = match value.get("text").and_then(Value::as_str) {
-                            Some(t) => Ok(Conversation::text(t)),
-                            None => Err("a document record needs a \"text\" string".to_string()),
-                        };
-                        sink.push(Pos::Line(line), c)?;
-                    }
-                }
-                DataFormat::Transcript | DataFormat::YamlDialog | DataFormat::ChatExport => {
-                    return Err(Error::file(
-                        path,
-                        format!("--format {} does not fit a {container} file", format.name()),
-                    ));
-                }
-                _ => {
-                    for (line, value) in items {
-                        let c = records::convert(format, value, &opts.field_map);
-                        sink.push(Pos::Line(line), c)?;
-                    }
-                }
-            }
-            let detected = Detected {
-                container,
-                format,
-                fields,
-            };
-            (detected, n)
+            read_records(path, container, items, opts, &mut sink)?
         }
     };
     Ok(FileRead {
@@ -401,6 +387,90 @@ pub fn read_file(path: &Path, opts: &ReadOptions) -> Result<FileRead> {
         conversations: sink.out,
         invalid: sink.invalid,
     })
+}
+
+/// A parquet file: its rows, as records.
+fn read_parquet(path: &Path, bytes: Vec<u8>, opts: &ReadOptions) -> Result<FileRead> {
+    #[cfg(feature = "parquet")]
+    {
+        let items = parquet::records(path, bytes)?;
+        if items.is_empty() {
+            return Err(Error::file(path, "the parquet file has no rows"));
+        }
+        let mut sink = Sink::new(path, opts.skip_invalid);
+        sink.rows = true;
+        let (detected, records) = read_records(path, Container::Parquet, items, opts, &mut sink)?;
+        Ok(FileRead {
+            detected,
+            records,
+            conversations: sink.out,
+            invalid: sink.invalid,
+        })
+    }
+    #[cfg(not(feature = "parquet"))]
+    {
+        let _ = (bytes, opts);
+        Err(Error::file(
+            path,
+            "a parquet file: this build of chatforge has no parquet reader (build with the `parquet` feature)",
+        ))
+    }
+}
+
+/// Records (JSON items, CSV or parquet rows) of a detected or forced shape into conversations;
+/// returns what was detected and how many records there were.
+fn read_records(
+    path: &Path,
+    container: Container,
+    items: Vec<(usize, Value)>,
+    opts: &ReadOptions,
+    sink: &mut Sink,
+) -> Result<(Detected, usize)> {
+    let pos = |n: usize| sink.at(n);
+    let format = match opts.format {
+        Some(f) => f,
+        None if !opts.field_map.is_empty() => DataFormat::Instruction,
+        None => detect_format(path, &items, pos)?,
+    };
+    let fields = (format == DataFormat::Instruction)
+        .then(|| {
+            items
+                .first()
+                .map(|(_, v)| records::describe_fields(v, &opts.field_map))
+        })
+        .flatten();
+    let n = items.len();
+    match format {
+        DataFormat::Oasst => oasst::read_messages(items, opts.oasst_best_only, sink)?,
+        DataFormat::OasstTrees => oasst::read_trees(items, opts.oasst_best_only, sink)?,
+        DataFormat::Documents => {
+            for (at, value) in items {
+                let c = match value.get("text").and_then(Value::as_str) {
+                    Some(t) => Ok(Conversation::text(t)),
+                    None => Err("a document record needs a \"text\" string".to_string()),
+                };
+                sink.push(sink.at(at), c)?;
+            }
+        }
+        DataFormat::Transcript | DataFormat::YamlDialog | DataFormat::ChatExport => {
+            return Err(Error::file(
+                path,
+                format!("--format {} does not fit a {container} file", format.name()),
+            ));
+        }
+        _ => {
+            for (at, value) in items {
+                let c = records::convert(format, value, &opts.field_map);
+                sink.push(sink.at(at), c)?;
+            }
+        }
+    }
+    let detected = Detected {
+        container,
+        format,
+        fields,
+    };
+    Ok((detected, n))
 }
 
 /// UTF-8 check with the line and byte of the first bad sequence; a BOM is dropped.
@@ -449,7 +519,7 @@ fn container_for(path: &Path, text: &str, forced: Option<DataFormat>) -> Result<
 }
 
 /// Tells the record shape from the keys of the first records.
-fn detect_format(path: &Path, items: &[(usize, Value)]) -> Result<DataFormat> {
+fn detect_format(path: &Path, items: &[(usize, Value)], pos: impl Fn(usize) -> Pos) -> Result<DataFormat> {
     let Some((line, first)) = items.iter().find(|(_, v)| v.is_object()) else {
         return Err(Error::file(path, "no JSON object records found"));
     };
@@ -459,7 +529,7 @@ fn detect_format(path: &Path, items: &[(usize, Value)]) -> Result<DataFormat> {
     if keys.get("author").is_some_and(|v| v.is_object()) && has("timestamp") {
         return Err(Error::record(
             path,
-            Pos::Line(*line),
+            pos(*line),
             "this is a chat export's message: read the export with --format chat-export (see docs/personas.md)",
         ));
     }
@@ -487,7 +557,7 @@ fn detect_format(path: &Path, items: &[(usize, Value)]) -> Result<DataFormat> {
     let names: Vec<&str> = keys.keys().copied().collect();
     Err(Error::record(
         path,
-        Pos::Line(*line),
+        pos(*line),
         format!(
             "cannot tell the format from the record's fields [{}]; use --format ({}) or \
              --field-map instruction=FIELD,output=FIELD",

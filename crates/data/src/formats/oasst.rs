@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{Map, Value};
 
 use super::Sink;
-use crate::{Conversation, Message, Pos, Result, Role};
+use crate::{Conversation, Message, Result, Role};
 
 struct Node {
     line: usize,
@@ -50,20 +50,20 @@ pub(super) fn read_messages(items: Vec<(usize, Value)>, best_only: bool, sink: &
     let mut tree_info: Vec<(Option<Value>, Option<Value>)> = Vec::new();
     for (line, value) in items {
         let Some(obj) = value.as_object() else {
-            sink.invalid(sink.error(Pos::Line(line), "expected a JSON object"))?;
+            sink.invalid(sink.error(sink.at(line), "expected a JSON object"))?;
             continue;
         };
         if is_deleted(obj) {
             continue;
         }
         let Some(id) = obj.get("message_id").and_then(Value::as_str) else {
-            sink.invalid(sink.error(Pos::Line(line), "message has no \"message_id\""))?;
+            sink.invalid(sink.error(sink.at(line), "message has no \"message_id\""))?;
             continue;
         };
         let (role, text, rank) = match parse_node(obj) {
             Ok(n) => n,
             Err(msg) => {
-                sink.invalid(sink.error(Pos::Line(line), msg))?;
+                sink.invalid(sink.error(sink.at(line), msg))?;
                 continue;
             }
         };
@@ -90,7 +90,7 @@ pub(super) fn read_messages(items: Vec<(usize, Value)>, best_only: bool, sink: &
             Some(p) => match index.get(&p) {
                 Some(&pi) => forest.nodes[pi].children.push(i),
                 None => sink.invalid(sink.error(
-                    Pos::Line(line),
+                    sink.at(line),
                     format!("parent message {p} is not in the file (or was deleted)"),
                 ))?,
             },
@@ -104,7 +104,7 @@ pub(super) fn read_trees(items: Vec<(usize, Value)>, best_only: bool, sink: &mut
     let mut forest = Forest::default();
     for (line, value) in items {
         let Some(prompt) = value.get("prompt").and_then(Value::as_object) else {
-            sink.invalid(sink.error(Pos::Line(line), "tree has no \"prompt\" message"))?;
+            sink.invalid(sink.error(sink.at(line), "tree has no \"prompt\" message"))?;
             continue;
         };
         match add_subtree(&mut forest.nodes, prompt, line) {
@@ -114,7 +114,7 @@ pub(super) fn read_trees(items: Vec<(usize, Value)>, best_only: bool, sink: &mut
                 forest.roots.push((root, tree, lang));
             }
             Ok(None) => {}
-            Err(msg) => sink.invalid(sink.error(Pos::Line(line), msg))?,
+            Err(msg) => sink.invalid(sink.error(sink.at(line), msg))?,
         }
     }
     emit(&mut forest, best_only, sink)
@@ -178,7 +178,7 @@ fn emit(forest: &mut Forest, best_only: bool, sink: &mut Sink<'_>) -> Result<()>
             if let Some(l) = lang {
                 c.meta.insert("lang".into(), l.clone());
             }
-            sink.push(Pos::Line(forest.nodes[*root].line), Ok(c))?;
+            sink.push(sink.at(forest.nodes[*root].line), Ok(c))?;
             if best_only {
                 break;
             }
