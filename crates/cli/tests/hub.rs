@@ -114,7 +114,8 @@ fn train_and_generate_from_a_hub_id() {
     let commit = publish_folder(&fixture, "org/tiny-gpt2", &d.join("hf"));
     let cache = d.join("hf-cache");
 
-    // Fine-tune by Hub id on a JSON file, with the model's own tokenizer (no --tokenizer).
+    // Fine-tune by Hub id on a JSON file, with the model's own tokenizer (no --tokenizer), as the
+    // README's first command does.
     let out = succeeds(
         hub_exec(
             &[
@@ -123,15 +124,12 @@ fn train_and_generate_from_a_hub_id() {
                 "org/tiny-gpt2",
                 "--data",
                 "chats.json",
-                "--mode",
-                "sft",
                 "--max-steps",
                 "2",
                 "--batch-size",
                 "2",
                 "-o",
                 "ft",
-                "--no-eval",
             ],
             d,
             &fixture,

@@ -133,6 +133,14 @@ fn download_cache_hit_offline_and_pinning() {
         second
     );
 
+    // A renamed repository (`distilgpt2` is `distilbert/distilgpt2` now): the Hub's relative
+    // redirects are followed; the cache keeps the name asked for, as huggingface_hub does.
+    publish_model(&fixture, "distilbert/distilgpt2", 9);
+    fixture.moved("distilgpt2", "distilbert/distilgpt2");
+    let moved = hub.snapshot(&model("distilgpt2"), &model_files, &Quiet).unwrap();
+    assert_eq!(std::fs::read(moved.dir.join("model.safetensors")).unwrap(), weights(300_000, 9));
+    assert!(moved.dir.starts_with(cache.path().join("models--distilgpt2")));
+
     // The Hub unreachable: the cache serves, with a note.
     let gone = Hub::new(Settings {
         endpoint: "http://127.0.0.1:9".into(),

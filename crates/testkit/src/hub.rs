@@ -38,6 +38,9 @@ struct State {
     cut: Option<(String, usize)>,
     /// Files whose bodies are served with one byte flipped.
     corrupt: Vec<String>,
+    /// Old model ids → where the repository moved (answered with a relative 307, as the Hub
+    /// answers `distilgpt2` with `distilbert/distilgpt2`).
+    moved: BTreeMap<String, String>,
     log: Vec<String>,
 }
 
@@ -127,6 +130,11 @@ impl FixtureHub {
             .insert(name.into(), commit.into());
     }
 
+    /// Requests for model `old` are redirected to `new` (a relative 307), API and files alike.
+    pub fn moved(&self, old: &str, new: &str) {
+        self.state.lock().unwrap().moved.insert(old.into(), new.into());
+    }
+
     pub fn set_access(&self, repo: &str, access: Access) {
         self.state
             .lock()
@@ -198,6 +206,14 @@ impl FixtureHub {
     fn route(&self, target: &str, token: Option<&str>, range: Option<&str>) -> Reply {
         let path = target.split('?').next().unwrap_or("");
         let path = decode(path);
+        let moved = self.state.lock().unwrap().moved.clone();
+        for (old, new) in &moved {
+            for prefix in ["/api/models/", "/"] {
+                if let Some(rest) = path.strip_prefix(&format!("{prefix}{old}/")) {
+                    return Reply::status(307, "").header("Location", &format!("{prefix}{new}/{rest}"));
+                }
+            }
+        }
         if let Some(sha) = path.strip_prefix("/cdn/") {
             return self.cdn(sha, range);
         }
@@ -431,6 +447,7 @@ impl Reply {
         let reason = match self.status {
             200 => "OK",
             206 => "Partial Content",
+            307 => "Temporary Redirect",
             302 => "Found",
             401 => "Unauthorized",
             403 => "Forbidden",
