@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use chatforge_testkit::hub::FixtureHub;
-use common::ok;
+use common::{ok, train_tokenizer};
 
 const CONFIG: &str = "[model]\nvocab_size = 0\nn_ctx = 64\nn_layer = 1\nn_head = 2\nn_embd = 16\n\n[train]\nmode = \"pretrain\"\nmax_steps = 2\nbatch_size = 2\n";
 
@@ -64,20 +64,7 @@ fn tiny_model_and_chats(d: &Path) {
         .collect();
     std::fs::write(d.join("corpus.txt"), &text).unwrap();
     std::fs::write(d.join("cfg.toml"), CONFIG).unwrap();
-    ok(
-        &[
-            "tokenizer",
-            "train",
-            "--vocab-size",
-            "300",
-            "--input",
-            "corpus.txt",
-            "-o",
-            "tok",
-        ],
-        d,
-        None,
-    );
+    train_tokenizer(d, "corpus.txt");
     ok(
         &[
             "train",

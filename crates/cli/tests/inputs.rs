@@ -9,27 +9,9 @@ mod common;
 
 use std::io::Write;
 
-use common::ok;
+use common::{ok, train_tokenizer};
 
 const CONFIG: &str = "[model]\nvocab_size = 0\nn_ctx = 64\nn_layer = 1\nn_head = 2\nn_embd = 16\n\n[train]\nmode = \"sft\"\nmax_steps = 3\nbatch_size = 2\n";
-
-/// A 300-token tokenizer trained on `input`, in `d/tok`.
-fn train_tokenizer(d: &std::path::Path, input: &str) {
-    ok(
-        &[
-            "tokenizer",
-            "train",
-            "--vocab-size",
-            "300",
-            "--input",
-            input,
-            "-o",
-            "tok",
-        ],
-        d,
-        None,
-    );
-}
 
 #[test]
 fn train_takes_csv_and_gzip_files_and_caches_their_shards() {

@@ -138,7 +138,10 @@ fn download_cache_hit_offline_and_pinning() {
     publish_model(&fixture, "distilbert/distilgpt2", 9);
     fixture.moved("distilgpt2", "distilbert/distilgpt2");
     let moved = hub.snapshot(&model("distilgpt2"), &model_files, &Quiet).unwrap();
-    assert_eq!(std::fs::read(moved.dir.join("model.safetensors")).unwrap(), weights(300_000, 9));
+    assert_eq!(
+        std::fs::read(moved.dir.join("model.safetensors")).unwrap(),
+        weights(300_000, 9)
+    );
     assert!(moved.dir.starts_with(cache.path().join("models--distilgpt2")));
 
     // The Hub unreachable: the cache serves, with a note.

@@ -47,6 +47,24 @@ pub fn fails(args: &[&str], cwd: &Path) -> String {
     String::from_utf8(out.stderr).unwrap()
 }
 
+/// A 300-token tokenizer trained on `input`, in `d/tok`.
+pub fn train_tokenizer(d: &Path, input: &str) {
+    ok(
+        &[
+            "tokenizer",
+            "train",
+            "--vocab-size",
+            "300",
+            "--input",
+            input,
+            "-o",
+            "tok",
+        ],
+        d,
+        None,
+    );
+}
+
 pub const CONFIG: &str = r#"
 [model]
 vocab_size = 0
