@@ -11,9 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use chatforge_testkit::hub::FixtureHub;
-use common::{ok, train_tokenizer};
-
-const CONFIG: &str = "[model]\nvocab_size = 0\nn_ctx = 64\nn_layer = 1\nn_head = 2\nn_embd = 16\n\n[train]\nmode = \"pretrain\"\nmax_steps = 2\nbatch_size = 2\n";
+use common::tiny_model_and_chats;
 
 /// chatforge with the Hub pointed at `fixture` and the cache in `cache`.
 fn hub_exec(args: &[&str], cwd: &Path, fixture: &FixtureHub, cache: &Path, offline: bool) -> Output {
@@ -54,42 +52,6 @@ fn publish_folder(fixture: &FixtureHub, repo: &str, dir: &Path) -> String {
         .collect();
     let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
     fixture.publish(repo, &refs)
-}
-
-/// A tiny GPT-2 in an HF folder (`d/hf`), as a user would find it on the Hub, and a JSON file
-/// of instruction records (`d/chats.json`) to fine-tune it on.
-fn tiny_model_and_chats(d: &Path) {
-    let text: String = (0..200)
-        .map(|i| format!("The kettle {i} boils the water for tea.\n\n"))
-        .collect();
-    std::fs::write(d.join("corpus.txt"), &text).unwrap();
-    std::fs::write(d.join("cfg.toml"), CONFIG).unwrap();
-    train_tokenizer(d, "corpus.txt");
-    ok(
-        &[
-            "train",
-            "--config",
-            "cfg.toml",
-            "--data",
-            "corpus.txt",
-            "--tokenizer",
-            "tok",
-            "-o",
-            "base",
-            "--no-eval",
-        ],
-        d,
-        None,
-    );
-    ok(
-        &["export", "--model", "base", "--format", "hf", "-o", "hf"],
-        d,
-        None,
-    );
-    let chats: Vec<serde_json::Value> = (0..30)
-        .map(|i| serde_json::json!({"instruction": format!("Boil kettle {i}?"), "output": "The water boils for tea."}))
-        .collect();
-    std::fs::write(d.join("chats.json"), serde_json::to_string(&chats).unwrap()).unwrap();
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use chatforge_model::{Weights, save_weights};
-use chatforge_run::ModelSource;
+use chatforge_run::{GENERATION_FILE, ModelSource};
 use chatforge_tokenizer::{Template, specials};
 use serde_json::{Value, json};
 
@@ -77,13 +77,20 @@ pub(crate) fn write_side_files(src: &ModelSource, dir: &Path) -> Result<()> {
             "chat_template": tok.jinja_template(),
         }),
     )?;
-    write_json(
-        &dir.join("generation_config.json"),
-        &json!({
-            "bos_token_id": ids.bos,
-            "eos_token_id": ids.stop,
-            "pad_token_id": ids.eos,
-            "max_length": src.config.n_ctx,
-        }),
-    )
+    // Decoding settings the model came with (a run keeps its --init folder's) travel on; the
+    // token ids are this tokenizer's.
+    let mut generation = std::fs::read_to_string(src.root.join(GENERATION_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .filter(serde_json::Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    for (k, v) in [
+        ("bos_token_id", json!(ids.bos)),
+        ("eos_token_id", json!(ids.stop)),
+        ("pad_token_id", json!(ids.eos)),
+        ("max_length", json!(src.config.n_ctx)),
+    ] {
+        generation[k] = v;
+    }
+    write_json(&dir.join(GENERATION_FILE), &generation)
 }

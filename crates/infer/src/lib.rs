@@ -15,7 +15,7 @@ pub use chat::ChatSession;
 pub use chatforge_run::gguf;
 pub use engine::{Engine, Sequence, WeightType};
 pub use generate::{Finish, Output, Request, generate, generate_ids, prompt_budget};
-pub use sampling::Sampling;
+pub use sampling::{GenerationConfig, Sampling, SamplingGiven};
 pub use source::{Checkpoint, LoadedModel, ModelKind, ModelSource};
 pub use stream::{StopText, TextStream};
 

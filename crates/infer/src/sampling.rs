@@ -137,6 +137,70 @@ impl Sampling {
     }
 }
 
+/// What a model folder's `generation_config.json` says about decoding (transformers' keys); each
+/// is `None` where the file is silent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct GenerationConfig {
+    pub do_sample: Option<bool>,
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub max_new_tokens: Option<usize>,
+}
+
+impl GenerationConfig {
+    /// The first `generation_config.json` found in `dirs`, or nothing said.
+    pub fn find(dirs: &[&std::path::Path]) -> GenerationConfig {
+        dirs.iter()
+            .filter_map(|d| std::fs::read_to_string(d.join(chatforge_run::GENERATION_FILE)).ok())
+            .find_map(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    /// The settings to decode with: what the user gave (`Some`), else what the model's file says,
+    /// else chatforge's chat defaults ([`Sampling::default`]). `do_sample: false` in the file means
+    /// greedy, as in transformers; greedy decoding (temperature 0) has no repetition penalty unless
+    /// one is asked for or the file sets one, so it is transformers' plain greedy search.
+    pub fn resolve(&self, given: SamplingGiven) -> Sampling {
+        let d = Sampling::default();
+        let temperature = given
+            .temperature
+            .or(match self.do_sample {
+                Some(false) => Some(0.0),
+                _ => self.temperature,
+            })
+            .unwrap_or(d.temperature);
+        let repetition_penalty =
+            given
+                .repetition_penalty
+                .or(self.repetition_penalty)
+                .unwrap_or(if temperature == 0.0 {
+                    1.0
+                } else {
+                    d.repetition_penalty
+                });
+        Sampling {
+            temperature,
+            top_k: given.top_k.or(self.top_k).unwrap_or(d.top_k),
+            top_p: given.top_p.or(self.top_p).unwrap_or(d.top_p),
+            repetition_penalty,
+            seed: given.seed.unwrap_or(d.seed),
+        }
+    }
+}
+
+/// Sampling settings the user gave explicitly (flags, request fields); `None` where they did not.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SamplingGiven {
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub seed: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +301,35 @@ mod tests {
             assert!(e.contains(word), "{e}");
         }
         assert!(Sampling::default().validate().is_ok());
+    }
+
+    #[test]
+    fn defaults_come_from_the_flags_then_the_model_then_chatforge() {
+        let none = GenerationConfig::default();
+        let given = |t: Option<f32>, r: Option<f32>| SamplingGiven {
+            temperature: t,
+            repetition_penalty: r,
+            ..SamplingGiven::default()
+        };
+        // No file: chatforge's chat defaults; greedy without an asked-for penalty is plain greedy.
+        assert_eq!(none.resolve(given(None, None)), Sampling::default());
+        let greedy = none.resolve(given(Some(0.0), None));
+        assert_eq!((greedy.temperature, greedy.repetition_penalty), (0.0, 1.0));
+        assert_eq!(none.resolve(given(Some(0.0), Some(1.3))).repetition_penalty, 1.3);
+        // The model's file fills what the flags leave open; do_sample false is greedy.
+        let file: GenerationConfig = serde_json::from_str(
+            r#"{"temperature": 0.6, "top_p": 0.9, "repetition_penalty": 1.05, "eos_token_id": 2}"#,
+        )
+        .unwrap();
+        let s = file.resolve(given(None, None));
+        assert_eq!(
+            (s.temperature, s.top_p, s.repetition_penalty, s.top_k),
+            (0.6, 0.9, 1.05, 40)
+        );
+        assert_eq!(file.resolve(given(Some(1.0), None)).temperature, 1.0);
+        let off: GenerationConfig =
+            serde_json::from_str(r#"{"do_sample": false, "temperature": 0.7}"#).unwrap();
+        let s = off.resolve(given(None, None));
+        assert_eq!((s.temperature, s.repetition_penalty), (0.0, 1.0));
     }
 }

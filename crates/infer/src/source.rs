@@ -28,6 +28,9 @@ pub struct LoadedModel {
     pub chat: bool,
     /// The LoRA adapter folded into the engine's weights, if any.
     pub adapter: Option<PathBuf>,
+    /// Decoding defaults from the model's `generation_config.json` (beside the weights, in the
+    /// run or folder, or beside a LoRA run's base).
+    pub generation: crate::GenerationConfig,
     /// The base weights before any adapter, kept so adapters can be switched without reloading.
     base: Option<Weights>,
     weight_type: WeightType,
@@ -61,8 +64,12 @@ impl LoadedModel {
         let chat = src.kind != ModelKind::Hf
             || matches!(src.tokenizer.template(), Template::Chat { .. })
             || declares_chat_template(path);
+        let mut dirs = vec![src.weights_dir.as_path(), src.root.as_path()];
+        dirs.extend(src.base_dir.as_deref());
+        let generation = crate::GenerationConfig::find(&dirs);
         Ok(LoadedModel {
             engine,
+            generation,
             tokenizer: src.tokenizer,
             config: src.config,
             kind: src.kind,

@@ -70,6 +70,15 @@ fn greedy_generation_matches_transformers_with_and_without_cache() {
         // Through the public generation path (always cached).
         let got = generate_ids(eng, &prompt, 50, &[], &Sampling::greedy()).unwrap();
         assert_eq!(got, want, "{key}: greedy tokens differ");
+        // `--temperature 0` alone, as the CLI resolves it against the folder's
+        // generation_config.json: transformers' plain greedy search (no repetition penalty).
+        let asked = chatforge_infer::SamplingGiven {
+            temperature: Some(0.0),
+            ..Default::default()
+        };
+        let resolved = model.generation.resolve(asked);
+        assert_eq!(resolved.repetition_penalty, 1.0);
+        assert_eq!(generate_ids(eng, &prompt, 50, &[], &resolved).unwrap(), want);
         // Step by step, with the cache: the prompt once, then one token per step.
         let mut seq = eng.new_sequence();
         let mut l = eng.forward(&mut [&mut seq], &[&prompt], false).unwrap();

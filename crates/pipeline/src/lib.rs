@@ -81,6 +81,14 @@ pub fn prepare(job: &TrainJob, run: &RunDir, reuse: bool) -> Result<TrainConfig>
         move |source| Error::Io { path, source }
     };
     std::fs::create_dir_all(run.root()).map_err(io(run.root()))?;
+    // A fine-tuned model decodes as the model it came from did.
+    if let Some(init) = &job.config.train.init {
+        let src = init.join(chatforge_run::GENERATION_FILE);
+        let dst = run.root().join(chatforge_run::GENERATION_FILE);
+        if src.is_file() && src != dst {
+            std::fs::copy(&src, &dst).map_err(io(&src))?;
+        }
+    }
     // Fine-tuning without --tokenizer: the tokenizer of the model trained from.
     let source = job.tokenizer.clone().or_else(|| {
         let init = job.config.train.init.as_deref()?;

@@ -16,6 +16,10 @@ pub struct RunDir {
     root: PathBuf,
 }
 
+/// Decoding settings (transformers' `generation_config.json`): in HF folders, and in a run
+/// fine-tuned from one (carried from its `--init`).
+pub const GENERATION_FILE: &str = "generation_config.json";
+
 /// A checkpoint's state file (step, sampler, RNG, best loss, config, file hashes).
 pub const STATE_FILE: &str = "state.json";
 /// The HF-style model config, in a run and in each checkpoint.

@@ -118,8 +118,8 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     let mut m = args.model.load()?;
     let mut session = ChatSession::new(
         args.condition.options(),
-        args.sampling.sampling()?,
-        args.sampling.max_new_tokens,
+        args.sampling.sampling(&m)?,
+        args.sampling.max_new_tokens(&m),
     );
     session.set_domain(args.condition.domain.as_deref());
     session.stop_strings = args.sampling.stop.clone();

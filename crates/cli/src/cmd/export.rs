@@ -64,6 +64,25 @@ pub struct WriteArgs {
     pub force: bool,
 }
 
+impl WriteArgs {
+    /// The flags' defaults for `model` in `format` to `out` (replacing an earlier export), for
+    /// callers that export in code.
+    pub fn new(model: PathBuf, format: Format, out: PathBuf) -> WriteArgs {
+        WriteArgs {
+            model,
+            checkpoint: chatforge_infer::Checkpoint::Best,
+            tokenizer: None,
+            adapter: None,
+            format,
+            quant: GgufQuant::F32,
+            quantize: None,
+            external_data: false,
+            out,
+            force: true,
+        }
+    }
+}
+
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     match (args.command, args.write) {
         (Some(ExportCommand::Info { path, json }), _) => info(&path, json),
@@ -85,7 +104,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     }
 }
 
-fn write(a: &WriteArgs) -> anyhow::Result<()> {
+pub fn write(a: &WriteArgs) -> anyhow::Result<()> {
     if a.quant != GgufQuant::F32 && a.format != Format::Gguf {
         anyhow::bail!("--quant {} applies to --format gguf", a.quant.name());
     }

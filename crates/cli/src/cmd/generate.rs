@@ -67,7 +67,7 @@ fn user_text(c: &Conversation) -> String {
 fn requests(args: &GenerateArgs, m: &LoadedModel, convs: &[Conversation]) -> anyhow::Result<Vec<Request>> {
     let tok = &m.tokenizer;
     let raw = args.raw || !(m.chat || args.chat);
-    let sampling = args.sampling.sampling()?;
+    let sampling = args.sampling.sampling(m)?;
     let n_ctx = m.config.n_ctx;
     let opts = args.condition.options();
     convs
@@ -89,13 +89,13 @@ fn requests(args: &GenerateArgs, m: &LoadedModel, convs: &[Conversation]) -> any
                         prompt.len()
                     );
                 }
-                let keep = chatforge_infer::prompt_budget(n_ctx, args.sampling.max_new_tokens);
+                let keep = chatforge_infer::prompt_budget(n_ctx, args.sampling.max_new_tokens(m));
                 eprintln!("warning: prompt {} cut from {} to its last {keep} tokens", i + 1, prompt.len());
                 prompt.drain(..prompt.len() - keep);
             }
             Ok(Request {
                 prompt,
-                max_new_tokens: args.sampling.max_new_tokens,
+                max_new_tokens: args.sampling.max_new_tokens(m),
                 sampling,
                 stop_ids,
                 stop_strings: stops,

@@ -97,41 +97,50 @@ impl ModelArgs {
     }
 }
 
-/// Sampling settings, shared by `chat` and `generate`; transformers' `generate` semantics.
+/// Sampling settings, shared by `chat` and `generate`; transformers' `generate` semantics. A
+/// setting not given comes from the model's `generation_config.json`, else chatforge's chat
+/// default (shown in brackets).
 #[derive(Args, Clone, Debug)]
 pub struct SamplingArgs {
-    /// 0 means greedy
-    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
-    pub temperature: f32,
-    /// Keep the k most likely tokens (0: all)
-    #[arg(long, default_value_t = 40)]
-    pub top_k: usize,
-    /// Keep the most likely tokens up to this probability mass, in (0, 1]
-    #[arg(long, default_value_t = 0.95)]
-    pub top_p: f32,
-    /// Penalise tokens already present (1: off)
-    #[arg(long, default_value_t = 1.1)]
-    pub repetition_penalty: f32,
+    /// 0 means greedy [default: 0.8]
+    #[arg(long, allow_negative_numbers = true)]
+    pub temperature: Option<f32>,
+    /// Keep the k most likely tokens, 0 for all [default: 40]
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Keep the most likely tokens up to this probability mass, in (0, 1] [default: 0.95]
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Penalise tokens already present, 1 for off [default: 1.1 when sampling, 1 when greedy]
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    /// Seed of the sampler
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    #[arg(long, default_value_t = 200)]
-    pub max_new_tokens: usize,
+    /// Most tokens per reply [default: 200]
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
     /// Stop when this text appears (repeatable; not included in the reply)
     #[arg(long)]
     pub stop: Vec<String>,
 }
 
 impl SamplingArgs {
-    pub fn sampling(&self) -> anyhow::Result<chatforge_infer::Sampling> {
-        let s = chatforge_infer::Sampling {
+    /// The settings for `m`: these flags over its generation config over chatforge's defaults.
+    pub fn sampling(&self, m: &chatforge_infer::LoadedModel) -> anyhow::Result<chatforge_infer::Sampling> {
+        let s = m.generation.resolve(chatforge_infer::SamplingGiven {
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
             repetition_penalty: self.repetition_penalty,
-            seed: self.seed,
-        };
+            seed: Some(self.seed),
+        });
         s.validate()?;
         Ok(s)
+    }
+
+    pub fn max_new_tokens(&self, m: &chatforge_infer::LoadedModel) -> usize {
+        self.max_new_tokens.or(m.generation.max_new_tokens).unwrap_or(200)
     }
 }
 

@@ -65,6 +65,45 @@ pub fn train_tokenizer(d: &Path, input: &str) {
     );
 }
 
+/// A one-layer model pre-trained for two steps: enough to be a model, fast to make.
+const TINY_PRETRAIN: &str = "[model]\nvocab_size = 0\nn_ctx = 64\nn_layer = 1\nn_head = 2\nn_embd = 16\n\n[train]\nmode = \"pretrain\"\nmax_steps = 2\nbatch_size = 2\n";
+
+/// A tiny GPT-2 in an HF folder (`d/hf`), as a user would find it on the Hub, and a JSON file
+/// of instruction records (`d/chats.json`) to fine-tune it on.
+pub fn tiny_model_and_chats(d: &Path) {
+    let text: String = (0..200)
+        .map(|i| format!("The kettle {i} boils the water for tea.\n\n"))
+        .collect();
+    std::fs::write(d.join("corpus.txt"), &text).unwrap();
+    std::fs::write(d.join("cfg.toml"), TINY_PRETRAIN).unwrap();
+    train_tokenizer(d, "corpus.txt");
+    ok(
+        &[
+            "train",
+            "--config",
+            "cfg.toml",
+            "--data",
+            "corpus.txt",
+            "--tokenizer",
+            "tok",
+            "-o",
+            "base",
+            "--no-eval",
+        ],
+        d,
+        None,
+    );
+    ok(
+        &["export", "--model", "base", "--format", "hf", "-o", "hf"],
+        d,
+        None,
+    );
+    let chats: Vec<serde_json::Value> = (0..30)
+        .map(|i| serde_json::json!({"instruction": format!("Boil kettle {i}?"), "output": "The water boils for tea."}))
+        .collect();
+    std::fs::write(d.join("chats.json"), serde_json::to_string(&chats).unwrap()).unwrap();
+}
+
 pub const CONFIG: &str = r#"
 [model]
 vocab_size = 0
