@@ -57,12 +57,16 @@ pub struct FinetuneBench {
     /// adds gradient checkpointing
     #[arg(long, value_delimiter = ',', default_value = "full,lora,qlora")]
     pub modes: Vec<String>,
+    /// Timed steps (after the warm-up ones)
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
+    /// Untimed steps first
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// Sequences per step
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
+    /// Tokens per sequence
     #[arg(long, default_value_t = 128)]
     pub seq: usize,
     /// LoRA rank (on c_attn, c_proj and c_fc)
@@ -97,6 +101,7 @@ pub struct GenerateBench {
     /// Weight types of the decoder
     #[arg(long, value_delimiter = ',', default_value = "f32,bf16,q8")]
     pub weights: Vec<chatforge_infer::WeightType>,
+    /// Runs of each case (the median is reported)
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Python with torch + transformers: also runs scripts/reference/bench_generate_torch.py
@@ -109,6 +114,7 @@ pub struct TrainBench {
     /// Timed steps (after the warm-up ones)
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
+    /// Untimed steps first
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
     /// Python with torch installed: also runs scripts/reference/bench_train_torch.py (SDPA and plain attention)
@@ -141,6 +147,7 @@ pub struct TokenizeBench {
     /// Tokenizer to use [default: a 4096-token byte-level BPE trained on --data]
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// Times the corpus is encoded (the median is reported)
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
     /// Python with `tokenizers` installed, to run scripts/reference/bench_tokenize.py beside us

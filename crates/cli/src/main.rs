@@ -52,7 +52,7 @@ enum Command {
     Tokenizer(cmd::tokenizer::TokenizerCommand),
     /// Pre-train or fine-tune a GPT on token shards (or on chat conversations as personas)
     Train(cmd::train::TrainArgs),
-    /// Export a model for other tools: a Hugging Face folder or GGUF; `export info` inspects one
+    /// Export a model for other tools: a Hugging Face folder, ONNX or GGUF; `export info` inspects one
     Export(cmd::export::ExportArgs),
     /// LoRA adapters: merge one into its base
     #[command(subcommand)]
@@ -179,4 +179,36 @@ fn error_chain(e: &anyhow::Error) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag and argument of every command says what it does in `--help`.
+    #[test]
+    fn every_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if a.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+                assert!(
+                    sub.get_about().is_some(),
+                    "{path} {}: no description",
+                    sub.get_name()
+                );
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "chatforge", &mut missing);
+        assert!(missing.is_empty(), "flags without help:\n{}", missing.join("\n"));
+    }
 }

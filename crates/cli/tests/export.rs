@@ -205,6 +205,22 @@ fn gguf_export_reads_back_in_gguf_and_in_chatforge() {
             Some("Hi!\n"),
         );
         assert!(chat.contains("assistant:"), "{chat}");
+        if quant == "q8_0" {
+            // `-o NAME.gguf` writes that file, as llama.cpp's tools do, with the same bytes.
+            let file_out = format!("{out}.gguf");
+            ok(
+                &[
+                    "export", "--model", model, "--format", "gguf", "--quant", quant, "-o", &file_out,
+                ],
+                d,
+                None,
+            );
+            assert!(d.join(&file_out).is_file());
+            assert_eq!(
+                std::fs::read(d.join(&file_out)).unwrap(),
+                std::fs::read(&file).unwrap()
+            );
+        }
         if quant == "q4_0" {
             let info = ok(&["export", "info", &out, "--json"], d, None);
             let info: Value = serde_json::from_str(&info).unwrap();

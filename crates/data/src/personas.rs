@@ -402,12 +402,13 @@ pub enum Strategy {
 impl FromStr for Strategy {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
+        // Seed 003's names too: instruction_based, multiple_lora.
+        match s.to_ascii_lowercase().replace('-', "_").as_str() {
             "unified" => Ok(Strategy::Unified),
-            "instruction" => Ok(Strategy::Instruction),
-            "adapters" => Ok(Strategy::Adapters),
+            "instruction" | "instruction_based" => Ok(Strategy::Instruction),
+            "adapters" | "multiple_lora" | "lora" => Ok(Strategy::Adapters),
             other => Err(Error::Invalid(format!(
-                "persona strategy '{other}': expected unified, instruction or adapters"
+                "persona strategy '{other}': expected unified, instruction (instruction_based) or adapters (multiple_lora)"
             ))),
         }
     }

@@ -101,6 +101,9 @@ pub fn export(src: &ModelSource, opts: &ExportOptions, out: &Path) -> Result<ser
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
     }
+    if opts.format == Format::Gguf && out.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        return export_gguf_file(src, opts, out);
+    }
     let mut manifest = serde_json::Value::Null;
     chatforge_data::atomic_dir(out, |tmp| -> Result<()> {
         let weights = src.merged()?;
@@ -121,7 +124,14 @@ pub fn export(src: &ModelSource, opts: &ExportOptions, out: &Path) -> Result<ser
                 opts.onnx.int8.then_some("int8")
             }
         };
-        manifest = make_manifest(src, opts.format, quantization, tmp)?;
+        let mut files: Vec<_> = std::fs::read_dir(tmp)
+            .map_err(io_err(tmp))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        manifest = make_manifest(src, opts.format, quantization, &files)?;
         let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::Invalid(e.to_string()))?;
         let path = tmp.join("export_manifest.json");
         std::fs::write(&path, text + "\n").map_err(io_err(&path))
@@ -129,28 +139,41 @@ pub fn export(src: &ModelSource, opts: &ExportOptions, out: &Path) -> Result<ser
     Ok(manifest)
 }
 
+/// `-o model.gguf`: the one file, as llama.cpp's tools write it (written beside and renamed into
+/// place); its provenance is returned, not written: a GGUF carries its own metadata.
+fn export_gguf_file(src: &ModelSource, opts: &ExportOptions, out: &Path) -> Result<serde_json::Value> {
+    let tmp = chatforge_base::temp_sibling(out);
+    let written = (|| -> Result<()> {
+        write_gguf(src, &src.merged()?, opts.gguf_quant, &tmp)?;
+        std::fs::rename(&tmp, out).map_err(io_err(out))
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    make_manifest(
+        src,
+        Format::Gguf,
+        Some(opts.gguf_quant.name()),
+        &[out.to_path_buf()],
+    )
+}
+
 fn make_manifest(
     src: &ModelSource,
     format: Format,
     quantization: Option<&str>,
-    dir: &Path,
+    paths: &[std::path::PathBuf],
 ) -> Result<serde_json::Value> {
     let mut files = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(io_err(dir))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .collect();
-    entries.sort();
-    for p in entries {
+    for p in paths {
         files.push(FileEntry {
             path: p
                 .file_name()
                 .map(|n| n.to_string_lossy().to_string())
                 .unwrap_or_default(),
-            bytes: std::fs::metadata(&p).map_err(io_err(&p))?.len(),
-            sha256: chatforge_data::sha256_file(&p)?,
+            bytes: std::fs::metadata(p).map_err(io_err(p))?.len(),
+            sha256: chatforge_data::sha256_file(p)?,
         });
     }
     // The weights that went in, by hash, so an export can be traced to its checkpoint.

@@ -36,7 +36,7 @@ impl FromStr for TokenizerKind {
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "bpe" | "byte-bpe" | "bytelevel" => Ok(TokenizerKind::Bpe),
-            "unigram" | "sentencepiece" => Ok(TokenizerKind::Unigram),
+            "unigram" | "sentencepiece" | "spm" => Ok(TokenizerKind::Unigram),
             other => Err(Error::Invalid(format!(
                 "unknown tokenizer kind '{other}': expected bpe or unigram"
             ))),

@@ -17,6 +17,7 @@ pub enum DataCommand {
     Import(Box<ImportArgs>),
     /// Counts, turns, characters, roles, domains and top speakers of a conversation file
     Stats {
+        /// A conversation file (canonical JSONL or any importable format)
         file: PathBuf,
         /// Print JSON instead of a table
         #[arg(long)]
@@ -52,6 +53,7 @@ pub struct ImportArgs {
     /// Fraction held out for validation; 0 writes no validation file
     #[arg(long, default_value_t = 0.05)]
     pub val_split: f64,
+    /// Seed of the validation split
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
     /// Force the record format instead of detecting it
@@ -145,6 +147,7 @@ impl ChatExportArgs {
 
 #[derive(Args)]
 pub struct ShowArgs {
+    /// A conversation file (canonical JSONL or any importable format)
     pub file: PathBuf,
     /// Tokenizer directory or file
     #[arg(long)]
@@ -161,6 +164,7 @@ pub struct ShowArgs {
 
 #[derive(Args)]
 pub struct TokenizeArgs {
+    /// A conversation file (canonical JSONL or any importable format)
     pub file: PathBuf,
     /// Tokenizer directory or file
     #[arg(long)]

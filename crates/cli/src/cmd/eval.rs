@@ -20,8 +20,10 @@ pub struct EvalArgs {
     /// For a run: best, latest, a step number, or a checkpoint folder
     #[arg(long, default_value = "best")]
     pub checkpoint: Checkpoint,
+    /// Tokenizer to use instead of the one beside the model
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// Precision of the decoder's weights: f32, bf16 or q8
     #[arg(long, default_value = "f32")]
     pub weights: WeightType,
     /// A LoRA adapter to apply: a PEFT folder, or the name of one in the run's adapters/
@@ -39,8 +41,10 @@ pub struct EvalArgs {
     /// Conversations whose last reply is regenerated for BLEU/ROUGE
     #[arg(long, default_value_t = 64)]
     pub max_samples: usize,
+    /// Most tokens per regenerated reply
     #[arg(long, default_value_t = 96)]
     pub max_new_tokens: usize,
+    /// Conversations scored (and replies generated) per pass
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     #[command(flatten)]

@@ -20,6 +20,7 @@ pub enum ExportCommand {
     /// Show what an export (or HF folder, or GGUF file) holds: format, parameters, dtypes, size,
     /// tokenizer, and the manifest of the run that produced it
     Info {
+        /// An export: a Hugging Face folder, an ONNX folder, or a GGUF file (or its folder)
         path: PathBuf,
         /// Print JSON instead of text
         #[arg(long)]
@@ -27,7 +28,10 @@ pub enum ExportCommand {
     },
     /// Check an ONNX export without running it: opset, KV-cache inputs and outputs, that every
     /// node reads defined values, and every weight's bytes (inline or external)
-    Verify { path: PathBuf },
+    Verify {
+        /// An ONNX export folder (model.onnx)
+        path: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -56,10 +60,10 @@ pub struct WriteArgs {
     /// ONNX: store the weights in model.onnx.data (automatic past 2 GB)
     #[arg(long)]
     pub external_data: bool,
-    /// Output directory
+    /// Output directory; for GGUF, a path ending in .gguf is written as that one file
     #[arg(short, long)]
     pub out: PathBuf,
-    /// Replace the output directory if it exists
+    /// Replace the output if it exists
     #[arg(long)]
     pub force: bool,
 }

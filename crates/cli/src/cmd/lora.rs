@@ -21,6 +21,7 @@ pub struct MergeArgs {
     /// A PEFT LoRA folder (or the name of one in the base run's adapters/)
     #[arg(long)]
     pub adapter: String,
+    /// Where to write the merged model (a Hugging Face folder)
     #[arg(short, long)]
     pub out: PathBuf,
     /// Replace OUT if it exists

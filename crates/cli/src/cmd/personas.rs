@@ -37,21 +37,37 @@ pub enum PersonasCommand {
     /// The registry: personas, their user ids, and whether they train
     List,
     /// Give a persona another name (by user id or current name)
-    Rename { persona: String, name: String },
+    Rename {
+        /// The persona: its user id or current name
+        persona: String,
+        /// Its new name
+        name: String,
+    },
     /// Add a persona by user id (or re-enable and rename it)
     Add {
+        /// The speaker's user id in the chat export
         id: String,
+        /// The persona's name
         name: String,
+        /// A line saying who this is
         #[arg(default_value = "")]
         description: String,
     },
     /// Stop training a persona (it stays listed)
-    Disable { persona: String },
+    Disable {
+        /// The persona: its user id or name
+        persona: String,
+    },
     /// Train a disabled persona again
-    Enable { persona: String },
+    Enable {
+        /// The persona: its user id or name
+        persona: String,
+    },
     /// Write the training examples a strategy makes from imported chat data, to inspect them
     Examples {
+        /// Conversations imported from a chat export (`data import --format chat-export`)
         data: PathBuf,
+        /// unified, instruction (instruction_based) or adapters (multiple_lora)
         #[arg(long, value_parser = super::parse::<Strategy>)]
         strategy: Strategy,
         /// For `adapters`: the persona whose examples to write [default: all, one file each]

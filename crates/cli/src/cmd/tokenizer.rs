@@ -10,6 +10,7 @@ pub enum TokenizerCommand {
     Train(TrainArgs),
     /// Load tokenizer.json or GPT-2 vocab.json + merges.txt, describe it, optionally save it as an artifact
     Load {
+        /// tokenizer.json, or a folder holding it (or vocab.json + merges.txt), or a Hub id
         path: PathBuf,
         /// Write the tokenizer as an artifact directory (tokenizer.json + manifest.json)
         #[arg(short, long)]
@@ -22,8 +23,10 @@ pub enum TokenizerCommand {
 
 #[derive(Args)]
 pub struct TrainArgs {
+    /// bpe (byte-level BPE, GPT-2 style) or unigram (SentencePiece style; also spm)
     #[arg(long, default_value = "bpe", value_parser = super::parse::<TokenizerKind>)]
     pub kind: TokenizerKind,
+    /// Vocabulary size, special tokens included
     #[arg(long, default_value_t = 8000)]
     pub vocab_size: usize,
     /// Canonical conversation files (from `chatforge data import`)
@@ -38,6 +41,7 @@ pub struct TrainArgs {
     /// BPE: minimum pair frequency for a merge
     #[arg(long, default_value_t = 2)]
     pub min_frequency: u64,
+    /// Seed of the hold-out used for stats.json
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
 }

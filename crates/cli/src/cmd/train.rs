@@ -23,19 +23,25 @@ pub struct TrainArgs {
     /// The run directory
     #[arg(short, long)]
     pub out: PathBuf,
+    /// pretrain (loss on every token), sft (on the assistant's turns), lora or qlora [default: the config's, else sft]
     #[arg(long, value_parser = super::parse::<Mode>)]
     pub mode: Option<Mode>,
     /// Start from an HF GPT-2-family folder, a Hub id (distilgpt2, org/name@revision) or an earlier run
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// Optimizer steps to train for
     #[arg(long)]
     pub max_steps: Option<u64>,
+    /// Passes over the training data (instead of --max-steps)
     #[arg(long)]
     pub epochs: Option<f64>,
+    /// Peak learning rate
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Sequences per optimizer step
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Seed of initialisation, batching and dropout
     #[arg(long)]
     pub seed: Option<u64>,
     /// Continue from the newest checkpoint in the run directory
