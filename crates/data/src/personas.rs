@@ -567,6 +567,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn strategy_names_and_seed_003_aliases() {
+        for (name, want) in [
+            ("unified", Strategy::Unified),
+            ("instruction", Strategy::Instruction),
+            ("instruction_based", Strategy::Instruction),
+            ("adapters", Strategy::Adapters),
+            ("multiple_lora", Strategy::Adapters),
+            ("Multiple-LoRA", Strategy::Adapters),
+        ] {
+            assert_eq!(name.parse::<Strategy>().unwrap(), want, "{name}");
+        }
+        assert!("mixture".parse::<Strategy>().is_err());
+    }
+
+    #[test]
     fn slugs_and_lines() {
         assert_eq!(slug("Alice B."), "alice-b");
         assert_eq!(slug("  Zoë_99 "), "zoë-99");

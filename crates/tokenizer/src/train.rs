@@ -359,3 +359,21 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     })?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_seed_002_spm() {
+        for (name, want) in [
+            ("bpe", TokenizerKind::Bpe),
+            ("unigram", TokenizerKind::Unigram),
+            ("spm", TokenizerKind::Unigram),
+            ("SentencePiece", TokenizerKind::Unigram),
+        ] {
+            assert_eq!(name.parse::<TokenizerKind>().unwrap(), want, "{name}");
+        }
+        assert!("wordpiece".parse::<TokenizerKind>().is_err());
+    }
+}
