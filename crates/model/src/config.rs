@@ -20,8 +20,10 @@ pub const MAX_WEIGHT_BYTES: u128 = 1 << 40;
 #[serde(rename_all = "kebab-case")]
 pub enum Activation {
     /// `0.5 x (1 + tanh(√(2/π)(x + 0.044715 x³)))`: HF `gelu_new`, `gelu_pytorch_tanh`.
+    #[serde(alias = "gelu_new", alias = "gelu_pytorch_tanh", alias = "gelu_fast")]
     GeluTanh,
     /// `0.5 x (1 + erf(x/√2))`: HF `gelu`, PyTorch `nn.GELU()`.
+    #[serde(alias = "gelu")]
     GeluErf,
 }
 
@@ -30,16 +32,23 @@ pub enum Activation {
 pub struct GptConfig {
     pub vocab_size: usize,
     /// Context length: the size of the position table.
+    #[serde(alias = "n_positions", alias = "max_position_embeddings")]
     pub n_ctx: usize,
+    #[serde(alias = "num_hidden_layers", alias = "num_layers")]
     pub n_layer: usize,
+    #[serde(alias = "num_attention_heads", alias = "num_heads")]
     pub n_head: usize,
+    #[serde(alias = "hidden_size", alias = "d_model")]
     pub n_embd: usize,
+    #[serde(alias = "resid_pdrop", alias = "hidden_dropout")]
     pub dropout: f32,
     /// Biases in linear layers and layer norms.
     pub bias: bool,
     /// The output projection reuses the token embedding (GPT-2 does).
     pub tie_embeddings: bool,
+    #[serde(alias = "activation_function")]
     pub activation: Activation,
+    #[serde(alias = "layer_norm_epsilon")]
     pub layer_norm_eps: f64,
 }
 

@@ -24,10 +24,14 @@ pub const TARGETS: [&str; 3] = crate::layout::LORA_MODULES;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LoraConfig {
+    #[serde(alias = "r", alias = "lora_r", alias = "lora_rank")]
     pub rank: usize,
+    #[serde(alias = "lora_alpha")]
     pub alpha: f64,
+    #[serde(alias = "lora_dropout")]
     pub dropout: f32,
     /// Module names (`c_attn`, `c_proj`, `c_fc`); `c_proj` covers both the attention's and the MLP's.
+    #[serde(alias = "target_modules", alias = "lora_targets")]
     pub targets: Vec<String>,
     /// QLoRA: keep every linear layer of the frozen base in this block-quantised form.
     #[serde(skip_serializing_if = "Option::is_none")]

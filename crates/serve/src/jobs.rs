@@ -20,7 +20,8 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenizerRequest {
-    /// Conversation JSONL files, relative to the data root.
+    /// Conversation or text files (or one), relative to the data root; seed 002's `corpus_path`.
+    #[serde(alias = "corpus_path", deserialize_with = "one_or_many")]
     pub input: Vec<String>,
     /// Validation conversations [default: the `.val.jsonl` beside the first input, or a 5% hold-out].
     #[serde(default)]
@@ -35,6 +36,20 @@ pub struct TokenizerRequest {
     pub seed: Option<u64>,
 }
 
+/// A list of strings, or one string as a list of one.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
 /// `POST /runs/train`: the CLI's `chatforge train`, as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,7 +57,8 @@ pub struct TrainRequest {
     #[serde(default)]
     pub mode: Option<Mode>,
     /// A token shard, or conversations (`.jsonl`, tokenized in the job with `tokenizer`), relative
-    /// to the data root.
+    /// to the data root; seed 002's `corpus_path`.
+    #[serde(alias = "corpus_path")]
     pub data: String,
     #[serde(default)]
     pub val: Option<String>,

@@ -253,3 +253,36 @@ async fn ids_that_are_symlinks_out_of_the_root_are_refused() {
         );
     }
 }
+
+/// Seed 002's request names: `corpus_path` for the data (a string, or a list for tokenizers) and
+/// Hugging Face names inside `train`.
+#[tokio::test]
+async fn seed_002_request_names_are_accepted() {
+    let a = api(None);
+    let body = r#"{"corpus_path": "data/train.jsonl", "vocab_size": 300}"#;
+    let (status, _, v) = call(&a, "POST", "/tokenizers/train", &[JSON], body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let body = r#"{"corpus_path": ["data/train.jsonl"], "vocab_size": 300, "kind": "spm"}"#;
+    let (status, _, v) = call(&a, "POST", "/tokenizers/train", &[JSON], body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let body = r#"{"corpus_path": "data/missing.jsonl", "vocab_size": 300}"#;
+    let (status, _, v) = call(&a, "POST", "/tokenizers/train", &[JSON], body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let body = r#"{"corpus_path": "data/train.jsonl", "tokenizer": "data/train.jsonl", "train": {"num_epochs": 1, "learning_rate": 0.001}}"#;
+    // The names parse; what stops this request is the tokenizer, which is not one.
+    let (_, _, v) = call(&a, "POST", "/runs/train", &[JSON], body).await;
+    let err = v["error"].as_str().unwrap();
+    assert!(
+        err.starts_with("tokenizer:") && !err.contains("unknown field"),
+        "{v}"
+    );
+    let (_, _, v) = call(
+        &a,
+        "POST",
+        "/runs/train",
+        &[JSON],
+        r#"{"corpus_path": "data/train.jsonl", "train": {"learning_rat": 1}}"#,
+    )
+    .await;
+    assert!(v["error"].as_str().unwrap().contains("learning_rat"), "{v}");
+}

@@ -59,39 +59,56 @@ impl std::str::FromStr for Mode {
 pub struct TrainSettings {
     pub mode: Mode,
     /// Start from an HF GPT-2-family folder or an earlier run instead of random weights.
+    #[serde(alias = "model_name", alias = "model_name_or_path", alias = "base_model")]
     pub init: Option<PathBuf>,
+    #[serde(alias = "train_file", alias = "train_data", alias = "corpus_path")]
     pub data: Option<PathBuf>,
+    #[serde(alias = "validation_file", alias = "val_data", alias = "eval_file")]
     pub val: Option<PathBuf>,
     /// Stop after this many optimizer steps…
     pub max_steps: Option<u64>,
     /// …or after this many passes over the data (whichever is given; `max_steps` wins).
+    #[serde(alias = "num_epochs", alias = "num_train_epochs")]
     pub epochs: Option<f64>,
+    #[serde(alias = "per_device_train_batch_size", alias = "train_batch_size")]
     pub batch_size: usize,
     /// Tokens per row [default: the model's context].
+    #[serde(alias = "max_length", alias = "max_seq_length", alias = "block_size")]
     pub seq_len: Option<usize>,
     /// Accumulate micro-batches until a step has seen at least this many positions [default: one micro-batch].
     pub tokens_per_step: Option<usize>,
+    #[serde(alias = "learning_rate")]
     pub lr: f64,
+    #[serde(alias = "min_learning_rate")]
     pub min_lr: f64,
     pub warmup_steps: u64,
     pub weight_decay: f64,
+    #[serde(alias = "adam_beta1")]
     pub beta1: f64,
+    #[serde(alias = "adam_beta2")]
     pub beta2: f64,
+    #[serde(alias = "adam_epsilon")]
     pub eps: f64,
     /// Clip the global gradient norm to this (0: off).
+    #[serde(alias = "max_grad_norm", alias = "gradient_clip")]
     pub grad_clip: f64,
+    #[serde(alias = "eval_steps", alias = "eval_interval")]
     pub eval_every: u64,
     /// Validation batches per evaluation [default: the whole validation shard].
     pub eval_batches: Option<usize>,
     /// Stop after this many evaluations without a better validation loss.
+    #[serde(alias = "early_stopping_patience")]
     pub patience: Option<u64>,
+    #[serde(alias = "save_steps", alias = "save_every")]
     pub checkpoint_every: u64,
     /// Checkpoints kept besides `best/`.
+    #[serde(alias = "save_total_limit")]
     pub keep_last: usize,
     pub seed: u64,
     /// LoRA: also write the best adapter to `adapters/<name>/` (one adapter per persona on one base).
     pub adapter_name: Option<String>,
     /// Recompute each block's activations in backward instead of keeping them (long contexts).
+    #[serde(alias = "gradient_checkpointing")]
     pub grad_checkpoint: bool,
     /// Kept so configs that set it still load: training always runs on the engine (plain
     /// buffers, hand-written backward), and `false` (the removed autograd path) is refused.
@@ -152,13 +169,64 @@ pub struct TrainConfig {
     pub lora: LoraConfig,
 }
 
+/// A config whose keys stand at the top level (seed 001's flat `training_config.json`), put into
+/// sections: each key goes to the first section whose struct accepts it alone (so aliases count),
+/// else to `train`, which names it if nothing knows it.
+fn sectioned(value: serde_json::Value) -> Result<serde_json::Value> {
+    use serde_json::{Map, Value};
+    let Value::Object(top) = value else {
+        return Err(Error::Config("a config file holds a table of settings".into()));
+    };
+    let sections = ["model", "train", "training", "lora"];
+    let mut out = Map::new();
+    for (k, v) in top {
+        if sections.contains(&k.as_str()) && v.is_object() {
+            let key = if k == "training" { "train" } else { k.as_str() };
+            let slot = out
+                .entry(key.to_string())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let (Value::Object(slot), Value::Object(add)) = (slot, v) {
+                slot.extend(add);
+            }
+            continue;
+        }
+        let one = Value::Object(Map::from_iter([(k.clone(), v.clone())]));
+        let section = if serde_json::from_value::<GptConfig>(one.clone()).is_ok() {
+            "model"
+        } else if serde_json::from_value::<LoraConfig>(one).is_ok() {
+            "lora"
+        } else {
+            "train"
+        };
+        let slot = out
+            .entry(section.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(slot) = slot {
+            slot.insert(k, v);
+        }
+    }
+    Ok(Value::Object(out))
+}
+
 impl TrainConfig {
-    pub fn from_toml_file(path: &Path) -> Result<Self> {
+    /// Reads a config file: TOML, JSON (`.json`, seed 001's `training_config.json`) or YAML
+    /// (`.yaml`/`.yml`, seed 000's `config.yaml`). Sections are `[model]`, `[train]` (or
+    /// `[training]`) and `[lora]`; keys may also stand at the top level, each going to the section
+    /// that knows it. Common Hugging Face names are aliases (`hidden_size`, `learning_rate`,
+    /// `num_epochs`, `model_name`, …; docs/config.md); an unknown key is an error naming it.
+    pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
             path: path.to_path_buf(),
             source: e,
         })?;
-        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        let bad = |e: String| Error::Config(format!("{}: {e}", path.display()));
+        let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
+        let value: serde_json::Value = match ext.as_deref() {
+            Some("json") => serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?,
+            Some("yaml" | "yml") => yaml_serde::from_str(&text).map_err(|e| bad(e.to_string()))?,
+            _ => toml::from_str(&text).map_err(|e| bad(e.to_string()))?,
+        };
+        serde_json::from_value(sectioned(value)?).map_err(|e| bad(e.to_string()))
     }
 
     /// Bytes a run of this config needs, about, when `model` is the model it trains (this

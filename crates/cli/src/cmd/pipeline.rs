@@ -24,7 +24,7 @@ pub struct PipelineArgs {
     /// A smaller, faster run for smoke tests (the bundled tiny config instead of small)
     #[arg(long)]
     pub quick: bool,
-    /// A config file ([model] and [train]) instead of the bundled one
+    /// A config file (TOML, JSON or YAML; docs/config.md) instead of the bundled one
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Fine-tune this model (an HF folder, a run, or a Hub id such as distilgpt2) instead of
@@ -199,7 +199,7 @@ fn tokenizer_for(
 /// The run's config: the config file (or the bundled one) with the flags over it.
 fn train_config(args: &PipelineArgs, init: Option<PathBuf>, run: &RunDir) -> anyhow::Result<TrainConfig> {
     let mut cfg = match &args.config {
-        Some(p) => TrainConfig::from_toml_file(p)?,
+        Some(p) => TrainConfig::from_file(p)?,
         None => toml::from_str(if args.quick { TINY } else { SMALL })?,
     };
     let t = &mut cfg.train;

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// TOML config with [model] and [train] sections (see configs/)
+    /// Config file: TOML, JSON or YAML with [model], [train] and [lora] sections, or flat keys (see configs/, docs/config.md)
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Training shard (from `chatforge data tokenize`), or any file `data import` reads
@@ -91,7 +91,7 @@ pub struct TrainArgs {
 impl TrainArgs {
     pub fn config(&self) -> anyhow::Result<TrainConfig> {
         let mut cfg = match &self.config {
-            Some(p) => TrainConfig::from_toml_file(p)?,
+            Some(p) => TrainConfig::from_file(p)?,
             // The one table of defaults, the service's too.
             None => TrainConfig::default(),
         };
