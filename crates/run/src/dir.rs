@@ -4,7 +4,7 @@
 //! ```text
 //! manifest.json  config.json  tokenizer.json  summary.json  logs.jsonl
 //! checkpoints/step_000500/  best/  adapters/<name>/  data/{train,val}.bin
-//! eval/metrics.json  plots/loss.png  personas/<name>/
+//! eval/metrics.json  plots/loss.png  personas/<name>/  tensorboard/events.out.tfevents.*
 //! (`persona_run.json` is `chatforge_data::personas::PersonaRun`'s own.)
 //! ```
 
@@ -56,6 +56,11 @@ impl RunDir {
     /// One event per line.
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs.jsonl")
+    }
+
+    /// TensorBoard event files (`tensorboard --logdir` on the run, or on `runs/`).
+    pub fn tensorboard(&self) -> PathBuf {
+        self.root.join("tensorboard")
     }
 
     pub fn checkpoints(&self) -> PathBuf {

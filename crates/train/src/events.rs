@@ -52,6 +52,20 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The step the event belongs to (where a run starts, for `Start`).
+    pub fn step(&self) -> u64 {
+        match self {
+            Event::Start { start_step, .. } => *start_step,
+            Event::Step { step, .. }
+            | Event::Eval { step, .. }
+            | Event::Checkpoint { step, .. }
+            | Event::Warning { step, .. }
+            | Event::Stopped { step, .. } => *step,
+        }
+    }
+}
+
 pub(crate) struct Log(pub std::fs::File);
 
 /// The step a line of `logs.jsonl` belongs to: `step`, or a start's `start_step` (`None` for a

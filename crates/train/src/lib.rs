@@ -9,6 +9,7 @@ mod optim;
 mod plot;
 mod run;
 mod start;
+mod tensorboard;
 
 pub use checkpoint::{CheckpointState, read_state};
 pub use config::{Mode, TrainConfig, TrainSettings};

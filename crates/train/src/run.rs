@@ -339,8 +339,26 @@ pub fn train(
     let mut s = set_up(cfg, run, resume)?;
     let dir = RunDir::new(run);
     let mut log = open_log(&dir, s.step)?;
+    // TensorBoard's copy of the numbers: a failure there is a warning, never the run's end.
+    let mut tb = match crate::tensorboard::EventFile::create(&dir.tensorboard(), s.step) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            s.warnings.push(format!("no TensorBoard events: {e}"));
+            None
+        }
+    };
     let mut emit = |e: Event| {
         log.write(&e);
+        if let Some(f) = tb.as_mut()
+            && let Err(err) = f.write(&e)
+        {
+            let message = format!("TensorBoard events stopped: {}: {err}", f.path().display());
+            tb = None;
+            log.write(&Event::Warning {
+                step: e.step(),
+                message,
+            });
+        }
         on_event(&e);
     };
     for w in std::mem::take(&mut s.warnings) {
