@@ -61,9 +61,41 @@ fn personas_from_a_chat_export_end_to_end() {
         None,
     );
     assert!(out.contains("3 channel files"), "{out}");
-    assert!(out.contains("exclude: 1 user, 24 messages"), "{out}");
-    assert!(out.contains("anonymize: 1 user, 24 messages"), "{out}");
+    assert!(
+        out.contains("speakers: 3 kept, 1 anonymised, 1 excluded"),
+        "{out}"
+    );
+    assert!(out.contains("24 anonymised, 24 excluded)"), "{out}");
     assert!(out.contains("24 replies to excluded users"), "{out}");
+    // Privacy by default: without a consent decision every speaker is anonymised.
+    // (In a folder of its own: keeping everyone keeps what the consent file removes.)
+    let plain = d.join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    let zip = export.join("export.zip");
+    let zip = zip.to_str().unwrap();
+    let out = ok(&["data", "import", zip, "-o", "anon.jsonl"], &plain, None);
+    assert!(
+        out.contains("speakers: 0 kept, 5 anonymised, 0 excluded"),
+        "{out}"
+    );
+    assert!(out.contains("--consent-default allow"), "{out}");
+    let out = ok(
+        &[
+            "data",
+            "import",
+            zip,
+            "--consent-default",
+            "allow",
+            "-o",
+            "all.jsonl",
+        ],
+        &plain,
+        None,
+    );
+    assert!(
+        out.contains("speakers: 5 kept, 0 anonymised, 0 excluded"),
+        "{out}"
+    );
     // Consent needs a chat export.
     let e = fails(
         &[

@@ -10,8 +10,8 @@ use chatforge_data::personas::{
     ExampleOptions, Persona, Registry, Strategy, Targets, build_examples, discover, persona_line, slug,
 };
 use chatforge_data::{
-    ChatExportOptions, Consent, Conversation, ImportOptions, MentionMode, Message, Role, UrlMode, import,
-    read_chat_export,
+    ChatExportOptions, Consent, Conversation, ImportOptions, MentionMode, Message, Role, Rule, UrlMode,
+    import, read_chat_export,
 };
 use serde_json::{Value, json};
 
@@ -73,7 +73,8 @@ fn a_zip_and_its_directory_read_the_same() {
 #[test]
 fn the_fixture_export_filters_pairs_and_threads() {
     let raw = raw_messages();
-    let (convs, r) = read_chat_export(&[fixture().join("export")], &ChatExportOptions::default()).unwrap();
+    // Everyone allowed, so speakers keep their ids.
+    let (convs, r) = read_chat_export(&[fixture().join("export")], &allow_all()).unwrap();
     let count = |f: &dyn Fn(&Value) -> bool| raw.iter().filter(|m| f(m)).count();
     assert_eq!(r.messages, raw.len());
     assert_eq!(r.bots, count(&|m| m["author"]["isBot"] == true));
@@ -93,7 +94,7 @@ fn the_fixture_export_filters_pairs_and_threads() {
         r.empty,
         count(&|m| blank(m) && m["attachments"].as_array().unwrap().is_empty())
     );
-    // No consent file: everyone allowed, every reply pairs with the message it answers.
+    // Everyone allowed: every reply pairs with the message it answers.
     assert_eq!(r.replies_to_excluded, 0);
     assert_eq!(r.reply_pairs, count(&|m| talk(m) && m.get("reference").is_some()));
     assert_eq!(r.consent["allow"].users, 5);
@@ -132,6 +133,33 @@ fn the_fixture_export_filters_pairs_and_threads() {
     assert!(text.contains("check <url> for recipes"));
     // <@1001> became the mention of her current name.
     assert!(text.contains("Agreed, @Alice!"));
+}
+
+/// Export options that keep every user's name (a consent file's `default = "allow"`).
+fn allow_all() -> ChatExportOptions {
+    let mut opts = ChatExportOptions::default();
+    opts.consent.default = Rule::Allow;
+    opts
+}
+
+#[test]
+fn without_a_consent_decision_everyone_is_anonymised() {
+    let raw = raw_messages();
+    let (convs, r) = read_chat_export(&[fixture().join("export")], &ChatExportOptions::default()).unwrap();
+    assert_eq!((r.consent["allow"].users, r.consent["anonymize"].users), (0, 5));
+    for c in &convs {
+        for m in &c.messages {
+            assert_eq!(m.speaker.as_deref(), Some(chatforge_data::ANONYMOUS_ID), "{m:?}");
+        }
+    }
+    // Nobody's name survives in the text either.
+    let text = all_text(&convs);
+    for m in &raw {
+        let name = m["author"]["name"].as_str().unwrap();
+        if m["author"]["isBot"] == false {
+            assert!(!text.contains(&format!("@{name}")), "{name} named in the text");
+        }
+    }
 }
 
 #[test]
@@ -271,7 +299,7 @@ fn threads_follow_the_time_gap_and_replies_pair() {
             ("9", "2", 300, "anyone?", None),
         ],
     );
-    let (convs, r) = read_chat_export(std::slice::from_ref(&path), &ChatExportOptions::default()).unwrap();
+    let (convs, r) = read_chat_export(std::slice::from_ref(&path), &allow_all()).unwrap();
     assert_eq!(r.bots, 1);
     assert_eq!((r.reply_pairs, r.threads, r.single_speaker), (1, 3, 1));
     let shape = |c: &Conversation| -> Vec<(Role, String, String)> {
@@ -340,7 +368,7 @@ fn mentions_and_urls_are_normalised_as_asked() {
         let opts = ChatExportOptions {
             mentions,
             urls,
-            ..ChatExportOptions::default()
+            ..allow_all()
         };
         let (convs, _) = read_chat_export(std::slice::from_ref(&path), &opts).unwrap();
         convs[0]

@@ -90,6 +90,10 @@ pub struct ChatExportArgs {
     /// Chat export: per-user consent, JSON or TOML: {"default": "allow", "users": {"<user id>": "allow|anonymize|exclude"}}
     #[arg(long)]
     pub consent: Option<PathBuf>,
+    /// Chat export: what happens to users the consent file does not name (or all users, without
+    /// one): allow, anonymize or exclude [default: the file's default, else anonymize]
+    #[arg(long, value_parser = chatforge_data::Consent::parse_rule)]
+    pub consent_default: Option<chatforge_data::Rule>,
     /// Chat export: consecutive messages at most this many minutes apart form one thread
     #[arg(long, default_value_t = 30.0)]
     pub thread_gap: f64,
@@ -116,6 +120,7 @@ impl Default for ChatExportArgs {
         let d = ChatExportOptions::default();
         ChatExportArgs {
             consent: None,
+            consent_default: None,
             thread_gap: d.thread_gap_minutes,
             max_thread_messages: d.max_thread_messages,
             mentions: d.mentions,
@@ -137,9 +142,15 @@ impl ChatExportArgs {
             max_thread_messages: self.max_thread_messages,
             mentions: self.mentions,
             urls: self.urls,
-            consent: match &self.consent {
-                Some(p) => Consent::load(p)?,
-                None => Consent::default(),
+            consent: {
+                let mut c = match &self.consent {
+                    Some(p) => Consent::load(p)?,
+                    None => Consent::default(),
+                };
+                if let Some(rule) = self.consent_default {
+                    c.default = rule;
+                }
+                c
             },
         })
     }
@@ -274,7 +285,7 @@ pub fn import_cmd(args: &ImportArgs) -> anyhow::Result<()> {
             .inputs
             .iter()
             .any(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("zip")));
-    if args.chat.consent.is_some() && !chat {
+    if (args.chat.consent.is_some() || args.chat.consent_default.is_some()) && !chat {
         bail!("--consent applies to chat exports: add --format chat-export");
     }
     let inputs = hub_datasets(&args.inputs, &args.split, args.revision.as_deref())?;
@@ -347,20 +358,22 @@ fn print_chat_report(r: &ChatExportReport) {
     if !dropped.is_empty() {
         say!("dropped messages: {}", dropped.join(", "));
     }
-    let consent: Vec<String> = r
-        .consent
-        .iter()
-        .map(|(rule, c)| {
-            format!(
-                "{rule}: {} user{}, {} message{}",
-                c.users,
-                if c.users == 1 { "" } else { "s" },
-                c.messages,
-                if c.messages == 1 { "" } else { "s" }
-            )
-        })
-        .collect();
-    say!("consent: {}", consent.join("; "));
+    let count = |rule: &str| r.consent.get(rule).map_or((0, 0), |c| (c.users, c.messages));
+    let (kept, anonymised, excluded) = (count("allow"), count("anonymize"), count("exclude"));
+    say!(
+        "speakers: {} kept, {} anonymised, {} excluded (messages: {} kept, {} anonymised, {} excluded)",
+        kept.0,
+        anonymised.0,
+        excluded.0,
+        kept.1,
+        anonymised.1,
+        excluded.1
+    );
+    if kept.0 == 0 && anonymised.0 > 0 {
+        say!(
+            "  (users without a consent decision are anonymised: give --consent FILE, or --consent-default allow to keep their names)"
+        );
+    }
     say!(
         "conversations: {} reply pairs, {} threads; {} with a single speaker dropped",
         r.reply_pairs,

@@ -62,6 +62,8 @@ impl Rule {
 }
 
 /// The consent file: `{"default": "allow", "users": {"<user id>": "exclude"}}` (JSON or TOML).
+/// Privacy by default: a user without a decision (no file, or no `default` in it) is anonymised;
+/// keeping names takes `default = "allow"` or `--consent-default allow`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Consent {
@@ -72,13 +74,13 @@ pub struct Consent {
 }
 
 fn default_rule() -> Rule {
-    Rule::Allow
+    Rule::Anonymize
 }
 
 impl Default for Consent {
     fn default() -> Self {
         Consent {
-            default: Rule::Allow,
+            default: default_rule(),
             users: BTreeMap::new(),
         }
     }
@@ -103,6 +105,18 @@ impl Consent {
             })?
         };
         Ok(consent)
+    }
+
+    /// `allow`, `anonymize` (`anonymise`) or `exclude`.
+    pub fn parse_rule(s: &str) -> Result<Rule> {
+        match s.to_ascii_lowercase().as_str() {
+            "allow" => Ok(Rule::Allow),
+            "anonymize" | "anonymise" => Ok(Rule::Anonymize),
+            "exclude" => Ok(Rule::Exclude),
+            other => Err(Error::Invalid(format!(
+                "consent rule '{other}': expected allow, anonymize or exclude"
+            ))),
+        }
     }
 
     pub fn rule(&self, user: &str) -> Rule {
