@@ -1,6 +1,6 @@
 //! Every run writes TensorBoard event files that TensorBoard's own reader (the `tensorboard`
 //! package) loads: the same losses, learning rates, gradient norms and speeds as `logs.jsonl`,
-//! each step once even after a resume.
+//! each step once even after a crash and a resume.
 
 #![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
 
@@ -50,8 +50,11 @@ fn tensorboard_reads_what_the_run_logged() {
         }
         ok(&args, d, None);
     };
-    train("4", false);
-    train("6", true);
+    // A run killed after step 6 whose newest checkpoint is step 4 (the step-6 one lost): the
+    // resumed attempt logs 5 and 6 again; TensorBoard, like logs.jsonl, keeps them once.
+    train("6", false);
+    std::fs::remove_dir_all(d.join("run/checkpoints/step_000006")).unwrap();
+    train("8", true);
 
     let out = chatforge_testkit::run_reference(
         &py,
@@ -92,6 +95,7 @@ fn tensorboard_reads_what_the_run_logged() {
     }
     assert_eq!(
         tb["train/loss"].iter().map(|p| p.0).collect::<Vec<_>>(),
-        [1, 2, 3, 4, 5, 6]
+        [1, 2, 3, 4, 5, 6, 7, 8]
     );
+    assert_eq!(std::fs::read_dir(d.join("run/tensorboard")).unwrap().count(), 2);
 }

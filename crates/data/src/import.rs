@@ -148,8 +148,8 @@ fn content_hash(c: &Conversation) -> u64 {
 }
 
 /// Reads and merges every input, then filters: length, turns, duplicates, domain tags. A chat
-/// export (`--format chat-export`, or `.zip` inputs) is read as a whole: replies, threads and
-/// consent span its channel files.
+/// export (`--format chat-export`, or `.zip` inputs, or the `.zip` files in an input folder) is
+/// read as a whole: replies, threads and consent span its channel files.
 pub fn import(inputs: &[PathBuf], opts: &ImportOptions) -> Result<ImportReport> {
     let mut report = ImportReport::default();
     let mut seen = HashSet::new();
@@ -163,6 +163,17 @@ pub fn import(inputs: &[PathBuf], opts: &ImportOptions) -> Result<ImportReport> 
         read.push(convs);
         report.chat = Some(chat_report);
     } else {
+        // Chat exports (`.zip`) found in input folders are read together, as one export (seed
+        // 003's results/ folder of `training_data_*.zip`).
+        let mut zips = Vec::new();
+        for dir in inputs.iter().filter(|p| p.is_dir()) {
+            walk(dir, &["zip"], &mut zips)?;
+        }
+        if !zips.is_empty() {
+            let (convs, chat_report) = read_chat_export(&zips, &opts.chat)?;
+            read.push(convs);
+            report.chat = Some(chat_report);
+        }
         for path in collect_inputs(inputs)? {
             let r = read_file(&path, &opts.read)?;
             report.files.push(FileReport {

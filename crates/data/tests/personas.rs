@@ -625,3 +625,30 @@ fn the_registry_is_edited_and_kept_consistent() {
     );
     assert!("adapters".parse::<Strategy>().is_ok() && "both".parse::<Strategy>().is_err());
 }
+
+/// Seed 003's layout: a results folder of export zips (and other data beside them) is imported as
+/// one chat export plus the other files.
+#[test]
+fn zips_in_an_input_folder_are_read_as_a_chat_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    std::fs::create_dir(&results).unwrap();
+    zipped(&results);
+    std::fs::write(
+        results.join("extra.jsonl"),
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"hello\"}]}\n",
+    )
+    .unwrap();
+    let mut opts = ImportOptions::default();
+    opts.chat.consent.default = Rule::Allow;
+    let r = import(&[results], &opts).unwrap();
+    let chat = r.chat.as_ref().expect("the zip was read as a chat export");
+    assert_eq!(chat.consent["allow"].users, 5);
+    assert_eq!(r.files.len(), 1, "extra.jsonl read as a file");
+    let from_export = r
+        .conversations
+        .iter()
+        .filter(|c| c.meta.contains_key("channel"))
+        .count();
+    assert!(from_export > 0 && from_export + 1 == r.conversations.len());
+}

@@ -3,7 +3,7 @@
 //!
 //! The format is TFRecord: each record is its length (u64 LE), the length's masked CRC-32C, the
 //! bytes, and their masked CRC-32C. Each record is an `Event` protobuf (`wall_time` = 1, `step` = 2,
-//! `file_version` = 3, `summary` = 5, `session_log` = 6) holding `Summary.Value`s (`tag` = 1,
+//! `file_version` = 3, `summary` = 5, `session_log` = 7) holding `Summary.Value`s (`tag` = 1,
 //! `simple_value` = 2). The few messages needed are encoded by hand here.
 
 use std::fs::File;
@@ -13,21 +13,25 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::Event;
 
-/// One event file of a run: `tensorboard/events.out.tfevents.<seconds>.chatforge.<pid>`.
+/// One event file of a run: `tensorboard/events.out.tfevents.<seconds>.<microseconds>.chatforge.<pid>`
+/// (TensorBoard reads a folder's files in name order, so a resumed attempt's sorts after the one
+/// before it even within a second).
 pub(crate) struct EventFile {
     file: File,
     path: PathBuf,
 }
 
 impl EventFile {
-    /// A new event file in `dir`. A run that resumes at `start_step` > 0 says so with a
-    /// `SessionLog.START` there, so TensorBoard drops what a killed attempt logged past it.
-    pub fn create(dir: &Path, start_step: u64) -> std::io::Result<EventFile> {
+    /// A new event file in `dir`. A run resumed after `done_steps` says so with a
+    /// `SessionLog.START` at the next step, so TensorBoard drops what a killed attempt logged past
+    /// its checkpoint (as `logs.jsonl` is trimmed).
+    pub fn create(dir: &Path, done_steps: u64) -> std::io::Result<EventFile> {
         std::fs::create_dir_all(dir)?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let path = dir.join(format!(
-            "events.out.tfevents.{}.chatforge.{}",
+            "events.out.tfevents.{}.{:06}.chatforge.{}",
             now.as_secs(),
+            now.subsec_micros(),
             std::process::id()
         ));
         let mut f = EventFile {
@@ -37,11 +41,11 @@ impl EventFile {
         let mut version = event_head(0);
         field_bytes(&mut version, 3, b"brain.Event:2");
         f.record(&version)?;
-        if start_step > 0 {
-            let mut start = event_head(start_step);
+        if done_steps > 0 {
+            let mut start = event_head(done_steps + 1);
             let mut session = Vec::new();
             varint_field(&mut session, 1, 1); // status: START
-            field_bytes(&mut start, 6, &session);
+            field_bytes(&mut start, 7, &session);
             f.record(&start)?;
         }
         Ok(f)

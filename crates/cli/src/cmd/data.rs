@@ -280,16 +280,11 @@ pub fn import_cmd(args: &ImportArgs) -> anyhow::Result<()> {
         domain_tag: args.domain_tag,
         chat: args.chat.options()?,
     };
-    let chat = opts.read.format == Some(DataFormat::ChatExport)
-        || args
-            .inputs
-            .iter()
-            .any(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("zip")));
-    if (args.chat.consent.is_some() || args.chat.consent_default.is_some()) && !chat {
-        bail!("--consent applies to chat exports: add --format chat-export");
-    }
     let inputs = hub_datasets(&args.inputs, &args.split, args.revision.as_deref())?;
     let report = import(&inputs, &opts)?;
+    if (args.chat.consent.is_some() || args.chat.consent_default.is_some()) && report.chat.is_none() {
+        bail!("--consent applies to chat exports: add --format chat-export (or give the export's .zip)");
+    }
     if let Some(r) = &report.chat {
         print_chat_report(r);
     }
