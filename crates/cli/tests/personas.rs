@@ -134,6 +134,23 @@ fn personas_from_a_chat_export_end_to_end() {
         list.contains("Bob") && !list.contains("Robert") && list.contains("3 personas"),
         "{list}"
     );
+    // Seed 003's --update-names: `rename` alone asks for each name in turn (here on stdin); an
+    // empty line keeps one, the end of input keeps the rest.
+    let first = std::fs::read_to_string(w.join("personas.toml")).unwrap();
+    let first_name = first
+        .lines()
+        .find_map(|l| l.strip_prefix("name = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string();
+    let out = ok(&["personas", "rename"], w, Some("Zed\n"));
+    assert!(
+        out.contains("Zed") && !out.contains(&format!("{first_name} (")),
+        "{out}"
+    );
+    ok(&["personas", "rename", "Zed", &first_name], w, None);
+    let e = fails(&["personas", "rename", "Zed"], w);
+    assert!(e.contains("NAME"), "{e}");
     // Discovery again keeps the edits.
     ok(
         &["personas", "discover", "chat.jsonl", "--min-messages", "30"],

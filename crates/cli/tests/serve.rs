@@ -225,6 +225,11 @@ fn jobs_scenario(env: &[(&str, &str)]) {
         names.contains(&"best/model.safetensors") && names.contains(&"logs.jsonl"),
         "{names:?}"
     );
+    // Seed 002's name for the same place: artifacts/models/<run_id>.
+    assert_eq!(
+        get(port, &format!("/artifacts/models/{run}")).json()["files"],
+        files["files"]
+    );
     let url = format!("/artifacts/runs/{run}/download?path=best/model.safetensors");
     let whole = get(port, &url);
     assert_eq!(whole.status, 200);

@@ -70,7 +70,8 @@ pub enum Area {
 impl Area {
     pub fn parse(s: &str) -> Option<Area> {
         Some(match s {
-            "runs" => Area::Runs,
+            // Seed 002 keeps trained models under `artifacts/models/<run_id>`.
+            "runs" | "models" => Area::Runs,
             "tokenizers" => Area::Tokenizers,
             "exports" => Area::Exports,
             _ => return None,

@@ -37,11 +37,15 @@ pub enum PersonasCommand {
     /// The registry: personas, their user ids, and whether they train
     List,
     /// Give a persona another name (by user id or current name)
+    /// Without arguments, asks for each persona's new name in turn (on a terminal; otherwise it
+    /// reads one line per persona from stdin; an empty line keeps the name), as seed 003's
+    /// `--update-names`
     Rename {
         /// The persona: its user id or current name
-        persona: String,
+        #[arg(requires = "name")]
+        persona: Option<String>,
         /// Its new name
-        name: String,
+        name: Option<String>,
     },
     /// Add a persona by user id (or re-enable and rename it)
     Add {
@@ -156,7 +160,11 @@ pub fn run(args: PersonasArgs) -> anyhow::Result<()> {
             print_registry(&Registry::load(path)?, path);
             Ok(())
         }
-        PersonasCommand::Rename { persona, name } => edit(&|r| r.rename(&persona, &name)),
+        PersonasCommand::Rename {
+            persona: Some(persona),
+            name: Some(name),
+        } => edit(&|r| r.rename(&persona, &name)),
+        PersonasCommand::Rename { .. } => edit(&rename_each),
         PersonasCommand::Add {
             id,
             name,
@@ -194,6 +202,32 @@ pub fn run(args: PersonasArgs) -> anyhow::Result<()> {
 }
 
 /// `out.jsonl` + `alice` → `out.alice.jsonl`.
+/// Asks for every persona's new name, one line each (prompts on stderr); an empty line, or the
+/// end of input, keeps the name.
+fn rename_each(reg: &mut Registry) -> chatforge_data::Result<()> {
+    use std::io::{BufRead, Write};
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    let ids: Vec<(String, String)> = reg
+        .personas
+        .iter()
+        .map(|p| (p.id.clone(), p.name.clone()))
+        .collect();
+    for (id, name) in ids {
+        eprint!("{name} ({id}), new name [enter keeps it]: ");
+        let _ = std::io::stderr().flush();
+        let Some(Ok(line)) = lines.next() else {
+            eprintln!();
+            break;
+        };
+        let new = line.trim();
+        if !new.is_empty() && new != name {
+            reg.rename(&id, new)?;
+        }
+    }
+    Ok(())
+}
+
 fn with_suffix(out: &Path, name: &str) -> PathBuf {
     let stem = out
         .file_stem()

@@ -24,8 +24,11 @@ pub fn router() -> Router<AppState> {
 }
 
 fn artifact_dir(st: &AppState, kind: &str, id: &str) -> ApiResult<PathBuf> {
-    let area = Area::parse(kind)
-        .ok_or_else(|| not_found(&format!("artifact kind {kind:?} (runs, tokenizers or exports)")))?;
+    let area = Area::parse(kind).ok_or_else(|| {
+        not_found(&format!(
+            "artifact kind {kind:?} (runs (also models), tokenizers or exports)"
+        ))
+    })?;
     let dir = area.dir(&st.cfg.data_root, id)?;
     if !dir.is_dir() {
         return Err(not_found(&format!("{kind}/{id}")));
