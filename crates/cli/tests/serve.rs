@@ -583,3 +583,44 @@ fn print_config_merges_file_env_and_flags_and_masks_the_token() {
     );
     assert!(!text.contains("hunter2") && !text.contains("pa55word"));
 }
+
+/// Seed 002's deployment settings: a `.env` in the working directory with its variable names
+/// (`REDIS_URL`, `RQ__*`, `APP__ARTIFACTS_ROOT`); the real environment and `CHATFORGE__` names win.
+#[test]
+fn seed_002_env_names_and_a_dotenv_file_are_read() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join(".env"),
+        "# Model-Trainer's .env\nREDIS_URL=redis://redis:6379/0\nexport RQ__JOB_TIMEOUT_SEC=3600\nRQ__RESULT_TTL_SEC=86400\nRQ__RETRY_MAX=2\nRQ__RETRY_INTERVALS_SEC=10,30,60\nAPP__ARTIFACTS_ROOT=\"/data/artifacts\"\nCHATFORGE__QUEUE__MAX_QUEUED=9\n",
+    )
+    .unwrap();
+    let print = |env: &[(&str, &str)]| -> toml::Table {
+        let out = Command::new(env!("CARGO_BIN_EXE_chatforge"))
+            .args(["serve", "--print-config"])
+            .envs(env.iter().copied())
+            .current_dir(d.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap()
+    };
+    let v = print(&[]);
+    assert_eq!(v["queue"]["url"].as_str(), Some("redis://redis:6379/0"));
+    assert_eq!(v["worker"]["job_timeout_s"].as_float(), Some(3600.0));
+    assert_eq!(v["queue"]["ttl_s"].as_float(), Some(86400.0));
+    assert_eq!(
+        v["queue"]["max_attempts"].as_integer(),
+        Some(3),
+        "two retries are three attempts"
+    );
+    assert_eq!(v["queue"]["backoff_s"].as_float(), Some(10.0));
+    assert_eq!(v["data_root"].as_str(), Some("/data/artifacts"));
+    assert_eq!(v["queue"]["max_queued"].as_integer(), Some(9));
+    // The real environment over the file; chatforge's own name over the seed's.
+    let v = print(&[
+        ("REDIS_URL", "redis://other:6379/1"),
+        ("CHATFORGE__DATA_ROOT", "/srv/cf"),
+    ]);
+    assert_eq!(v["queue"]["url"].as_str(), Some("redis://other:6379/1"));
+    assert_eq!(v["data_root"].as_str(), Some("/srv/cf"));
+}

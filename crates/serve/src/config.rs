@@ -1,5 +1,7 @@
 //! The service's settings: defaults, then a TOML file, then environment variables with nested keys
 //! (`CHATFORGE__QUEUE__URL`, `CHATFORGE__API__TOKEN`, …), then command-line flags (applied by the CLI).
+//! Seed 002's variable names (`REDIS_URL`, `RQ__*`, `APP__ARTIFACTS_ROOT`) are read too, under
+//! the `CHATFORGE__` ones; the CLI adds a `.env` file's lines under the real environment.
 
 use std::path::{Path, PathBuf};
 
@@ -119,9 +121,66 @@ impl Default for WorkerConfig {
     }
 }
 
+/// A variable of seed 002's (Model-Trainer's) `.env`, as the `CHATFORGE__` variable it means;
+/// `None` for any other variable.
+fn seed_variable(k: &str, v: &str) -> Option<Result<(String, String)>> {
+    let own = |key: &str, value: String| Some(Ok((format!("CHATFORGE__{key}"), value)));
+    let number = |what: &str, s: &str| {
+        s.trim()
+            .parse::<f64>()
+            .map_err(|_| Error::Config(format!("{what}={v:?}: expected a number")))
+    };
+    match k {
+        "REDIS_URL" => own("QUEUE__URL", v.to_string()),
+        "APP__ARTIFACTS_ROOT" => own("DATA_ROOT", format!("{v:?}")),
+        "RQ__JOB_TIMEOUT_SEC" => own("WORKER__JOB_TIMEOUT_S", v.to_string()),
+        "RQ__RESULT_TTL_SEC" => own("QUEUE__TTL_S", v.to_string()),
+        // RQ counts retries; chatforge counts attempts.
+        "RQ__RETRY_MAX" => Some(number(k, v).map(|n| {
+            (
+                "CHATFORGE__QUEUE__MAX_ATTEMPTS".into(),
+                (n as u64 + 1).to_string(),
+            )
+        })),
+        // RQ lists each retry's delay; chatforge doubles the first.
+        "RQ__RETRY_INTERVALS_SEC" => Some(
+            number(k, v.split(',').next().unwrap_or_default())
+                .map(|n| ("CHATFORGE__QUEUE__BACKOFF_S".into(), n.to_string())),
+        ),
+        _ => None,
+    }
+}
+
+/// A `.env` file's variables (`KEY=VALUE` lines; `#` comments, `export ` and quotes allowed).
+pub fn dotenv(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let l = l.strip_prefix("export ").unwrap_or(l);
+            let (k, v) = l.split_once('=')?;
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|x| x.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')))
+                .unwrap_or(v);
+            Some((k.trim().to_string(), v.to_string()))
+        })
+        .collect()
+}
+
 impl ServeConfig {
     /// Defaults, overlaid by `file` (TOML) and then by `CHATFORGE__SECTION__KEY` variables of `env`.
     pub fn load(file: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> Result<ServeConfig> {
+        // Seed 002's names first, so a `CHATFORGE__` variable for the same key wins.
+        let (seed, own): (Vec<_>, Vec<_>) = env.partition(|(k, _)| !k.starts_with("CHATFORGE__"));
+        let env = seed
+            .into_iter()
+            .filter_map(|(k, v)| seed_variable(&k, &v))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .chain(own);
         let mut v =
             toml::Value::try_from(ServeConfig::default()).map_err(|e| Error::Config(e.to_string()))?;
         if let Some(f) = file {
@@ -163,6 +222,9 @@ impl ServeConfig {
         cfg.validate()?;
         Ok(cfg)
     }
+
+    /// The variables of seed 002's `.env` this service reads, for `--help` and the docs.
+    pub const SEED_VARIABLES: &'static str = "REDIS_URL, RQ__JOB_TIMEOUT_SEC, RQ__RESULT_TTL_SEC, RQ__RETRY_MAX, RQ__RETRY_INTERVALS_SEC, APP__ARTIFACTS_ROOT";
 
     pub fn validate(&self) -> Result<()> {
         // An empty token would compare equal to a missing header: every request would pass.

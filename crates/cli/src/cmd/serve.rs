@@ -33,7 +33,14 @@ pub struct ServiceArgs {
 impl ServiceArgs {
     /// Defaults < config file < CHATFORGE__* environment < flags.
     fn config(&self) -> anyhow::Result<ServeConfig> {
-        let mut c = ServeConfig::load(self.config.as_deref(), std::env::vars())?;
+        // A `.env` in the working directory (seed 002's habit), under the real environment.
+        let mut env: Vec<(String, String)> = match std::fs::read_to_string(".env") {
+            Ok(text) => chatforge_serve::config::dotenv(&text),
+            Err(_) => Vec::new(),
+        };
+        env.retain(|(k, _)| std::env::var_os(k).is_none());
+        env.extend(std::env::vars());
+        let mut c = ServeConfig::load(self.config.as_deref(), env.into_iter())?;
         if let Some(b) = &self.bind {
             c.api.bind = b.clone();
         }
