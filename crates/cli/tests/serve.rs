@@ -624,3 +624,73 @@ fn seed_002_env_names_and_a_dotenv_file_are_read() {
     assert_eq!(v["queue"]["url"].as_str(), Some("redis://other:6379/1"));
     assert_eq!(v["data_root"].as_str(), Some("/srv/cf"));
 }
+
+/// `--log-format json`: every line the server, its workers and their job processes write is one
+/// JSON object, job lines carrying the job and worker ids; a tokenizer job keeps its logs.jsonl.
+#[test]
+fn json_logs_and_tokenizer_job_logs() {
+    let data = data_root();
+    let root = data.path().join("root");
+    let port = free_port();
+    let log_path = data.path().join("server.log");
+    let bind = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_chatforge"))
+        .args([
+            "serve",
+            "--bind",
+            &bind,
+            "--workers",
+            "1",
+            "--log-format",
+            "json",
+            "--data-root",
+        ])
+        .arg(&root)
+        .envs(FAST)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let server = Proc(child);
+    let t0 = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let id = tokenizer(port);
+    let job_log = std::fs::read_to_string(root.join("tokenizers").join(&id).join("logs.jsonl")).unwrap();
+    let events: Vec<Value> = job_log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events[0]["event"], "start");
+    assert_eq!(events[1]["event"], "done");
+    assert!(events[1]["vocab_size"].as_u64().unwrap() > 100);
+    drop(server);
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    for l in &lines {
+        assert!(
+            l["ts"].as_str().unwrap().ends_with('Z') && l["level"].is_string() && l["msg"].is_string(),
+            "{l}"
+        );
+    }
+    let started = lines
+        .iter()
+        .find(|l| l["msg"] == "job started")
+        .expect("a job started line");
+    assert_eq!(
+        (started["kind"].as_str(), started["target"].as_str()),
+        (Some("tokenizer"), Some(id.as_str()))
+    );
+    assert!(started["job"].is_string() && started["worker"].is_string());
+    let ended = lines
+        .iter()
+        .find(|l| l["msg"] == "job ended")
+        .expect("a job ended line");
+    assert_eq!(ended["state"], "succeeded");
+}

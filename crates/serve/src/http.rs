@@ -76,7 +76,7 @@ pub async fn serve(
             Ok((tcp, _)) => tcp,
             Err(e) => {
                 // Out of descriptors or a connection reset before accept: wait a little, go on.
-                eprintln!("accepting a connection: {e}");
+                crate::log::warn("accepting a connection failed", &[("error", &e)]);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

@@ -406,8 +406,32 @@ pub fn execute(
                 seed: *seed,
                 show_progress: false,
             };
-            chatforge_tokenizer::train_artifact(inputs, &val, &opts, &out)
-                .map_err(|e| Error::Invalid(format!("tokenizer training failed: {e}")))?;
+            let started = crate::now();
+            let result = chatforge_tokenizer::train_artifact(inputs, &val, &opts, &out);
+            // The artifact's logs.jsonl (seed 002's layout), written once the folder is in place.
+            let mut lines = vec![serde_json::json!({
+                "event": "start", "ts": crate::log::rfc3339(started), "target": target,
+                "inputs": inputs, "kind": kind, "vocab_size": vocab_size,
+            })];
+            lines.push(match &result {
+                Ok(r) => serde_json::json!({
+                    "event": "done", "ts": crate::log::rfc3339(crate::now()),
+                    "vocab_size": r.stats.vocab_size, "seconds": crate::now() - started,
+                }),
+                Err(e) => serde_json::json!({
+                    "event": "failed", "ts": crate::log::rfc3339(crate::now()), "error": e.to_string(),
+                }),
+            });
+            let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            let log = out.join("logs.jsonl");
+            let _ = std::fs::create_dir_all(&out);
+            if let Err(e) = std::fs::write(&log, text) {
+                crate::log::warn(
+                    "writing the tokenizer's logs.jsonl failed",
+                    &[("target", &target), ("error", &e)],
+                );
+            }
+            result.map_err(|e| Error::Invalid(format!("tokenizer training failed: {e}")))?;
             Ok(())
         }
         Spec::Train { config, tokenizer } => {

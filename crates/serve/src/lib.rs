@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod http;
 pub mod jobs;
+pub mod log;
 pub mod logs;
 pub mod paths;
 pub mod redis_store;
@@ -119,7 +120,7 @@ fn spawn_workers(
     (0..count)
         .map(|n| {
             let w = worker::Worker::new(store.clone(), cfg.clone(), shutdown.clone(), n);
-            eprintln!("worker {} started", w.id);
+            log::info("worker started", &[("worker", &w.id)]);
             std::thread::spawn(move || w.run())
         })
         .collect()
@@ -167,15 +168,17 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
             .await
             .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", cfg.api.bind)))?;
         let addr = listener.local_addr().map_err(|e| Error::Config(e.to_string()))?;
-        eprintln!(
-            "chatforge serve: listening on http://{addr} (data root {}, at most {} connections)",
-            cfg.data_root.display(),
-            http::connection_cap(&cfg.api)
+        log::info(
+            &format!("chatforge serve: listening on http://{addr}"),
+            &[
+                ("data_root", &cfg.data_root.display()),
+                ("max_connections", &http::connection_cap(&cfg.api)),
+            ],
         );
         let stop = token.clone();
         tokio::spawn(async move {
             termination().await;
-            eprintln!("shutting down: stopping workers and open log streams");
+            log::info("shutting down: stopping workers and open log streams", &[]);
             stop.cancel();
         });
         http::serve(
@@ -201,7 +204,10 @@ pub fn work(cfg: ServeConfig) -> Result<()> {
     let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let workers = spawn_workers(&store, &cfg, &shutdown, cfg.worker.count.max(1));
     runtime()?.block_on(termination());
-    eprintln!("shutting down: running jobs stop at their next step and go back to the queue");
+    log::info(
+        "shutting down: running jobs stop at their next step and go back to the queue",
+        &[],
+    );
     shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in workers {
         let _ = w.join();

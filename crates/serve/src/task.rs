@@ -91,6 +91,13 @@ impl Task {
             Isolation::Process(exe) => {
                 let mut cmd = Command::new(exe);
                 cmd.arg("__job")
+                    .env(
+                        "CHATFORGE_LOG_FORMAT",
+                        match crate::log::format() {
+                            crate::log::LogFormat::Json => "json",
+                            crate::log::LogFormat::Text => "text",
+                        },
+                    )
                     .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::inherit());
@@ -215,6 +222,7 @@ fn died(status: std::process::ExitStatus) -> String {
 /// `stop` is also set by the caller's signal handler; `stop` on stdin or stdin closing (the
 /// worker died) sets it too. Returns whether the job succeeded.
 pub fn run_child(stop: &'static AtomicBool) -> bool {
+    crate::log::set_format(crate::log::format_from_env());
     let mut stdin = BufReader::new(std::io::stdin());
     let mut first = String::new();
     let start: Start = match stdin

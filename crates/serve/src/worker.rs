@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::jobs::{Progress, Spec};
 use crate::store::{Job, JobStore, Outcome};
 use crate::task::{Isolation, Task};
-use crate::{ServeConfig, now};
+use crate::{ServeConfig, log, now};
 
 pub struct Worker {
     pub store: Arc<dyn JobStore>,
@@ -41,7 +41,7 @@ impl Worker {
             let t = now();
             let _ = self.store.worker_beat(&self.id, t);
             if let Err(e) = self.store.reap(t) {
-                eprintln!("worker {}: reaping: {e}", self.id);
+                log::warn("reaping lost jobs failed", &[("worker", &self.id), ("error", &e)]);
             }
             if t - last_purge > 60.0 {
                 let _ = self.store.purge(t - self.cfg.queue.ttl_s);
@@ -51,7 +51,7 @@ impl Worker {
                 Ok(Some(job)) => self.run_job(job),
                 Ok(None) => std::thread::sleep(Duration::from_secs_f64(self.cfg.worker.poll_s)),
                 Err(e) => {
-                    eprintln!("worker {}: claiming: {e}", self.id);
+                    log::warn("claiming a job failed", &[("worker", &self.id), ("error", &e)]);
                     std::thread::sleep(Duration::from_secs_f64(self.cfg.worker.poll_s));
                 }
             }
@@ -68,7 +68,10 @@ impl Worker {
         let mut task = match Task::start(&self.isolation, spec, &job.target, &self.cfg.data_root, &progress) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("worker {}: starting {}: {e}", self.id, job.id);
+                log::error(
+                    "starting a job failed",
+                    &[("worker", &self.id), ("job", &job.id), ("error", &e)],
+                );
                 // Counted as an attempt: a worker that cannot start jobs must not spin on one.
                 self.record(
                     &job.id,
@@ -77,6 +80,15 @@ impl Worker {
                 return;
             }
         };
+        log::info(
+            "job started",
+            &[
+                ("worker", &self.id),
+                ("job", &job.id),
+                ("kind", &job.kind.as_str()),
+                ("target", &job.target),
+            ],
+        );
         // The time limit is the job's, across attempts: from its first start.
         let timeout = job.timeout_s.or(self.cfg.worker.job_timeout_s);
         let deadline = timeout.map(|t| job.started_at.unwrap_or_else(now) + t);
@@ -93,7 +105,10 @@ impl Worker {
                         lost |= !b.owned;
                         cancelled |= b.cancel_requested;
                     }
-                    Err(e) => eprintln!("worker {}: heartbeat of {}: {e}", self.id, job.id),
+                    Err(e) => log::warn(
+                        "heartbeat failed",
+                        &[("worker", &self.id), ("job", &job.id), ("error", &e)],
+                    ),
                 }
             }
             timed_out |= deadline.is_some_and(|d| now() > d);
@@ -132,6 +147,22 @@ impl Worker {
             Ok(()) => Outcome::Succeeded,
             Err(e) => Outcome::Failed(e),
         };
+        let (state, detail) = match &outcome {
+            Outcome::Succeeded => ("succeeded", String::new()),
+            Outcome::Cancelled => ("cancelled", String::new()),
+            Outcome::Failed(e) => ("failed", e.clone()),
+            Outcome::Requeue(e) => ("requeued", e.clone()),
+        };
+        log::info(
+            "job ended",
+            &[
+                ("worker", &self.id),
+                ("job", &job.id),
+                ("target", &job.target),
+                ("state", &state),
+                ("detail", &detail),
+            ],
+        );
         self.record(&job.id, &outcome);
     }
 
@@ -154,14 +185,17 @@ impl Worker {
             {
                 Ok(true) => return,
                 Ok(false) => {
-                    eprintln!(
-                        "worker {}: {id} was taken over; its result is not recorded",
-                        self.id
+                    log::warn(
+                        "the job was taken over; its result is not recorded",
+                        &[("worker", &self.id), ("job", &id)],
                     );
                     return;
                 }
                 Err(e) => {
-                    eprintln!("worker {}: recording the end of {id} (retrying): {e}", self.id);
+                    log::warn(
+                        "recording the job's end failed (retrying)",
+                        &[("worker", &self.id), ("job", &id), ("error", &e)],
+                    );
                     if self.shutdown.load(Ordering::Relaxed) {
                         return;
                     }

@@ -28,6 +28,9 @@ pub struct ServiceArgs {
     /// Print the effective settings (secrets masked) and exit
     #[arg(long)]
     pub print_config: bool,
+    /// Log lines as text, or as one JSON object per line (with worker, job and run ids) for log collectors
+    #[arg(long, default_value = "text", value_parser = super::parse::<chatforge_serve::log::LogFormat>)]
+    pub log_format: chatforge_serve::log::LogFormat,
 }
 
 impl ServiceArgs {
@@ -76,6 +79,7 @@ pub fn worker(args: ServiceArgs) -> anyhow::Result<()> {
 /// for a second ([`crate::purge_idle_memory`]); with purging off, as for one `train`, the process
 /// would keep each job's high-water mark resident while it waits for the next.
 fn start(args: &ServiceArgs, run: fn(ServeConfig) -> chatforge_serve::Result<()>) -> anyhow::Result<()> {
+    chatforge_serve::log::set_format(args.log_format);
     let cfg = args.config()?;
     if args.print_config {
         say!("{}", cfg.to_masked_toml());

@@ -137,7 +137,7 @@ impl From<Error> for ApiError {
             Error::QueueFull(_) => ApiError::Busy(e.to_string()),
             other => {
                 // Logged with its context; the client gets no internals.
-                eprintln!("internal error: {other}");
+                crate::log::error("internal error", &[("error", &other)]);
                 ApiError::Internal
             }
         }

@@ -98,7 +98,7 @@ fn invalid(msg: impl Into<String>) -> ApiError {
 
 /// A task that failed to run (it panicked): logged, answered generically.
 fn internal(what: String) -> ApiError {
-    eprintln!("internal error: {what}");
+    crate::log::error("internal error", &[("error", &what)]);
     ApiError::Internal
 }
 
