@@ -354,6 +354,59 @@ fn onnx_export_runs_in_onnxruntime_with_our_logits_and_tokens() {
     assert_eq!(info["manifest"]["quantization"], "int8");
     assert!(info["dtypes"]["MatMulInteger"].as_u64().unwrap() == 8, "{info}");
 
+    // ONNX exports are models chatforge runs: the graph's weights read back into the decoder.
+    // The f32 exports give the run's own logits and greedy tokens; int8 its dequantised ones.
+    for out in ["onnx", "onnx-ext"] {
+        let theirs = our_logits(&d.join(out), &prompt);
+        assert!(max_abs_diff(&ours, &theirs) / scale < 1e-6, "{out}");
+        assert_eq!(our_greedy(&d.join(out), &prompt, 20), greedy, "{out}");
+    }
+    let int8 = our_logits(&d.join("onnx-int8"), &prompt);
+    assert!(max_abs_diff(&ours, &int8) / scale < 0.1, "int8 read back");
+    let reply = ok(
+        &[
+            "chat",
+            "--model",
+            "onnx",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "6",
+        ],
+        d,
+        Some("Hi!\n"),
+    );
+    let from_run = ok(
+        &[
+            "chat",
+            "--model",
+            model,
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "6",
+        ],
+        d,
+        Some("Hi!\n"),
+    );
+    assert_eq!(
+        reply, from_run,
+        "chat through the ONNX export answers as the run does"
+    );
+    let e = fails(
+        &[
+            "generate",
+            "--model",
+            "onnx",
+            "--checkpoint",
+            "latest",
+            "--prompt",
+            "x",
+        ],
+        d,
+    );
+    assert!(e.contains("one set of weights"), "{e}");
+
     let Some(py) = python() else { return };
     std::fs::write(
         d.join("onnx-req.json"),

@@ -172,6 +172,13 @@ pub fn weights_file(path: &Path) -> Result<PathBuf> {
 
 /// Reads an HF GPT-2-family folder: `config.json` and its weights.
 pub fn load_hf(dir: &Path) -> Result<(GptConfig, Weights)> {
+    let cfg = read_hf_config(dir)?;
+    let w = load_weights(dir, &cfg)?;
+    Ok((cfg, w))
+}
+
+/// The `config.json` of an HF folder (or of an ONNX export, which keeps one beside the graph).
+pub fn read_hf_config(dir: &Path) -> Result<GptConfig> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::Io {
         path: cfg_path.clone(),
@@ -181,9 +188,7 @@ pub fn load_hf(dir: &Path) -> Result<(GptConfig, Weights)> {
         path: cfg_path.clone(),
         msg: format!("invalid JSON: {e}"),
     })?;
-    let cfg = GptConfig::from_hf(&v)?;
-    let w = load_weights(dir, &cfg)?;
-    Ok((cfg, w))
+    GptConfig::from_hf(&v)
 }
 
 /// Writes weights as safetensors (sorted names), through a temporary file.

@@ -46,6 +46,9 @@ pub enum ModelKind {
     Hf,
     /// A GGUF file (as `chatforge export --format gguf` writes).
     Gguf,
+    /// An ONNX export folder (`chatforge export --format onnx`): its graph's weights, read back
+    /// by their names, run in chatforge's decoder.
+    Onnx,
 }
 
 fn is_weights_dir(d: &Path) -> bool {
@@ -223,6 +226,9 @@ impl ModelSource {
                 quant: None,
             });
         }
+        if let Some(graph) = onnx_graph(path) {
+            return open_onnx(path, &graph, checkpoint, tokenizer, adapter);
+        }
         if let Some(base) = persona_run_base(path)? {
             // A persona run (`train --persona-strategy adapters`): its base, with its adapters/.
             let tok = tokenizer
@@ -302,6 +308,61 @@ impl ModelSource {
             None => Ok(self.base.clone()),
         }
     }
+}
+
+/// The graph of an ONNX export: `model.onnx` in a folder without HF weights, or the file itself.
+fn onnx_graph(path: &Path) -> Option<PathBuf> {
+    if path.is_file() {
+        return path
+            .extension()
+            .is_some_and(|e| e == "onnx")
+            .then(|| path.to_path_buf());
+    }
+    let graph = path.join("model.onnx");
+    (graph.is_file() && chatforge_model::weights_file(path).is_err()).then_some(graph)
+}
+
+/// An ONNX export: `config.json` beside the graph, the graph's weights read back (a graph some
+/// other exporter wrote names its weights otherwise and is refused), the tokenizer beside it.
+fn open_onnx(
+    path: &Path,
+    graph: &Path,
+    checkpoint: &Checkpoint,
+    tokenizer: Option<&Path>,
+    adapter: Option<&str>,
+) -> Result<ModelSource> {
+    let err = |msg: String| Error::Load {
+        path: path.to_path_buf(),
+        msg,
+    };
+    if *checkpoint != Checkpoint::Best || adapter.is_some() {
+        return Err(err(
+            "an ONNX export has one set of weights: --checkpoint and --adapter do not apply".into(),
+        ));
+    }
+    let dir = graph.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let config = chatforge_model::read_hf_config(&dir)?;
+    let weights = chatforge_model::io::onnx::read_weights(graph)?;
+    let base = chatforge_model::check_weights(&config, weights, graph)
+        .map_err(|e| err(format!("not a graph chatforge can run ({e})")))?;
+    let tok_path = match tokenizer {
+        Some(t) => t.to_path_buf(),
+        None => find_tokenizer(ModelKind::Onnx, &dir, &dir, None)
+            .ok_or_else(|| err("no tokenizer.json beside the graph: pass --tokenizer".into()))?,
+    };
+    let tokenizer = ChatTokenizer::load(&tok_path)?;
+    Ok(ModelSource {
+        config,
+        base,
+        tokenizer,
+        tokenizer_path: Some(tok_path),
+        kind: ModelKind::Onnx,
+        root: path.to_path_buf(),
+        weights_dir: dir,
+        adapter: None,
+        base_dir: None,
+        quant: None,
+    })
 }
 
 /// The quantisation a QLoRA checkpoint's base was trained in (from its `state.json`).

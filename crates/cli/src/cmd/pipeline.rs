@@ -224,9 +224,9 @@ fn train_config(args: &PipelineArgs, init: Option<PathBuf>, run: &RunDir) -> any
     Ok(cfg)
 }
 
-/// Exports the run's best checkpoint to OUT/export, verifies the files, and (for the formats the
-/// decoder reads: hf, gguf) answers the sample prompts through the export, which must give the
-/// run's own greedy replies.
+/// Exports the run's best checkpoint to OUT/export, verifies the files, and answers the sample
+/// prompts through the export (an ONNX graph's weights read back into the decoder), which must give
+/// the run's own greedy replies.
 fn export_and_check(
     out: &Path,
     format: Format,
@@ -248,7 +248,6 @@ fn export_and_check(
             s.nodes,
             s.initializers
         );
-        return Ok(());
     }
     let m = chatforge_infer::LoadedModel::open(&dir, &Checkpoint::Best, None, WeightType::F32)?;
     let prompts: Vec<Conversation> = chatforge_infer::eval::DEFAULT_PROMPTS

@@ -4,7 +4,6 @@
 //! `present.{i}.key|value`. Opset 17 (`LayerNormalization`), dynamic batch and sequence axes. Written
 //! with prost from the schema's field numbers; no Python in the path.
 
-mod proto;
 mod verify;
 
 use chatforge_model::layout::{Linear, Norm, Part, Slot};
@@ -14,7 +13,7 @@ use chatforge_model::{Activation, GptConfig, Weights};
 use prost::Message;
 
 use crate::{Error, Result, io_err};
-use proto::{
+use chatforge_model::io::onnx::{
     AttributeProto, DimValue, Dimension, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
     StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, TypeProtoTensor, ValueInfoProto,
     attr_type, dtype,

@@ -8,8 +8,8 @@ use std::path::Path;
 use prost::Message;
 use serde::Serialize;
 
-use super::proto::{ModelProto, dtype};
 use crate::{Error, Result, io_err};
+use chatforge_model::io::onnx::{ModelProto, dtype};
 
 /// What a verified ONNX file holds.
 #[derive(Debug, Clone, Serialize)]
@@ -98,35 +98,25 @@ pub fn verify(path: &Path) -> Result<OnnxSummary> {
                 format!("initializer {}: unsupported type {}", t.name, t.data_type),
             )
         })?;
-        let len = if t.data_location == 1 {
-            let get = |k: &str| {
-                t.external_data
-                    .iter()
-                    .find(|e| e.key == k)
-                    .map(|e| e.value.clone())
-            };
-            let loc = get("location")
-                .ok_or_else(|| bad(&file, format!("{}: external data without a location", t.name)))?;
-            let offset: u64 = get("offset").and_then(|o| o.parse().ok()).unwrap_or(0);
-            let length: u64 = get("length")
-                .and_then(|o| o.parse().ok())
-                .ok_or_else(|| bad(&file, format!("{}: external data without a length", t.name)))?;
-            let data = dir.join(&loc);
-            let have = std::fs::metadata(&data).map_err(io_err(&data))?.len();
-            if offset + length > have {
-                return Err(bad(
-                    &file,
-                    format!(
-                        "{}: bytes {offset}..{} beyond the end of {loc} ({have} bytes)",
-                        t.name,
-                        offset + length
-                    ),
-                ));
+        let len = match chatforge_model::io::onnx::external_range(t) {
+            Some(range) => {
+                let (loc, offset, length) = range.map_err(|m| bad(&file, format!("{}: {m}", t.name)))?;
+                let data = dir.join(&loc);
+                let have = std::fs::metadata(&data).map_err(io_err(&data))?.len();
+                if offset.checked_add(length).is_none_or(|end| end > have) {
+                    return Err(bad(
+                        &file,
+                        format!(
+                            "{}: bytes {offset}..{} beyond the end of {loc} ({have} bytes)",
+                            t.name,
+                            offset + length
+                        ),
+                    ));
+                }
+                external += 1;
+                length as usize
             }
-            external += 1;
-            length as usize
-        } else {
-            t.raw_data.len()
+            None => t.raw_data.len(),
         };
         if len != n * size {
             return Err(bad(

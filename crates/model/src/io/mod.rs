@@ -1,7 +1,9 @@
 //! Reading and writing weight files without a tensor library: safetensors (read and write),
-//! GGUF (read and write) and PyTorch's `torch.save` archives (read).
+//! GGUF (read and write), PyTorch's `torch.save` archives (read) and ONNX (the protobuf schema,
+//! and the weights of graphs chatforge exported).
 
 pub mod gguf;
+pub mod onnx;
 pub mod safetensors;
 pub mod torch;
 
