@@ -339,6 +339,35 @@ fn onnx_export_runs_in_onnxruntime_with_our_logits_and_tokens() {
         );
         let v = ok(&["export", "verify", out], d, None);
         assert!(v.contains("ok: opset 17") && v.contains("2 layers"), "{v}");
+        // The graph itself runs, prompt and KV-cache step, with the decoder's logits.
+        assert!(
+            v.contains("ran the graph on") && v.contains("through its KV cache"),
+            "{v}"
+        );
+    }
+    // A graph whose weights are right but whose computation is not (the attention scale doubled)
+    // passes the static checks and fails the run.
+    {
+        use prost::Message;
+        let bytes = std::fs::read(d.join("onnx/model.onnx")).unwrap();
+        let mut m = chatforge_model::io::onnx::ModelProto::decode(bytes.as_slice()).unwrap();
+        let t = m
+            .graph
+            .as_mut()
+            .unwrap()
+            .initializer
+            .iter_mut()
+            .find(|t| t.name == "const.attn_scale")
+            .unwrap();
+        let v = f32::from_le_bytes(t.raw_data[..4].try_into().unwrap());
+        t.raw_data = (2.0 * v).to_le_bytes().to_vec();
+        std::fs::create_dir_all(d.join("onnx-tampered")).unwrap();
+        for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(d.join("onnx").join(f), d.join("onnx-tampered").join(f)).unwrap();
+        }
+        std::fs::write(d.join("onnx-tampered/model.onnx"), m.encode_to_vec()).unwrap();
+        let e = fails(&["export", "verify", "onnx-tampered"], d);
+        assert!(e.contains("differ from the decoder's"), "{e}");
     }
     let e = fails(&["export", "verify", "hf-missing"], d);
     assert!(!e.is_empty());

@@ -101,6 +101,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
                 s.external,
                 s.parameters as f64 / 1e6
             );
+            say!("{}", run_graph(&path)?);
             Ok(())
         }
         (None, Some(w)) => write(&w),
@@ -149,6 +150,89 @@ pub fn write(a: &WriteArgs) -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Runs the ONNX graph (chatforge's interpreter, node by node) on a sample prompt and on one more
+/// token through its KV cache, and compares the logits with the decoder's on the same weights.
+fn run_graph(path: &std::path::Path) -> anyhow::Result<String> {
+    use chatforge_export::onnx::run::{Value, run};
+    use chatforge_infer::{Checkpoint, LoadedModel, WeightType};
+    use prost::Message;
+    let file = if path.is_dir() {
+        path.join("model.onnx")
+    } else {
+        path.to_path_buf()
+    };
+    let dir = file.parent().unwrap_or(std::path::Path::new("."));
+    let model = chatforge_model::io::onnx::ModelProto::decode(std::fs::read(&file)?.as_slice())?;
+    let ours = LoadedModel::open(dir, &Checkpoint::Best, None, WeightType::F32)?;
+    let cfg = &ours.config;
+    let (h, d, v) = (cfg.n_head, cfg.head_dim(), cfg.vocab_size);
+    let mut ids = ours.tokenizer.encode("Hello! How can I help you today?")?;
+    ids.truncate(cfg.n_ctx.saturating_sub(1).max(1));
+    let int8 = model
+        .metadata_props
+        .iter()
+        .any(|p| p.key == "quantization" && p.value == "int8");
+    // Relative to the largest logit: f32 graphs agree to rounding; int8 ones quantise activations.
+    let bound = if int8 { 0.1 } else { 1e-4 };
+    let feed = |new: &[u32], past: Option<&std::collections::HashMap<String, Value>>, start: usize| {
+        let t = new.len();
+        let mut inputs = std::collections::HashMap::new();
+        inputs.insert(
+            "input_ids".to_string(),
+            Value::i64(vec![1, t], new.iter().map(|&i| i64::from(i)).collect()),
+        );
+        inputs.insert(
+            "attention_mask".to_string(),
+            Value::i64(vec![1, start + t], vec![1; start + t]),
+        );
+        inputs.insert(
+            "position_ids".to_string(),
+            Value::i64(vec![1, t], (start..start + t).map(|p| p as i64).collect()),
+        );
+        for i in 0..cfg.n_layer {
+            for kv in ["key", "value"] {
+                let value = match past {
+                    Some(p) => p[&format!("present.{i}.{kv}")].clone(),
+                    None => Value::f32(vec![1, h, 0, d], Vec::new()),
+                };
+                inputs.insert(format!("past_key_values.{i}.{kv}"), value);
+            }
+        }
+        run(&model, &file, inputs)
+    };
+    let first = feed(&ids, None, 0)?;
+    let graph = first["logits"].as_f32()?.data.clone();
+    let mut seq = ours.engine.new_sequence();
+    let want = ours.engine.forward(&mut [&mut seq], &[&ids], true)?;
+    let last = &want[want.len() - v..];
+    let next = (0..v).max_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap_or(0) as u32;
+    let second = feed(&[next], Some(&first), ids.len())?;
+    let graph_next = second["logits"].as_f32()?.data.clone();
+    let want_next = ours.engine.forward(&mut [&mut seq], &[&[next]], true)?;
+    let scale = want
+        .iter()
+        .chain(&want_next)
+        .fold(0f32, |m, x| m.max(x.abs()))
+        .max(1e-6);
+    let diff = graph
+        .iter()
+        .zip(&want)
+        .chain(graph_next.iter().zip(&want_next))
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    if graph.len() != want.len() || graph_next.len() != want_next.len() || diff / scale > bound {
+        anyhow::bail!(
+            "the graph's logits differ from the decoder's by {diff:.3e} ({:.3e} of the largest; the bound is {bound:.0e})",
+            diff / scale
+        );
+    }
+    Ok(format!(
+        "ran the graph on {} tokens and 1 more through its KV cache: logits within {:.1e} of the decoder's (relative {:.1e})",
+        ids.len(),
+        diff,
+        diff / scale
+    ))
 }
 
 fn info(path: &std::path::Path, json: bool) -> anyhow::Result<()> {

@@ -19,6 +19,8 @@ use chatforge_model::io::onnx::{
     attr_type, dtype,
 };
 
+pub mod run;
+
 pub use verify::{OnnxSummary, verify};
 
 pub const OPSET: i64 = 17;
