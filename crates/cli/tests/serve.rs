@@ -591,7 +591,7 @@ fn seed_002_env_names_and_a_dotenv_file_are_read() {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(
         d.path().join(".env"),
-        "# Model-Trainer's .env\nREDIS_URL=redis://redis:6379/0\nexport RQ__JOB_TIMEOUT_SEC=3600\nRQ__RESULT_TTL_SEC=86400\nRQ__RETRY_MAX=2\nRQ__RETRY_INTERVALS_SEC=10,30,60\nAPP__ARTIFACTS_ROOT=\"/data/artifacts\"\nCHATFORGE__QUEUE__MAX_QUEUED=9\n",
+        "# Model-Trainer's .env\nREDIS_URL=redis://redis:6379/0\nRQ__QUEUE_NAME=training\nexport RQ__JOB_TIMEOUT_SEC=3600\nRQ__RESULT_TTL_SEC=86400\nRQ__RETRY_MAX=2\nRQ__RETRY_INTERVALS_SEC=10,30,60\nAPP__ARTIFACTS_ROOT=\"/data/artifacts\"\nCHATFORGE__QUEUE__MAX_QUEUED=9\n",
     )
     .unwrap();
     let print = |env: &[(&str, &str)]| -> toml::Table {
@@ -616,6 +616,27 @@ fn seed_002_env_names_and_a_dotenv_file_are_read() {
     assert_eq!(v["queue"]["backoff_s"].as_float(), Some(10.0));
     assert_eq!(v["data_root"].as_str(), Some("/data/artifacts"));
     assert_eq!(v["queue"]["max_queued"].as_integer(), Some(9));
+    assert_eq!(v["queue"]["name"].as_str(), Some("training"));
+    // A worker serving named queues.
+    let out = Command::new(env!("CARGO_BIN_EXE_chatforge"))
+        .args(["worker", "--queues", "training,eval", "--print-config"])
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    let w: toml::Table = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    let served: Vec<&str> = w["worker"]["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q.as_str().unwrap())
+        .collect();
+    assert_eq!(served, ["training", "eval"]);
+    let bad = Command::new(env!("CARGO_BIN_EXE_chatforge"))
+        .args(["worker", "--queues", "no way", "--print-config"])
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("queue name"));
     // The real environment over the file; chatforge's own name over the seed's.
     let v = print(&[
         ("REDIS_URL", "redis://other:6379/1"),

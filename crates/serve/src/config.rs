@@ -42,6 +42,8 @@ pub struct ApiConfig {
 pub struct QueueConfig {
     /// `sqlite://PATH` [default: `sqlite://<data_root>/queue.sqlite`] or `redis://HOST:PORT/DB`.
     pub url: Option<String>,
+    /// The named queue the API submits jobs to (seed 002's `RQ__QUEUE_NAME`).
+    pub name: String,
     /// Queued jobs allowed before submissions get 429.
     pub max_queued: usize,
     /// Attempts per job (a failure or a lost worker uses one).
@@ -57,6 +59,9 @@ pub struct QueueConfig {
 pub struct WorkerConfig {
     /// In-process workers of `chatforge serve` (0: API only).
     pub count: usize,
+    /// The named queues this process's workers serve, oldest job first across them
+    /// [default: `queue.name`].
+    pub queues: Option<Vec<String>>,
     pub heartbeat_s: f64,
     /// A running job whose worker has not heartbeated for this long is queued again.
     pub lease_s: f64,
@@ -99,6 +104,7 @@ impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
             url: None,
+            name: crate::store::DEFAULT_QUEUE.into(),
             max_queued: 100,
             max_attempts: 3,
             backoff_s: 5.0,
@@ -111,6 +117,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             count: 1,
+            queues: None,
             heartbeat_s: 0.5,
             lease_s: 15.0,
             poll_s: 0.5,
@@ -132,6 +139,7 @@ fn seed_variable(k: &str, v: &str) -> Option<Result<(String, String)>> {
     };
     match k {
         "REDIS_URL" => own("QUEUE__URL", v.to_string()),
+        "RQ__QUEUE_NAME" => own("QUEUE__NAME", format!("{v:?}")),
         "APP__ARTIFACTS_ROOT" => own("DATA_ROOT", format!("{v:?}")),
         "RQ__JOB_TIMEOUT_SEC" => own("WORKER__JOB_TIMEOUT_S", v.to_string()),
         "RQ__RESULT_TTL_SEC" => own("QUEUE__TTL_S", v.to_string()),
@@ -224,7 +232,15 @@ impl ServeConfig {
     }
 
     /// The variables of seed 002's `.env` this service reads, for `--help` and the docs.
-    pub const SEED_VARIABLES: &'static str = "REDIS_URL, RQ__JOB_TIMEOUT_SEC, RQ__RESULT_TTL_SEC, RQ__RETRY_MAX, RQ__RETRY_INTERVALS_SEC, APP__ARTIFACTS_ROOT";
+    pub const SEED_VARIABLES: &'static str = "REDIS_URL, RQ__QUEUE_NAME, RQ__JOB_TIMEOUT_SEC, RQ__RESULT_TTL_SEC, RQ__RETRY_MAX, RQ__RETRY_INTERVALS_SEC, APP__ARTIFACTS_ROOT";
+
+    /// The queues workers serve: `worker.queues`, else the one the API submits to.
+    pub fn served_queues(&self) -> Vec<String> {
+        self.worker
+            .queues
+            .clone()
+            .unwrap_or_else(|| vec![self.queue.name.clone()])
+    }
 
     pub fn validate(&self) -> Result<()> {
         // An empty token would compare equal to a missing header: every request would pass.
@@ -248,6 +264,24 @@ impl ServeConfig {
                 "worker.lease_s ({}) must exceed worker.heartbeat_s ({}) > 0, and poll_s, stop_grace_s > 0",
                 w.lease_s, w.heartbeat_s
             )));
+        }
+        let named = |q: &str| {
+            !q.is_empty()
+                && q.len() <= 64
+                && q.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        let served = self.worker.queues.iter().flatten();
+        if let Some(bad) = std::iter::once(&self.queue.name)
+            .chain(served)
+            .find(|q| !named(q))
+        {
+            return Err(Error::Config(format!(
+                "queue name {bad:?}: 1 to 64 letters, digits, '-', '_' or '.'"
+            )));
+        }
+        if self.worker.queues.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::Config("worker.queues: name at least one queue".into()));
         }
         if self.queue.max_attempts == 0 || self.queue.max_queued == 0 {
             return Err(Error::Config(

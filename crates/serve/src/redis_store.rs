@@ -26,12 +26,12 @@ impl From<redis::RedisError> for Error {
 }
 
 const ENQUEUE: &str = r#"
--- KEYS: none; ARGV: id, kind, target, spec, max_attempts, now, timeout_s, limit
+-- KEYS: none; ARGV: id, kind, target, spec, max_attempts, now, timeout_s, limit, queue
 if redis.call('ZCARD', 'cf:queue') >= tonumber(ARGV[8]) then return 0 end
 local k = 'cf:job:' .. ARGV[1]
 redis.call('HSET', k, 'id', ARGV[1], 'kind', ARGV[2], 'target', ARGV[3], 'spec', ARGV[4], 'state', 'queued',
   'attempts', 0, 'max_attempts', ARGV[5], 'not_before', ARGV[6], 'created_at', ARGV[6], 'progress', '{}',
-  'cancel_requested', 0)
+  'cancel_requested', 0, 'queue', ARGV[9])
 if ARGV[7] ~= '' then redis.call('HSET', k, 'timeout_s', ARGV[7]) end
 redis.call('ZADD', 'cf:queue', ARGV[6], ARGV[1])
 redis.call('ZADD', 'cf:jobs', ARGV[6], ARGV[1])
@@ -40,11 +40,14 @@ return 1
 "#;
 
 const CLAIM: &str = r#"
--- ARGV: worker, now, lease_s
+-- ARGV: worker, now, lease_s, queue names served…
 local now = tonumber(ARGV[2])
+local served = {}
+for i = 4, #ARGV do served[ARGV[i]] = true end
 for _, id in ipairs(redis.call('ZRANGE', 'cf:queue', 0, -1)) do
   local k = 'cf:job:' .. id
-  if tonumber(redis.call('HGET', k, 'not_before')) <= now then
+  local q = redis.call('HGET', k, 'queue') or 'default' -- store::DEFAULT_QUEUE
+  if served[q] and tonumber(redis.call('HGET', k, 'not_before')) <= now then
     redis.call('ZREM', 'cf:queue', id)
     local lease = now + tonumber(ARGV[3])
     redis.call('HSET', k, 'state', 'running', 'worker', ARGV[1], 'lease_until', lease, 'heartbeat_at', now)
@@ -178,6 +181,10 @@ fn parse_job(map: std::collections::HashMap<String, String>) -> Option<Job> {
         cancel_requested: map.get("cancel_requested").is_some_and(|v| v == "1"),
         progress: json("progress"),
         timeout_s: f("timeout_s"),
+        queue: map
+            .get("queue")
+            .cloned()
+            .unwrap_or_else(|| crate::store::DEFAULT_QUEUE.into()),
     })
 }
 
@@ -248,6 +255,7 @@ impl JobStore for RedisStore {
                 j.now.to_string(),
                 j.timeout_s.map_or(String::new(), |t| t.to_string()),
                 limit.to_string(),
+                j.queue.clone(),
             ],
         )?;
         if int(&r) == 0 {
@@ -257,8 +265,10 @@ impl JobStore for RedisStore {
             .ok_or_else(|| Error::Store("a job vanished after insertion".into()))
     }
 
-    fn claim(&self, worker: &str, lease_s: f64, now: f64) -> Result<Option<Job>> {
-        match self.script(CLAIM, &[worker.into(), now.to_string(), lease_s.to_string()])? {
+    fn claim_from(&self, worker: &str, queues: &[String], lease_s: f64, now: f64) -> Result<Option<Job>> {
+        let mut args = vec![worker.into(), now.to_string(), lease_s.to_string()];
+        args.extend(queues.iter().cloned());
+        match self.script(CLAIM, &args)? {
             redis::Value::BulkString(id) => self.get(&String::from_utf8_lossy(&id)),
             redis::Value::SimpleString(id) => self.get(&id),
             _ => Ok(None),

@@ -106,7 +106,12 @@ pub struct Job {
     pub cancel_requested: bool,
     pub progress: serde_json::Value,
     pub timeout_s: Option<f64>,
+    /// The named queue it waits in (workers serve the queues they are given).
+    pub queue: String,
 }
+
+/// The queue jobs go to, and workers serve, unless named otherwise.
+pub const DEFAULT_QUEUE: &str = "default";
 
 /// How a worker's run of a job ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,8 +135,13 @@ pub struct Beat {
 pub trait JobStore: Send + Sync {
     /// Adds a queued job; `Err(Error::QueueFull)` when `limit` jobs are already waiting.
     fn enqueue(&self, job: NewJob, limit: usize) -> Result<Job>;
-    /// Takes the oldest runnable queued job for `worker`, with a lease of `lease_s` seconds.
-    fn claim(&self, worker: &str, lease_s: f64, now: f64) -> Result<Option<Job>>;
+    /// Takes the oldest runnable queued job of one of `queues` for `worker`, with a lease of
+    /// `lease_s` seconds.
+    fn claim_from(&self, worker: &str, queues: &[String], lease_s: f64, now: f64) -> Result<Option<Job>>;
+    /// [`claim_from`](Self::claim_from) the default queue.
+    fn claim(&self, worker: &str, lease_s: f64, now: f64) -> Result<Option<Job>> {
+        self.claim_from(worker, &[DEFAULT_QUEUE.to_string()], lease_s, now)
+    }
     /// Extends the lease and records progress, if `worker` still holds the job.
     fn heartbeat(
         &self,
@@ -176,6 +186,7 @@ pub struct NewJob {
     pub max_attempts: u32,
     pub timeout_s: Option<f64>,
     pub now: f64,
+    pub queue: String,
 }
 
 /// The embedded store: one SQLite file (WAL), safe across the server's threads and processes.
@@ -184,7 +195,7 @@ pub struct SqliteStore {
 }
 
 const COLUMNS: &str = "id, kind, target, spec, state, attempts, max_attempts, worker, lease_until, heartbeat_at, \
-    not_before, created_at, started_at, finished_at, error, cancel_requested, progress, timeout_s";
+    not_before, created_at, started_at, finished_at, error, cancel_requested, progress, timeout_s, queue";
 
 fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     let text = |i: usize| -> rusqlite::Result<String> { r.get(i) };
@@ -208,6 +219,7 @@ fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         cancel_requested: r.get::<_, i64>(15)? != 0,
         progress: json(r.get::<_, Option<String>>(16)?.unwrap_or_else(|| "{}".into())),
         timeout_s: r.get(17)?,
+        queue: text(18)?,
     })
 }
 
@@ -221,7 +233,7 @@ impl SqliteStore {
         }
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.execute_batch(
+        conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
              CREATE TABLE IF NOT EXISTS jobs (
@@ -229,11 +241,21 @@ impl SqliteStore {
                  state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, max_attempts INTEGER NOT NULL,
                  worker TEXT, lease_until REAL, heartbeat_at REAL, not_before REAL NOT NULL,
                  created_at REAL NOT NULL, started_at REAL, finished_at REAL, error TEXT,
-                 cancel_requested INTEGER NOT NULL DEFAULT 0, progress TEXT, timeout_s REAL);
+                 cancel_requested INTEGER NOT NULL DEFAULT 0, progress TEXT, timeout_s REAL,
+                 queue TEXT NOT NULL DEFAULT '{DEFAULT_QUEUE}');
              CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, not_before, created_at);
              CREATE INDEX IF NOT EXISTS jobs_target ON jobs (target, created_at);
-             CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, seen_at REAL NOT NULL);",
-        )?;
+             CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, seen_at REAL NOT NULL);"
+        ))?;
+        // A queue file from before named queues: its jobs are in the default queue.
+        let has_queue: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'queue'")?
+            .exists([])?;
+        if !has_queue {
+            conn.execute_batch(&format!(
+                "ALTER TABLE jobs ADD COLUMN queue TEXT NOT NULL DEFAULT '{DEFAULT_QUEUE}';"
+            ))?;
+        }
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
@@ -264,9 +286,9 @@ impl JobStore for SqliteStore {
                 return Ok(false);
             }
             tx.execute(
-                "INSERT INTO jobs (id, kind, target, spec, state, max_attempts, not_before, created_at, progress, timeout_s)
-                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?6, '{}', ?7)",
-                params![j.id, j.kind.as_str(), j.target, j.spec.to_string(), j.max_attempts, j.now, j.timeout_s],
+                "INSERT INTO jobs (id, kind, target, spec, state, max_attempts, not_before, created_at, progress, timeout_s, queue)
+                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?6, '{}', ?7, ?8)",
+                params![j.id, j.kind.as_str(), j.target, j.spec.to_string(), j.max_attempts, j.now, j.timeout_s, j.queue],
             )?;
             tx.commit()?;
             Ok(true)
@@ -278,17 +300,19 @@ impl JobStore for SqliteStore {
             .ok_or_else(|| Error::Store("a job vanished after insertion".into()))
     }
 
-    fn claim(&self, worker: &str, lease_s: f64, now: f64) -> Result<Option<Job>> {
+    fn claim_from(&self, worker: &str, queues: &[String], lease_s: f64, now: f64) -> Result<Option<Job>> {
+        let queues = serde_json::Value::from(queues.to_vec()).to_string();
         self.with(|c| {
             c.query_row(
                 &format!(
                     "UPDATE jobs SET state = 'running', worker = ?1, lease_until = ?2 + ?3, heartbeat_at = ?2,
                          attempts = attempts + 1, started_at = COALESCE(started_at, ?2), error = NULL
                      WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND not_before <= ?2
+                                 AND queue IN (SELECT value FROM json_each(?4))
                                  ORDER BY created_at, id LIMIT 1)
                      RETURNING {COLUMNS}"
                 ),
-                params![worker, now, lease_s],
+                params![worker, now, lease_s, queues],
                 row_to_job,
             )
             .optional()

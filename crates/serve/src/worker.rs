@@ -19,12 +19,15 @@ pub struct Worker {
     pub id: String,
     pub shutdown: Arc<AtomicBool>,
     pub isolation: Isolation,
+    /// The named queues it serves.
+    pub queues: Vec<String>,
 }
 
 impl Worker {
     pub fn new(store: Arc<dyn JobStore>, cfg: ServeConfig, shutdown: Arc<AtomicBool>, n: usize) -> Worker {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         Worker {
+            queues: cfg.served_queues(),
             store,
             id: format!("{host}-{}-{n}-{}", std::process::id(), crate::new_id()),
             shutdown,
@@ -47,7 +50,10 @@ impl Worker {
                 let _ = self.store.purge(t - self.cfg.queue.ttl_s);
                 last_purge = t;
             }
-            match self.store.claim(&self.id, self.cfg.worker.lease_s, t) {
+            match self
+                .store
+                .claim_from(&self.id, &self.queues, self.cfg.worker.lease_s, t)
+            {
                 Ok(Some(job)) => self.run_job(job),
                 Ok(None) => std::thread::sleep(Duration::from_secs_f64(self.cfg.worker.poll_s)),
                 Err(e) => {
@@ -87,6 +93,7 @@ impl Worker {
                 ("job", &job.id),
                 ("kind", &job.kind.as_str()),
                 ("target", &job.target),
+                ("queue", &job.queue),
             ],
         );
         // The time limit is the job's, across attempts: from its first start.

@@ -34,6 +34,7 @@ fn job(id: &str, now: f64) -> NewJob {
         max_attempts: 2,
         timeout_s: None,
         now,
+        queue: chatforge_serve::store::DEFAULT_QUEUE.into(),
     }
 }
 
@@ -302,4 +303,69 @@ fn check_resume_respects_the_queue_bound(open: &Open) {
     s.resume("a", 7.0, 2).unwrap();
     assert_eq!(s.get("a").unwrap().unwrap().started_at, None);
     assert_eq!(s.claim("w", 10.0, 8.0).unwrap().unwrap().started_at, Some(8.0));
+}
+
+#[test]
+fn workers_take_only_the_named_queues_they_serve() {
+    both(check_workers_take_only_the_named_queues_they_serve);
+}
+
+fn check_workers_take_only_the_named_queues_they_serve(open: &Open) {
+    let s = open();
+    let named = |id: &str, t: f64, q: &str| NewJob {
+        queue: q.into(),
+        ..job(id, t)
+    };
+    s.enqueue(named("t1", 1.0, "training"), 10).unwrap();
+    s.enqueue(named("e1", 2.0, "eval"), 10).unwrap();
+    s.enqueue(named("t2", 3.0, "training"), 10).unwrap();
+    let q = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    assert!(
+        s.claim("w0", 10.0, 5.0).unwrap().is_none(),
+        "the default queue is empty"
+    );
+    let e = s.claim_from("we", &q(&["eval"]), 10.0, 5.0).unwrap().unwrap();
+    assert_eq!((e.id.as_str(), e.queue.as_str()), ("e1", "eval"));
+    assert!(s.claim_from("we", &q(&["eval"]), 10.0, 5.0).unwrap().is_none());
+    // A worker serving both takes the oldest across them.
+    let t = s
+        .claim_from("wb", &q(&["eval", "training"]), 10.0, 5.0)
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.id, "t1");
+    // A job queued again after a failure stays in its queue.
+    assert!(
+        s.finish("t1", "wb", &Outcome::Failed("x".into()), 0.0, 6.0)
+            .unwrap()
+    );
+    assert!(s.claim_from("we", &q(&["eval"]), 10.0, 7.0).unwrap().is_none());
+    let again = s.claim_from("wt", &q(&["training"]), 10.0, 7.0).unwrap().unwrap();
+    assert_eq!((again.id.as_str(), again.queue.as_str()), ("t1", "training"));
+}
+
+/// A queue file written before named queues opens, its jobs in the default queue.
+#[test]
+fn an_old_queue_file_gains_the_queue_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.sqlite");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE jobs (
+                 id TEXT PRIMARY KEY, kind TEXT NOT NULL, target TEXT NOT NULL, spec TEXT NOT NULL,
+                 state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, max_attempts INTEGER NOT NULL,
+                 worker TEXT, lease_until REAL, heartbeat_at REAL, not_before REAL NOT NULL,
+                 created_at REAL NOT NULL, started_at REAL, finished_at REAL, error TEXT,
+                 cancel_requested INTEGER NOT NULL DEFAULT 0, progress TEXT, timeout_s REAL);
+             INSERT INTO jobs (id, kind, target, spec, state, max_attempts, not_before, created_at, progress)
+                 VALUES ('old', 'train', 'old', '{}', 'queued', 2, 0, 0, '{}');",
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let j = s.claim("w", 10.0, 1.0).unwrap().unwrap();
+    assert_eq!(
+        (j.id.as_str(), j.queue.as_str()),
+        ("old", chatforge_serve::store::DEFAULT_QUEUE)
+    );
 }

@@ -22,6 +22,10 @@ pub struct ServiceArgs {
     /// Workers in this process (serve: 0 runs the API alone)
     #[arg(long)]
     pub workers: Option<usize>,
+    /// The named queues this process's workers serve, comma-separated [default: queue.name, the
+    /// queue the API submits to]
+    #[arg(long, value_delimiter = ',')]
+    pub queues: Vec<String>,
     /// Require `Authorization: Bearer TOKEN` on every route but the health checks
     #[arg(long, env = "CHATFORGE_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
@@ -56,6 +60,10 @@ impl ServiceArgs {
         if let Some(w) = self.workers {
             c.worker.count = w;
         }
+        if !self.queues.is_empty() {
+            c.worker.queues = Some(self.queues.clone());
+        }
+        c.validate()?;
         if self.api_token.is_some() {
             c.api.token = self.api_token.clone();
         }

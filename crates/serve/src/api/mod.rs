@@ -274,6 +274,7 @@ async fn enqueue(st: &AppState, spec: Spec, timeout_s: Option<f64>) -> ApiResult
         max_attempts: st.cfg.queue.max_attempts,
         timeout_s,
         now: now(),
+        queue: st.cfg.queue.name.clone(),
     };
     let limit = st.cfg.queue.max_queued;
     blocking(st, move |s| s.enqueue(job, limit)).await
@@ -301,6 +302,7 @@ fn job_json(st: &AppState, j: &Job, id_key: &str) -> Value {
         "finished_at": j.finished_at,
         "heartbeat_age_s": j.heartbeat_at.filter(|_| j.state == JobState::Running).map(|h| (now() - h).max(0.0)),
         "worker": j.worker,
+        "queue": j.queue,
     })
 }
 
