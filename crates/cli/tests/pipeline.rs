@@ -89,6 +89,7 @@ fn seed_004_fine_tune_export_and_answer_in_one_command() {
         None,
     );
     assert!(out.contains("verified: opset"), "{out}");
+    assert!(out.contains("ran the graph on"), "{out}");
     assert!(
         out.contains("the export answers 4 of 4 prompts as the run does"),
         "{out}"

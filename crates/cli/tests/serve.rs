@@ -668,6 +668,7 @@ fn json_logs_and_tokenizer_job_logs() {
         ])
         .arg(&root)
         .envs(FAST)
+        .env("APP__LOGS_ROOT", data.path().join("logs"))
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
@@ -714,4 +715,10 @@ fn json_logs_and_tokenizer_job_logs() {
         .find(|l| l["msg"] == "job ended")
         .expect("a job ended line");
     assert_eq!(ended["state"], "succeeded");
+    // Seed 002's APP__LOGS_ROOT: the same lines, kept in a file.
+    let kept = std::fs::read_to_string(data.path().join("logs/chatforge.log")).unwrap();
+    assert!(
+        kept.contains("\"job started\"") && kept.contains("\"job ended\""),
+        "{kept}"
+    );
 }

@@ -17,6 +17,8 @@ pub struct ServeConfig {
     pub worker: WorkerConfig,
     /// Where runs, tokenizers, exports and the queue file live; request paths resolve inside it.
     pub data_root: PathBuf,
+    /// Also append the service's log lines to `chatforge.log` here (seed 002's `APP__LOGS_ROOT`).
+    pub log_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,6 +85,7 @@ impl Default for ServeConfig {
             queue: QueueConfig::default(),
             worker: WorkerConfig::default(),
             data_root: PathBuf::from("chatforge-data"),
+            log_dir: None,
         }
     }
 }
@@ -141,6 +144,7 @@ fn seed_variable(k: &str, v: &str) -> Option<Result<(String, String)>> {
         "REDIS_URL" => own("QUEUE__URL", v.to_string()),
         "RQ__QUEUE_NAME" => own("QUEUE__NAME", format!("{v:?}")),
         "APP__ARTIFACTS_ROOT" => own("DATA_ROOT", format!("{v:?}")),
+        "APP__LOGS_ROOT" => own("LOG_DIR", format!("{v:?}")),
         "RQ__JOB_TIMEOUT_SEC" => own("WORKER__JOB_TIMEOUT_S", v.to_string()),
         "RQ__RESULT_TTL_SEC" => own("QUEUE__TTL_S", v.to_string()),
         // RQ counts retries; chatforge counts attempts.
@@ -232,7 +236,7 @@ impl ServeConfig {
     }
 
     /// The variables of seed 002's `.env` this service reads, for `--help` and the docs.
-    pub const SEED_VARIABLES: &'static str = "REDIS_URL, RQ__QUEUE_NAME, RQ__JOB_TIMEOUT_SEC, RQ__RESULT_TTL_SEC, RQ__RETRY_MAX, RQ__RETRY_INTERVALS_SEC, APP__ARTIFACTS_ROOT";
+    pub const SEED_VARIABLES: &'static str = "REDIS_URL, RQ__QUEUE_NAME, RQ__JOB_TIMEOUT_SEC, RQ__RESULT_TTL_SEC, RQ__RETRY_MAX, RQ__RETRY_INTERVALS_SEC, APP__ARTIFACTS_ROOT, APP__LOGS_ROOT";
 
     /// The queues workers serve: `worker.queues`, else the one the API submits to.
     pub fn served_queues(&self) -> Vec<String> {

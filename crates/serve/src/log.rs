@@ -4,9 +4,25 @@
 
 use std::fmt::Display;
 use std::io::Write;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static JSON: AtomicBool = AtomicBool::new(false);
+/// A file every line is also appended to (`log_dir`'s `chatforge.log`).
+static FILE: Mutex<Option<std::fs::File>> = Mutex::new(None);
+
+/// Also appends every line to `dir/chatforge.log` (created with the folder).
+pub fn also_to(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("chatforge.log"))?;
+    if let Ok(mut slot) = FILE.lock() {
+        *slot = Some(f);
+    }
+    Ok(())
+}
 
 /// How lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +100,11 @@ fn line(level: &str, msg: &str, fields: &[(&str, &dyn Display)]) {
         t
     };
     let _ = writeln!(std::io::stderr().lock(), "{text}");
+    if let Ok(mut slot) = FILE.lock()
+        && let Some(f) = slot.as_mut()
+    {
+        let _ = writeln!(f, "{text}");
+    }
 }
 
 /// `2026-11-30T12:00:00.123Z` for seconds since the epoch.

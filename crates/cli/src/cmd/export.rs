@@ -154,7 +154,7 @@ pub fn write(a: &WriteArgs) -> anyhow::Result<()> {
 
 /// Runs the ONNX graph (chatforge's interpreter, node by node) on a sample prompt and on one more
 /// token through its KV cache, and compares the logits with the decoder's on the same weights.
-fn run_graph(path: &std::path::Path) -> anyhow::Result<String> {
+pub fn run_graph(path: &std::path::Path) -> anyhow::Result<String> {
     use chatforge_export::onnx::run::{Value, run};
     use chatforge_infer::{Checkpoint, LoadedModel, WeightType};
     use prost::Message;

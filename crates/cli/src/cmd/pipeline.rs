@@ -248,6 +248,7 @@ fn export_and_check(
             s.nodes,
             s.initializers
         );
+        say!("{}", super::export::run_graph(&dir)?);
     }
     let m = chatforge_infer::LoadedModel::open(&dir, &Checkpoint::Best, None, WeightType::F32)?;
     let prompts: Vec<Conversation> = chatforge_infer::eval::DEFAULT_PROMPTS

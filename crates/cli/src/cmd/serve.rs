@@ -89,6 +89,11 @@ pub fn worker(args: ServiceArgs) -> anyhow::Result<()> {
 fn start(args: &ServiceArgs, run: fn(ServeConfig) -> chatforge_serve::Result<()>) -> anyhow::Result<()> {
     chatforge_serve::log::set_format(args.log_format);
     let cfg = args.config()?;
+    if let Some(dir) = &cfg.log_dir
+        && !args.print_config
+    {
+        chatforge_serve::log::also_to(dir).map_err(|e| anyhow::anyhow!("log_dir {}: {e}", dir.display()))?;
+    }
     if args.print_config {
         say!("{}", cfg.to_masked_toml());
         return Ok(());
