@@ -219,6 +219,13 @@ fn the_service_trains_from_a_hub_id() {
             .is_file()
     );
     assert!(root.join("runs").join(&run).join("tokenizer.json").is_file());
+    // The run fine-tuned from a model folder talks through the OpenAI endpoint with the model's
+    // tokenizer, no --tokenizer given anywhere (seed 004's fine-tune → chat path, as a service).
+    let ask = serde_json::json!({"model": run, "temperature": 0, "max_tokens": 6,
+        "messages": [{"role": "user", "content": "Boil kettle 3?"}]});
+    let r = post(port, "/v1/chat/completions", &ask);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["choices"][0]["message"]["content"].is_string());
 
     // A repository that is not there fails its job, with the reason; the server carries on.
     let r = post(port, "/runs/train", &body("org/missing"));

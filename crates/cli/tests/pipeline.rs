@@ -121,4 +121,36 @@ fn the_pipeline_trains_a_tokenizer_only_if_none_exists() {
     assert!(second.contains("reusing the tokenizer"), "{second}");
     assert_eq!(std::fs::read(d.join("p/tokenizer/tokenizer.json")).unwrap(), made);
     assert!(second.contains("3 steps"), "{second}");
+    // A JSON config (Hugging Face names), a given tokenizer and the learning rate.
+    std::fs::write(
+        d.join("cfg.json"),
+        r#"{"num_hidden_layers": 1, "hidden_size": 16, "num_attention_heads": 2, "n_positions": 32, "max_steps": 2, "batch_size": 2}"#,
+    )
+    .unwrap();
+    let third = ok(
+        &[
+            "pipeline",
+            "--data",
+            sample.to_str().unwrap(),
+            "--config",
+            "cfg.json",
+            "--tokenizer",
+            "p/tokenizer",
+            "--lr",
+            "0.004",
+            "-o",
+            "q",
+        ],
+        d,
+        None,
+    );
+    assert!(
+        third.contains("using the tokenizer") && third.contains("2 steps"),
+        "{third}"
+    );
+    let manifest = std::fs::read_to_string(d.join("q/manifest.json")).unwrap();
+    assert!(
+        manifest.contains("0.004") && manifest.contains("\"n_layer\": 1"),
+        "{manifest}"
+    );
 }
