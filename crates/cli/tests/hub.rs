@@ -137,7 +137,7 @@ fn train_and_generate_from_a_hub_id() {
     fixture.publish(
         "org/llama",
         &[
-            ("config.json", br#"{"model_type": "llama"}"#),
+            ("config.json", br#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2, "max_position_embeddings": 256, "vocab_size": 100}"#),
             ("model.safetensors", b"weights"),
         ],
     );

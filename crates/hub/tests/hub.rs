@@ -238,7 +238,7 @@ fn refusals_name_the_cause() {
     fixture.publish(
         "org/llama",
         &[
-            ("config.json", br#"{"model_type": "llama"}"#),
+            ("config.json", br#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2, "max_position_embeddings": 256, "vocab_size": 100}"#),
             ("model.safetensors", &weights(1000, 7)),
         ],
     );
@@ -283,7 +283,17 @@ fn refusals_name_the_cause() {
 
     fixture.take_log();
     let m = msg(&anon, "org/llama");
-    assert!(m.contains("llama") && m.contains("GPT-2"), "{m}");
+    assert!(m.contains("a llama model") && m.contains("GPT-2"), "{m}");
+    // A variant the family cannot run is named by its field.
+    fixture.publish(
+        "org/yarn",
+        &[
+            ("config.json", br#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 2, "max_position_embeddings": 256, "vocab_size": 100, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}"#),
+            ("model.safetensors", &weights(1000, 8)),
+        ],
+    );
+    let m = msg(&anon, "org/yarn");
+    assert!(m.contains("\"rope_scaling\"") && m.contains("yarn"), "{m}");
     let log = fixture.take_log();
     assert!(
         !log.iter()

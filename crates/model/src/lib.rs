@@ -7,6 +7,7 @@ pub mod engine;
 pub mod io;
 pub mod kernels;
 pub mod layout;
+pub mod llama;
 pub mod lora;
 pub mod memory;
 mod params;
