@@ -136,11 +136,19 @@ impl RedisServer {
             .stderr(std::process::Stdio::null())
             .spawn()?;
         let t0 = std::time::Instant::now();
+        let mut child = child;
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if t0.elapsed() > std::time::Duration::from_secs(10) {
                 return Err(std::io::Error::other("redis-server did not start"));
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // The server that answered must be ours: one that could not bind the port has exited.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        if child.try_wait()?.is_some() {
+            return Err(std::io::Error::other(format!(
+                "redis-server exited: port {port} is taken by another server"
+            )));
         }
         Ok(RedisServer { child, port, dir })
     }
@@ -191,10 +199,20 @@ impl Drop for RedisServer {
 /// A fresh Redis for one test, or `None` (with a loud message) when `redis-server` is not
 /// installed; with `CHATFORGE_REQUIRE_REDIS=1` (as in `.ci/run`) that is a failure instead.
 pub fn redis_server() -> Option<RedisServer> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
+    // A port never handed out before in this process: tests start servers in parallel, and two
+    // picking the same free port would share one server (and one's shutdown would cut the other).
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let port = loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            break port;
+        }
+    };
     let dir = std::env::temp_dir().join(format!("chatforge-redis-{}-{port}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
     match RedisServer::start(dir, port) {
