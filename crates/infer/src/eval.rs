@@ -387,6 +387,14 @@ pub fn read_metrics(path: &Path) -> Result<Metrics> {
 }
 
 /// Prompts replied to after training when no others are given.
+/// [`DEFAULT_PROMPTS`] as one-turn conversations.
+pub fn default_prompts() -> Vec<Conversation> {
+    DEFAULT_PROMPTS
+        .iter()
+        .map(|p| Conversation::new(vec![Message::new(Role::User, *p)]))
+        .collect()
+}
+
 pub const DEFAULT_PROMPTS: [&str; 4] = [
     "Hi!",
     "What is the capital of France?",
@@ -428,10 +436,7 @@ pub fn evaluate_run(
         max_samples: 32,
         ..EvalOptions::default()
     };
-    let prompts: Vec<Conversation> = DEFAULT_PROMPTS
-        .iter()
-        .map(|p| Conversation::new(vec![Message::new(Role::User, *p)]))
-        .collect();
+    let prompts = default_prompts();
     // A run's own evaluation names its files relative to the run (or by file name), so the
     // metrics it keeps, and serves, say nothing of where the machine keeps them.
     let near = |p: &Path| match p.strip_prefix(&m.root) {

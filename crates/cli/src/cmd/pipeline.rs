@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use chatforge_data::{Conversation, Message, Role, Shard};
+use chatforge_data::Shard;
 use chatforge_export::Format;
 use chatforge_infer::{Checkpoint, WeightType};
 use chatforge_run::RunDir;
@@ -251,10 +251,7 @@ fn export_and_check(
         say!("{}", super::export::run_graph(&dir)?);
     }
     let m = chatforge_infer::LoadedModel::open(&dir, &Checkpoint::Best, None, WeightType::F32)?;
-    let prompts: Vec<Conversation> = chatforge_infer::eval::DEFAULT_PROMPTS
-        .iter()
-        .map(|p| Conversation::new(vec![Message::new(Role::User, *p)]))
-        .collect();
+    let prompts = chatforge_infer::eval::default_prompts();
     let opts = chatforge_infer::eval::EvalOptions::default();
     let replies = chatforge_infer::eval::evaluate(&m, &[], None, &prompts, &opts)?.prompts;
     let mut same = 0;

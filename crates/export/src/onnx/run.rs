@@ -161,12 +161,7 @@ fn tensor_value(file: &Path, t: &TensorProto) -> Result<Value> {
     let shape: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
     let chunks = |n: usize| raw.chunks_exact(n);
     Ok(match t.data_type {
-        dtype::FLOAT => Value::f32(
-            shape,
-            chunks(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        ),
+        dtype::FLOAT => Value::f32(shape, chatforge_model::io::f32s_le(&raw)),
         dtype::INT64 => Value::i64(
             shape,
             chunks(8)

@@ -405,10 +405,7 @@ impl Gguf {
 /// `n` values of type `ty` from `bytes`.
 pub fn decode(bytes: &[u8], ty: GgmlType, n: usize) -> Vec<f32> {
     match ty {
-        GgmlType::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
+        GgmlType::F32 => super::f32s_le(bytes),
         GgmlType::F16 => bytes
             .chunks_exact(2)
             .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))

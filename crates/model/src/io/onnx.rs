@@ -259,23 +259,13 @@ pub fn read_weights(path: &std::path::Path) -> crate::Result<crate::Weights> {
         let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
         let known = |name: &str| crate::layout::Slot::from_name(name).is_some();
         if t.data_type == dtype::FLOAT && known(&t.name) {
-            let raw = initializer_bytes(&file, t)?;
-            let data: Vec<f32> = raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let data = super::f32s_le(&initializer_bytes(&file, t)?);
             let tensor = crate::Tensor::new(dims, data).map_err(|e| bad(format!("{}: {e}", t.name)))?;
             out.insert(t.name.clone(), tensor);
         } else if let Some(name) = t.name.strip_suffix(".int8").filter(|n| known(n)) {
             quant.insert(name.to_string(), (dims, initializer_bytes(&file, t)?));
         } else if let Some(name) = t.name.strip_suffix(".scale").filter(|n| known(n)) {
-            let raw = initializer_bytes(&file, t)?;
-            scales.insert(
-                name.to_string(),
-                raw.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            );
+            scales.insert(name.to_string(), super::f32s_le(&initializer_bytes(&file, t)?));
         }
     }
     for (name, (dims, q)) in quant {
