@@ -107,7 +107,10 @@ fn child(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow::Result<(
         rank: args.rank,
         alpha: 2.0 * args.rank as f64,
         dropout: 0.0,
-        targets: chatforge_model::layout::LORA_MODULES.map(String::from).to_vec(),
+        targets: chatforge_model::layout::lora_modules(chatforge_model::Arch::Gpt2)
+            .into_iter()
+            .map(String::from)
+            .collect(),
         quant: (mode == "qlora").then_some(args.quant),
     };
     let (b, t, v) = (args.batch, args.seq, cfg.vocab_size);

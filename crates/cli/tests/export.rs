@@ -269,9 +269,17 @@ fn gguf_export_reads_back_in_gguf_and_in_chatforge() {
         let name = t["name"].as_str().unwrap();
         let hf = weights
             .keys()
-            .find(|k| chatforge_model::layout::Slot::from_name(k).unwrap().gguf().0 == name)
+            .find(|k| {
+                chatforge_model::layout::Slot::from_name(k)
+                    .unwrap()
+                    .gguf(chatforge_model::Arch::Gpt2)
+                    .0
+                    == name
+            })
             .unwrap_or_else(|| panic!("{name} has no HF counterpart"));
-        let (_, transposed) = chatforge_model::layout::Slot::from_name(hf).unwrap().gguf();
+        let (_, transposed) = chatforge_model::layout::Slot::from_name(hf)
+            .unwrap()
+            .gguf(chatforge_model::Arch::Gpt2);
         let w = &weights[hf];
         // The GGUF tensor is the HF one, transposed for the linear layers.
         let w = if transposed { w.t() } else { w.clone() };

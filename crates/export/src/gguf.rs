@@ -90,6 +90,12 @@ fn merges(json: &serde_json::Value) -> Vec<String> {
 /// Writes `weights` (HF names) and `src`'s config and tokenizer as a GGUF v3 file at `path`.
 pub fn write_gguf(src: &ModelSource, weights: &Weights, quant: GgufQuant, path: &Path) -> Result<()> {
     let cfg = &src.config;
+    if cfg.arch.is_llama() {
+        return Err(Error::Invalid(format!(
+            "GGUF export of {} models is not supported yet",
+            cfg.arch.name()
+        )));
+    }
     let tok = &src.tokenizer;
     let tok_json_text = tok.to_json()?;
     let tok_json: serde_json::Value =
@@ -138,7 +144,7 @@ pub fn write_gguf(src: &ModelSource, weights: &Weights, quant: GgufQuant, path: 
         ("general.quantization_version", Val::U32(2)),
         ("gpt2.context_length", Val::U32(cfg.n_ctx as u32)),
         ("gpt2.embedding_length", Val::U32(cfg.n_embd as u32)),
-        ("gpt2.feed_forward_length", Val::U32(4 * cfg.n_embd as u32)),
+        ("gpt2.feed_forward_length", Val::U32(cfg.n_inner as u32)),
         ("gpt2.block_count", Val::U32(cfg.n_layer as u32)),
         ("gpt2.attention.head_count", Val::U32(cfg.n_head as u32)),
         (
@@ -173,9 +179,9 @@ pub fn write_gguf(src: &ModelSource, weights: &Weights, quant: GgufQuant, path: 
     let mut tensors: Vec<Encoded> = Vec::new();
     for slot in chatforge_model::layout::slots(cfg) {
         let t = weights
-            .get(&slot.name())
-            .ok_or_else(|| Error::Invalid(format!("the model has no tensor {}", slot.name())))?;
-        let (name, transposed) = slot.gguf();
+            .get(&slot.name(cfg.arch))
+            .ok_or_else(|| Error::Invalid(format!("the model has no tensor {}", slot.name(cfg.arch))))?;
+        let (name, transposed) = slot.gguf(cfg.arch);
         let t = if transposed { t.t() } else { t.clone() };
         tensors.push(gguf::encode(name, t.dims().to_vec(), t.data(), quant.dtype()));
     }

@@ -169,21 +169,9 @@ pub(crate) fn check_model_config(path: &Path) -> Result<()> {
     let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
     let v: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::Unsupported(format!("{}: not JSON: {e}", path.display())))?;
-    use chatforge_model::llama::{Arch, LlamaConfig};
-    let unsupported = |m: String| Error::Unsupported(m);
-    match Arch::from_hf(&v).map_err(|e| unsupported(e.to_string()))? {
-        Arch::Gpt2 => chatforge_model::GptConfig::from_hf(&v)
-            .map(|_| ())
-            .map_err(|e| unsupported(e.to_string())),
-        arch => {
-            // Named precisely: a variant the family cannot run, or the family itself for now.
-            LlamaConfig::from_hf(&v).map_err(|e| unsupported(e.to_string()))?;
-            Err(unsupported(format!(
-                "a {} model: its config is understood, but chatforge runs GPT-2-family models for now",
-                arch.name()
-            )))
-        }
-    }
+    chatforge_model::GptConfig::from_hf(&v)
+        .map(|_| ())
+        .map_err(|e| Error::Unsupported(e.to_string()))
 }
 
 #[cfg(test)]

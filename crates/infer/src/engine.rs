@@ -9,7 +9,7 @@
 //! The same weights give the same logits as the test oracle (`chatforge-oracle`, tested to 1e-4) and
 //! as transformers' `GPT2LMHeadModel` (tested in `tests/hf_generate.rs`).
 
-use chatforge_model::kernels::{gelu_fast, layer_norm_row, simd::vectorized};
+use chatforge_model::kernels::{gelu_fast, layer_norm_row, rms_norm_row, simd::vectorized};
 use chatforge_model::layout::{Linear, Norm as LayerNormOf, Part, Slot};
 use chatforge_model::{Activation, GptConfig, Tensor, Weights};
 use rayon::prelude::*;
@@ -43,7 +43,10 @@ struct Layer {
 pub struct Engine {
     cfg: GptConfig,
     wte: Matrix,
+    /// GPT-2's learned positions (empty in the Llama family, which rotates q and k by
+    /// `inv_freq`).
     wpe: Vec<f32>,
+    inv_freq: Vec<f32>,
     layers: Vec<Layer>,
     ln_f: Norm,
     /// `None`: tied to `wte`.
@@ -51,7 +54,7 @@ pub struct Engine {
     weight_type: WeightType,
 }
 
-/// One sequence's keys and values, per layer `(len, C)` row-major.
+/// One sequence's keys and values, per layer `(len, n_kv_head · head_dim)` row-major.
 #[derive(Debug, Clone, Default)]
 pub struct Sequence {
     k: Vec<Vec<f32>>,
@@ -77,6 +80,7 @@ impl Sequence {
 
     /// Keeps the first `len` tokens only.
     pub fn truncate(&mut self, len: usize, c: usize) {
+        // `c`: the cache's row width, `n_kv_head · head_dim`.
         if len < self.len {
             self.k
                 .iter_mut()
@@ -101,15 +105,17 @@ fn tensor_vec(w: &Weights, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
 }
 
 impl Engine {
-    /// Builds the decoder from weights named as in HF GPT-2 (see [`chatforge_model::load_hf`]).
+    /// Builds the decoder from weights named as the layout names them (HF's; see
+    /// [`chatforge_model::load_hf`]).
     pub fn new(cfg: &GptConfig, w: &Weights, weight_type: WeightType) -> Result<Engine> {
         cfg.validate()?;
-        let (c, v) = (cfg.n_embd, cfg.vocab_size);
+        let (c, v, arch) = (cfg.n_embd, cfg.vocab_size, cfg.arch);
         let get = |name: &str, shape: &[usize]| tensor_vec(w, name, shape);
         // Each tensor by its slot in the layout, with the shape the layout gives it.
-        let tensor = |slot: Slot| get(&slot.name(), &slot.shape(cfg));
+        let tensor = |slot: Slot| get(&slot.name(arch), &slot.shape(cfg));
+        let has = |slot: Slot| chatforge_model::layout::slots(cfg).contains(&slot);
         let opt = |slot: Slot| -> Result<Option<Vec<f32>>> {
-            if cfg.bias {
+            if has(slot) {
                 tensor(slot).map(Some)
             } else {
                 Ok(None)
@@ -118,27 +124,49 @@ impl Engine {
         let norm = |slot: &dyn Fn(Part) -> Slot| -> Result<Norm> {
             Ok(Norm {
                 weight: tensor(slot(Part::Weight))?,
-                bias: match opt(slot(Part::Bias))? {
-                    Some(b) => b,
-                    None => vec![0.0; c],
-                },
+                bias: opt(slot(Part::Bias))?.unwrap_or_else(|| vec![0.0; c]),
             })
         };
-        // A block's linear layer: its `(in, out)` weight packed for the kernels, and its bias.
-        let linear = |i: usize, l: Linear| -> Result<(Matrix, Option<Vec<f32>>)> {
-            let (rows, cols) = l.shape(c);
-            let w = tensor(Slot::BlockLinear(i, l, Part::Weight))?;
-            Ok((
-                Matrix::new(w, rows, cols, Layout::InOut, weight_type),
-                opt(Slot::BlockLinear(i, l, Part::Bias))?,
-            ))
+        // A block's product: its parts' weights side by side as one `(in, out)` matrix packed for
+        // the kernels (the Llama family's `(out, in)` weights transposed once, here), and the
+        // parts' biases.
+        let out_in = chatforge_model::layout::linear_out_in(arch);
+        let linear = |i: usize, parts: &[Linear]| -> Result<(Matrix, Option<Vec<f32>>)> {
+            let n_in = parts[0].shape(cfg).0;
+            let n_out: usize = parts.iter().map(|l| l.shape(cfg).1).sum();
+            let mut data = vec![0f32; n_in * n_out];
+            let mut bias: Option<Vec<f32>> = None;
+            let mut col = 0;
+            for &l in parts {
+                let (_, o) = l.shape(cfg);
+                let wt = tensor(Slot::BlockLinear(i, l, Part::Weight))?;
+                for r in 0..n_in {
+                    for j in 0..o {
+                        data[r * n_out + col + j] = if out_in { wt[j * n_in + r] } else { wt[r * o + j] };
+                    }
+                }
+                if let Some(b) = opt(Slot::BlockLinear(i, l, Part::Bias))? {
+                    bias.get_or_insert_with(|| vec![0.0; n_out])[col..col + o].copy_from_slice(&b);
+                }
+                col += o;
+            }
+            Ok((Matrix::new(data, n_in, n_out, Layout::InOut, weight_type), bias))
         };
+        let llama = arch.is_llama();
         let layers = (0..cfg.n_layer)
             .map(|i| {
-                let (c_attn, c_attn_b) = linear(i, Linear::AttnQkv)?;
-                let (attn_proj, attn_proj_b) = linear(i, Linear::AttnOut)?;
-                let (c_fc, c_fc_b) = linear(i, Linear::MlpUp)?;
-                let (mlp_proj, mlp_proj_b) = linear(i, Linear::MlpDown)?;
+                let (c_attn, c_attn_b) = if llama {
+                    linear(i, &[Linear::Q, Linear::K, Linear::V])?
+                } else {
+                    linear(i, &[Linear::AttnQkv])?
+                };
+                let (attn_proj, attn_proj_b) = linear(i, &[Linear::AttnOut])?;
+                let (c_fc, c_fc_b) = if llama {
+                    linear(i, &[Linear::Gate, Linear::MlpUp])?
+                } else {
+                    linear(i, &[Linear::MlpUp])?
+                };
+                let (mlp_proj, mlp_proj_b) = linear(i, &[Linear::MlpDown])?;
                 Ok(Layer {
                     ln_1: norm(&|p| Slot::BlockNorm(i, LayerNormOf::Attn, p))?,
                     c_attn,
@@ -167,7 +195,12 @@ impl Engine {
         Ok(Engine {
             cfg: cfg.clone(),
             wte: Matrix::new(tensor(Slot::TokenEmbedding)?, v, c, Layout::OutIn, weight_type),
-            wpe: tensor(Slot::PositionEmbedding)?,
+            wpe: opt(Slot::PositionEmbedding)?.unwrap_or_default(),
+            inv_freq: if llama {
+                chatforge_model::llama::rope_inv_freq(cfg)
+            } else {
+                Vec::new()
+            },
             layers,
             ln_f: norm(&Slot::FinalNorm)?,
             lm_head,
@@ -222,7 +255,9 @@ impl Engine {
         if seqs.len() != tokens.len() {
             return Err(Error::Invalid("one token list per sequence".into()));
         }
-        let (c, n_ctx) = (self.cfg.n_embd, self.cfg.n_ctx);
+        let cfg = &self.cfg;
+        let (c, n_ctx, kv, w) = (cfg.n_embd, cfg.n_ctx, cfg.kv_dim(), cfg.qkv_dim());
+        let rms = cfg.arch.is_llama();
         // Rows: (sequence, position) of every new token, sequence by sequence.
         let mut rows: Vec<(usize, usize)> = Vec::new();
         for (s, (seq, toks)) in seqs.iter().zip(tokens).enumerate() {
@@ -251,31 +286,45 @@ impl Engine {
         for (r, (row, &id)) in x.chunks_mut(c).zip(&ids).enumerate() {
             self.wte.row_into(id as usize, row);
             let p = rows[r].1;
-            row.iter_mut()
-                .zip(&self.wpe[p * c..(p + 1) * c])
-                .for_each(|(a, b)| *a += b);
+            if !self.wpe.is_empty() {
+                row.iter_mut()
+                    .zip(&self.wpe[p * c..(p + 1) * c])
+                    .for_each(|(a, b)| *a += b);
+            }
         }
+        let rope = (!self.inv_freq.is_empty()).then(|| rope_tables(&rows, &self.inv_freq));
+        let (eps, inner) = (cfg.layer_norm_eps, cfg.n_inner);
         let mut h = vec![0f32; m * c];
-        let mut qkv = vec![0f32; m * 3 * c];
+        let mut qkv = vec![0f32; m * w];
         let mut att = vec![0f32; m * c];
         let mut proj = vec![0f32; m * c];
-        let mut fc = vec![0f32; m * 4 * c];
+        let mut fc = vec![0f32; m * cfg.mlp_in_dim()];
+        let mut act = vec![0f32; if rms { m * inner } else { 0 }];
         for (li, l) in self.layers.iter().enumerate() {
-            layer_norm(&x, &l.ln_1, self.cfg.layer_norm_eps, &mut h);
+            norm(&x, &l.ln_1, eps, rms, &mut h);
             kernels::matmul(&h, m, &l.c_attn, l.c_attn_b.as_deref(), &mut qkv);
+            if let Some(tables) = &rope {
+                rotate(&mut qkv, tables, cfg);
+            }
             // Append this layer's keys and values, then attend.
             for (r, &(s, _)) in rows.iter().enumerate() {
-                let row = &qkv[r * 3 * c..(r + 1) * 3 * c];
-                seqs[s].k[li].extend_from_slice(&row[c..2 * c]);
-                seqs[s].v[li].extend_from_slice(&row[2 * c..]);
+                let row = &qkv[r * w..(r + 1) * w];
+                seqs[s].k[li].extend_from_slice(&row[c..c + kv]);
+                seqs[s].v[li].extend_from_slice(&row[c + kv..]);
             }
             self.attention(seqs, li, &rows, &qkv, &mut att);
             kernels::matmul(&att, m, &l.attn_proj, l.attn_proj_b.as_deref(), &mut proj);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
-            layer_norm(&x, &l.ln_2, self.cfg.layer_norm_eps, &mut h);
+            norm(&x, &l.ln_2, eps, rms, &mut h);
             kernels::matmul(&h, m, &l.c_fc, l.c_fc_b.as_deref(), &mut fc);
-            gelu(&mut fc, self.cfg.activation);
-            kernels::matmul(&fc, m, &l.mlp_proj, l.mlp_proj_b.as_deref(), &mut proj);
+            let hidden = if rms {
+                swiglu(&fc, inner, &mut act);
+                &act
+            } else {
+                gelu(&mut fc, cfg.activation);
+                &fc
+            };
+            kernels::matmul(hidden, m, &l.mlp_proj, l.mlp_proj_b.as_deref(), &mut proj);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         }
         for (seq, toks) in seqs.iter_mut().zip(tokens) {
@@ -298,7 +347,7 @@ impl Engine {
             .flat_map(|&r| x[r * c..(r + 1) * c].iter().copied())
             .collect();
         let mut hs = vec![0f32; sel.len()];
-        layer_norm(&sel, &self.ln_f, self.cfg.layer_norm_eps, &mut hs);
+        norm(&sel, &self.ln_f, eps, rms, &mut hs);
         let v = self.cfg.vocab_size;
         let mut logits = vec![0f32; keep.len() * v];
         let head = self.lm_head.as_ref().unwrap_or(&self.wte);
@@ -315,16 +364,24 @@ impl Engine {
         qkv: &[f32],
         out: &mut [f32],
     ) {
-        let (c, nh) = (self.cfg.n_embd, self.cfg.n_head);
-        let d = c / nh;
+        let cfg = &self.cfg;
+        let (c, nh, d, kv, w) = (
+            cfg.n_embd,
+            cfg.n_head,
+            cfg.head_dim(),
+            cfg.kv_dim(),
+            cfg.qkv_dim(),
+        );
+        // Grouped-query attention: query head `h` reads key/value head `h / g`.
+        let g = nh / cfg.n_kv_head;
         let scale = 1.0 / (d as f32).sqrt();
         let one = |scores: &mut Vec<f32>, (i, y): (usize, &mut [f32])| {
             let (r, h) = (i / nh, i % nh);
             let (s, pos) = rows[r];
             let (k, v) = (&seqs[s].k[li], &seqs[s].v[li]);
-            let q = &qkv[r * 3 * c + h * d..r * 3 * c + (h + 1) * d];
+            let q = &qkv[r * w + h * d..r * w + (h + 1) * d];
             scores.resize(pos + 1, 0.0);
-            kernels::attend(q, k, v, c, h * d, scale, scores, y);
+            kernels::attend(q, k, v, kv, (h / g) * d, scale, scores, y);
         };
         // One task per (row, head): `out` viewed as (rows·heads, D), on all threads unless the
         // work is too small to be worth handing out.
@@ -347,11 +404,61 @@ fn attention_work(rows: &[(usize, usize)], c: usize) -> usize {
     rows.iter().map(|&(_, pos)| (pos + 1) * c).sum()
 }
 
-fn layer_norm(x: &[f32], n: &Norm, eps: f64, out: &mut [f32]) {
+/// Layer norm, or with `rms` the Llama family's RMSNorm, of every row.
+fn norm(x: &[f32], n: &Norm, eps: f64, rms: bool, out: &mut [f32]) {
     let c = n.weight.len();
     vectorized(|| {
         for (row, o) in x.chunks(c).zip(out.chunks_mut(c)) {
-            layer_norm_row(row, &n.weight, Some(&n.bias), eps as f32, o);
+            if rms {
+                rms_norm_row(row, &n.weight, eps as f32, o);
+            } else {
+                layer_norm_row(row, &n.weight, Some(&n.bias), eps as f32, o);
+            }
+        }
+    })
+}
+
+/// Each row's rotary `cos` and `sin` (`d/2` each) at its position, as the training engine makes
+/// them.
+fn rope_tables(rows: &[(usize, usize)], inv_freq: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let half = inv_freq.len();
+    let (mut cos, mut sin) = (vec![0f32; rows.len() * half], vec![0f32; rows.len() * half]);
+    for (r, &(_, pos)) in rows.iter().enumerate() {
+        for j in 0..half {
+            let angle = f64::from(pos as f32 * inv_freq[j]);
+            cos[r * half + j] = angle.cos() as f32;
+            sin[r * half + j] = angle.sin() as f32;
+        }
+    }
+    (cos, sin)
+}
+
+/// Rotates each row's query and key heads (HF's `rotate_half` form).
+fn rotate(qkv: &mut [f32], (cos, sin): &(Vec<f32>, Vec<f32>), cfg: &GptConfig) {
+    let (d, w) = (cfg.head_dim(), cfg.qkv_dim());
+    let half = d / 2;
+    let heads = cfg.n_head + cfg.n_kv_head;
+    for (r, row) in qkv.chunks_mut(w).enumerate() {
+        let (cs, sn) = (&cos[r * half..(r + 1) * half], &sin[r * half..(r + 1) * half]);
+        for head in row[..heads * d].chunks_mut(d) {
+            let (a, b) = head.split_at_mut(half);
+            for j in 0..half {
+                let (x, y) = (a[j], b[j]);
+                a[j] = x * cs[j] - y * sn[j];
+                b[j] = y * cs[j] + x * sn[j];
+            }
+        }
+    }
+}
+
+/// SwiGLU: `act = silu(gate) · up`, where a row of `fc` is `[gate | up]`.
+fn swiglu(fc: &[f32], inner: usize, act: &mut [f32]) {
+    vectorized(|| {
+        for (x, o) in fc.chunks(2 * inner).zip(act.chunks_mut(inner)) {
+            let (g, u) = x.split_at(inner);
+            for j in 0..inner {
+                o[j] = gelu_fast(Activation::Silu, g[j]) * u[j];
+            }
         }
     })
 }

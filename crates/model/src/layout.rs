@@ -8,28 +8,40 @@
 //! `transformer.h.N.{ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj}`,
 //! `transformer.ln_f`, and `lm_head` when the head is not tied. Linear weights are Conv1D's
 //! `(in, out)`.
+//!
+//! The Llama family's (`LlamaForCausalLM`, `Qwen2ForCausalLM`): `model.embed_tokens`, per block
+//! `model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj, post_attention_layernorm,
+//! mlp.{gate,up,down}_proj}`, `model.norm`, `lm_head`. Linear weights are `nn.Linear`'s
+//! `(out, in)`; a model's flat order keeps q, k and v (and their biases), and gate and up, next to
+//! each other, so each group is one `(out, in)` matrix the engines multiply by once.
 
-use crate::GptConfig;
+use crate::{Arch, GptConfig};
 
-/// A layer norm inside a block.
+/// A norm inside a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Norm {
-    /// Before attention (`ln_1`).
+    /// Before attention (`ln_1`, `input_layernorm`).
     Attn,
-    /// Before the MLP (`ln_2`).
+    /// Before the MLP (`ln_2`, `post_attention_layernorm`).
     Mlp,
 }
 
 /// A linear layer inside a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Linear {
-    /// Queries, keys and values in one product (`attn.c_attn`).
+    /// GPT-2: queries, keys and values in one product (`attn.c_attn`).
     AttnQkv,
-    /// Attention's output projection (`attn.c_proj`).
+    /// The Llama family's queries, keys and values (`self_attn.{q,k,v}_proj`).
+    Q,
+    K,
+    V,
+    /// Attention's output projection (`attn.c_proj`, `self_attn.o_proj`).
     AttnOut,
-    /// The MLP's expansion (`mlp.c_fc`).
+    /// The Llama family's gate (`mlp.gate_proj`).
+    Gate,
+    /// The MLP's expansion (`mlp.c_fc`, `mlp.up_proj`).
     MlpUp,
-    /// The MLP's projection back (`mlp.c_proj`).
+    /// The MLP's projection back (`mlp.c_proj`, `mlp.down_proj`).
     MlpDown,
 }
 
@@ -44,6 +56,7 @@ pub enum Part {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Slot {
     TokenEmbedding,
+    /// GPT-2's learned positions.
     PositionEmbedding,
     BlockNorm(usize, Norm, Part),
     BlockLinear(usize, Linear, Part),
@@ -72,10 +85,12 @@ impl Part {
 impl Norm {
     pub const ALL: [Norm; 2] = [Norm::Attn, Norm::Mlp];
 
-    fn path(self) -> &'static str {
-        match self {
-            Norm::Attn => "ln_1",
-            Norm::Mlp => "ln_2",
+    fn path(self, arch: Arch) -> &'static str {
+        match (self, arch.is_llama()) {
+            (Norm::Attn, false) => "ln_1",
+            (Norm::Mlp, false) => "ln_2",
+            (Norm::Attn, true) => "input_layernorm",
+            (Norm::Mlp, true) => "post_attention_layernorm",
         }
     }
 
@@ -88,25 +103,54 @@ impl Norm {
 }
 
 impl Linear {
-    /// In the order of a block's forward pass.
-    pub const ALL: [Linear; 4] = [Linear::AttnQkv, Linear::AttnOut, Linear::MlpUp, Linear::MlpDown];
+    /// GPT-2's, in the order of a block's forward pass.
+    pub const GPT2: [Linear; 4] = [Linear::AttnQkv, Linear::AttnOut, Linear::MlpUp, Linear::MlpDown];
+    /// The Llama family's, in the order of a block's forward pass (and of the flat layout).
+    pub const LLAMA: [Linear; 7] = [
+        Linear::Q,
+        Linear::K,
+        Linear::V,
+        Linear::AttnOut,
+        Linear::Gate,
+        Linear::MlpUp,
+        Linear::MlpDown,
+    ];
 
-    /// `(n_in, n_out)` for a model of width `c`.
-    pub fn shape(self, c: usize) -> (usize, usize) {
-        match self {
-            Linear::AttnQkv => (c, 3 * c),
-            Linear::AttnOut => (c, c),
-            Linear::MlpUp => (c, 4 * c),
-            Linear::MlpDown => (4 * c, c),
+    /// A family's linear layers, in forward order.
+    pub fn of(arch: Arch) -> &'static [Linear] {
+        if arch.is_llama() {
+            &Linear::LLAMA
+        } else {
+            &Linear::GPT2
         }
     }
 
-    /// The module's own name, as LoRA's `target_modules` name it (`c_proj` is both projections).
-    pub fn module(self) -> &'static str {
+    /// `(n_in, n_out)` in a model of `cfg` (however the weight is stored, see [`Slot::shape`]).
+    pub fn shape(self, cfg: &GptConfig) -> (usize, usize) {
+        let (c, kv, inner) = (cfg.n_embd, cfg.kv_dim(), cfg.n_inner);
         match self {
-            Linear::AttnQkv => "c_attn",
-            Linear::AttnOut | Linear::MlpDown => "c_proj",
-            Linear::MlpUp => "c_fc",
+            Linear::AttnQkv => (c, 3 * c),
+            Linear::Q | Linear::AttnOut => (c, c),
+            Linear::K | Linear::V => (c, kv),
+            Linear::Gate | Linear::MlpUp => (c, inner),
+            Linear::MlpDown => (inner, c),
+        }
+    }
+
+    /// The module's name in a model of `arch`, as LoRA's `target_modules` name it (`c_fc` in
+    /// GPT-2, `up_proj` in Llama; GPT-2's `c_proj` is both projections).
+    pub fn module_in(self, arch: Arch) -> &'static str {
+        match (self, arch.is_llama()) {
+            (Linear::AttnQkv, _) => "c_attn",
+            (Linear::AttnOut | Linear::MlpDown, false) => "c_proj",
+            (Linear::MlpUp, false) => "c_fc",
+            (Linear::Q, _) => "q_proj",
+            (Linear::K, _) => "k_proj",
+            (Linear::V, _) => "v_proj",
+            (Linear::AttnOut, true) => "o_proj",
+            (Linear::Gate, _) => "gate_proj",
+            (Linear::MlpUp, true) => "up_proj",
+            (Linear::MlpDown, true) => "down_proj",
         }
     }
 
@@ -115,41 +159,82 @@ impl Linear {
         matches!(self, Linear::AttnOut | Linear::MlpDown)
     }
 
-    fn path(self) -> &'static str {
-        match self {
-            Linear::AttnQkv => "attn.c_attn",
-            Linear::AttnOut => "attn.c_proj",
-            Linear::MlpUp => "mlp.c_fc",
-            Linear::MlpDown => "mlp.c_proj",
-        }
+    fn path(self, arch: Arch) -> String {
+        let group = match (self, arch.is_llama()) {
+            (Linear::AttnQkv | Linear::AttnOut, false) => "attn",
+            (Linear::Q | Linear::K | Linear::V | Linear::AttnOut, _) => "self_attn",
+            _ => "mlp",
+        };
+        format!("{group}.{}", self.module_in(arch))
     }
 
     fn gguf(self) -> &'static str {
         match self {
             Linear::AttnQkv => "attn_qkv",
+            Linear::Q => "attn_q",
+            Linear::K => "attn_k",
+            Linear::V => "attn_v",
             Linear::AttnOut => "attn_output",
+            Linear::Gate => "ffn_gate",
             Linear::MlpUp => "ffn_up",
             Linear::MlpDown => "ffn_down",
         }
     }
+
+    /// The layers a LoRA target name covers in a model of `arch`: its own modules, and
+    /// GPT-2's names in the Llama family (`c_attn`: q, k and v; `c_fc`: gate and up; `c_proj`:
+    /// both projections), so one config serves both; `all-linear` is every one.
+    pub fn targeted(name: &str, arch: Arch) -> Vec<Linear> {
+        let all = Linear::of(arch);
+        if name == "all-linear" {
+            return all.to_vec();
+        }
+        let direct: Vec<Linear> = all
+            .iter()
+            .copied()
+            .filter(|l| l.module_in(arch) == name)
+            .collect();
+        if !direct.is_empty() || !arch.is_llama() {
+            return direct;
+        }
+        match name {
+            "c_attn" => vec![Linear::Q, Linear::K, Linear::V],
+            "c_fc" => vec![Linear::Gate, Linear::MlpUp],
+            "c_proj" => vec![Linear::AttnOut, Linear::MlpDown],
+            _ => Vec::new(),
+        }
+    }
 }
 
-/// The module names LoRA can target, each once.
-pub const LORA_MODULES: [&str; 3] = ["c_attn", "c_proj", "c_fc"];
-
-fn block(i: usize) -> String {
-    format!("transformer.h.{i}")
+/// The module names LoRA can target in a model of `arch`, each once.
+pub fn lora_modules(arch: Arch) -> Vec<&'static str> {
+    let mut out: Vec<&str> = Vec::new();
+    for l in Linear::of(arch) {
+        if !out.contains(&l.module_in(arch)) {
+            out.push(l.module_in(arch));
+        }
+    }
+    out
 }
 
-/// A block's linear layer as a module path (`transformer.h.3.attn.c_attn`): its tensors are
-/// `PATH.weight` and `PATH.bias`, a LoRA adapter's `PATH.lora_A.weight` and `PATH.lora_B.weight`.
-pub fn linear_path(i: usize, l: Linear) -> String {
-    format!("{}.{}", block(i), l.path())
+fn block(i: usize, arch: Arch) -> String {
+    if arch.is_llama() {
+        format!("model.layers.{i}")
+    } else {
+        format!("transformer.h.{i}")
+    }
 }
 
-/// A block's layer norm as a module path (`transformer.h.3.ln_1`).
-pub fn norm_path(i: usize, n: Norm) -> String {
-    format!("{}.{}", block(i), n.path())
+/// A block's linear layer as a module path (`transformer.h.3.attn.c_attn`,
+/// `model.layers.3.self_attn.q_proj`): its tensors are `PATH.weight` and `PATH.bias`, a LoRA
+/// adapter's `PATH.lora_A.weight` and `PATH.lora_B.weight`.
+pub fn linear_path(i: usize, l: Linear, arch: Arch) -> String {
+    format!("{}.{}", block(i, arch), l.path(arch))
+}
+
+/// A block's norm as a module path (`transformer.h.3.ln_1`).
+pub fn norm_path(i: usize, n: Norm, arch: Arch) -> String {
+    format!("{}.{}", block(i, arch), n.path(arch))
 }
 
 /// The names of a LoRA adapter's two matrices on the linear layer at `path`: `(A, B)`, as PEFT
@@ -162,61 +247,82 @@ pub fn lora_names(path: &str) -> (String, String) {
 /// (`base_model.model.transformer.h.0.attn.c_attn.lora_A.weight`).
 pub const PEFT_PREFIX: &str = "base_model.model.";
 
-/// The final layer norm's module path.
-pub const FINAL_NORM: &str = "transformer.ln_f";
+/// The final norm's module path.
+pub fn final_norm(arch: Arch) -> &'static str {
+    if arch.is_llama() {
+        "model.norm"
+    } else {
+        "transformer.ln_f"
+    }
+}
 
 impl Slot {
-    /// The checkpoint name (HF's).
-    pub fn name(self) -> String {
+    /// The checkpoint name (HF's) in a model of `arch`.
+    pub fn name(self, arch: Arch) -> String {
+        let llama = arch.is_llama();
         match self {
+            Slot::TokenEmbedding if llama => "model.embed_tokens.weight".into(),
             Slot::TokenEmbedding => "transformer.wte.weight".into(),
             Slot::PositionEmbedding => "transformer.wpe.weight".into(),
-            Slot::BlockNorm(i, n, p) => format!("{}.{}", norm_path(i, n), p.name()),
-            Slot::BlockLinear(i, l, p) => format!("{}.{}", linear_path(i, l), p.name()),
-            Slot::FinalNorm(p) => format!("{FINAL_NORM}.{}", p.name()),
+            Slot::BlockNorm(i, n, p) => format!("{}.{}", norm_path(i, n, arch), p.name()),
+            Slot::BlockLinear(i, l, p) => format!("{}.{}", linear_path(i, l, arch), p.name()),
+            Slot::FinalNorm(p) => format!("{}.{}", final_norm(arch), p.name()),
             Slot::LmHead => "lm_head.weight".into(),
         }
     }
 
-    /// The slot a checkpoint name stands for.
+    /// The slot a checkpoint name stands for (the families' names do not overlap, but for the
+    /// head's).
     pub fn from_name(name: &str) -> Option<Slot> {
         match name {
-            "transformer.wte.weight" => return Some(Slot::TokenEmbedding),
+            "transformer.wte.weight" | "model.embed_tokens.weight" => return Some(Slot::TokenEmbedding),
             "transformer.wpe.weight" => return Some(Slot::PositionEmbedding),
             "lm_head.weight" => return Some(Slot::LmHead),
             _ => {}
         }
-        if let Some(p) = name.strip_prefix("transformer.ln_f.") {
+        let (arch, rest) = if let Some(r) = name.strip_prefix("model.") {
+            (Arch::Llama, r)
+        } else {
+            (Arch::Gpt2, name.strip_prefix("transformer.")?)
+        };
+        if let Some(p) = name
+            .strip_prefix(final_norm(arch))
+            .and_then(|r| r.strip_prefix('.'))
+        {
             return Part::parse(p).map(Slot::FinalNorm);
         }
-        let rest = name.strip_prefix("transformer.h.")?;
+        let rest = rest.strip_prefix(if arch.is_llama() { "layers." } else { "h." })?;
         let (i, rest) = rest.split_once('.')?;
         let i: usize = i.parse().ok()?;
         let (module, part) = rest.rsplit_once('.')?;
         let part = Part::parse(part)?;
-        if let Some(n) = Norm::ALL.into_iter().find(|n| n.path() == module) {
+        if let Some(n) = Norm::ALL.into_iter().find(|n| n.path(arch) == module) {
             return Some(Slot::BlockNorm(i, n, part));
         }
-        Linear::ALL
-            .into_iter()
-            .find(|l| l.path() == module)
-            .map(|l| Slot::BlockLinear(i, l, part))
+        Linear::of(arch)
+            .iter()
+            .find(|l| l.path(arch) == module)
+            .map(|&l| Slot::BlockLinear(i, l, part))
     }
 
     /// llama.cpp's name, and whether the matrix is stored transposed there (HF's Conv1D keeps
-    /// `(in, out)`; ggml wants `(out, in)` row-major).
-    pub fn gguf(self) -> (String, bool) {
+    /// `(in, out)`; ggml wants `(out, in)` row-major, as `nn.Linear` keeps it).
+    pub fn gguf(self, arch: Arch) -> (String, bool) {
         match self {
             Slot::TokenEmbedding => ("token_embd.weight".into(), false),
             Slot::PositionEmbedding => ("position_embd.weight".into(), false),
             Slot::FinalNorm(p) => (format!("output_norm.{}", p.name()), false),
             Slot::LmHead => ("output.weight".into(), false),
             Slot::BlockNorm(i, n, p) => (format!("blk.{i}.{}.{}", n.gguf(), p.name()), false),
-            Slot::BlockLinear(i, l, p) => (format!("blk.{i}.{}.{}", l.gguf(), p.name()), p == Part::Weight),
+            Slot::BlockLinear(i, l, p) => (
+                format!("blk.{i}.{}.{}", l.gguf(), p.name()),
+                p == Part::Weight && !linear_out_in(arch),
+            ),
         }
     }
 
-    /// The tensor's shape in a model of `cfg`.
+    /// The tensor's shape in a model of `cfg`: a linear weight is `(in, out)` in GPT-2 and
+    /// `(out, in)` in the Llama family ([`linear_out_in`]).
     pub fn shape(self, cfg: &GptConfig) -> Vec<usize> {
         let (c, v) = (cfg.n_embd, cfg.vocab_size);
         match self {
@@ -224,23 +330,37 @@ impl Slot {
             Slot::PositionEmbedding => vec![cfg.n_ctx, c],
             Slot::BlockNorm(..) | Slot::FinalNorm(_) => vec![c],
             Slot::BlockLinear(_, l, Part::Weight) => {
-                let (i, o) = l.shape(c);
-                vec![i, o]
+                let (i, o) = l.shape(cfg);
+                if linear_out_in(cfg.arch) {
+                    vec![o, i]
+                } else {
+                    vec![i, o]
+                }
             }
-            Slot::BlockLinear(_, l, Part::Bias) => vec![l.shape(c).1],
+            Slot::BlockLinear(_, l, Part::Bias) => vec![l.shape(cfg).1],
         }
     }
 }
 
+/// Whether a family stores a linear weight `(out, in)` (`nn.Linear`) rather than `(in, out)`
+/// (GPT-2's Conv1D).
+pub fn linear_out_in(arch: Arch) -> bool {
+    arch.is_llama()
+}
+
 /// A tensor name as other GPT-2 checkpoints write it, in this layout's terms: OpenAI's converted
 /// files have no `transformer.` prefix, and their attention-mask buffers (`attn.bias` of rank 4,
-/// `attn.masked_bias`) are not weights (`None`).
+/// `attn.masked_bias`) are not weights (`None`). The Llama family's rotary buffers
+/// (`rotary_emb.inv_freq`, kept by older checkpoints) are not weights either.
 pub fn checkpoint_alias(name: &str, rank: usize) -> Option<String> {
-    if name.ends_with(".attn.bias") && rank == 4 || name.ends_with(".attn.masked_bias") {
+    if name.ends_with(".attn.bias") && rank == 4
+        || name.ends_with(".attn.masked_bias")
+        || name.ends_with(".rotary_emb.inv_freq")
+    {
         return None;
     }
     Some(
-        if name.starts_with("transformer.") || name == Slot::LmHead.name() {
+        if name.starts_with("transformer.") || name.starts_with("model.") || name == "lm_head.weight" {
             name.to_string()
         } else {
             format!("transformer.{name}")
@@ -248,10 +368,15 @@ pub fn checkpoint_alias(name: &str, rank: usize) -> Option<String> {
     )
 }
 
-/// Every tensor of a model of `cfg`, in checkpoint order: embeddings, each block's
+/// Every tensor of a model of `cfg`, in the flat order: GPT-2's embeddings, each block's
 /// `ln_1, c_attn, attn.c_proj, ln_2, c_fc, mlp.c_proj` (weight, then bias when the model has
-/// biases), the final norm, and the head when untied.
+/// biases), the final norm, and the head when untied; the Llama family's embedding, each block's
+/// `input_layernorm, q, k, v (weights, then biases), o, post_attention_layernorm, gate, up,
+/// down`, the final norm and the head when untied.
 pub fn slots(cfg: &GptConfig) -> Vec<Slot> {
+    if cfg.arch.is_llama() {
+        return llama_slots(cfg);
+    }
     let parts: &[Part] = if cfg.bias {
         &[Part::Weight, Part::Bias]
     } else {
@@ -275,6 +400,26 @@ pub fn slots(cfg: &GptConfig) -> Vec<Slot> {
     out
 }
 
+fn llama_slots(cfg: &GptConfig) -> Vec<Slot> {
+    let mut out = vec![Slot::TokenEmbedding];
+    for i in 0..cfg.n_layer {
+        let lin = |l| Slot::BlockLinear(i, l, Part::Weight);
+        out.push(Slot::BlockNorm(i, Norm::Attn, Part::Weight));
+        out.extend([lin(Linear::Q), lin(Linear::K), lin(Linear::V)]);
+        if cfg.bias {
+            out.extend([Linear::Q, Linear::K, Linear::V].map(|l| Slot::BlockLinear(i, l, Part::Bias)));
+        }
+        out.push(lin(Linear::AttnOut));
+        out.push(Slot::BlockNorm(i, Norm::Mlp, Part::Weight));
+        out.extend([lin(Linear::Gate), lin(Linear::MlpUp), lin(Linear::MlpDown)]);
+    }
+    out.push(Slot::FinalNorm(Part::Weight));
+    if !cfg.tie_embeddings {
+        out.push(Slot::LmHead);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,18 +430,46 @@ mod tests {
             tie_embeddings: false,
             ..GptConfig::tiny(50)
         };
-        for s in slots(&cfg) {
-            assert_eq!(Slot::from_name(&s.name()), Some(s), "{}", s.name());
+        for cfg in [
+            cfg,
+            GptConfig {
+                tie_embeddings: false,
+                ..GptConfig::llama_tiny(50)
+            },
+            GptConfig {
+                arch: Arch::Qwen2,
+                bias: true,
+                ..GptConfig::llama_tiny(50)
+            },
+        ] {
+            for s in slots(&cfg) {
+                let name = s.name(cfg.arch);
+                assert_eq!(Slot::from_name(&name), Some(s), "{name}");
+            }
         }
+        let g = Arch::Gpt2;
         assert_eq!(
-            Slot::BlockLinear(1, Linear::AttnQkv, Part::Weight).name(),
+            Slot::BlockLinear(0, Linear::Gate, Part::Weight).name(Arch::Llama),
+            "model.layers.0.mlp.gate_proj.weight"
+        );
+        assert_eq!(
+            Slot::BlockNorm(2, Norm::Mlp, Part::Weight).name(Arch::Qwen2),
+            "model.layers.2.post_attention_layernorm.weight"
+        );
+        assert_eq!(
+            Linear::targeted("c_fc", Arch::Llama),
+            [Linear::Gate, Linear::MlpUp]
+        );
+        assert_eq!(Linear::targeted("c_proj", g), [Linear::AttnOut, Linear::MlpDown]);
+        assert_eq!(
+            Slot::BlockLinear(1, Linear::AttnQkv, Part::Weight).name(g),
             "transformer.h.1.attn.c_attn.weight"
         );
         assert_eq!(
-            Slot::BlockLinear(0, Linear::MlpDown, Part::Weight).gguf(),
+            Slot::BlockLinear(0, Linear::MlpDown, Part::Weight).gguf(g),
             ("blk.0.ffn_down.weight".to_string(), true)
         );
-        assert_eq!(Slot::FinalNorm(Part::Bias).gguf().0, "output_norm.bias");
+        assert_eq!(Slot::FinalNorm(Part::Bias).gguf(g).0, "output_norm.bias");
         assert_eq!(Slot::from_name("transformer.h.0.attn.bias"), None);
         assert_eq!(Slot::from_name("transformer.h.x.ln_1.weight"), None);
     }

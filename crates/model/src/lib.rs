@@ -14,7 +14,7 @@ mod params;
 pub mod quant;
 mod tensor;
 
-pub use config::{Activation, GptConfig};
+pub use config::{Activation, Arch, GptConfig, Llama3Scaling, default_inner};
 pub use lora::LoraConfig;
 pub use memory::{check_fits, human_bytes, machine_memory};
 pub use params::{

@@ -2,10 +2,11 @@
 //! s · (x Aᵀ) Bᵀ` with `A: (r, in)`, `B: (out, r)` and `s = alpha / r`. `A` starts small and random,
 //! `B` at zero, so an untrained adapter changes nothing.
 //!
-//! Adapters are stored as PEFT stores them for GPT-2 (`adapter_config.json` +
-//! `adapter_model.safetensors`, tensors `base_model.model.transformer.h.{i}.attn.c_attn.lora_A.weight`
-//! …, `fan_in_fan_out` because GPT-2's Conv1D weights are `(in, out)`), so `peft` loads what chatforge
-//! writes and the other way round.
+//! Adapters are stored as PEFT stores them (`adapter_config.json` + `adapter_model.safetensors`,
+//! tensors `base_model.model.transformer.h.{i}.attn.c_attn.lora_A.weight` for GPT-2, with
+//! `fan_in_fan_out` because its Conv1D weights are `(in, out)`;
+//! `base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight` for the Llama family), so
+//! `peft` loads what chatforge writes and the other way round.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -18,8 +19,8 @@ use crate::params::{Init, ParamSpec, Weights};
 use crate::tensor::Tensor;
 use crate::{Error, GptConfig, Result};
 
-/// The linear layers of a GPT-2 block, by their HF module names.
-pub const TARGETS: [&str; 3] = crate::layout::LORA_MODULES;
+use crate::Arch;
+use crate::layout::Linear;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -30,7 +31,9 @@ pub struct LoraConfig {
     pub alpha: f64,
     #[serde(alias = "lora_dropout")]
     pub dropout: f32,
-    /// Module names (`c_attn`, `c_proj`, `c_fc`); `c_proj` covers both the attention's and the MLP's.
+    /// Module names: GPT-2's `c_attn`, `c_proj` (both projections), `c_fc`; the Llama family's
+    /// `q_proj` … `down_proj`, where GPT-2's names also work (`c_attn`: q, k, v; `c_fc`: gate, up;
+    /// `c_proj`: o, down); `all-linear`.
     #[serde(alias = "target_modules", alias = "lora_targets")]
     pub targets: Vec<String>,
     /// QLoRA: keep every linear layer of the frozen base in this block-quantised form.
@@ -44,7 +47,7 @@ impl Default for LoraConfig {
             rank: 8,
             alpha: 16.0,
             dropout: 0.05,
-            targets: vec![crate::layout::Linear::AttnQkv.module().into()],
+            targets: vec![Linear::AttnQkv.module_in(Arch::Gpt2).into()],
             quant: None,
         }
     }
@@ -54,14 +57,22 @@ impl Default for LoraConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target {
     pub layer: usize,
-    pub linear: crate::layout::Linear,
+    pub linear: Linear,
 }
 
 impl Target {
-    /// The adapted layer's module path (`transformer.h.0.attn.c_attn`).
-    pub fn path(self) -> String {
-        crate::layout::linear_path(self.layer, self.linear)
+    /// The adapted layer's module path in a model of `arch` (`transformer.h.0.attn.c_attn`).
+    pub fn path(self, arch: Arch) -> String {
+        crate::layout::linear_path(self.layer, self.linear, arch)
     }
+}
+
+/// Every target name either family knows.
+fn known_targets() -> Vec<&'static str> {
+    let mut names = crate::layout::lora_modules(Arch::Gpt2);
+    names.extend(crate::layout::lora_modules(Arch::Llama));
+    names.push("all-linear");
+    names
 }
 
 impl LoraConfig {
@@ -89,17 +100,33 @@ impl LoraConfig {
                 self.dropout
             )));
         }
+        let known = known_targets();
         if self.targets.is_empty() {
             return Err(Error::Config(format!(
                 "lora targets: name at least one of {}",
-                TARGETS.join(", ")
+                known.join(", ")
             )));
         }
         for t in &self.targets {
-            if !TARGETS.contains(&t.as_str()) {
+            if !known.contains(&t.as_str()) {
                 return Err(Error::Config(format!(
-                    "lora target {t:?} is not a GPT-2 linear layer ({})",
-                    TARGETS.join(", ")
+                    "lora target {t:?} is not a linear layer ({})",
+                    known.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`LoraConfig::validate`], and every target names a layer of a model of `arch`.
+    pub fn validate_for(&self, arch: Arch) -> Result<()> {
+        self.validate()?;
+        for t in &self.targets {
+            if Linear::targeted(t, arch).is_empty() {
+                return Err(Error::Config(format!(
+                    "lora target {t:?} is not a linear layer of a {} model ({}, all-linear)",
+                    arch.name(),
+                    crate::layout::lora_modules(arch).join(", ")
                 )));
             }
         }
@@ -108,16 +135,35 @@ impl LoraConfig {
 
     /// The adapted layers of a GPT with `cfg`, in model order.
     pub fn layers(&self, cfg: &GptConfig) -> Vec<Target> {
-        use crate::layout::Linear;
-        let has = |l: Linear| self.targets.iter().any(|x| x == l.module());
+        let covered: Vec<Linear> = self
+            .targets
+            .iter()
+            .flat_map(|t| Linear::targeted(t, cfg.arch))
+            .collect();
         (0..cfg.n_layer)
             .flat_map(|layer| {
-                Linear::ALL
-                    .into_iter()
-                    .filter(|&l| has(l))
+                Linear::of(cfg.arch)
+                    .iter()
+                    .copied()
+                    .filter(|l| covered.contains(l))
                     .map(move |linear| Target { layer, linear })
+                    .collect::<Vec<_>>()
             })
             .collect()
+    }
+
+    /// The module names a model of `arch` adapts (GPT-2's names resolved to the family's).
+    pub fn modules(&self, arch: Arch) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for l in Linear::of(arch) {
+            let name = l.module_in(arch);
+            if self.targets.iter().any(|t| Linear::targeted(t, arch).contains(l))
+                && !out.iter().any(|o| o == name)
+            {
+                out.push(name.to_string());
+            }
+        }
+        out
     }
 
     /// The adapter's parameters (named as inside the model: `….c_attn.lora_A.weight`), in order.
@@ -126,8 +172,8 @@ impl LoraConfig {
         self.layers(cfg)
             .into_iter()
             .flat_map(|t| {
-                let (n_in, n_out) = t.linear.shape(cfg.n_embd);
-                let (a, b) = crate::layout::lora_names(&t.path());
+                let (n_in, n_out) = t.linear.shape(cfg);
+                let (a, b) = crate::layout::lora_names(&t.path(cfg.arch));
                 [
                     ParamSpec {
                         name: a,
@@ -151,8 +197,8 @@ impl LoraConfig {
         crate::params::init_specs(&self.param_specs(cfg), rng)
     }
 
-    /// PEFT's `adapter_config.json`.
-    pub fn to_peft(&self, base: Option<&str>) -> Value {
+    /// PEFT's `adapter_config.json` for an adapter of a model of `arch`.
+    pub fn to_peft(&self, base: Option<&str>, arch: Arch) -> Value {
         json!({
             "peft_type": "LORA",
             "task_type": "CAUSAL_LM",
@@ -160,8 +206,8 @@ impl LoraConfig {
             "r": self.rank,
             "lora_alpha": self.alpha,
             "lora_dropout": self.dropout,
-            "target_modules": self.targets,
-            "fan_in_fan_out": true,
+            "target_modules": self.modules(arch),
+            "fan_in_fan_out": !crate::layout::linear_out_in(arch),
             "bias": "none",
             "inference_mode": true,
             "init_lora_weights": true,
@@ -226,6 +272,7 @@ pub fn save_adapter(
     cfg: &LoraConfig,
     adapter: &BTreeMap<String, Tensor>,
     base: Option<&str>,
+    arch: Arch,
 ) -> Result<()> {
     let io = |path: &Path, e: std::io::Error| Error::Io {
         path: path.to_path_buf(),
@@ -236,7 +283,7 @@ pub fn save_adapter(
         std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-    write_adapter_files(&tmp, cfg, adapter, base)?;
+    write_adapter_files(&tmp, cfg, adapter, base, arch)?;
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| io(dir, e))?;
     }
@@ -249,13 +296,15 @@ pub fn write_adapter_files(
     cfg: &LoraConfig,
     adapter: &BTreeMap<String, Tensor>,
     base: Option<&str>,
+    arch: Arch,
 ) -> Result<()> {
     let peft: BTreeMap<String, Tensor> = adapter
         .iter()
         .map(|(k, v)| (format!("{PEFT_PREFIX}{k}"), v.clone()))
         .collect();
     crate::params::save_weights(&peft, &dir.join("adapter_model.safetensors"))?;
-    let text = serde_json::to_string_pretty(&cfg.to_peft(base)).map_err(|e| Error::Config(e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(&cfg.to_peft(base, arch)).map_err(|e| Error::Config(e.to_string()))?;
     std::fs::write(dir.join("adapter_config.json"), text).map_err(|e| Error::Io {
         path: dir.join("adapter_config.json"),
         source: e,
@@ -281,6 +330,7 @@ pub fn load_adapter(dir: &Path, model: &GptConfig) -> Result<(LoraConfig, Weight
     })?;
     let v: Value = serde_json::from_str(&text).map_err(|e| err(format!("adapter_config.json: {e}")))?;
     let cfg = LoraConfig::from_peft(&v)?;
+    cfg.validate_for(model.arch)?;
     let file = ["adapter_model.safetensors", "adapter_model.bin"]
         .iter()
         .map(|f| dir.join(f))
@@ -308,13 +358,16 @@ pub fn load_adapter(dir: &Path, model: &GptConfig) -> Result<(LoraConfig, Weight
     Ok((cfg, w))
 }
 
-/// Folds an adapter into base weights: `W += s · Aᵀ Bᵀ` for every adapted layer. Returns a new map.
+/// Folds an adapter into base weights: `W += s · Aᵀ Bᵀ` for every adapted layer (`W` `(in, out)`;
+/// `s · B A` for an `(out, in)` weight). Returns a new map.
 pub fn merge(base: &Weights, cfg: &LoraConfig, adapter: &Weights, model: &GptConfig) -> Result<Weights> {
     let mut out = base.clone();
     let s = cfg.scale();
+    let out_in = crate::layout::linear_out_in(model.arch);
     for t in cfg.layers(model) {
-        let name = crate::layout::Slot::BlockLinear(t.layer, t.linear, crate::layout::Part::Weight).name();
-        let (a_name, b_name) = crate::layout::lora_names(&t.path());
+        let name =
+            crate::layout::Slot::BlockLinear(t.layer, t.linear, crate::layout::Part::Weight).name(model.arch);
+        let (a_name, b_name) = crate::layout::lora_names(&t.path(model.arch));
         let w = out
             .get(&name)
             .ok_or_else(|| Error::Config(format!("the base has no {name}")))?;
@@ -326,15 +379,21 @@ pub fn merge(base: &Weights, cfg: &LoraConfig, adapter: &Weights, model: &GptCon
         let a = get(a_name)?; // (r, in)
         let b = get(b_name)?; // (out, r)
         let (r, n_in, n_out) = (a.dims()[0], a.dims()[1], b.dims()[0]);
-        // W (in, out) += s · Aᵀ (in, r) · Bᵀ (r, out)
         let mut merged = w.clone();
         let (a, b) = (a.data(), b.data());
-        for (i, row) in merged.data_mut().chunks_exact_mut(n_out).enumerate() {
-            for (o, x) in row.iter_mut().enumerate() {
-                let dot: f64 = (0..r)
-                    .map(|k| f64::from(a[k * n_in + i]) * f64::from(b[o * r + k]))
-                    .sum();
-                *x += (s * dot) as f32;
+        let delta = |i: usize, o: usize| -> f32 {
+            let dot: f64 = (0..r)
+                .map(|k| f64::from(a[k * n_in + i]) * f64::from(b[o * r + k]))
+                .sum();
+            (s * dot) as f32
+        };
+        if out_in {
+            for (o, row) in merged.data_mut().chunks_exact_mut(n_in).enumerate() {
+                row.iter_mut().enumerate().for_each(|(i, x)| *x += delta(i, o));
+            }
+        } else {
+            for (i, row) in merged.data_mut().chunks_exact_mut(n_out).enumerate() {
+                row.iter_mut().enumerate().for_each(|(o, x)| *x += delta(i, o));
             }
         }
         out.insert(name, merged);

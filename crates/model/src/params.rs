@@ -49,7 +49,7 @@ pub fn param_specs(cfg: &GptConfig) -> Vec<ParamSpec> {
                 | Slot::FinalNorm(Part::Bias) => (Init::Zeros, false),
             };
             ParamSpec {
-                name: slot.name(),
+                name: slot.name(cfg.arch),
                 shape: slot.shape(cfg),
                 init,
                 decay,
@@ -105,7 +105,7 @@ pub fn check_weights(cfg: &GptConfig, mut w: Weights, source: &Path) -> Result<W
         msg,
     };
     if cfg.tie_embeddings {
-        w.remove(&crate::layout::Slot::LmHead.name());
+        w.remove(&crate::layout::Slot::LmHead.name(cfg.arch));
     }
     match_specs(
         &param_specs(cfg),

@@ -2,7 +2,8 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
 
-use chatforge_model::llama::LlamaConfig;
+use chatforge_model::GptConfig;
+use chatforge_model::llama::rope_inv_freq;
 use serde_json::json;
 
 #[test]
@@ -26,7 +27,7 @@ fn rope_frequencies_match_transformers() {
             &[path.to_str().unwrap()],
         ))
         .unwrap();
-        let ours = LlamaConfig::from_hf(&cfg).unwrap().rope_inv_freq();
+        let ours = rope_inv_freq(&GptConfig::from_hf(&cfg).unwrap());
         assert_eq!(ours.len(), theirs.len(), "{name}");
         for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
             assert!(

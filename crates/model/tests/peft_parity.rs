@@ -75,7 +75,7 @@ fn adapters_round_trip_with_peft() {
             (k.clone(), t)
         })
         .collect();
-    save_adapter(&d.join("ours"), &lcfg, &ours, Some("base")).unwrap();
+    save_adapter(&d.join("ours"), &lcfg, &ours, Some("base"), cfg.arch).unwrap();
     let ours_w: Weights = ours.into_iter().collect();
     let want = logits(&cfg, &with(&base, &ours_w), Some(&lcfg), &ids);
     let out = run_reference(

@@ -15,6 +15,9 @@ use std::collections::HashMap;
 use candle_core::{D, DType, Device, Tensor, Var};
 use chatforge_base::Rng;
 use chatforge_model::engine::StepBatch as Batch;
+
+/// The oracle is GPT-2: its names are GPT-2's.
+const G: chatforge_model::Arch = chatforge_model::Arch::Gpt2;
 use chatforge_model::layout::{self, Norm, Part, Slot};
 use chatforge_model::quant::QuantWeight;
 use chatforge_model::{Activation, GptConfig, LoraConfig, Weights};
@@ -86,10 +89,10 @@ impl Model<'_> {
         let y = xc
             .broadcast_div(&(var + self.cfg.layer_norm_eps).unwrap().sqrt().unwrap())
             .unwrap()
-            .broadcast_mul(self.get(&slot(Part::Weight).name()))
+            .broadcast_mul(self.get(&slot(Part::Weight).name(G)))
             .unwrap();
         if self.cfg.bias {
-            y.broadcast_add(self.get(&slot(Part::Bias).name())).unwrap()
+            y.broadcast_add(self.get(&slot(Part::Bias).name(G))).unwrap()
         } else {
             y
         }
@@ -99,16 +102,16 @@ impl Model<'_> {
     fn linear(&self, x: &Tensor, i: usize, which: layout::Linear, drop: &mut Dropout) -> Tensor {
         let (b, t, c) = x.dims3().unwrap();
         let x = x.reshape((b * t, c)).unwrap();
-        let name = |p| Slot::BlockLinear(i, which, p).name();
+        let name = |p| Slot::BlockLinear(i, which, p).name(G);
         let mut y = x.matmul(self.get(&name(Part::Weight))).unwrap();
         if self.cfg.bias {
             y = y.broadcast_add(self.get(&name(Part::Bias))).unwrap();
         }
         if let Some(l) = self
             .lora
-            .filter(|l| l.targets.iter().any(|t| t == which.module()))
+            .filter(|l| l.targets.iter().any(|t| t == which.module_in(G)))
         {
-            let (a, bn) = layout::lora_names(&layout::linear_path(i, which));
+            let (a, bn) = layout::lora_names(&layout::linear_path(i, which, G));
             let xin = drop.apply(&x, l.dropout);
             let z = xin
                 .matmul(&self.get(&a).t().unwrap())
@@ -159,6 +162,8 @@ impl Model<'_> {
         let h = match self.cfg.activation {
             Activation::GeluTanh => h.gelu().unwrap(),
             Activation::GeluErf => h.gelu_erf().unwrap(),
+            // The oracle is GPT-2: the Llama family is checked against transformers itself.
+            Activation::Silu => unimplemented!("the oracle models GPT-2 only"),
         };
         let y = self.linear(&h, i, layout::Linear::MlpDown, drop);
         drop.apply(&y, drop.p)
@@ -169,9 +174,12 @@ impl Model<'_> {
         let (b, t) = (batch.b, batch.t);
         let ids = Tensor::from_slice(batch.inputs, b * t, &dev()).unwrap();
         let pos = Tensor::from_slice(batch.positions, b * t, &dev()).unwrap();
-        let wte = self.get(&Slot::TokenEmbedding.name());
+        let wte = self.get(&Slot::TokenEmbedding.name(G));
         let x = (wte.embedding(&ids).unwrap()
-            + self.get(&Slot::PositionEmbedding.name()).embedding(&pos).unwrap())
+            + self
+                .get(&Slot::PositionEmbedding.name(G))
+                .embedding(&pos)
+                .unwrap())
         .unwrap()
         .reshape((b, t, ()))
         .unwrap();
@@ -208,7 +216,7 @@ impl Model<'_> {
         let head = if self.cfg.tie_embeddings {
             wte
         } else {
-            self.get(&Slot::LmHead.name())
+            self.get(&Slot::LmHead.name(G))
         };
         h.matmul(&head.t().unwrap()).unwrap()
     }
@@ -231,7 +239,7 @@ pub fn reference(
         // QLoRA: the base's linear weights as the engine holds them.
         for slot in layout::slots(cfg) {
             if let Slot::BlockLinear(_, _, Part::Weight) = slot {
-                let name = slot.name();
+                let name = slot.name(G);
                 let w = &base[&name];
                 let (r, c) = (w.dims()[0], w.dims()[1]);
                 let q = QuantWeight::quantize(w.data(), r, c, kind);

@@ -60,12 +60,17 @@ pub fn read(path: &Path) -> Result<(GptConfig, Weights, ChatTokenizer)> {
         .and_then(Value::as_f64)
         .unwrap_or(1e-5);
     let flag = |k: &str, default: bool| meta.get(k).and_then(Value::as_bool).unwrap_or(default);
+    let n_embd = key("embedding_length")?;
+    let n_head = key("attention.head_count")?;
     let config = GptConfig {
+        arch: chatforge_model::Arch::Gpt2,
         vocab_size: emb.shape.first().copied().unwrap_or(0),
         n_ctx: key("context_length")?,
         n_layer: key("block_count")?,
-        n_head: key("attention.head_count")?,
-        n_embd: key("embedding_length")?,
+        n_head,
+        n_kv_head: n_head,
+        n_embd,
+        n_inner: key("feed_forward_length").unwrap_or(4 * n_embd),
         dropout: 0.0,
         bias: content.tensor("blk.0.attn_qkv.bias").is_some(),
         tie_embeddings: content.tensor("output.weight").is_none(),
@@ -75,12 +80,13 @@ pub fn read(path: &Path) -> Result<(GptConfig, Weights, ChatTokenizer)> {
             Activation::GeluTanh
         },
         layer_norm_eps: eps,
+        ..GptConfig::small(0)
     };
     config.validate()?;
     let mut file = std::fs::File::open(path).map_err(|e| load_err(path, e.to_string()))?;
     let mut weights = Weights::new();
     for slot in chatforge_model::layout::slots(&config) {
-        let (name, transposed) = slot.gguf();
+        let (name, transposed) = slot.gguf(config.arch);
         let info = content
             .tensor(&name)
             .ok_or_else(|| load_err(path, format!("no tensor {name}")))?;
@@ -95,7 +101,7 @@ pub fn read(path: &Path) -> Result<(GptConfig, Weights, ChatTokenizer)> {
                 format!("tensor {name} has shape {:?}, expected {shape:?}", t.dims()),
             ));
         }
-        weights.insert(slot.name(), t);
+        weights.insert(slot.name(config.arch), t);
     }
     let tokenizer = match meta.get("tokenizer.huggingface.json").and_then(Value::as_str) {
         Some(json) => ChatTokenizer::from_json(json)?,

@@ -99,7 +99,13 @@ pub fn save(
                         .display()
                         .to_string()
                 });
-                chatforge_model::lora::write_adapter_files(tmp, lora, &values.tensors()?, base.as_deref())?;
+                chatforge_model::lora::write_adapter_files(
+                    tmp,
+                    lora,
+                    &values.tensors()?,
+                    base.as_deref(),
+                    state.config.model.arch,
+                )?;
                 for f in ["adapter_model.safetensors", "adapter_config.json"] {
                     files.insert(f.to_string(), sha256_file(&tmp.join(f))?);
                 }

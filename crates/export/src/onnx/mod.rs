@@ -9,7 +9,7 @@ mod verify;
 use chatforge_model::layout::{Linear, Norm, Part, Slot};
 use std::path::Path;
 
-use chatforge_model::{Activation, GptConfig, Weights};
+use chatforge_model::{Activation, Arch, GptConfig, Weights};
 use prost::Message;
 
 use crate::{Error, Result, io_err};
@@ -142,10 +142,10 @@ impl Builder {
         eps: f32,
         bias: bool,
     ) -> Result<String> {
-        let g = self.weight(w, &slot(Part::Weight).name())?;
+        let g = self.weight(w, &slot(Part::Weight).name(Arch::Gpt2))?;
         let mut inputs = vec![x.to_string(), g];
         if bias {
-            inputs.push(self.weight(w, &slot(Part::Bias).name())?);
+            inputs.push(self.weight(w, &slot(Part::Bias).name(Arch::Gpt2))?);
         }
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         Ok(self.op(
@@ -167,7 +167,7 @@ impl Builder {
         int8: bool,
     ) -> Result<String> {
         let slot = |p| Slot::BlockLinear(layer, which, p);
-        let name = slot(Part::Weight).name();
+        let name = slot(Part::Weight).name(Arch::Gpt2);
         let y = if int8 {
             let t = w
                 .get(&name)
@@ -218,7 +218,7 @@ impl Builder {
             self.op("MatMul", &[x, &wt], vec![])
         };
         if bias {
-            let b = self.weight(w, &slot(Part::Bias).name())?;
+            let b = self.weight(w, &slot(Part::Bias).name(Arch::Gpt2))?;
             Ok(self.op("Add", &[&y, &b], vec![]))
         } else {
             Ok(y)
@@ -246,6 +246,8 @@ impl Builder {
                 let xs = self.op("Mul", &[x, &r], vec![]);
                 self.op("Erf", &[&xs], vec![])
             }
+            // `build` refuses the Llama family's gated MLP before any node is made.
+            Activation::Silu => return x.to_string(),
         };
         let p = self.op("Add", &[&inner, &one], vec![]);
         let hx = self.op("Mul", &[x, &half], vec![]);
@@ -362,6 +364,12 @@ fn graph_io(cfg: &GptConfig) -> (Vec<ValueInfoProto>, Vec<ValueInfoProto>) {
 
 /// The decoder graph for `cfg` with `w` (HF names, f32).
 fn build(cfg: &GptConfig, w: &Weights, opts: OnnxOptions) -> Result<ModelProto> {
+    if cfg.arch != Arch::Gpt2 {
+        return Err(Error::Invalid(format!(
+            "ONNX export of {} models is not supported yet",
+            cfg.arch.name()
+        )));
+    }
     let (c, h) = (cfg.n_embd, cfg.n_head);
     let d = cfg.head_dim();
     let eps = cfg.layer_norm_eps as f32;
@@ -371,8 +379,8 @@ fn build(cfg: &GptConfig, w: &Weights, opts: OnnxOptions) -> Result<ModelProto> 
         next: 0,
     };
     // Embeddings.
-    let wte = g.weight(w, &Slot::TokenEmbedding.name())?;
-    let wpe = g.weight(w, &Slot::PositionEmbedding.name())?;
+    let wte = g.weight(w, &Slot::TokenEmbedding.name(Arch::Gpt2))?;
+    let wpe = g.weight(w, &Slot::PositionEmbedding.name(Arch::Gpt2))?;
     let tok = g.op("Gather", &[&wte, "input_ids"], vec![attr_i("axis", 0)]);
     let pos = g.op("Gather", &[&wpe, "position_ids"], vec![attr_i("axis", 0)]);
     let mut x = g.op("Add", &[&tok, &pos], vec![]);
@@ -420,7 +428,7 @@ fn build(cfg: &GptConfig, w: &Weights, opts: OnnxOptions) -> Result<ModelProto> 
     let head = if cfg.tie_embeddings {
         wte
     } else {
-        g.weight(w, &Slot::LmHead.name())?
+        g.weight(w, &Slot::LmHead.name(Arch::Gpt2))?
     };
     let head_t = g.op("Transpose", &[&head], vec![attr_ints("perm", &[1, 0])]);
     g.op_into("MatMul", &[&x, &head_t], vec![], &["logits"]);

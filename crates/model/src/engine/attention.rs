@@ -115,10 +115,12 @@ pub(super) fn tile_weights(
     p: &mut [f32],
     qkv: &[f32],
     (row0, hi, t): (usize, usize, usize),
-    (c, d): (usize, usize),
+    dims: Dims,
     (tile, general, seg): (Tile, bool, &[u32]),
     stats: Stats<'_>,
 ) {
+    let (c, d, w) = (dims.c, dims.d, dims.w);
+    let kh = hi / dims.g;
     let (m, nc) = (tile.r1 - tile.r0, tile.r1 - tile.s);
     #[allow(unsafe_code)]
     // SAFETY: `p` is borrowed uniquely and `qkv` shared, so they do not overlap; the views are
@@ -133,12 +135,12 @@ pub(super) fn tile_weights(
             In::new(
                 qkv.as_ptr(),
                 qkv.len(),
-                View::rows((row0 + tile.r0) * 3 * c + hi * d, m, d, 3 * c),
+                View::rows((row0 + tile.r0) * w + hi * d, m, d, w),
             ),
             In::new(
                 qkv.as_ptr(),
                 qkv.len(),
-                View::rows((row0 + tile.s) * 3 * c + c + hi * d, nc, d, 3 * c).t(),
+                View::rows((row0 + tile.s) * w + c + kh * d, nc, d, w).t(),
             ),
             Gemm::serial(false, 1.0 / (d as f32).sqrt()),
         );
@@ -231,7 +233,8 @@ fn softmax_grad(p: &[f32], dp: &mut [f32], mask: Option<(&Mask, usize)>, t: usiz
 
 /// Backward of attention for every (row, head), tile by tile: `dqkv` from `datty` (the gradient
 /// of the attention's output) and qkv, with the weights made again from the kept softmax `stats`.
-/// `scratch` as in [`attention_fwd`].
+/// One task per (row, key/value head) runs the query heads that share it in turn, so a task
+/// alone writes its keys' and values' gradients. `scratch` as in [`attention_fwd`].
 #[inline]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attention_bwd(
@@ -241,92 +244,98 @@ pub(super) fn attention_bwd(
     (qkv, stats): (&[f32], &[f32]),
     batch: &StepBatch<'_>,
     row_tiles: &[(Vec<Tile>, bool)],
-    (c, h): (usize, usize),
+    dims: Dims,
     mask: Option<&Mask>,
 ) {
     let t = batch.t;
-    let d = c / h;
+    let (c, h, d, w, g) = (dims.c, dims.h, dims.d, dims.w, dims.g);
+    let kvh = h / g;
     let scale = 1.0 / (d as f32).sqrt();
     let (qkv_len, datty_len, dqkv_len, tt) = (qkv.len(), datty.len(), dqkv.len(), t * t);
     let dq = SendPtr(dqkv.as_mut_ptr());
-    per_head(scratch, tt, batch.b * h, |bh, p, dp| {
-        let (bi, hi) = (bh / h, bh % h);
+    per_head(scratch, tt, batch.b * kvh, |bk, p, dp| {
+        let (bi, kh) = (bk / kvh, bk % kvh);
         let row0 = bi * t;
         let seg = &batch.segments[row0..row0 + t];
         let (tiles, general) = &row_tiles[bi];
-        let st = &stats[bh * t * 2..(bh + 1) * t * 2];
-        // dk and dv gather over tiles: start them at zero.
+        // dk and dv gather over tiles and query heads: start them at zero.
         for r in row0..row0 + t {
-            for off in [c, 2 * c] {
+            for off in [c, c + dims.kv] {
                 #[allow(unsafe_code)]
-                // SAFETY: this batch row's rows, this head's columns of k and v: this task's alone.
+                // SAFETY: this batch row's rows, this key/value head's columns of k and v: this
+                // task's alone.
                 unsafe {
-                    std::slice::from_raw_parts_mut(dq.get().add(r * 3 * c + off + hi * d), d).fill(0.0);
+                    std::slice::from_raw_parts_mut(dq.get().add(r * w + off + kh * d), d).fill(0.0);
                 }
             }
         }
-        let q_rows = |r0: usize, m: usize| View::rows((row0 + r0) * 3 * c + hi * d, m, d, 3 * c);
-        let k_rows = |s: usize, n: usize| View::rows((row0 + s) * 3 * c + c + hi * d, n, d, 3 * c);
-        let v_rows = |s: usize, n: usize| View::rows((row0 + s) * 3 * c + 2 * c + hi * d, n, d, 3 * c);
-        for &tile in tiles {
-            let (m, nc) = (tile.r1 - tile.r0, tile.r1 - tile.s);
-            let pv = View::rows(tile.r0 * t + tile.s, m, nc, t);
-            let dy = View::rows((row0 + tile.r0) * c + hi * d, m, d, c);
-            #[allow(unsafe_code)]
-            // SAFETY: `p` and `dp` are this task's own scratch; the dq, dk and dv blocks written
-            // here (this batch row's rows, this head's columns of each third of dqkv) belong to
-            // this task alone; everything else is read only.
-            unsafe {
-                // The softmax's weights, again.
-                tile_weights(
-                    p,
-                    qkv,
-                    (row0, hi, t),
-                    (c, d),
-                    (tile, *general, seg),
-                    Stats::Read(st),
-                );
-                // dv += P'ᵀ · dy, where P' are the weights v was multiplied by: the softmax's, or
-                // with dropout their dropped-out copy, made in `dp` before it takes dP.
-                let pw = match mask {
-                    Some(mk) => {
-                        dropped_weights(dp, p, mk, bh * tt, t, tile);
-                        dp.as_ptr()
-                    }
-                    None => p.as_ptr(),
-                };
-                gemm_raw(
-                    Out::new(dq.get(), dqkv_len, v_rows(tile.s, nc)),
-                    In::new(pw, tt, pv.t()),
-                    In::new(datty.as_ptr(), datty_len, dy),
-                    Gemm::serial(true, 1.0),
-                );
-                // dP = dy · vᵀ
-                gemm_raw(
-                    Out::new(dp.as_mut_ptr(), tt, pv),
-                    In::new(datty.as_ptr(), datty_len, dy),
-                    In::new(qkv.as_ptr(), qkv_len, v_rows(tile.s, nc).t()),
-                    Gemm::serial(false, 1.0),
-                );
-            }
-            softmax_grad(p, dp, mask.map(|mk| (mk, bh * tt)), t, tile);
-            #[allow(unsafe_code)]
-            // SAFETY: as above.
-            unsafe {
-                // dq = dS · k / √d (each query row is in one tile)
-                gemm_raw(
-                    Out::new(dq.get(), dqkv_len, q_rows(tile.r0, m)),
-                    In::new(dp.as_ptr(), tt, pv),
-                    In::new(qkv.as_ptr(), qkv_len, k_rows(tile.s, nc)),
-                    Gemm::serial(false, scale),
-                );
-                // dk += dSᵀ · q / √d
-                gemm_raw(
-                    Out::new(dq.get(), dqkv_len, k_rows(tile.s, nc)),
-                    In::new(dp.as_ptr(), tt, pv.t()),
-                    In::new(qkv.as_ptr(), qkv_len, q_rows(tile.r0, m)),
-                    Gemm::serial(true, scale),
-                );
+        let k_rows = |s: usize, n: usize| View::rows((row0 + s) * w + c + kh * d, n, d, w);
+        let v_rows = |s: usize, n: usize| View::rows((row0 + s) * w + c + dims.kv + kh * d, n, d, w);
+        for hi in kh * g..(kh + 1) * g {
+            let bh = bi * h + hi;
+            let st = &stats[bh * t * 2..(bh + 1) * t * 2];
+            let q_rows = |r0: usize, m: usize| View::rows((row0 + r0) * w + hi * d, m, d, w);
+            for &tile in tiles {
+                let (m, nc) = (tile.r1 - tile.r0, tile.r1 - tile.s);
+                let pv = View::rows(tile.r0 * t + tile.s, m, nc, t);
+                let dy = View::rows((row0 + tile.r0) * c + hi * d, m, d, c);
+                #[allow(unsafe_code)]
+                // SAFETY: `p` and `dp` are this task's own scratch; the dq, dk and dv blocks
+                // written here (this batch row's rows; its query heads' columns of q, its key/value
+                // head's of k and v) belong to this task alone; everything else is read only.
+                unsafe {
+                    // The softmax's weights, again.
+                    tile_weights(
+                        p,
+                        qkv,
+                        (row0, hi, t),
+                        dims,
+                        (tile, *general, seg),
+                        Stats::Read(st),
+                    );
+                    // dv += P'ᵀ · dy, where P' are the weights v was multiplied by: the
+                    // softmax's, or with dropout their dropped-out copy, made in `dp` before it
+                    // takes dP.
+                    let pw = match mask {
+                        Some(mk) => {
+                            dropped_weights(dp, p, mk, bh * tt, t, tile);
+                            dp.as_ptr()
+                        }
+                        None => p.as_ptr(),
+                    };
+                    gemm_raw(
+                        Out::new(dq.get(), dqkv_len, v_rows(tile.s, nc)),
+                        In::new(pw, tt, pv.t()),
+                        In::new(datty.as_ptr(), datty_len, dy),
+                        Gemm::serial(true, 1.0),
+                    );
+                    // dP = dy · vᵀ
+                    gemm_raw(
+                        Out::new(dp.as_mut_ptr(), tt, pv),
+                        In::new(datty.as_ptr(), datty_len, dy),
+                        In::new(qkv.as_ptr(), qkv_len, v_rows(tile.s, nc).t()),
+                        Gemm::serial(false, 1.0),
+                    );
+                }
+                softmax_grad(p, dp, mask.map(|mk| (mk, bh * tt)), t, tile);
+                #[allow(unsafe_code)]
+                // SAFETY: as above.
+                unsafe {
+                    // dq = dS · k / √d (each query row is in one tile)
+                    gemm_raw(
+                        Out::new(dq.get(), dqkv_len, q_rows(tile.r0, m)),
+                        In::new(dp.as_ptr(), tt, pv),
+                        In::new(qkv.as_ptr(), qkv_len, k_rows(tile.s, nc)),
+                        Gemm::serial(false, scale),
+                    );
+                    // dk += dSᵀ · q / √d
+                    gemm_raw(
+                        Out::new(dq.get(), dqkv_len, k_rows(tile.s, nc)),
+                        In::new(dp.as_ptr(), tt, pv.t()),
+                        In::new(qkv.as_ptr(), qkv_len, q_rows(tile.r0, m)),
+                        Gemm::serial(true, scale),
+                    );
+                }
             }
         }
     });
@@ -340,7 +349,7 @@ pub(super) fn attention_bwd(
 #[inline]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attention_fwd(
-    (c, h): (usize, usize),
+    dims: Dims,
     row_tiles: &[(Vec<Tile>, bool)],
     stats_all: &mut [f32],
     atty_all: &mut [f32],
@@ -350,7 +359,8 @@ pub(super) fn attention_fwd(
     mask: Option<&Mask>,
 ) {
     let t = batch.t;
-    let d = c / h;
+    let (c, h, d, w) = (dims.c, dims.h, dims.d, dims.w);
+    let kh = |hi: usize| hi / dims.g;
     let (qkv_len, atty_len, tt) = (qkv.len(), atty_all.len(), t * t);
     let atty = SendPtr(atty_all.as_mut_ptr());
     let stats_ptr = SendPtr(stats_all.as_mut_ptr());
@@ -370,7 +380,7 @@ pub(super) fn attention_fwd(
                 p,
                 qkv,
                 (row0, hi, t),
-                (c, d),
+                dims,
                 (tile, *general, seg),
                 Stats::Write(&mut *stats),
             );
@@ -396,7 +406,7 @@ pub(super) fn attention_fwd(
                     In::new(
                         qkv.as_ptr(),
                         qkv_len,
-                        View::rows((row0 + tile.s) * 3 * c + 2 * c + hi * d, nc, d, 3 * c),
+                        View::rows((row0 + tile.s) * w + c + dims.kv + kh(hi) * d, nc, d, w),
                     ),
                     Gemm::serial(false, 1.0),
                 );

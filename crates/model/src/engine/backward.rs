@@ -13,7 +13,8 @@ pub(super) fn backward(
     batch: &StepBatch<'_>,
 ) {
     let cfg = &m.cfg;
-    let (c, v, h) = (cfg.n_embd, cfg.vocab_size, cfg.n_head);
+    let (c, v) = (cfg.n_embd, cfg.vocab_size);
+    let dims = Dims::of(cfg);
     let n = batch.b * batch.t;
     let w = m.params(params);
     let (wts, frozen) = (w.wts, w.frozen);
@@ -53,6 +54,7 @@ pub(super) fn backward(
         last,
         &acts.lnf_stats,
         ((m.lnf_w, m.lnf_b), c),
+        m.rms,
     );
     for l in (0..cfg.n_layer).rev() {
         let (lp, lm) = (m.layers[l], &acts.masks[l]);
@@ -65,6 +67,7 @@ pub(super) fn backward(
                 l,
                 masks: lm,
                 tiles: &acts.row_tiles,
+                rope: (&acts.cos, &acts.sin),
                 batch,
             };
             layer_forward(&block, input, work, s);
@@ -80,22 +83,29 @@ pub(super) fn backward(
         // res3 = res2 + dropout(fch_act · Wfcproj + b)
         let dy = through_mask(&mut s.dmask, &s.dres, lm.res[1].as_ref());
         let drop = drop_in(lm, 3, &mut s.xdrop);
-        g.linear(&mut s.dwide, dy, &a.fch_act, lp.fcproj(c), &a.u[3], drop);
-        gelu_backward(&mut s.dwide, &a.fch, cfg.activation);
-        // fch = ln2 · Wfc + b
+        g.linear(&mut s.dwide, dy, &a.fch_act, lp.fcproj(cfg), &a.u[3], drop);
+        // fch = ln2 · Wfc + b, through the activation (SwiGLU's gradient is twice as wide).
+        let dfch: &[f32] = if cfg.activation == Activation::Silu {
+            swiglu_bwd(&mut s.dfc, &s.dwide, &a.fch, cfg.n_inner);
+            &s.dfc
+        } else {
+            gelu_backward(&mut s.dwide, &a.fch, cfg.activation);
+            &s.dwide
+        };
         let drop = drop_in(lm, 2, &mut s.xdrop);
-        g.linear(&mut s.dnarrow, &s.dwide, &a.ln2, lp.fc(c), &a.u[2], drop);
+        g.linear(&mut s.dnarrow, dfch, &a.ln2, lp.fc(cfg), &a.u[2], drop);
         g.layer_norm(
             &mut s.dres,
             &s.dnarrow,
             &a.res2,
             &a.ln2_stats,
             ((lp.ln2_w, lp.ln2_b), c),
+            m.rms,
         );
         // res2 = input + dropout(atty · Wproj + b)
         let dy = through_mask(&mut s.dmask, &s.dres, lm.res[0].as_ref());
         let drop = drop_in(lm, 1, &mut s.xdrop);
-        g.linear(&mut s.dnarrow, dy, &a.atty, lp.proj(c), &a.u[1], drop);
+        g.linear(&mut s.dnarrow, dy, &a.atty, lp.proj(cfg), &a.u[1], drop);
         attention_bwd(
             &mut s.dqkv,
             &mut s.att,
@@ -103,18 +113,28 @@ pub(super) fn backward(
             (&a.qkv, &a.att_stats),
             batch,
             &acts.row_tiles,
-            (c, h),
+            dims,
             lm.att.as_ref(),
         );
+        // Back through the rotation of q and k.
+        if !m.inv_freq.is_empty() {
+            rope(
+                &mut s.dqkv,
+                (&acts.cos, &acts.sin),
+                (dims.w, dims.d, cfg.n_head + cfg.n_kv_head),
+                true,
+            );
+        }
         // qkv = ln1 · Wattn + b
         let drop = drop_in(lm, 0, &mut s.xdrop);
-        g.linear(&mut s.dnarrow, &s.dqkv, &a.ln1, lp.attn(c), &a.u[0], drop);
+        g.linear(&mut s.dnarrow, &s.dqkv, &a.ln1, lp.attn(cfg), &a.u[0], drop);
         g.layer_norm(
             &mut s.dres,
             &s.dnarrow,
             input,
             &a.ln1_stats,
             ((lp.ln1_w, lp.ln1_b), c),
+            m.rms,
         );
     }
     // Embeddings: each row's gradient (through their dropout) to its token's and its position's
@@ -128,8 +148,10 @@ pub(super) fn backward(
             let g = &s.dres[i * c..(i + 1) * c];
             let dt = &mut grads[m.wte + tok * c..m.wte + (tok + 1) * c];
             dt.iter_mut().zip(g).for_each(|(a, b)| *a += b);
-            let dp = &mut grads[m.wpe + pos * c..m.wpe + (pos + 1) * c];
-            dp.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+            if let Some(wpe) = m.wpe {
+                let dp = &mut grads[wpe + pos * c..wpe + (pos + 1) * c];
+                dp.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+            }
         }
     }
 }
@@ -145,9 +167,10 @@ impl Grads<'_> {
         x: &[f32],
         stats: &[(f32, f32)],
         (at, c): ((usize, Option<usize>), usize),
+        rms: bool,
     ) {
         let (gw, gb) = norm_grads(self.grads, self.w.frozen, at.0, at.1, c);
-        layer_norm_bwd(dx, gw, gb, dy, x, stats, self.w.norm(at, c).0, c);
+        layer_norm_bwd(dx, gw, gb, dy, x, stats, self.w.norm(at, c).0, c, rms);
     }
 }
 
@@ -157,5 +180,7 @@ fn gelu_backward(dwide: &mut [f32], fch: &[f32], act: Activation) {
     match act {
         Activation::GeluTanh => scale_by(dwide, fch, |x| gelu_fast_grad(Activation::GeluTanh, x)),
         Activation::GeluErf => scale_by(dwide, fch, |x| gelu_fast_grad(Activation::GeluErf, x)),
+        // SwiGLU goes through `swiglu_bwd`.
+        Activation::Silu => {}
     }
 }

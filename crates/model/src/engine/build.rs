@@ -95,47 +95,78 @@ impl Model {
         (ad_specs, ad_offsets): (&[ParamSpec], &[(usize, usize)]),
     ) -> Result<Model> {
         let find = |slot: Slot| -> Option<usize> {
-            let name = slot.name();
+            let name = slot.name(cfg.arch);
             specs.iter().position(|s| s.name == name).map(|i| offsets[i].0)
         };
         let need = |slot: Slot| -> Result<usize> {
-            find(slot).ok_or_else(|| Error::Config(format!("engine: no parameter {}", slot.name())))
+            find(slot).ok_or_else(|| Error::Config(format!("engine: no parameter {}", slot.name(cfg.arch))))
         };
-        let adapter = |i: usize, lin: Linear| -> Option<Adapter> {
-            let l = lora?;
-            let at = |name: String| {
-                ad_specs
-                    .iter()
-                    .position(|s| s.name == name)
-                    .map(|i| ad_offsets[i].0)
-            };
-            let (a, b) = layout::lora_names(&layout::linear_path(i, lin));
-            Some(Adapter {
-                a: at(a)?,
-                b: at(b)?,
-                r: l.rank,
-                scale: l.scale() as f32,
-            })
+        let arch = cfg.arch;
+        // The adapters on a product's parts: GPT-2's one linear per product, the Llama
+        // family's q, k, v and gate, up side by side.
+        let adapters = |i: usize, parts: &[Linear]| -> [Option<Adapter>; PARTS] {
+            let mut out = [None; PARTS];
+            let mut col = 0;
+            for (k, &lin) in parts.iter().enumerate() {
+                let n_out = lin.shape(cfg).1;
+                out[k] = lora.and_then(|l| {
+                    let at = |name: String| {
+                        ad_specs
+                            .iter()
+                            .position(|s| s.name == name)
+                            .map(|i| ad_offsets[i].0)
+                    };
+                    let (a, b) = layout::lora_names(&layout::linear_path(i, lin, arch));
+                    Some(Adapter {
+                        a: at(a)?,
+                        b: at(b)?,
+                        r: l.rank,
+                        scale: l.scale() as f32,
+                        col,
+                        n_out,
+                    })
+                });
+                col += n_out;
+            }
+            out
+        };
+        let groups: [&[Linear]; 4] = if arch.is_llama() {
+            [
+                &[Linear::Q, Linear::K, Linear::V],
+                &[Linear::AttnOut],
+                &[Linear::Gate, Linear::MlpUp],
+                &[Linear::MlpDown],
+            ]
+        } else {
+            [
+                &[Linear::AttnQkv],
+                &[Linear::AttnOut],
+                &[Linear::MlpUp],
+                &[Linear::MlpDown],
+            ]
         };
         let layers = (0..cfg.n_layer)
             .map(|i| -> Result<LayerParams> {
-                let lin = |l, p| Slot::BlockLinear(i, l, p);
+                // A fused product's weight and bias start at its first part's: the layout keeps
+                // the parts next to each other.
+                let w = |g: &[Linear]| need(Slot::BlockLinear(i, g[0], Part::Weight));
+                let b = |g: &[Linear]| find(Slot::BlockLinear(i, g[0], Part::Bias));
                 let norm = |n, p| Slot::BlockNorm(i, n, p);
                 Ok(LayerParams {
                     q: [None; 4],
-                    ad: Linear::ALL.map(|l| adapter(i, l)),
+                    ad: groups.map(|g| adapters(i, g)),
                     ln1_w: need(norm(Norm::Attn, Part::Weight))?,
                     ln1_b: find(norm(Norm::Attn, Part::Bias)),
-                    attn_w: need(lin(Linear::AttnQkv, Part::Weight))?,
-                    attn_b: find(lin(Linear::AttnQkv, Part::Bias)),
-                    proj_w: need(lin(Linear::AttnOut, Part::Weight))?,
-                    proj_b: find(lin(Linear::AttnOut, Part::Bias)),
+                    attn_w: w(groups[0])?,
+                    attn_b: b(groups[0]),
+                    proj_w: w(groups[1])?,
+                    proj_b: b(groups[1]),
                     ln2_w: need(norm(Norm::Mlp, Part::Weight))?,
                     ln2_b: find(norm(Norm::Mlp, Part::Bias)),
-                    fc_w: need(lin(Linear::MlpUp, Part::Weight))?,
-                    fc_b: find(lin(Linear::MlpUp, Part::Bias)),
-                    fcproj_w: need(lin(Linear::MlpDown, Part::Weight))?,
-                    fcproj_b: find(lin(Linear::MlpDown, Part::Bias)),
+                    fc_w: w(groups[2])?,
+                    fc_b: b(groups[2]),
+                    fcproj_w: w(groups[3])?,
+                    fcproj_b: b(groups[3]),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -148,7 +179,13 @@ impl Model {
             frozen: false,
             quant: Vec::new(),
             wte,
-            wpe: need(Slot::PositionEmbedding)?,
+            wpe: find(Slot::PositionEmbedding),
+            inv_freq: if arch.is_llama() {
+                crate::llama::rope_inv_freq(cfg)
+            } else {
+                Vec::new()
+            },
+            rms: arch.is_llama(),
             layers,
             lnf_w: need(Slot::FinalNorm(Part::Weight))?,
             lnf_b: find(Slot::FinalNorm(Part::Bias)),
@@ -165,17 +202,16 @@ impl Model {
     /// QLoRA: every block's four linear weights move from `params` into `quant` in `kind`'s
     /// blocks; returns the rest of `params`, every offset remapped past what left.
     fn quantize_linears(&mut self, params: Vec<f32>, kind: crate::quant::QuantKind) -> Vec<f32> {
-        let c = self.cfg.n_embd;
+        let cfg = self.cfg.clone();
         let mut removed: Vec<(usize, usize)> = Vec::new();
         for lp in self.layers.iter_mut() {
-            let ws = [
-                (lp.attn_w, c, 3 * c),
-                (lp.proj_w, c, c),
-                (lp.fc_w, c, 4 * c),
-                (lp.fcproj_w, 4 * c, c),
-            ];
-            for (k, (w, n_in, n_out)) in ws.into_iter().enumerate() {
-                let q = QuantWeight::quantize(&params[w..w + n_in * n_out], n_in, n_out, kind);
+            let lins = [lp.attn(&cfg), lp.proj(&cfg), lp.fc(&cfg), lp.fcproj(&cfg)];
+            for (k, lin) in lins.into_iter().enumerate() {
+                let (w, n_in, n_out) = (lin.w, lin.n_in, lin.n_out);
+                // Blocks run along the stored rows: `(in, out)`'s outputs, `(out, in)`'s inputs
+                // (as GGUF holds them).
+                let (rows, cols) = if lin.t { (n_out, n_in) } else { (n_in, n_out) };
+                let q = QuantWeight::quantize(&params[w..w + n_in * n_out], rows, cols, kind);
                 self.quant.push(q);
                 lp.q[k] = Some(self.quant.len() - 1);
                 removed.push((w, n_in * n_out));
@@ -208,7 +244,8 @@ impl Model {
                 *o = remap(*o);
             }
         }
-        (self.wte, self.wpe) = (remap(self.wte), remap(self.wpe));
+        self.wte = remap(self.wte);
+        self.wpe = self.wpe.map(remap);
         (self.lnf_w, self.head) = (remap(self.lnf_w), remap(self.head));
         self.lnf_b = self.lnf_b.map(remap);
         kept
@@ -218,35 +255,37 @@ impl Model {
 impl Acts {
     /// Every activation buffer of a `b × t` step (adapters of rank `rank` keep `x Aᵀ`).
     fn allocate(m: &Model, rank: usize) -> Acts {
-        let (c, h, v, b, t) = (m.cfg.n_embd, m.cfg.n_head, m.cfg.vocab_size, m.b, m.t);
+        let cfg = &m.cfg;
+        let (c, h, v, b, t) = (cfg.n_embd, cfg.n_head, cfg.vocab_size, m.b, m.t);
         let n = b * t;
         let z = |len: usize| vec![0f32; len];
         let layers = m
             .layers
             .iter()
             .map(|lp| LayerActs {
-                u: std::array::from_fn(|k| {
-                    if lp.ad[k].is_some() {
-                        z(n * rank)
-                    } else {
-                        Vec::new()
-                    }
-                }),
+                u: std::array::from_fn(|k| z(n * rank * lp.ad[k].iter().flatten().count())),
                 ln1: z(n * c),
                 ln1_stats: vec![(0.0, 0.0); n],
-                qkv: z(n * 3 * c),
+                qkv: z(n * cfg.qkv_dim()),
                 att_stats: z(b * h * t * 2),
                 atty: z(n * c),
                 res2: z(n * c),
                 ln2: z(n * c),
                 ln2_stats: vec![(0.0, 0.0); n],
-                fch: z(n * 4 * c),
-                fch_act: z(n * 4 * c),
+                fch: z(n * cfg.mlp_in_dim()),
+                fch_act: z(n * cfg.n_inner),
                 res3: z(n * c),
             })
             .collect();
+        let half = if m.inv_freq.is_empty() {
+            0
+        } else {
+            cfg.head_dim() / 2
+        };
         Acts {
             x0: z(n * c),
+            cos: z(n * half),
+            sin: z(n * half),
             layers,
             work: None,
             lnf: z(n * c),
@@ -254,7 +293,7 @@ impl Acts {
             logits: z(n * v),
             row_tiles: Vec::new(),
             emb_mask: None,
-            masks: vec![LayerMasks::default(); m.cfg.n_layer],
+            masks: vec![LayerMasks::default(); cfg.n_layer],
         }
     }
 }
@@ -263,27 +302,36 @@ impl Scratch {
     /// The scratch of a `b × t` step: only what the model's options need (a dequantised weight
     /// with QLoRA, masked gradients with dropout, dropped-out adapter inputs with adapter dropout).
     fn allocate(m: &Model, rank: usize) -> Scratch {
-        let (c, h, b, t) = (m.cfg.n_embd, m.cfg.n_head, m.b, m.t);
+        let cfg = &m.cfg;
+        let (c, h, b, t, inner) = (cfg.n_embd, cfg.n_head, m.b, m.t, cfg.n_inner);
         let n = b * t;
         let z = |len: usize| vec![0f32; len];
-        let adapters = m.layers.iter().any(|l| l.ad.iter().any(Option::is_some));
+        let adapters = m
+            .layers
+            .iter()
+            .any(|l| l.ad.iter().flatten().any(Option::is_some));
+        let widest = [c * cfg.qkv_dim(), c * c, c * cfg.mlp_in_dim(), inner * c]
+            .into_iter()
+            .max()
+            .unwrap_or(0);
         Scratch {
-            wq: if m.quant.is_empty() {
-                Vec::new()
-            } else {
-                z(4 * c * c)
-            },
+            wq: if m.quant.is_empty() { Vec::new() } else { z(widest) },
             xdrop: if m.lora_p > 0.0 && adapters {
-                z(n * 4 * c)
+                z(n * c.max(inner))
             } else {
                 Vec::new()
             },
             att: z(2 * t * t * (b * h).min(rayon::current_num_threads()).max(1)),
             dres: z(n * c),
-            dwide: z(n * 4 * c),
+            dwide: z(n * inner),
+            dfc: if cfg.activation == crate::Activation::Silu {
+                z(n * cfg.mlp_in_dim())
+            } else {
+                Vec::new()
+            },
             dnarrow: z(n * c),
-            dqkv: z(n * 3 * c),
-            du: z(n * rank),
+            dqkv: z(n * cfg.qkv_dim()),
+            du: z(n * rank * PARTS),
             dmask: if m.p > 0.0 { z(n * c) } else { Vec::new() },
         }
     }

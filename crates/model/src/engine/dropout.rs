@@ -116,18 +116,24 @@ pub(super) fn dropped_weights(pd: &mut [f32], p: &[f32], m: &Mask, at: usize, t:
 /// output.
 #[inline]
 pub(super) fn draw_masks(m: &Model, acts: &mut Acts, rng: &mut Rng, b: usize, t: usize) {
-    let (c, h, n) = (m.cfg.n_embd, m.cfg.n_head, b * t);
+    let (c, h, n, inner) = (m.cfg.n_embd, m.cfg.n_head, b * t, m.cfg.n_inner);
     let (p, lp) = (m.p, m.lora_p);
     acts.emb_mask = Mask::take(rng, p, n * c);
     for (masks, layer) in acts.masks.iter_mut().zip(&m.layers) {
-        let adapter =
-            |k: usize, rng: &mut Rng, len: usize| layer.ad[k].and_then(|_| Mask::take(rng, lp, len));
+        // One mask per product's input, shared by its parts' adapters.
+        let adapter = |k: usize, rng: &mut Rng, len: usize| {
+            layer.ad[k]
+                .iter()
+                .any(Option::is_some)
+                .then(|| Mask::take(rng, lp, len))
+                .flatten()
+        };
         let ad0 = adapter(0, rng, n * c);
         let att = Mask::take(rng, p, b * h * t * t);
         let ad1 = adapter(1, rng, n * c);
         let res0 = Mask::take(rng, p, n * c);
         let ad2 = adapter(2, rng, n * c);
-        let ad3 = adapter(3, rng, n * 4 * c);
+        let ad3 = adapter(3, rng, n * inner);
         let res1 = Mask::take(rng, p, n * c);
         *masks = LayerMasks {
             ad: [ad0, ad1, ad2, ad3],

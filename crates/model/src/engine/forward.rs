@@ -17,13 +17,19 @@ pub(super) fn forward(m: &Model, params: &[f32], acts: &mut Acts, s: &mut Scratc
     let w = m.params(params);
     // Embeddings.
     let wte = &w.wts[m.wte..m.wte + v * c];
-    let wpe = &w.wts[m.wpe..m.wpe + cfg.n_ctx * c];
+    let wpe = m.wpe.map(|at| &w.wts[at..at + cfg.n_ctx * c]);
     acts.x0.par_chunks_mut(c).enumerate().for_each(|(i, row)| {
         let (tok, pos) = (batch.inputs[i] as usize, batch.positions[i] as usize);
-        for k in 0..c {
-            row[k] = wte[tok * c + k] + wpe[pos * c + k];
+        row.copy_from_slice(&wte[tok * c..(tok + 1) * c]);
+        if let Some(wpe) = wpe {
+            row.iter_mut()
+                .zip(&wpe[pos * c..(pos + 1) * c])
+                .for_each(|(x, p)| *x += p);
         }
     });
+    if !m.inv_freq.is_empty() {
+        rope_tables(&mut acts.cos, &mut acts.sin, batch.positions, &m.inv_freq);
+    }
     if let Some(mask) = &acts.emb_mask {
         apply_mask(&mut acts.x0, None, mask, false);
     }
@@ -36,6 +42,7 @@ pub(super) fn forward(m: &Model, params: &[f32], acts: &mut Acts, s: &mut Scratc
             l,
             masks: &acts.masks[l],
             tiles: &acts.row_tiles,
+            rope: (&acts.cos, &acts.sin),
             batch,
         };
         match acts.work.as_mut() {
@@ -49,7 +56,7 @@ pub(super) fn forward(m: &Model, params: &[f32], acts: &mut Acts, s: &mut Scratc
     }
     let last = &acts.layers[cfg.n_layer - 1].res3;
     let (nw, nb) = w.norm((m.lnf_w, m.lnf_b), c);
-    layer_norm_fwd(&mut acts.lnf, &mut acts.lnf_stats, last, nw, nb, c, eps);
+    layer_norm_fwd(&mut acts.lnf, &mut acts.lnf_stats, last, nw, nb, c, eps, m.rms);
     // logits = lnf · headᵀ
     mm(
         &mut acts.logits,
@@ -70,6 +77,8 @@ pub(super) struct Block<'a> {
     pub(super) l: usize,
     pub(super) masks: &'a LayerMasks,
     pub(super) tiles: &'a [(Vec<Tile>, bool)],
+    /// This micro-batch's rotary `cos` and `sin` (empty without rotary embeddings).
+    pub(super) rope: (&'a [f32], &'a [f32]),
     pub(super) batch: &'a StepBatch<'a>,
 }
 
@@ -77,25 +86,34 @@ pub(super) struct Block<'a> {
 #[inline]
 pub(super) fn layer_forward(k: &Block<'_>, input: &[f32], a: &mut LayerActs, s: &mut Scratch) {
     let cfg = &k.m.cfg;
-    let (c, h, eps) = (cfg.n_embd, cfg.n_head, cfg.layer_norm_eps as f32);
+    let (c, eps, rms) = (cfg.n_embd, cfg.layer_norm_eps as f32, k.m.rms);
+    let dims = Dims::of(cfg);
     let n = k.batch.b * k.batch.t;
     let (w, lp, lm) = (&k.w, k.m.layers[k.l], k.masks);
     let (wq, xdrop) = (&mut s.wq, &mut s.xdrop);
     let [u_attn, u_proj, u_fc, u_fcproj] = &mut a.u;
     let (nw, nb) = w.norm((lp.ln1_w, lp.ln1_b), c);
-    layer_norm_fwd(&mut a.ln1, &mut a.ln1_stats, input, nw, nb, c, eps);
+    layer_norm_fwd(&mut a.ln1, &mut a.ln1_stats, input, nw, nb, c, eps, rms);
     linear_fwd(
         w,
         wq,
         &mut a.qkv,
         &a.ln1,
         n,
-        lp.attn(c),
+        lp.attn(cfg),
         u_attn,
         drop_in(lm, 0, xdrop),
     );
+    if !k.m.inv_freq.is_empty() {
+        rope(
+            &mut a.qkv,
+            k.rope,
+            (dims.w, dims.d, cfg.n_head + cfg.n_kv_head),
+            false,
+        );
+    }
     attention_fwd(
-        (c, h),
+        dims,
         k.tiles,
         &mut a.att_stats,
         &mut a.atty,
@@ -111,7 +129,7 @@ pub(super) fn layer_forward(k: &Block<'_>, input: &[f32], a: &mut LayerActs, s: 
         &mut a.res2,
         &a.atty,
         n,
-        lp.proj(c),
+        lp.proj(cfg),
         u_proj,
         drop_in(lm, 1, xdrop),
     );
@@ -120,20 +138,21 @@ pub(super) fn layer_forward(k: &Block<'_>, input: &[f32], a: &mut LayerActs, s: 
     }
     add_into(&mut a.res2, input);
     let (nw, nb) = w.norm((lp.ln2_w, lp.ln2_b), c);
-    layer_norm_fwd(&mut a.ln2, &mut a.ln2_stats, &a.res2, nw, nb, c, eps);
+    layer_norm_fwd(&mut a.ln2, &mut a.ln2_stats, &a.res2, nw, nb, c, eps, rms);
     linear_fwd(
         w,
         wq,
         &mut a.fch,
         &a.ln2,
         n,
-        lp.fc(c),
+        lp.fc(cfg),
         u_fc,
         drop_in(lm, 2, xdrop),
     );
     match cfg.activation {
         Activation::GeluTanh => map_into(&mut a.fch_act, &a.fch, |x| gelu_fast(Activation::GeluTanh, x)),
         Activation::GeluErf => map_into(&mut a.fch_act, &a.fch, |x| gelu_fast(Activation::GeluErf, x)),
+        Activation::Silu => swiglu_fwd(&mut a.fch_act, &a.fch, cfg.n_inner),
     }
     // res3 = res2 + gelu · Wfcproj + b
     linear_fwd(
@@ -142,7 +161,7 @@ pub(super) fn layer_forward(k: &Block<'_>, input: &[f32], a: &mut LayerActs, s: 
         &mut a.res3,
         &a.fch_act,
         n,
-        lp.fcproj(c),
+        lp.fcproj(cfg),
         u_fcproj,
         drop_in(lm, 3, xdrop),
     );

@@ -3,66 +3,58 @@
 
 use super::*;
 
-/// A linear layer of a block: its shape, weight and bias offsets (in the weights) and adapter.
+/// A linear layer of a block: its shape, weight and bias offsets (in the weights), how its
+/// weight is stored, and its parts' adapters.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Lin {
     pub(super) n_in: usize,
     pub(super) n_out: usize,
     pub(super) w: usize,
     pub(super) b: Option<usize>,
-    pub(super) ad: Option<Adapter>,
+    /// The weight is stored `(out, in)` (`nn.Linear`), not `(in, out)` (Conv1D).
+    pub(super) t: bool,
+    pub(super) ad: [Option<Adapter>; PARTS],
     /// The weight's index in `Model::quant` (QLoRA), instead of `w`.
     pub(super) q: Option<usize>,
 }
 
 impl LayerParams {
-    #[inline]
-    pub(super) fn attn(&self, c: usize) -> Lin {
+    fn lin(
+        &self,
+        k: usize,
+        cfg: &GptConfig,
+        (n_in, n_out): (usize, usize),
+        (w, b): (usize, Option<usize>),
+    ) -> Lin {
         Lin {
-            n_in: c,
-            n_out: 3 * c,
-            w: self.attn_w,
-            b: self.attn_b,
-            ad: self.ad[0],
-            q: self.q[0],
+            n_in,
+            n_out,
+            w,
+            b,
+            t: crate::layout::linear_out_in(cfg.arch),
+            ad: self.ad[k],
+            q: self.q[k],
         }
     }
     #[inline]
-    pub(super) fn proj(&self, c: usize) -> Lin {
-        Lin {
-            n_in: c,
-            n_out: c,
-            w: self.proj_w,
-            b: self.proj_b,
-            ad: self.ad[1],
-            q: self.q[1],
-        }
+    pub(super) fn attn(&self, cfg: &GptConfig) -> Lin {
+        self.lin(0, cfg, (cfg.n_embd, cfg.qkv_dim()), (self.attn_w, self.attn_b))
     }
     #[inline]
-    pub(super) fn fc(&self, c: usize) -> Lin {
-        Lin {
-            n_in: c,
-            n_out: 4 * c,
-            w: self.fc_w,
-            b: self.fc_b,
-            ad: self.ad[2],
-            q: self.q[2],
-        }
+    pub(super) fn proj(&self, cfg: &GptConfig) -> Lin {
+        self.lin(1, cfg, (cfg.n_embd, cfg.n_embd), (self.proj_w, self.proj_b))
     }
     #[inline]
-    pub(super) fn fcproj(&self, c: usize) -> Lin {
-        Lin {
-            n_in: 4 * c,
-            n_out: c,
-            w: self.fcproj_w,
-            b: self.fcproj_b,
-            ad: self.ad[3],
-            q: self.q[3],
-        }
+    pub(super) fn fc(&self, cfg: &GptConfig) -> Lin {
+        self.lin(2, cfg, (cfg.n_embd, cfg.mlp_in_dim()), (self.fc_w, self.fc_b))
+    }
+    #[inline]
+    pub(super) fn fcproj(&self, cfg: &GptConfig) -> Lin {
+        self.lin(3, cfg, (cfg.n_inner, cfg.n_embd), (self.fcproj_w, self.fcproj_b))
     }
 }
 
-/// The weight of `lin` `(in, out)`: in the base, or (QLoRA) dequantised into `wq`.
+/// The weight of `lin` as an `(in, out)` view: in the base, or (QLoRA) dequantised into `wq`.
 #[inline]
 pub(super) fn weight_of<'a>(
     wts: &'a [f32],
@@ -71,13 +63,24 @@ pub(super) fn weight_of<'a>(
     lin: Lin,
 ) -> (&'a [f32], View) {
     let (i, o) = (lin.n_in, lin.n_out);
-    match lin.q {
+    let (buf, at): (&[f32], usize) = match lin.q {
         Some(k) => {
             quant[k].dequantize_into(&mut wq[..i * o]);
-            (wq, View::rows(0, i, o, o))
+            (wq, 0)
         }
-        None => (wts, View::rows(lin.w, i, o, o)),
+        None => (wts, lin.w),
+    };
+    if lin.t {
+        (buf, View::rows(at, o, i, i).t())
+    } else {
+        (buf, View::rows(at, i, o, o))
     }
+}
+
+/// Where a product's `k`-th adapter keeps its `(n, r)` values among the product's.
+#[inline]
+fn part(k: usize, n: usize, r: usize) -> std::ops::Range<usize> {
+    k * n * r..(k + 1) * n * r
 }
 
 /// An adapter's input dropout: its mask and scratch for the dropped-out input.
@@ -110,15 +113,19 @@ pub(super) fn linear_fwd(
         wv,
         true,
     );
-    if let Some(ad) = lin.ad {
+    if lin.ad.iter().all(Option::is_none) {
+        return;
+    }
+    let xa: &[f32] = match drop {
+        Some((m, xd)) => {
+            apply_mask(&mut xd[..n * i], Some(x), m, false);
+            xd
+        }
+        None => x,
+    };
+    for (k, ad) in lin.ad.iter().flatten().enumerate() {
         let r = ad.r;
-        let xa: &[f32] = match drop {
-            Some((m, xd)) => {
-                apply_mask(&mut xd[..n * i], Some(x), m, false);
-                xd
-            }
-            None => x,
-        };
+        let u = &mut u[part(k, n, r)];
         mm(
             u,
             View::rows(0, n, r, r),
@@ -130,11 +137,11 @@ pub(super) fn linear_fwd(
         );
         gemm(
             out,
-            View::rows(0, n, o, o),
+            View::rows(ad.col, n, ad.n_out, o),
             u,
             View::rows(0, n, r, r),
             trainable,
-            View::rows(ad.b, o, r, r).t(),
+            View::rows(ad.b, ad.n_out, r, r).t(),
             Gemm {
                 acc: true,
                 beta: ad.scale,
@@ -156,8 +163,9 @@ pub(super) struct Grads<'a> {
 
 impl Grads<'_> {
     /// Backward of [`linear_fwd`]: `dx = dy·Wᵀ (+ du·A)`; a trainable model's `dW += xᵀ·dy`,
-    /// `db += Σ dy`; an adapter's `dB += scale·dyᵀ·u` and `dA += duᵀ·x`, where `du = scale·dy·B`
-    /// (with `drop`, `x` is the dropped-out input and `du·A` goes through the mask).
+    /// `db += Σ dy`; each adapter's `dB += scale·dyᵀ·u` and `dA += duᵀ·x`, where `du = scale·dy·B`
+    /// over its part's columns (with `drop`, `x` is the dropped-out input and `du·A` goes
+    /// through the mask).
     #[inline]
     pub(super) fn linear(
         &mut self,
@@ -168,25 +176,36 @@ impl Grads<'_> {
         u: &[f32],
         drop: DropIn<'_>,
     ) {
-        let (wts, trainable, quant, frozen, n) =
-            (self.w.wts, self.w.trainable, self.w.quant, self.w.frozen, self.n);
-        let (grads, wq, du) = (&mut *self.grads, &mut *self.wq, &mut *self.du);
+        let (wts, quant, frozen, n) = (self.w.wts, self.w.quant, self.w.frozen, self.n);
         let (i, o) = (lin.n_in, lin.n_out);
         if !frozen {
+            let grads = &mut *self.grads;
             if let Some(b) = lin.b {
                 bias_grad(&mut grads[b..b + o], dy, o);
             }
-            mm(
-                grads,
-                View::rows(lin.w, i, o, o),
-                x,
-                View::rows(0, n, i, i).t(),
-                dy,
-                View::rows(0, n, o, o),
-                true,
-            );
+            if lin.t {
+                mm(
+                    grads,
+                    View::rows(lin.w, o, i, i),
+                    dy,
+                    View::rows(0, n, o, o).t(),
+                    x,
+                    View::rows(0, n, i, i),
+                    true,
+                );
+            } else {
+                mm(
+                    grads,
+                    View::rows(lin.w, i, o, o),
+                    x,
+                    View::rows(0, n, i, i).t(),
+                    dy,
+                    View::rows(0, n, o, o),
+                    true,
+                );
+            }
         }
-        let (wbuf, wv) = weight_of(wts, quant, wq, lin);
+        let (wbuf, wv) = weight_of(wts, quant, self.wq, lin);
         mm(
             dx,
             View::rows(0, n, i, i),
@@ -196,13 +215,34 @@ impl Grads<'_> {
             wv.t(),
             false,
         );
-        if let Some(ad) = lin.ad {
+        if lin.ad.iter().any(Option::is_some) {
+            self.adapters(dx, dy, x, lin, u, drop);
+        }
+    }
+
+    /// The adapters' part of [`Grads::linear`].
+    #[inline]
+    fn adapters(&mut self, dx: &mut [f32], dy: &[f32], x: &[f32], lin: Lin, u: &[f32], mut drop: DropIn<'_>) {
+        let (trainable, n) = (self.w.trainable, self.n);
+        let (grads, du) = (&mut *self.grads, &mut *self.du);
+        let (i, o) = (lin.n_in, lin.n_out);
+        let xa: &[f32] = match drop.as_mut() {
+            Some((m, xd)) => {
+                apply_mask(&mut xd[..n * i], Some(x), m, false);
+                &xd[..]
+            }
+            None => x,
+        };
+        let ads: Vec<Adapter> = lin.ad.iter().flatten().copied().collect();
+        for (k, ad) in ads.iter().enumerate() {
             let r = ad.r;
+            let (u, du) = (&u[part(k, n, r)], &mut du[part(k, n, r)]);
+            let dyk = View::rows(ad.col, n, ad.n_out, o);
             gemm(
                 grads,
-                View::rows(ad.b, o, r, r),
+                View::rows(ad.b, ad.n_out, r, r),
                 dy,
-                View::rows(0, n, o, o).t(),
+                dyk.t(),
                 u,
                 View::rows(0, n, r, r),
                 Gemm {
@@ -215,23 +255,15 @@ impl Grads<'_> {
                 du,
                 View::rows(0, n, r, r),
                 dy,
-                View::rows(0, n, o, o),
+                dyk,
                 trainable,
-                View::rows(ad.b, o, r, r),
+                View::rows(ad.b, ad.n_out, r, r),
                 Gemm {
                     acc: false,
                     beta: ad.scale,
                     par: true,
                 },
             );
-            let mut drop = drop;
-            let xa: &[f32] = match drop.as_mut() {
-                Some((m, xd)) => {
-                    apply_mask(&mut xd[..n * i], Some(x), m, false);
-                    &xd[..]
-                }
-                None => x,
-            };
             mm(
                 grads,
                 View::rows(ad.a, r, i, i),
@@ -241,30 +273,27 @@ impl Grads<'_> {
                 View::rows(0, n, i, i),
                 true,
             );
-            match drop {
-                // dx += (du·A) ⊙ mask
-                Some((m, xd)) => {
-                    mm(
-                        xd,
-                        View::rows(0, n, i, i),
-                        du,
-                        View::rows(0, n, r, r),
-                        trainable,
-                        View::rows(ad.a, r, i, i),
-                        false,
-                    );
-                    apply_mask(dx, Some(&xd[..n * i]), m, true);
-                }
-                None => mm(
-                    dx,
-                    View::rows(0, n, i, i),
-                    du,
-                    View::rows(0, n, r, r),
-                    trainable,
-                    View::rows(ad.a, r, i, i),
-                    true,
-                ),
-            }
+        }
+        // dx += Σ du·A, through the mask with dropout (the parts' sum first, in the scratch the
+        // dropped-out input is done with).
+        let (target, acc0): (&mut [f32], bool) = match drop.as_mut() {
+            Some((_, xd)) => (&mut xd[..n * i], false),
+            None => (dx, true),
+        };
+        for (k, ad) in ads.iter().enumerate() {
+            let r = ad.r;
+            mm(
+                target,
+                View::rows(0, n, i, i),
+                &du[part(k, n, r)],
+                View::rows(0, n, r, r),
+                trainable,
+                View::rows(ad.a, r, i, i),
+                acc0 || k > 0,
+            );
+        }
+        if let Some((m, xd)) = drop {
+            apply_mask(dx, Some(&xd[..n * i]), m, true);
         }
     }
 }

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use crate::kernels::fast_math as fm;
 use crate::kernels::gemm::{Gemm, In, Out, SendPtr, View, gemm, gemm_raw, mm};
 use crate::kernels::simd::vectorized;
-use crate::kernels::{gelu_fast, gelu_fast_grad, layer_norm_row};
+use crate::kernels::{gelu_fast, gelu_fast_grad, layer_norm_row, rms_norm_row};
 use crate::quant::QuantWeight;
 use crate::{Activation, Error, GptConfig, LoraConfig, ParamSpec, Result, param_specs};
 use chatforge_base::Rng;
@@ -57,20 +57,53 @@ pub struct StepBatch<'a> {
 }
 
 /// A LoRA adapter on one linear layer: `A (r, in)` and `B (out, r)` at these offsets of the
-/// trainable buffer; the layer adds `scale · (x Aᵀ) Bᵀ`.
+/// trainable buffer; the layer adds `scale · (x Aᵀ) Bᵀ` to its `n_out` output columns from `col`
+/// (a fused product's part: the Llama family's q, k or v, gate or up).
 #[derive(Debug, Clone, Copy)]
 struct Adapter {
     a: usize,
     b: usize,
     r: usize,
     scale: f32,
+    col: usize,
+    n_out: usize,
+}
+
+/// The parts of a fused product that can each carry an adapter (q, k and v).
+const PARTS: usize = 3;
+
+/// A block's four products: the attention's input (GPT-2's c_attn; q, k and v), its output, the
+/// MLP's first (c_fc; gate and up) and its last.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    c: usize,
+    /// Query heads, and query heads per key/value head.
+    h: usize,
+    g: usize,
+    /// Head width, the keys' (and values') width, a qkv row's width.
+    d: usize,
+    kv: usize,
+    w: usize,
+}
+
+impl Dims {
+    fn of(cfg: &GptConfig) -> Dims {
+        Dims {
+            c: cfg.n_embd,
+            h: cfg.n_head,
+            g: cfg.n_head / cfg.n_kv_head,
+            d: cfg.head_dim(),
+            kv: cfg.kv_dim(),
+            w: cfg.qkv_dim(),
+        }
+    }
 }
 
 /// Where each parameter of a layer sits in the flat buffer.
 #[derive(Debug, Clone, Copy)]
 struct LayerParams {
-    /// Adapters of c_attn, attn.c_proj, c_fc and mlp.c_proj.
-    ad: [Option<Adapter>; 4],
+    /// Adapters of the four products (c_attn, attn.c_proj, c_fc and mlp.c_proj), per part.
+    ad: [[Option<Adapter>; PARTS]; 4],
     /// QLoRA: the same four weights block-quantised (indices into `Model::quant`).
     q: [Option<usize>; 4],
     ln1_w: usize,
@@ -103,7 +136,7 @@ struct LayerActs {
     fch: Vec<f32>,
     fch_act: Vec<f32>,
     res3: Vec<f32>,
-    /// `x Aᵀ` of each adapted linear (empty without an adapter).
+    /// `x Aᵀ` of each adapted product's parts, `(N, r)` each (empty without an adapter).
     u: [Vec<f32>; 4],
 }
 
@@ -119,7 +152,12 @@ struct Model {
     frozen: bool,
     quant: Vec<QuantWeight>,
     wte: usize,
-    wpe: usize,
+    /// GPT-2's learned positions; the Llama family rotates q and k instead.
+    wpe: Option<usize>,
+    /// Rotary inverse frequencies (the Llama family), one per pair of a head's dimensions.
+    inv_freq: Vec<f32>,
+    /// RMSNorm (the Llama family) rather than layer norm.
+    rms: bool,
     layers: Vec<LayerParams>,
     lnf_w: usize,
     lnf_b: Option<usize>,
@@ -164,6 +202,9 @@ impl Model {
 /// masks.
 struct Acts {
     x0: Vec<f32>,
+    /// This micro-batch's rotary `cos` and `sin`, `(N, d/2)` each (the Llama family).
+    cos: Vec<f32>,
+    sin: Vec<f32>,
     /// Each block's activations; with gradient checkpointing only its output (`res3`).
     layers: Vec<LayerActs>,
     /// Gradient checkpointing: one block's full activations, recomputed for each block in
@@ -195,6 +236,8 @@ struct Scratch {
     att: Vec<f32>,
     dres: Vec<f32>,
     dwide: Vec<f32>,
+    /// SwiGLU: the gradient of the MLP's first product (gate and up), `(N, 2·n_inner)`.
+    dfc: Vec<f32>,
     dnarrow: Vec<f32>,
     dqkv: Vec<f32>,
     /// `dy B · scale` of an adapted linear, `(N, r)`.
@@ -237,7 +280,7 @@ impl TrainEngine {
         lora: &LoraConfig,
         adapters: Vec<f32>,
     ) -> Result<TrainEngine> {
-        lora.validate()?;
+        lora.validate_for(cfg.arch)?;
         Self::build(cfg, b, t, base, Some((lora, adapters)))
     }
 
@@ -321,7 +364,10 @@ impl TrainEngine {
             &s.wq,
             &s.dres,
             &s.dwide,
+            &s.dfc,
             &s.dnarrow,
+            &a.cos,
+            &a.sin,
             &s.dqkv,
             &s.att,
             &s.du,

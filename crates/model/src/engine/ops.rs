@@ -1,4 +1,5 @@
-//! Elementwise and row work: layer norm forward and backward, biases, sums.
+//! Elementwise and row work: layer norm and RMSNorm forward and backward, rotary embeddings,
+//! SwiGLU, biases, sums.
 
 use super::*;
 
@@ -20,7 +21,10 @@ pub(super) fn scale_by(g: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32 + Sync) 
         .for_each(|(g, x)| vectorized(|| g.iter_mut().zip(x).for_each(|(g, &x)| *g *= f(x))));
 }
 
+/// Layer norm (or with `rms`, RMSNorm, whose bias is `None`) of every row, keeping each row's
+/// statistics.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 pub(super) fn layer_norm_fwd(
     out: &mut [f32],
     st: &mut [(f32, f32)],
@@ -29,6 +33,7 @@ pub(super) fn layer_norm_fwd(
     b: Option<&[f32]>,
     c: usize,
     eps: f32,
+    rms: bool,
 ) {
     out.par_chunks_mut(c * ROWS_PER_TASK)
         .zip(st.par_chunks_mut(ROWS_PER_TASK))
@@ -36,13 +41,18 @@ pub(super) fn layer_norm_fwd(
         .for_each(|((o, s), xs)| {
             vectorized(|| {
                 for ((orow, srow), xrow) in o.chunks_mut(c).zip(s.iter_mut()).zip(xs.chunks(c)) {
-                    *srow = layer_norm_row(xrow, w, b, eps, orow);
+                    *srow = if rms {
+                        rms_norm_row(xrow, w, eps, orow)
+                    } else {
+                        layer_norm_row(xrow, w, b, eps, orow)
+                    };
                 }
             })
         });
 }
 
-/// `dx += layer norm's input gradient`; `dw`, `db` += their gradients (summed over rows).
+/// `dx += layer norm's input gradient`; `dw`, `db` += their gradients (summed over rows). With
+/// `rms`, RMSNorm's: its statistics' mean is 0 and the mean of the gradient is not taken out.
 #[inline]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn layer_norm_bwd(
@@ -54,6 +64,7 @@ pub(super) fn layer_norm_bwd(
     st: &[(f32, f32)],
     w: &[f32],
     c: usize,
+    rms: bool,
 ) {
     // Partial sums per task, added in task order: the same result on every run.
     let parts: Vec<(Vec<f32>, Vec<f32>)> = dx
@@ -77,7 +88,7 @@ pub(super) fn layer_norm_bwd(
                         pw[i] += norm * dr[i];
                         pb[i] += dr[i];
                     }
-                    dnorm_mean /= c as f32;
+                    dnorm_mean = if rms { 0.0 } else { dnorm_mean / c as f32 };
                     dnorm_norm_mean /= c as f32;
                     for i in 0..c {
                         let norm = (xr[i] - mean) * rstd;
@@ -178,4 +189,94 @@ pub(super) fn split_two(
         }
         _ => (&mut g[w..w + c], None),
     }
+}
+
+/// Rotary embeddings (the Llama family, HF's `rotate_half` form): in each head of q and k, the
+/// pair `(x_j, x_{j+d/2})` turns by the angle `pos · inv_freq_j`; with `inverse`, back (which is
+/// backward's gradient). `cos` and `sin` hold each row's `d/2` values; `w` is a qkv row's width,
+/// and the `heads` rotated are q's and k's, which start the row.
+#[inline]
+pub(super) fn rope(
+    qkv: &mut [f32],
+    (cos, sin): (&[f32], &[f32]),
+    (w, d, heads): (usize, usize, usize),
+    inverse: bool,
+) {
+    let half = d / 2;
+    let s = if inverse { -1.0f32 } else { 1.0 };
+    qkv.par_chunks_mut(w * ROWS_PER_TASK)
+        .zip(cos.par_chunks(half * ROWS_PER_TASK))
+        .zip(sin.par_chunks(half * ROWS_PER_TASK))
+        .for_each(|((rows, cs), sn)| {
+            vectorized(|| {
+                for ((row, c), sn) in rows.chunks_mut(w).zip(cs.chunks(half)).zip(sn.chunks(half)) {
+                    for head in row[..heads * d].chunks_mut(d) {
+                        let (a, b) = head.split_at_mut(half);
+                        for j in 0..half {
+                            let (x, y, sj) = (a[j], b[j], s * sn[j]);
+                            a[j] = x * c[j] - y * sj;
+                            b[j] = y * c[j] + x * sj;
+                        }
+                    }
+                }
+            })
+        });
+}
+
+/// Each position's rotary `cos` and `sin` (`d/2` each), as transformers computes them: the angle
+/// `pos · inv_freq` in f32, its cosine and sine.
+#[inline]
+pub(super) fn rope_tables(cos: &mut [f32], sin: &mut [f32], positions: &[u32], inv_freq: &[f32]) {
+    let half = inv_freq.len();
+    cos.par_chunks_mut(half)
+        .zip(sin.par_chunks_mut(half))
+        .zip(positions.par_iter())
+        .for_each(|((c, s), &pos)| {
+            for j in 0..half {
+                let angle = f64::from(pos as f32 * inv_freq[j]);
+                c[j] = angle.cos() as f32;
+                s[j] = angle.sin() as f32;
+            }
+        });
+}
+
+/// SwiGLU: `act = silu(gate) · up` per row, where a row of `fch` is `[gate | up]` (`inner` each).
+#[inline]
+pub(super) fn swiglu_fwd(act: &mut [f32], fch: &[f32], inner: usize) {
+    act.par_chunks_mut(inner * ROWS_PER_TASK)
+        .zip(fch.par_chunks(2 * inner * ROWS_PER_TASK))
+        .for_each(|(o, x)| {
+            vectorized(|| {
+                for (o, x) in o.chunks_mut(inner).zip(x.chunks(2 * inner)) {
+                    let (g, u) = x.split_at(inner);
+                    for j in 0..inner {
+                        o[j] = gelu_fast(Activation::Silu, g[j]) * u[j];
+                    }
+                }
+            })
+        });
+}
+
+/// SwiGLU's backward: from `dact`, the gradient of `[gate | up]` into `dfch`.
+#[inline]
+pub(super) fn swiglu_bwd(dfch: &mut [f32], dact: &[f32], fch: &[f32], inner: usize) {
+    dfch.par_chunks_mut(2 * inner * ROWS_PER_TASK)
+        .zip(dact.par_chunks(inner * ROWS_PER_TASK))
+        .zip(fch.par_chunks(2 * inner * ROWS_PER_TASK))
+        .for_each(|((d, da), x)| {
+            vectorized(|| {
+                for ((d, da), x) in d
+                    .chunks_mut(2 * inner)
+                    .zip(da.chunks(inner))
+                    .zip(x.chunks(2 * inner))
+                {
+                    let (g, u) = x.split_at(inner);
+                    let (dg, du) = d.split_at_mut(inner);
+                    for j in 0..inner {
+                        du[j] = da[j] * gelu_fast(Activation::Silu, g[j]);
+                        dg[j] = da[j] * u[j] * gelu_fast_grad(Activation::Silu, g[j]);
+                    }
+                }
+            })
+        });
 }

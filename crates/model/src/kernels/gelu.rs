@@ -1,4 +1,4 @@
-//! GELU and its derivative, one value at a time with the vectorisable
+//! GELU (and SiLU, the Llama family's gate) and its derivative, one value at a time with the vectorisable
 //! [`fast_math`](super::fast_math) functions, for the engine's and the decoder's loops.
 
 use super::fast_math as fm;
@@ -16,6 +16,7 @@ pub fn gelu_fast(a: Activation, x: f32) -> f32 {
     match a {
         Activation::GeluTanh => 0.5 * x * (1.0 + fm::tanh(SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x))),
         Activation::GeluErf => 0.5 * x * (1.0 + fm::erf(x * INV_SQRT_2)),
+        Activation::Silu => x / (1.0 + fm::exp(-x)),
     }
 }
 
@@ -29,6 +30,10 @@ pub fn gelu_fast_grad(a: Activation, x: f32) -> f32 {
         }
         Activation::GeluErf => {
             0.5 * (1.0 + fm::erf(x * INV_SQRT_2)) + x * INV_SQRT_2PI * fm::exp(-0.5 * x * x)
+        }
+        Activation::Silu => {
+            let sig = 1.0 / (1.0 + fm::exp(-x));
+            sig * (1.0 + x * (1.0 - sig))
         }
     }
 }

@@ -10,4 +10,4 @@ pub mod simd;
 
 pub use gelu::{gelu_fast, gelu_fast_grad};
 pub use gemm::matmul_into;
-pub use norm::{layer_norm_row, row_stats};
+pub use norm::{layer_norm_row, rms_norm_row, row_stats};

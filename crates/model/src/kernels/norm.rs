@@ -29,6 +29,18 @@ pub fn layer_norm_row(x: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, out: &m
     (mean, rstd)
 }
 
+/// RMSNorm of one row (the Llama family's): `out = x / √(mean(x²) + eps) · w`; returns
+/// `(0, 1/√(mean(x²) + eps))`, the statistics [`layer_norm_row`] returns with a mean of 0.
+#[inline]
+pub fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> (f32, f32) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let rstd = 1.0 / (ms + eps).sqrt();
+    for i in 0..x.len() {
+        out[i] = x[i] * rstd * w[i];
+    }
+    (0.0, rstd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
