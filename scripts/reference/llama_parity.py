@@ -55,6 +55,8 @@ for seed, (name, (Config, Model, extra, dtype)) in enumerate(VARIANTS.items()):
     loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, cfg.vocab_size), ids[:, 1:].reshape(-1))
     loss.backward()
     grads = {n: p.grad.detach().flatten().tolist() for n, p in model.named_parameters()}
+    # No end-of-sequence: min_new_tokens would otherwise forbid its id, which plain argmax allows.
+    model.generation_config.eos_token_id = None
     with torch.inference_mode():
         g = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                            max_new_tokens=24, min_new_tokens=24, pad_token_id=0)
