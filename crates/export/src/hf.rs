@@ -36,6 +36,15 @@ pub(crate) fn special_ids(src: &ModelSource) -> SpecialIds {
             eos,
             stop: eos.into_iter().collect(),
         },
+        Template::Model { eos, .. } => SpecialIds {
+            bos: src
+                .tokenizer
+                .model_template()
+                .and_then(|t| t.bos_token())
+                .and_then(|t| src.tokenizer.token_to_id(t)),
+            eos,
+            stop: src.tokenizer.stop_ids(),
+        },
     }
 }
 

@@ -62,7 +62,10 @@ impl LoadedModel {
         let keep_base =
             src.kind == ModelKind::Run && RunDir::new(path).adapters().is_dir() || src.adapter.is_some();
         let chat = src.kind != ModelKind::Hf
-            || matches!(src.tokenizer.template(), Template::Chat { .. })
+            || matches!(
+                src.tokenizer.template(),
+                Template::Chat { .. } | Template::Model { .. }
+            )
             || declares_chat_template(path);
         let mut dirs = vec![src.weights_dir.as_path(), src.root.as_path()];
         dirs.extend(src.base_dir.as_deref());
@@ -131,7 +134,7 @@ impl LoadedModel {
 /// a model may go on to write the next `User:` turn).
 pub fn template_stop_strings(tok: &ChatTokenizer) -> Vec<String> {
     match tok.template() {
-        Template::Chat { .. } => Vec::new(),
+        Template::Chat { .. } | Template::Model { .. } => Vec::new(),
         Template::Plain { .. } => vec!["\nUser:".into(), "\nSystem:".into()],
     }
 }

@@ -25,6 +25,7 @@ use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 
 use crate::fast::{Encoder, FastBpe};
+use crate::hf_template::{HfTemplate, Message};
 use crate::{Error, Result};
 
 /// The special tokens of chatforge's chat template.
@@ -53,6 +54,13 @@ pub enum Template {
     },
     Plain {
         eos: Option<u32>,
+    },
+    /// The model's own Jinja template (`tokenizer_config.json`'s `chat_template`): a pretrained
+    /// chat model's format, rendered as transformers renders it ([`crate::hf_template`]). `eos`
+    /// ends an assistant's reply (`eos_token`); `end_of_text` ends a plain-text document.
+    Model {
+        eos: Option<u32>,
+        end_of_text: Option<u32>,
     },
 }
 
@@ -104,6 +112,9 @@ pub struct ChatTokenizer {
     inner: Tokenizer,
     template: Template,
     fast: Option<FastBpe>,
+    /// The model's own template and the tokenizer that encodes its output (special tokens
+    /// matched in the rendered text, as transformers encodes it).
+    model: Option<std::sync::Arc<(HfTemplate, Tokenizer)>>,
 }
 
 impl std::fmt::Debug for ChatTokenizer {
@@ -143,7 +154,31 @@ impl ChatTokenizer {
             inner,
             template,
             fast,
+            model: None,
         }
+    }
+
+    /// Renders chats with `template`, the model's own, instead of the plain form. A tokenizer
+    /// with chatforge's chat tokens keeps its template.
+    pub fn with_model_template(mut self, template: HfTemplate) -> Self {
+        if matches!(self.template, Template::Chat { .. }) {
+            return self;
+        }
+        let eos = template.eos_token().and_then(|t| self.inner.token_to_id(t));
+        let end_of_text = specials::EOS_CANDIDATES
+            .iter()
+            .find_map(|t| self.inner.token_to_id(t))
+            .or(eos);
+        self.template = Template::Model { eos, end_of_text };
+        let mut matching = self.inner.clone();
+        matching.set_encode_special_tokens(false);
+        self.model = Some(std::sync::Arc::new((template, matching)));
+        self
+    }
+
+    /// The model's own chat template, when chats render through it.
+    pub fn model_template(&self) -> Option<&HfTemplate> {
+        self.model.as_ref().map(|m| &m.0)
     }
 
     /// Loads `tokenizer.json` (a file, or a directory holding one) or GPT-2's `vocab.json` +
@@ -162,7 +197,13 @@ impl ChatTokenizer {
         };
         if json.is_file() {
             let inner = Tokenizer::from_file(&json).map_err(|e| err(format!("not a tokenizer.json: {e}")))?;
-            return Ok(Self::new(inner));
+            let tok = Self::new(inner);
+            // A pretrained model's own chat template, from the files beside its tokenizer.
+            let dir = json.parent().unwrap_or(Path::new("."));
+            return Ok(match HfTemplate::find(dir)? {
+                Some(t) => tok.with_model_template(t),
+                None => tok,
+            });
         }
         let merges = vocab.with_file_name("merges.txt");
         if vocab.is_file() && merges.is_file() {
@@ -256,6 +297,11 @@ impl ChatTokenizer {
         match self.template {
             Template::Chat { end, end_of_text, .. } => vec![end, end_of_text],
             Template::Plain { eos } => eos.into_iter().collect(),
+            Template::Model { eos, end_of_text } => {
+                let mut ids: Vec<u32> = eos.into_iter().chain(end_of_text).collect();
+                ids.dedup();
+                ids
+            }
         }
     }
 
@@ -264,6 +310,7 @@ impl ChatTokenizer {
         match self.template {
             Template::Chat { end_of_text, .. } => Some(end_of_text),
             Template::Plain { eos } => eos,
+            Template::Model { end_of_text, .. } => end_of_text,
         }
     }
 
@@ -294,6 +341,28 @@ impl ChatTokenizer {
             .filter(|l| !l.trim().is_empty())
             .collect();
         (!lines.is_empty()).then(|| lines.join("\n"))
+    }
+
+    /// The conversation as the model's template takes it: the system text (its own system
+    /// messages or the default, and the persona line) first, then the turns.
+    fn model_messages(conv: &Conversation, opts: &RenderOptions) -> Vec<Message> {
+        let system = Self::system_text(conv, opts).map(|content| Message {
+            role: "system".into(),
+            content,
+        });
+        let turns = conv
+            .messages
+            .iter()
+            .filter(|m| m.role != Role::System)
+            .map(|m| Message {
+                role: if m.role == Role::User { "user" } else { "assistant" }.into(),
+                content: if m.role == Role::User {
+                    Self::user_text(conv, &m.content, opts)
+                } else {
+                    m.content.clone()
+                },
+            });
+        system.into_iter().chain(turns).collect()
     }
 
     fn user_text(conv: &Conversation, content: &str, opts: &RenderOptions) -> String {
@@ -327,6 +396,10 @@ impl ChatTokenizer {
             {%- if channel is defined and channel | trim -%}{%- set ns.lines = ns.lines + ['Channel: ' + channel | trim + ' | Respond as ' + persona + ':'] -%}\
             {%- else -%}{%- set ns.lines = ns.lines + ['Respond as ' + persona + ':'] -%}{%- endif -%}{%- endif -%}";
         match self.template {
+            Template::Model { .. } => self
+                .model_template()
+                .map(|t| t.source().to_string())
+                .unwrap_or_default(),
             Template::Chat { .. } => format!(
                 "{SYSTEM}\
                 {{%- if ns.lines -%}}<|system|>{{{{ ns.lines | join('\\n') }}}}<|end|>{{%- endif -%}}\
@@ -374,12 +447,17 @@ impl ChatTokenizer {
 
     /// Renders the conversation so far and opens the assistant's turn: the prompt to generate from.
     pub fn render_prompt(&self, conv: &Conversation, opts: &RenderOptions) -> Result<Vec<u32>> {
+        if let Some(m) = &self.model {
+            let messages = Self::model_messages(conv, opts);
+            return crate::hf_template::encode(&m.1, &m.0.render(&messages, true)?, &[]).map(|r| r.ids);
+        }
         let mut enc = self.encoder();
         let mut out = Rendered::default();
         self.render_into(&mut enc, conv, opts, &mut out)?;
         match self.template {
             Template::Chat { assistant, .. } => out.push(&[assistant], false),
-            Template::Plain { .. } => out.text(&mut enc, "Assistant:", false)?,
+            // (A model's own template returned above.)
+            Template::Plain { .. } | Template::Model { .. } => out.text(&mut enc, "Assistant:", false)?,
         }
         Ok(out.ids)
     }
@@ -399,6 +477,13 @@ impl ChatTokenizer {
             if let Some(eot) = self.end_of_text() {
                 out.push(&[eot], true);
             }
+            return Ok(());
+        }
+        if let Some(m) = &self.model {
+            let (text, spans) = m.0.render_with_spans(&Self::model_messages(conv, opts))?;
+            let r = crate::hf_template::encode(&m.1, &text, &spans)?;
+            out.ids.extend_from_slice(&r.ids);
+            out.mask.extend_from_slice(&r.mask);
             return Ok(());
         }
         let system = Self::system_text(conv, opts);
@@ -428,7 +513,8 @@ impl ChatTokenizer {
                     }
                 }
             }
-            Template::Plain { eos } => {
+            // (A model's own template returned above.)
+            Template::Plain { eos } | Template::Model { eos, .. } => {
                 if let Some(text) = system {
                     out.text(enc, &format!("System: {text}\n"), false)?;
                 }

@@ -6,6 +6,7 @@
 mod chat;
 mod error;
 mod fast;
+pub mod hf_template;
 mod shard;
 mod stats;
 mod train;
@@ -13,6 +14,7 @@ mod train;
 pub use chat::{ChatTokenizer, Persona, RenderOptions, Rendered, Template, specials};
 pub use error::{Error, Result};
 pub use fast::Encoder;
+pub use hf_template::HfTemplate;
 pub use shard::{TokenizeReport, tokenize_file};
 pub use stats::TokenizerStats;
 pub use train::{
