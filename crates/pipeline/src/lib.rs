@@ -99,6 +99,15 @@ pub fn prepare(job: &TrainJob, run: &RunDir, reuse: bool) -> Result<TrainConfig>
         if src.is_file() {
             if src != run.tokenizer() {
                 std::fs::copy(&src, run.tokenizer()).map_err(io(&src))?;
+                // The model's own chat template travels with its tokenizer.
+                if let Some(dir) = src.parent() {
+                    for name in chatforge_tokenizer::hf_template::TEMPLATE_FILES {
+                        let (from, to) = (dir.join(name), run.root().join(name));
+                        if from.is_file() {
+                            std::fs::copy(&from, &to).map_err(io(&from))?;
+                        }
+                    }
+                }
             }
         } else {
             // GPT-2's two files (vocab.json, merges.txt): the run keeps one tokenizer.json.

@@ -16,6 +16,13 @@ use serde_json::Value as Json;
 
 use crate::{Error, Result};
 
+/// The files a model's chat template and special tokens come in, beside its `tokenizer.json`.
+pub const TEMPLATE_FILES: [&str; 3] = [
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+];
+
 /// Marks the start and end of a `{% generation %}` block in rendered text (private-use code
 /// points, which no template writes).
 const GEN_START: char = '\u{E000}';
@@ -63,10 +70,11 @@ impl HfTemplate {
                 })
                 .transpose()
         };
-        let config = json("tokenizer_config.json")?.unwrap_or(Json::Null);
-        let source = match read("chat_template.jinja")? {
+        let [config_file, jinja_file, json_file] = TEMPLATE_FILES;
+        let config = json(config_file)?.unwrap_or(Json::Null);
+        let source = match read(jinja_file)? {
             Some(t) => Some(t),
-            None => match json("chat_template.json")? {
+            None => match json(json_file)? {
                 Some(v) => pick(&v["chat_template"]),
                 None => pick(&config["chat_template"]),
             },
