@@ -16,6 +16,10 @@ usage: export_check.py gguf FILE
     Reads FILE with the gguf package (GGUFReader). Prints JSON: "version", every metadata key with
     its value (arrays in full), and every tensor: name, type, shape (ne order), and its values
     dequantised by gguf.quants (sum, sum of |x|, the first 8).
+usage: export_check.py llamacpp FILE REQUEST_JSON
+    Loads FILE with llama.cpp (llama-cpp-python). REQUEST_JSON holds "prompt" (token ids) and
+    "new" (tokens to generate). Prints JSON: "tokens" of a greedy generation from the prompt (no
+    repetition penalty), and "architecture", "n_vocab" and "chat_template" as llama.cpp reads them.
 """
 import json
 import sys
@@ -23,6 +27,19 @@ import sys
 import numpy as np
 
 kind = sys.argv[1]
+if kind == "llamacpp":
+    from llama_cpp import Llama
+
+    path, req = sys.argv[2], json.load(open(sys.argv[3]))
+    llm = Llama(model_path=path, n_ctx=256, n_threads=2, verbose=False, seed=0)
+    tokens = []
+    for t in llm.generate(req["prompt"], top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
+        tokens.append(int(t))
+        if len(tokens) == req["new"]:
+            break
+    print(json.dumps({"tokens": tokens, "architecture": llm.metadata.get("general.architecture"),
+                      "n_vocab": llm.n_vocab(), "chat_template": llm.metadata.get("tokenizer.chat_template")}))
+    sys.exit(0)
 if kind == "hf":
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use chatforge_model::io::gguf::{self, Encoded, GgmlType, Value as Val};
-use chatforge_model::{Activation, Weights};
+use chatforge_model::{Activation, GptConfig, Tensor, Weights};
 use chatforge_run::ModelSource;
 
 use crate::hf::special_ids;
@@ -90,16 +90,19 @@ fn merges(json: &serde_json::Value) -> Vec<String> {
 /// Writes `weights` (HF names) and `src`'s config and tokenizer as a GGUF v3 file at `path`.
 pub fn write_gguf(src: &ModelSource, weights: &Weights, quant: GgufQuant, path: &Path) -> Result<()> {
     let cfg = &src.config;
-    if cfg.arch.is_llama() {
-        return Err(Error::Invalid(format!(
-            "GGUF export of {} models is not supported yet",
-            cfg.arch.name()
-        )));
-    }
     let tok = &src.tokenizer;
     let tok_json_text = tok.to_json()?;
     let tok_json: serde_json::Value =
         serde_json::from_str(&tok_json_text).map_err(|e| Error::Invalid(e.to_string()))?;
+    if tok_json["model"]["type"].as_str() != Some("BPE")
+        || tok_json["model"]["byte_fallback"].as_bool() == Some(true)
+    {
+        return Err(Error::Invalid(
+            "GGUF export needs a byte-level BPE tokenizer (GPT-2's, SmolLM2's, Qwen2's, Llama 3's); \
+             SentencePiece and Unigram tokenizers are not written to GGUF yet"
+                .into(),
+        ));
+    }
     let n_vocab = tok.vocab_size();
     let mut tokens = vec![String::new(); cfg.vocab_size];
     let mut types = vec![1i32; cfg.vocab_size]; // 1 normal
@@ -129,10 +132,10 @@ pub fn write_gguf(src: &ModelSource, weights: &Weights, quant: GgufQuant, path: 
     }
     let ids = special_ids(src);
     let strs = |v: Vec<String>| Val::Array(v.into_iter().map(Val::Str).collect());
-    let mut meta: Vec<(&str, Val)> = vec![
-        ("general.architecture", Val::Str("gpt2".into())),
+    let mut meta: Vec<(String, Val)> = vec![
+        ("general.architecture".into(), Val::Str(cfg.arch.name().into())),
         (
-            "general.name",
+            "general.name".into(),
             Val::Str(
                 src.root
                     .file_stem()
@@ -140,23 +143,13 @@ pub fn write_gguf(src: &ModelSource, weights: &Weights, quant: GgufQuant, path: 
                     .unwrap_or_else(|| "chatforge".into()),
             ),
         ),
-        ("general.file_type", Val::U32(quant.file_type())),
-        ("general.quantization_version", Val::U32(2)),
-        ("gpt2.context_length", Val::U32(cfg.n_ctx as u32)),
-        ("gpt2.embedding_length", Val::U32(cfg.n_embd as u32)),
-        ("gpt2.feed_forward_length", Val::U32(cfg.n_inner as u32)),
-        ("gpt2.block_count", Val::U32(cfg.n_layer as u32)),
-        ("gpt2.attention.head_count", Val::U32(cfg.n_head as u32)),
-        (
-            "gpt2.attention.layer_norm_epsilon",
-            Val::F32(cfg.layer_norm_eps as f32),
-        ),
-        (
-            "chatforge.gelu_erf",
-            Val::Bool(cfg.activation == Activation::GeluErf),
-        ),
+        ("general.file_type".into(), Val::U32(quant.file_type())),
+        ("general.quantization_version".into(), Val::U32(2)),
+    ];
+    meta.extend(arch_meta(cfg));
+    let meta_tok: Vec<(&str, Val)> = vec![
         ("tokenizer.ggml.model", Val::Str("gpt2".into())),
-        ("tokenizer.ggml.pre", Val::Str("gpt-2".into())),
+        ("tokenizer.ggml.pre", Val::Str(bpe_pre(&tok_json).into())),
         ("tokenizer.ggml.tokens", strs(tokens)),
         (
             "tokenizer.ggml.token_type",
@@ -167,24 +160,124 @@ pub fn write_gguf(src: &ModelSource, weights: &Weights, quant: GgufQuant, path: 
         ("tokenizer.chat_template", Val::Str(tok.jinja_template())),
         ("tokenizer.huggingface.json", Val::Str(tok_json_text)),
     ];
-    if let Some(b) = ids.bos {
-        meta.push(("tokenizer.ggml.bos_token_id", Val::U32(b)));
-    }
-    if let Some(e) = ids.eos {
-        meta.push(("tokenizer.ggml.eos_token_id", Val::U32(e)));
-        meta.push(("tokenizer.ggml.padding_token_id", Val::U32(e)));
+    meta.extend(meta_tok.into_iter().map(|(k, v)| (k.to_string(), v)));
+    for (key, id) in [("bos", ids.bos), ("eos", ids.eos), ("padding", ids.eos)] {
+        if let Some(id) = id {
+            meta.push((format!("tokenizer.ggml.{key}_token_id"), Val::U32(id)));
+        }
     }
 
     // Tensors in the model's parameter order, each in llama.cpp's name and layout.
     let mut tensors: Vec<Encoded> = Vec::new();
+    if let Some(factors) = rope_factors(cfg) {
+        let n = factors.len();
+        tensors.push(gguf::encode(
+            "rope_freqs.weight".into(),
+            vec![n],
+            &factors,
+            GgmlType::F32,
+        ));
+    }
     for slot in chatforge_model::layout::slots(cfg) {
         let t = weights
             .get(&slot.name(cfg.arch))
             .ok_or_else(|| Error::Invalid(format!("the model has no tensor {}", slot.name(cfg.arch))))?;
         let (name, transposed) = slot.gguf(cfg.arch);
-        let t = if transposed { t.t() } else { t.clone() };
+        let mut t = if transposed { t.t() } else { t.clone() };
+        if let Some(heads) = gguf::rope_permuted(cfg, slot) {
+            let rows = t.dims()[0];
+            t = Tensor::new(t.dims(), gguf::permute_rope_rows(t.data(), rows, heads, false))?;
+        }
         tensors.push(gguf::encode(name, t.dims().to_vec(), t.data(), quant.dtype()));
     }
-    let meta: Vec<(String, Val)> = meta.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     Ok(gguf::write(path, &meta, &tensors)?)
+}
+
+/// The model's `{arch}.*` keys, as llama.cpp's converter writes them.
+fn arch_meta(cfg: &GptConfig) -> Vec<(String, Val)> {
+    let a = cfg.arch.name();
+    let u = |n: usize| Val::U32(n as u32);
+    let mut m: Vec<(String, Val)> = vec![
+        (format!("{a}.context_length"), u(cfg.n_ctx)),
+        (format!("{a}.embedding_length"), u(cfg.n_embd)),
+        (format!("{a}.feed_forward_length"), u(cfg.n_inner)),
+        (format!("{a}.block_count"), u(cfg.n_layer)),
+        (format!("{a}.attention.head_count"), u(cfg.n_head)),
+    ];
+    if cfg.arch.is_llama() {
+        m.extend([
+            (format!("{a}.attention.head_count_kv"), u(cfg.n_kv_head)),
+            (
+                format!("{a}.attention.layer_norm_rms_epsilon"),
+                Val::F32(cfg.layer_norm_eps as f32),
+            ),
+            (format!("{a}.rope.freq_base"), Val::F32(cfg.rope_theta as f32)),
+            (format!("{a}.rope.dimension_count"), u(cfg.head_dim())),
+            (format!("{a}.vocab_size"), u(cfg.vocab_size)),
+        ]);
+        // llama.cpp takes Llama 3's scaling from `rope_freqs.weight`; chatforge reads it back
+        // from these.
+        if let Some(s) = cfg.rope_scaling {
+            for (k, v) in [
+                ("factor", s.factor),
+                ("low_freq_factor", s.low_freq_factor),
+                ("high_freq_factor", s.high_freq_factor),
+                (
+                    "original_max_position_embeddings",
+                    s.original_max_position_embeddings as f64,
+                ),
+            ] {
+                m.push((format!("chatforge.rope_scaling.{k}"), Val::F64(v)));
+            }
+        }
+    } else {
+        m.extend([
+            (
+                format!("{a}.attention.layer_norm_epsilon"),
+                Val::F32(cfg.layer_norm_eps as f32),
+            ),
+            (
+                "chatforge.gelu_erf".to_string(),
+                Val::Bool(cfg.activation == Activation::GeluErf),
+            ),
+        ]);
+    }
+    m
+}
+
+/// Llama 3's rope scaling as llama.cpp takes it: each frequency's divisor (`rope_freqs.weight`).
+fn rope_factors(cfg: &GptConfig) -> Option<Vec<f32>> {
+    cfg.rope_scaling?;
+    let plain = chatforge_model::llama::rope_inv_freq(&GptConfig {
+        rope_scaling: None,
+        ..cfg.clone()
+    });
+    let scaled = chatforge_model::llama::rope_inv_freq(cfg);
+    Some(plain.iter().zip(&scaled).map(|(p, s)| p / s).collect())
+}
+
+/// llama.cpp's pre-tokenizer name for a byte-level BPE tokenizer, from its `pre_tokenizer`: SmolLM's
+/// (digits one by one), Llama 3's and Qwen2's split patterns, else GPT-2's.
+fn bpe_pre(tok_json: &serde_json::Value) -> &'static str {
+    fn strings(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) => out.push(s.clone()),
+            serde_json::Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+            serde_json::Value::Object(o) => o.values().for_each(|x| strings(x, out)),
+            _ => {}
+        }
+    }
+    let pre = &tok_json["pre_tokenizer"];
+    let mut patterns = Vec::new();
+    strings(pre, &mut patterns);
+    let has = |p: &str| patterns.iter().any(|s| s.contains(p));
+    if has(r"\p{N}{1,3}") {
+        "llama-bpe"
+    } else if has(r"\p{L}+|\p{N}|") {
+        "qwen2"
+    } else if pre.to_string().contains("\"individual_digits\":true") {
+        "smollm"
+    } else {
+        "gpt-2"
+    }
 }

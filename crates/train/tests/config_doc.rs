@@ -73,6 +73,7 @@ fn changed(default: &Value, key: &str) -> Value {
         Value::Array(_) => serde_json::json!(["c_fc"]),
         Value::String(_) => Value::from(match key {
             "activation" => "gelu-erf",
+            "arch" => "llama",
             "mode" => "pretrain",
             "quant" => "q8",
             _ => "x",

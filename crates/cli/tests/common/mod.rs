@@ -201,3 +201,70 @@ pub fn trained() -> &'static (tempfile::TempDir, PathBuf) {
         (dir, run)
     })
 }
+
+/// SmolLM2-Instruct's chat template (ChatML with a default system prompt).
+pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// A tiny random Llama in an HF folder laid out as SmolLM2-Instruct's (`d/NAME`): GPT-2's
+/// byte-level tokenizer with ChatML's special tokens added, its chat template and `eos_token` in
+/// `tokenizer_config.json`, grouped-query attention, `generation_config.json`. Returns the
+/// folder.
+pub fn llama_folder(d: &Path, name: &str, cfg: chatforge_model::GptConfig) -> PathBuf {
+    use chatforge_model::GptConfig;
+    let dir = d.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let tok = chatforge_tokenizer::ChatTokenizer::load(&chatforge_testkit::fixture("gpt2-tiny")).unwrap();
+    let base = tok.vocab_size();
+    let mut json: serde_json::Value = serde_json::from_str(&tok.to_json().unwrap()).unwrap();
+    for (i, t) in ["<|im_start|>", "<|im_end|>"].iter().enumerate() {
+        json["added_tokens"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "id": base + i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
+                "normalized": false, "special": true
+            }));
+    }
+    std::fs::write(dir.join("tokenizer.json"), json.to_string()).unwrap();
+    let config = serde_json::json!({
+        "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": CHATML_TEMPLATE,
+        "bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "model_max_length": cfg.n_ctx,
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let cfg = GptConfig {
+        vocab_size: base + 2,
+        ..cfg
+    };
+    let mut hf = cfg.to_hf();
+    hf["bos_token_id"] = serde_json::json!(base);
+    hf["eos_token_id"] = serde_json::json!(base + 1);
+    std::fs::write(dir.join("config.json"), hf.to_string()).unwrap();
+    std::fs::write(
+        dir.join("generation_config.json"),
+        serde_json::json!({"bos_token_id": base, "eos_token_id": base + 1}).to_string(),
+    )
+    .unwrap();
+    // Larger than the default initialisation: a peaked next-token distribution, so greedy
+    // decoding does not hinge on near-ties when compared with other implementations.
+    let mut rng = chatforge_data::Rng::new(7);
+    let weights = chatforge_model::init_weights(&cfg, &mut rng).unwrap();
+    let weights: std::collections::BTreeMap<String, chatforge_model::Tensor> = weights
+        .into_iter()
+        .map(|(k, t)| {
+            let data: Vec<f32> = t
+                .data()
+                .iter()
+                .map(|&x| {
+                    if t.rank() > 1 {
+                        x * 15.0
+                    } else {
+                        x + (rng.normal() * 0.1) as f32
+                    }
+                })
+                .collect();
+            (k, chatforge_model::Tensor::new(t.dims(), data).unwrap())
+        })
+        .collect();
+    chatforge_model::save_weights(&weights, &dir.join("model.safetensors")).unwrap();
+    dir
+}

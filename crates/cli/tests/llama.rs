@@ -1,0 +1,226 @@
+//! The Llama family through the CLI, as a user fine-tunes SmolLM2: an HF folder with its own chat
+//! template generates, trains with LoRA and QLoRA (with gradient checkpointing), exports to HF
+//! (transformers gives the decoder's logits), GGUF (llama.cpp decodes the same greedy tokens) and
+//! merged weights; and `configs/llama-small.toml` pre-trains from scratch.
+
+#![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
+
+mod common;
+
+use chatforge_infer::{Checkpoint, LoadedModel, WeightType};
+use chatforge_model::GptConfig;
+use chatforge_testkit::{python, run_reference};
+use common::{llama_folder, ok};
+use serde_json::{Value, json};
+
+fn chats(d: &std::path::Path) {
+    let text: String = (0..40)
+        .map(|i| {
+            json!({"messages": [{"role": "user", "content": format!("Boil kettle {i}?")},
+                                {"role": "assistant", "content": "The water boils for tea."}]})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(d.join("chats.jsonl"), text).unwrap();
+}
+
+/// The model at `path` as chatforge loads it: the logits of every position of `prompt`, and
+/// its greedy continuation (`n` tokens) through the KV cache.
+fn decode(path: &std::path::Path, prompt: &[u32], n: usize) -> (Vec<f32>, Vec<u32>) {
+    let m = LoadedModel::open(path, &Checkpoint::Best, None, WeightType::F32).unwrap();
+    let eng = &m.engine;
+    let all = eng
+        .forward(&mut [&mut eng.new_sequence()], &[prompt], true)
+        .unwrap();
+    let mut seq = eng.new_sequence();
+    let mut logits = eng.forward(&mut [&mut seq], &[prompt], false).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let next = (0..logits.len()).fold(0, |b, i| if logits[i] > logits[b] { i } else { b }) as u32;
+        out.push(next);
+        logits = eng.forward(&mut [&mut seq], &[&[next]], false).unwrap();
+    }
+    (all, out)
+}
+
+#[test]
+fn a_llama_folder_fine_tunes_and_exports_like_smollm2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = GptConfig {
+        n_ctx: 128,
+        ..GptConfig::llama_tiny(0)
+    };
+    llama_folder(d, "smol", cfg);
+    chats(d);
+    // Chat through the model's own template.
+    let out = common::exec(
+        &[
+            "generate",
+            "--model",
+            "smol",
+            "--prompt",
+            "Boil the kettle?",
+            "--max-new-tokens",
+            "4",
+            "--temperature",
+            "0",
+        ],
+        d,
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("chat template"), "{err}");
+
+    // LoRA on q, k, v (GPT-2's c_attn names them in Llama), checkpoints in PEFT's layout.
+    ok(
+        &[
+            "train",
+            "--init",
+            "smol",
+            "--data",
+            "chats.jsonl",
+            "--mode",
+            "lora",
+            "--max-steps",
+            "4",
+            "--batch-size",
+            "4",
+            "-o",
+            "lora",
+            "--no-eval",
+        ],
+        d,
+        None,
+    );
+    let ckpt = std::fs::read_dir(d.join("lora/checkpoints"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let adapter: Value =
+        serde_json::from_str(&std::fs::read_to_string(ckpt.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(adapter["target_modules"], json!(["q_proj", "k_proj", "v_proj"]));
+    assert_eq!(adapter["fan_in_fan_out"], json!(false));
+    assert!(
+        d.join("lora/tokenizer_config.json").is_file(),
+        "the run keeps the chat template"
+    );
+
+    // QLoRA (q4) on every linear layer with gradient checkpointing.
+    ok(
+        &[
+            "train",
+            "--init",
+            "smol",
+            "--data",
+            "chats.jsonl",
+            "--mode",
+            "qlora",
+            "--lora-targets",
+            "all-linear",
+            "--grad-checkpoint",
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "4",
+            "-o",
+            "qlora",
+            "--no-eval",
+        ],
+        d,
+        None,
+    );
+
+    // A merged export; its HF folder in transformers; its GGUF in llama.cpp.
+    ok(
+        &[
+            "export",
+            "--model",
+            "lora",
+            "--checkpoint",
+            "latest",
+            "--format",
+            "hf",
+            "-o",
+            "hf",
+        ],
+        d,
+        None,
+    );
+    let hf: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("hf/config.json")).unwrap()).unwrap();
+    assert_eq!(hf["model_type"], "llama");
+    let tc: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("hf/tokenizer_config.json")).unwrap()).unwrap();
+    assert_eq!(tc["chat_template"], common::CHATML_TEMPLATE);
+    ok(
+        &[
+            "export",
+            "--model",
+            "lora",
+            "--checkpoint",
+            "latest",
+            "--format",
+            "gguf",
+            "-o",
+            "model.gguf",
+        ],
+        d,
+        None,
+    );
+    let prompt: Vec<u32> = vec![31, 7, 120, 64, 5, 201, 88, 17];
+    let (got, ours) = decode(&d.join("hf"), &prompt, 16);
+    // Our own reading of the GGUF file decodes the same.
+    assert_eq!(decode(&d.join("model.gguf"), &prompt, 16).1, ours);
+    let Some(py) = python() else { return };
+    std::fs::write(
+        d.join("req.json"),
+        json!({"ids": [prompt], "texts": [], "conversations": []}).to_string(),
+    )
+    .unwrap();
+    let theirs: Value = serde_json::from_str(&run_reference(
+        &py,
+        "export_check.py",
+        &[
+            "hf",
+            d.join("hf").to_str().unwrap(),
+            d.join("req.json").to_str().unwrap(),
+        ],
+    ))
+    .unwrap();
+    let want: Vec<f32> = theirs["logits"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
+        .collect();
+    assert_eq!(got.len(), want.len());
+    let diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff < 1e-3, "transformers' logits differ by {diff}");
+    std::fs::write(
+        d.join("req.json"),
+        json!({"prompt": prompt, "new": 16}).to_string(),
+    )
+    .unwrap();
+    let cpp: Value = serde_json::from_str(&run_reference(
+        &py,
+        "export_check.py",
+        &[
+            "llamacpp",
+            d.join("model.gguf").to_str().unwrap(),
+            d.join("req.json").to_str().unwrap(),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(cpp["architecture"], "llama");
+    let cpp_tokens: Vec<u32> = cpp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(cpp_tokens, ours, "llama.cpp's greedy tokens");
+}
