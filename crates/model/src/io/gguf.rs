@@ -538,6 +538,45 @@ pub fn write(path: &Path, metadata: &[(String, Value)], tensors: &[Encoded]) -> 
     .map_err(|e| bad(path, e.to_string()))
 }
 
+/// For a tensor llama.cpp's `llama` architecture stores with its rotary pairs interleaved (q and
+/// k of `LlamaForCausalLM`, which HF keeps as two halves per head: `rotate_half`), its number of
+/// heads; `None` for every other tensor (Qwen2 keeps HF's order: llama.cpp rotates it as NeoX).
+pub fn rope_permuted(cfg: &crate::GptConfig, slot: crate::layout::Slot) -> Option<usize> {
+    use crate::layout::{Linear, Part, Slot};
+    if cfg.arch != crate::Arch::Llama {
+        return None;
+    }
+    match slot {
+        Slot::BlockLinear(_, Linear::Q, Part::Weight) => Some(cfg.n_head),
+        Slot::BlockLinear(_, Linear::K, Part::Weight) => Some(cfg.n_kv_head),
+        _ => None,
+    }
+}
+
+/// The rows of an `(heads · d, cols)` matrix from HF's order (each head's first halves, then
+/// second halves) to llama.cpp's (pairs side by side), as its converter permutes them; with
+/// `inverse`, back.
+pub fn permute_rope_rows(data: &[f32], rows: usize, heads: usize, inverse: bool) -> Vec<f32> {
+    let cols = data.len().checked_div(rows).unwrap_or(0);
+    let d = rows.checked_div(heads).unwrap_or(0);
+    if cols == 0 || d < 2 || rows * cols != data.len() || d * heads != rows {
+        return data.to_vec();
+    }
+    let half = d / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..heads {
+        for j in 0..half {
+            for s in 0..2 {
+                let hf = h * d + s * half + j;
+                let gg = h * d + 2 * j + s;
+                let (from, to) = if inverse { (gg, hf) } else { (hf, gg) };
+                out[to * cols..(to + 1) * cols].copy_from_slice(&data[from * cols..(from + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -625,43 +664,13 @@ mod tests {
             assert!(e.contains("bad.gguf"), "{why}: {e}");
         }
     }
-}
 
-/// For a tensor llama.cpp's `llama` architecture stores with its rotary pairs interleaved (q and
-/// k of `LlamaForCausalLM`, which HF keeps as two halves per head: `rotate_half`), its number of
-/// heads; `None` for every other tensor (Qwen2 keeps HF's order: llama.cpp rotates it as NeoX).
-pub fn rope_permuted(cfg: &crate::GptConfig, slot: crate::layout::Slot) -> Option<usize> {
-    use crate::layout::{Linear, Part, Slot};
-    if cfg.arch != crate::Arch::Llama {
-        return None;
+    #[test]
+    fn rope_rows_permute_as_llama_cpp_and_back() {
+        // Two heads of d = 4, one column: HF's halves [a0 a1 | b0 b1] become [a0 b0 a1 b1].
+        let hf: Vec<f32> = (0..8).map(|x| x as f32).collect();
+        let gg = super::permute_rope_rows(&hf, 8, 2, false);
+        assert_eq!(gg, [0., 2., 1., 3., 4., 6., 5., 7.]);
+        assert_eq!(super::permute_rope_rows(&gg, 8, 2, true), hf);
     }
-    match slot {
-        Slot::BlockLinear(_, Linear::Q, Part::Weight) => Some(cfg.n_head),
-        Slot::BlockLinear(_, Linear::K, Part::Weight) => Some(cfg.n_kv_head),
-        _ => None,
-    }
-}
-
-/// The rows of an `(heads · d, cols)` matrix from HF's order (each head's first halves, then
-/// second halves) to llama.cpp's (pairs side by side), as its converter permutes them; with
-/// `inverse`, back.
-pub fn permute_rope_rows(data: &[f32], rows: usize, heads: usize, inverse: bool) -> Vec<f32> {
-    let cols = data.len().checked_div(rows).unwrap_or(0);
-    let d = rows.checked_div(heads).unwrap_or(0);
-    if cols == 0 || d < 2 || rows * cols != data.len() || d * heads != rows {
-        return data.to_vec();
-    }
-    let half = d / 2;
-    let mut out = vec![0f32; data.len()];
-    for h in 0..heads {
-        for j in 0..half {
-            for s in 0..2 {
-                let hf = h * d + s * half + j;
-                let gg = h * d + 2 * j + s;
-                let (from, to) = if inverse { (gg, hf) } else { (hf, gg) };
-                out[to * cols..(to + 1) * cols].copy_from_slice(&data[from * cols..(from + 1) * cols]);
-            }
-        }
-    }
-    out
 }
