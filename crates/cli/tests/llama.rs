@@ -224,3 +224,66 @@ fn a_llama_folder_fine_tunes_and_exports_like_smollm2() {
         .collect();
     assert_eq!(cpp_tokens, ours, "llama.cpp's greedy tokens");
 }
+
+#[test]
+fn configs_llama_small_pretrains_from_scratch_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text: String = (0..300)
+        .map(|i| format!("The kettle {i} boils the water for tea.\n\n"))
+        .collect();
+    std::fs::write(d.join("corpus.txt"), &text).unwrap();
+    common::train_tokenizer(d, "corpus.txt");
+    let config = chatforge_testkit::root().join("configs/llama-small.toml");
+    let train = |steps: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--data",
+            "corpus.txt",
+            "--tokenizer",
+            "tok",
+            "--max-steps",
+            steps,
+            "--batch-size",
+            "4",
+            "-o",
+            "run",
+            "--no-eval",
+        ];
+        args.extend_from_slice(extra);
+        ok(&args, d, None)
+    };
+    train("4", &[]);
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("run/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["model_type"], "llama", "{cfg}");
+    assert_eq!(cfg["num_key_value_heads"], 2, "{cfg}");
+    // A longer run resumes from the last checkpoint and logs each step once.
+    train("6", &["--resume"]);
+    let log = std::fs::read_to_string(d.join("run/logs.jsonl")).unwrap();
+    let steps: Vec<u64> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "step")
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=6).collect::<Vec<_>>(), "{log}");
+    let out = common::exec(
+        &[
+            "generate",
+            "--model",
+            "run",
+            "--checkpoint",
+            "latest",
+            "--prompt",
+            "The kettle",
+            "--max-new-tokens",
+            "5",
+        ],
+        d,
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -281,9 +281,18 @@ fn refusals_name_the_cause() {
     let m = msg(&with_token, "org/private@nope");
     assert!(m.contains("no revision 'nope'"), "{m}");
 
+    // The Llama family is fetched; another architecture is refused before its weights.
+    anon.snapshot(&model("org/llama"), &model_files, &Quiet).unwrap();
+    fixture.publish(
+        "org/mistral",
+        &[
+            ("config.json", br#"{"model_type": "mistral", "hidden_size": 64}"#),
+            ("model.safetensors", &weights(1000, 9)),
+        ],
+    );
     fixture.take_log();
-    let m = msg(&anon, "org/llama");
-    assert!(m.contains("a llama model") && m.contains("GPT-2"), "{m}");
+    let m = msg(&anon, "org/mistral");
+    assert!(m.contains("\"mistral\"") && m.contains("llama, qwen2"), "{m}");
     // A variant the family cannot run is named by its field.
     fixture.publish(
         "org/yarn",
