@@ -13,7 +13,9 @@ flock 9
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
   echo "chatforge: building the Python reference venv in $venv" >&2
   python3 -m venv "$(readlink -f "$venv")" >&2
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req" >&2
+  # llama-cpp-python builds llama.cpp for this CPU; its multimodal (llava/mtmd) library is not needed.
+  CMAKE_ARGS="${CMAKE_ARGS:-} -DLLAVA_BUILD=OFF" \
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req" >&2
   echo "$want" > "$venv/.requirements.sha256"
 fi
 echo "$venv/bin/python"

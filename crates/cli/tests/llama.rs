@@ -200,29 +200,78 @@ fn a_llama_folder_fine_tunes_and_exports_like_smollm2() {
     assert_eq!(got.len(), want.len());
     let diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(diff < 1e-3, "transformers' logits differ by {diff}");
-    std::fs::write(
-        d.join("req.json"),
-        json!({"prompt": prompt, "new": 16}).to_string(),
-    )
-    .unwrap();
+    assert_eq!(llama_cpp(&py, &d.join("model.gguf"), &prompt, 16, "llama"), ours);
+}
+
+/// llama.cpp's greedy continuation of `prompt` from a GGUF file of `arch`.
+fn llama_cpp(
+    py: &std::path::PathBuf,
+    file: &std::path::Path,
+    prompt: &[u32],
+    n: usize,
+    arch: &str,
+) -> Vec<u32> {
+    let req = file.with_extension("req.json");
+    std::fs::write(&req, json!({"prompt": prompt, "new": n}).to_string()).unwrap();
     let cpp: Value = serde_json::from_str(&run_reference(
-        &py,
+        py,
         "export_check.py",
-        &[
-            "llamacpp",
-            d.join("model.gguf").to_str().unwrap(),
-            d.join("req.json").to_str().unwrap(),
-        ],
+        &["llamacpp", file.to_str().unwrap(), req.to_str().unwrap()],
     ))
     .unwrap();
-    assert_eq!(cpp["architecture"], "llama");
-    let cpp_tokens: Vec<u32> = cpp["tokens"]
+    assert_eq!(cpp["architecture"], arch);
+    cpp["tokens"]
         .as_array()
         .unwrap()
         .iter()
         .map(|x| x.as_u64().unwrap() as u32)
-        .collect();
-    assert_eq!(cpp_tokens, ours, "llama.cpp's greedy tokens");
+        .collect()
+}
+
+/// GGUF files of a Qwen2 (q/k/v biases, NeoX rotation in llama.cpp) and of a Llama with Llama 3
+/// rope scaling and an untied head, in f32 and f16: llama.cpp decodes the greedy tokens chatforge
+/// decodes from the same file.
+#[test]
+fn llama_cpp_decodes_qwen2_and_llama3_ggufs_as_chatforge_does() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let qwen = GptConfig {
+        arch: chatforge_model::Arch::Qwen2,
+        bias: true,
+        n_ctx: 128,
+        ..GptConfig::llama_tiny(0)
+    };
+    let llama3 = GptConfig {
+        n_ctx: 128,
+        n_kv_head: 4,
+        tie_embeddings: false,
+        rope_theta: 500_000.0,
+        rope_scaling: Some(chatforge_model::Llama3Scaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 32,
+        }),
+        ..GptConfig::llama_tiny(0)
+    };
+    let prompt: Vec<u32> = vec![31, 7, 120, 64, 5, 201, 88, 17, 42, 3, 99, 250, 12];
+    for (name, cfg, arch) in [("qwen", qwen, "qwen2"), ("llama3", llama3, "llama")] {
+        llama_folder(d, name, cfg);
+        for quant in ["f32", "f16"] {
+            let file = d.join(format!("{name}-{quant}.gguf"));
+            let f = file.to_str().unwrap();
+            ok(
+                &[
+                    "export", "--model", name, "--format", "gguf", "--quant", quant, "-o", f,
+                ],
+                d,
+                None,
+            );
+            let (_, ours) = decode(&file, &prompt, 12);
+            assert_eq!(llama_cpp(&py, &file, &prompt, 12, arch), ours, "{name} {quant}");
+        }
+    }
 }
 
 #[test]

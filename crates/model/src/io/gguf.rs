@@ -438,8 +438,11 @@ pub struct Encoded {
 /// (or a vector) falls back to f32, as llama.cpp's converters do.
 pub fn encode(name: String, shape: Vec<usize>, values: &[f32], ty: GgmlType) -> Encoded {
     let row = shape.last().copied().unwrap_or(1);
+    // Vectors (norms, biases) stay f32, as llama.cpp's converter keeps them (its CPU adds and
+    // norms take no f16 operand); block formats need whole blocks per row.
     let ty = match ty.quant() {
-        Some(_) if shape.len() < 2 || row % BLOCK != 0 => GgmlType::F32,
+        _ if shape.len() < 2 => GgmlType::F32,
+        Some(_) if row % BLOCK != 0 => GgmlType::F32,
         _ => ty,
     };
     let data = match ty {
