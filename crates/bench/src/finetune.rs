@@ -1,5 +1,5 @@
-//! `bench finetune`: full, LoRA and QLoRA steps on a GPT-2-small-shaped model, each mode in a
-//! process of its own (so each peak is its own), beside transformers + peft.
+//! `bench finetune`: full, LoRA and QLoRA steps on a GPT-2-small- or SmolLM2-135M-shaped model,
+//! each mode in a process of its own (so each peak is its own), beside transformers + peft.
 
 use std::process::Command;
 
@@ -19,11 +19,15 @@ pub(crate) fn run(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow:
         return child(args, purge_freed_memory);
     }
     {
+        let (cfg, targets) = shape(&args.model)?;
         say!(
-            "GPT-2-small shape (124 M parameters), batch {}×{}, f32 compute, AdamW, random tokens; LoRA rank {} on c_attn, c_proj, c_fc",
+            "{} shape ({:.0} M parameters), batch {}×{}, f32 compute, AdamW, random tokens; LoRA rank {} on {}",
+            args.model,
+            cfg.n_params() as f64 / 1e6,
             args.batch,
             args.seq,
-            args.rank
+            args.rank,
+            targets.join(", ")
         );
         let exe = std::env::current_exe()?;
         // What our child process and the PyTorch reference are both told.
@@ -40,9 +44,17 @@ pub(crate) fn run(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow:
         let mut full_tps = None;
         for mode in &args.modes {
             let mut cmd = Command::new(&exe);
-            cmd.args(["bench", "finetune", "--child", "--modes", mode])
-                .args(&shared)
-                .args(["--quant", &format!("{:?}", args.quant).to_lowercase()]);
+            cmd.args([
+                "bench",
+                "finetune",
+                "--child",
+                "--modes",
+                mode,
+                "--model",
+                &args.model,
+            ])
+            .args(&shared)
+            .args(["--quant", &format!("{:?}", args.quant).to_lowercase()]);
             let r = json_of(&mut cmd, &format!("bench finetune --modes {mode}"))?;
             let tps = r["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
             if mode == "full" {
@@ -78,6 +90,7 @@ pub(crate) fn run(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow:
                     .args(["--mode", mode.trim_end_matches("-gc")])
                     .args(mode.ends_with("-gc").then_some("--gc"))
                     .args(&shared)
+                    .args(["--model", &args.model])
                     .args(["--threads", &rayon_threads().to_string()]);
                 let t = json_of(&mut cmd, "scripts/reference/bench_finetune_torch.py")?;
                 let torch_tps = t["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
@@ -96,10 +109,7 @@ fn child(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow::Result<(
         Some(m) => (m, true),
         None => (mode, false),
     };
-    let cfg = GptConfig {
-        dropout: 0.0,
-        ..GptConfig::gpt2()
-    };
+    let (cfg, targets) = shape(&args.model)?;
     // Building the model hands what it frees back to the kernel, as `chatforge train` does.
     purge_freed_memory(true);
     let mut weights = init_weights(&cfg, &mut Rng::new(0))?;
@@ -107,10 +117,7 @@ fn child(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow::Result<(
         rank: args.rank,
         alpha: 2.0 * args.rank as f64,
         dropout: 0.0,
-        targets: chatforge_model::layout::lora_modules(chatforge_model::Arch::Gpt2)
-            .into_iter()
-            .map(String::from)
-            .collect(),
+        targets: targets.iter().map(|t| t.to_string()).collect(),
         quant: (mode == "qlora").then_some(args.quant),
     };
     let (b, t, v) = (args.batch, args.seq, cfg.vocab_size);
@@ -163,4 +170,23 @@ fn child(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow::Result<(
         })
     );
     Ok(())
+}
+
+/// A bench model's shape (no dropout) and its LoRA targets: GPT-2 small's three module names,
+/// every linear layer of SmolLM2-135M.
+fn shape(model: &str) -> anyhow::Result<(GptConfig, Vec<&'static str>)> {
+    match model {
+        "gpt2" => Ok((
+            GptConfig {
+                dropout: 0.0,
+                ..GptConfig::gpt2()
+            },
+            chatforge_model::layout::lora_modules(chatforge_model::Arch::Gpt2),
+        )),
+        "smollm2" => Ok((
+            GptConfig::smollm2_135m(),
+            chatforge_model::layout::lora_modules(chatforge_model::Arch::Llama),
+        )),
+        other => bail!("unknown model {other:?} (expected gpt2 or smollm2)"),
+    }
 }

@@ -11,6 +11,7 @@ macro_rules! say {
 
 mod finetune;
 mod generate;
+mod gguf;
 mod serve;
 mod tokenize;
 mod train;
@@ -31,6 +32,9 @@ pub enum BenchCommand {
     Generate(GenerateBench),
     /// Fine-tuning a GPT-2-small-shaped model: full, LoRA and QLoRA steps (tokens/s, peak memory)
     Finetune(FinetuneBench),
+    /// Batch-1 decoding of one GGUF file (SmolLM2-135M shape; f32, f16, q8_0) by chatforge and by
+    /// llama.cpp, with the weight traffic each achieves
+    Gguf(GgufBench),
     /// The service under load: request latency while a run trains, and the training's slowdown
     Serve(serve::ServeBench),
     /// The machine's f32 matrix-product peak (GFLOP/s) with the gemm crate, beside torch.mm
@@ -69,7 +73,11 @@ pub struct FinetuneBench {
     /// Tokens per sequence
     #[arg(long, default_value_t = 128)]
     pub seq: usize,
-    /// LoRA rank (on c_attn, c_proj and c_fc)
+    /// The model's shape: gpt2 (GPT-2 small, 124 M; LoRA on c_attn, c_proj, c_fc) or smollm2
+    /// (SmolLM2-135M: Llama with grouped-query attention; LoRA on all seven linear layers)
+    #[arg(long, default_value = "gpt2")]
+    pub model: String,
+    /// LoRA rank
     #[arg(long, default_value_t = 8)]
     pub rank: usize,
     /// QLoRA's quantisation
@@ -82,6 +90,26 @@ pub struct FinetuneBench {
     /// Internal: run one mode in this process and print its JSON line
     #[arg(long, hide = true)]
     pub child: bool,
+}
+
+#[derive(Args)]
+pub struct GgufBench {
+    /// GGUF weight types to write and decode: f32, f16 (chatforge decodes it as bf16), q8_0
+    #[arg(long, value_delimiter = ',', default_value = "f32,f16,q8_0")]
+    pub quants: Vec<String>,
+    /// Prompt tokens before decoding starts
+    #[arg(long, default_value_t = 16)]
+    pub context: usize,
+    /// New tokens per run
+    #[arg(long, default_value_t = 128)]
+    pub new: usize,
+    /// Runs of each case (the median is reported)
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Python with llama-cpp-python: also decodes the same file with llama.cpp
+    /// (scripts/reference/bench_decode_llamacpp.py)
+    #[arg(long)]
+    pub reference_python: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -162,6 +190,7 @@ pub fn run(cmd: BenchCommand, purge_freed_memory: fn(bool)) -> anyhow::Result<()
         BenchCommand::Tokenize(args) => tokenize::run(&args),
         BenchCommand::Train(args) => train::run(&args),
         BenchCommand::Generate(args) => generate::run(&args),
+        BenchCommand::Gguf(args) => gguf::run(&args),
         BenchCommand::Finetune(args) => finetune::run(&args, purge_freed_memory),
         BenchCommand::Serve(args) => serve::run(&args),
         BenchCommand::Sgemm(args) => sgemm_bench(&args),

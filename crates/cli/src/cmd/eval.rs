@@ -14,7 +14,7 @@ use super::{ConditionArgs, ModelArgs};
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// A run directory, a Hugging Face GPT-2-family folder or Hub id (distilgpt2, org/name@revision)
+    /// A run directory, a Hugging Face folder (GPT-2 or Llama family) or Hub id (distilgpt2, org/name@revision)
     #[arg(long, required_unless_present = "compare")]
     pub model: Option<PathBuf>,
     /// For a run: best, latest, a step number, or a checkpoint folder

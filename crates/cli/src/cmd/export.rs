@@ -36,7 +36,7 @@ pub enum ExportCommand {
 
 #[derive(Args)]
 pub struct WriteArgs {
-    /// A run directory, a Hugging Face GPT-2-family folder or Hub id (distilgpt2, org/name@revision), or a GGUF file
+    /// A run directory, a Hugging Face folder (GPT-2 or Llama family) or Hub id (distilgpt2, org/name@revision), or a GGUF file
     #[arg(long)]
     pub model: PathBuf,
     /// For a run: best, latest, a step number, or a checkpoint folder

@@ -15,7 +15,7 @@ pub enum LoraCommand {
 
 #[derive(Args)]
 pub struct MergeArgs {
-    /// The base model: an HF GPT-2-family folder, a Hub id or a run
+    /// The base model: an HF folder (GPT-2 or Llama family), a Hub id or a run
     #[arg(long)]
     pub base: PathBuf,
     /// A PEFT LoRA folder (or the name of one in the base run's adapters/)

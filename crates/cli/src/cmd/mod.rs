@@ -49,7 +49,7 @@ impl TemplateArgs {
 /// Which model to load, shared by `chat`, `generate` and `eval`.
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// A run directory, a Hugging Face GPT-2-family folder or Hub id (distilgpt2, org/name@revision), or a GGUF file (or an export folder holding one)
+    /// A run directory, a Hugging Face folder (GPT-2 or Llama family) or Hub id (distilgpt2, org/name@revision), or a GGUF file (or an export folder holding one)
     #[arg(long)]
     pub model: std::path::PathBuf,
     /// For a run: best, latest, a step number, or a checkpoint folder

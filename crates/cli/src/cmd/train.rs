@@ -26,7 +26,7 @@ pub struct TrainArgs {
     /// pretrain (loss on every token), sft (on the assistant's turns), lora or qlora [default: the config's, else sft]
     #[arg(long, value_parser = super::parse::<Mode>)]
     pub mode: Option<Mode>,
-    /// Start from an HF GPT-2-family folder, a Hub id (distilgpt2, org/name@revision) or an earlier run
+    /// Start from an HF folder (GPT-2 or Llama family), a Hub id (distilgpt2, org/name@revision) or an earlier run
     #[arg(long)]
     pub init: Option<PathBuf>,
     /// Optimizer steps to train for
@@ -63,7 +63,7 @@ pub struct TrainArgs {
     /// Dropout on the adapters' input
     #[arg(long)]
     pub lora_dropout: Option<f32>,
-    /// Layers to adapt: c_attn, c_proj, c_fc (comma-separated)
+    /// Layers to adapt (comma-separated): GPT-2's c_attn, c_proj, c_fc; the Llama family's q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (GPT-2's names work there too); all-linear
     #[arg(long, value_delimiter = ',')]
     pub lora_targets: Option<Vec<String>>,
     /// QLoRA: keep the frozen base's linear layers in q4 or q8 (`--mode qlora`; default q4)
