@@ -134,15 +134,54 @@ fn train_and_generate_from_a_hub_id() {
     );
     let msg = String::from_utf8_lossy(&err.stderr);
     assert!(!err.status.success() && msg.contains("HF_HUB_OFFLINE"), "{msg}");
-    fixture.publish(
-        "org/llama",
+    // A Llama-family model by Hub id, with its own chat template (SmolLM2's layout).
+    let smol = common::llama_folder(
+        d,
+        "smol-src",
+        chatforge_model::GptConfig {
+            n_ctx: 128,
+            ..chatforge_model::GptConfig::llama_tiny(0)
+        },
+    );
+    let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&smol)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    fixture.publish("HuggingFaceTB/SmolLM2-tiny-Instruct", &refs);
+    let out = hub_exec(
         &[
-            ("config.json", br#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2, "max_position_embeddings": 256, "vocab_size": 100}"#),
+            "generate",
+            "--model",
+            "HuggingFaceTB/SmolLM2-tiny-Instruct",
+            "--prompt",
+            "x",
+            "--max-new-tokens",
+            "3",
+        ],
+        d,
+        &fixture,
+        &cache,
+        false,
+    );
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && msg.contains("chat template"), "{msg}");
+    // Another architecture is refused by name before its weights download.
+    fixture.publish(
+        "org/mistral",
+        &[
+            ("config.json", br#"{"model_type": "mistral", "hidden_size": 64}"#),
             ("model.safetensors", b"weights"),
         ],
     );
     let err = hub_exec(
-        &["generate", "--model", "org/llama", "--prompt", "x"],
+        &["generate", "--model", "org/mistral", "--prompt", "x"],
         d,
         &fixture,
         &cache,
@@ -150,7 +189,7 @@ fn train_and_generate_from_a_hub_id() {
     );
     let msg = String::from_utf8_lossy(&err.stderr);
     assert!(
-        !err.status.success() && msg.contains("llama") && msg.contains("GPT-2"),
+        !err.status.success() && msg.contains("mistral") && !msg.contains("downloading model.safetensors"),
         "{msg}"
     );
     let err = hub_exec(

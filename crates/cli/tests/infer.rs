@@ -482,7 +482,9 @@ fn ctrl_c_stops_the_reply_not_the_session() {
         n_ctx: 4096,
         n_layer: 2,
         n_head: 4,
+        n_kv_head: 4,
         n_embd: 128,
+        n_inner: 512,
         dropout: 0.0,
         ..GptConfig::tiny(265)
     };

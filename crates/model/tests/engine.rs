@@ -153,6 +153,7 @@ fn engine_matches_autograd() {
         n_layer: 2,
         n_head: 2,
         n_embd: 16,
+        n_inner: 64,
         ..GptConfig::tiny(37)
     };
     let causal = [0u32; 24];
@@ -283,6 +284,7 @@ fn engine_lora_matches_autograd() {
         n_layer: 2,
         n_head: 2,
         n_embd: 16,
+        n_inner: 64,
         ..GptConfig::tiny(37)
     };
     let (b, t) = (2, 12);
@@ -403,6 +405,7 @@ fn eval_loss_is_the_loss_without_dropout_and_pads_short_batches() {
         n_layer: 2,
         n_head: 2,
         n_embd: 16,
+        n_inner: 64,
         dropout: 0.3,
         ..GptConfig::tiny(37)
     };
