@@ -175,6 +175,60 @@ fn a_llama_folder_fine_tunes_and_exports_like_smollm2() {
     let (got, ours) = decode(&d.join("hf"), &prompt, 16);
     // Our own reading of the GGUF file decodes the same.
     assert_eq!(decode(&d.join("model.gguf"), &prompt, 16).1, ours);
+    // `lora merge` writes the same model the merged export is; `eval` and the pipeline take the
+    // Llama family as they take GPT-2.
+    let ckpt = ckpt.to_str().unwrap();
+    ok(
+        &[
+            "lora",
+            "merge",
+            "--base",
+            "smol",
+            "--adapter",
+            ckpt,
+            "-o",
+            "merged",
+        ],
+        d,
+        None,
+    );
+    assert_eq!(decode(&d.join("merged"), &prompt, 16).1, ours);
+    let out = ok(
+        &[
+            "eval",
+            "--model",
+            "lora",
+            "--checkpoint",
+            "latest",
+            "--data",
+            "chats.jsonl",
+            "--max-samples",
+            "2",
+        ],
+        d,
+        None,
+    );
+    assert!(out.contains("perplexity"), "{out}");
+    let out = ok(
+        &[
+            "pipeline",
+            "--init",
+            "smol",
+            "--data",
+            "chats.jsonl",
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "4",
+            "-o",
+            "pipe",
+            "--export",
+            "gguf",
+        ],
+        d,
+        None,
+    );
+    assert!(d.join("pipe/export").is_dir(), "{out}");
     let Some(py) = python() else { return };
     std::fs::write(
         d.join("req.json"),
