@@ -255,6 +255,65 @@ fn a_llama_folder_fine_tunes_and_exports_like_smollm2() {
     let diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(diff < 1e-3, "transformers' logits differ by {diff}");
     assert_eq!(llama_cpp(&py, &d.join("model.gguf"), &prompt, 16, "llama"), ours);
+
+    // ONNX with its KV cache: onnxruntime gives the decoder's logits and greedy tokens; our
+    // interpreter runs the graph against the decoder (`export verify`); chatforge loads the export.
+    ok(
+        &[
+            "export",
+            "--model",
+            "lora",
+            "--checkpoint",
+            "latest",
+            "--format",
+            "onnx",
+            "-o",
+            "onnx",
+        ],
+        d,
+        None,
+    );
+    let out = ok(&["export", "verify", "onnx"], d, None);
+    assert!(out.contains("ran the graph"), "{out}");
+    std::fs::write(
+        d.join("req.json"),
+        json!({"prompt": prompt, "new": 16}).to_string(),
+    )
+    .unwrap();
+    let ort: Value = serde_json::from_str(&run_reference(
+        &py,
+        "export_check.py",
+        &[
+            "onnx",
+            d.join("onnx").to_str().unwrap(),
+            d.join("req.json").to_str().unwrap(),
+        ],
+    ))
+    .unwrap();
+    let tokens: Vec<u32> = ort["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(tokens, ours, "onnxruntime's greedy tokens");
+    let ort_logits: Vec<f32> = ort["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
+        .collect();
+    let diff = got
+        .iter()
+        .zip(&ort_logits)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff < 1e-3, "onnxruntime's logits differ by {diff}");
+    assert!(
+        ort["batch2_diff"].as_f64().unwrap() < 1e-4,
+        "{}",
+        ort["batch2_diff"]
+    );
+    assert_eq!(decode(&d.join("onnx"), &prompt, 16).1, ours);
 }
 
 /// llama.cpp's greedy continuation of `prompt` from a GGUF file of `arch`.

@@ -167,7 +167,8 @@ pub fn run_graph(path: &std::path::Path) -> anyhow::Result<String> {
     let model = chatforge_model::io::onnx::ModelProto::decode(std::fs::read(&file)?.as_slice())?;
     let ours = LoadedModel::open(dir, &Checkpoint::Best, None, WeightType::F32)?;
     let cfg = &ours.config;
-    let (h, d, v) = (cfg.n_head, cfg.head_dim(), cfg.vocab_size);
+    // The cache holds the key/value heads.
+    let (h, d, v) = (cfg.n_kv_head, cfg.head_dim(), cfg.vocab_size);
     let mut ids = ours.tokenizer.encode("Hello! How can I help you today?")?;
     ids.truncate(cfg.n_ctx.saturating_sub(1).max(1));
     let int8 = model

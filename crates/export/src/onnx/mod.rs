@@ -4,6 +4,7 @@
 //! `present.{i}.key|value`. Opset 17 (`LayerNormalization`), dynamic batch and sequence axes. Written
 //! with prost from the schema's field numbers; no Python in the path.
 
+mod llama;
 mod verify;
 
 use chatforge_model::layout::{Linear, Norm, Part, Slot};
@@ -121,9 +122,13 @@ impl Builder {
         Ok(self.init(name, dtype::FLOAT, t.dims(), f32_bytes(t.data())))
     }
 
+    /// An integer constant, added once however often it is asked for.
     fn const_i64(&mut self, name: &str, v: &[i64]) -> String {
-        let raw = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        self.init(name, dtype::INT64, &[v.len()], raw)
+        if !self.inits.iter().any(|t| t.name == name) {
+            let raw = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            self.init(name, dtype::INT64, &[v.len()], raw);
+        }
+        name.to_string()
     }
 
     /// A scalar constant, added once however often it is asked for.
@@ -317,7 +322,8 @@ fn attention_bias(g: &mut Builder) -> String {
 
 /// The graph's inputs and outputs, named and shaped as Optimum's decoder exports.
 fn graph_io(cfg: &GptConfig) -> (Vec<ValueInfoProto>, Vec<ValueInfoProto>) {
-    let (h, d) = (cfg.n_head, cfg.head_dim());
+    // The cache holds the key/value heads.
+    let (h, d) = (cfg.n_kv_head, cfg.head_dim());
     let mut inputs = vec![
         value_info(
             "input_ids",
@@ -364,20 +370,65 @@ fn graph_io(cfg: &GptConfig) -> (Vec<ValueInfoProto>, Vec<ValueInfoProto>) {
 
 /// The decoder graph for `cfg` with `w` (HF names, f32).
 fn build(cfg: &GptConfig, w: &Weights, opts: OnnxOptions) -> Result<ModelProto> {
-    if cfg.arch != Arch::Gpt2 {
-        return Err(Error::Invalid(format!(
-            "ONNX export of {} models is not supported yet",
-            cfg.arch.name()
-        )));
-    }
-    let (c, h) = (cfg.n_embd, cfg.n_head);
-    let d = cfg.head_dim();
-    let eps = cfg.layer_norm_eps as f32;
     let mut g = Builder {
         nodes: Vec::new(),
         inits: Vec::new(),
         next: 0,
     };
+    if cfg.arch.is_llama() {
+        if opts.int8 {
+            return Err(Error::Invalid(format!(
+                "int8 ONNX export of {} models is not supported yet: export f32",
+                cfg.arch.name()
+            )));
+        }
+        llama::build(&mut g, cfg, w)?;
+    } else {
+        gpt2(&mut g, cfg, w, opts)?;
+    }
+    let (h, d) = (cfg.n_head, cfg.head_dim());
+    let (inputs, outputs) = graph_io(cfg);
+    Ok(ModelProto {
+        ir_version: IR_VERSION,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }],
+        producer_name: "chatforge".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        doc_string: format!("{} decoder with KV cache (chatforge export)", cfg.arch.name()),
+        graph: Some(GraphProto {
+            node: g.nodes,
+            name: format!("chatforge_{}", cfg.arch.name()),
+            initializer: g.inits,
+            input: inputs,
+            output: outputs,
+            ..Default::default()
+        }),
+        metadata_props: [
+            ("num_layers", cfg.n_layer.to_string()),
+            ("num_heads", h.to_string()),
+            ("num_key_value_heads", cfg.n_kv_head.to_string()),
+            ("head_size", d.to_string()),
+            (
+                "quantization",
+                if opts.int8 { "int8" } else { "none" }.to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(key, value)| StringStringEntryProto {
+            key: key.into(),
+            value,
+        })
+        .collect(),
+    })
+}
+
+/// GPT-2's decoder graph: nodes and initializers in `g`.
+fn gpt2(g: &mut Builder, cfg: &GptConfig, w: &Weights, opts: OnnxOptions) -> Result<()> {
+    let (c, h) = (cfg.n_embd, cfg.n_head);
+    let d = cfg.head_dim();
+    let eps = cfg.layer_norm_eps as f32;
     // Embeddings.
     let wte = g.weight(w, &Slot::TokenEmbedding.name(Arch::Gpt2))?;
     let wpe = g.weight(w, &Slot::PositionEmbedding.name(Arch::Gpt2))?;
@@ -385,7 +436,7 @@ fn build(cfg: &GptConfig, w: &Weights, opts: OnnxOptions) -> Result<ModelProto> 
     let pos = g.op("Gather", &[&wpe, "position_ids"], vec![attr_i("axis", 0)]);
     let mut x = g.op("Add", &[&tok, &pos], vec![]);
 
-    let bias = attention_bias(&mut g);
+    let bias = attention_bias(g);
 
     let split = g.const_i64("const.split", &[c as i64, c as i64, c as i64]);
     let heads_shape = g.const_i64("const.heads_shape", &[0, 0, h as i64, d as i64]);
@@ -400,7 +451,7 @@ fn build(cfg: &GptConfig, w: &Weights, opts: OnnxOptions) -> Result<ModelProto> 
             let r = g.op("Reshape", &[z, &heads_shape], vec![]);
             g.op("Transpose", &[&r], vec![attr_ints("perm", &[0, 2, 1, 3])])
         };
-        let (q, k, v) = (heads(&mut g, &q), heads(&mut g, &k), heads(&mut g, &v));
+        let (q, k, v) = (heads(g, &q), heads(g, &k), heads(g, &v));
         let (pk, pv) = (
             format!("past_key_values.{i}.key"),
             format!("past_key_values.{i}.value"),
@@ -432,44 +483,7 @@ fn build(cfg: &GptConfig, w: &Weights, opts: OnnxOptions) -> Result<ModelProto> 
     };
     let head_t = g.op("Transpose", &[&head], vec![attr_ints("perm", &[1, 0])]);
     g.op_into("MatMul", &[&x, &head_t], vec![], &["logits"]);
-
-    let (inputs, outputs) = graph_io(cfg);
-    Ok(ModelProto {
-        ir_version: IR_VERSION,
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: OPSET,
-        }],
-        producer_name: "chatforge".into(),
-        producer_version: env!("CARGO_PKG_VERSION").into(),
-        doc_string: "GPT-2 decoder with KV cache (chatforge export)".into(),
-        graph: Some(GraphProto {
-            node: g.nodes,
-            name: "chatforge_gpt2".into(),
-            initializer: g.inits,
-            input: inputs,
-            output: outputs,
-            ..Default::default()
-        }),
-        metadata_props: vec![
-            StringStringEntryProto {
-                key: "num_layers".into(),
-                value: cfg.n_layer.to_string(),
-            },
-            StringStringEntryProto {
-                key: "num_heads".into(),
-                value: h.to_string(),
-            },
-            StringStringEntryProto {
-                key: "head_size".into(),
-                value: d.to_string(),
-            },
-            StringStringEntryProto {
-                key: "quantization".into(),
-                value: if opts.int8 { "int8" } else { "none" }.into(),
-            },
-        ],
-    })
+    Ok(())
 }
 
 /// Writes `model.onnx` (and `model.onnx.data` when the weights go outside) into `dir`.

@@ -220,6 +220,11 @@ fn eval(n: &NodeProto, a: &[&Value]) -> Result<Vec<Value>> {
     let arg = |i: usize| a.get(i).copied().ok_or_else(|| bad(format!("input {i} missing")));
     let one = |v: Value| Ok(vec![v]);
     match n.op_type.as_str() {
+        "Div" => one(Value::F32(zip_with(
+            arg(0)?.as_f32()?,
+            arg(1)?.as_f32()?,
+            |p, q| p / q,
+        )?)),
         "Add" | "Mul" => {
             let add = n.op_type == "Add";
             match (arg(0)?, arg(1)?) {
@@ -271,9 +276,14 @@ fn eval(n: &NodeProto, a: &[&Value]) -> Result<Vec<Value>> {
                 .collect();
             one(Value::f32(shape, data))
         }
-        "Tanh" | "Erf" => {
+        "Tanh" | "Erf" | "Sqrt" | "Sigmoid" => {
             let x = arg(0)?.as_f32()?;
-            let f: fn(f32) -> f32 = if n.op_type == "Tanh" { f32::tanh } else { erf };
+            let f: fn(f32) -> f32 = match n.op_type.as_str() {
+                "Tanh" => f32::tanh,
+                "Sqrt" => f32::sqrt,
+                "Sigmoid" => |v| 1.0 / (1.0 + (-v).exp()),
+                _ => erf,
+            };
             one(Value::f32(
                 x.shape.clone(),
                 x.data.iter().map(|&v| f(v)).collect(),
