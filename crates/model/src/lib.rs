@@ -19,7 +19,7 @@ pub use lora::LoraConfig;
 pub use memory::{check_fits, human_bytes, machine_memory};
 pub use params::{
     Init, ParamSpec, Weights, check_weights, init_specs, init_weights, load_hf, load_weights, param_specs,
-    read_hf_config, save_weights, take_flat, weights_file,
+    read_hf_config, save_weights, take_flat, weights_file, weights_files,
 };
 pub use tensor::{Tensor, bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
 

@@ -148,29 +148,103 @@ pub(crate) fn match_specs(
     Ok(())
 }
 
-/// Reads `model.safetensors` or `pytorch_model.bin` (a file, or the folder holding one).
+/// Reads `model.safetensors` or `pytorch_model.bin` (a file, or the folder holding one), whole or
+/// in shards with their `*.index.json`.
 pub fn load_weights(path: &Path, cfg: &GptConfig) -> Result<Weights> {
-    let file = weights_file(path)?;
-    check_weights(cfg, normalise(crate::io::read_tensors(&file)?)?, &file)
+    let files = weights_files(path)?;
+    let mut raw = Vec::new();
+    for file in &files {
+        raw.extend(crate::io::read_tensors(file)?);
+    }
+    let source = weights_file(path)?;
+    let mut seen = std::collections::HashSet::new();
+    if let Some((name, _)) = raw.iter().find(|(n, _)| !seen.insert(n.clone())) {
+        return Err(Error::Weights {
+            path: source,
+            msg: format!("tensor {name} is in more than one shard"),
+        });
+    }
+    check_weights(cfg, normalise(raw)?, &source)
 }
 
-/// `model.safetensors` (preferred) or `pytorch_model.bin` in a folder, or the file itself.
+/// What a folder's weights are in, preferred first: `model.safetensors`, its sharded index,
+/// `pytorch_model.bin`, its sharded index.
+const WEIGHT_FILES: [&str; 4] = [
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+];
+
+/// The largest shard index read (real ones are tens of kilobytes).
+const MAX_INDEX_BYTES: u64 = 16 << 20;
+
+/// A folder's weights file (or sharded index, see [`WEIGHT_FILES`]), or the file itself.
 pub fn weights_file(path: &Path) -> Result<PathBuf> {
     if path.is_file() {
         return Ok(path.to_path_buf());
     }
-    for name in ["model.safetensors", "pytorch_model.bin"] {
+    for name in WEIGHT_FILES {
         if path.join(name).is_file() {
             return Ok(path.join(name));
         }
     }
     Err(Error::Weights {
         path: path.to_path_buf(),
-        msg: "no model.safetensors or pytorch_model.bin here".into(),
+        msg: "no model.safetensors, pytorch_model.bin or sharded index here".into(),
     })
 }
 
-/// Reads an HF GPT-2-family folder: `config.json` and its weights.
+/// The files holding a folder's weights: one, or the shards its index names (each a file beside
+/// the index: a name that leaves the folder is refused).
+pub fn weights_files(path: &Path) -> Result<Vec<PathBuf>> {
+    let file = weights_file(path)?;
+    let is_index = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".index.json"));
+    if !is_index {
+        return Ok(vec![file]);
+    }
+    let bad = |msg: String| Error::Weights {
+        path: file.clone(),
+        msg,
+    };
+    let len = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    if len > MAX_INDEX_BYTES {
+        return Err(bad(format!("{len} bytes is too large for a shard index")));
+    }
+    let text = std::fs::read_to_string(&file).map_err(|e| Error::Io {
+        path: file.clone(),
+        source: e,
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let map = v["weight_map"]
+        .as_object()
+        .ok_or_else(|| bad("no \"weight_map\" object".into()))?;
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let mut shards: Vec<PathBuf> = Vec::new();
+    for shard in map.values() {
+        let name = shard
+            .as_str()
+            .ok_or_else(|| bad(format!("weight_map value {shard} is not a file name")))?;
+        let plain = Path::new(name).file_name().is_some_and(|f| f == name) && name != "..";
+        if !plain {
+            return Err(bad(format!("shard {name:?} is not a file beside the index")));
+        }
+        let p = dir.join(name);
+        if !p.is_file() {
+            return Err(bad(format!("shard {name} is missing")));
+        }
+        if !shards.contains(&p) {
+            shards.push(p);
+        }
+    }
+    shards.sort();
+    Ok(shards)
+}
+
+/// Reads an HF folder (GPT-2 or the Llama family): `config.json` and its weights.
 pub fn load_hf(dir: &Path) -> Result<(GptConfig, Weights)> {
     let cfg = read_hf_config(dir)?;
     let w = load_weights(dir, &cfg)?;

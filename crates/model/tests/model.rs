@@ -86,3 +86,52 @@ fn streamed_safetensors_read_back() {
         "only the good file is left"
     );
 }
+
+/// A model in shards with their index (`model.safetensors.index.json`, as transformers writes models
+/// over its shard size) loads as the whole file does; an index naming a file outside its folder, a
+/// missing shard, or a tensor in two shards is refused.
+#[test]
+fn sharded_weights_load_as_one_file() {
+    let cfg = GptConfig::llama_tiny(50);
+    let w = init_weights(&cfg, &mut Rng::new(2)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut names: Vec<&String> = w.keys().collect();
+    names.sort();
+    let (a, b) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", a),
+        ("model-00002-of-00002.safetensors", b),
+    ] {
+        let shard: std::collections::BTreeMap<String, Tensor> =
+            part.iter().map(|n| ((*n).clone(), w[*n].clone())).collect();
+        chatforge_model::save_weights(&shard, &d.join(file)).unwrap();
+        for n in part.iter() {
+            map.insert((*n).clone(), file.into());
+        }
+    }
+    let index = |map: &serde_json::Map<String, serde_json::Value>| {
+        let v = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": map});
+        std::fs::write(d.join("model.safetensors.index.json"), v.to_string()).unwrap();
+    };
+    index(&map);
+    assert_eq!(chatforge_model::load_weights(d, &cfg).unwrap(), w);
+    assert_eq!(chatforge_model::weights_files(d).unwrap().len(), 2);
+    let err = |m: &serde_json::Map<String, serde_json::Value>| {
+        index(m);
+        chatforge_model::load_weights(d, &cfg).unwrap_err().to_string()
+    };
+    let mut escape = map.clone();
+    escape.insert("x".into(), "../model-00001-of-00002.safetensors".into());
+    assert!(err(&escape).contains("not a file beside the index"));
+    let mut missing = map.clone();
+    missing.insert("x".into(), "model-00003-of-00003.safetensors".into());
+    assert!(err(&missing).contains("missing"));
+    // Both shards hold the embedding.
+    let mut both = std::collections::BTreeMap::new();
+    both.insert(a[0].clone(), w[a[0]].clone());
+    both.extend(b.iter().map(|n| ((*n).clone(), w[*n].clone())));
+    chatforge_model::save_weights(&both, &d.join("model-00002-of-00002.safetensors")).unwrap();
+    assert!(err(&map).contains("more than one shard"));
+}
