@@ -10,7 +10,7 @@ mod common;
 use chatforge_infer::{Checkpoint, LoadedModel, WeightType};
 use chatforge_model::GptConfig;
 use chatforge_testkit::{python, run_reference};
-use common::{llama_folder, ok};
+use common::{llama_folder, llama_folder_with, ok};
 use serde_json::{Value, json};
 
 fn chats(d: &std::path::Path) {
@@ -341,9 +341,10 @@ fn llama_cpp(
         .collect()
 }
 
-/// GGUF files of a Qwen2 (q/k/v biases, NeoX rotation in llama.cpp) and of a Llama with Llama 3
-/// rope scaling and an untied head, in f32 and f16: llama.cpp decodes the greedy tokens chatforge
-/// decodes from the same file.
+/// GGUF files of a Qwen2 (q/k/v biases, NeoX rotation in llama.cpp), of a Llama with Llama 3
+/// rope scaling and an untied head, and of a Llama with TinyLlama's kind of tokenizer
+/// (SentencePiece's BPE with byte fallback), in f32 and f16: llama.cpp decodes the greedy tokens
+/// chatforge decodes from the same file.
 #[test]
 fn llama_cpp_decodes_qwen2_and_llama3_ggufs_as_chatforge_does() {
     let Some(py) = python() else { return };
@@ -368,9 +369,22 @@ fn llama_cpp_decodes_qwen2_and_llama3_ggufs_as_chatforge_does() {
         }),
         ..GptConfig::llama_tiny(0)
     };
+    // TinyLlama's tokenizer: SentencePiece's BPE with byte fallback (llama.cpp's `llama` vocabulary).
+    run_reference(&py, "chat_templates.py", &[d.join("templates").to_str().unwrap()]);
+    let tiny = GptConfig {
+        n_ctx: 128,
+        ..GptConfig::llama_tiny(0)
+    };
+    llama_folder_with(d, "tinyllama", tiny, &d.join("templates/tinyllama"));
     let prompt: Vec<u32> = vec![31, 7, 120, 64, 5, 201, 88, 17, 42, 3, 99, 250, 12];
-    for (name, cfg, arch) in [("qwen", qwen, "qwen2"), ("llama3", llama3, "llama")] {
-        llama_folder(d, name, cfg);
+    for (name, cfg, arch) in [
+        ("qwen", Some(qwen), "qwen2"),
+        ("llama3", Some(llama3), "llama"),
+        ("tinyllama", None, "llama"),
+    ] {
+        if let Some(cfg) = cfg {
+            llama_folder(d, name, cfg);
+        }
         for quant in ["f32", "f16"] {
             let file = d.join(format!("{name}-{quant}.gguf"));
             let f = file.to_str().unwrap();

@@ -94,44 +94,8 @@ pub fn write_gguf(src: &ModelSource, weights: &Weights, quant: GgufQuant, path: 
     let tok_json_text = tok.to_json()?;
     let tok_json: serde_json::Value =
         serde_json::from_str(&tok_json_text).map_err(|e| Error::Invalid(e.to_string()))?;
-    if tok_json["model"]["type"].as_str() != Some("BPE")
-        || tok_json["model"]["byte_fallback"].as_bool() == Some(true)
-    {
-        return Err(Error::Invalid(
-            "GGUF export needs a byte-level BPE tokenizer (GPT-2's, SmolLM2's, Qwen2's, Llama 3's); \
-             SentencePiece and Unigram tokenizers are not written to GGUF yet"
-                .into(),
-        ));
-    }
-    let n_vocab = tok.vocab_size();
-    let mut tokens = vec![String::new(); cfg.vocab_size];
-    let mut types = vec![1i32; cfg.vocab_size]; // 1 normal
-    for (t, id) in tok.inner().get_vocab(true) {
-        if let Some(slot) = tokens.get_mut(id as usize) {
-            *slot = t;
-        }
-    }
-    let specials: Vec<u32> = tok_json["added_tokens"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|t| t["special"].as_bool() == Some(true))
-                .filter_map(|t| t["id"].as_u64().map(|i| i as u32))
-                .collect()
-        })
-        .unwrap_or_default();
-    for id in specials {
-        if let Some(t) = types.get_mut(id as usize) {
-            *t = 3; // control
-        }
-    }
-    // Rows past the tokenizer (a model padded to a round vocabulary) get placeholder tokens.
-    for (i, (t, ty)) in tokens.iter_mut().zip(types.iter_mut()).enumerate().skip(n_vocab) {
-        *t = format!("[PAD{i}]");
-        *ty = 5; // unused
-    }
+    let (vocab_meta, add_bos) = vocab(tok, cfg.vocab_size, &tok_json)?;
     let ids = special_ids(src);
-    let strs = |v: Vec<String>| Val::Array(v.into_iter().map(Val::Str).collect());
     let mut meta: Vec<(String, Val)> = vec![
         ("general.architecture".into(), Val::Str(cfg.arch.name().into())),
         (
@@ -147,21 +111,25 @@ pub fn write_gguf(src: &ModelSource, weights: &Weights, quant: GgufQuant, path: 
         ("general.quantization_version".into(), Val::U32(2)),
     ];
     meta.extend(arch_meta(cfg));
-    let meta_tok: Vec<(&str, Val)> = vec![
-        ("tokenizer.ggml.model", Val::Str("gpt2".into())),
-        ("tokenizer.ggml.pre", Val::Str(bpe_pre(&tok_json).into())),
-        ("tokenizer.ggml.tokens", strs(tokens)),
+    meta.extend(vocab_meta);
+    meta.extend([
+        ("tokenizer.ggml.add_bos_token".to_string(), Val::Bool(add_bos)),
         (
-            "tokenizer.ggml.token_type",
-            Val::Array(types.into_iter().map(Val::I32).collect()),
+            "tokenizer.chat_template".to_string(),
+            Val::Str(tok.jinja_template()),
         ),
-        ("tokenizer.ggml.merges", strs(merges(&tok_json))),
-        ("tokenizer.ggml.add_bos_token", Val::Bool(false)),
-        ("tokenizer.chat_template", Val::Str(tok.jinja_template())),
-        ("tokenizer.huggingface.json", Val::Str(tok_json_text)),
-    ];
-    meta.extend(meta_tok.into_iter().map(|(k, v)| (k.to_string(), v)));
-    for (key, id) in [("bos", ids.bos), ("eos", ids.eos), ("padding", ids.eos)] {
+        ("tokenizer.huggingface.json".to_string(), Val::Str(tok_json_text)),
+    ]);
+    // A SentencePiece-style vocabulary starts sequences with its `<s>` (its post-processor's).
+    let bos = if add_bos {
+        tok.token_to_id("<s>").or(ids.bos)
+    } else {
+        ids.bos
+    };
+    if let Some(unk) = tok.token_to_id(chatforge_tokenizer::specials::UNK) {
+        meta.push(("tokenizer.ggml.unknown_token_id".into(), Val::U32(unk)));
+    }
+    for (key, id) in [("bos", bos), ("eos", ids.eos), ("padding", ids.eos)] {
         if let Some(id) = id {
             meta.push((format!("tokenizer.ggml.{key}_token_id"), Val::U32(id)));
         }
@@ -191,6 +159,99 @@ pub fn write_gguf(src: &ModelSource, weights: &Weights, quant: GgufQuant, path: 
         tensors.push(gguf::encode(name, t.dims().to_vec(), t.data(), quant.dtype()));
     }
     Ok(gguf::write(path, &meta, &tensors)?)
+}
+
+/// The tokenizer's `tokenizer.ggml.*` vocabulary keys, and whether sequences start with a BOS
+/// token: byte-level BPE as llama.cpp's `gpt2` model (tokens, types, merges, pre-tokenizer), or
+/// BPE with byte fallback (SentencePiece's, converted: TinyLlama's, Llama 2's) as its `llama`
+/// model, scored by rank as SentencePiece orders its pieces. The rows past the tokenizer (a model
+/// padded to a round vocabulary) get placeholder tokens.
+fn vocab(
+    tok: &chatforge_tokenizer::ChatTokenizer,
+    n: usize,
+    tok_json: &serde_json::Value,
+) -> Result<(Vec<(String, Val)>, bool)> {
+    let model = &tok_json["model"];
+    if model["type"].as_str() != Some("BPE") {
+        return Err(Error::Invalid(
+            "GGUF export needs a BPE tokenizer (byte-level as GPT-2's, SmolLM2's, Qwen2's and Llama 3's, \
+             or with byte fallback as TinyLlama's); Unigram tokenizers are not written to GGUF"
+                .into(),
+        ));
+    }
+    let spm = model["byte_fallback"].as_bool() == Some(true);
+    let mut tokens = vec![String::new(); n];
+    let mut types = vec![1i32; n]; // 1 normal
+    for (t, id) in tok.inner().get_vocab(true) {
+        if let Some(slot) = tokens.get_mut(id as usize) {
+            *slot = t;
+        }
+    }
+    let specials: Vec<u32> = tok_json["added_tokens"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|t| t["special"].as_bool() == Some(true))
+                .filter_map(|t| t["id"].as_u64().map(|i| i as u32))
+                .collect()
+        })
+        .unwrap_or_default();
+    for id in specials {
+        if let Some(t) = types.get_mut(id as usize) {
+            *t = 3; // control
+        }
+    }
+    let known = tok.vocab_size();
+    for (i, (t, ty)) in tokens.iter_mut().zip(types.iter_mut()).enumerate() {
+        if i >= known {
+            *t = format!("[PAD{i}]");
+            *ty = 5; // unused
+        } else if spm && *ty == 1 && t.len() == 6 && t.starts_with("<0x") && t.ends_with('>') {
+            *ty = 6; // byte
+        } else if spm && model["unk_token"].as_str() == Some(t.as_str()) {
+            *ty = 2; // unknown
+        }
+    }
+    let strs = |v: Vec<String>| Val::Array(v.into_iter().map(Val::Str).collect());
+    if !spm {
+        return Ok((
+            vec![
+                ("tokenizer.ggml.model".into(), Val::Str("gpt2".into())),
+                ("tokenizer.ggml.pre".into(), Val::Str(bpe_pre(tok_json).into())),
+                ("tokenizer.ggml.tokens".into(), strs(tokens)),
+                (
+                    "tokenizer.ggml.token_type".into(),
+                    Val::Array(types.into_iter().map(Val::I32).collect()),
+                ),
+                ("tokenizer.ggml.merges".into(), strs(merges(tok_json))),
+            ],
+            false,
+        ));
+    }
+    let scores: Vec<Val> = types
+        .iter()
+        .enumerate()
+        .map(|(i, &ty)| Val::F32(if ty == 1 { -(i as f32) } else { 0.0 }))
+        .collect();
+    let add_bos = tok_json["post_processor"].to_string().contains("\"<s>\"");
+    let prefix = tok_json["normalizer"].to_string().contains("Prepend")
+        || tok_json["pre_tokenizer"]
+            .to_string()
+            .contains("\"prepend_scheme\":\"always\"");
+    Ok((
+        vec![
+            ("tokenizer.ggml.model".into(), Val::Str("llama".into())),
+            ("tokenizer.ggml.pre".into(), Val::Str("default".into())),
+            ("tokenizer.ggml.tokens".into(), strs(tokens)),
+            ("tokenizer.ggml.scores".into(), Val::Array(scores)),
+            (
+                "tokenizer.ggml.token_type".into(),
+                Val::Array(types.into_iter().map(Val::I32).collect()),
+            ),
+            ("tokenizer.ggml.add_space_prefix".into(), Val::Bool(prefix)),
+        ],
+        add_bos,
+    ))
 }
 
 /// The model's `{arch}.*` keys, as llama.cpp's converter writes them.

@@ -210,7 +210,6 @@ pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{% if loop.first
 /// `tokenizer_config.json`, grouped-query attention, `generation_config.json`. Returns the
 /// folder.
 pub fn llama_folder(d: &Path, name: &str, cfg: chatforge_model::GptConfig) -> PathBuf {
-    use chatforge_model::GptConfig;
     let dir = d.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let tok = chatforge_tokenizer::ChatTokenizer::load(&chatforge_testkit::fixture("gpt2-tiny")).unwrap();
@@ -231,17 +230,40 @@ pub fn llama_folder(d: &Path, name: &str, cfg: chatforge_model::GptConfig) -> Pa
         "bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "model_max_length": cfg.n_ctx,
     });
     std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    llama_weights(&dir, cfg)
+}
+
+/// [`llama_folder`] with the tokenizer (`tokenizer.json`, `tokenizer_config.json`) in `tok`: the
+/// model's vocabulary is the tokenizer's.
+pub fn llama_folder_with(d: &Path, name: &str, cfg: chatforge_model::GptConfig, tok: &Path) -> PathBuf {
+    let dir = d.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(tok.join(f), dir.join(f)).unwrap();
+    }
+    llama_weights(&dir, cfg)
+}
+
+/// `config.json`, `generation_config.json` and random weights for `cfg` with the vocabulary of the
+/// tokenizer in `dir` (its `bos_token` and `eos_token` as the model's).
+fn llama_weights(dir: &Path, cfg: chatforge_model::GptConfig) -> PathBuf {
+    use chatforge_model::GptConfig;
+    let tok = chatforge_tokenizer::ChatTokenizer::load(dir).unwrap();
+    let tc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap()).unwrap();
+    let id = |key: &str| tc[key].as_str().and_then(|t| tok.token_to_id(t));
+    let (bos, eos) = (id("bos_token"), id("eos_token"));
     let cfg = GptConfig {
-        vocab_size: base + 2,
+        vocab_size: tok.vocab_size(),
         ..cfg
     };
     let mut hf = cfg.to_hf();
-    hf["bos_token_id"] = serde_json::json!(base);
-    hf["eos_token_id"] = serde_json::json!(base + 1);
+    hf["bos_token_id"] = serde_json::json!(bos);
+    hf["eos_token_id"] = serde_json::json!(eos);
     std::fs::write(dir.join("config.json"), hf.to_string()).unwrap();
     std::fs::write(
         dir.join("generation_config.json"),
-        serde_json::json!({"bos_token_id": base, "eos_token_id": base + 1}).to_string(),
+        serde_json::json!({"bos_token_id": bos, "eos_token_id": eos}).to_string(),
     )
     .unwrap();
     // Larger than the default initialisation: a peaked next-token distribution, so greedy
@@ -266,5 +288,5 @@ pub fn llama_folder(d: &Path, name: &str, cfg: chatforge_model::GptConfig) -> Pa
         })
         .collect();
     chatforge_model::save_weights(&weights, &dir.join("model.safetensors")).unwrap();
-    dir
+    dir.to_path_buf()
 }
