@@ -2,7 +2,7 @@
 adapters and optimizer.
 
 usage: bench_finetune_torch.py --mode full|lora|qlora [--gc] [--batch 4] [--seq 128] [--rank 8]
-                               [--steps 3] [--warmup 1] [--threads 2] [--model gpt2|smollm2]
+                               [--steps 3] [--warmup 1] [--threads 2] [--model gpt2|smollm2] [--targets a,b]
 GPT2LMHeadModel of GPT-2 small's shape (vocab 50257, 12 layers, 12 heads, width 768, tied head), or
 with --model smollm2 LlamaForCausalLM of SmolLM2-135M's shape (vocab 49152, 30 layers, 9 query heads
 over 3 key/value heads, width 576, MLP 1536, tied head; LoRA on all seven linear layers),
@@ -35,6 +35,7 @@ p.add_argument("--steps", type=int, default=3)
 p.add_argument("--warmup", type=int, default=1)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--model", choices=["gpt2", "smollm2"], default="gpt2")
+p.add_argument("--targets", default=None, help="LoRA target modules (comma-separated) instead of the model's")
 args = p.parse_args()
 if args.mode == "qlora":
     sys.exit("qlora: bitsandbytes' 4-bit layers need CUDA; PyTorch has no CPU QLoRA to compare with")
@@ -68,6 +69,8 @@ if args.gc:
 if args.mode == "lora":
     from peft import LoraConfig, get_peft_model
 
+    if args.targets:
+        targets = "all-linear" if args.targets == "all-linear" else args.targets.split(",")
     model = get_peft_model(model, LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0,
                                              target_modules=targets, fan_in_fan_out=fan_in_fan_out))
 model.train()

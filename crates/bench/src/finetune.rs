@@ -19,7 +19,10 @@ pub(crate) fn run(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow:
         return child(args, purge_freed_memory);
     }
     {
-        let (cfg, targets) = shape(&args.model)?;
+        let (cfg, mut targets) = shape(&args.model)?;
+        if let Some(t) = &args.lora_targets {
+            targets = t.clone();
+        }
         say!(
             "{} shape ({:.0} M parameters), batch {}×{}, f32 compute, AdamW, random tokens; LoRA rank {} on {}",
             args.model,
@@ -54,6 +57,7 @@ pub(crate) fn run(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow:
                 &args.model,
             ])
             .args(&shared)
+            .args(["--lora-targets", &targets.join(",")])
             .args(["--quant", &format!("{:?}", args.quant).to_lowercase()]);
             let r = json_of(&mut cmd, &format!("bench finetune --modes {mode}"))?;
             let tps = r["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
@@ -91,6 +95,7 @@ pub(crate) fn run(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow:
                     .args(mode.ends_with("-gc").then_some("--gc"))
                     .args(&shared)
                     .args(["--model", &args.model])
+                    .args(["--targets", &targets.join(",")])
                     .args(["--threads", &rayon_threads().to_string()]);
                 let t = json_of(&mut cmd, "scripts/reference/bench_finetune_torch.py")?;
                 let torch_tps = t["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
@@ -109,7 +114,10 @@ fn child(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow::Result<(
         Some(m) => (m, true),
         None => (mode, false),
     };
-    let (cfg, targets) = shape(&args.model)?;
+    let (cfg, mut targets) = shape(&args.model)?;
+    if let Some(t) = &args.lora_targets {
+        targets = t.clone();
+    }
     // Building the model hands what it frees back to the kernel, as `chatforge train` does.
     purge_freed_memory(true);
     let mut weights = init_weights(&cfg, &mut Rng::new(0))?;
@@ -117,7 +125,7 @@ fn child(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow::Result<(
         rank: args.rank,
         alpha: 2.0 * args.rank as f64,
         dropout: 0.0,
-        targets: targets.iter().map(|t| t.to_string()).collect(),
+        targets,
         quant: (mode == "qlora").then_some(args.quant),
     };
     let (b, t, v) = (args.batch, args.seq, cfg.vocab_size);
@@ -174,7 +182,12 @@ fn child(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow::Result<(
 
 /// A bench model's shape (no dropout) and its LoRA targets: GPT-2 small's three module names,
 /// every linear layer of SmolLM2-135M.
-fn shape(model: &str) -> anyhow::Result<(GptConfig, Vec<&'static str>)> {
+fn shape(model: &str) -> anyhow::Result<(GptConfig, Vec<String>)> {
+    let (cfg, targets) = default_shape(model)?;
+    Ok((cfg, targets.into_iter().map(String::from).collect()))
+}
+
+fn default_shape(model: &str) -> anyhow::Result<(GptConfig, Vec<&'static str>)> {
     match model {
         "gpt2" => Ok((
             GptConfig {

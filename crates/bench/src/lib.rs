@@ -80,6 +80,9 @@ pub struct FinetuneBench {
     /// LoRA rank
     #[arg(long, default_value_t = 8)]
     pub rank: usize,
+    /// LoRA's target modules instead of the model's default (comma-separated)
+    #[arg(long, value_delimiter = ',')]
+    pub lora_targets: Option<Vec<String>>,
     /// QLoRA's quantisation
     #[arg(long, default_value = "q4")]
     pub quant: chatforge_model::quant::QuantKind,
