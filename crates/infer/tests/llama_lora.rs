@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use chatforge_data::Rng;
 use chatforge_infer::{Engine, WeightType};
-use chatforge_model::engine::{StepBatch, TrainEngine};
+use chatforge_model::engine::{NextTokenBatch, TrainEngine};
 use chatforge_model::lora::{load_adapter, merge, save_adapter};
 use chatforge_model::{GptConfig, Tensor, Weights, load_hf, param_specs, take_flat};
 use chatforge_testkit::{json_floats, json_ids, max_abs_diff, python, run_reference};
@@ -45,27 +45,13 @@ fn llama_adapters_match_peft_both_ways_and_train_as_peft_does() {
 
     // The training engine with the adapter on the frozen base: PEFT's loss and gradients.
     let (b, t) = (ids.len(), ids[0].len());
-    let inputs = ids.concat();
-    let targets: Vec<u32> = (0..b * t)
-        .map(|i| if i % t + 1 < t { inputs[i + 1] } else { 0 })
-        .collect();
-    let weights: Vec<u8> = (0..b * t).map(|i| u8::from(i % t + 1 < t)).collect();
-    let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
-    let segments = vec![0u32; b * t];
+    let rows = NextTokenBatch::new(&ids);
     let flat_base = take_flat(&param_specs(&cfg), &mut base.clone()).unwrap();
     let specs = lcfg.param_specs(&cfg);
     let flat_adapter = take_flat(&specs, &mut adapter.clone()).unwrap();
     let mut engine = TrainEngine::with_lora(&cfg, b, t, flat_base, &lcfg, flat_adapter).unwrap();
     engine.zero_grad();
-    let batch = StepBatch {
-        b,
-        t,
-        inputs: &inputs,
-        targets: &targets,
-        positions: &positions,
-        segments: &segments,
-        weights: &weights,
-    };
+    let batch = rows.batch();
     let loss = engine.forward_backward(&batch, 1.0, &mut Rng::new(0)).unwrap();
     let theirs = r["loss"].as_f64().unwrap();
     assert!(((loss - theirs) / theirs).abs() < 1e-5, "loss {loss} vs {theirs}");

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
 
 use chatforge_base::Rng;
-use chatforge_model::engine::{StepBatch, TrainEngine};
+use chatforge_model::engine::{NextTokenBatch, TrainEngine};
 use chatforge_model::{GptConfig, load_hf, param_specs, take_flat};
 use chatforge_testkit::{json_floats, json_ids, python, run_reference};
 use serde_json::Value;
@@ -29,14 +29,7 @@ fn logits_loss_and_gradients_match_transformers() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("reference.json")).unwrap()).unwrap();
     let ids = json_ids(&reference["ids"]);
     let (b, t) = (ids.len(), ids[0].len());
-    let inputs = ids.concat();
-    // Position i predicts token i + 1; a row's last position has nothing to predict.
-    let targets: Vec<u32> = (0..b * t)
-        .map(|i| if i % t + 1 < t { inputs[i + 1] } else { 0 })
-        .collect();
-    let weights: Vec<u8> = (0..b * t).map(|i| u8::from(i % t + 1 < t)).collect();
-    let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
-    let segments = vec![0u32; b * t];
+    let rows = NextTokenBatch::new(&ids);
 
     for (folder, key) in [("safetensors", "fp32"), ("bin", "fp32"), ("f16", "f16")] {
         let (cfg, weights_by_name) = load_hf(&dir.path().join(folder)).unwrap();
@@ -52,15 +45,7 @@ fn logits_loss_and_gradients_match_transformers() {
         let flat = take_flat(&specs, &mut weights_by_name.clone()).unwrap();
         let mut engine = TrainEngine::new(&cfg, b, t, flat).unwrap();
         engine.zero_grad();
-        let batch = StepBatch {
-            b,
-            t,
-            inputs: &inputs,
-            targets: &targets,
-            positions: &positions,
-            segments: &segments,
-            weights: &weights,
-        };
+        let batch = rows.batch();
         let ours = engine.forward_backward(&batch, 1.0, &mut Rng::new(0)).unwrap();
         let theirs = r["loss"].as_f64().unwrap();
         assert!(

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
 
 use chatforge_base::Rng;
-use chatforge_model::engine::{StepBatch, TrainEngine};
+use chatforge_model::engine::{NextTokenBatch, TrainEngine};
 use chatforge_model::{Arch, GptConfig, load_hf, param_specs, take_flat};
 use chatforge_testkit::{json_floats, json_ids, python, run_reference};
 use serde_json::Value;
@@ -34,27 +34,13 @@ fn loss_and_every_gradient_match_transformers() {
         }
         let ids = json_ids(&reference["ids"]);
         let (b, t) = (ids.len(), ids[0].len());
-        let inputs = ids.concat();
-        let targets: Vec<u32> = (0..b * t)
-            .map(|i| if i % t + 1 < t { inputs[i + 1] } else { 0 })
-            .collect();
-        let weights: Vec<u8> = (0..b * t).map(|i| u8::from(i % t + 1 < t)).collect();
-        let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
-        let segments = vec![0u32; b * t];
+        let rows = NextTokenBatch::new(&ids);
         let cfg = GptConfig { dropout: 0.0, ..cfg };
         let specs = param_specs(&cfg);
         let flat = take_flat(&specs, &mut by_name).unwrap();
         let mut engine = TrainEngine::new(&cfg, b, t, flat).unwrap();
         engine.zero_grad();
-        let batch = StepBatch {
-            b,
-            t,
-            inputs: &inputs,
-            targets: &targets,
-            positions: &positions,
-            segments: &segments,
-            weights: &weights,
-        };
+        let batch = rows.batch();
         let ours = engine.forward_backward(&batch, 1.0, &mut Rng::new(0)).unwrap();
         let theirs = reference["loss"].as_f64().unwrap();
         assert!(

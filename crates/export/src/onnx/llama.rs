@@ -128,13 +128,7 @@ pub(super) fn build(g: &mut Builder, cfg: &GptConfig, w: &Weights) -> Result<()>
         let v = heads(g, &v, &kv_shape);
         let q = rotate(g, &q, rope, half);
         let k = rotate(g, &k, rope, half);
-        let (pk, pv) = (
-            format!("past_key_values.{i}.key"),
-            format!("past_key_values.{i}.value"),
-        );
-        let (ck, cv) = (format!("present.{i}.key"), format!("present.{i}.value"));
-        g.op_into("Concat", &[&pk, &k], vec![attr_i("axis", 2)], &[&ck]);
-        g.op_into("Concat", &[&pv, &v], vec![attr_i("axis", 2)], &[&cv]);
+        let (ck, cv) = g.cache(i, &k, &v);
         let kt = g.op("Transpose", &[&ck], vec![attr_ints("perm", &[0, 1, 3, 2])]);
         let qg = if grp > 1 {
             g.op("Reshape", &[&q, &grouped], vec![])

@@ -131,6 +131,17 @@ impl Builder {
         name.to_string()
     }
 
+    /// Block `i`'s keys and values `(B, H, T, d)` appended to its cache: `present.{i}.*` from
+    /// `past_key_values.{i}.*`.
+    fn cache(&mut self, i: usize, k: &str, v: &str) -> (String, String) {
+        let (ck, cv) = (format!("present.{i}.key"), format!("present.{i}.value"));
+        for (kind, new, out) in [("key", k, &ck), ("value", v, &cv)] {
+            let past = format!("past_key_values.{i}.{kind}");
+            self.op_into("Concat", &[&past, new], vec![attr_i("axis", 2)], &[out]);
+        }
+        (ck, cv)
+    }
+
     /// A scalar constant, added once however often it is asked for.
     fn const_f32(&mut self, name: &str, v: f32) -> String {
         if !self.inits.iter().any(|t| t.name == name) {
@@ -452,13 +463,7 @@ fn gpt2(g: &mut Builder, cfg: &GptConfig, w: &Weights, opts: OnnxOptions) -> Res
             g.op("Transpose", &[&r], vec![attr_ints("perm", &[0, 2, 1, 3])])
         };
         let (q, k, v) = (heads(g, &q), heads(g, &k), heads(g, &v));
-        let (pk, pv) = (
-            format!("past_key_values.{i}.key"),
-            format!("past_key_values.{i}.value"),
-        );
-        let (ck, cv) = (format!("present.{i}.key"), format!("present.{i}.value"));
-        g.op_into("Concat", &[&pk, &k], vec![attr_i("axis", 2)], &[&ck]);
-        g.op_into("Concat", &[&pv, &v], vec![attr_i("axis", 2)], &[&cv]);
+        let (ck, cv) = g.cache(i, &k, &v);
         let kt = g.op("Transpose", &[&ck], vec![attr_ints("perm", &[0, 1, 3, 2])]);
         let scores = g.op("MatMul", &[&q, &kt], vec![]);
         let scores = g.op("Mul", &[&scores, &scale], vec![]);

@@ -56,6 +56,52 @@ pub struct StepBatch<'a> {
     pub weights: &'a [u8],
 }
 
+/// Rows of token ids as one batch in which each position predicts its row's next token (a row's last
+/// position carries no loss): the loss reference implementations compute with `labels = input_ids`.
+#[derive(Debug, Clone)]
+pub struct NextTokenBatch {
+    pub b: usize,
+    pub t: usize,
+    pub inputs: Vec<u32>,
+    pub targets: Vec<u32>,
+    pub weights: Vec<u8>,
+    pub positions: Vec<u32>,
+    pub segments: Vec<u32>,
+}
+
+impl NextTokenBatch {
+    /// Rows of equal length.
+    pub fn new(rows: &[Vec<u32>]) -> NextTokenBatch {
+        let (b, t) = (rows.len(), rows.first().map_or(0, Vec::len));
+        let inputs = rows.concat();
+        let next = |i: usize| i % t + 1 < t;
+        NextTokenBatch {
+            b,
+            t,
+            targets: (0..b * t)
+                .map(|i| if next(i) { inputs[i + 1] } else { 0 })
+                .collect(),
+            weights: (0..b * t).map(|i| u8::from(next(i))).collect(),
+            positions: (0..b).flat_map(|_| 0..t as u32).collect(),
+            segments: vec![0; b * t],
+            inputs,
+        }
+    }
+
+    /// The batch as the engine takes it.
+    pub fn batch(&self) -> StepBatch<'_> {
+        StepBatch {
+            b: self.b,
+            t: self.t,
+            inputs: &self.inputs,
+            targets: &self.targets,
+            positions: &self.positions,
+            segments: &self.segments,
+            weights: &self.weights,
+        }
+    }
+}
+
 /// A LoRA adapter on one linear layer: `A (r, in)` and `B (out, r)` at these offsets of the
 /// trainable buffer; the layer adds `scale · (x Aᵀ) Bᵀ` to its `n_out` output columns from `col`
 /// (a fused product's part: the Llama family's q, k or v, gate or up).
