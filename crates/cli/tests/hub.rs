@@ -266,6 +266,36 @@ fn the_service_trains_from_a_hub_id() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert!(r.json()["choices"][0]["message"]["content"].is_string());
 
+    // The Llama family the same way: a LoRA job from a SmolLM2-shaped model by Hub id, then the
+    // OpenAI endpoint answers through the model's own chat template.
+    let smol = common::llama_folder(
+        d,
+        "smol",
+        chatforge_model::GptConfig {
+            n_ctx: 128,
+            ..chatforge_model::GptConfig::llama_tiny(0)
+        },
+    );
+    publish_folder(&fixture, "org/tiny-smol", &smol);
+    let lora = serde_json::json!({"init": "org/tiny-smol", "data": "data/chats.json", "mode": "lora",
+        "train": {"max_steps": 2, "batch_size": 2}});
+    let r = post(port, "/runs/train", &lora);
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let run = r.json()["run_id"].as_str().unwrap().to_string();
+    let done = wait_state(port, &run, &["succeeded", "failed"], 120);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(
+        root.join("runs")
+            .join(&run)
+            .join("tokenizer_config.json")
+            .is_file()
+    );
+    let ask = serde_json::json!({"model": run, "temperature": 0, "max_tokens": 6,
+        "messages": [{"role": "user", "content": "Boil kettle 3?"}]});
+    let r = post(port, "/v1/chat/completions", &ask);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["choices"][0]["message"]["content"].is_string());
+
     // A repository that is not there fails its job, with the reason; the server carries on.
     let r = post(port, "/runs/train", &body("org/missing"));
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
