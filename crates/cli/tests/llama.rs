@@ -44,6 +44,30 @@ fn decode(path: &std::path::Path, prompt: &[u32], n: usize) -> (Vec<f32>, Vec<u3
     (all, out)
 }
 
+/// Another implementation's greedy tokens against ours from the model at `path`: equal, or equal
+/// up to a step where our two best logits are within 1e-4 of the largest logit (a tie that
+/// rounding in another summation order may break either way).
+fn same_greedy(path: &std::path::Path, prompt: &[u32], ours: &[u32], theirs: &[u32], what: &str) {
+    assert_eq!(ours.len(), theirs.len(), "{what}");
+    let Some(i) = ours.iter().zip(theirs).position(|(a, b)| a != b) else {
+        return;
+    };
+    let m = LoadedModel::open(path, &Checkpoint::Best, None, WeightType::F32).unwrap();
+    let eng = &m.engine;
+    let context: Vec<u32> = prompt.iter().chain(&ours[..i]).copied().collect();
+    let logits = eng
+        .forward(&mut [&mut eng.new_sequence()], &[&context], false)
+        .unwrap();
+    let (a, b) = (logits[ours[i] as usize], logits[theirs[i] as usize]);
+    let scale = logits.iter().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(
+        (a - b).abs() <= 1e-4 * scale,
+        "{what}: token {i} is {} here and {} there, logits {a} vs {b}: not a tie\n{ours:?}\n{theirs:?}",
+        ours[i],
+        theirs[i]
+    );
+}
+
 #[test]
 fn a_llama_folder_fine_tunes_and_exports_like_smollm2() {
     let dir = tempfile::tempdir().unwrap();
@@ -254,7 +278,8 @@ fn a_llama_folder_fine_tunes_and_exports_like_smollm2() {
     assert_eq!(got.len(), want.len());
     let diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(diff < 1e-3, "transformers' logits differ by {diff}");
-    assert_eq!(llama_cpp(&py, &d.join("model.gguf"), &prompt, 16, "llama"), ours);
+    let cpp = llama_cpp(&py, &d.join("model.gguf"), &prompt, 16, "llama");
+    same_greedy(&d.join("hf"), &prompt, &ours, &cpp, "llama.cpp");
 
     // ONNX with its KV cache: onnxruntime gives the decoder's logits and greedy tokens; our
     // interpreter runs the graph against the decoder (`export verify`); chatforge loads the export.
@@ -296,7 +321,7 @@ fn a_llama_folder_fine_tunes_and_exports_like_smollm2() {
         .iter()
         .map(|x| x.as_u64().unwrap() as u32)
         .collect();
-    assert_eq!(tokens, ours, "onnxruntime's greedy tokens");
+    same_greedy(&d.join("hf"), &prompt, &ours, &tokens, "onnxruntime");
     let ort_logits: Vec<f32> = ort["logits"]
         .as_array()
         .unwrap()
@@ -396,7 +421,8 @@ fn llama_cpp_decodes_qwen2_and_llama3_ggufs_as_chatforge_does() {
                 None,
             );
             let (_, ours) = decode(&file, &prompt, 12);
-            assert_eq!(llama_cpp(&py, &file, &prompt, 12, arch), ours, "{name} {quant}");
+            let cpp = llama_cpp(&py, &file, &prompt, 12, arch);
+            same_greedy(&file, &prompt, &ours, &cpp, &format!("{name} {quant}"));
         }
     }
 }
