@@ -9,7 +9,9 @@
 //! The same weights give the same logits as the test oracle (`chatforge-oracle`, tested to 1e-4) and
 //! as transformers' `GPT2LMHeadModel` (tested in `tests/hf_generate.rs`).
 
-use chatforge_model::kernels::{gelu_fast, layer_norm_row, rms_norm_row, simd::vectorized};
+use chatforge_model::kernels::{
+    gelu_fast, layer_norm_row, rms_norm_row, rope_angles, rotate_heads, simd::vectorized, swiglu_row,
+};
 use chatforge_model::layout::{Linear, Norm as LayerNormOf, Part, Slot};
 use chatforge_model::{Activation, GptConfig, Tensor, Weights};
 use rayon::prelude::*;
@@ -423,31 +425,19 @@ fn norm(x: &[f32], n: &Norm, eps: f64, rms: bool, out: &mut [f32]) {
 fn rope_tables(rows: &[(usize, usize)], inv_freq: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let half = inv_freq.len();
     let (mut cos, mut sin) = (vec![0f32; rows.len() * half], vec![0f32; rows.len() * half]);
-    for (r, &(_, pos)) in rows.iter().enumerate() {
-        for j in 0..half {
-            let angle = f64::from(pos as f32 * inv_freq[j]);
-            cos[r * half + j] = angle.cos() as f32;
-            sin[r * half + j] = angle.sin() as f32;
-        }
+    for ((&(_, pos), c), s) in rows.iter().zip(cos.chunks_mut(half)).zip(sin.chunks_mut(half)) {
+        rope_angles(pos as u32, inv_freq, c, s);
     }
     (cos, sin)
 }
 
-/// Rotates each row's query and key heads (HF's `rotate_half` form).
+/// Rotates each row's query and key heads.
 fn rotate(qkv: &mut [f32], (cos, sin): &(Vec<f32>, Vec<f32>), cfg: &GptConfig) {
     let (d, w) = (cfg.head_dim(), cfg.qkv_dim());
     let half = d / 2;
     let heads = cfg.n_head + cfg.n_kv_head;
-    for (r, row) in qkv.chunks_mut(w).enumerate() {
-        let (cs, sn) = (&cos[r * half..(r + 1) * half], &sin[r * half..(r + 1) * half]);
-        for head in row[..heads * d].chunks_mut(d) {
-            let (a, b) = head.split_at_mut(half);
-            for j in 0..half {
-                let (x, y) = (a[j], b[j]);
-                a[j] = x * cs[j] - y * sn[j];
-                b[j] = y * cs[j] + x * sn[j];
-            }
-        }
+    for ((row, c), s) in qkv.chunks_mut(w).zip(cos.chunks(half)).zip(sin.chunks(half)) {
+        rotate_heads(row, (c, s), (d, heads), false);
     }
 }
 
@@ -455,10 +445,7 @@ fn rotate(qkv: &mut [f32], (cos, sin): &(Vec<f32>, Vec<f32>), cfg: &GptConfig) {
 fn swiglu(fc: &[f32], inner: usize, act: &mut [f32]) {
     vectorized(|| {
         for (x, o) in fc.chunks(2 * inner).zip(act.chunks_mut(inner)) {
-            let (g, u) = x.split_at(inner);
-            for j in 0..inner {
-                o[j] = gelu_fast(Activation::Silu, g[j]) * u[j];
-            }
+            swiglu_row(x, o);
         }
     })
 }

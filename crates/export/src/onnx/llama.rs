@@ -76,15 +76,16 @@ pub(super) fn build(g: &mut Builder, cfg: &GptConfig, w: &Weights) -> Result<()>
     // Rotary tables `(n_ctx, d)` (each frequency twice, as HF's `cat(freqs, freqs)`), gathered at
     // the positions: `(B, 1, T, d)`.
     let inv = chatforge_model::llama::rope_inv_freq(cfg);
-    let (mut cos, mut sin) = (
-        Vec::with_capacity(cfg.n_ctx * d),
-        Vec::with_capacity(cfg.n_ctx * d),
-    );
+    let (mut cos, mut sin) = (vec![0f32; cfg.n_ctx * d], vec![0f32; cfg.n_ctx * d]);
+    let (mut pc, mut ps) = (vec![0f32; half], vec![0f32; half]);
     for p in 0..cfg.n_ctx {
-        for k in 0..d {
-            let angle = f64::from(p as f32 * inv[k % half]);
-            cos.push(angle.cos() as f32);
-            sin.push(angle.sin() as f32);
+        chatforge_model::kernels::rope_angles(p as u32, &inv, &mut pc, &mut ps);
+        // HF's `cat(freqs, freqs)`: each half of a head takes the same angles.
+        let rows = cos[p * d..(p + 1) * d]
+            .iter_mut()
+            .zip(&mut sin[p * d..(p + 1) * d]);
+        for (k, (co, si)) in rows.enumerate() {
+            (*co, *si) = (pc[k % half], ps[k % half]);
         }
     }
     let one = g.const_i64("const.one", &[1]);

@@ -22,7 +22,9 @@ use rayon::prelude::*;
 use crate::kernels::fast_math as fm;
 use crate::kernels::gemm::{Gemm, In, Out, SendPtr, View, gemm, gemm_raw, mm};
 use crate::kernels::simd::vectorized;
-use crate::kernels::{gelu_fast, gelu_fast_grad, layer_norm_row, rms_norm_row};
+use crate::kernels::{
+    gelu_fast, gelu_fast_grad, layer_norm_row, rms_norm_row, rope_angles, rotate_heads, swiglu_row,
+};
 use crate::quant::QuantWeight;
 use crate::{Activation, Error, GptConfig, LoraConfig, ParamSpec, Result, param_specs};
 use chatforge_base::Rng;

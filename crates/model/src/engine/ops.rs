@@ -203,21 +203,13 @@ pub(super) fn rope(
     inverse: bool,
 ) {
     let half = d / 2;
-    let s = if inverse { -1.0f32 } else { 1.0 };
     qkv.par_chunks_mut(w * ROWS_PER_TASK)
         .zip(cos.par_chunks(half * ROWS_PER_TASK))
         .zip(sin.par_chunks(half * ROWS_PER_TASK))
         .for_each(|((rows, cs), sn)| {
             vectorized(|| {
-                for ((row, c), sn) in rows.chunks_mut(w).zip(cs.chunks(half)).zip(sn.chunks(half)) {
-                    for head in row[..heads * d].chunks_mut(d) {
-                        let (a, b) = head.split_at_mut(half);
-                        for j in 0..half {
-                            let (x, y, sj) = (a[j], b[j], s * sn[j]);
-                            a[j] = x * c[j] - y * sj;
-                            b[j] = y * c[j] + x * sj;
-                        }
-                    }
+                for ((row, c), s) in rows.chunks_mut(w).zip(cs.chunks(half)).zip(sn.chunks(half)) {
+                    rotate_heads(row, (c, s), (d, heads), inverse);
                 }
             })
         });
@@ -231,13 +223,7 @@ pub(super) fn rope_tables(cos: &mut [f32], sin: &mut [f32], positions: &[u32], i
     cos.par_chunks_mut(half)
         .zip(sin.par_chunks_mut(half))
         .zip(positions.par_iter())
-        .for_each(|((c, s), &pos)| {
-            for j in 0..half {
-                let angle = f64::from(pos as f32 * inv_freq[j]);
-                c[j] = angle.cos() as f32;
-                s[j] = angle.sin() as f32;
-            }
-        });
+        .for_each(|((c, s), &pos)| rope_angles(pos, inv_freq, c, s));
 }
 
 /// SwiGLU: `act = silu(gate) · up` per row, where a row of `fch` is `[gate | up]` (`inner` each).
@@ -248,10 +234,7 @@ pub(super) fn swiglu_fwd(act: &mut [f32], fch: &[f32], inner: usize) {
         .for_each(|(o, x)| {
             vectorized(|| {
                 for (o, x) in o.chunks_mut(inner).zip(x.chunks(2 * inner)) {
-                    let (g, u) = x.split_at(inner);
-                    for j in 0..inner {
-                        o[j] = gelu_fast(Activation::Silu, g[j]) * u[j];
-                    }
+                    swiglu_row(x, o);
                 }
             })
         });

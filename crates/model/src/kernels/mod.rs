@@ -6,8 +6,10 @@ pub mod fast_math;
 mod gelu;
 pub mod gemm;
 mod norm;
+mod rope;
 pub mod simd;
 
 pub use gelu::{gelu_fast, gelu_fast_grad};
 pub use gemm::matmul_into;
 pub use norm::{layer_norm_row, rms_norm_row, row_stats};
+pub use rope::{rope_angles, rotate_heads, swiglu_row};
