@@ -68,6 +68,18 @@ fn same_greedy(path: &std::path::Path, prompt: &[u32], ours: &[u32], theirs: &[u
     );
 }
 
+/// Another implementation's logits (rows of positions) within 1e-3 of ours.
+fn logits_within(ours: &[f32], rows: &Value, what: &str) {
+    let theirs: Vec<f32> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
+        .collect();
+    let diff = chatforge_testkit::max_abs_diff(ours, &theirs);
+    assert!(diff < 1e-3, "{what}'s logits differ by {diff}");
+}
+
 #[test]
 fn a_llama_folder_fine_tunes_and_exports_like_smollm2() {
     let dir = tempfile::tempdir().unwrap();
@@ -269,15 +281,7 @@ fn a_llama_folder_fine_tunes_and_exports_like_smollm2() {
         ],
     ))
     .unwrap();
-    let want: Vec<f32> = theirs["logits"][0]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
-        .collect();
-    assert_eq!(got.len(), want.len());
-    let diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(diff < 1e-3, "transformers' logits differ by {diff}");
+    logits_within(&got, &theirs["logits"][0], "transformers");
     let cpp = llama_cpp(&py, &d.join("model.gguf"), &prompt, 16, "llama");
     same_greedy(&d.join("hf"), &prompt, &ours, &cpp, "llama.cpp");
 
@@ -322,17 +326,7 @@ fn a_llama_folder_fine_tunes_and_exports_like_smollm2() {
         .map(|x| x.as_u64().unwrap() as u32)
         .collect();
     same_greedy(&d.join("hf"), &prompt, &ours, &tokens, "onnxruntime");
-    let ort_logits: Vec<f32> = ort["logits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
-        .collect();
-    let diff = got
-        .iter()
-        .zip(&ort_logits)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(diff < 1e-3, "onnxruntime's logits differ by {diff}");
+    logits_within(&got, &ort["logits"], "onnxruntime");
     assert!(
         ort["batch2_diff"].as_f64().unwrap() < 1e-4,
         "{}",
