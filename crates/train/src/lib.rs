@@ -7,6 +7,7 @@ mod config;
 mod events;
 mod optim;
 mod plot;
+pub mod preference;
 mod run;
 mod start;
 mod tensorboard;

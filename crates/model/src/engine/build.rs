@@ -79,6 +79,7 @@ impl TrainEngine {
             acts: Acts::allocate(&model, rank),
             scratch: Scratch::allocate(&model, rank),
             model,
+            logps_of: None,
         })
     }
 }

@@ -181,13 +181,7 @@ pub(super) fn loss_and_dlogits(logits: &mut [f32], v: usize, batch: &StepBatch<'
         .map(|(i, row)| {
             let w = f32::from(batch.weights[i]);
             let target = batch.targets[i] as usize;
-            let sum = vectorized(|| {
-                let max = row
-                    .iter()
-                    .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
-                row.iter_mut().for_each(|x| *x = fm::exp(*x - max));
-                row.iter().sum::<f32>()
-            });
+            let (_, sum) = super::logps::exp_row(row);
             let p_target = row[target] / sum;
             if w == 0.0 {
                 row.fill(0.0);

@@ -35,6 +35,7 @@ mod build;
 mod dropout;
 mod forward;
 mod linear;
+mod logps;
 mod ops;
 
 use attention::*;
@@ -307,6 +308,9 @@ pub struct TrainEngine {
     model: Model,
     acts: Acts,
     scratch: Scratch,
+    /// Positions of the micro-batch whose log-probability gradients the logits hold
+    /// ([`TrainEngine::forward_logps`]), until [`TrainEngine::backward_logps`] uses them.
+    logps_of: Option<usize>,
 }
 
 impl TrainEngine {
@@ -440,6 +444,7 @@ impl TrainEngine {
         if total == 0 {
             return Ok(f64::NAN);
         }
+        self.logps_of = None;
         let TrainEngine {
             params,
             grads,
@@ -494,6 +499,7 @@ impl TrainEngine {
         if total == 0 {
             return Ok((0.0, 0));
         }
+        self.logps_of = None;
         let (model, acts) = (&self.model, &mut self.acts);
         acts.emb_mask = None;
         acts.masks.fill(LayerMasks::default());
