@@ -55,7 +55,15 @@ impl Message {
 /// One per line in the canonical JSONL: `{"messages":[{"role":…,"content":…,"speaker":…}],"meta":{…}}`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Conversation {
+    /// The conversation; in a preference pair, the prompt both replies answer.
+    #[serde(alias = "prompt")]
     pub messages: Vec<Message>,
+    /// A preference pair's preferred and dispreferred replies (TRL's preference schema:
+    /// `{"prompt":[…],"chosen":[…],"rejected":[…]}`); empty for a plain conversation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chosen: Vec<Message>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<Message>,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub meta: Map<String, Value>,
 }
@@ -64,7 +72,7 @@ impl Conversation {
     pub fn new(messages: Vec<Message>) -> Self {
         Conversation {
             messages,
-            meta: Map::new(),
+            ..Default::default()
         }
     }
 
@@ -87,18 +95,66 @@ impl Conversation {
         self.meta.get(KIND).and_then(Value::as_str) == Some(TEXT_KIND)
     }
 
-    pub fn chars(&self) -> usize {
-        self.messages.iter().map(|m| m.content.chars().count()).sum()
+    /// A preference pair: a prompt and two replies to it.
+    pub fn pair(prompt: Vec<Message>, chosen: Vec<Message>, rejected: Vec<Message>) -> Conversation {
+        Conversation {
+            messages: prompt,
+            chosen,
+            rejected,
+            ..Default::default()
+        }
     }
 
-    /// Checks what every later stage relies on: at least one message, no empty content.
+    /// Whether this is a preference pair (it has replies to prefer and to reject).
+    pub fn is_pair(&self) -> bool {
+        !self.chosen.is_empty() || !self.rejected.is_empty()
+    }
+
+    /// The prompt followed by the chosen (`true`) or the rejected reply.
+    pub fn with_reply(&self, chosen: bool) -> Vec<Message> {
+        let reply = if chosen { &self.chosen } else { &self.rejected };
+        self.messages.iter().chain(reply).cloned().collect()
+    }
+
+    pub fn chars(&self) -> usize {
+        self.messages
+            .iter()
+            .chain(&self.chosen)
+            .chain(&self.rejected)
+            .map(|m| m.content.chars().count())
+            .sum()
+    }
+
+    /// Checks what every later stage relies on: at least one message, no empty content; a pair
+    /// has both replies, each starting with the assistant's turn.
     pub fn validate(&self) -> Result<(), String> {
         if self.messages.is_empty() {
-            return Err("conversation has no messages".into());
+            return Err(if self.is_pair() {
+                "preference pair has no prompt".into()
+            } else {
+                "conversation has no messages".into()
+            });
         }
         for (i, m) in self.messages.iter().enumerate() {
             if m.content.trim().is_empty() {
                 return Err(format!("message {} ({}) is empty", i + 1, m.role.as_str()));
+            }
+        }
+        if self.is_pair() {
+            for (name, reply) in [("chosen", &self.chosen), ("rejected", &self.rejected)] {
+                match reply.first() {
+                    None => return Err(format!("preference pair has no {name} reply")),
+                    Some(m) if m.role != Role::Assistant => {
+                        return Err(format!(
+                            "the {name} reply starts with a {} turn, not the assistant's",
+                            m.role.as_str()
+                        ));
+                    }
+                    Some(_) => {}
+                }
+                if let Some(i) = reply.iter().position(|m| m.content.trim().is_empty()) {
+                    return Err(format!("{name} message {} is empty", i + 1));
+                }
             }
         }
         Ok(())

@@ -140,9 +140,13 @@ fn walk_once(
 
 fn content_hash(c: &Conversation) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for m in &c.messages {
-        m.role.hash(&mut h);
-        m.content.trim().hash(&mut h);
+    // A pair's replies are part of it: one prompt can have many pairs.
+    for (part, messages) in [&c.messages, &c.chosen, &c.rejected].into_iter().enumerate() {
+        part.hash(&mut h);
+        for m in messages {
+            m.role.hash(&mut h);
+            m.content.trim().hash(&mut h);
+        }
     }
     h.finish()
 }

@@ -7,6 +7,10 @@
 //! greedily into rows in a seeded per-epoch order; the rest of a row is padding. Each position
 //! carries its `segment` (which piece of the row it belongs to, for block-diagonal causal attention)
 //! and its `position` within that piece (restarting at 0, for position embeddings).
+//!
+//! A shard of preference pairs is packed pair by pair: a pair's chosen and rejected sequences
+//! share a row (so a micro-batch always holds whole pairs) and are never cut; a pair longer than
+//! a row keeps the start of each sequence, each getting at least half the row.
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +47,11 @@ pub struct Batch {
     pub loss_mask: Vec<u8>,
     pub positions: Vec<u32>,
     pub segments: Vec<u32>,
+    /// Which sequence of the batch each position belongs to (`u32::MAX` on padding); in a batch
+    /// of pairs, sequences `2k` and `2k + 1` are pair `k`'s chosen and rejected ones.
+    pub seqs: Vec<u32>,
+    /// Each sequence's document in the shard.
+    pub docs: Vec<u64>,
 }
 
 impl Batch {
@@ -57,6 +66,8 @@ impl Batch {
             loss_mask: vec![0; n],
             positions: vec![0; n],
             segments: vec![0; n],
+            seqs: vec![u32::MAX; n],
+            docs: Vec::new(),
         }
     }
 
@@ -76,6 +87,7 @@ impl Batch {
 struct Piece {
     start: usize,
     end: usize,
+    doc: usize,
 }
 
 #[derive(Debug)]
@@ -154,6 +166,10 @@ impl<'a> BatchSampler<'a> {
         self.pieces.clear();
         self.rows.clear();
         self.rows.push(0);
+        if self.shard.is_pairs() {
+            self.plan_pairs(epoch);
+            return;
+        }
         let mut free = t;
         for d in docs {
             let range = self.shard.doc(d);
@@ -165,10 +181,46 @@ impl<'a> BatchSampler<'a> {
                     self.rows.push(self.pieces.len());
                     free = t;
                 }
-                self.pieces.push(Piece { start, end });
+                self.pieces.push(Piece { start, end, doc: d });
                 free -= pairs;
                 start = end - 1;
             }
+        }
+        if free < t {
+            self.rows.push(self.pieces.len());
+        }
+    }
+
+    /// Packs the pairs of `epoch` into rows, each pair's two sequences in one row.
+    fn plan_pairs(&mut self, epoch: u64) {
+        let t = self.cfg.seq_len;
+        let mut pairs: Vec<usize> = (0..self.shard.n_docs() / 2).collect();
+        if self.cfg.shuffle {
+            Rng::new(self.cfg.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)).shuffle(&mut pairs);
+        }
+        let mut free = t;
+        for k in pairs {
+            let (c, r) = (self.shard.doc(2 * k), self.shard.doc(2 * k + 1));
+            let (pc, pr) = (c.len().saturating_sub(1), r.len().saturating_sub(1));
+            // Targets each sequence keeps: all of them when the pair fits a row, else the start.
+            let (kc, kr) = if pc + pr <= t {
+                (pc, pr)
+            } else {
+                let kc = pc.min((t / 2).max(t.saturating_sub(pr)));
+                (kc, pr.min(t - kc))
+            };
+            if kc + kr > free {
+                self.rows.push(self.pieces.len());
+                free = t;
+            }
+            for (range, keep, doc) in [(c, kc, 2 * k), (r, kr, 2 * k + 1)] {
+                self.pieces.push(Piece {
+                    start: range.start,
+                    end: range.start + keep + 1,
+                    doc,
+                });
+            }
+            free -= kc + kr;
         }
         if free < t {
             self.rows.push(self.pieces.len());
@@ -180,6 +232,8 @@ impl<'a> BatchSampler<'a> {
         let base = b * t;
         let mut at = 0;
         for (seg, piece) in self.pieces[self.rows[row]..self.rows[row + 1]].iter().enumerate() {
+            let seq = batch.docs.len() as u32;
+            batch.docs.push(piece.doc as u64);
             self.ids.clear();
             self.shard.ids_into(piece.start..piece.end, &mut self.ids);
             let mask = self.shard.mask(piece.start + 1..piece.end);
@@ -192,6 +246,7 @@ impl<'a> BatchSampler<'a> {
                 batch.loss_mask[i] = loss;
                 batch.positions[i] = k as u32;
                 batch.segments[i] = seg as u32;
+                batch.seqs[i] = seq;
             }
             at += piece.end - piece.start - 1;
         }
@@ -329,6 +384,40 @@ mod tests {
             .next_batch();
         assert_ne!(other, run[0]);
         assert!(a.state().epoch >= 1);
+    }
+
+    #[test]
+    fn pairs_share_a_row_and_long_pairs_keep_their_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.bin");
+        let mut w = ShardWriter::create_pairs(&path, 10_000).unwrap();
+        // (chosen, rejected) lengths: (4, 3) fits a row of 8 with room; (9, 3) must be cut.
+        for (k, (lc, lr)) in [(4usize, 3usize), (9, 3), (3, 3)].into_iter().enumerate() {
+            let doc = |d: usize, n: usize| -> (Vec<u32>, Vec<u8>) {
+                ((0..n).map(|i| (d * 100 + i) as u32).collect(), (0..n).map(|i| u8::from(i >= 2)).collect())
+            };
+            let (c, r) = (doc(2 * k, lc), doc(2 * k + 1, lr));
+            w.push_pair((&c.0, &c.1), (&r.0, &r.1)).unwrap();
+        }
+        assert!(w.push(&[1], &[0]).is_err(), "a document in a shard of pairs");
+        w.finish().unwrap();
+        let s = Shard::open(&path).unwrap();
+        assert!(s.is_pairs());
+        let cfg = SamplerConfig {
+            batch_size: 3,
+            seq_len: 8,
+            seed: 0,
+            shuffle: false,
+        };
+        let b = BatchSampler::new(&s, cfg).unwrap().next_batch();
+        // Row 0: pair 0 (3 + 2 targets); pair 1 (8 + 2) does not fit: row 1 keeps 6 + 2.
+        assert_eq!(b.docs, [0, 1, 2, 3, 4, 5]);
+        assert_eq!(b.seqs[..8], [0, 0, 0, 1, 1, u32::MAX, u32::MAX, u32::MAX]);
+        assert_eq!(b.inputs[8..16], [200, 201, 202, 203, 204, 205, 300, 301]);
+        assert_eq!(b.seqs[8..16], [2, 2, 2, 2, 2, 2, 3, 3]);
+        assert_eq!(b.seqs[16..], [4, 4, 5, 5, u32::MAX, u32::MAX, u32::MAX, u32::MAX]);
+        // The loss mask is the reply's (targets from index 2 on).
+        assert_eq!(b.loss_mask[..5], [0, 1, 1, 0, 1]);
     }
 
     #[test]

@@ -7,12 +7,15 @@
 //! 8   4  version (1)                32  8  n_docs
 //! 12  4  id width in bytes (2 | 4)  40  4  CRC-32 of everything after the header
 //! 16  4  vocab size                 44  4  CRC-32 of header bytes 0..44
-//! 20  4  flags (0)                  48 16  zero
+//! 20  4  flags (bit 0: pairs)       48 16  zero
 //! 64     ids        n_tokens × width
 //!        mask       n_tokens × u8 (1 = the token carries loss in SFT: assistant content and its end)
 //!        padding    to a multiple of 8
 //!        offsets    (n_docs + 1) × u64, document d is tokens offsets[d]..offsets[d+1]
 //! ```
+//!
+//! A preference shard (flag bit 0) holds pairs: documents `2k` and `2k + 1` are pair `k`'s prompt
+//! with the chosen and with the rejected reply, the mask marking each reply's tokens.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -26,6 +29,8 @@ use crate::{Error, Result};
 const MAGIC: &[u8; 8] = b"CFSHARD\0";
 const VERSION: u32 = 1;
 const HEADER_LEN: usize = 64;
+/// Header flag: documents come in (chosen, rejected) pairs.
+const FLAG_PAIRS: u32 = 1;
 
 /// How many bytes each token id takes on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +63,8 @@ pub struct ShardHeader {
     pub n_tokens: u64,
     pub n_docs: u64,
     pub body_crc: u32,
+    /// Documents come in preference pairs (chosen, rejected).
+    pub pairs: bool,
 }
 
 impl ShardHeader {
@@ -67,6 +74,8 @@ impl ShardHeader {
         h[8..12].copy_from_slice(&VERSION.to_le_bytes());
         h[12..16].copy_from_slice(&(self.width.bytes() as u32).to_le_bytes());
         h[16..20].copy_from_slice(&self.vocab_size.to_le_bytes());
+        let flags = if self.pairs { FLAG_PAIRS } else { 0 };
+        h[20..24].copy_from_slice(&flags.to_le_bytes());
         h[24..32].copy_from_slice(&self.n_tokens.to_le_bytes());
         h[32..40].copy_from_slice(&self.n_docs.to_le_bytes());
         h[40..44].copy_from_slice(&self.body_crc.to_le_bytes());
@@ -113,6 +122,7 @@ pub struct ShardWriter {
     mask: Vec<u8>,
     offsets: Vec<u64>,
     buf: Vec<u8>,
+    pairs: bool,
 }
 
 impl ShardWriter {
@@ -138,11 +148,36 @@ impl ShardWriter {
             mask: Vec::new(),
             offsets: vec![0],
             buf: Vec::new(),
+            pairs: false,
         })
+    }
+
+    /// A preference shard: documents are pushed as (chosen, rejected) pairs.
+    pub fn create_pairs(path: &Path, vocab_size: u32) -> Result<ShardWriter> {
+        let mut w = Self::create(path, vocab_size)?;
+        w.pairs = true;
+        Ok(w)
+    }
+
+    /// Appends a preference pair: the prompt with the chosen reply, then with the rejected one;
+    /// each mask marks its reply's tokens.
+    pub fn push_pair(&mut self, chosen: (&[u32], &[u8]), rejected: (&[u32], &[u8])) -> Result<()> {
+        if !self.pairs {
+            return Err(Error::Invalid("a pair pushed to a shard of documents".into()));
+        }
+        self.push_doc(chosen.0, chosen.1)?;
+        self.push_doc(rejected.0, rejected.1)
     }
 
     /// Appends one document. `mask[i]` is 1 where token `i` carries loss in SFT.
     pub fn push(&mut self, ids: &[u32], mask: &[u8]) -> Result<()> {
+        if self.pairs {
+            return Err(Error::Invalid("a document pushed to a shard of pairs".into()));
+        }
+        self.push_doc(ids, mask)
+    }
+
+    fn push_doc(&mut self, ids: &[u32], mask: &[u8]) -> Result<()> {
         if ids.len() != mask.len() {
             return Err(Error::Invalid(format!(
                 "{} ids but {} mask values",
@@ -201,6 +236,7 @@ impl ShardWriter {
             n_tokens: n_tokens as u64,
             n_docs: (self.offsets.len() - 1) as u64,
             body_crc: self.crc.clone().finalize(),
+            pairs: self.pairs,
         };
         let tmp = self.tmp.clone();
         let io = |e| Error::io(&tmp, e);
@@ -300,7 +336,11 @@ impl Shard {
             n_tokens: u64_at(h, 24),
             n_docs: u64_at(h, 32),
             body_crc: u32_at(h, 40),
+            pairs: u32_at(h, 20) & FLAG_PAIRS != 0,
         };
+        if header.pairs && header.n_docs % 2 == 1 {
+            return Err(Error::shard(path, "a shard of pairs with an odd number of documents"));
+        }
         let (mask_at, offsets_at, end) = header
             .layout()
             .ok_or_else(|| Error::shard(path, "token and document counts overflow"))?;
@@ -357,6 +397,11 @@ impl Shard {
 
     pub fn is_empty(&self) -> bool {
         self.header.n_tokens == 0
+    }
+
+    /// Whether documents come in preference pairs (chosen, rejected).
+    pub fn is_pairs(&self) -> bool {
+        self.header.pairs
     }
 
     pub fn n_docs(&self) -> usize {

@@ -248,6 +248,7 @@ pub fn evaluate(
             let head = Conversation {
                 messages: conv.messages[..last].to_vec(),
                 meta: conv.meta.clone(),
+                ..Default::default()
             };
             if !head.messages.iter().any(|m| m.role == Role::User) {
                 continue;

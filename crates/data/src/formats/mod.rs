@@ -8,6 +8,7 @@ mod json;
 mod oasst;
 #[cfg(feature = "parquet")]
 mod parquet;
+mod preference;
 mod records;
 mod text;
 
@@ -43,10 +44,13 @@ pub enum DataFormat {
     /// Plain-text documents for pre-training and tokenizers: a `.txt` corpus (paragraphs
     /// separated by blank lines), or records holding a `text` field.
     Documents,
+    /// Preference pairs (DPO, ORPO): TRL's `prompt`/`chosen`/`rejected`, UltraFeedback-binarized,
+    /// Anthropic HH-RLHF transcripts.
+    Preference,
 }
 
 impl DataFormat {
-    pub const NAMES: &'static str = "messages (openai), sharegpt, instruction (alpaca), oasst, oasst-trees, transcript, yaml-dialog, chat-export, documents";
+    pub const NAMES: &'static str = "messages (openai), sharegpt, instruction (alpaca), oasst, oasst-trees, transcript, yaml-dialog, chat-export, documents, preference (trl, hh-rlhf, ultrafeedback)";
 
     pub fn name(self) -> &'static str {
         match self {
@@ -59,6 +63,7 @@ impl DataFormat {
             DataFormat::YamlDialog => "yaml-dialog",
             DataFormat::ChatExport => "chat-export",
             DataFormat::Documents => "documents",
+            DataFormat::Preference => "preference",
         }
     }
 }
@@ -77,6 +82,7 @@ impl FromStr for DataFormat {
             "yaml" | "yml" | "yaml-dialog" => DataFormat::YamlDialog,
             "chat-export" | "discord" => DataFormat::ChatExport,
             "documents" | "plain" | "corpus" => DataFormat::Documents,
+            "preference" | "pairs" | "dpo" | "trl" | "hh-rlhf" | "hh" | "ultrafeedback" => DataFormat::Preference,
             other => {
                 return Err(Error::Invalid(format!(
                     "unknown format '{other}': expected one of {}",
@@ -452,6 +458,15 @@ fn read_records(
                 sink.push(sink.at(at), c)?;
             }
         }
+        DataFormat::Preference => {
+            for (at, value) in items {
+                let c = match value {
+                    Value::Object(obj) => preference::convert(obj),
+                    other => Err(format!("expected a JSON object, got {}", records::kind(&other))),
+                };
+                sink.push(sink.at(at), c)?;
+            }
+        }
         DataFormat::Transcript | DataFormat::YamlDialog | DataFormat::ChatExport => {
             return Err(Error::file(
                 path,
@@ -532,6 +547,10 @@ fn detect_format(path: &Path, items: &[(usize, Value)], pos: impl Fn(usize) -> P
             pos(*line),
             "this is a chat export's message: read the export with --format chat-export (see docs/personas.md)",
         ));
+    }
+    // Before `messages`: UltraFeedback-binarized's pairs carry a `messages` list too.
+    if preference::looks_like_pair(&has) {
+        return Ok(DataFormat::Preference);
     }
     if keys.get("messages").is_some_and(|v| v.is_array()) {
         return Ok(DataFormat::Messages);

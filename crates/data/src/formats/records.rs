@@ -13,7 +13,7 @@ const CONTEXT_KEYS: [&str; 2] = ["context", "input"];
 const OUTPUT_KEYS: [&str; 4] = ["output", "answer", "response", "completion"];
 const DOMAIN_KEYS: [&str; 3] = ["hash", "domain", "category"];
 
-type Converted = Result<Conversation, String>;
+pub(super) type Converted = Result<Conversation, String>;
 
 pub(super) fn looks_like_instruction(v: &Value) -> bool {
     let Some(obj) = v.as_object() else {
@@ -51,7 +51,7 @@ pub(super) fn convert(format: DataFormat, value: Value, map: &FieldMap) -> Conve
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+pub(super) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -86,7 +86,7 @@ fn role_of(name: &str, index: usize) -> Result<Role, String> {
         .ok_or_else(|| format!("message {index}: unknown role '{name}' (expected user, assistant or system)"))
 }
 
-fn turns(list: &[Value], role_key: &str, content_key: &str) -> Result<Vec<Message>, String> {
+pub(super) fn turns(list: &[Value], role_key: &str, content_key: &str) -> Result<Vec<Message>, String> {
     list.iter()
         .enumerate()
         .map(|(i, t)| {
@@ -138,7 +138,11 @@ fn with_meta(messages: Vec<Message>, mut obj: Map<String, Value>) -> Conversatio
             meta.entry(key).or_insert(v);
         }
     }
-    Conversation { messages, meta }
+    Conversation {
+        messages,
+        meta,
+        ..Default::default()
+    }
 }
 
 fn messages(mut obj: Map<String, Value>) -> Converted {
