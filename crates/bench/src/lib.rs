@@ -229,7 +229,7 @@ impl Step {
                 opt,
                 || batch.clone(),
                 1,
-                self.mode,
+                chatforge_train::StepLoss::Tokens(self.mode),
                 self.lr,
                 1.0,
                 dropout,
@@ -433,6 +433,8 @@ pub(crate) fn random_batch(
         loss_mask: vec![1; b * t],
         positions: (0..b).flat_map(|_| 0..t as u32).collect(),
         segments: vec![0; b * t],
+        seqs: (0..b * t).map(|i| (i / t) as u32).collect(),
+        docs: (0..b as u64).collect(),
     }
 }
 

@@ -394,7 +394,10 @@ mod tests {
         // (chosen, rejected) lengths: (4, 3) fits a row of 8 with room; (9, 3) must be cut.
         for (k, (lc, lr)) in [(4usize, 3usize), (9, 3), (3, 3)].into_iter().enumerate() {
             let doc = |d: usize, n: usize| -> (Vec<u32>, Vec<u8>) {
-                ((0..n).map(|i| (d * 100 + i) as u32).collect(), (0..n).map(|i| u8::from(i >= 2)).collect())
+                (
+                    (0..n).map(|i| (d * 100 + i) as u32).collect(),
+                    (0..n).map(|i| u8::from(i >= 2)).collect(),
+                )
             };
             let (c, r) = (doc(2 * k, lc), doc(2 * k + 1, lr));
             w.push_pair((&c.0, &c.1), (&r.0, &r.1)).unwrap();

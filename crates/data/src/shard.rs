@@ -215,6 +215,11 @@ impl ShardWriter {
         self.mask.len() as u64
     }
 
+    /// Whether this writes a shard of pairs ([`ShardWriter::create_pairs`]).
+    pub fn is_pairs(&self) -> bool {
+        self.pairs
+    }
+
     /// Writes the tables and the header, syncs, and renames the shard into place.
     pub fn finish(mut self) -> Result<ShardHeader> {
         let mut out = self
@@ -339,7 +344,10 @@ impl Shard {
             pairs: u32_at(h, 20) & FLAG_PAIRS != 0,
         };
         if header.pairs && header.n_docs % 2 == 1 {
-            return Err(Error::shard(path, "a shard of pairs with an odd number of documents"));
+            return Err(Error::shard(
+                path,
+                "a shard of pairs with an odd number of documents",
+            ));
         }
         let (mask_at, offsets_at, end) = header
             .layout()

@@ -5,6 +5,7 @@
 //! manifest.json  config.json  tokenizer.json  summary.json  logs.jsonl
 //! checkpoints/step_000500/  best/  adapters/<name>/  data/{train,val}.bin
 //! eval/metrics.json  plots/loss.png  personas/<name>/  tensorboard/events.out.tfevents.*
+//! reference/{train,val}.json (preference tuning: the reference model's log-probabilities)
 //! (`persona_run.json` is `chatforge_data::personas::PersonaRun`'s own.)
 //! ```
 
@@ -61,6 +62,11 @@ impl RunDir {
     /// TensorBoard event files (`tensorboard --logdir` on the run, or on `runs/`).
     pub fn tensorboard(&self) -> PathBuf {
         self.root.join("tensorboard")
+    }
+
+    /// Preference tuning (DPO): the reference model's reply log-probabilities of each shard.
+    pub fn reference(&self) -> PathBuf {
+        self.root.join("reference")
     }
 
     pub fn checkpoints(&self) -> PathBuf {

@@ -445,6 +445,39 @@ impl ChatTokenizer {
         Ok(out)
     }
 
+    /// Renders a preference pair: the prompt with the chosen reply and with the rejected one, each
+    /// masked from where it leaves the rendered prompt (TRL's rule: the reply is everything after
+    /// the longest prefix both share with the prompt rendered alone, generation prompt included).
+    pub fn render_pair(
+        &self,
+        enc: &mut Encoder<'_>,
+        pair: &Conversation,
+        opts: &RenderOptions,
+    ) -> Result<[Rendered; 2]> {
+        let side = |messages: Vec<chatforge_data::Message>| Conversation {
+            messages,
+            meta: pair.meta.clone(),
+            ..Default::default()
+        };
+        let prompt = self.render_prompt(&side(pair.messages.clone()), opts)?;
+        let mut out = [
+            self.render_with(enc, &side(pair.with_reply(true)), opts)?,
+            self.render_with(enc, &side(pair.with_reply(false)), opts)?,
+        ];
+        let shared = out
+            .iter()
+            .map(|r| prompt.iter().zip(&r.ids).take_while(|(a, b)| a == b).count())
+            .min()
+            .unwrap_or(0);
+        for (r, name) in out.iter_mut().zip(["chosen", "rejected"]) {
+            if r.ids.len() <= shared {
+                return Err(Error::Invalid(format!("the {name} reply renders to no tokens")));
+            }
+            r.mask = (0..r.ids.len()).map(|i| u8::from(i >= shared)).collect();
+        }
+        Ok(out)
+    }
+
     /// Renders the conversation so far and opens the assistant's turn: the prompt to generate from.
     pub fn render_prompt(&self, conv: &Conversation, opts: &RenderOptions) -> Result<Vec<u32>> {
         if let Some(m) = &self.model {

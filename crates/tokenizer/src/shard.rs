@@ -22,7 +22,9 @@ pub struct TokenizeReport {
     pub input_sha256: String,
     pub input_bytes: u64,
     pub output: PathBuf,
+    /// Records: conversations, or preference pairs when `pairs`.
     pub conversations: usize,
+    pub pairs: bool,
     pub tokens: u64,
     pub loss_tokens: u64,
     pub vocab_size: usize,
@@ -47,6 +49,34 @@ impl TokenizeReport {
     }
 }
 
+/// One rendered line: a conversation, or a preference pair's two sequences.
+enum Record {
+    Conversation {
+        line: usize,
+        r: Rendered,
+    },
+    Pair {
+        line: usize,
+        chosen: Rendered,
+        rejected: Rendered,
+    },
+}
+
+fn at_line(path: &Path, line: usize, e: crate::Error) -> crate::Error {
+    chatforge_data::Error::Record {
+        path: path.to_path_buf(),
+        pos: Pos::Line(line),
+        msg: e.to_string(),
+    }
+    .into()
+}
+
+fn mixed() -> crate::Error {
+    crate::Error::Invalid(
+        "preference pairs and plain conversations in one file: tokenize them into separate shards".into(),
+    )
+}
+
 /// Parses and renders the lines of `block` (whose first line is `first_line` of `path`),
 /// splitting the work over the machine's cores; results keep the input order.
 fn render_block(
@@ -55,7 +85,7 @@ fn render_block(
     block: &str,
     first_line: usize,
     opts: &RenderOptions,
-) -> Result<Vec<Rendered>> {
+) -> Result<Vec<Record>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Cut the block at line ends into one part per thread, remembering where each starts.
     let mut parts = Vec::with_capacity(threads);
@@ -83,7 +113,22 @@ fn render_block(
                     let mut out = Vec::new();
                     for (i, text) in part.lines().enumerate() {
                         if let Some(c) = parse_jsonl_line(path, first + i, text)? {
-                            out.push(tok.render_with(&mut enc, &c, opts)?);
+                            let line = first + i;
+                            out.push(if c.is_pair() {
+                                let [chosen, rejected] = tok
+                                    .render_pair(&mut enc, &c, opts)
+                                    .map_err(|e| at_line(path, line, e))?;
+                                Record::Pair {
+                                    line,
+                                    chosen,
+                                    rejected,
+                                }
+                            } else {
+                                Record::Conversation {
+                                    line,
+                                    r: tok.render_with(&mut enc, &c, opts)?,
+                                }
+                            });
                         }
                     }
                     Ok::<_, crate::Error>(out)
@@ -114,7 +159,8 @@ pub fn tokenize_file(
         source: e,
     };
     let mut reader = BufReader::with_capacity(1 << 20, File::open(input).map_err(io_err)?);
-    let mut w = ShardWriter::create(output, tok.vocab_size() as u32)?;
+    // A file of preference pairs makes a shard of pairs: its first record decides.
+    let mut w: Option<ShardWriter> = None;
     let mut hash = ContentHash::default();
     let (mut lines, mut input_bytes, mut conversations, mut loss_tokens) = (0usize, 0u64, 0usize, 0u64);
     let mut block = String::with_capacity(BLOCK_BYTES + (1 << 16));
@@ -142,12 +188,44 @@ pub fn tokenize_file(
         }
         hash.update(block.as_bytes());
         input_bytes += block.len() as u64;
-        for r in render_block(tok, input, &block, first_line, opts)? {
-            loss_tokens += r.mask.iter().map(|&m| u64::from(m)).sum::<u64>();
+        for record in render_block(tok, input, &block, first_line, opts)? {
+            let pair = matches!(record, Record::Pair { .. });
+            let writer = match &mut w {
+                Some(w) => w,
+                None => {
+                    let vocab = tok.vocab_size() as u32;
+                    w.insert(if pair {
+                        ShardWriter::create_pairs(output, vocab)?
+                    } else {
+                        ShardWriter::create(output, vocab)?
+                    })
+                }
+            };
+            let count = |r: &Rendered| r.mask.iter().map(|&m| u64::from(m)).sum::<u64>();
             conversations += 1;
-            w.push(&r.ids, &r.mask)?;
+            match record {
+                Record::Conversation { line, .. } if writer.is_pairs() => {
+                    return Err(at_line(input, line, mixed()));
+                }
+                Record::Conversation { r, .. } => {
+                    loss_tokens += count(&r);
+                    writer.push(&r.ids, &r.mask)?;
+                }
+                Record::Pair { line, .. } if !writer.is_pairs() => {
+                    return Err(at_line(input, line, mixed()));
+                }
+                Record::Pair { chosen, rejected, .. } => {
+                    loss_tokens += count(&chosen) + count(&rejected);
+                    writer.push_pair((&chosen.ids, &chosen.mask), (&rejected.ids, &rejected.mask))?;
+                }
+            }
         }
     }
+    let w = match w {
+        Some(w) => w,
+        None => ShardWriter::create(output, tok.vocab_size() as u32)?,
+    };
+    let pairs = w.is_pairs();
     let header = w.finish()?;
     let report = TokenizeReport {
         input: input.to_path_buf(),
@@ -155,6 +233,7 @@ pub fn tokenize_file(
         input_bytes,
         output: output.to_path_buf(),
         conversations,
+        pairs,
         tokens: header.n_tokens,
         loss_tokens,
         vocab_size: tok.vocab_size(),

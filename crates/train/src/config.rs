@@ -25,6 +25,19 @@ pub enum Mode {
     Lora,
     /// LoRA on a base whose linear layers are kept block-quantised (`lora.quant`, default q4).
     Qlora,
+    /// Direct preference optimisation on pairs, against the starting model (`train.beta`,
+    /// `train.label_smoothing`); full, or an adapter with `train.adapter`.
+    Dpo,
+    /// Odds-ratio preference optimisation on pairs, reference-free (`train.beta` is its λ).
+    Orpo,
+}
+
+/// The adapter a preference run trains instead of the whole model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Adapter {
+    Lora,
+    Qlora,
 }
 
 impl Mode {
@@ -33,9 +46,22 @@ impl Mode {
         matches!(self, Mode::Sft | Mode::Lora | Mode::Qlora)
     }
 
-    /// Whether an adapter trains on a frozen base.
-    pub fn adapter(self) -> bool {
-        matches!(self, Mode::Lora | Mode::Qlora)
+    /// Whether the run trains on preference pairs.
+    pub fn pairs(self) -> bool {
+        matches!(self, Mode::Dpo | Mode::Orpo)
+    }
+}
+
+impl std::str::FromStr for Adapter {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "lora" => Ok(Adapter::Lora),
+            "qlora" => Ok(Adapter::Qlora),
+            other => Err(Error::Config(format!(
+                "adapter '{other}': expected lora or qlora"
+            ))),
+        }
     }
 }
 
@@ -47,8 +73,10 @@ impl std::str::FromStr for Mode {
             "sft" => Ok(Mode::Sft),
             "lora" => Ok(Mode::Lora),
             "qlora" => Ok(Mode::Qlora),
+            "dpo" => Ok(Mode::Dpo),
+            "orpo" => Ok(Mode::Orpo),
             other => Err(Error::Config(format!(
-                "mode '{other}': expected pretrain, sft, lora or qlora"
+                "mode '{other}': expected pretrain, sft, lora, qlora, dpo or orpo"
             ))),
         }
     }
@@ -107,6 +135,12 @@ pub struct TrainSettings {
     pub seed: u64,
     /// LoRA: also write the best adapter to `adapters/<name>/` (one adapter per persona on one base).
     pub adapter_name: Option<String>,
+    /// Preference modes (dpo, orpo): train a LoRA or QLoRA adapter instead of the whole model.
+    pub adapter: Option<Adapter>,
+    /// Preference modes: DPO's β (the strength of the pull towards the reference), ORPO's λ.
+    pub beta: f64,
+    /// DPO: the share of pairs assumed mislabelled (conservative DPO), in [0, 0.5).
+    pub label_smoothing: f64,
     /// Recompute each block's activations in backward instead of keeping them (long contexts).
     #[serde(alias = "gradient_checkpointing")]
     pub grad_checkpoint: bool,
@@ -115,10 +149,37 @@ pub struct TrainSettings {
     pub engine: bool,
 }
 
+impl TrainSettings {
+    /// The adapter that trains, if any: mode lora or qlora, or a preference mode's `adapter`.
+    pub fn adapter(&self) -> Option<Adapter> {
+        match self.mode {
+            Mode::Lora => Some(Adapter::Lora),
+            Mode::Qlora => Some(Adapter::Qlora),
+            _ => self.adapter,
+        }
+    }
+
+    /// The preference objective of mode dpo or orpo.
+    pub fn objective(&self) -> Option<crate::preference::Objective> {
+        use crate::preference::Objective;
+        match self.mode {
+            Mode::Dpo => Some(Objective::Dpo {
+                beta: self.beta,
+                label_smoothing: self.label_smoothing,
+            }),
+            Mode::Orpo => Some(Objective::Orpo { beta: self.beta }),
+            _ => None,
+        }
+    }
+}
+
 impl Default for TrainSettings {
     fn default() -> Self {
         TrainSettings {
             mode: Mode::Sft,
+            adapter: None,
+            beta: 0.1,
+            label_smoothing: 0.0,
             init: None,
             data: None,
             val: None,
@@ -238,7 +299,7 @@ impl TrainConfig {
         let t = &self.train;
         let f32s = |n: u128| n.saturating_mul(4);
         let total = model.n_params() as u128;
-        let weights = if t.mode.adapter() {
+        let weights = if t.adapter().is_some() {
             let adapter: u128 = self
                 .lora
                 .param_specs(model)
@@ -246,9 +307,9 @@ impl TrainConfig {
                 .map(|s| s.shape.iter().fold(1u128, |a, &d| a.saturating_mul(d as u128)))
                 .fold(0, u128::saturating_add);
             // q4: half a byte and a 4-byte scale per 32 values; q8: one byte and the scale.
-            let base = match (t.mode, self.lora.quant) {
-                (Mode::Qlora, Some(chatforge_model::quant::QuantKind::Q8)) => total * 9 / 8,
-                (Mode::Qlora, _) => total * 5 / 8,
+            let base = match (t.adapter(), self.lora.quant) {
+                (Some(Adapter::Qlora), Some(chatforge_model::quant::QuantKind::Q8)) => total * 9 / 8,
+                (Some(Adapter::Qlora), _) => total * 5 / 8,
                 _ => f32s(total),
             };
             base.saturating_add(f32s(adapter).saturating_mul(4))
@@ -342,10 +403,30 @@ impl TrainConfig {
                 return bad(format!("train.{name} must be at least 1"));
             }
         }
-        if t.mode.adapter() {
+        if t.adapter().is_some() {
             self.lora.validate().map_err(|e| Error::Config(e.to_string()))?;
             if t.init.is_none() {
-                return bad("mode lora adapts a pretrained model: give train.init (--init)".into());
+                return bad("an adapter adapts a pretrained model: give train.init (--init)".into());
+            }
+        }
+        if t.adapter.is_some() && !t.mode.pairs() {
+            return bad(format!(
+                "train.adapter is for the preference modes (dpo, orpo); mode {:?} has its own (use mode lora or qlora)",
+                t.mode
+            ));
+        }
+        if t.mode.pairs() {
+            if !(t.beta > 0.0 && t.beta.is_finite()) {
+                return bad(format!("train.beta = {} must be above 0 and finite", t.beta));
+            }
+            if !(0.0..0.5).contains(&t.label_smoothing) {
+                return bad(format!(
+                    "train.label_smoothing = {} must be in [0, 0.5)",
+                    t.label_smoothing
+                ));
+            }
+            if t.mode == Mode::Dpo && t.init.is_none() {
+                return bad("DPO tunes a trained model against itself: give train.init (--init)".into());
             }
         }
         if let Some(n) = &t.adapter_name

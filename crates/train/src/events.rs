@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::preference::PrefMetrics;
 use crate::{Error, Result};
 
 /// What the loop reports, one JSON line each in `logs.jsonl`.
@@ -30,12 +31,18 @@ pub enum Event {
         tokens_per_s: f64,
         epoch: f64,
         elapsed_s: f64,
+        /// Preference modes: `rewards/chosen`, `rewards/margins`, `logps/chosen`, … (TRL's names).
+        #[serde(flatten)]
+        metrics: Option<PrefMetrics>,
     },
     Eval {
         step: u64,
         val_loss: f64,
         best_val_loss: f64,
         improved: bool,
+        /// Preference modes: the validation pairs' metrics, under the same names.
+        #[serde(flatten)]
+        metrics: Option<PrefMetrics>,
     },
     Checkpoint {
         step: u64,

@@ -6,6 +6,7 @@ mod checkpoint;
 mod config;
 mod events;
 mod optim;
+mod pairs;
 mod plot;
 pub mod preference;
 mod run;
@@ -13,11 +14,12 @@ mod start;
 mod tensorboard;
 
 pub use checkpoint::{CheckpointState, read_state};
-pub use config::{Mode, TrainConfig, TrainSettings};
+pub use config::{Adapter, Mode, TrainConfig, TrainSettings};
 pub use events::{Event, line_step};
 pub use optim::{AdamW, AdamWConfig, clip_grad_norm, lr_at};
+pub use pairs::PairTraining;
 pub use plot::{loss_plot, read_curves};
-pub use run::{StepOutcome, TrainSummary, optimizer_step, train, unigram_baseline};
+pub use run::{StepLoss, StepOutcome, TrainSummary, optimizer_step, train, unigram_baseline};
 pub use start::{check_memory, init_config, load_init};
 
 use std::path::PathBuf;

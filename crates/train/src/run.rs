@@ -17,8 +17,10 @@ use serde::Serialize;
 use crate::checkpoint::{self, CheckpointState, write_json};
 use crate::events::{Event, Log, trim_log};
 use crate::optim::{AdamW, clip_grad_norm, lr_at};
+use crate::pairs::PairTraining;
+use crate::preference::PrefMetrics;
 use crate::start::{Resumed, check_memory, init_config, load_init, relative, resume_point};
-use crate::{Error, Mode, Result, TrainConfig};
+use crate::{Adapter, Error, Mode, Result, TrainConfig};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainSummary {
@@ -43,6 +45,15 @@ pub struct StepOutcome {
     pub grad_norm: f64,
     /// Positions processed.
     pub positions: usize,
+    /// Preference modes: the step's metrics (TRL's names), means over its pairs.
+    pub metrics: Option<PrefMetrics>,
+}
+
+/// What a step's loss is: next-token cross-entropy on the positions `Mode` says, or a preference
+/// objective on pairs.
+pub enum StepLoss<'a> {
+    Tokens(Mode),
+    Pairs(&'a mut PairTraining),
 }
 
 /// One optimizer step on the engine: `micro` batches from `next`, gradients accumulated (each
@@ -55,17 +66,28 @@ pub fn optimizer_step(
     opt: &mut AdamW,
     mut next: impl FnMut() -> Batch,
     micro: usize,
-    mode: Mode,
+    mut objective: StepLoss<'_>,
     lr: f64,
     clip: f64,
     dropout: &mut Rng,
 ) -> Result<StepOutcome> {
     engine.zero_grad();
     let (mut loss_sum, mut used, mut positions) = (0f64, 0usize, 0usize);
+    let mut parts = Vec::new();
     for _ in 0..micro {
         let batch = next();
         positions += batch.batch_size * batch.seq_len;
-        let loss = engine.forward_backward(&step_batch(&batch, mode), 1.0 / micro as f32, dropout)?;
+        let scale = 1.0 / micro as f32;
+        let loss = match &mut objective {
+            StepLoss::Tokens(mode) => engine.forward_backward(&step_batch(&batch, *mode), scale, dropout)?,
+            StepLoss::Pairs(p) => match p.micro_step(engine, &batch, scale, dropout)? {
+                Some((loss, metrics, pairs)) => {
+                    parts.push((metrics, pairs));
+                    loss
+                }
+                None => f64::NAN,
+            },
+        };
         if !loss.is_nan() {
             loss_sum += loss;
             used += 1;
@@ -87,6 +109,7 @@ pub fn optimizer_step(
         used,
         grad_norm,
         positions,
+        metrics: (!parts.is_empty()).then(|| PrefMetrics::mean(&parts)),
     })
 }
 
@@ -126,6 +149,8 @@ struct Setup {
     data: PathBuf,
     shard: Shard,
     val_batches: Vec<Batch>,
+    /// Preference modes: the objective and DPO's reference log-probabilities.
+    pairs: Option<PairTraining>,
     seq_len: usize,
     specs: Vec<ParamSpec>,
     engine: TrainEngine,
@@ -170,11 +195,25 @@ fn set_up(cfg: &TrainConfig, run: &Path, resume: bool) -> Result<Setup> {
     // LoRA: the base always comes from --init and stays frozen; the adapter is what trains.
     // QLoRA is LoRA on a quantised base (q4 unless the config says q8); plain LoRA never quantises.
     let t = cfg.train.clone();
-    cfg.lora.quant = match t.mode {
-        Mode::Qlora => Some(cfg.lora.quant.unwrap_or(chatforge_model::quant::QuantKind::Q4)),
+    if shard.is_pairs() != t.mode.pairs() {
+        return Err(Error::Config(if shard.is_pairs() {
+            format!(
+                "{} holds preference pairs: train it with --mode dpo or orpo",
+                data.display()
+            )
+        } else {
+            format!(
+                "mode {:?} trains on preference pairs, and {} holds conversations: tokenize a preference file (docs/preference.md)",
+                t.mode,
+                data.display()
+            )
+        }));
+    }
+    cfg.lora.quant = match t.adapter() {
+        Some(Adapter::Qlora) => Some(cfg.lora.quant.unwrap_or(chatforge_model::quant::QuantKind::Q4)),
         _ => None,
     };
-    let lora = t.mode.adapter().then(|| cfg.lora.clone());
+    let lora = t.adapter().is_some().then(|| cfg.lora.clone());
     if let Some(init) = &t.init {
         cfg.model = GptConfig {
             dropout: cfg.model.dropout,
@@ -200,7 +239,7 @@ fn set_up(cfg: &TrainConfig, run: &Path, resume: bool) -> Result<Setup> {
             cfg.model.vocab_size
         )));
     }
-    let val_batches = val_batches(&cfg, &shard, seq_len)?;
+    let (val_shard, val_batches) = val_batches(&cfg, &shard, seq_len)?;
     // Where the weights come from: a checkpoint of this run (the newest that loads), an --init
     // model, or the seed.
     let resumed = if resume {
@@ -208,8 +247,21 @@ fn set_up(cfg: &TrainConfig, run: &Path, resume: bool) -> Result<Setup> {
     } else {
         None
     };
-    let (engine, specs, opt, resumed) = build(&cfg, lora.as_ref(), seq_len, resumed)?;
+    let (mut engine, specs, opt, resumed) = build(&cfg, lora.as_ref(), seq_len, resumed)?;
+    let pairs = match t.objective() {
+        Some(objective) => Some(PairTraining::new(
+            objective,
+            &mut engine,
+            run,
+            [Some(&shard), val_shard.as_ref()],
+            (seq_len, t.batch_size),
+            // A resumed full fine-tune no longer holds the starting model.
+            resumed.is_none() || lora.is_some(),
+        )?),
+        None => None,
+    };
     let mut s = Setup {
+        pairs,
         resumed_from: resumed.as_ref().map(|r| relative(run, &r.dir)),
         step: 0,
         sampler: SamplerState::default(),
@@ -283,11 +335,11 @@ fn build(
     Ok((engine, specs, opt, resumed))
 }
 
-/// The validation set's batches (at most `train.eval_batches`), in order.
-fn val_batches(cfg: &TrainConfig, shard: &Shard, seq_len: usize) -> Result<Vec<Batch>> {
+/// The validation shard and its batches (at most `train.eval_batches`), in order.
+fn val_batches(cfg: &TrainConfig, shard: &Shard, seq_len: usize) -> Result<(Option<Shard>, Vec<Batch>)> {
     let t = &cfg.train;
     let Some(path) = &t.val else {
-        return Ok(Vec::new());
+        return Ok((None, Vec::new()));
     };
     let v = Shard::open(path)?;
     if v.vocab_size() != shard.vocab_size() {
@@ -295,12 +347,17 @@ fn val_batches(cfg: &TrainConfig, shard: &Shard, seq_len: usize) -> Result<Vec<B
             "training and validation shards come from different tokenizers".into(),
         ));
     }
+    if v.is_pairs() != shard.is_pairs() {
+        return Err(Error::Config(
+            "one of the training and validation shards holds preference pairs and the other does not".into(),
+        ));
+    }
     let mut s = BatchSampler::new(&v, sampler_config(cfg, seq_len, false))?;
     let mut b = s.epoch_batches();
     if let Some(n) = t.eval_batches {
         b.truncate(n);
     }
-    Ok(b)
+    Ok((Some(v), b))
 }
 
 fn sampler_config(cfg: &TrainConfig, seq_len: usize, shuffle: bool) -> SamplerConfig {
@@ -405,13 +462,17 @@ pub fn train(
     while step < steps {
         let t0 = Instant::now();
         let lr = lr_at(step, t.lr, t.min_lr, t.warmup_steps, steps);
+        let objective = match s.pairs.as_mut() {
+            Some(p) => StepLoss::Pairs(p),
+            None => StepLoss::Tokens(t.mode),
+        };
         let out = optimizer_step(
             &mut s.engine,
             &s.specs,
             &mut s.opt,
             || sampler.next_batch(),
             micro,
-            t.mode,
+            objective,
             lr,
             t.grad_clip,
             &mut s.dropout,
@@ -434,10 +495,17 @@ pub fn train(
             tokens_per_s: out.positions as f64 / t0.elapsed().as_secs_f64(),
             epoch: sampler.epoch_progress(),
             elapsed_s: started.elapsed().as_secs_f64(),
+            metrics: out.metrics,
         });
         let mut stop_reason = stop.load(Ordering::Relaxed).then(|| "stop requested".to_string());
         if !s.val_batches.is_empty() && (step % t.eval_every == 0 || step == steps) {
-            let val = val_loss(&mut s.engine, &s.val_batches, t.mode)?;
+            let (val, metrics) = match s.pairs.as_mut() {
+                Some(p) => match p.validate(&mut s.engine, &s.val_batches)? {
+                    Some((loss, m)) => (Some(loss), Some(m)),
+                    None => (None, None),
+                },
+                None => (val_loss(&mut s.engine, &s.val_batches, t.mode)?, None),
+            };
             if let Some(v) = val.filter(|v| !v.is_finite()) {
                 let what = format!("validation loss {v}");
                 return Err(Error::Diverged { step, what });
@@ -457,6 +525,7 @@ pub fn train(
                 val_loss: val,
                 best_val_loss,
                 improved,
+                metrics,
             });
             if t.patience.is_some_and(|p| s.since_best >= p) {
                 stop_reason = Some(format!(

@@ -64,22 +64,33 @@ impl EventFile {
                 lr,
                 grad_norm,
                 tokens_per_s,
+                metrics,
                 ..
-            } => self.scalars(
-                *step,
-                &[
-                    ("train/loss", *loss),
-                    ("train/learning_rate", *lr),
-                    ("train/grad_norm", *grad_norm),
-                    ("train/tokens_per_s", *tokens_per_s),
-                ],
-            ),
-            Event::Eval { step, val_loss, .. } => self.scalars(*step, &[("val/loss", *val_loss)]),
+            } => {
+                let mut values = vec![
+                    ("train/loss".to_string(), *loss),
+                    ("train/learning_rate".into(), *lr),
+                    ("train/grad_norm".into(), *grad_norm),
+                    ("train/tokens_per_s".into(), *tokens_per_s),
+                ];
+                values.extend(preference_scalars("train", metrics.as_ref()));
+                self.scalars(*step, &values)
+            }
+            Event::Eval {
+                step,
+                val_loss,
+                metrics,
+                ..
+            } => {
+                let mut values = vec![("val/loss".to_string(), *val_loss)];
+                values.extend(preference_scalars("val", metrics.as_ref()));
+                self.scalars(*step, &values)
+            }
             _ => Ok(()),
         }
     }
 
-    fn scalars(&mut self, step: u64, values: &[(&str, f64)]) -> std::io::Result<()> {
+    fn scalars(&mut self, step: u64, values: &[(String, f64)]) -> std::io::Result<()> {
         let mut summary = Vec::new();
         for (tag, v) in values {
             let mut value = Vec::new();
@@ -146,6 +157,17 @@ fn masked_crc32c(data: &[u8]) -> u32 {
     }
     let crc = !crc;
     crc.rotate_right(15).wrapping_add(0xA282_EAD8)
+}
+
+/// Preference tuning's metrics as TensorBoard tags under `prefix` (`train/rewards/chosen`, …).
+fn preference_scalars(prefix: &str, m: Option<&crate::preference::PrefMetrics>) -> Vec<(String, f64)> {
+    let Some(serde_json::Value::Object(fields)) = m.and_then(|m| serde_json::to_value(m).ok()) else {
+        return Vec::new();
+    };
+    fields
+        .into_iter()
+        .filter_map(|(k, v)| Some((format!("{prefix}/{k}"), v.as_f64()?)))
+        .collect()
 }
 
 #[cfg(test)]

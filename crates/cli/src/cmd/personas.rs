@@ -398,7 +398,7 @@ fn train_adapters(
     args: &super::train::TrainArgs,
     mut record: PersonaRun,
 ) -> anyhow::Result<()> {
-    if !cfg.train.mode.adapter() {
+    if cfg.train.adapter().is_none() {
         if args.mode.is_some() {
             bail!("--persona-strategy adapters trains LoRA adapters: use --mode lora or qlora");
         }

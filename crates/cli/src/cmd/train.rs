@@ -23,7 +23,7 @@ pub struct TrainArgs {
     /// The run directory
     #[arg(short, long)]
     pub out: PathBuf,
-    /// pretrain (loss on every token), sft (on the assistant's turns), lora or qlora [default: the config's, else sft]
+    /// pretrain (loss on every token), sft (on the assistant's turns), lora or qlora; dpo or orpo (preference pairs) [default: the config's, else sft]
     #[arg(long, value_parser = super::parse::<Mode>)]
     pub mode: Option<Mode>,
     /// Start from an HF folder (GPT-2 or Llama family), a Hub id (distilgpt2, org/name@revision) or an earlier run
@@ -54,6 +54,15 @@ pub struct TrainArgs {
     /// Skip the evaluation of the best checkpoint after training
     #[arg(long)]
     pub no_eval: bool,
+    /// Preference modes (dpo, orpo): train a LoRA or QLoRA adapter (`--lora-*`) instead of the whole model
+    #[arg(long, value_parser = super::parse::<chatforge_train::Adapter>)]
+    pub adapter: Option<chatforge_train::Adapter>,
+    /// DPO's β (how far from the reference the model may move), ORPO's λ [default: 0.1]
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// DPO: the share of pairs taken as mislabelled (conservative DPO), in [0, 0.5) [default: 0]
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
     /// LoRA rank (`--mode lora`)
     #[arg(long)]
     pub lora_rank: Option<usize>,
@@ -107,6 +116,9 @@ impl TrainArgs {
         if self.adapter_name.is_some() {
             t.adapter_name = self.adapter_name.clone();
         }
+        t.adapter = self.adapter.or(t.adapter);
+        t.beta = self.beta.unwrap_or(t.beta);
+        t.label_smoothing = self.label_smoothing.unwrap_or(t.label_smoothing);
         t.grad_checkpoint |= self.grad_checkpoint;
         let l = &mut cfg.lora;
         if let Some(r) = self.lora_rank {
@@ -186,24 +198,45 @@ pub fn reporter() -> impl FnMut(&Event) {
             loss,
             lr,
             tokens_per_s,
+            metrics,
             ..
-        } => match &bar {
-            Some(b) => {
-                b.set_position(*step);
-                b.set_message(format!("loss {loss:.4} lr {lr:.2e} {tokens_per_s:.0} tok/s"));
+        } => {
+            let rewards = metrics.map_or(String::new(), |m| {
+                format!(
+                    " reward acc {:.2} margin {:.3}",
+                    m.rewards_accuracies, m.rewards_margins
+                )
+            });
+            match &bar {
+                Some(b) => {
+                    b.set_position(*step);
+                    b.set_message(format!(
+                        "loss {loss:.4}{rewards} lr {lr:.2e} {tokens_per_s:.0} tok/s"
+                    ));
+                }
+                None if total > 0 && (step % (total / 10).max(1) == 0 || *step == total) => {
+                    say!(
+                        "step {step}/{total}  loss {loss:.4}{rewards}  lr {lr:.2e}  {tokens_per_s:.0} tokens/s"
+                    );
+                }
+                None => {}
             }
-            None if total > 0 && (step % (total / 10).max(1) == 0 || *step == total) => {
-                say!("step {step}/{total}  loss {loss:.4}  lr {lr:.2e}  {tokens_per_s:.0} tokens/s");
-            }
-            None => {}
-        },
+        }
         Event::Eval {
             step,
             val_loss,
             best_val_loss,
+            metrics,
             ..
         } => {
-            let line = format!("step {step}: validation loss {val_loss:.4} (best {best_val_loss:.4})");
+            let rewards = metrics.map_or(String::new(), |m| {
+                format!(
+                    ", reward accuracy {:.2}, margin {:.3}",
+                    m.rewards_accuracies, m.rewards_margins
+                )
+            });
+            let line =
+                format!("step {step}: validation loss {val_loss:.4} (best {best_val_loss:.4}){rewards}");
             match &bar {
                 Some(b) => b.println(line),
                 None => say!("{line}"),

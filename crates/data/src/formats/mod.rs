@@ -82,7 +82,9 @@ impl FromStr for DataFormat {
             "yaml" | "yml" | "yaml-dialog" => DataFormat::YamlDialog,
             "chat-export" | "discord" => DataFormat::ChatExport,
             "documents" | "plain" | "corpus" => DataFormat::Documents,
-            "preference" | "pairs" | "dpo" | "trl" | "hh-rlhf" | "hh" | "ultrafeedback" => DataFormat::Preference,
+            "preference" | "pairs" | "dpo" | "trl" | "hh-rlhf" | "hh" | "ultrafeedback" => {
+                DataFormat::Preference
+            }
             other => {
                 return Err(Error::Invalid(format!(
                     "unknown format '{other}': expected one of {}",

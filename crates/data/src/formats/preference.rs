@@ -26,7 +26,12 @@ pub(super) fn convert(obj: Map<String, Value>) -> Converted {
             let prompt = match prompt {
                 Value::String(s) => vec![Message::new(Role::User, s.trim())],
                 Value::Array(list) => turns(list, "role", "content").map_err(|e| format!("prompt: {e}"))?,
-                other => return Err(format!("\"prompt\" should be a string or a list of messages, got {}", kind(other))),
+                other => {
+                    return Err(format!(
+                        "\"prompt\" should be a string or a list of messages, got {}",
+                        kind(other)
+                    ));
+                }
             };
             let (c, r) = (messages(chosen, "chosen")?, messages(rejected, "rejected")?);
             // UltraFeedback-binarized: the replies repeat the prompt's turns; drop what they share.
@@ -51,7 +56,10 @@ fn messages(v: &Value, what: &str) -> Result<Vec<Message>, String> {
         Value::String(s) if is_transcript(s) => transcript(s).map_err(|e| format!("{what}: {e}")),
         Value::String(s) if s.trim().is_empty() => Ok(Vec::new()),
         Value::String(s) => Ok(vec![Message::new(Role::Assistant, s.trim())]),
-        other => Err(format!("\"{what}\" should be a string or a list of messages, got {}", kind(other))),
+        other => Err(format!(
+            "\"{what}\" should be a string or a list of messages, got {}",
+            kind(other)
+        )),
     }
 }
 
@@ -92,7 +100,11 @@ fn transcript(s: &str) -> Result<Vec<Message>, String> {
     let mut out: Vec<Message> = Vec::new();
     let mut rest = s;
     if !rest.starts_with(HUMAN) && !rest.starts_with(ASSISTANT) {
-        let first = [rest.find(HUMAN), rest.find(ASSISTANT)].into_iter().flatten().min().unwrap_or(0);
+        let first = [rest.find(HUMAN), rest.find(ASSISTANT)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(0);
         if !rest[..first].trim().is_empty() {
             return Err("text before the first \"Human:\" turn".into());
         }
@@ -106,7 +118,11 @@ fn transcript(s: &str) -> Result<Vec<Message>, String> {
         } else {
             return Err("expected a \"Human:\" or \"Assistant:\" turn".into());
         };
-        let end = [body.find(HUMAN), body.find(ASSISTANT)].into_iter().flatten().min().unwrap_or(body.len());
+        let end = [body.find(HUMAN), body.find(ASSISTANT)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(body.len());
         out.push(Message::new(role, body[..end].trim()));
         rest = &body[end..];
     }
@@ -133,7 +149,8 @@ mod tests {
         let c = pair(json!({
             "prompt": [{"role": "user", "content": "What color is the sky?"}],
             "chosen": [{"role": "assistant", "content": "Blue."}],
-            "rejected": [{"role": "assistant", "content": "Green."}]})).unwrap();
+            "rejected": [{"role": "assistant", "content": "Green."}]}))
+        .unwrap();
         assert_eq!(c.messages.len(), 1);
         assert_eq!(c.chosen[0].content, "Blue.");
     }
@@ -144,7 +161,8 @@ mod tests {
             "prompt": "Hi?", "prompt_id": "x", "score_chosen": 8.0, "score_rejected": 3.0,
             "chosen": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello!"}],
             "rejected": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Go away."}],
-            "messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello!"}]})).unwrap();
+            "messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello!"}]}))
+        .unwrap();
         assert_eq!(c.messages, vec![Message::new(Role::User, "Hi?")]);
         assert_eq!(c.chosen, vec![Message::new(Role::Assistant, "Hello!")]);
         assert_eq!(c.rejected, vec![Message::new(Role::Assistant, "Go away.")]);
@@ -164,7 +182,11 @@ mod tests {
     #[test]
     fn malformed_pairs_say_what_is_wrong() {
         let same = "\n\nHuman: a\n\nAssistant: b";
-        assert!(pair(json!({"chosen": same, "rejected": same})).unwrap_err().contains("same conversation"));
+        assert!(
+            pair(json!({"chosen": same, "rejected": same}))
+                .unwrap_err()
+                .contains("same conversation")
+        );
         let e = pair(json!({"chosen": [{"role": "user", "content": "x"}], "rejected": [{"role": "user", "content": "y"}]}))
             .unwrap_err();
         assert!(e.contains("share no prompt"), "{e}");
