@@ -30,6 +30,11 @@ pub struct Stats {
     pub domains: Vec<Counted>,
     /// Most common speakers, with messages per speaker.
     pub speakers: Vec<Counted>,
+    /// Preference pairs (their prompts are the messages counted above), and the mean characters
+    /// of their chosen and rejected replies.
+    pub pairs: usize,
+    pub mean_chosen_chars: f64,
+    pub mean_rejected_chars: f64,
 }
 
 fn top(map: BTreeMap<String, usize>, n: usize) -> Vec<Counted> {
@@ -51,7 +56,14 @@ impl Stats {
         };
         let mut domains = BTreeMap::new();
         let mut speakers = BTreeMap::new();
+        let (mut chosen, mut rejected) = (0usize, 0usize);
+        let chars = |ms: &[crate::Message]| ms.iter().map(|m| m.content.chars().count()).sum::<usize>();
         for c in conversations {
+            if c.is_pair() {
+                s.pairs += 1;
+                chosen += chars(&c.chosen);
+                rejected += chars(&c.rejected);
+            }
             s.messages += c.messages.len();
             s.min_turns = s.min_turns.min(c.messages.len());
             s.max_turns = s.max_turns.max(c.messages.len());
@@ -76,6 +88,10 @@ impl Stats {
         if s.messages > 0 {
             s.mean_message_chars = s.characters as f64 / s.messages as f64;
         }
+        if s.pairs > 0 {
+            s.mean_chosen_chars = chosen as f64 / s.pairs as f64;
+            s.mean_rejected_chars = rejected as f64 / s.pairs as f64;
+        }
         s.domains = top(domains, top_n);
         s.speakers = top(speakers, top_n);
         s
@@ -85,6 +101,13 @@ impl Stats {
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "conversations  {}", self.conversations)?;
+        if self.pairs > 0 {
+            writeln!(
+                f,
+                "pairs          {} (replies: chosen {:.1} chars, rejected {:.1} on average; messages below are prompts)",
+                self.pairs, self.mean_chosen_chars, self.mean_rejected_chars
+            )?;
+        }
         writeln!(
             f,
             "messages       {} ({:.2} per conversation, min {}, max {})",
@@ -168,5 +191,17 @@ mod tests {
         assert_eq!(s.domains.len(), 2);
         let text = s.to_string();
         assert!(text.contains("top speakers   ann 2, bob 1"), "{text}");
+        assert!(!text.contains("pairs"), "{text}");
+        let p = Conversation::pair(
+            vec![Message::new(Role::User, "q")],
+            vec![Message::new(Role::Assistant, "good")],
+            vec![Message::new(Role::Assistant, "no")],
+        );
+        let s = Stats::of(&[p.clone(), p], 10);
+        assert_eq!(
+            (s.pairs, s.mean_chosen_chars, s.mean_rejected_chars),
+            (2, 4.0, 2.0)
+        );
+        assert!(s.to_string().contains("pairs          2"), "{s}");
     }
 }

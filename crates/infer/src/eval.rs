@@ -201,6 +201,24 @@ pub fn evaluate(
     let started = Instant::now();
     opts.sampling.validate()?;
     let tok = &model.tokenizer;
+    // A preference pair is measured on its chosen reply: the one the model should give.
+    let chosen: Vec<Conversation>;
+    let data = if data.iter().any(Conversation::is_pair) {
+        chosen = data
+            .iter()
+            .map(|c| match c.is_pair() {
+                true => Conversation {
+                    messages: c.with_reply(true),
+                    meta: c.meta.clone(),
+                    ..Default::default()
+                },
+                false => c.clone(),
+            })
+            .collect();
+        &chosen[..]
+    } else {
+        data
+    };
     let seqs = data
         .iter()
         .map(|c| scored(model, c, opts))

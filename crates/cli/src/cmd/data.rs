@@ -205,9 +205,14 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
             let tok = load_tokenizer(&args.tokenizer)?;
             let r = tokenize_file(&args.file, &tok, &args.template.options(), &args.out)?;
             say!(
-                "{}: {} conversations → {} tokens ({} carry loss) in {}, {:.1} MB/s",
+                "{}: {} {} → {} tokens ({} carry loss) in {}, {:.1} MB/s",
                 r.input.display(),
                 r.conversations,
+                if r.pairs {
+                    "preference pairs"
+                } else {
+                    "conversations"
+                },
                 r.tokens,
                 r.loss_tokens,
                 r.output.display(),
@@ -288,9 +293,23 @@ pub fn import_cmd(args: &ImportArgs) -> anyhow::Result<()> {
     if let Some(r) = &report.chat {
         print_chat_report(r);
     }
+    // Preference pairs are counted as pairs; a mix of pairs and conversations is refused, as
+    // tokenizing them would be.
+    let pairs = report.conversations.iter().filter(|c| c.is_pair()).count();
+    if pairs > 0 && pairs < report.conversations.len() {
+        bail!(
+            "the inputs mix {pairs} preference pairs with {} conversations: import them separately",
+            report.conversations.len() - pairs
+        );
+    }
+    let what = if pairs > 0 {
+        "preference pairs"
+    } else {
+        "conversations"
+    };
     for f in &report.files {
         say!(
-            "{}: {} — {} records → {} conversations",
+            "{}: {} — {} records → {} {what}",
             f.path.display(),
             f.detected,
             f.records,
@@ -309,23 +328,19 @@ pub fn import_cmd(args: &ImportArgs) -> anyhow::Result<()> {
         (report.dropped_long, "over --max-chars"),
     ];
     for (n, why) in dropped.iter().filter(|(n, _)| *n > 0) {
-        say!("dropped {n} conversations: {why}");
+        say!("dropped {n} {what}: {why}");
     }
     if report.conversations.is_empty() {
-        bail!("no conversations left to write");
+        bail!("no {what} left to write");
     }
     let (train, val) = split(report.conversations, args.val_split, args.seed)?;
     write_jsonl(&args.out, &train)?;
-    say!(
-        "wrote {} training conversations to {}",
-        train.len(),
-        args.out.display()
-    );
+    say!("wrote {} training {what} to {}", train.len(), args.out.display());
     if args.val_split > 0.0 {
         let val_out = args.val_out.clone().unwrap_or_else(|| val_path_for(&args.out));
         write_jsonl(&val_out, &val)?;
         say!(
-            "wrote {} validation conversations to {} (seed {})",
+            "wrote {} validation {what} to {} (seed {})",
             val.len(),
             val_out.display(),
             args.seed
@@ -391,7 +406,21 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
             "⟦…⟧"
         }
     );
+    let mut enc = tok.encoder();
     for (i, c) in convs.iter().take(args.n).enumerate() {
+        if c.is_pair() {
+            let [chosen, rejected] = tok.render_pair(&mut enc, c, &opts)?;
+            for (side, r) in [("chosen", chosen), ("rejected", rejected)] {
+                say!(
+                    "\n── pair {} · {side} · {} tokens, {} in the reply ──",
+                    i + 1,
+                    r.ids.len(),
+                    r.mask.iter().filter(|&&m| m == 1).count()
+                );
+                say!("{}", highlight(&tok, &r.ids, &r.mask, args.tokens, color)?);
+            }
+            continue;
+        }
         let r = tok.render_chat(c, &opts)?;
         let loss = r.mask.iter().filter(|&&m| m == 1).count();
         say!(

@@ -21,7 +21,8 @@ pub(super) fn convert(obj: Map<String, Value>) -> Converted {
     let (Some(chosen), Some(rejected)) = (field("chosen"), field("rejected")) else {
         return Err("a preference pair needs \"chosen\" and \"rejected\"".into());
     };
-    let pair = match field("prompt") {
+    // chatforge's canonical pairs keep the prompt in `messages`.
+    let pair = match field("prompt").or_else(|| field("messages").filter(|_| !obj.contains_key("prompt"))) {
         Some(prompt) => {
             let prompt = match prompt {
                 Value::String(s) => vec![Message::new(Role::User, s.trim())],
@@ -74,8 +75,14 @@ fn split(mut chosen: Vec<Message>, mut rejected: Vec<Message>) -> Result<Convers
     if n == 0 {
         return Err("\"chosen\" and \"rejected\" share no prompt; give a \"prompt\" field".into());
     }
-    if n == chosen.len() || n == rejected.len() {
+    if n == chosen.len() && n == rejected.len() {
         return Err("\"chosen\" and \"rejected\" are the same conversation".into());
+    }
+    if n == chosen.len() || n == rejected.len() {
+        let short = if n == chosen.len() { "chosen" } else { "rejected" };
+        return Err(format!(
+            "the {short} conversation has no reply after the prompt both share"
+        ));
     }
     if chosen[n].role != Role::Assistant || rejected[n].role != Role::Assistant {
         return Err(format!(
@@ -92,7 +99,7 @@ const HUMAN: &str = "\n\nHuman:";
 const ASSISTANT: &str = "\n\nAssistant:";
 
 fn is_transcript(s: &str) -> bool {
-    s.contains(HUMAN) && s.contains(ASSISTANT)
+    s.starts_with(HUMAN) || (s.contains(HUMAN) && s.contains(ASSISTANT))
 }
 
 /// Anthropic HH-RLHF's transcript: `"\n\nHuman: …\n\nAssistant: …"` turns.
@@ -177,6 +184,16 @@ mod tests {
         assert_eq!(c.messages[2], Message::new(Role::User, "And 3+3?"));
         assert_eq!(c.chosen, vec![Message::new(Role::Assistant, "6.")]);
         assert_eq!(c.rejected, vec![Message::new(Role::Assistant, "No idea.")]);
+    }
+
+    #[test]
+    fn canonical_pairs_read_back() {
+        let c = Conversation::pair(
+            vec![Message::new(Role::User, "q")],
+            vec![Message::new(Role::Assistant, "good")],
+            vec![Message::new(Role::Assistant, "bad")],
+        );
+        assert_eq!(pair(serde_json::to_value(&c).unwrap()).unwrap(), c);
     }
 
     #[test]
