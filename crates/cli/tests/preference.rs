@@ -167,8 +167,7 @@ fn preference_files_import_show_and_train() {
         let eval: serde_json::Value = log
             .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|e| e["event"] == "eval")
-            .next_back()
+            .rfind(|e| e["event"] == "eval")
             .unwrap();
         for key in [
             "rewards/chosen",
