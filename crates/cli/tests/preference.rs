@@ -185,3 +185,54 @@ fn preference_files_import_show_and_train() {
     assert!(d.join("dpo/reference/train.json").is_file());
     assert!(d.join("dpo_lora/best/adapter_config.json").is_file());
 }
+
+#[test]
+fn the_service_runs_a_dpo_job_and_reports_its_metrics() {
+    use common::service::{get, post, serve, wait_state};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tiny_model_and_chats(d);
+    write_pairs(d);
+    let root = d.join("root");
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    ok(
+        &[
+            "data",
+            "import",
+            "pairs.jsonl",
+            "-o",
+            "root/data/p.jsonl",
+            "--val-split",
+            "0.2",
+        ],
+        d,
+        None,
+    );
+    std::fs::rename(d.join("hf"), root.join("hf")).unwrap();
+    let port = common::service::free_port();
+    let _server = serve(&root, port, 1, &[], &[]);
+    let body = serde_json::json!({
+        "mode": "dpo",
+        "data": "data/p.jsonl",
+        "val": "data/p.val.jsonl",
+        "init": "hf",
+        "train": {"max_steps": 4, "batch_size": 4, "eval_every": 4, "checkpoint_every": 4, "beta": 0.2, "adapter": "lora"}
+    });
+    let r = post(port, "/runs/train", &body);
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["run_id"].as_str().unwrap().to_string();
+    let done = wait_state(port, &id, &["succeeded", "failed"], 120);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let status = get(port, &format!("/runs/{id}")).json();
+    let p = &status["progress"];
+    for key in ["rewards/accuracies", "rewards/margins", "logps/chosen"] {
+        assert!(p["metrics"][key].is_number(), "{key} missing from {status}");
+        assert!(p["val_metrics"][key].is_number(), "{key} missing from {status}");
+    }
+    // A bad setting is the job's error, named: label smoothing must be below 0.5.
+    let mut bad = body.clone();
+    bad["train"]["label_smoothing"] = serde_json::json!(0.7);
+    let r = post(port, "/runs/train", &bad);
+    assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("label_smoothing"));
+}

@@ -343,6 +343,12 @@ pub struct Progress {
     pub tokens_per_s: Option<f64>,
     pub eta_s: Option<f64>,
     pub val_loss: Option<f64>,
+    /// Preference runs: the last step's metrics (`rewards/accuracies`, …, TRL's names) and the
+    /// last validation's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<chatforge_train::preference::PrefMetrics>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_metrics: Option<chatforge_train::preference::PrefMetrics>,
 }
 
 impl Progress {
@@ -360,15 +366,22 @@ impl Progress {
                 loss,
                 tokens_per_s,
                 elapsed_s,
+                metrics,
                 ..
             } => {
+                self.metrics = *metrics;
                 self.step = *step;
                 self.loss = Some(*loss);
                 self.tokens_per_s = Some(*tokens_per_s);
                 let done = (*step).max(1) as f64;
                 self.eta_s = Some(elapsed_s / done * (self.total.saturating_sub(*step)) as f64);
             }
-            Event::Eval { val_loss, .. } => self.val_loss = Some(*val_loss),
+            Event::Eval {
+                val_loss, metrics, ..
+            } => {
+                self.val_loss = Some(*val_loss);
+                self.val_metrics = *metrics;
+            }
             _ => {}
         }
     }
