@@ -50,7 +50,7 @@ struct Start {
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Report {
-    Progress(Progress),
+    Progress(Box<Progress>),
     Done(Result<(), String>),
 }
 
@@ -126,7 +126,7 @@ impl Task {
                         match serde_json::from_str::<Report>(&line) {
                             Ok(Report::Progress(p)) => {
                                 if let Ok(mut slot) = progress.lock() {
-                                    *slot = p;
+                                    *slot = *p;
                                 }
                             }
                             Ok(Report::Done(r)) => done = Some(r),
@@ -260,7 +260,7 @@ pub fn run_child(stop: &'static AtomicBool) -> bool {
                 if key != sent
                     && let Some(p) = now
                 {
-                    report(&Report::Progress(p));
+                    report(&Report::Progress(Box::new(p)));
                     sent = key;
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -273,7 +273,7 @@ pub fn run_child(stop: &'static AtomicBool) -> bool {
     finished.store(true, Ordering::Relaxed);
     let _ = reporter.join();
     if let Ok(p) = progress.lock() {
-        report(&Report::Progress(p.clone()));
+        report(&Report::Progress(Box::new(p.clone())));
     }
     let result = match result {
         Ok(r) => r.map_err(|e| e.to_string()),
