@@ -92,6 +92,24 @@ fn preference_files_import_show_and_train() {
     assert_eq!(first["messages"].as_array().unwrap().len(), 3, "{first}");
     assert_eq!(first["chosen"][0]["content"], "A little.");
 
+    // OpenAssistant trees: pairs from sibling replies ordered by rank.
+    let oasst = chatforge_testkit::root().join("fixtures/formats/oasst_messages.jsonl");
+    let out = ok(
+        &[
+            "data",
+            "import",
+            oasst.to_str().unwrap(),
+            "-o",
+            "oa.jsonl",
+            "--pairs-from-ranks",
+            "--val-split",
+            "0",
+        ],
+        d,
+        None,
+    );
+    assert!(out.contains("→ 1 preference pairs"), "{out}");
+
     // A malformed pair is named by its file and line.
     std::fs::write(
         d.join("bad.jsonl"),

@@ -173,6 +173,22 @@ fn oasst_messages_flatten_best_first() {
     .unwrap();
     assert_eq!(best.conversations.len(), 2);
     assert_eq!(best.conversations[0].messages.len(), 4);
+    // Pairs from ranks: m1's replies rank 0 (m3) over rank 1 (m2) (m7 was deleted); m4 and n1
+    // have one reply each.
+    let pairs = read_file(
+        &fixture("formats/oasst_messages.jsonl"),
+        &ReadOptions {
+            pairs_from_ranks: true,
+            ..ReadOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(pairs.conversations.len(), 1, "{:?}", pairs.conversations);
+    let p = &pairs.conversations[0];
+    assert_eq!(p.messages[0].content, "What is a good name for a cat?");
+    assert_eq!(p.chosen[0].content, "How about Luna? It is short and friendly.");
+    assert_eq!(p.rejected[0].content, "Whiskers is a classic choice.");
+    assert_eq!(p.meta["message_tree_id"], "m1");
 }
 
 #[test]

@@ -77,6 +77,9 @@ pub struct ImportArgs {
     /// OpenAssistant trees: keep only the best-ranked path of each tree
     #[arg(long)]
     pub oasst_best_only: bool,
+    /// OpenAssistant trees: preference pairs (DPO, ORPO) from sibling replies ordered by rank
+    #[arg(long)]
+    pub pairs_from_ranks: bool,
     /// Skip and count malformed records instead of stopping at the first
     #[arg(long)]
     pub skip_invalid: bool,
@@ -277,6 +280,7 @@ pub fn import_cmd(args: &ImportArgs) -> anyhow::Result<()> {
             format: args.format,
             field_map: args.field_map.clone().unwrap_or_default(),
             oasst_best_only: args.oasst_best_only,
+            pairs_from_ranks: args.pairs_from_ranks,
             skip_invalid: args.skip_invalid,
         },
         dedupe: args.dedupe,

@@ -78,6 +78,7 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
         max_chars: None,
         domain_tag: false,
         oasst_best_only: false,
+        pairs_from_ranks: false,
         skip_invalid: false,
         chat: Default::default(),
     })?;

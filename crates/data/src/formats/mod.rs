@@ -202,6 +202,9 @@ pub struct ReadOptions {
     pub field_map: FieldMap,
     /// OpenAssistant: keep only the best-ranked path of each tree.
     pub oasst_best_only: bool,
+    /// OpenAssistant: preference pairs instead of conversations, from sibling replies ordered by
+    /// rank (each better-ranked reply preferred to each worse-ranked one).
+    pub pairs_from_ranks: bool,
     /// Skip and count malformed records instead of failing on the first.
     pub skip_invalid: bool,
 }
@@ -449,8 +452,8 @@ fn read_records(
         .flatten();
     let n = items.len();
     match format {
-        DataFormat::Oasst => oasst::read_messages(items, opts.oasst_best_only, sink)?,
-        DataFormat::OasstTrees => oasst::read_trees(items, opts.oasst_best_only, sink)?,
+        DataFormat::Oasst => oasst::read_messages(items, oasst::Paths::of(opts), sink)?,
+        DataFormat::OasstTrees => oasst::read_trees(items, oasst::Paths::of(opts), sink)?,
         DataFormat::Documents => {
             for (at, value) in items {
                 let c = match value.get("text").and_then(Value::as_str) {

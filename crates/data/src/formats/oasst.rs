@@ -1,5 +1,7 @@
 //! OpenAssistant (oasst1) message trees, flat or nested, flattened into one conversation per
 //! root-to-leaf path. Siblings are visited best rank first, so the best path of a tree comes first.
+//! With `--pairs-from-ranks`, the trees become preference pairs instead: for each prompt, every
+//! pair of its ranked replies, the better-ranked one chosen.
 
 use std::collections::{HashMap, HashSet};
 
@@ -14,6 +16,24 @@ struct Node {
     text: String,
     rank: Option<f64>,
     children: Vec<usize>,
+}
+
+/// What a tree becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Paths {
+    All,
+    BestOnly,
+    RankedPairs,
+}
+
+impl Paths {
+    pub(super) fn of(opts: &super::ReadOptions) -> Paths {
+        match (opts.pairs_from_ranks, opts.oasst_best_only) {
+            (true, _) => Paths::RankedPairs,
+            (false, true) => Paths::BestOnly,
+            (false, false) => Paths::All,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -43,7 +63,7 @@ fn is_deleted(obj: &Map<String, Value>) -> bool {
 }
 
 /// Flat oasst1 messages (`message_id`, `parent_id`, …), in any order within the file.
-pub(super) fn read_messages(items: Vec<(usize, Value)>, best_only: bool, sink: &mut Sink<'_>) -> Result<()> {
+pub(super) fn read_messages(items: Vec<(usize, Value)>, paths: Paths, sink: &mut Sink<'_>) -> Result<()> {
     let mut forest = Forest::default();
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut parents: Vec<(usize, Option<String>)> = Vec::new();
@@ -96,11 +116,11 @@ pub(super) fn read_messages(items: Vec<(usize, Value)>, best_only: bool, sink: &
             },
         }
     }
-    emit(&mut forest, best_only, sink)
+    emit(&mut forest, paths, sink)
 }
 
 /// Exported trees (`*.trees.jsonl`): `{"message_tree_id", "prompt": {…, "replies": [...]}}`.
-pub(super) fn read_trees(items: Vec<(usize, Value)>, best_only: bool, sink: &mut Sink<'_>) -> Result<()> {
+pub(super) fn read_trees(items: Vec<(usize, Value)>, paths: Paths, sink: &mut Sink<'_>) -> Result<()> {
     let mut forest = Forest::default();
     for (line, value) in items {
         let Some(prompt) = value.get("prompt").and_then(Value::as_object) else {
@@ -117,7 +137,7 @@ pub(super) fn read_trees(items: Vec<(usize, Value)>, best_only: bool, sink: &mut
             Err(msg) => sink.invalid(sink.error(sink.at(line), msg))?,
         }
     }
-    emit(&mut forest, best_only, sink)
+    emit(&mut forest, paths, sink)
 }
 
 fn add_subtree(
@@ -144,7 +164,8 @@ fn add_subtree(
     Ok(Some(nodes.len() - 1))
 }
 
-fn emit(forest: &mut Forest, best_only: bool, sink: &mut Sink<'_>) -> Result<()> {
+fn emit(forest: &mut Forest, paths: Paths, sink: &mut Sink<'_>) -> Result<()> {
+    let best_only = paths == Paths::BestOnly;
     // Best rank (0) first; unranked replies after ranked ones, in file order.
     let ranks: Vec<Option<f64>> = forest.nodes.iter().map(|n| n.rank).collect();
     for node in &mut forest.nodes {
@@ -154,6 +175,25 @@ fn emit(forest: &mut Forest, best_only: bool, sink: &mut Sink<'_>) -> Result<()>
             (None, Some(_)) => std::cmp::Ordering::Greater,
             (None, None) => std::cmp::Ordering::Equal,
         });
+    }
+    let meta = |c: &mut Conversation, tree: &Option<Value>, lang: &Option<Value>| {
+        if let Some(t) = tree {
+            c.meta.insert("message_tree_id".into(), t.clone());
+        }
+        if let Some(l) = lang {
+            c.meta.insert("lang".into(), l.clone());
+        }
+    };
+    if paths == Paths::RankedPairs {
+        for (root, tree, lang) in &forest.roots {
+            let mut pairs = Vec::new();
+            ranked_pairs(&forest.nodes, *root, &mut Vec::new(), &mut pairs);
+            for mut c in pairs {
+                meta(&mut c, tree, lang);
+                sink.push(sink.at(forest.nodes[*root].line), Ok(c))?;
+            }
+        }
+        return Ok(());
     }
     for (root, tree, lang) in &forest.roots {
         let mut paths = Vec::new();
@@ -172,12 +212,7 @@ fn emit(forest: &mut Forest, best_only: bool, sink: &mut Sink<'_>) -> Result<()>
                 .map(|&i| Message::new(forest.nodes[i].role, forest.nodes[i].text.clone()))
                 .collect();
             let mut c = Conversation::new(messages);
-            if let Some(t) = tree {
-                c.meta.insert("message_tree_id".into(), t.clone());
-            }
-            if let Some(l) = lang {
-                c.meta.insert("lang".into(), l.clone());
-            }
+            meta(&mut c, tree, lang);
             sink.push(sink.at(forest.nodes[*root].line), Ok(c))?;
             if best_only {
                 break;
@@ -185,6 +220,38 @@ fn emit(forest: &mut Forest, best_only: bool, sink: &mut Sink<'_>) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// Below `at` (whose ancestors are `prefix`): for each prompt, a pair for each two of its
+/// replies of different ranks, the better one chosen; the prompt is the path to it.
+fn ranked_pairs(nodes: &[Node], at: usize, prefix: &mut Vec<usize>, out: &mut Vec<Conversation>) {
+    prefix.push(at);
+    let node = &nodes[at];
+    if node.role == Role::User {
+        // Children are sorted best rank first; unranked replies come last and take no part.
+        let ranked: Vec<(usize, f64)> = node
+            .children
+            .iter()
+            .filter(|&&c| nodes[c].role == Role::Assistant)
+            .filter_map(|&c| nodes[c].rank.map(|r| (c, r)))
+            .collect();
+        for (i, &(better, rb)) in ranked.iter().enumerate() {
+            for &(worse, rw) in &ranked[i + 1..] {
+                if rb < rw {
+                    let message = |k: usize| Message::new(nodes[k].role, nodes[k].text.clone());
+                    out.push(Conversation::pair(
+                        prefix.iter().map(|&k| message(k)).collect(),
+                        vec![message(better)],
+                        vec![message(worse)],
+                    ));
+                }
+            }
+        }
+    }
+    for &child in &node.children {
+        ranked_pairs(nodes, child, prefix, out);
+    }
+    prefix.pop();
 }
 
 fn collect_paths(
