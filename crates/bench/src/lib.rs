@@ -155,6 +155,11 @@ pub struct TrainBench {
     /// loss on the second half of each (the PyTorch reference does the same)
     #[arg(long)]
     pub sft: bool,
+    /// What a step trains: pretrain, sft (as --sft) or dpo (8 pairs a step, each row a 64-token
+    /// prompt with a 64-token chosen and a 64-token rejected reply; the reference is TRL's
+    /// DPOTrainer, scripts/reference/bench_dpo_trl.py) [default: pretrain]
+    #[arg(long)]
+    pub mode: Option<String>,
 }
 
 #[derive(Args)]

@@ -6,7 +6,8 @@ use std::process::Command;
 use chatforge_base::Rng;
 use chatforge_model::engine::TrainEngine;
 use chatforge_model::{GptConfig, init_weights, param_specs, take_flat};
-use chatforge_train::{AdamW, AdamWConfig, Mode};
+use chatforge_train::preference::Objective;
+use chatforge_train::{AdamW, AdamWConfig, Mode, PairTraining, StepLoss, optimizer_step};
 
 use crate::{Step, TrainBench, json_of, median, peak_rss_mb, random_batch, sgemm_gflops};
 
@@ -45,8 +46,135 @@ fn torch_reference(args: &TrainBench) -> anyhow::Result<Option<f64>> {
     Ok(Some(best))
 }
 
+/// TRL's DPOTrainer on the same model and pairs (scripts/reference/bench_dpo_trl.py).
+fn trl_reference(args: &TrainBench) -> anyhow::Result<Option<f64>> {
+    let Some(py) = &args.reference_python else {
+        return Ok(None);
+    };
+    let mut cmd = Command::new(py);
+    cmd.arg("scripts/reference/bench_dpo_trl.py").args([
+        "--steps",
+        &args.steps.to_string(),
+        "--warmup",
+        &args.warmup.to_string(),
+    ]);
+    let r = json_of(&mut cmd, "scripts/reference/bench_dpo_trl.py")?;
+    let tps = r["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+    say!(
+        "{:<11} trl {} (torch {}): {tps:.0} tokens/s, {:.3} s/step, peak RSS {:.0} MB",
+        r["impl"].as_str().unwrap_or("trl"),
+        r["trl"].as_str().unwrap_or("?"),
+        r["torch"].as_str().unwrap_or("?"),
+        r["step_s"].as_f64().unwrap_or(f64::NAN),
+        r["peak_rss_mb"].as_f64().unwrap_or(f64::NAN)
+    );
+    Ok(Some(tps))
+}
+
+/// DPO on the bench model: 8 pairs a step, each row a 64-token prompt with a 64-token chosen
+/// and a 64-token rejected reply packed side by side; the reference log-probabilities computed
+/// first (as a run does), then policy steps timed.
+fn run_dpo(args: &TrainBench) -> anyhow::Result<()> {
+    let trl = trl_reference(args)?;
+    let cfg = GptConfig::bench();
+    let (b, t, v) = (8usize, cfg.n_ctx, cfg.vocab_size);
+    let part = t / 4;
+    let specs = param_specs(&cfg);
+    let flat = take_flat(&specs, &mut init_weights(&cfg, &mut Rng::new(0))?)?;
+    let mut engine = TrainEngine::new(&cfg, b, t, flat)?;
+    let mut rng = Rng::new(1);
+    let n = args.warmup + args.steps;
+    let batches: Vec<_> = (0..n)
+        .map(|k| {
+            let mut batch = random_batch(&mut rng, b, t, v);
+            // Row r: [prompt + chosen | prompt + rejected], 2 × 128 positions; a sequence's
+            // targets are its next tokens, the reply's carry the loss.
+            for r in 0..b {
+                let row = r * t;
+                let prompt: Vec<u32> = batch.inputs[row..row + part].to_vec();
+                for side in 0..2 {
+                    let at = row + side * 2 * part;
+                    batch.inputs[at..at + part].copy_from_slice(&prompt);
+                    for i in 0..2 * part {
+                        let j = at + i;
+                        batch.targets[j] = if i + 1 < 2 * part { batch.inputs[j + 1] } else { 1 };
+                        batch.target_mask[j] = u8::from(i + 1 < 2 * part);
+                        batch.loss_mask[j] = u8::from(i + 1 >= part && i + 1 < 2 * part);
+                        batch.positions[j] = i as u32;
+                        batch.segments[j] = side as u32;
+                        batch.seqs[j] = (2 * r + side) as u32;
+                    }
+                }
+            }
+            batch.docs = (0..2 * b as u64).map(|s| (k * 2 * b) as u64 + s).collect();
+            batch
+        })
+        .collect();
+    let mut refs = vec![0f64; n * 2 * b];
+    for batch in &batches {
+        let logps = PairTraining::sequence_logps(&mut engine, batch)?;
+        for (s, &doc) in batch.docs.iter().enumerate() {
+            refs[doc as usize] = logps[s];
+        }
+    }
+    let objective = Objective::Dpo {
+        beta: 0.1,
+        label_smoothing: 0.0,
+    };
+    let mut pairs = PairTraining::with_references(objective, refs, &engine);
+    let adamw = AdamWConfig {
+        lr: 6e-4,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
+    let mut opt = AdamW::for_lengths(adamw, specs.iter().map(|s| s.shape.iter().product()));
+    let mut dropout = Rng::new(0);
+    let mut times = Vec::new();
+    for (i, batch) in batches.into_iter().enumerate() {
+        let t0 = std::time::Instant::now();
+        optimizer_step(
+            &mut engine,
+            &specs,
+            &mut opt,
+            || batch.clone(),
+            1,
+            StepLoss::Pairs(&mut pairs),
+            6e-4,
+            1.0,
+            &mut dropout,
+        )?;
+        if i >= args.warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let s = median(times);
+    let tps = (b * t) as f64 / s;
+    say!(
+        "chatforge   bench model DPO ({:.1} M parameters, 8 pairs × (64-token prompt, 64 + 64 reply tokens), f32, AdamW, reference precomputed): {tps:.0} tokens/s, {s:.3} s/step, peak RSS {:.0} MB",
+        cfg.n_params() as f64 / 1e6,
+        peak_rss_mb()
+    );
+    if let Some(trl) = trl {
+        say!("ratio: chatforge / TRL DPOTrainer = {:.2}x", tps / trl);
+    }
+    Ok(())
+}
+
 pub(crate) fn run(args: &TrainBench) -> anyhow::Result<()> {
-    let best_torch = torch_reference(args)?;
+    let sft = match args.mode.as_deref() {
+        None | Some("pretrain") => args.sft,
+        Some("sft") => true,
+        Some("dpo") => return run_dpo(args),
+        Some(other) => anyhow::bail!("--mode {other}: expected pretrain, sft or dpo"),
+    };
+    let best_torch = torch_reference(&TrainBench {
+        sft,
+        mode: None,
+        reference_python: args.reference_python.clone(),
+        ..*args
+    })?;
     let cfg = GptConfig::bench();
     let (b, t, v) = (8usize, cfg.n_ctx, cfg.vocab_size);
     let specs = param_specs(&cfg);
@@ -62,7 +190,6 @@ pub(crate) fn run(args: &TrainBench) -> anyhow::Result<()> {
     let mut opt = AdamW::for_lengths(adamw, specs.iter().map(|s| s.shape.iter().product()));
     let mut dropout = Rng::new(0);
     let mut rng = Rng::new(1);
-    let sft = args.sft;
     let mode = if sft { Mode::Sft } else { Mode::Pretrain };
     let next_batch = || {
         let mut batch = random_batch(&mut rng, b, t, v);

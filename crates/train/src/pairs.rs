@@ -72,6 +72,41 @@ impl PairTraining {
         })
     }
 
+    /// The objective with the reference log-probabilities of the training sequences given,
+    /// indexed by [`Batch::docs`] (benches, tests).
+    pub fn with_references(objective: Objective, train_refs: Vec<f64>, engine: &TrainEngine) -> PairTraining {
+        let (b, t) = engine.shape();
+        PairTraining {
+            objective,
+            train_refs,
+            val_refs: Vec::new(),
+            logps: vec![0.0; b * t],
+        }
+    }
+
+    /// Each sequence's reply log-probability in `batch` under the engine as it is (no dropout):
+    /// what the reference pass computes.
+    pub fn sequence_logps(engine: &mut TrainEngine, batch: &Batch) -> Result<Vec<f64>> {
+        let (b, t) = engine.shape();
+        let mut logps = vec![0f32; b * t];
+        let sb = StepBatch {
+            b: batch.batch_size,
+            t: batch.seq_len,
+            inputs: &batch.inputs,
+            targets: &batch.targets,
+            positions: &batch.positions,
+            segments: &batch.segments,
+            weights: &batch.loss_mask,
+        };
+        engine.forward_logps(&sb, None, &mut logps)?;
+        let pairs = Pairs {
+            seqs: &batch.seqs,
+            reply: &batch.loss_mask,
+            n_seqs: batch.docs.len(),
+        };
+        Ok(reply_logps(&logps, &pairs).0)
+    }
+
     /// Forward and backward of one micro-batch of pairs (`scale` times its gradient): its loss,
     /// metrics and pair count; `None` when it holds no pair.
     pub fn micro_step(
@@ -113,8 +148,8 @@ impl PairTraining {
         Ok((n > 0).then(|| (loss / n as f64, PrefMetrics::mean(&parts))))
     }
 
-    /// The engine's view of a batch of pairs (log-probabilities at every real target), its pair
-    /// layout and the pairs' reference log-probabilities.
+    /// The engine's view of a batch of pairs, its pair layout and the pairs' reference
+    /// log-probabilities.
     fn layout<'a>(&self, batch: &'a Batch, train: bool) -> (StepBatch<'a>, Pairs<'a>, Vec<(f64, f64)>) {
         let refs = if train { &self.train_refs } else { &self.val_refs };
         let n_seqs = batch.docs.len() & !1;
@@ -124,6 +159,12 @@ impl PairTraining {
                 (at(2 * k), at(2 * k + 1))
             })
             .collect();
+        // DPO reads the replies' log-probabilities only (the head skips the prompts); ORPO's
+        // likelihood term covers every target of a chosen sequence.
+        let weights = match self.objective {
+            Objective::Dpo { .. } => &batch.loss_mask,
+            Objective::Orpo { .. } => &batch.target_mask,
+        };
         let sb = StepBatch {
             b: batch.batch_size,
             t: batch.seq_len,
@@ -131,7 +172,7 @@ impl PairTraining {
             targets: &batch.targets,
             positions: &batch.positions,
             segments: &batch.segments,
-            weights: &batch.target_mask,
+            weights,
         };
         let pairs = Pairs {
             seqs: &batch.seqs,

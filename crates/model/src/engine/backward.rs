@@ -18,24 +18,42 @@ pub(super) fn backward(
     let n = batch.b * batch.t;
     let w = m.params(params);
     let (wts, frozen) = (w.wts, w.frozen);
-    // Head: dlnf = dlogits · head; dhead += dlogitsᵀ · lnf (a frozen head has no gradient).
-    mm(
-        &mut s.dnarrow,
-        View::rows(0, n, c, c),
-        &acts.logits,
-        View::rows(0, n, v, v),
-        wts,
-        View::rows(m.head, v, c, c),
-        false,
-    );
-    if !frozen {
+    // Head: dlnf = dlogits · head; dhead += dlogitsᵀ · lnf (a frozen head has no gradient),
+    // over the positions the head computed (the others' gradient is 0).
+    let rows = acts.head_rows.len();
+    let all = rows == n;
+    // With fewer rows, dlnf's rows go through `dres` (zeroed below before its own use).
+    let dlnf = if all { &mut s.dnarrow } else { &mut s.dres };
+    if rows > 0 {
+        mm(
+            dlnf,
+            View::rows(0, rows, c, c),
+            &acts.logits,
+            View::rows(0, rows, v, v),
+            wts,
+            View::rows(m.head, v, c, c),
+            false,
+        );
+    }
+    if !all {
+        // head_rows is ascending: each position finds its row, or has no gradient.
+        let (dres, head_rows) = (&s.dres, &acts.head_rows);
+        s.dnarrow
+            .par_chunks_mut(c)
+            .enumerate()
+            .for_each(|(i, dst)| match head_rows.binary_search(&i) {
+                Ok(k) => dst.copy_from_slice(&dres[k * c..(k + 1) * c]),
+                Err(_) => dst.fill(0.0),
+            });
+    }
+    if !frozen && rows > 0 {
         mm(
             grads,
             View::rows(m.head, v, c, c),
             &acts.logits,
-            View::rows(0, n, v, v).t(),
-            &acts.lnf,
-            View::rows(0, n, c, c),
+            View::rows(0, rows, v, v).t(),
+            if all { &acts.lnf } else { &acts.lnf_rows },
+            View::rows(0, rows, c, c),
             true,
         );
     }

@@ -291,6 +291,8 @@ impl Acts {
             work: None,
             lnf: z(n * c),
             lnf_stats: vec![(0.0, 0.0); n],
+            head_rows: Vec::with_capacity(n),
+            lnf_rows: z(n * c),
             logits: z(n * v),
             row_tiles: Vec::new(),
             emb_mask: None,

@@ -57,12 +57,28 @@ pub(super) fn forward(m: &Model, params: &[f32], acts: &mut Acts, s: &mut Scratc
     let last = &acts.layers[cfg.n_layer - 1].res3;
     let (nw, nb) = w.norm((m.lnf_w, m.lnf_b), c);
     layer_norm_fwd(&mut acts.lnf, &mut acts.lnf_stats, last, nw, nb, c, eps, m.rms);
-    // logits = lnf · headᵀ
+    // logits = lnf · headᵀ, for the positions that carry a weight only.
+    acts.head_rows.clear();
+    acts.head_rows.extend((0..n).filter(|&i| batch.weights[i] != 0));
+    let rows = acts.head_rows.len();
+    if rows == 0 {
+        return;
+    }
+    let lnf = if rows == n {
+        &acts.lnf
+    } else {
+        let (lnf, head_rows) = (&acts.lnf, &acts.head_rows);
+        acts.lnf_rows[..rows * c]
+            .par_chunks_mut(c)
+            .zip(head_rows.par_iter())
+            .for_each(|(dst, &i)| dst.copy_from_slice(&lnf[i * c..(i + 1) * c]));
+        &acts.lnf_rows
+    };
     mm(
         &mut acts.logits,
-        View::rows(0, n, v, v),
-        &acts.lnf,
-        View::rows(0, n, c, c),
+        View::rows(0, rows, v, v),
+        lnf,
+        View::rows(0, rows, c, c),
         w.wts,
         View::rows(m.head, v, c, c).t(),
         false,
@@ -172,13 +188,19 @@ pub(super) fn layer_forward(k: &Block<'_>, input: &[f32], a: &mut LayerActs, s: 
 }
 
 /// The weighted cross-entropy summed over positions (in f64), with `(softmax − onehot) · weight ·
-/// scale` written over the logits (`v` a row).
+/// scale` written over the logits (`v` a row; row `k` is position `rows[k]`'s).
 #[inline]
-pub(super) fn loss_and_dlogits(logits: &mut [f32], v: usize, batch: &StepBatch<'_>, scale: f32) -> f64 {
-    logits
+pub(super) fn loss_and_dlogits(
+    logits: &mut [f32],
+    rows: &[usize],
+    v: usize,
+    batch: &StepBatch<'_>,
+    scale: f32,
+) -> f64 {
+    logits[..rows.len() * v]
         .par_chunks_mut(v)
-        .enumerate()
-        .map(|(i, row)| {
+        .zip(rows.par_iter())
+        .map(|(row, &i)| {
             let w = f32::from(batch.weights[i]);
             let target = batch.targets[i] as usize;
             let (_, sum) = super::logps::exp_row(row);

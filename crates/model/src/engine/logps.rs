@@ -41,25 +41,26 @@ impl TrainEngine {
         }
         forward(model, params, acts, scratch, batch);
         let v = model.cfg.vocab_size;
-        acts.logits
+        // The head computed the weighted positions only (row k is position head_rows[k]).
+        let rows = &acts.head_rows;
+        let found: Vec<f32> = acts.logits[..rows.len() * v]
             .par_chunks_mut(v)
-            .zip(logps.par_iter_mut())
-            .enumerate()
-            .for_each(|(i, (row, lp))| {
-                if batch.weights[i] == 0 {
-                    row.fill(0.0);
-                    *lp = 0.0;
-                    return;
-                }
+            .zip(rows.par_iter())
+            .map(|(row, &i)| {
                 let target = batch.targets[i] as usize;
                 let x = row[target];
                 let (max, sum) = exp_row(row);
-                *lp = x - max - sum.ln();
                 // d logp / d logits = onehot − softmax; kept negated, as cross-entropy's gradient.
                 let k = 1.0 / sum;
                 vectorized(|| row.iter_mut().for_each(|p| *p *= k));
                 row[target] -= 1.0;
-            });
+                x - max - sum.ln()
+            })
+            .collect();
+        logps.fill(0.0);
+        for (&i, lp) in rows.iter().zip(found) {
+            logps[i] = lp;
+        }
         self.logps_of = Some(batch.b * batch.t);
         Ok(())
     }
@@ -82,11 +83,12 @@ impl TrainEngine {
             ..
         } = self;
         let v = model.cfg.vocab_size;
-        acts.logits
+        let rows = &acts.head_rows;
+        acts.logits[..rows.len() * v]
             .par_chunks_mut(v)
-            .zip(coef.par_iter())
-            .for_each(|(row, &k)| {
-                let k = -k;
+            .zip(rows.par_iter())
+            .for_each(|(row, &i)| {
+                let k = -coef[i];
                 vectorized(|| row.iter_mut().for_each(|g| *g *= k));
             });
         backward(model, params, grads, acts, scratch, batch);

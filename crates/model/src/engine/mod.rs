@@ -261,6 +261,12 @@ struct Acts {
     work: Option<LayerActs>,
     lnf: Vec<f32>,
     lnf_stats: Vec<(f32, f32)>,
+    /// The positions the head computes logits for (those with a weight), in order: row `k` of
+    /// `logits` is position `head_rows[k]`'s. Positions that carry no loss (a prompt, padding)
+    /// cost no head products.
+    head_rows: Vec<usize>,
+    /// `lnf`'s rows at `head_rows`, when they are not all positions.
+    lnf_rows: Vec<f32>,
     logits: Vec<f32>,
     /// This micro-batch's attention tiles, per batch row.
     row_tiles: Vec<(Vec<Tile>, bool)>,
@@ -413,6 +419,7 @@ impl TrainEngine {
             &a.x0,
             &a.lnf,
             &a.logits,
+            &a.lnf_rows,
             &s.wq,
             &s.dres,
             &s.dwide,
@@ -457,6 +464,7 @@ impl TrainEngine {
         forward(model, params, acts, scratch, batch);
         let loss = loss_and_dlogits(
             &mut acts.logits,
+            &acts.head_rows,
             model.cfg.vocab_size,
             batch,
             scale / total as f32,
@@ -505,7 +513,13 @@ impl TrainEngine {
         acts.masks.fill(LayerMasks::default());
         forward(model, &self.params, acts, &mut self.scratch, batch);
         // The gradient written over the logits is scaled to 0 and never used.
-        let loss = loss_and_dlogits(&mut acts.logits, model.cfg.vocab_size, batch, 0.0);
+        let loss = loss_and_dlogits(
+            &mut acts.logits,
+            &acts.head_rows,
+            model.cfg.vocab_size,
+            batch,
+            0.0,
+        );
         Ok((loss, total))
     }
 
