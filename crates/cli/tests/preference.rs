@@ -163,6 +163,10 @@ fn preference_files_import_show_and_train() {
             "dpo_lora",
             vec!["--mode", "dpo", "--adapter", "lora", "--lr", "1e-2"],
         ),
+        (
+            "dpo_qlora",
+            vec!["--mode", "dpo", "--adapter", "qlora", "--quant", "q8"],
+        ),
         ("orpo", vec!["--mode", "orpo", "--beta", "0.1"]),
     ] {
         let mut args = vec![
@@ -181,6 +185,11 @@ fn preference_files_import_show_and_train() {
         args.extend(extra);
         let out = ok(&args, d, None);
         assert!(out.contains("reward accuracy"), "{run}: {out}");
+        // The starting model's and the tuned model's replies to validation prompts.
+        assert!(
+            out.contains("before → after preference tuning") && out.contains("user: Boil kettle"),
+            "{run}: {out}"
+        );
         let log = std::fs::read_to_string(d.join(run).join("logs.jsonl")).unwrap();
         let eval: serde_json::Value = log
             .lines()

@@ -289,7 +289,57 @@ pub fn run_training(
             out.display()
         );
     }
+    if evaluate
+        && cfg.train.mode.pairs()
+        && let Err(e) = preference_samples(cfg, out)
+    {
+        eprintln!("warning: no sample replies: {e:#}");
+    }
     Ok(outcome)
+}
+
+/// After preference tuning: the starting model's and the tuned model's greedy replies to the
+/// first validation prompts (or the default prompts), side by side.
+fn preference_samples(cfg: &TrainConfig, out: &Path) -> anyhow::Result<()> {
+    use chatforge_infer::eval::{EvalOptions, default_prompts, evaluate};
+    use chatforge_infer::{Checkpoint, LoadedModel, WeightType};
+    let Some(init) = &cfg.train.init else {
+        return Ok(());
+    };
+    let mut prompts: Vec<chatforge_data::Conversation> = match &cfg.train.val {
+        Some(val) if !chatforge_data::Shard::is_shard(val) => {
+            chatforge_data::import(std::slice::from_ref(val), &Default::default())?
+                .conversations
+                .into_iter()
+                .filter(|c| c.is_pair())
+                .map(|c| chatforge_data::Conversation::new(c.messages))
+                .take(3)
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    if prompts.is_empty() {
+        prompts = default_prompts().into_iter().take(3).collect();
+    }
+    let opts = EvalOptions {
+        max_new_tokens: 48,
+        ..EvalOptions::default()
+    };
+    let replies = |model: &Path| -> anyhow::Result<Vec<String>> {
+        let m = LoadedModel::open(model, &Checkpoint::Best, None, WeightType::F32)?;
+        Ok(evaluate(&m, &[], None, &prompts, &opts)?
+            .prompts
+            .into_iter()
+            .map(|p| p.reply.trim().replace('\n', " "))
+            .collect())
+    };
+    let (before, after) = (replies(init)?, replies(out)?);
+    say!("\nsample replies (greedy), before → after preference tuning:");
+    for ((p, b), a) in prompts.iter().zip(&before).zip(&after) {
+        let last = p.messages.last().map_or("", |m| m.content.as_str());
+        say!("  user: {last}\n    before: {b}\n    after:  {a}");
+    }
+    Ok(())
 }
 
 /// Prints a run's evaluation and where it was written.
