@@ -210,6 +210,10 @@ pub(crate) fn run(args: &TrainBench) -> anyhow::Result<()> {
     // nanoGPT's estimate: 6 N (N without the position table) + attention's 12 L H Q T per token.
     let n = cfg.n_params() - cfg.n_ctx * cfg.n_embd;
     let flops_per_token = (6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim() * t) as f64;
+    // The head runs only on positions that carry loss (half of them in SFT batches): the
+    // estimate counts its 6·V·C per token there only, so the utilisation is of work done.
+    let head = (6 * cfg.vocab_size * cfg.n_embd) as f64;
+    let flops_per_token = if sft { flops_per_token - head / 2.0 } else { flops_per_token };
     let step = Step {
         mode,
         lr: 6e-4,
