@@ -213,7 +213,11 @@ pub(crate) fn run(args: &TrainBench) -> anyhow::Result<()> {
     // The head runs only on positions that carry loss (half of them in SFT batches): the
     // estimate counts its 6·V·C per token there only, so the utilisation is of work done.
     let head = (6 * cfg.vocab_size * cfg.n_embd) as f64;
-    let flops_per_token = if sft { flops_per_token - head / 2.0 } else { flops_per_token };
+    let flops_per_token = if sft {
+        flops_per_token - head / 2.0
+    } else {
+        flops_per_token
+    };
     let step = Step {
         mode,
         lr: 6e-4,

@@ -210,6 +210,38 @@ fn preference_files_import_show_and_train() {
         assert!(d.join(run).join("eval/metrics.json").is_file(), "{run}: {out}");
     }
     assert!(d.join("dpo/reference/train.json").is_file());
+    // TensorBoard's own reader finds the metrics under train/ and val/, as logs.jsonl has them.
+    if let Some(py) = chatforge_testkit::python() {
+        let tb = d.join("dpo/tensorboard");
+        let out = chatforge_testkit::run_reference(&py, "tensorboard_read.py", &[tb.to_str().unwrap()]);
+        let tb: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let log = std::fs::read_to_string(d.join("dpo/logs.jsonl")).unwrap();
+        let last = |event: &str| -> serde_json::Value {
+            log.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .rfind(|e| e["event"] == event)
+                .unwrap()
+        };
+        for (tag, event, key) in [
+            ("train/rewards/accuracies", "step", "rewards/accuracies"),
+            ("train/rewards/margins", "step", "rewards/margins"),
+            ("val/rewards/chosen", "eval", "rewards/chosen"),
+            ("val/logps/rejected", "eval", "logps/rejected"),
+        ] {
+            let series = tb[tag].as_array().unwrap_or_else(|| panic!("no {tag} in {tb}"));
+            let (step, value) = (
+                series.last().unwrap()[0].as_u64().unwrap(),
+                series.last().unwrap()[1].as_f64().unwrap(),
+            );
+            let e = last(event);
+            assert_eq!(step, e["step"].as_u64().unwrap(), "{tag}");
+            let want = e[key].as_f64().unwrap();
+            assert!(
+                (value - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "{tag}: {value} vs {want}"
+            );
+        }
+    }
     assert!(d.join("dpo_lora/best/adapter_config.json").is_file());
 }
 
