@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use chatforge_base::Rng;
 use chatforge_data::{Batch, BatchSampler, SamplerConfig, Shard};
 use chatforge_model::engine::{StepBatch, TrainEngine};
+
+use crate::run::engine_view;
 use serde::{Deserialize, Serialize};
 
 use crate::preference::{Objective, Pairs, PrefMetrics, evaluate, reply_logps};
@@ -89,16 +91,7 @@ impl PairTraining {
     pub fn sequence_logps(engine: &mut TrainEngine, batch: &Batch) -> Result<Vec<f64>> {
         let (b, t) = engine.shape();
         let mut logps = vec![0f32; b * t];
-        let sb = StepBatch {
-            b: batch.batch_size,
-            t: batch.seq_len,
-            inputs: &batch.inputs,
-            targets: &batch.targets,
-            positions: &batch.positions,
-            segments: &batch.segments,
-            weights: &batch.loss_mask,
-        };
-        engine.forward_logps(&sb, None, &mut logps)?;
+        engine.forward_logps(&engine_view(batch, &batch.loss_mask), None, &mut logps)?;
         let pairs = Pairs {
             seqs: &batch.seqs,
             reply: &batch.loss_mask,
@@ -165,15 +158,7 @@ impl PairTraining {
             Objective::Dpo { .. } => &batch.loss_mask,
             Objective::Orpo { .. } => &batch.target_mask,
         };
-        let sb = StepBatch {
-            b: batch.batch_size,
-            t: batch.seq_len,
-            inputs: &batch.inputs,
-            targets: &batch.targets,
-            positions: &batch.positions,
-            segments: &batch.segments,
-            weights,
-        };
+        let sb = engine_view(batch, weights);
         let pairs = Pairs {
             seqs: &batch.seqs,
             reply: &batch.loss_mask,
@@ -207,26 +192,10 @@ fn reference(
     };
     let mut sampler = BatchSampler::new(shard, cfg)?;
     let mut out = vec![0f64; shard.n_docs()];
-    let mut logps = vec![0f32; engine.shape().0 * engine.shape().1];
     engine.without_adapters(|engine| -> Result<()> {
         for batch in sampler.epoch_batches() {
             let batch = padded(&batch, engine.shape());
-            let sb = StepBatch {
-                b: batch.batch_size,
-                t: batch.seq_len,
-                inputs: &batch.inputs,
-                targets: &batch.targets,
-                positions: &batch.positions,
-                segments: &batch.segments,
-                weights: &batch.loss_mask,
-            };
-            engine.forward_logps(&sb, None, &mut logps)?;
-            let pairs = Pairs {
-                seqs: &batch.seqs,
-                reply: &batch.loss_mask,
-                n_seqs: batch.docs.len(),
-            };
-            let (sums, _) = reply_logps(&logps, &pairs);
+            let sums = PairTraining::sequence_logps(engine, &batch)?;
             for (s, &doc) in batch.docs.iter().enumerate() {
                 out[doc as usize] = sums[s];
             }

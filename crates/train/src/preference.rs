@@ -54,6 +54,16 @@ pub struct PrefMetrics {
 }
 
 impl PrefMetrics {
+    /// Adds one pair's rewards and log-probabilities to the sums (divided by the pairs later).
+    fn add_pair(&mut self, chosen: f64, rejected: f64, (logp_c, logp_r): (f64, f64)) {
+        self.rewards_chosen += chosen;
+        self.rewards_rejected += rejected;
+        self.rewards_accuracies += f64::from(u8::from(chosen > rejected));
+        self.rewards_margins += chosen - rejected;
+        self.logps_chosen += logp_c;
+        self.logps_rejected += logp_r;
+    }
+
     /// The mean of several micro-batches' metrics, weighted by their pairs.
     pub fn mean(parts: &[(PrefMetrics, usize)]) -> PrefMetrics {
         let total: usize = parts.iter().map(|p| p.1).sum();
@@ -166,13 +176,7 @@ pub fn evaluate(
                 let dz = -(1.0 - eps) * sigmoid(-z) + eps * sigmoid(z);
                 d_reply[2 * k] = scale * beta * dz / np;
                 d_reply[2 * k + 1] = -scale * beta * dz / np;
-                let (wc, wr) = (beta * (c - rc), beta * (r - rr));
-                m.rewards_chosen += wc;
-                m.rewards_rejected += wr;
-                m.rewards_accuracies += f64::from(u8::from(wc > wr));
-                m.rewards_margins += wc - wr;
-                m.logps_chosen += c;
-                m.logps_rejected += r;
+                m.add_pair(beta * (c - rc), beta * (r - rr), (c, r));
             }
             loss /= np;
         }
@@ -200,13 +204,7 @@ pub fn evaluate(
                 let d_odds = -beta * sigmoid(-odds) / np;
                 d_reply[2 * k] = scale * d_odds / (-ac.exp_m1()) / nc;
                 d_reply[2 * k + 1] = -scale * d_odds / (-ar.exp_m1()) / nr;
-                let (wc, wr) = (beta * ac, beta * ar);
-                m.rewards_chosen += wc;
-                m.rewards_rejected += wr;
-                m.rewards_accuracies += f64::from(u8::from(wc > wr));
-                m.rewards_margins += wc - wr;
-                m.logps_chosen += ac;
-                m.logps_rejected += ar;
+                m.add_pair(beta * ac, beta * ar, (ac, ar));
             }
             loss = nll - beta * ratio_sum / np;
             m.nll_loss = Some(nll);

@@ -127,6 +127,16 @@ fn val_loss(engine: &mut TrainEngine, batches: &[Batch], mode: Mode) -> Result<O
 
 /// A batch as the engine takes it: the weights are the positions that carry loss in `mode`.
 fn step_batch(batch: &Batch, mode: Mode) -> StepBatch<'_> {
+    let weights = if mode.masked() {
+        &batch.loss_mask
+    } else {
+        &batch.target_mask
+    };
+    engine_view(batch, weights)
+}
+
+/// A sampler's batch as the engine reads it, with `weights` saying which positions count.
+pub(crate) fn engine_view<'a>(batch: &'a Batch, weights: &'a [u8]) -> StepBatch<'a> {
     StepBatch {
         b: batch.batch_size,
         t: batch.seq_len,
@@ -134,11 +144,7 @@ fn step_batch(batch: &Batch, mode: Mode) -> StepBatch<'_> {
         targets: &batch.targets,
         positions: &batch.positions,
         segments: &batch.segments,
-        weights: if mode.masked() {
-            &batch.loss_mask
-        } else {
-            &batch.target_mask
-        },
+        weights,
     }
 }
 
