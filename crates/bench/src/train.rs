@@ -46,6 +46,15 @@ fn torch_reference(args: &TrainBench) -> anyhow::Result<Option<f64>> {
     Ok(Some(best))
 }
 
+/// The bench model's optimizer, as the references configure theirs.
+const BENCH_ADAMW: AdamWConfig = AdamWConfig {
+    lr: 6e-4,
+    beta1: 0.9,
+    beta2: 0.95,
+    eps: 1e-8,
+    weight_decay: 0.1,
+};
+
 /// TRL's DPOTrainer on the same model and pairs (scripts/reference/bench_dpo_trl.py).
 fn trl_reference(args: &TrainBench) -> anyhow::Result<Option<f64>> {
     let Some(py) = &args.reference_python else {
@@ -122,14 +131,7 @@ fn run_dpo(args: &TrainBench) -> anyhow::Result<()> {
         label_smoothing: 0.0,
     };
     let mut pairs = PairTraining::with_references(objective, refs, &engine);
-    let adamw = AdamWConfig {
-        lr: 6e-4,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.1,
-    };
-    let mut opt = AdamW::for_lengths(adamw, specs.iter().map(|s| s.shape.iter().product()));
+    let mut opt = AdamW::for_lengths(BENCH_ADAMW, specs.iter().map(|s| s.shape.iter().product()));
     let mut dropout = Rng::new(0);
     let mut times = Vec::new();
     for (i, batch) in batches.into_iter().enumerate() {
@@ -180,14 +182,7 @@ pub(crate) fn run(args: &TrainBench) -> anyhow::Result<()> {
     let specs = param_specs(&cfg);
     let flat = take_flat(&specs, &mut init_weights(&cfg, &mut Rng::new(0))?)?;
     let mut engine = TrainEngine::new(&cfg, b, t, flat)?;
-    let adamw = AdamWConfig {
-        lr: 6e-4,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.1,
-    };
-    let mut opt = AdamW::for_lengths(adamw, specs.iter().map(|s| s.shape.iter().product()));
+    let mut opt = AdamW::for_lengths(BENCH_ADAMW, specs.iter().map(|s| s.shape.iter().product()));
     let mut dropout = Rng::new(0);
     let mut rng = Rng::new(1);
     let mode = if sft { Mode::Sft } else { Mode::Pretrain };
