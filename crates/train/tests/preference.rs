@@ -90,6 +90,10 @@ fn dpo_and_orpo_learn_the_preferred_rule() {
         // the rule is easiest to learn, so it gets there more slowly: 0.7 after 80 steps here.
         let acc = eval["rewards/accuracies"].as_f64().unwrap();
         let want = if adapter.is_some() { 0.65 } else { 0.85 };
+        eprintln!(
+            "{name}: held-out reward accuracy {acc}, margin {}",
+            eval["rewards/margins"]
+        );
         assert!(acc >= want, "{name}: held-out reward accuracy {acc} ({eval})");
         assert!(eval["rewards/margins"].as_f64().unwrap() > 0.0, "{name}: {eval}");
         // Every step logs TRL's metrics.
