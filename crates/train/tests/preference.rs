@@ -132,42 +132,29 @@ fn a_crashed_dpo_run_resumes_with_identical_losses() {
 #[test]
 fn preference_modes_need_pairs_and_pairs_need_them() {
     let dir = tempfile::tempdir().unwrap();
+    let refused = |cfg: &TrainConfig, run: &str| {
+        chatforge_train::train(
+            cfg,
+            &dir.path().join(run),
+            false,
+            &mut |_| {},
+            &Default::default(),
+        )
+        .unwrap_err()
+        .to_string()
+    };
     let mut cfg = setup(dir.path(), Mode::Dpo, 2);
     cfg.train.data = Some(common::shard(&dir.path().join("plain.bin"), 20, 1));
     cfg.train.val = None;
-    let err = chatforge_train::train(
-        &cfg,
-        &dir.path().join("a"),
-        false,
-        &mut |_| {},
-        &Default::default(),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = refused(&cfg, "a");
     assert!(err.contains("trains on preference pairs"), "{err}");
     let mut cfg = setup(dir.path(), Mode::Sft, 2);
     cfg.train.init = None;
-    let err = chatforge_train::train(
-        &cfg,
-        &dir.path().join("b"),
-        false,
-        &mut |_| {},
-        &Default::default(),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = refused(&cfg, "b");
     assert!(err.contains("holds preference pairs"), "{err}");
     let mut cfg = setup(dir.path(), Mode::Dpo, 2);
     cfg.train.init = None;
-    let err = chatforge_train::train(
-        &cfg,
-        &dir.path().join("c"),
-        false,
-        &mut |_| {},
-        &Default::default(),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = refused(&cfg, "c");
     assert!(err.contains("give train.init"), "{err}");
 }
 
