@@ -31,7 +31,11 @@ if kind == "llamacpp":
     from llama_cpp import Llama
 
     path, req = sys.argv[2], json.load(open(sys.argv[3]))
-    llm = Llama(model_path=path, n_ctx=256, n_threads=2, verbose=False, seed=0)
+    # An f32 KV cache (llama.cpp's default is f16), so an f32 file is compared at f32 throughout.
+    import llama_cpp
+
+    llm = Llama(model_path=path, n_ctx=256, n_threads=2, verbose=False, seed=0,
+                type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
     tokens = []
     for t in llm.generate(req["prompt"], top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
         tokens.append(int(t))
