@@ -54,6 +54,17 @@ pub struct FileReport {
     pub first_errors: Vec<String>,
 }
 
+/// What `data import` writes beside an output made from a chat export: `<output>.import.json`,
+/// the [`ChatExportReport`] (consent applied, threads, what was dropped), which the studio shows.
+pub const IMPORT_REPORT_SUFFIX: &str = ".import.json";
+
+/// The import report's path for output file `out`.
+pub fn import_report_path(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(IMPORT_REPORT_SUFFIX);
+    out.with_file_name(name)
+}
+
 #[derive(Debug, Default)]
 pub struct ImportReport {
     pub files: Vec<FileReport>,

@@ -23,7 +23,10 @@ pub use chatforge_base::Rng;
 pub use conversation::{Conversation, Message, Role, domain_tag};
 pub use error::{Error, Pos, Result};
 pub use formats::{Container, DataFormat, Detected, FieldMap, FileRead, ReadOptions, read_file};
-pub use import::{FileReport, ImportOptions, ImportReport, collect_inputs, import, split};
+pub use import::{
+    FileReport, IMPORT_REPORT_SUFFIX, ImportOptions, ImportReport, collect_inputs, import,
+    import_report_path, split,
+};
 pub use io::{
     ContentHash, atomic_dir, atomic_write, clear_leftovers, parse_jsonl_line, read_capped, read_jsonl,
     sha256_file, write_jsonl,

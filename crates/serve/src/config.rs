@@ -29,6 +29,8 @@ pub struct ApiConfig {
     pub token: Option<String>,
     /// Largest request body, bytes.
     pub max_body: usize,
+    /// Largest data file uploaded with `PUT /data/{name}`, bytes.
+    pub max_upload: u64,
     /// Open connections at most; further ones get 503 and are closed. Also kept below the
     /// process's open-file limit, so jobs and the store always have descriptors.
     pub max_connections: usize,
@@ -96,6 +98,7 @@ impl Default for ApiConfig {
             bind: "127.0.0.1:8000".into(),
             token: None,
             max_body: 1 << 20,
+            max_upload: 1 << 30,
             max_connections: 512,
             header_timeout_s: 10.0,
             max_generations: 4,

@@ -3,6 +3,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a broken checkout should fail loudly
 
+pub mod browser;
 pub mod hub;
 
 use std::path::{Path, PathBuf};

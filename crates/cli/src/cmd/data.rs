@@ -340,6 +340,14 @@ pub fn import_cmd(args: &ImportArgs) -> anyhow::Result<()> {
     let (train, val) = split(report.conversations, args.val_split, args.seed)?;
     write_jsonl(&args.out, &train)?;
     say!("wrote {} training {what} to {}", train.len(), args.out.display());
+    if let Some(r) = &report.chat {
+        // The consent summary, kept beside the data (the studio's personas page shows it).
+        let path = chatforge_data::import_report_path(&args.out);
+        let body = serde_json::json!({"chat": r, "train": train.len(), "val": val.len()});
+        chatforge_data::atomic_write(&path, |w| {
+            serde_json::to_writer_pretty(&mut *w, &body).map_err(std::io::Error::other)
+        })?;
+    }
     if args.val_split > 0.0 {
         let val_out = args.val_out.clone().unwrap_or_else(|| val_path_for(&args.out));
         write_jsonl(&val_out, &val)?;

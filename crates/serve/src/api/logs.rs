@@ -83,7 +83,7 @@ async fn run_log_stream(
         .and_then(|v| v.parse::<EventId>().ok())
     {
         Some(last) => LogFrom::After(last),
-        None => LogFrom::Tail(q.tail.unwrap_or(200)),
+        None => LogFrom::Tail(q.tail.unwrap_or(200).min(10_000)),
     };
     struct S {
         st: AppState,

@@ -3,10 +3,13 @@
 //! bodies and query strings are typed at the edge; every path stays inside the data root.
 
 mod artifacts;
+mod data;
 mod health;
 mod logs;
 pub mod openai;
+mod personas;
 mod runs;
+mod studio;
 mod tokenizers;
 
 use std::path::{Path, PathBuf};
@@ -225,8 +228,11 @@ pub fn app(state: AppState) -> Router {
         .merge(runs::router())
         .merge(logs::router())
         .merge(artifacts::router())
+        .merge(data::router())
+        .merge(personas::router())
         .merge(health::router())
         .merge(openai::router())
+        .merge(studio::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
@@ -251,9 +257,11 @@ fn authorized(st: &AppState, headers: &HeaderMap) -> bool {
     bool::from(given.as_bytes().ct_eq(token.as_bytes()))
 }
 
-/// With a token configured, every route but the health checks needs `Authorization: Bearer TOKEN`.
+/// With a token configured, every route but the health checks and the studio's files needs
+/// `Authorization: Bearer TOKEN`.
 async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    if matches!(req.uri().path(), "/healthz" | "/readyz") || authorized(&st, req.headers()) {
+    let path = req.uri().path();
+    if matches!(path, "/healthz" | "/readyz") || studio::is_studio(path) || authorized(&st, req.headers()) {
         return next.run(req).await;
     }
     ApiError::Unauthorized.into_response()
@@ -289,7 +297,7 @@ async fn job_for(st: &AppState, id: &str, kind: JobKind) -> ApiResult<Job> {
 }
 
 fn job_json(st: &AppState, j: &Job, id_key: &str) -> Value {
-    json!({
+    let mut v = json!({
         id_key: j.target,
         "state": j.state,
         "progress": j.progress,
@@ -303,7 +311,16 @@ fn job_json(st: &AppState, j: &Job, id_key: &str) -> Value {
         "heartbeat_age_s": j.heartbeat_at.filter(|_| j.state == JobState::Running).map(|h| (now() - h).max(0.0)),
         "worker": j.worker,
         "queue": j.queue,
-    })
+    });
+    if j.kind == JobKind::Train {
+        // What the run trains: the mode, and its data and starting point as the request gave them.
+        let train = &j.spec["config"]["train"];
+        let rel = |v: &Value| v.as_str().map(|p| scrub(p, &st.cfg.data_root));
+        v["mode"] = train["mode"].clone();
+        v["data"] = json!(rel(&train["data"]));
+        v["init"] = json!(rel(&train["init"]));
+    }
+    v
 }
 
 fn run_dir(st: &AppState, id: &str) -> ApiResult<PathBuf> {

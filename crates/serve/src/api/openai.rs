@@ -1,5 +1,6 @@
-//! `POST /v1/chat/completions`: the OpenAI chat API's common subset against a trained run, so
-//! existing chat clients can talk to it. `model` is a run id; `messages` (system, user, assistant;
+//! `POST /v1/chat/completions`: the OpenAI chat API's common subset against a trained run or an
+//! export, so existing chat clients can talk to it; `GET /v1/models` lists what answers. `model`
+//! is a run or export id; `messages` (system, user, assistant;
 //! string contents), `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`
 //! and `stream` are honoured. Other OpenAI fields are accepted and ignored, as clients send many.
 
@@ -13,7 +14,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use chatforge_data::{Message, Role};
 use chatforge_infer::{ChatSession, Checkpoint, Finish, LoadedModel, Sampling, WeightType};
 use serde::Deserialize;
@@ -42,6 +43,13 @@ pub struct ChatRequest {
     stop: Option<Stop>,
     #[serde(default)]
     stream: bool,
+    /// chatforge's: answer as this persona (its adapter when the run has one, otherwise the
+    /// persona instruction `Respond as NAME:`).
+    #[serde(default)]
+    persona: Option<String>,
+    /// chatforge's: the channel the persona speaks in.
+    #[serde(default)]
+    channel: Option<String>,
     #[serde(flatten)]
     _ignored: HashMap<String, Value>,
 }
@@ -59,31 +67,33 @@ enum Stop {
     Many(Vec<String>),
 }
 
-/// Loaded models by run id; a few stay in memory between requests.
+/// Loaded models by id and adapter; a few stay in memory between requests.
 #[derive(Default)]
 pub struct ModelCache(Mutex<Vec<(String, Arc<LoadedModel>)>>);
 
-const CACHED_MODELS: usize = 2;
+const CACHED_MODELS: usize = 3;
 
 impl ModelCache {
     fn get(
         &self,
-        run: &str,
-        dir: &std::path::Path,
+        id: &str,
+        adapter: Option<&str>,
+        path: &std::path::Path,
         root: &std::path::Path,
     ) -> Result<Arc<LoadedModel>, ApiError> {
+        let key = format!("{id}#{}", adapter.unwrap_or(""));
         if let Ok(c) = self.0.lock()
-            && let Some((_, m)) = c.iter().find(|(k, _)| k == run)
+            && let Some((_, m)) = c.iter().find(|(k, _)| *k == key)
         {
             return Ok(m.clone());
         }
         let m = Arc::new(
-            LoadedModel::open(dir, &Checkpoint::Best, None, WeightType::F32)
+            LoadedModel::open_with(path, &Checkpoint::Best, None, adapter, WeightType::F32)
                 .map_err(|e| ApiError::Invalid(crate::paths::scrub(&format!("model: {e}"), root)))?,
         );
         if let Ok(mut c) = self.0.lock() {
-            c.retain(|(k, _)| k != run);
-            c.push((run.to_string(), m.clone()));
+            c.retain(|(k, _)| *k != key);
+            c.push((key, m.clone()));
             if c.len() > CACHED_MODELS {
                 c.remove(0);
             }
@@ -103,19 +113,79 @@ fn internal(what: String) -> ApiError {
 }
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/chat/completions", post(chat_completions))
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(list_models))
+}
+
+/// What `model` names: a run with a checkpoint, or an export (HF folder or GGUF file).
+fn model_path(st: &AppState, id: &str) -> Result<std::path::PathBuf, ApiError> {
+    let root = &st.cfg.data_root;
+    let not_id = || invalid(format!("model: {id:?} is not a run or export id"));
+    let run = Area::Runs.dir(root, id).map_err(|_| not_id())?;
+    if run.is_dir() {
+        if !RunDir::new(&run).best().is_dir() && chatforge_infer::source::checkpoints(&run).is_empty() {
+            return Err(ApiError::NotFound(format!("no trained run {id:?}")));
+        }
+        return Ok(run);
+    }
+    let export = Area::Exports.dir(root, id).map_err(|_| not_id())?;
+    if export.is_dir() {
+        return Ok(export);
+    }
+    Err(ApiError::NotFound(format!("no trained run or export {id:?}")))
+}
+
+/// `GET /v1/models`: the runs that have a best checkpoint and the HF and GGUF exports, newest
+/// first, in OpenAI's list shape; a persona run's personas under `personas` (chatforge's field).
+async fn list_models(State(st): State<AppState>) -> Result<Response, ApiError> {
+    use crate::store::{JobKind, JobState};
+    let runs = super::blocking(&st, |s| s.list(Some(JobKind::Train), None, 1000)).await?;
+    let exports = super::blocking(&st, |s| {
+        s.list(Some(JobKind::Export), Some(JobState::Succeeded), 1000)
+    })
+    .await?;
+    let root = st.cfg.data_root.clone();
+    let data = super::off_thread(move || {
+        let mut out = Vec::new();
+        for j in &runs {
+            let Ok(dir) = Area::Runs.dir(&root, &j.target) else {
+                continue;
+            };
+            if !RunDir::new(&dir).best().is_dir() {
+                continue;
+            }
+            let personas: Vec<String> = chatforge_data::personas::PersonaRun::read(&dir)
+                .ok()
+                .flatten()
+                .map(|p| p.personas.into_iter().map(|e| e.name).collect())
+                .unwrap_or_default();
+            out.push(
+                json!({"id": j.target, "object": "model", "created": j.created_at as u64,
+                            "owned_by": "chatforge", "kind": "run", "personas": personas}),
+            );
+        }
+        for j in exports
+            .iter()
+            .filter(|j| matches!(j.spec["format"].as_str(), Some("hf" | "gguf")))
+        {
+            out.push(
+                json!({"id": j.target, "object": "model", "created": j.created_at as u64,
+                            "owned_by": "chatforge", "kind": "export", "format": j.spec["format"],
+                            "run": j.spec["run"], "personas": []}),
+            );
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
 }
 
 pub async fn chat_completions(
     State(st): State<AppState>,
     JsonBody(req): JsonBody<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    let dir = Area::Runs
-        .dir(&st.cfg.data_root, &req.model)
-        .map_err(|_| invalid(format!("model: {:?} is not a run id", req.model)))?;
-    if !RunDir::new(&dir).best().is_dir() && chatforge_infer::source::checkpoints(&dir).is_empty() {
-        return Err(ApiError::NotFound(format!("no trained run {:?}", req.model)));
-    }
+    let dir = model_path(&st, &req.model)?;
     let (last, history) = req
         .messages
         .split_last()
@@ -151,11 +221,24 @@ pub async fn chat_completions(
         ))
     })?;
     let cache = st.models.clone();
-    let model = {
-        let (run, dir, root) = (req.model.clone(), dir.clone(), st.cfg.data_root.clone());
-        tokio::task::spawn_blocking(move || cache.get(&run, &dir, &root))
-            .await
-            .map_err(|e| internal(format!("loading a model: {e}")))??
+    let persona = req.persona.clone().filter(|p| !p.trim().is_empty());
+    let (model, adapter) = {
+        let (id, dir, root, persona) = (
+            req.model.clone(),
+            dir.clone(),
+            st.cfg.data_root.clone(),
+            persona.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let base = cache.get(&id, None, &dir, &root)?;
+            // A persona with its own adapter (`adapters/NAME` of a persona run) answers with it.
+            match persona.as_deref().and_then(|p| base.persona_adapter(p)) {
+                Some(a) => Ok::<_, ApiError>((cache.get(&id, Some(&a), &dir, &root)?, true)),
+                None => Ok((base, false)),
+            }
+        })
+        .await
+        .map_err(|e| internal(format!("loading a model: {e}")))??
     };
     let mut session = ChatSession::new(
         Default::default(),
@@ -168,6 +251,10 @@ pub async fn chat_completions(
         },
         max_new.min(model.config.n_ctx),
     );
+    if !adapter {
+        session.set_persona(persona.as_deref());
+    }
+    session.set_channel(req.channel.as_deref());
     session.stop_strings = match req.stop {
         None => Vec::new(),
         Some(Stop::One(s)) => vec![s],

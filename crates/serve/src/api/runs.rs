@@ -32,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .route("/runs/{id}/evaluate", post(evaluate_run))
         .route("/runs/{id}/eval", get(run_eval))
         .route("/runs/{id}/export", post(export_run))
+        .route("/exports", get(list_exports))
         .route("/exports/{id}", get(get_export))
 }
 
@@ -161,7 +162,35 @@ async fn export_run(
 
 async fn get_export(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> ApiResult<Response> {
     let job = job_for(&st, &id, JobKind::Export).await?;
-    let mut v = job_json(&st, &job, "export_id");
-    v["artifact"] = json!(format!("exports/{id}"));
-    Ok(axum::Json(v).into_response())
+    Ok(axum::Json(export_json(&st, &job)).into_response())
+}
+
+fn export_json(st: &AppState, j: &Job) -> Value {
+    let mut v = job_json(st, j, "export_id");
+    v["artifact"] = json!(format!("exports/{}", j.target));
+    for k in ["run", "format", "quant"] {
+        v[k] = j.spec[k].clone();
+    }
+    v
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportsQuery {
+    /// Only this run's exports.
+    run: Option<String>,
+}
+
+/// The newest exports first, at most 1000 (of one run with `?run=ID`).
+async fn list_exports(
+    State(st): State<AppState>,
+    QueryArgs(q): QueryArgs<ExportsQuery>,
+) -> ApiResult<Response> {
+    let jobs = blocking(&st, |s| s.list(Some(JobKind::Export), None, 1000)).await?;
+    let list: Vec<Value> = jobs
+        .iter()
+        .filter(|j| q.run.as_deref().is_none_or(|r| j.spec["run"] == r))
+        .map(|j| export_json(&st, j))
+        .collect();
+    Ok(axum::Json(json!({ "exports": list })).into_response())
 }

@@ -7,7 +7,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use super::{ApiResult, AppState, JsonBody, enqueue, job_for, job_json, off_thread, read_json, scrubbed};
+use super::{
+    ApiResult, AppState, JsonBody, blocking, enqueue, job_for, job_json, off_thread, read_json, scrubbed,
+};
 use crate::jobs::TokenizerRequest;
 use crate::paths::Area;
 use crate::store::JobKind;
@@ -15,7 +17,23 @@ use crate::store::JobKind;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/tokenizers/train", post(train_tokenizer))
+        .route("/tokenizers", get(list_tokenizers))
         .route("/tokenizers/{id}", get(get_tokenizer))
+}
+
+/// The newest tokenizer jobs first, at most 1000.
+async fn list_tokenizers(State(st): State<AppState>) -> ApiResult<Response> {
+    let jobs = blocking(&st, |s| s.list(Some(JobKind::Tokenizer), None, 1000)).await?;
+    let list: Vec<_> = jobs
+        .iter()
+        .map(|j| {
+            let mut v = job_json(&st, j, "id");
+            v["vocab_size"] = j.spec["vocab_size"].clone();
+            v["kind"] = j.spec["kind"].clone();
+            v
+        })
+        .collect();
+    Ok(axum::Json(json!({ "tokenizers": list })).into_response())
 }
 
 async fn train_tokenizer(

@@ -1,0 +1,703 @@
+//! The studio in a real browser (headless Chromium over WebDriver) against `chatforge serve` on
+//! loopback with an API token: the token asked for once, a run submitted from the form with a
+//! tokenizer trained for it, its loss curve growing live, cancel and resume from the buttons,
+//! a second run, the compare view, evaluation and a GGUF export from the run page, a streamed
+//! reply in the chat playground (two models side by side), the persona registry, an upload, a
+//! refused setting marked on its field, and the pages at a phone's width. Each step asserts on
+//! what the page shows. With `CHATFORGE_SCREENSHOTS=DIR` the main pages are saved there as PNGs
+//! (docs/studio/ holds the ones the README links).
+
+#![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chatforge_testkit::browser::Browser;
+use chatforge_testkit::{fixture, zip_dir};
+use common::service::*;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "studio-secret";
+
+fn authed(port: u16, method: &str, path: &str, body: Option<&Value>) -> Resp {
+    let auth = format!("Bearer {TOKEN}");
+    let mut headers = vec![("Authorization", auth.as_str())];
+    if body.is_some() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    let bytes = body.map(|b| b.to_string().into_bytes());
+    request(port, method, path, &headers, bytes.as_deref())
+}
+
+/// Points of a chart's series as the page draws them.
+fn points(b: &Browser, chart: &str, series: &str) -> u64 {
+    b.js(
+        "const p = document.querySelector(`#${arguments[0]} path[data-series=\"${arguments[1]}\"]`); return p ? Number(p.dataset.points) : 0;",
+        &[json!(chart), json!(series)],
+    )
+    .as_u64()
+    .unwrap()
+}
+
+fn run_state(b: &Browser) -> String {
+    b.text("main .row .state")
+}
+
+/// Sets a select's value as a person choosing an option would (change event included).
+fn choose(b: &Browser, css: &str, value: &str) {
+    let ok = b.js(
+        "const s = document.querySelector(arguments[0]); if (!s || ![...s.options].some(o => o.value === arguments[1])) return false; s.value = arguments[1]; s.dispatchEvent(new Event('change', {bubbles: true})); return true;",
+        &[json!(css), json!(value)],
+    );
+    assert_eq!(ok, json!(true), "{css} has no option {value:?}: {}", b.text(css));
+}
+
+fn shot(b: &Browser, name: &str) {
+    if let Ok(dir) = std::env::var("CHATFORGE_SCREENSHOTS") {
+        std::fs::create_dir_all(&dir).unwrap();
+        b.js(
+            "window.scrollTo(0, 0); document.getElementById('toast').classList.remove('show');",
+            &[],
+        );
+        std::thread::sleep(Duration::from_millis(400));
+        b.screenshot(&Path::new(&dir).join(format!("{name}.png")));
+    }
+}
+
+/// Fills the New run form for a small model and submits it: the new run's id, from the page it opens.
+fn submit_run(b: &Browser, url: &str, steps: u64) -> String {
+    b.goto(&format!("{url}/#/new"));
+    b.wait_for(
+        "document.querySelector('#f-data') && document.querySelector('#f-data').options.length > 0",
+        20,
+        "the data files listed",
+    );
+    choose(b, "#f-data", "data/train.jsonl");
+    choose(b, "#f-val", "data/train.val.jsonl");
+    b.find("#f-n_layer", 5).fill("2");
+    b.find("#f-n_embd", 5).fill("32");
+    b.find("#f-n_ctx", 5).fill("64");
+    b.find("#f-max_steps", 5).fill(&steps.to_string());
+    b.find("#f-eval_every", 5).fill("10");
+    b.find("#f-checkpoint_every", 5).fill("10");
+    b.find("#submit-run", 5).click();
+    let id = b.wait_for(
+        "location.hash.startsWith('#/runs/') && location.hash.slice(7)",
+        120,
+        "the run page opened",
+    );
+    id.as_str().unwrap().to_string()
+}
+
+#[test]
+fn the_studio_trains_compares_and_chats_in_a_browser() {
+    let Some(b) = Browser::start(1280, 900) else {
+        return;
+    };
+    let d = data_root();
+    let root = d.path().join("root");
+    let port = free_port();
+    let _server = serve(&root, port, 1, &[], &[("CHATFORGE_API_TOKEN", TOKEN)]);
+    let url = format!("http://127.0.0.1:{port}");
+
+    // The page loads without the token, and asks for it once.
+    b.goto(&format!("{url}/"));
+    b.wait_for(
+        "document.getElementById('token-dialog').open",
+        20,
+        "the token dialog",
+    );
+    b.find("#token-input", 5).fill("wrong");
+    b.find("#token-form button", 5).click();
+    b.wait_for(
+        "document.getElementById('token-error').innerText.includes('refused')",
+        20,
+        "a refused token said so",
+    );
+    b.find("#token-input", 5).fill(TOKEN);
+    b.find("#token-form button", 5).click();
+    b.wait_for(
+        "document.body.innerText.includes('No runs yet')",
+        20,
+        "the empty runs table",
+    );
+
+    // A run from the form, with a tokenizer trained on its data first (none exists yet).
+    let a = submit_run(&b, &url, 20_000);
+    let toks = authed(port, "GET", "/tokenizers", None).json();
+    assert_eq!(toks["tokenizers"].as_array().unwrap().len(), 1, "{toks}");
+    // Its curve gains points as the stream brings steps.
+    b.wait_for(
+        "Number(document.querySelector('#loss-chart path[data-series=\"train\"]')?.dataset.points) >= 5",
+        120,
+        "the loss curve's first points",
+    );
+    let first = points(&b, "loss-chart", "train");
+    b.wait_for(
+        &format!(
+            "Number(document.querySelector('#loss-chart path[data-series=\"train\"]').dataset.points) > {first} + 20"
+        ),
+        60,
+        "the loss curve growing",
+    );
+    assert!(points(&b, "lr-chart", "lr") > 0);
+    b.wait_for(
+        "Number(document.querySelector('#loss-chart path[data-series=\"validation\"]').dataset.points) >= 1",
+        60,
+        "a validation point",
+    );
+    assert!(b.text("#log-tail").contains("\"event\":\"step\""));
+    assert!(b.text("#run-stats").contains("tokens/s"));
+    shot(&b, "run");
+
+    // Cancel from the button: the run stops at a checkpoint; resume continues it.
+    b.find("#cancel", 5).click();
+    b.wait_for(
+        "document.querySelector('main .row .state').dataset.state === 'cancelled'",
+        60,
+        "the run cancelled",
+    );
+    let at_cancel = points(&b, "loss-chart", "train");
+    let api = authed(port, "GET", &format!("/runs/{a}"), None).json();
+    assert_eq!(api["state"], "cancelled");
+    b.find("#resume", 5).click();
+    b.wait_for(
+        "['queued', 'running'].includes(document.querySelector('main .row .state').dataset.state)",
+        30,
+        "the run resumed",
+    );
+    b.wait_for(
+        &format!(
+            "Number(document.querySelector('#loss-chart path[data-series=\"train\"]').dataset.points) > {at_cancel} + 10"
+        ),
+        90,
+        "the curve going on after resume",
+    );
+    // The curve holds each step once, after the resume too.
+    let steps_shown = b.js(
+        "return document.querySelector('#log-tail').innerText.split('\\n').filter(l => l.includes('\"event\":\"step\"')).map(l => JSON.parse(l).step);",
+        &[],
+    );
+    let steps: Vec<u64> = steps_shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect();
+    assert!(steps.windows(2).all(|w| w[1] == w[0] + 1), "{steps:?}");
+    b.find("#cancel", 5).click();
+    b.wait_for(
+        "document.querySelector('main .row .state').dataset.state === 'cancelled'",
+        60,
+        "the run cancelled again",
+    );
+    assert_eq!(run_state(&b), "cancelled");
+
+    // A second run, with the tokenizer the first one trained, runs to the end.
+    let t0 = Instant::now();
+    b.goto(&format!("{url}/#/new"));
+    b.wait_for(
+        "document.querySelector('#f-tokenizer') && document.querySelector('#f-tokenizer').options.length === 1",
+        20,
+        "the trained tokenizer offered",
+    );
+    choose(&b, "#f-tokenizer-source", "existing");
+    // A refused setting is shown with its field marked, and nothing is queued.
+    b.find("#f-lr", 5).fill("5");
+    b.find("#submit-run", 5).click();
+    b.wait_for(
+        "document.querySelector('#form-error').innerText.length > 0",
+        20,
+        "the error",
+    );
+    assert!(b.text("#form-error").contains("lr"), "{}", b.text("#form-error"));
+    b.wait_for(
+        "document.querySelector('#f-lr').classList.contains('invalid')",
+        5,
+        "lr marked",
+    );
+    b.find("#f-lr", 5).fill("0.003");
+    shot(&b, "new-run");
+    let second = submit_run(&b, &url, 40);
+    assert_ne!(second, a);
+    b.wait_for(
+        "document.querySelector('main .row .state').dataset.state === 'succeeded'",
+        120,
+        "the second run finishing",
+    );
+    eprintln!("second run: {:.1} s", t0.elapsed().as_secs_f64());
+
+    // Its page evaluates it and exports it to GGUF.
+    b.wait_for(
+        "!document.querySelector('#evaluate').disabled",
+        20,
+        "Evaluate enabled",
+    );
+    b.find("#evaluate", 5).click();
+    b.wait_for(
+        "document.querySelector('[data-metric=\"perplexity\"]')",
+        120,
+        "the evaluation's metrics",
+    );
+    let ppl: f64 = b.text("[data-metric=\"perplexity\"] td").parse().unwrap();
+    assert!(ppl > 1.0, "{ppl}");
+    choose(&b, "#export-format", "gguf");
+    choose(&b, "#export-quant", "q8_0");
+    b.find("#export-start", 5).click();
+    b.wait_for(
+        "document.querySelector('#exports .state[data-state=\"succeeded\"]') && document.querySelector('#exports').innerText.includes('model.gguf')",
+        120,
+        "the GGUF export and its file",
+    );
+    assert!(b.text("#files").contains("best/"), "{}", b.text("#files"));
+
+    // The runs table, and the compare view of both runs.
+    b.goto(&format!("{url}/#/runs"));
+    b.wait_for(
+        "document.querySelectorAll('#runs-table tbody tr[data-run]').length === 2",
+        20,
+        "two runs listed",
+    );
+    shot(&b, "runs");
+    b.find(&format!("input[aria-label=\"select {a}\"]"), 5).click();
+    b.find(&format!("input[aria-label=\"select {second}\"]"), 5)
+        .click();
+    b.find("#compare-selected", 5).click();
+    b.wait_for(
+        "document.querySelectorAll('#compare-table tbody tr').length === 2",
+        20,
+        "both runs compared",
+    );
+    b.wait_for(
+        "document.querySelectorAll('#compare-table td.best').length >= 1",
+        20,
+        "a best mark",
+    );
+    let best = b.js(
+        "return [...document.querySelectorAll('#compare-table tr[data-run]')].filter(r => r.querySelector('td[data-col=\"best val loss\"]').classList.contains('best')).map(r => r.dataset.run);",
+        &[],
+    );
+    // The marked run is the one with the lower best validation loss, as the logs have it.
+    let best_val = |run: &str| -> f64 {
+        authed(port, "GET", &format!("/runs/{run}/logs?tail=10000"), None).json()["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"] == "eval")
+            .map(|e| e["val_loss"].as_f64().unwrap())
+            .fold(f64::INFINITY, f64::min)
+    };
+    let want = if best_val(&a) <= best_val(&second) {
+        &a
+    } else {
+        &second
+    };
+    assert_eq!(best, json!([want]));
+    b.wait_for(
+        "document.querySelectorAll('#compare-val path[data-points]:not([data-points=\"0\"])').length === 2",
+        20,
+        "two validation curves overlaid",
+    );
+    shot(&b, "compare");
+
+    // The chat playground streams a reply; it is the API's reply to the same request.
+    b.goto(&format!("{url}/#/chat"));
+    b.find("#model-1", 20);
+    choose(&b, "#model-1", &second);
+    b.find("#temperature", 5).fill("0");
+    b.find("#max-tokens", 5).fill("12");
+    b.find("#prompt", 5).fill("How do I make tea?");
+    b.find("#send", 5).click();
+    b.wait_for(
+        "document.querySelector('#messages-1 .msg.assistant[data-streaming=\"false\"]')",
+        60,
+        "the streamed reply",
+    );
+    let shown = b.text("#messages-1 .msg.assistant");
+    let api = authed(
+        port,
+        "POST",
+        "/v1/chat/completions",
+        Some(
+            &json!({"model": second, "messages": [{"role": "user", "content": "How do I make tea?"}],
+                     "temperature": 0, "max_tokens": 12, "seed": 0, "top_p": 0.95}),
+        ),
+    )
+    .json();
+    let want = api["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!want.trim().is_empty());
+    assert_eq!(shown.trim(), want.trim());
+    // Two models side by side on the same prompt.
+    b.find("#side-by-side", 5).click();
+    b.find("#model-2", 5);
+    choose(&b, "#model-2", &a);
+    b.find("#prompt", 5).fill("And coffee?");
+    b.find("#send", 5).click();
+    b.wait_for(
+        "document.querySelectorAll('.msg.assistant[data-streaming=\"false\"]').length === 3",
+        60,
+        "replies in both columns",
+    );
+    assert!(!b.text("#messages-2 .msg.assistant").trim().is_empty());
+    assert!(b.js("return document.querySelectorAll('.msg.error').length", &[]) == json!(0));
+    shot(&b, "chat");
+
+    personas_and_upload(&b, &url, &root);
+
+    // A phone's width: nothing wider than the screen.
+    b.set_window(390, 844);
+    for page in ["#/runs", &format!("#/runs/{second}"), "#/new", "#/chat"] {
+        b.goto(&format!("{url}/{page}"));
+        std::thread::sleep(Duration::from_millis(1200));
+        let wide = b.js(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+            &[],
+        );
+        assert!(
+            wide.as_i64().unwrap() <= 1,
+            "{page} is {wide} px too wide at 390 px"
+        );
+    }
+}
+
+/// The persona registry renamed and switched from the page, the import's consent summary
+/// shown, and a data file uploaded from the form.
+fn personas_and_upload(b: &Browser, url: &str, root: &Path) {
+    let work = tempfile::tempdir().unwrap();
+    let zip = work.path().join("export.zip");
+    zip_dir(&fixture("chat-export/export"), &zip, "Forge Club");
+    let consent = fixture("chat-export/consent.json");
+    let chat = root.join("data/chat.jsonl");
+    common::ok(
+        &[
+            "data",
+            "import",
+            zip.to_str().unwrap(),
+            "--format",
+            "chat-export",
+            "--consent",
+            consent.to_str().unwrap(),
+            "-o",
+            chat.to_str().unwrap(),
+        ],
+        work.path(),
+        None,
+    );
+    let registry = root.join("personas.toml");
+    common::ok(
+        &[
+            "personas",
+            "--registry",
+            registry.to_str().unwrap(),
+            "discover",
+            chat.to_str().unwrap(),
+            "--min-messages",
+            "1",
+        ],
+        work.path(),
+        None,
+    );
+    b.goto(&format!("{url}/#/personas"));
+    let row = b.find("#personas-table tr[data-persona]", 20);
+    let id = b.js(
+        "return document.querySelector('#personas-table tr[data-persona]').dataset.persona",
+        &[],
+    );
+    let id = id.as_str().unwrap().to_string();
+    let _ = row;
+    b.find(&format!("tr[data-persona=\"{id}\"] input:not([type])"), 5)
+        .fill("Renamed Person");
+    b.find(&format!("tr[data-persona=\"{id}\"] button"), 5).click();
+    wait_file(&registry, "name = \"Renamed Person\"");
+    b.find(&format!("tr[data-persona=\"{id}\"] input[type=checkbox]"), 5)
+        .click();
+    wait_file(&registry, "enabled = false");
+    b.wait_for(
+        "document.querySelector('#imports [data-rule]')",
+        20,
+        "the consent summary",
+    );
+    assert!(
+        b.text("#imports").contains("data/chat.jsonl"),
+        "{}",
+        b.text("#imports")
+    );
+    shot(b, "personas");
+
+    // An upload from the form lands in data/ and is offered as training data.
+    let file = work.path().join("my notes.jsonl");
+    std::fs::copy(root.join("data/train.val.jsonl"), &file).unwrap();
+    b.goto(&format!("{url}/#/new"));
+    b.wait_for(
+        "document.querySelector('#f-data')?.options.length > 0",
+        20,
+        "the form",
+    );
+    b.find("#upload-file", 5).fill(file.to_str().unwrap());
+    b.find("#upload", 5).click();
+    b.wait_for(
+        "document.querySelector('#f-data').value === 'data/my_notes.jsonl'",
+        30,
+        "the upload selected",
+    );
+    assert_eq!(
+        std::fs::read(root.join("data/my_notes.jsonl")).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
+}
+
+fn wait_file(path: &Path, needle: &str) {
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(path).unwrap_or_default().contains(needle) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{} never got {needle:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The routes the studio added to the API, over plain HTTP: the studio's files without the token
+/// (and nothing else without it), data files listed and uploaded within bounds, tokenizers and
+/// exports listed, `/v1/models`, chat with an export and a persona, and the persona registry.
+#[test]
+fn the_studio_routes_hold_the_api_rules() {
+    let d = data_root();
+    let root = d.path().join("root");
+    let port = free_port();
+    let _server = serve(
+        &root,
+        port,
+        1,
+        &[],
+        &[
+            ("CHATFORGE_API_TOKEN", TOKEN),
+            ("CHATFORGE__API__MAX_UPLOAD", "4096"),
+        ],
+    );
+    // The studio's files need no token and carry a strict content policy; the API still does.
+    let page = get(port, "/");
+    assert_eq!(page.status, 200);
+    assert!(String::from_utf8_lossy(&page.body).contains("/studio/app.js"));
+    assert!(
+        page.header("content-security-policy")
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+    let js = get(port, "/studio/app.js");
+    assert_eq!(js.status, 200);
+    assert!(js.header("content-type").unwrap().starts_with("text/javascript"));
+    assert_eq!(get(port, "/studio/missing.js").status, 404);
+    assert_eq!(
+        get(port, "/studio/missing.js").json()["error"],
+        "no studio file \"missing.js\""
+    );
+    for path in [
+        "/data",
+        "/tokenizers",
+        "/exports",
+        "/personas",
+        "/v1/models",
+        "/runs",
+    ] {
+        assert_eq!(get(port, path).status, 401, "{path}");
+    }
+
+    // Data files: listed; uploaded whole or not at all; names are plain file names.
+    let files = authed(port, "GET", "/data", None).json();
+    let paths: Vec<&str> = files["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        paths.contains(&"data/train.jsonl") && paths.contains(&"data/train.val.jsonl"),
+        "{paths:?}"
+    );
+    let put = |name: &str, body: &[u8]| {
+        let auth = format!("Bearer {TOKEN}");
+        request(
+            port,
+            "PUT",
+            &format!("/data/{name}"),
+            &[("Authorization", auth.as_str())],
+            Some(body),
+        )
+    };
+    let r = put("notes.jsonl", b"{\"messages\": []}\n");
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["path"], "data/notes.jsonl");
+    assert_eq!(
+        std::fs::read(root.join("data/notes.jsonl")).unwrap(),
+        b"{\"messages\": []}\n"
+    );
+    assert_eq!(put("notes.jsonl", b"again").status, 409);
+    assert_eq!(put("notes.jsonl?replace=true", b"again").status, 201);
+    assert_eq!(std::fs::read(root.join("data/notes.jsonl")).unwrap(), b"again");
+    let big = put("big.jsonl", &vec![b'x'; 5000]);
+    assert_eq!(big.status, 413, "{}", String::from_utf8_lossy(&big.body));
+    assert!(big.json()["error"].as_str().unwrap().contains("4096"));
+    for bad in ["..", ".hidden", "a%2Fb", "%2E%2E"] {
+        let r = put(bad, b"x");
+        assert!(r.status == 400 || r.status == 404, "{bad}: {}", r.status);
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(root.join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with('.') || n.starts_with("big"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // A run, listed as a model once trained; its exports listed; chat with an HF export.
+    let tok = {
+        let r = authed(
+            port,
+            "POST",
+            "/tokenizers/train",
+            Some(&json!({"input": ["data/train.jsonl"], "vocab_size": 400})),
+        );
+        assert_eq!(r.status, 202);
+        r.json()["id"].as_str().unwrap().to_string()
+    };
+    let t0 = Instant::now();
+    while authed(port, "GET", &format!("/tokenizers/{tok}"), None).json()["state"] != "succeeded" {
+        assert!(t0.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let list = authed(port, "GET", "/tokenizers", None).json();
+    assert_eq!(list["tokenizers"][0]["id"], tok.as_str());
+    assert_eq!(list["tokenizers"][0]["vocab_size"], 400);
+    let r = authed(port, "POST", "/runs/train", Some(&train_body(&tok, 20, 10)));
+    assert_eq!(r.status, 202);
+    let run = r.json()["run_id"].as_str().unwrap().to_string();
+    let t0 = Instant::now();
+    loop {
+        let r = authed(port, "GET", &format!("/runs/{run}"), None).json();
+        if r["state"] == "succeeded" {
+            assert_eq!(r["mode"], "sft");
+            assert_eq!(r["data"], "data/train.jsonl");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "{r}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let models = authed(port, "GET", "/v1/models", None).json();
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], run.as_str());
+    let mut exports = Vec::new();
+    for format in ["hf", "onnx"] {
+        let r = authed(
+            port,
+            "POST",
+            &format!("/runs/{run}/export"),
+            Some(&json!({ "format": format })),
+        );
+        assert_eq!(r.status, 202);
+        exports.push(r.json()["export_id"].as_str().unwrap().to_string());
+    }
+    let t0 = Instant::now();
+    loop {
+        let l = authed(port, "GET", &format!("/exports?run={run}"), None).json();
+        let done = l["exports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["state"] == "succeeded")
+            .count();
+        if done == 2 {
+            assert!(
+                l["exports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|x| x["run"] == run.as_str())
+            );
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "{l}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        authed(port, "GET", "/exports?run=other", None).json()["exports"],
+        json!([])
+    );
+    let ids: Vec<String> = authed(port, "GET", "/v1/models", None).json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(ids.contains(&exports[0]) && !ids.contains(&exports[1]), "{ids:?}");
+    let chat = |model: &str, persona: Option<&str>| {
+        let mut body = json!({"model": model, "messages": [{"role": "user", "content": "Hi"}],
+                              "temperature": 0, "max_tokens": 8});
+        if let Some(p) = persona {
+            body["persona"] = json!(p);
+        }
+        authed(port, "POST", "/v1/chat/completions", Some(&body))
+    };
+    let from_run = chat(&run, None);
+    assert_eq!(from_run.status, 200);
+    let from_export = chat(&exports[0], None);
+    assert_eq!(
+        from_export.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&from_export.body)
+    );
+    assert_eq!(
+        from_export.json()["choices"][0]["message"]["content"],
+        from_run.json()["choices"][0]["message"]["content"]
+    );
+    // A persona (without an adapter) is the `Respond as NAME:` instruction: another prompt.
+    let persona = chat(&run, Some("Alice"));
+    assert_eq!(persona.status, 200);
+    assert!(
+        persona.json()["usage"]["prompt_tokens"].as_u64()
+            > from_run.json()["usage"]["prompt_tokens"].as_u64()
+    );
+    assert_eq!(chat("nope", None).status, 404);
+    assert_eq!(chat("../x", None).status, 422);
+
+    // The persona registry: renamed, switched off, and refused when unknown or empty.
+    std::fs::write(
+        root.join("personas.toml"),
+        "[[persona]]\nid = \"1001\"\nname = \"Alice\"\n\n[[persona]]\nid = \"1002\"\nname = \"Bob\"\n",
+    )
+    .unwrap();
+    let listed = authed(port, "GET", "/personas", None).json();
+    assert_eq!(listed["personas"][1]["name"], "Bob");
+    assert_eq!(listed["imports"], json!([]));
+    let r = authed(
+        port,
+        "PATCH",
+        "/personas/Bob",
+        Some(&json!({"name": "Robert", "enabled": false})),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json(),
+        json!({"id": "1002", "name": "Robert", "description": "", "enabled": false})
+    );
+    let saved = std::fs::read_to_string(root.join("personas.toml")).unwrap();
+    assert!(
+        saved.contains("Robert") && saved.contains("enabled = false"),
+        "{saved}"
+    );
+    assert_eq!(
+        authed(port, "PATCH", "/personas/nobody", Some(&json!({"enabled": true}))).status,
+        404
+    );
+    assert_eq!(
+        authed(port, "PATCH", "/personas/1001", Some(&json!({}))).status,
+        422
+    );
+    assert_eq!(
+        authed(port, "PATCH", "/personas/1001", Some(&json!({"colour": "red"}))).status,
+        422
+    );
+}
