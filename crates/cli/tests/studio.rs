@@ -99,7 +99,7 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
     let d = data_root();
     let root = d.path().join("root");
     let port = free_port();
-    let _server = serve(&root, port, 1, &[], &[("CHATFORGE_API_TOKEN", TOKEN)]);
+    let mut server = serve(&root, port, 1, &[], &[("CHATFORGE_API_TOKEN", TOKEN)]);
     let url = format!("http://127.0.0.1:{port}");
 
     // The page loads without the token, and asks for it once.
@@ -175,7 +175,24 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
         90,
         "the curve going on after resume",
     );
-    // The curve holds each step once, after the resume too.
+    // The server is killed and started again: the page's stream reconnects from its last event,
+    // and the run resumes from its checkpoint.
+    drop(server);
+    b.wait_for(
+        "document.querySelector('#stream-state').innerText === 'reconnecting'",
+        30,
+        "the page noticing the server gone",
+    );
+    let before_restart = points(&b, "loss-chart", "train");
+    server = serve(&root, port, 1, &[], &[("CHATFORGE_API_TOKEN", TOKEN)]);
+    b.wait_for(
+        &format!(
+            "document.querySelector('#stream-state').innerText.includes('live') && Number(document.querySelector('#loss-chart path[data-series=\"train\"]').dataset.points) > {before_restart} + 10"
+        ),
+        90,
+        "the curve going on after the server's restart",
+    );
+    // The curve holds each step once, after the resume and the restart too.
     let steps_shown = b.js(
         "return document.querySelector('#log-tail').innerText.split('\\n').filter(l => l.includes('\"event\":\"step\"')).map(l => JSON.parse(l).step);",
         &[],
@@ -187,6 +204,17 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
         .map(|s| s.as_u64().unwrap())
         .collect();
     assert!(steps.windows(2).all(|w| w[1] == w[0] + 1), "{steps:?}");
+    let curve = b.js(
+        "return document.querySelector('#loss-chart path[data-series=\"train\"]').getAttribute('d').split(/[ML]/).filter(Boolean).map(p => Number(p.split(',')[0]));",
+        &[],
+    );
+    let xs: Vec<f64> = curve
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert!(xs.windows(2).all(|w| w[1] > w[0]), "the curve goes back: {xs:?}");
     b.find("#cancel", 5).click();
     b.wait_for(
         "document.querySelector('main .row .state').dataset.state === 'cancelled'",
@@ -359,7 +387,9 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
             wide.as_i64().unwrap() <= 1,
             "{page} is {wide} px too wide at 390 px"
         );
+        assert!(b.text("main").len() > 20, "{page} shows nothing");
     }
+    drop(server);
 }
 
 /// The persona registry renamed and switched from the page, the import's consent summary
