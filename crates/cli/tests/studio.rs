@@ -66,8 +66,9 @@ fn shot(b: &Browser, name: &str) {
     }
 }
 
-/// Fills the New run form for a small model and submits it: the new run's id, from the page it opens.
-fn submit_run(b: &Browser, url: &str, steps: u64) -> String {
+/// Fills the New run form for a small model and submits it: the new run's id, from the page it
+/// opens, and the form's "copy as curl" and "copy as CLI" texts for the same run.
+fn submit_run(b: &Browser, url: &str, steps: u64) -> (String, String, String) {
     b.goto(&format!("{url}/#/new"));
     b.wait_for(
         "document.querySelector('#f-data') && document.querySelector('#f-data').options.length > 0",
@@ -82,13 +83,88 @@ fn submit_run(b: &Browser, url: &str, steps: u64) -> String {
     b.find("#f-max_steps", 5).fill(&steps.to_string());
     b.find("#f-eval_every", 5).fill("10");
     b.find("#f-checkpoint_every", 5).fill("10");
+    let text = |css: &str| {
+        b.js(
+            "return document.querySelector(arguments[0]).textContent",
+            &[json!(css)],
+        )
+    };
+    let (curl, cli) = (text("#curl-preview"), text("#cli-preview"));
     b.find("#submit-run", 5).click();
     let id = b.wait_for(
         "location.hash.startsWith('#/runs/') && location.hash.slice(7)",
         120,
         "the run page opened",
     );
-    id.as_str().unwrap().to_string()
+    (
+        id.as_str().unwrap().to_string(),
+        curl.as_str().unwrap().to_string(),
+        cli.as_str().unwrap().to_string(),
+    )
+}
+
+/// The training losses a run logged, by step.
+fn losses(run_dir: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run_dir.join("logs.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["event"] == "step")
+        .map(|e| (e["step"].as_u64().unwrap(), e["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+/// The form's "copy as CLI" and "copy as curl" texts, run as a person pasting them would: both
+/// make the run the form made (the same losses at every step).
+fn copied_commands_make_the_same_run(port: u16, root: &Path, run: &str, curl: &str, cli: &str) {
+    let want = losses(&root.join("runs").join(run));
+    assert!(!want.is_empty());
+    let bin = env!("CARGO_BIN_EXE_chatforge");
+    let script = format!(
+        "chatforge() {{ '{bin}' \"$@\"; }}\n{}",
+        cli.replace("cd <data root>", &format!("cd '{}'", root.display()))
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-euc", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cli}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let close = |got: &[(u64, f64)], what: &str| {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for ((s, a), (t, b)) in got.iter().zip(&want) {
+            assert!(
+                s == t && (a - b).abs() <= 1e-5 * b.abs(),
+                "{what}: step {s}: {a} vs {b}"
+            );
+        }
+    };
+    close(&losses(&root.join("my-run")), "copy as CLI");
+    let out = std::process::Command::new("bash")
+        .args(["-euc", curl])
+        .env("TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{curl}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{curl}\n{}", String::from_utf8_lossy(&out.stdout)));
+    let copy = answer["run_id"].as_str().unwrap().to_string();
+    let t0 = Instant::now();
+    while authed(port, "GET", &format!("/runs/{copy}"), None).json()["state"] != "succeeded" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the curl run did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    close(&losses(&root.join("runs").join(&copy)), "copy as curl");
 }
 
 #[test]
@@ -125,7 +201,7 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
     );
 
     // A run from the form, with a tokenizer trained on its data first (none exists yet).
-    let a = submit_run(&b, &url, 20_000);
+    let (a, _, _) = submit_run(&b, &url, 20_000);
     let toks = authed(port, "GET", "/tokenizers", None).json();
     assert_eq!(toks["tokenizers"].as_array().unwrap().len(), 1, "{toks}");
     // Its curve gains points as the stream brings steps.
@@ -248,13 +324,32 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
     );
     b.find("#f-lr", 5).fill("0.003");
     shot(&b, "new-run");
-    let second = submit_run(&b, &url, 40);
+    // A preset fills the model's fields and carries its other settings into the request.
+    choose(&b, "#f-preset", "llama-small");
+    assert_eq!(
+        b.js("return document.querySelector('#f-n_layer').value", &[]),
+        json!("4")
+    );
+    let request: Value = serde_json::from_str(
+        b.js(
+            "return document.querySelector('#request-preview').textContent",
+            &[],
+        )
+        .as_str()
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(request["model"]["arch"], "llama");
+    assert_eq!(request["model"]["n_kv_head"], 2);
+    choose(&b, "#f-preset", "tiny");
+    let (second, curl, cli) = submit_run(&b, &url, 40);
     assert_ne!(second, a);
     b.wait_for(
         "document.querySelector('main .row .state').dataset.state === 'succeeded'",
         120,
         "the second run finishing",
     );
+    copied_commands_make_the_same_run(port, &root, &second, &curl, &cli);
     eprintln!("second run: {:.1} s", t0.elapsed().as_secs_f64());
 
     // Its page evaluates it and exports it to GGUF.
@@ -284,9 +379,9 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
     // The runs table, and the compare view of both runs.
     b.goto(&format!("{url}/#/runs"));
     b.wait_for(
-        "document.querySelectorAll('#runs-table tbody tr[data-run]').length === 2",
+        "document.querySelectorAll('#runs-table tbody tr[data-run]').length === 3",
         20,
-        "two runs listed",
+        "three runs listed (the curl copy's too)",
     );
     shot(&b, "runs");
     b.find(&format!("input[aria-label=\"select {a}\"]"), 5).click();

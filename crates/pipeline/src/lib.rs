@@ -4,6 +4,8 @@
 //! the test prompts). The defaults are `TrainConfig::default()`'s, one table for both; a request
 //! only overrides them.
 
+pub mod presets;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 

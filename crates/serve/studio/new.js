@@ -32,6 +32,7 @@ export function newRunPage(main, signal) {
     initRun: h("select", { name: "init-run" }),
     initModel: h("input", { type: "text", name: "init", placeholder: "models/SmolLM2-135M or HuggingFaceTB/SmolLM2-135M" }),
     mode: h("select", { name: "mode" }, MODES.map(([v, t]) => h("option", { value: v }, t))),
+    preset: h("select", { name: "preset" }),
     n_layer: num("n_layer", 2, { min: 1, step: 1 }), n_head: num("n_head", 2, { min: 1, step: 1 }),
     n_embd: num("n_embd", 64, { min: 8, step: 8 }), n_ctx: num("n_ctx", 128, { min: 8, step: 1 }),
     max_steps: num("max_steps", 200, { min: 1, step: 1 }), batch_size: num("batch_size", 8, { min: 1, step: 1 }),
@@ -42,9 +43,11 @@ export function newRunPage(main, signal) {
   };
   const err = h("p", { class: "error", id: "form-error", role: "alert" });
   const preview = h("pre", { id: "request-preview" });
+  const curlPreview = h("pre", { id: "curl-preview" });
+  const cliPreview = h("pre", { id: "cli-preview" });
   const submit = h("button", { type: "submit", class: "primary", id: "submit-run" }, "Start run");
-  const scratchBox = h("fieldset", {}, h("legend", {}, "Model size (from scratch)"), h("div", { class: "fields" },
-    field("layers", f.n_layer, "n_layer"), field("heads", f.n_head, "n_head"),
+  const scratchBox = h("fieldset", {}, h("legend", {}, "Model (from scratch)"), h("div", { class: "fields" },
+    field("preset", f.preset, "preset"), field("layers", f.n_layer, "n_layer"), field("heads", f.n_head, "n_head"),
     field("width", f.n_embd, "n_embd"), field("context", f.n_ctx, "n_ctx")));
   const prefBox = h("div", { class: "fields" }, field("β (DPO) / λ (ORPO)", f.beta, "beta"), field("adapter", f.adapter, "adapter"));
   const loraBox = h("div", { class: "fields" }, field("LoRA rank", f.rank, "rank"), field("LoRA alpha", f.alpha, "alpha"));
@@ -69,8 +72,26 @@ export function newRunPage(main, signal) {
     h("div", { class: "row" }, submit,
       h("button", { type: "button", id: "copy-curl", onclick: () => copy(curl(), "curl command") }, "Copy as curl"),
       h("button", { type: "button", id: "copy-cli", onclick: () => copy(cli(), "CLI command") }, "Copy as CLI")),
-    h("details", {}, h("summary", {}, "The request"), preview));
+    h("details", {}, h("summary", {}, "The request"), preview),
+    h("details", {}, h("summary", {}, "As curl"), curlPreview),
+    h("details", {}, h("summary", {}, "As CLI"), cliPreview));
   main.append(h("h1", {}, "New run"), form);
+
+  // The chosen preset's other settings (architecture, dropout, schedule…) go along with the fields.
+  let presets = [], presetModel = {}, presetTrain = {};
+  function applyPreset() {
+    const p = presets.find((x) => x.name === f.preset.value);
+    presetModel = p ? { ...p.model } : {};
+    presetTrain = p ? { ...p.train } : {};
+    if (!p) return;
+    for (const k of ["n_layer", "n_head", "n_embd", "n_ctx"]) if (p.model[k] !== undefined) f[k].value = p.model[k];
+    for (const k of ["max_steps", "batch_size", "lr", "eval_every", "checkpoint_every", "seed"]) {
+      if (p.train[k] !== undefined) f[k].value = p.train[k];
+    }
+    if (p.train.mode) f.mode.value = p.train.mode;
+    delete presetTrain.mode;
+  }
+  f.preset.addEventListener("change", applyPreset);
 
   const show = (el, on) => { el.closest("label, fieldset, div.fields").hidden = !on; };
   function sync() {
@@ -83,6 +104,8 @@ export function newRunPage(main, signal) {
     prefBox.hidden = !["dpo", "orpo"].includes(mode);
     loraBox.hidden = !(["lora", "qlora"].includes(mode) || (prefBox.hidden === false && f.adapter.value !== "none"));
     preview.textContent = JSON.stringify(request("<new tokenizer id>"), null, 2);
+    curlPreview.textContent = curl();
+    cliPreview.textContent = cli();
   }
   form.addEventListener("input", sync);
   form.addEventListener("change", sync);
@@ -97,9 +120,9 @@ export function newRunPage(main, signal) {
     if (f.start.value === "run" && f.initRun.value) body.init = f.initRun.value;
     if (f.start.value === "model" && f.initModel.value.trim()) body.init = f.initModel.value.trim();
     if (f.start.value === "scratch") {
-      body.model = { vocab_size: 0, n_layer: v("n_layer"), n_head: v("n_head"), n_embd: v("n_embd"), n_ctx: v("n_ctx") };
+      body.model = { ...presetModel, vocab_size: 0, n_layer: v("n_layer"), n_head: v("n_head"), n_embd: v("n_embd"), n_ctx: v("n_ctx") };
     }
-    body.train = { max_steps: v("max_steps"), batch_size: v("batch_size"), lr: v("lr"),
+    body.train = { ...(f.start.value === "scratch" ? presetTrain : {}), max_steps: v("max_steps"), batch_size: v("batch_size"), lr: v("lr"),
       eval_every: v("eval_every"), checkpoint_every: v("checkpoint_every"), seed: v("seed") };
     const pref = ["dpo", "orpo"].includes(mode);
     if (pref) {
@@ -126,9 +149,10 @@ export function newRunPage(main, signal) {
     // Paths are relative to the data root, as the server resolves them.
     const b = request("runs/tok/tokenizer.json");
     const toml = [];
-    if (b.model) toml.push("[model]", ...Object.entries(b.model).map(([k, x]) => `${k} = ${x}`));
-    toml.push("[train]", ...["eval_every", "checkpoint_every"].map((k) => `${k} = ${b.train[k]}`));
-    if (b.lora) toml.push("[lora]", ...Object.entries(b.lora).map(([k, x]) => `${k} = ${x}`));
+    const entries = (o, skip = []) => Object.entries(o).filter(([k]) => !skip.includes(k)).map(([k, x]) => `${k} = ${JSON.stringify(x)}`);
+    if (b.model) toml.push("[model]", ...entries(b.model));
+    toml.push("[train]", ...entries(b.train, ["max_steps", "batch_size", "lr", "seed", "beta", "adapter"]));
+    if (b.lora) toml.push("[lora]", ...entries(b.lora));
     const lines = ["cd <data root>"];
     let tok = b.tokenizer ? `tokenizers/${b.tokenizer}/tokenizer.json` : null;
     if (f.tokSource.value === "train") {
@@ -144,14 +168,21 @@ export function newRunPage(main, signal) {
       `--lr ${b.train.lr}`, `--seed ${b.train.seed}`);
     if (b.train.beta !== undefined) args.push(`--beta ${b.train.beta}`);
     if (b.train.adapter) args.push(`--adapter ${b.train.adapter}`);
-    args.push("-o runs/my-run");
+    args.push("-o my-run");
     lines.push(args.join(" \\\n  "));
     return lines.join("\n");
   }
 
   async function load(selectData) {
-    const [data, toks, runs] = await Promise.all([
-      get("/data", { signal }), get("/tokenizers", { signal }), get("/runs?state=succeeded&limit=200", { signal })]);
+    const [data, toks, runs, pre] = await Promise.all([
+      get("/data", { signal }), get("/tokenizers", { signal }), get("/runs?state=succeeded&limit=200", { signal }),
+      presets.length ? { presets } : get("/presets", { signal })]);
+    if (!presets.length) {
+      presets = pre.presets;
+      f.preset.replaceChildren(...presets.map((p) => h("option", { value: p.name }, `${p.name} (${p.model.arch || "gpt2"}, ${p.model.n_layer}×${p.model.n_embd})`)),
+        h("option", { value: "" }, "custom"));
+      applyPreset();
+    }
     const files = data.files.map((x) => x.path);
     const keep = selectData || f.data.value;
     f.data.replaceChildren(...files.map((p) => h("option", { value: p, selected: p === keep }, p)));

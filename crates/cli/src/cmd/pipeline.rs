@@ -201,7 +201,10 @@ fn tokenizer_for(
 fn train_config(args: &PipelineArgs, init: Option<PathBuf>, run: &RunDir) -> anyhow::Result<TrainConfig> {
     let mut cfg = match &args.config {
         Some(p) => TrainConfig::from_file(p)?,
-        None => toml::from_str(if args.quick { TINY } else { SMALL })?,
+        None => toml::from_str(
+            chatforge_pipeline::presets::preset(if args.quick { "tiny" } else { "small" })
+                .context("the bundled presets")?,
+        )?,
     };
     let t = &mut cfg.train;
     t.data = Some(run.train_shard());
@@ -271,6 +274,3 @@ fn export_and_check(
     }
     Ok(())
 }
-
-const TINY: &str = include_str!("../../../../configs/tiny.toml");
-const SMALL: &str = include_str!("../../../../configs/small.toml");

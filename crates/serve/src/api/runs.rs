@@ -32,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .route("/runs/{id}/evaluate", post(evaluate_run))
         .route("/runs/{id}/eval", get(run_eval))
         .route("/runs/{id}/export", post(export_run))
+        .route("/presets", get(list_presets))
         .route("/exports", get(list_exports))
         .route("/exports/{id}", get(get_export))
 }
@@ -46,6 +47,17 @@ async fn train_run(State(st): State<AppState>, JsonBody(req): JsonBody<TrainRequ
         axum::Json(json!({"run_id": job.target, "state": job.state})),
     )
         .into_response())
+}
+
+/// The bundled presets (`configs/*.toml`) as the `model` and `train` of a request.
+async fn list_presets() -> ApiResult<Response> {
+    let mut list = Vec::new();
+    for (name, text) in chatforge_pipeline::presets::PRESETS {
+        let v = chatforge_pipeline::presets::as_json(text)
+            .map_err(|e| ApiError::from(crate::Error::Store(e.to_string())))?;
+        list.push(json!({"name": name, "model": v["model"], "train": v["train"]}));
+    }
+    Ok(axum::Json(json!({ "presets": list })).into_response())
 }
 
 async fn get_run(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> ApiResult<Response> {
