@@ -77,12 +77,12 @@ fn submit_run(b: &Browser, url: &str, steps: u64) -> (String, String, String) {
     );
     choose(b, "#f-data", "data/train.jsonl");
     choose(b, "#f-val", "data/train.val.jsonl");
-    b.find("#f-n_layer", 5).fill("2");
-    b.find("#f-n_embd", 5).fill("32");
-    b.find("#f-n_ctx", 5).fill("64");
-    b.find("#f-max_steps", 5).fill(&steps.to_string());
-    b.find("#f-eval_every", 5).fill("10");
-    b.find("#f-checkpoint_every", 5).fill("10");
+    b.fill("#f-n_layer", "2", 5);
+    b.fill("#f-n_embd", "32", 5);
+    b.fill("#f-n_ctx", "64", 5);
+    b.fill("#f-max_steps", &steps.to_string(), 5);
+    b.fill("#f-eval_every", "10", 5);
+    b.fill("#f-checkpoint_every", "10", 5);
     let text = |css: &str| {
         b.js(
             "return document.querySelector(arguments[0]).textContent",
@@ -90,7 +90,7 @@ fn submit_run(b: &Browser, url: &str, steps: u64) -> (String, String, String) {
         )
     };
     let (curl, cli) = (text("#curl-preview"), text("#cli-preview"));
-    b.find("#submit-run", 5).click();
+    b.click("#submit-run", 5);
     let id = b.wait_for(
         "location.hash.startsWith('#/runs/') && location.hash.slice(7)",
         120,
@@ -185,15 +185,15 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
         20,
         "the token dialog",
     );
-    b.find("#token-input", 5).fill("wrong");
-    b.find("#token-form button", 5).click();
+    b.fill("#token-input", "wrong", 5);
+    b.click("#token-form button", 5);
     b.wait_for(
         "document.getElementById('token-error').innerText.includes('refused')",
         20,
         "a refused token said so",
     );
-    b.find("#token-input", 5).fill(TOKEN);
-    b.find("#token-form button", 5).click();
+    b.fill("#token-input", TOKEN, 5);
+    b.click("#token-form button", 5);
     b.wait_for(
         "document.body.innerText.includes('No runs yet')",
         20,
@@ -229,7 +229,7 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
     shot(&b, "run");
 
     // Cancel from the button: the run stops at a checkpoint; resume continues it.
-    b.find("#cancel", 5).click();
+    b.click("#cancel", 5);
     b.wait_for(
         "document.querySelector('main .row .state').dataset.state === 'cancelled'",
         60,
@@ -238,7 +238,7 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
     let at_cancel = points(&b, "loss-chart", "train");
     let api = authed(port, "GET", &format!("/runs/{a}"), None).json();
     assert_eq!(api["state"], "cancelled");
-    b.find("#resume", 5).click();
+    b.click("#resume", 5);
     b.wait_for(
         "['queued', 'running'].includes(document.querySelector('main .row .state').dataset.state)",
         30,
@@ -291,7 +291,7 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
         .map(|x| x.as_f64().unwrap())
         .collect();
     assert!(xs.windows(2).all(|w| w[1] > w[0]), "the curve goes back: {xs:?}");
-    b.find("#cancel", 5).click();
+    b.click("#cancel", 5);
     b.wait_for(
         "document.querySelector('main .row .state').dataset.state === 'cancelled'",
         60,
@@ -309,8 +309,8 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
     );
     choose(&b, "#f-tokenizer-source", "existing");
     // A refused setting is shown with its field marked, and nothing is queued.
-    b.find("#f-lr", 5).fill("5");
-    b.find("#submit-run", 5).click();
+    b.fill("#f-lr", "5", 5);
+    b.click("#submit-run", 5);
     b.wait_for(
         "document.querySelector('#form-error').innerText.length > 0",
         20,
@@ -322,7 +322,7 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
         5,
         "lr marked",
     );
-    b.find("#f-lr", 5).fill("0.003");
+    b.fill("#f-lr", "0.003", 5);
     shot(&b, "new-run");
     // A preset fills the model's fields and carries its other settings into the request.
     choose(&b, "#f-preset", "llama-small");
@@ -358,7 +358,7 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
         20,
         "Evaluate enabled",
     );
-    b.find("#evaluate", 5).click();
+    b.click("#evaluate", 5);
     b.wait_for(
         "document.querySelector('[data-metric=\"perplexity\"]')",
         120,
@@ -368,13 +368,39 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
     assert!(ppl > 1.0, "{ppl}");
     choose(&b, "#export-format", "gguf");
     choose(&b, "#export-quant", "q8_0");
-    b.find("#export-start", 5).click();
+    b.click("#export-start", 5);
     b.wait_for(
         "document.querySelector('#exports .state[data-state=\"succeeded\"]') && document.querySelector('#exports').innerText.includes('model.gguf')",
         120,
         "the GGUF export and its file",
     );
     assert!(b.text("#files").contains("best/"), "{}", b.text("#files"));
+    // A file of the export downloads through the page (the token goes along) whole.
+    b.click("#exports tr[data-file=\"model.gguf\"] button", 5);
+    let export_id = b.js(
+        "return document.querySelector('#exports [data-export]').dataset.export",
+        &[],
+    );
+    let want = std::fs::read(
+        root.join("exports")
+            .join(export_id.as_str().unwrap())
+            .join("model.gguf"),
+    )
+    .unwrap();
+    let saved = b.downloads().join("model.gguf");
+    let t0 = Instant::now();
+    while std::fs::read(&saved).ok().as_ref() != Some(&want) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the download never arrived whole: {:?} {}",
+            std::fs::read_dir(b.downloads())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect::<Vec<_>>(),
+            b.text("#exports")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // The runs table, and the compare view of both runs.
     b.goto(&format!("{url}/#/runs"));
@@ -384,10 +410,9 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
         "three runs listed (the curl copy's too)",
     );
     shot(&b, "runs");
-    b.find(&format!("input[aria-label=\"select {a}\"]"), 5).click();
-    b.find(&format!("input[aria-label=\"select {second}\"]"), 5)
-        .click();
-    b.find("#compare-selected", 5).click();
+    b.click(&format!("input[aria-label=\"select {a}\"]"), 5);
+    b.click(&format!("input[aria-label=\"select {second}\"]"), 5);
+    b.click("#compare-selected", 5);
     b.wait_for(
         "document.querySelectorAll('#compare-table tbody tr').length === 2",
         20,
@@ -429,10 +454,10 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
     b.goto(&format!("{url}/#/chat"));
     b.find("#model-1", 20);
     choose(&b, "#model-1", &second);
-    b.find("#temperature", 5).fill("0");
-    b.find("#max-tokens", 5).fill("12");
-    b.find("#prompt", 5).fill("How do I make tea?");
-    b.find("#send", 5).click();
+    b.fill("#temperature", "0", 5);
+    b.fill("#max-tokens", "12", 5);
+    b.fill("#prompt", "How do I make tea?", 5);
+    b.click("#send", 5);
     b.wait_for(
         "document.querySelector('#messages-1 .msg.assistant[data-streaming=\"false\"]')",
         60,
@@ -453,11 +478,11 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
     assert!(!want.trim().is_empty());
     assert_eq!(shown.trim(), want.trim());
     // Two models side by side on the same prompt.
-    b.find("#side-by-side", 5).click();
+    b.click("#side-by-side", 5);
     b.find("#model-2", 5);
     choose(&b, "#model-2", &a);
-    b.find("#prompt", 5).fill("And coffee?");
-    b.find("#send", 5).click();
+    b.fill("#prompt", "And coffee?", 5);
+    b.click("#send", 5);
     b.wait_for(
         "document.querySelectorAll('.msg.assistant[data-streaming=\"false\"]').length === 3",
         60,
@@ -532,12 +557,14 @@ fn personas_and_upload(b: &Browser, url: &str, root: &Path) {
     );
     let id = id.as_str().unwrap().to_string();
     let _ = row;
-    b.find(&format!("tr[data-persona=\"{id}\"] input:not([type])"), 5)
-        .fill("Renamed Person");
-    b.find(&format!("tr[data-persona=\"{id}\"] button"), 5).click();
+    b.fill(
+        &format!("tr[data-persona=\"{id}\"] input:not([type])"),
+        "Renamed Person",
+        5,
+    );
+    b.click(&format!("tr[data-persona=\"{id}\"] button"), 5);
     wait_file(&registry, "name = \"Renamed Person\"");
-    b.find(&format!("tr[data-persona=\"{id}\"] input[type=checkbox]"), 5)
-        .click();
+    b.click(&format!("tr[data-persona=\"{id}\"] input[type=checkbox]"), 5);
     wait_file(&registry, "enabled = false");
     b.wait_for(
         "document.querySelector('#imports [data-rule]')",
@@ -560,8 +587,8 @@ fn personas_and_upload(b: &Browser, url: &str, root: &Path) {
         20,
         "the form",
     );
-    b.find("#upload-file", 5).fill(file.to_str().unwrap());
-    b.find("#upload", 5).click();
+    b.fill("#upload-file", file.to_str().unwrap(), 5);
+    b.click("#upload", 5);
     b.wait_for(
         "document.querySelector('#f-data').value === 'data/my_notes.jsonl'",
         30,

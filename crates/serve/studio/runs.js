@@ -218,7 +218,7 @@ export function runPage(main, signal, id) {
 export function fileTable(kind, id, list) {
   if (!list.length) return h("p", { class: "muted" }, "No files.");
   return h("div", { class: "table-wrap" }, h("table", { class: "files" }, h("tbody", {}, list.map((f) =>
-    h("tr", {}, h("td", { class: "id" }, f.path), h("td", { class: "num" }, fmt.bytes(f.bytes)),
+    h("tr", { "data-file": f.path }, h("td", { class: "id" }, f.path), h("td", { class: "num" }, fmt.bytes(f.bytes)),
       h("td", {}, h("button", {
         onclick: () => download(`/artifacts/${kind}/${id}/download?path=${encodeURIComponent(f.path)}`,
           f.path.split("/").pop()).catch((e) => toast(e.message)),

@@ -126,6 +126,8 @@ impl Browser {
             std::thread::sleep(Duration::from_millis(100));
         }
         let profile = tempfile::tempdir().expect("a profile folder");
+        let downloads = profile.path().join("downloads");
+        std::fs::create_dir_all(&downloads).expect("a downloads folder");
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
@@ -133,6 +135,7 @@ impl Browser {
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                          "--no-first-run", "--disable-extensions", format!("--user-data-dir={}", profile.path().display()),
                          format!("--window-size={width},{height}")],
+                "prefs": {"download.default_directory": downloads, "download.prompt_for_download": false},
             },
         }}});
         let mut b = Browser {
@@ -200,6 +203,43 @@ impl Browser {
         }
     }
 
+    /// Clicks the first element matching `css` (waiting up to `secs` for it). A page that redraws
+    /// between finding and clicking (a stale element) is found again.
+    pub fn click(&self, css: &str, secs: u64) {
+        let t0 = Instant::now();
+        loop {
+            let e = self.find(css, secs);
+            match self.cmd("POST", &format!("/element/{}/click", e.id), Some(json!({}))) {
+                Ok(_) => return,
+                Err(err) if err.starts_with("stale element") && t0.elapsed() < Duration::from_secs(secs) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(err) => panic!("click {css}: {err}"),
+            }
+        }
+    }
+
+    /// Types `text` into the first element matching `css`, after clearing it; found again when
+    /// the page redrew it meanwhile.
+    pub fn fill(&self, css: &str, text: &str, secs: u64) {
+        let t0 = Instant::now();
+        loop {
+            let e = self.find(css, secs);
+            let _ = self.cmd("POST", &format!("/element/{}/clear", e.id), Some(json!({})));
+            match self.cmd(
+                "POST",
+                &format!("/element/{}/value", e.id),
+                Some(json!({ "text": text })),
+            ) {
+                Ok(_) => return,
+                Err(err) if err.starts_with("stale element") && t0.elapsed() < Duration::from_secs(secs) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(err) => panic!("type into {css}: {err}"),
+            }
+        }
+    }
+
     /// Waits until `check` (a JS expression) is truthy, failing with `what` and the page's text.
     pub fn wait_for(&self, check: &str, secs: u64, what: &str) -> Value {
         let t0 = Instant::now();
@@ -233,6 +273,11 @@ impl Browser {
         let v = self.cmd("GET", "/screenshot", None).expect("a screenshot");
         let png = base64_decode(v.as_str().expect("base64 PNG"));
         std::fs::write(path, png).expect("write the screenshot");
+    }
+
+    /// Where the browser saves downloads.
+    pub fn downloads(&self) -> std::path::PathBuf {
+        self._profile.path().join("downloads")
     }
 
     pub fn set_window(&self, width: u32, height: u32) {
