@@ -411,6 +411,13 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
     );
     shot(&b, "runs");
     b.click(&format!("input[aria-label=\"select {a}\"]"), 5);
+    // The table polls every 2 s; the ticked box keeps its tick and the keyboard focus.
+    std::thread::sleep(Duration::from_millis(4500));
+    let focus = b.js(
+        "const e = document.activeElement; return [e.getAttribute('aria-label'), e.checked];",
+        &[],
+    );
+    assert_eq!(focus, json!([format!("select {a}"), true]));
     b.click(&format!("input[aria-label=\"select {second}\"]"), 5);
     b.click("#compare-selected", 5);
     b.wait_for(

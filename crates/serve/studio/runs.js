@@ -32,33 +32,42 @@ export function runsPage(main, signal) {
         h("th", { class: "num" }, "Tokens/s"), h("th", { class: "num" }, "ETA"), h("th", { class: "num hide-narrow" }, "Heartbeat"),
         h("th", { class: "hide-narrow" }, "Created"))),
       tbody)));
+  // Rows are kept and their cells rewritten in place, so focus and selection survive the polling.
+  const rows = new Map();
+  function row(r) {
+    let tr = rows.get(r.run_id);
+    if (!tr) {
+      const box = h("input", {
+        type: "checkbox", "aria-label": `select ${r.run_id}`,
+        onchange: (e) => {
+          e.target.checked ? selected.add(r.run_id) : selected.delete(r.run_id);
+          compare.disabled = selected.size < 1;
+        },
+      });
+      tr = h("tr", { "data-run": r.run_id }, h("td", {}, box),
+        h("td", { class: "id" }, h("a", { href: `#/runs/${r.run_id}` }, r.run_id)));
+      rows.set(r.run_id, tr);
+    }
+    const p = r.progress || {};
+    const cells = [
+      h("td", {}, r.mode || "–"), h("td", {}, stateBadge(r.state)), progressCell(p),
+      h("td", { class: "num" }, fmt.num(p.loss)), h("td", { class: "num" }, fmt.num(p.val_loss)),
+      h("td", { class: "num" }, fmt.num(p.tokens_per_s, 3)),
+      h("td", { class: "num" }, r.state === "running" ? fmt.secs(p.eta_s) : "–"),
+      h("td", { class: "num hide-narrow" }, r.heartbeat_age_s === null ? "–" : fmt.secs(r.heartbeat_age_s)),
+      h("td", { class: "hide-narrow" }, fmt.time(r.created_at))];
+    while (tr.children.length > 2) tr.lastChild.remove();
+    tr.append(...cells);
+    return tr;
+  }
   async function refresh() {
     try {
       const { runs } = await get("/runs?limit=200", { signal });
       status.textContent = "";
-      tbody.replaceChildren(...runs.map((r) => {
-        const p = r.progress || {};
-        const box = h("input", {
-          type: "checkbox", "aria-label": `select ${r.run_id}`, checked: selected.has(r.run_id),
-          onchange: (e) => {
-            e.target.checked ? selected.add(r.run_id) : selected.delete(r.run_id);
-            compare.disabled = selected.size < 1;
-          },
-        });
-        return h("tr", { "data-run": r.run_id },
-          h("td", {}, box),
-          h("td", { class: "id" }, h("a", { href: `#/runs/${r.run_id}` }, r.run_id)),
-          h("td", {}, r.mode || "–"),
-          h("td", {}, stateBadge(r.state)),
-          progressCell(p),
-          h("td", { class: "num" }, fmt.num(p.loss)),
-          h("td", { class: "num" }, fmt.num(p.val_loss)),
-          h("td", { class: "num" }, fmt.num(p.tokens_per_s, 3)),
-          h("td", { class: "num" }, r.state === "running" ? fmt.secs(p.eta_s) : "–"),
-          h("td", { class: "num hide-narrow" }, r.heartbeat_age_s === null ? "–" : fmt.secs(r.heartbeat_age_s)),
-          h("td", { class: "hide-narrow" }, fmt.time(r.created_at)));
-      }));
-      if (!runs.length) tbody.append(h("tr", {}, h("td", { colspan: 11, class: "empty" }, "No runs yet: start one from New run.")));
+      const want = runs.map(row);
+      const have = [...tbody.children];
+      if (want.length !== have.length || want.some((tr, i) => tr !== have[i])) tbody.replaceChildren(...want);
+      if (!runs.length) tbody.replaceChildren(h("tr", {}, h("td", { colspan: 11, class: "empty" }, "No runs yet: start one from New run.")));
       compare.disabled = selected.size < 1;
     } catch (e) {
       if (!signal.aborted) status.textContent = `could not load runs: ${e.message}`;
@@ -192,10 +201,16 @@ export function runPage(main, signal, id) {
       files.replaceChildren(fileTable("runs", id, list));
     } catch (e) { files.replaceChildren(h("p", { class: "muted" }, e.status === 404 ? "No files yet." : e.message)); }
   }
+  let shownEval = "";
   async function refreshEval() {
     try {
       const ev = await get(`/runs/${id}/eval`, { signal });
-      evalBox.replaceChildren(evalView(ev));
+      // Redrawn only when it changed, so an opened "Sample replies" stays open.
+      const key = JSON.stringify(ev);
+      if (key !== shownEval) {
+        shownEval = key;
+        evalBox.replaceChildren(evalView(ev));
+      }
     } catch { /* none yet */ }
   }
   const exportEls = new Map();
