@@ -22,7 +22,7 @@ pub use chat_export::{
 pub use chatforge_base::Rng;
 pub use conversation::{Conversation, Message, Role, domain_tag};
 pub use error::{Error, Pos, Result};
-pub use formats::{Container, DataFormat, Detected, FieldMap, FileRead, ReadOptions, read_file};
+pub use formats::{Container, DataFormat, Detected, FieldMap, FileRead, ReadOptions, read_file, read_rows};
 pub use import::{
     FileReport, IMPORT_REPORT_SUFFIX, ImportOptions, ImportReport, collect_inputs, import,
     import_report_path, split,

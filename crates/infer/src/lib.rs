@@ -2,6 +2,7 @@
 //! with stop strings, batched generation, chat sessions, and the evaluation metrics.
 
 pub mod chat;
+pub mod completion;
 pub mod engine;
 pub mod eval;
 pub mod generate;
@@ -10,6 +11,7 @@ pub mod metrics;
 pub mod sampling;
 pub mod source;
 pub mod stream;
+pub mod tasks;
 
 pub use chat::ChatSession;
 pub use chatforge_run::gguf;

@@ -25,6 +25,8 @@ pub const GENERATION_FILE: &str = "generation_config.json";
 pub const STATE_FILE: &str = "state.json";
 /// The HF-style model config, in a run and in each checkpoint.
 pub const CONFIG_FILE: &str = "config.json";
+/// The folder of task results beside an evaluation's `metrics.json`.
+pub const TASKS_DIR: &str = "tasks";
 /// The tokenizer, in a run and in a tokenizer artifact.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
@@ -128,6 +130,11 @@ impl RunDir {
 
     pub fn metrics(&self) -> PathBuf {
         self.eval().join("metrics.json")
+    }
+
+    /// Multiple-choice task results (`chatforge eval --task`), one `<task>.json` each.
+    pub fn task_results(&self) -> PathBuf {
+        self.eval().join(TASKS_DIR)
     }
 
     pub fn loss_plot(&self) -> PathBuf {

@@ -6,7 +6,7 @@ mod dir;
 pub mod gguf;
 pub mod source;
 
-pub use dir::{CONFIG_FILE, GENERATION_FILE, RunDir, STATE_FILE, TOKENIZER_FILE};
+pub use dir::{CONFIG_FILE, GENERATION_FILE, RunDir, STATE_FILE, TASKS_DIR, TOKENIZER_FILE};
 pub use source::{Checkpoint, ModelKind, ModelSource, model_tokenizer};
 
 #[derive(Debug, thiserror::Error)]

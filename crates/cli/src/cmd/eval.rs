@@ -7,6 +7,7 @@ use chatforge_data::{Conversation, ReadOptions, read_file};
 use chatforge_infer::eval::{
     DEFAULT_PROMPTS, EvalOptions, LossOn, Metrics, evaluate, read_metrics, read_prompts, write_metrics,
 };
+use chatforge_infer::tasks::{TaskOptions, TaskResult, evaluate_task, read_results, read_task, write_result};
 use chatforge_infer::{Checkpoint, LoadedModel, WeightType};
 use clap::Args;
 
@@ -49,7 +50,24 @@ pub struct EvalArgs {
     pub batch_size: usize,
     #[command(flatten)]
     pub condition: ConditionArgs,
-    /// Where metrics.json goes [default: eval/ in the model's directory]
+    /// A multiple-choice task (repeatable): JSONL/parquet documents with `query` (or `context`),
+    /// `choices` and `gold`, or an lm-evaluation-harness task YAML; reports acc, acc_norm and
+    /// centred accuracy into eval/tasks/
+    #[arg(long)]
+    pub task: Vec<PathBuf>,
+    /// Tasks: few-shot examples before each document [default: the task's, else 0]
+    #[arg(long)]
+    pub num_fewshot: Option<usize>,
+    /// Tasks: the documents few-shot examples come from, in order [default: the task's own]
+    #[arg(long)]
+    pub fewshot: Option<PathBuf>,
+    /// Tasks: what goes between a context and its answer [default: the task's, else " "]
+    #[arg(long)]
+    pub delimiter: Option<String>,
+    /// Tasks: score the first N documents only
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Where metrics.json (and tasks/) go [default: eval/ in the model's directory]
     #[arg(short, long)]
     pub out: Option<PathBuf>,
     /// Show two runs' (or metrics files') results side by side instead
@@ -100,8 +118,60 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         ..EvalOptions::default()
     };
     let out = args.out.clone().unwrap_or_else(|| m.eval_dir());
+    if !args.task.is_empty() {
+        run_tasks(&m, &args, &out)?;
+        if args.data.is_none() && args.prompts.is_none() {
+            return Ok(());
+        }
+    }
     run_eval(&m, &data, args.data.as_deref(), &prompts, &opts, &out)?;
     Ok(())
+}
+
+/// Scores every `--task`, prints its metrics and writes `out/tasks/<task>.json`.
+fn run_tasks(m: &LoadedModel, args: &EvalArgs, out: &Path) -> anyhow::Result<()> {
+    let opts = TaskOptions {
+        num_fewshot: args.num_fewshot,
+        fewshot: args.fewshot.clone(),
+        delimiter: args.delimiter.clone(),
+        limit: args.limit,
+    };
+    // Beside metrics.json, as a run's `eval/tasks/`.
+    let dir = out.join(chatforge_run::TASKS_DIR);
+    for path in &args.task {
+        let task = read_task(path, &opts)?;
+        let r = evaluate_task(m, &task, args.batch_size)?;
+        let file = write_result(&dir, &r)?;
+        say!(
+            "{}: {} documents, {}-shot, {:.1} documents/s",
+            r.task,
+            r.docs,
+            r.num_fewshot,
+            r.docs_per_s
+        );
+        for (k, v) in task_rows(&r) {
+            say!("  {k:<20} {v}");
+        }
+        say!("written to {}", file.display());
+    }
+    Ok(())
+}
+
+fn task_rows(r: &TaskResult) -> Vec<(String, String)> {
+    let pm = |x: f64, e: f64| format!("{x:.4} ± {e:.4}");
+    vec![
+        ("acc".into(), pm(r.acc, r.acc_stderr)),
+        ("acc_norm".into(), pm(r.acc_norm, r.acc_norm_stderr)),
+        ("acc_bytes".into(), pm(r.acc_bytes, r.acc_bytes_stderr)),
+        (
+            "centered".into(),
+            format!(
+                "{} (random {:.4})",
+                pm(r.centered, r.centered_stderr),
+                r.random_baseline
+            ),
+        ),
+    ]
 }
 
 /// Evaluates, writes `out/metrics.json` and prints the table; shared with `train` and `pipeline`.
@@ -172,26 +242,63 @@ pub fn print_metrics(m: &Metrics) {
     }
 }
 
+/// The task results beside a run's, a folder's or a metrics file's metrics.
+fn task_results(p: &Path) -> Vec<TaskResult> {
+    let dirs = [
+        chatforge_run::RunDir::new(p).task_results(),
+        p.join(chatforge_run::TASKS_DIR),
+        p.parent()
+            .map(|d| d.join(chatforge_run::TASKS_DIR))
+            .unwrap_or_default(),
+    ];
+    dirs.iter()
+        .map(|d| read_results(d))
+        .find(|r| !r.is_empty())
+        .unwrap_or_default()
+}
+
 fn compare(a: &Path, b: &Path) -> anyhow::Result<()> {
-    let (ma, mb) = (read_metrics(a)?, read_metrics(b)?);
-    let (ra, rb) = (rows(&ma), rows(&mb));
+    let (ta, tb) = (task_results(a), task_results(b));
+    let (ma, mb) = match (read_metrics(a), read_metrics(b)) {
+        (Ok(x), Ok(y)) => (Some(x), Some(y)),
+        (Err(e), _) | (_, Err(e)) if ta.is_empty() && tb.is_empty() => return Err(e.into()),
+        (x, y) => (x.ok(), y.ok()),
+    };
+    let task_rows_of = |ts: &[TaskResult]| -> Vec<(String, String)> {
+        ts.iter()
+            .flat_map(|t| {
+                task_rows(t)
+                    .into_iter()
+                    .map(|(k, v)| (format!("{} {k}", t.task), v))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let owned =
+        |r: Vec<(&'static str, String)>| r.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<Vec<_>>();
+    let mut ra = ma.as_ref().map(|m| owned(rows(m))).unwrap_or_default();
+    let mut rb = mb.as_ref().map(|m| owned(rows(m))).unwrap_or_default();
+    ra.extend(task_rows_of(&ta));
+    rb.extend(task_rows_of(&tb));
     let (wa, wb) = (a.display().to_string(), b.display().to_string());
-    say!("  {:<20} {:<28} {:<28}", "", wa, wb);
-    let mut keys: Vec<&str> = ra.iter().map(|(k, _)| *k).collect();
+    say!("  {:<24} {:<28} {:<28}", "", wa, wb);
+    let mut keys: Vec<&str> = ra.iter().map(|(k, _)| k.as_str()).collect();
     keys.extend(
         rb.iter()
-            .map(|(k, _)| *k)
+            .map(|(k, _)| k.as_str())
             .filter(|k| !ra.iter().any(|(x, _)| x == k)),
     );
     for k in keys {
-        let get = |r: &[(&str, String)]| {
+        let get = |r: &[(String, String)]| {
             r.iter()
-                .find(|(x, _)| *x == k)
+                .find(|(x, _)| x == k)
                 .map_or("-".to_string(), |(_, v)| v.clone())
         };
-        say!("  {k:<20} {:<28} {:<28}", get(&ra), get(&rb));
+        say!("  {k:<24} {:<28} {:<28}", get(&ra), get(&rb));
     }
-    if ma.data != mb.data {
+    if let (Some(ma), Some(mb)) = (&ma, &mb)
+        && ma.data != mb.data
+    {
         say!(
             "  note: evaluated on different data ({:?} vs {:?})",
             ma.data,

@@ -400,6 +400,38 @@ pub fn read_file(path: &Path, opts: &ReadOptions) -> Result<FileRead> {
     })
 }
 
+/// The records of a JSONL, JSON or parquet file (gzip too) as JSON values, each with its line (or,
+/// for parquet, row) number: documents of another kind than conversations (evaluation tasks).
+pub fn read_rows(path: &Path) -> Result<Vec<(Pos, Value)>> {
+    let bytes = expand(path, crate::io::read_regular(path)?)?;
+    if bytes.starts_with(b"PAR1") {
+        #[cfg(feature = "parquet")]
+        {
+            let rows = parquet::records(path, bytes)?;
+            return Ok(rows.into_iter().map(|(i, v)| (Pos::Row(i), v)).collect());
+        }
+        #[cfg(not(feature = "parquet"))]
+        return Err(Error::file(
+            path,
+            "a parquet file: build chatforge with the `parquet` feature",
+        ));
+    }
+    let text = decode_utf8(path, &bytes)?;
+    let container = container_for(path, text, None)?;
+    if !matches!(
+        container,
+        Container::Jsonl | Container::JsonList | Container::JsonObject { .. }
+    ) {
+        return Err(Error::file(
+            path,
+            format!("{container}: expected JSONL, JSON or parquet records"),
+        ));
+    }
+    let mut sink = Sink::new(path, false);
+    let rows = json::records(path, text, &container, &mut sink)?;
+    Ok(rows.into_iter().map(|(i, v)| (Pos::Line(i), v)).collect())
+}
+
 /// A parquet file: its rows, as records.
 fn read_parquet(path: &Path, bytes: Vec<u8>, opts: &ReadOptions) -> Result<FileRead> {
     #[cfg(feature = "parquet")]

@@ -3,6 +3,7 @@
 //! bodies and query strings are typed at the edge; every path stays inside the data root.
 
 mod artifacts;
+mod completions;
 mod data;
 mod health;
 mod logs;

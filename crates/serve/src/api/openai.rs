@@ -62,7 +62,7 @@ struct ChatMessage {
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Stop {
+pub(super) enum Stop {
     One(String),
     Many(Vec<String>),
 }
@@ -74,7 +74,7 @@ pub struct ModelCache(Mutex<Vec<(String, Arc<LoadedModel>)>>);
 const CACHED_MODELS: usize = 3;
 
 impl ModelCache {
-    fn get(
+    pub(super) fn get(
         &self,
         id: &str,
         adapter: Option<&str>,
@@ -102,12 +102,12 @@ impl ModelCache {
     }
 }
 
-fn invalid(msg: impl Into<String>) -> ApiError {
+pub(super) fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::Invalid(msg.into())
 }
 
 /// A task that failed to run (it panicked): logged, answered generically.
-fn internal(what: String) -> ApiError {
+pub(super) fn internal(what: String) -> ApiError {
     crate::log::error("internal error", &[("error", &what)]);
     ApiError::Internal
 }
@@ -116,10 +116,11 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(list_models))
+        .route("/v1/completions", post(super::completions::completions))
 }
 
 /// What `model` names: a run with a checkpoint, or an export (HF folder or GGUF file).
-fn model_path(st: &AppState, id: &str) -> Result<std::path::PathBuf, ApiError> {
+pub(super) fn model_path(st: &AppState, id: &str) -> Result<std::path::PathBuf, ApiError> {
     let root = &st.cfg.data_root;
     let not_id = || invalid(format!("model: {id:?} is not a run or export id"));
     let run = Area::Runs.dir(root, id).map_err(|_| not_id())?;
@@ -339,7 +340,7 @@ pub async fn chat_completions(
 }
 
 /// Sets the flag when dropped: the handler's future is dropped when its client disconnects.
-struct StopOnDrop(Arc<AtomicBool>);
+pub(super) struct StopOnDrop(pub(super) Arc<AtomicBool>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
