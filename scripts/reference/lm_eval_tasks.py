@@ -7,7 +7,8 @@
 with its `local-completions` model against an OpenAI-style /v1/completions at URL (chatforge
 serve), tokenizing with the HF tokenizer in TOKENIZER_DIR. TASK_DIR holds the task YAMLs
 (`--include_path`), TASKS is a comma-separated list of task names. Prints JSON: per task, `acc`,
-`acc_norm`, `lls` (each document's choices' log-likelihoods, in document order) and `seconds`.
+`acc_norm`, `lls` (each document's choices' log-likelihoods, in document order), `docs` and
+`seconds` (the evaluation, after the model is loaded: what `chatforge bench eval` compares).
 """
 import json
 import sys
@@ -31,6 +32,11 @@ elif kind == "completions":
 else:
     sys.exit(f"unknown backend {kind}")
 
+if kind == "hf":
+    from lm_eval.models.huggingface import HFLM
+
+    model = HFLM(pretrained=sys.argv[2], dtype="float32", batch_size=batch, device="cpu")
+    model_args = None
 t0 = time.time()
 res = lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=tasks, device="cpu",
                               batch_size=batch, log_samples=True,
@@ -44,6 +50,7 @@ for task in tasks:
         "acc": r["acc,none"],
         "acc_norm": r["acc_norm,none"],
         "lls": [[float(x[0]) for x in s["filtered_resps"]] for s in samples],
+        "docs": len(samples),
         "seconds": seconds,
     }
 print(json.dumps(out))

@@ -102,7 +102,7 @@ fn ours(file: &Path, wt: WeightType, args: &GgufBench) -> anyhow::Result<f64> {
 
 /// An HF folder of `cfg` with random weights and a small byte-level BPE tokenizer (GGUF needs one;
 /// the rows past it are placeholder tokens).
-fn model_folder(dir: &Path, cfg: &GptConfig) -> anyhow::Result<std::path::PathBuf> {
+pub(crate) fn model_folder(dir: &Path, cfg: &GptConfig) -> anyhow::Result<std::path::PathBuf> {
     let folder = dir.join("model");
     std::fs::create_dir_all(&folder)?;
     let texts: Vec<String> = (0..400)

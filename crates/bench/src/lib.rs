@@ -9,6 +9,7 @@ macro_rules! say {
     };
 }
 
+mod eval;
 mod finetune;
 mod generate;
 mod gguf;
@@ -35,6 +36,9 @@ pub enum BenchCommand {
     /// Batch-1 decoding of one GGUF file (SmolLM2-135M shape; f32, f16, q8_0) by chatforge and by
     /// llama.cpp, with the weight traffic each achieves
     Gguf(GgufBench),
+    /// Multiple-choice task scoring (documents/s) on SmolLM2-135M's shape, beside
+    /// lm-evaluation-harness's hf backend
+    Eval(EvalBench),
     /// The service under load: request latency while a run trains, and the training's slowdown
     Serve(serve::ServeBench),
     /// The machine's f32 matrix-product peak (GFLOP/s) with the gemm crate, beside torch.mm
@@ -111,6 +115,22 @@ pub struct GgufBench {
     pub runs: usize,
     /// Python with llama-cpp-python: also decodes the same file with llama.cpp
     /// (scripts/reference/bench_decode_llamacpp.py)
+    #[arg(long)]
+    pub reference_python: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct EvalBench {
+    /// Documents of the task (four choices each)
+    #[arg(long, default_value_t = 200)]
+    pub docs: usize,
+    /// Documents scored per pass (chatforge) and requests per batch (lm-eval)
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Runs (the median is reported)
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Python with lm-eval: also runs scripts/reference/lm_eval_tasks.py's hf backend
     #[arg(long)]
     pub reference_python: Option<PathBuf>,
 }
@@ -199,6 +219,7 @@ pub fn run(cmd: BenchCommand, purge_freed_memory: fn(bool)) -> anyhow::Result<()
         BenchCommand::Train(args) => train::run(&args),
         BenchCommand::Generate(args) => generate::run(&args),
         BenchCommand::Gguf(args) => gguf::run(&args),
+        BenchCommand::Eval(args) => eval::run(&args),
         BenchCommand::Finetune(args) => finetune::run(&args, purge_freed_memory),
         BenchCommand::Serve(args) => serve::run(&args),
         BenchCommand::Sgemm(args) => sgemm_bench(&args),

@@ -58,6 +58,7 @@ fn jobs_scenario(env: &[(&str, &str)]) {
         "/artifacts/{kind}/{id}/download",
         "/v1/chat/completions",
         "/v1/models",
+        "/v1/completions",
         "/presets",
         "/tokenizers",
         "/exports",
