@@ -15,12 +15,20 @@ pub(crate) fn run(args: &EvalBench) -> anyhow::Result<()> {
     let cfg = GptConfig::smollm2_135m();
     let dir = tempfile::tempdir()?;
     let folder = crate::gguf::model_folder(dir.path(), &cfg)?;
-    // Four endings per context, as HellaSwag has them; one right ending.
+    // lm-eval conditions empty contexts on the end-of-text token: name it, as model folders do.
+    let eot = chatforge_tokenizer::specials::END_OF_TEXT;
+    std::fs::write(
+        folder.join("tokenizer_config.json"),
+        json!({"eos_token": eot, "bos_token": eot}).to_string(),
+    )?;
+    // Four endings per context, as HellaSwag has them; the right one ("is warm.") in turn at
+    // each place.
     let endings = ["is warm.", "is cold.", "boils over.", "is empty."];
     let docs: String = (0..args.docs)
         .map(|i| {
             let query = format!("The kettle {i} boils the water for tea, and the cup {}", i * 7);
-            format!("{}\n", json!({"query": query, "choices": endings, "gold": 0}))
+            let choices: Vec<&str> = (0..4).map(|k| endings[(k + 4 - i % 4) % 4]).collect();
+            format!("{}\n", json!({"query": query, "choices": choices, "gold": i % 4}))
         })
         .collect();
     let data = dir.path().join("bench_task.jsonl");
@@ -67,7 +75,10 @@ pub(crate) fn run(args: &EvalBench) -> anyhow::Result<()> {
             rates.push(t["docs"].as_f64().unwrap_or(f64::NAN) / t["seconds"].as_f64().unwrap_or(f64::NAN));
         }
         let theirs = median(rates);
-        line += &format!(" | lm-eval hf {theirs:>7.1} documents/s (chatforge {:.2}x)", ours / theirs);
+        line += &format!(
+            " | lm-eval hf {theirs:>7.1} documents/s (chatforge {:.2}x)",
+            ours / theirs
+        );
     }
     say!("{line}");
     Ok(())
