@@ -1,5 +1,6 @@
 """lm-evaluation-harness on local multiple-choice tasks, for chatforge's parity test and bench.
 
+    lm_eval_tasks.py parquet IN.jsonl OUT.parquet
     lm_eval_tasks.py hf DIR TASK_DIR TASKS [BATCH]
     lm_eval_tasks.py completions URL MODEL_ID TOKENIZER_DIR TASK_DIR TASKS
 
@@ -9,6 +10,7 @@ serve), tokenizing with the HF tokenizer in TOKENIZER_DIR. TASK_DIR holds the ta
 (`--include_path`), TASKS is a comma-separated list of task names. Prints JSON: per task, `acc`,
 `acc_norm`, `lls` (each document's choices' log-likelihoods, in document order), `docs` and
 `seconds` (the evaluation, after the model is loaded: what `chatforge bench eval` compares).
+`parquet` writes a JSONL file's records as a parquet table, as pyarrow (and so `datasets`) writes it.
 """
 import json
 import sys
@@ -18,6 +20,13 @@ import lm_eval
 from lm_eval.tasks import TaskManager
 
 kind = sys.argv[1]
+if kind == "parquet":
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in open(sys.argv[2]) if line.strip()]
+    pq.write_table(pa.Table.from_pylist(rows), sys.argv[3])
+    sys.exit(0)
 if kind == "hf":
     model, model_args = "hf", f"pretrained={sys.argv[2]},dtype=float32"
     task_dir, tasks = sys.argv[3], sys.argv[4].split(",")

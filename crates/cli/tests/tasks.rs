@@ -301,7 +301,23 @@ fn lm_eval_scores_our_export_and_our_server_as_chatforge_does() {
         None,
     );
     let long = long_task(d.path());
-    let dir = task_dir(d.path(), &[(&long.0, &long.1)]);
+    // The capitals again, as a parquet table (dataset_path: parquet).
+    let parquet = d.path().join("capitals.parquet");
+    let jsonl = fixture("tasks/capitals.jsonl");
+    run_reference(
+        &py,
+        "lm_eval_tasks.py",
+        &["parquet", jsonl.to_str().unwrap(), parquet.to_str().unwrap()],
+    );
+    let parquet_yaml = std::fs::read_to_string(fixture("tasks/capitals.yaml"))
+        .unwrap()
+        .replace("task: chatforge_capitals", "task: chatforge_capitals_parquet")
+        .replace("dataset_path: json", "dataset_path: parquet")
+        .replace("test: capitals.jsonl", &format!("test: {}", parquet.display()));
+    let dir = task_dir(
+        d.path(),
+        &[(&long.0, &long.1), ("capitals_parquet.yaml", &parquet_yaml)],
+    );
     let names = ["chatforge_sums", "chatforge_colours", "chatforge_capitals"];
     // chatforge on the export, every task; the long one only against the hf backend, which cuts
     // to the model's window (local-completions sends up to 2,048 tokens).
@@ -313,7 +329,7 @@ fn lm_eval_scores_our_export_and_our_server_as_chatforge_does() {
         "-o",
         ours.to_str().unwrap(),
     ];
-    let files: Vec<String> = ["sums", "colours", "capitals", "long"]
+    let files: Vec<String> = ["sums", "colours", "capitals", "long", "capitals_parquet"]
         .iter()
         .map(|t| dir.join(format!("{t}.yaml")).display().to_string())
         .collect();
@@ -321,7 +337,11 @@ fn lm_eval_scores_our_export_and_our_server_as_chatforge_does() {
         args.extend(["--task", f.as_str()]);
     }
     ok(&args, d.path(), None);
-    let all: Vec<&str> = names.iter().copied().chain(["chatforge_long"]).collect();
+    let all: Vec<&str> = names
+        .iter()
+        .copied()
+        .chain(["chatforge_long", "chatforge_capitals_parquet"])
+        .collect();
     let hf_out = run_reference(
         &py,
         "lm_eval_tasks.py",
@@ -329,6 +349,14 @@ fn lm_eval_scores_our_export_and_our_server_as_chatforge_does() {
     );
     let theirs: Value = serde_json::from_str(hf_out.lines().last().unwrap()).unwrap();
     same_as_lm_eval(&ours.join("tasks"), &theirs, &all, "lm-eval hf");
+    let (a, b) = (
+        result(&ours.join("tasks"), "chatforge_capitals"),
+        result(&ours.join("tasks"), "chatforge_capitals_parquet"),
+    );
+    assert_eq!(
+        a["loglikelihoods"], b["loglikelihoods"],
+        "the parquet documents score as the JSONL ones"
+    );
 
     // The server: the export under the data root, scored through /v1/completions.
     let root = d.path().join("root");
