@@ -78,6 +78,33 @@ export async function api(method, path, body, opts = {}) {
 export const get = (path, opts) => api("GET", path, undefined, opts);
 export const post = (path, body) => api("POST", path, body);
 
+/** The Server-Sent Events of a fetch response, as {event, data, id}, as they arrive. */
+export async function* sseEvents(response) {
+  const reader = response.body.getReader();
+  const dec = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += dec.decode(value, { stream: true });
+    let cut;
+    while ((cut = buf.indexOf("\n\n")) >= 0) {
+      const block = buf.slice(0, cut);
+      buf = buf.slice(cut + 2);
+      const ev = { event: "message", data: "", id: null };
+      for (const line of block.split("\n")) {
+        const i = line.indexOf(":");
+        if (i <= 0) continue;
+        const k = line.slice(0, i), v = line.slice(i + 1).replace(/^ /, "");
+        if (k === "event") ev.event = v;
+        else if (k === "data") ev.data += (ev.data ? "\n" : "") + v;
+        else if (k === "id") ev.id = v;
+      }
+      yield ev;
+    }
+  }
+}
+
 /**
  * Follows an SSE route: calls onEvent(name, data, id) per event. Reconnects after a network
  * error with Last-Event-ID, so nothing is missed or repeated; ends at an `end` event or abort.
@@ -91,33 +118,13 @@ export async function followSse(path, { onEvent, onState, signal, lastId = null 
       if (!r.ok) throw new ApiError(r.status, (await r.text()) || r.statusText);
       onState && onState("live");
       backoff = 500;
-      const reader = r.body.getReader();
-      const dec = new TextDecoder();
-      let buf = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buf += dec.decode(value, { stream: true });
-        let cut;
-        while ((cut = buf.indexOf("\n\n")) >= 0) {
-          const block = buf.slice(0, cut);
-          buf = buf.slice(cut + 2);
-          const ev = { event: "message", data: "", id: null };
-          for (const line of block.split("\n")) {
-            const i = line.indexOf(":");
-            if (i <= 0) continue;
-            const k = line.slice(0, i), v = line.slice(i + 1).replace(/^ /, "");
-            if (k === "event") ev.event = v;
-            else if (k === "data") ev.data += (ev.data ? "\n" : "") + v;
-            else if (k === "id") ev.id = v;
-          }
-          if (ev.id) lastId = ev.id;
-          let data = ev.data;
-          try { data = JSON.parse(ev.data); } catch { /* plain text */ }
-          if (onEvent(ev.event, data, ev.id) === false || ev.event === "end") {
-            onState && onState("ended");
-            return lastId;
-          }
+      for await (const ev of sseEvents(r)) {
+        if (ev.id) lastId = ev.id;
+        let data = ev.data;
+        try { data = JSON.parse(ev.data); } catch { /* plain text */ }
+        if (onEvent(ev.event, data, ev.id) === false || ev.event === "end") {
+          onState && onState("ended");
+          return lastId;
         }
       }
     } catch (e) {

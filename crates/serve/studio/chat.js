@@ -1,7 +1,7 @@
 // The chat playground: any run or export through /v1/chat/completions, streamed, with a system
 // prompt, a persona, sampling controls, and a second model side by side on the same prompt.
 
-import { get, call, h, ApiError } from "./api.js";
+import { get, call, h, sseEvents, ApiError } from "./api.js";
 
 function column(n, models, signal) {
   const model = h("select", { id: `model-${n}`, "aria-label": `model ${n}` },
@@ -35,24 +35,13 @@ function column(n, models, signal) {
         const v = await r.json().catch(() => ({}));
         throw new ApiError(r.status, (v.error && v.error.message) || r.statusText);
       }
-      const reader = r.body.getReader();
-      const dec = new TextDecoder();
-      let buf = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buf += dec.decode(value, { stream: true });
-        let cut;
-        while ((cut = buf.indexOf("\n\n")) >= 0) {
-          const line = buf.slice(0, cut).replace(/^data: ?/, "");
-          buf = buf.slice(cut + 2);
-          if (line === "[DONE]") continue;
-          const v = JSON.parse(line);
-          if (v.error) throw new ApiError(500, v.error.message);
-          const piece = v.choices[0].delta.content;
-          if (piece) { text_ += piece; reply.textContent = text_; messages.scrollTop = messages.scrollHeight; }
-          if (v.choices[0].finish_reason) reply.dataset.finish = v.choices[0].finish_reason;
-        }
+      for await (const ev of sseEvents(r)) {
+        if (ev.data === "[DONE]") continue;
+        const v = JSON.parse(ev.data);
+        if (v.error) throw new ApiError(500, v.error.message);
+        const piece = v.choices[0].delta.content;
+        if (piece) { text_ += piece; reply.textContent = text_; messages.scrollTop = messages.scrollHeight; }
+        if (v.choices[0].finish_reason) reply.dataset.finish = v.choices[0].finish_reason;
       }
       col.history.push({ role: "assistant", content: text_ });
     } catch (e) {

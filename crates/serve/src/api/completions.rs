@@ -9,12 +9,12 @@ use std::sync::atomic::AtomicBool;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use chatforge_infer::Finish;
 use chatforge_infer::completion::{CompletionOptions, complete};
-use chatforge_infer::{Finish, Sampling};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::openai::{Stop, StopOnDrop, internal, invalid, model_path};
+use super::openai::{Stop, StopOnDrop, internal, invalid, model_path, sampling};
 use super::{ApiError, AppState, JsonBody};
 
 /// Prompts in one request at most.
@@ -75,14 +75,6 @@ pub async fn completions(
     if req.logprobs.is_some_and(|k| k > 5) {
         return Err(invalid("logprobs: at most 5"));
     }
-    let temperature = req.temperature.unwrap_or(1.0);
-    if !(0.0..=2.0).contains(&temperature) {
-        return Err(invalid("temperature: must be in 0..=2"));
-    }
-    let top_p = req.top_p.unwrap_or(1.0);
-    if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(invalid("top_p: must be in (0, 1]"));
-    }
     let inputs: Vec<Input> = match req.prompt {
         Prompt::Text(t) => vec![Input::Text(t)],
         Prompt::Ids(ids) => vec![Input::Ids(ids)],
@@ -94,18 +86,8 @@ pub async fn completions(
     }
     let opts = CompletionOptions {
         max_tokens: req.max_tokens.unwrap_or(16),
-        sampling: Sampling {
-            temperature,
-            top_k: 0,
-            top_p,
-            repetition_penalty: 1.0,
-            seed: req.seed.unwrap_or(0),
-        },
-        stop: match req.stop {
-            None => Vec::new(),
-            Some(Stop::One(s)) => vec![s],
-            Some(Stop::Many(v)) => v,
-        },
+        sampling: sampling(req.temperature, req.top_p, req.seed)?,
+        stop: Stop::list(req.stop),
         logprobs: req.logprobs,
         echo: req.echo,
     };

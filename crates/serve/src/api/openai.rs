@@ -67,6 +67,17 @@ pub(super) enum Stop {
     Many(Vec<String>),
 }
 
+impl Stop {
+    /// `stop` as a list of texts (none when absent).
+    pub(super) fn list(stop: Option<Stop>) -> Vec<String> {
+        match stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s],
+            Some(Stop::Many(v)) => v,
+        }
+    }
+}
+
 /// Loaded models by id and adapter; a few stay in memory between requests.
 #[derive(Default)]
 pub struct ModelCache(Mutex<Vec<(String, Arc<LoadedModel>)>>);
@@ -100,6 +111,30 @@ impl ModelCache {
         }
         Ok(m)
     }
+}
+
+/// The OpenAI routes' sampling fields, checked: `temperature` in 0..=2 (default 1; 0 is greedy),
+/// `top_p` in (0, 1] (default 1), `seed` (default 0).
+pub(super) fn sampling(
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    seed: Option<u64>,
+) -> Result<Sampling, ApiError> {
+    let temperature = temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(invalid("temperature: must be in 0..=2"));
+    }
+    let top_p = top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(invalid("top_p: must be in (0, 1]"));
+    }
+    Ok(Sampling {
+        temperature,
+        top_k: 0,
+        top_p,
+        repetition_penalty: 1.0,
+        seed: seed.unwrap_or(0),
+    })
 }
 
 pub(super) fn invalid(msg: impl Into<String>) -> ApiError {
@@ -202,14 +237,7 @@ pub async fn chat_completions(
             "messages: role {other:?} (system, user or assistant)"
         ))),
     };
-    let temperature = req.temperature.unwrap_or(1.0);
-    if !(0.0..=2.0).contains(&temperature) {
-        return Err(invalid("temperature: must be in 0..=2"));
-    }
-    let top_p = req.top_p.unwrap_or(1.0);
-    if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(invalid("top_p: must be in (0, 1]"));
-    }
+    let sampling = sampling(req.temperature, req.top_p, req.seed)?;
     let max_new = req.max_completion_tokens.or(req.max_tokens).unwrap_or(256);
     if max_new == 0 {
         return Err(invalid("max_tokens: must be at least 1"));
@@ -241,26 +269,12 @@ pub async fn chat_completions(
         .await
         .map_err(|e| internal(format!("loading a model: {e}")))??
     };
-    let mut session = ChatSession::new(
-        Default::default(),
-        Sampling {
-            temperature,
-            top_k: 0,
-            top_p,
-            repetition_penalty: 1.0,
-            seed: req.seed.unwrap_or(0),
-        },
-        max_new.min(model.config.n_ctx),
-    );
+    let mut session = ChatSession::new(Default::default(), sampling, max_new.min(model.config.n_ctx));
     if !adapter {
         session.set_persona(persona.as_deref());
     }
     session.set_channel(req.channel.as_deref());
-    session.stop_strings = match req.stop {
-        None => Vec::new(),
-        Some(Stop::One(s)) => vec![s],
-        Some(Stop::Many(v)) => v,
-    };
+    session.stop_strings = Stop::list(req.stop);
     for m in history {
         session
             .conversation
