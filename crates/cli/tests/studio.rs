@@ -402,6 +402,34 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // Task results (`chatforge eval --task`) show on the run page and as compare columns.
+    let capitals = fixture("tasks/capitals.jsonl");
+    let mut acc_norm = Vec::new();
+    for run in [&a, &second] {
+        let dir = root.join("runs").join(run);
+        common::ok(
+            &[
+                "eval",
+                "--model",
+                dir.to_str().unwrap(),
+                "--task",
+                capitals.to_str().unwrap(),
+            ],
+            &root,
+            None,
+        );
+        let r: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("eval/tasks/capitals.json")).unwrap())
+                .unwrap();
+        acc_norm.push(r["acc_norm"].as_f64().unwrap());
+    }
+    b.wait_for(
+        "document.querySelector('#eval [data-task=\"capitals\"]')",
+        20,
+        "the task's row on the run page",
+    );
+    assert!(b.text("#eval [data-task=\"capitals\"]").contains("±"));
+
     // The runs table, and the compare view of both runs.
     b.goto(&format!("{url}/#/runs"));
     b.wait_for(
@@ -455,6 +483,23 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
         20,
         "two validation curves overlaid",
     );
+    // The task's column: the higher acc_norm carries the star (both, when equal).
+    let starred = b.js(
+        "return [...document.querySelectorAll('#compare-table tr[data-run]')].map(r => r.querySelector('td[data-col=\"capitals acc_norm\"]').classList.contains('best'));",
+        &[],
+    );
+    let top = acc_norm[0].max(acc_norm[1]);
+    let rows_order = b.js(
+        "return [...document.querySelectorAll('#compare-table tr[data-run]')].map(r => r.dataset.run);",
+        &[],
+    );
+    let want: Vec<bool> = rows_order
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| acc_norm[usize::from(r.as_str().unwrap() != a)] == top)
+        .collect();
+    assert_eq!(starred, json!(want), "{acc_norm:?} {rows_order}");
     shot(&b, "compare");
 
     // The chat playground streams a reply; it is the API's reply to the same request.

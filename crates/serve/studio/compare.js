@@ -4,7 +4,8 @@ import { get, h, fmt, stateBadge } from "./api.js";
 import { lineChart } from "./chart.js";
 import { Curves } from "./runs.js";
 
-/** Metric columns: label, how to read it from a run's row, and whether lower is better. */
+/** Metric columns: label, how to read it from a run's row, and whether lower is better; each
+ * multiple-choice task adds two. */
 const COLUMNS = [
   ["best val loss", (r) => r.best_val, true],
   ["eval loss", (r) => r.metrics && r.metrics.loss, true],
@@ -35,7 +36,7 @@ export function comparePage(main, signal, params) {
     const c = new Curves();
     logs.events.forEach((e) => c.add(e));
     const best = c.val.length ? Math.min(...c.val.map((p) => p[1])) : null;
-    return { id, run, curves: c, metrics: ev && ev.metrics, best_val: best, progress: run.progress };
+    return { id, run, curves: c, metrics: ev && ev.metrics, tasks: (ev && ev.tasks) || [], best_val: best, progress: run.progress };
   }
   async function draw() {
     history.replaceState(null, "", `#/compare?runs=${[...chosen].join(",")}`);
@@ -46,18 +47,23 @@ export function comparePage(main, signal, params) {
       table.replaceChildren(h("p", { class: "empty" }, "Pick runs above to compare them."));
       return;
     }
-    const best = COLUMNS.map(([, read, lower]) => {
+    // Each multiple-choice task any run has adds its acc_norm and centred accuracy (higher is better).
+    const taskNames = [...new Set(rows.flatMap((r) => r.tasks.map((t) => t.task)))].sort();
+    const columns = [...COLUMNS, ...taskNames.flatMap((name) => [
+      [`${name} acc_norm`, (r) => (r.tasks.find((t) => t.task === name) || {}).acc_norm, false],
+      [`${name} centered`, (r) => (r.tasks.find((t) => t.task === name) || {}).centered, false]])];
+    const best = columns.map(([, read, lower]) => {
       const xs = rows.map(read).filter((x) => typeof x === "number" && Number.isFinite(x));
       // A best is marked only where at least two runs have the metric.
       return xs.length > 1 ? (lower ? Math.min(...xs) : Math.max(...xs)) : null;
     });
     table.replaceChildren(h("table", {},
       h("thead", {}, h("tr", {}, h("th", {}, "Run"), h("th", {}, "Mode"), h("th", {}, "State"),
-        COLUMNS.map(([label]) => h("th", { class: "num" }, label)))),
+        columns.map(([label]) => h("th", { class: "num" }, label)))),
       h("tbody", {}, rows.map((r) => h("tr", { "data-run": r.id },
         h("td", { class: "id" }, h("a", { href: `#/runs/${r.id}` }, r.id)), h("td", {}, r.run.mode || "–"),
         h("td", {}, stateBadge(r.run.state)),
-        COLUMNS.map(([label, read], i) => {
+        columns.map(([label, read], i) => {
           const x = read(r);
           const isBest = best[i] !== null && x === best[i];
           return h("td", { class: `num${isBest ? " best" : ""}`, "data-col": label }, fmt.num(x));

@@ -240,15 +240,30 @@ export function fileTable(kind, id, list) {
       }, "Download")))))));
 }
 
+function tasksView(tasks) {
+  if (!tasks || !tasks.length) return null;
+  const pm = (x, e) => `${fmt.num(x)} ± ${fmt.num(e, 2)}`;
+  return h("div", { class: "table-wrap" }, h("table", { class: "tasks" },
+    h("thead", {}, h("tr", {}, h("th", {}, "task"), h("th", { class: "num" }, "documents"), h("th", { class: "num" }, "acc"),
+      h("th", { class: "num" }, "acc_norm"), h("th", { class: "num" }, "centered"))),
+    h("tbody", {}, tasks.map((t) => h("tr", { "data-task": t.task }, h("td", {}, `${t.task}${t.num_fewshot ? ` (${t.num_fewshot}-shot)` : ""}`),
+      h("td", { class: "num" }, t.docs), h("td", { class: "num" }, pm(t.acc, t.acc_stderr)),
+      h("td", { class: "num" }, pm(t.acc_norm, t.acc_norm_stderr)), h("td", { class: "num" }, fmt.num(t.centered)))))));
+}
+
 function evalView(ev) {
   const m = ev.metrics;
-  if (!m) return h("p", {}, stateBadge(ev.state), " ", ev.error || "evaluation in progress");
+  if (!m) {
+    return h("div", {}, ev.state ? h("p", {}, stateBadge(ev.state), " ", ev.error || "evaluation in progress") : null,
+      tasksView(ev.tasks));
+  }
   const rows = [["loss", m.loss], ["perplexity", m.perplexity], ["bits per byte", m.bits_per_byte],
     ["BLEU", m.bleu && m.bleu.score], ["ROUGE-1 F", m.rouge && m.rouge.rouge1.f], ["ROUGE-L F", m.rouge && m.rouge.rougeL.f],
     ["tokens", m.tokens], ["conversations", m.conversations]];
   return h("div", {},
     h("table", { class: "metrics" }, h("tbody", {}, rows.map(([k, v]) =>
       h("tr", { "data-metric": k }, h("th", {}, k), h("td", { class: "num" }, fmt.num(v)))))),
+    tasksView(ev.tasks),
     (m.samples || []).length ? h("details", {}, h("summary", {}, "Sample replies"),
       h("pre", {}, m.samples.map((x) => JSON.stringify(x)).join("\n"))) : null);
 }

@@ -145,7 +145,20 @@ async fn run_eval(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> A
     let key = id.clone();
     let job = blocking(&st, move |s| s.latest_for(&key, Some(JobKind::Evaluate))).await?;
     let metrics = read_json(dir.join("eval/metrics.json")).await;
-    if metrics.is_none() && job.is_none() {
+    // Multiple-choice task results (`chatforge eval --task`), without their per-document detail.
+    let tasks_dir = RunDir::new(&dir).task_results();
+    let tasks: Vec<Value> = off_thread(move || {
+        Ok(chatforge_infer::tasks::read_results(&tasks_dir)
+            .into_iter()
+            .map(|t| {
+                json!({"task": t.task, "docs": t.docs, "num_fewshot": t.num_fewshot, "acc": t.acc,
+                       "acc_stderr": t.acc_stderr, "acc_norm": t.acc_norm, "acc_norm_stderr": t.acc_norm_stderr,
+                       "centered": t.centered, "random_baseline": t.random_baseline})
+            })
+            .collect())
+    })
+    .await?;
+    if metrics.is_none() && job.is_none() && tasks.is_empty() {
         return Err(not_found(&format!("evaluation of run {id:?}")));
     }
     Ok(axum::Json(json!({
@@ -153,6 +166,7 @@ async fn run_eval(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> A
         "state": job.as_ref().map(|j| j.state),
         "error": job.as_ref().and_then(|j| j.error.as_deref()).map(|e| scrub(e, &st.cfg.data_root)),
         "metrics": metrics,
+        "tasks": tasks,
     }))
     .into_response())
 }
