@@ -22,16 +22,6 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "studio-secret";
 
-fn authed(port: u16, method: &str, path: &str, body: Option<&Value>) -> Resp {
-    let auth = format!("Bearer {TOKEN}");
-    let mut headers = vec![("Authorization", auth.as_str())];
-    if body.is_some() {
-        headers.push(("Content-Type", "application/json"));
-    }
-    let bytes = body.map(|b| b.to_string().into_bytes());
-    request(port, method, path, &headers, bytes.as_deref())
-}
-
 /// Points of a chart's series as the page draws them.
 fn points(b: &Browser, chart: &str, series: &str) -> u64 {
     b.js(
@@ -158,7 +148,7 @@ fn copied_commands_make_the_same_run(port: u16, root: &Path, run: &str, curl: &s
         .unwrap_or_else(|_| panic!("{curl}\n{}", String::from_utf8_lossy(&out.stdout)));
     let copy = answer["run_id"].as_str().unwrap().to_string();
     let t0 = Instant::now();
-    while authed(port, "GET", &format!("/runs/{copy}"), None).json()["state"] != "succeeded" {
+    while authed(port, TOKEN, "GET", &format!("/runs/{copy}"), None).json()["state"] != "succeeded" {
         assert!(
             t0.elapsed() < Duration::from_secs(120),
             "the curl run did not finish"
@@ -203,7 +193,7 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
 
     // A run from the form, with a tokenizer trained on its data first (none exists yet).
     let (a, _, _) = submit_run(&b, &url, 20_000);
-    let toks = authed(port, "GET", "/tokenizers", None).json();
+    let toks = authed(port, TOKEN, "GET", "/tokenizers", None).json();
     assert_eq!(toks["tokenizers"].as_array().unwrap().len(), 1, "{toks}");
     // Its curve gains points as the stream brings steps.
     b.wait_for(
@@ -237,7 +227,7 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
         "the run cancelled",
     );
     let at_cancel = points(&b, "loss-chart", "train");
-    let api = authed(port, "GET", &format!("/runs/{a}"), None).json();
+    let api = authed(port, TOKEN, "GET", &format!("/runs/{a}"), None).json();
     assert_eq!(api["state"], "cancelled");
     b.click("#resume", 5);
     b.wait_for(
@@ -465,7 +455,7 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
     );
     // The marked run is the one with the lower best validation loss, as the logs have it.
     let best_val = |run: &str| -> f64 {
-        authed(port, "GET", &format!("/runs/{run}/logs?tail=10000"), None).json()["events"]
+        authed(port, TOKEN, "GET", &format!("/runs/{run}/logs?tail=10000"), None).json()["events"]
             .as_array()
             .unwrap()
             .iter()
@@ -519,6 +509,7 @@ fn the_studio_trains_compares_and_chats_in_a_browser() {
     let shown = b.text("#messages-1 .msg.assistant");
     let api = authed(
         port,
+        TOKEN,
         "POST",
         "/v1/chat/completions",
         Some(

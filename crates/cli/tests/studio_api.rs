@@ -8,19 +8,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::service::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const TOKEN: &str = "studio-secret";
-
-fn authed(port: u16, method: &str, path: &str, body: Option<&Value>) -> Resp {
-    let auth = format!("Bearer {TOKEN}");
-    let mut headers = vec![("Authorization", auth.as_str())];
-    if body.is_some() {
-        headers.push(("Content-Type", "application/json"));
-    }
-    let bytes = body.map(|b| b.to_string().into_bytes());
-    request(port, method, path, &headers, bytes.as_deref())
-}
 
 /// The routes the studio added to the API, over plain HTTP: the studio's files without the token
 /// (and nothing else without it), data files listed and uploaded within bounds, tokenizers and
@@ -69,7 +59,7 @@ fn the_studio_routes_hold_the_api_rules() {
     }
 
     // Data files: listed; uploaded whole or not at all; names are plain file names.
-    let files = authed(port, "GET", "/data", None).json();
+    let files = authed(port, TOKEN, "GET", "/data", None).json();
     let paths: Vec<&str> = files["files"]
         .as_array()
         .unwrap()
@@ -118,6 +108,7 @@ fn the_studio_routes_hold_the_api_rules() {
     let tok = {
         let r = authed(
             port,
+            TOKEN,
             "POST",
             "/tokenizers/train",
             Some(&json!({"input": ["data/train.jsonl"], "vocab_size": 400})),
@@ -126,19 +117,25 @@ fn the_studio_routes_hold_the_api_rules() {
         r.json()["id"].as_str().unwrap().to_string()
     };
     let t0 = Instant::now();
-    while authed(port, "GET", &format!("/tokenizers/{tok}"), None).json()["state"] != "succeeded" {
+    while authed(port, TOKEN, "GET", &format!("/tokenizers/{tok}"), None).json()["state"] != "succeeded" {
         assert!(t0.elapsed() < Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(100));
     }
-    let list = authed(port, "GET", "/tokenizers", None).json();
+    let list = authed(port, TOKEN, "GET", "/tokenizers", None).json();
     assert_eq!(list["tokenizers"][0]["id"], tok.as_str());
     assert_eq!(list["tokenizers"][0]["vocab_size"], 400);
-    let r = authed(port, "POST", "/runs/train", Some(&train_body(&tok, 20, 10)));
+    let r = authed(
+        port,
+        TOKEN,
+        "POST",
+        "/runs/train",
+        Some(&train_body(&tok, 20, 10)),
+    );
     assert_eq!(r.status, 202);
     let run = r.json()["run_id"].as_str().unwrap().to_string();
     let t0 = Instant::now();
     loop {
-        let r = authed(port, "GET", &format!("/runs/{run}"), None).json();
+        let r = authed(port, TOKEN, "GET", &format!("/runs/{run}"), None).json();
         if r["state"] == "succeeded" {
             assert_eq!(r["mode"], "sft");
             assert_eq!(r["data"], "data/train.jsonl");
@@ -147,13 +144,14 @@ fn the_studio_routes_hold_the_api_rules() {
         assert!(t0.elapsed() < Duration::from_secs(120), "{r}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let models = authed(port, "GET", "/v1/models", None).json();
+    let models = authed(port, TOKEN, "GET", "/v1/models", None).json();
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], run.as_str());
     let mut exports = Vec::new();
     for format in ["hf", "onnx"] {
         let r = authed(
             port,
+            TOKEN,
             "POST",
             &format!("/runs/{run}/export"),
             Some(&json!({ "format": format })),
@@ -163,7 +161,7 @@ fn the_studio_routes_hold_the_api_rules() {
     }
     let t0 = Instant::now();
     loop {
-        let l = authed(port, "GET", &format!("/exports?run={run}"), None).json();
+        let l = authed(port, TOKEN, "GET", &format!("/exports?run={run}"), None).json();
         let done = l["exports"]
             .as_array()
             .unwrap()
@@ -184,10 +182,10 @@ fn the_studio_routes_hold_the_api_rules() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(
-        authed(port, "GET", "/exports?run=other", None).json()["exports"],
+        authed(port, TOKEN, "GET", "/exports?run=other", None).json()["exports"],
         json!([])
     );
-    let ids: Vec<String> = authed(port, "GET", "/v1/models", None).json()["data"]
+    let ids: Vec<String> = authed(port, TOKEN, "GET", "/v1/models", None).json()["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -200,7 +198,7 @@ fn the_studio_routes_hold_the_api_rules() {
         if let Some(p) = persona {
             body["persona"] = json!(p);
         }
-        authed(port, "POST", "/v1/chat/completions", Some(&body))
+        authed(port, TOKEN, "POST", "/v1/chat/completions", Some(&body))
     };
     let from_run = chat(&run, None);
     assert_eq!(from_run.status, 200);
@@ -231,11 +229,12 @@ fn the_studio_routes_hold_the_api_rules() {
         "[[persona]]\nid = \"1001\"\nname = \"Alice\"\n\n[[persona]]\nid = \"1002\"\nname = \"Bob\"\n",
     )
     .unwrap();
-    let listed = authed(port, "GET", "/personas", None).json();
+    let listed = authed(port, TOKEN, "GET", "/personas", None).json();
     assert_eq!(listed["personas"][1]["name"], "Bob");
     assert_eq!(listed["imports"], json!([]));
     let r = authed(
         port,
+        TOKEN,
         "PATCH",
         "/personas/Bob",
         Some(&json!({"name": "Robert", "enabled": false})),
@@ -251,15 +250,29 @@ fn the_studio_routes_hold_the_api_rules() {
         "{saved}"
     );
     assert_eq!(
-        authed(port, "PATCH", "/personas/nobody", Some(&json!({"enabled": true}))).status,
+        authed(
+            port,
+            TOKEN,
+            "PATCH",
+            "/personas/nobody",
+            Some(&json!({"enabled": true}))
+        )
+        .status,
         404
     );
     assert_eq!(
-        authed(port, "PATCH", "/personas/1001", Some(&json!({}))).status,
+        authed(port, TOKEN, "PATCH", "/personas/1001", Some(&json!({}))).status,
         422
     );
     assert_eq!(
-        authed(port, "PATCH", "/personas/1001", Some(&json!({"colour": "red"}))).status,
+        authed(
+            port,
+            TOKEN,
+            "PATCH",
+            "/personas/1001",
+            Some(&json!({"colour": "red"}))
+        )
+        .status,
         422
     );
 }

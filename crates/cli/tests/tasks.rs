@@ -361,7 +361,7 @@ fn lm_eval_scores_our_export_and_our_server_as_chatforge_does() {
     // The server: the export under the data root, scored through /v1/completions.
     let root = d.path().join("root");
     std::fs::create_dir_all(root.join("exports")).unwrap();
-    copy_dir(&hf, &root.join("exports/hfexp"));
+    copy_tree(&hf, &root.join("exports/hfexp"));
     let port = free_port();
     let _server = serve(&root, port, 0, &[], &[]);
     let url = format!("http://127.0.0.1:{port}/v1/completions");
@@ -379,14 +379,6 @@ fn lm_eval_scores_our_export_and_our_server_as_chatforge_does() {
     );
     let theirs: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     same_as_lm_eval(&ours.join("tasks"), &theirs, &names, "lm-eval local-completions");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
 }
 
 /// `/v1/completions` as OpenAI's legacy API: text or token prompts, batches, echo with

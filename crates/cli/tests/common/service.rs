@@ -109,6 +109,17 @@ pub fn read_head_and_body(r: &mut impl BufRead, mut on_chunk: Option<OnChunk<'_>
     }
 }
 
+/// A request with `Authorization: Bearer TOKEN` (and a JSON body when given).
+pub fn authed(port: u16, token: &str, method: &str, path: &str, body: Option<&Value>) -> Resp {
+    let auth = format!("Bearer {token}");
+    let mut headers = vec![("Authorization", auth.as_str())];
+    if body.is_some() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    let bytes = body.map(|b| b.to_string().into_bytes());
+    request(port, method, path, &headers, bytes.as_deref())
+}
+
 pub fn get(port: u16, path: &str) -> Resp {
     request(port, "GET", path, &[], None)
 }
