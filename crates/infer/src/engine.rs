@@ -16,6 +16,7 @@ use chatforge_model::layout::{Linear, Norm as LayerNormOf, Part, Slot};
 use chatforge_model::{Activation, GptConfig, Tensor, Weights};
 use rayon::prelude::*;
 
+use crate::adapter::Adapter;
 pub use crate::kernels::WeightType;
 use crate::kernels::{self, Layout, Matrix};
 use crate::{Error, Result};
@@ -29,15 +30,56 @@ struct Norm {
 #[derive(Debug, Clone)]
 struct Layer {
     ln_1: Norm,
-    c_attn: Matrix,
-    c_attn_b: Option<Vec<f32>>,
-    attn_proj: Matrix,
-    attn_proj_b: Option<Vec<f32>>,
     ln_2: Norm,
-    c_fc: Matrix,
-    c_fc_b: Option<Vec<f32>>,
-    mlp_proj: Matrix,
-    mlp_proj_b: Option<Vec<f32>>,
+    /// The block's products (see [`PRODUCTS`]), each packed `(in, out)` for the kernels, and
+    /// their biases.
+    mats: [Matrix; PRODUCTS],
+    biases: [Option<Vec<f32>>; PRODUCTS],
+}
+
+/// A block's products in the decoder, in order: attention's input (queries, keys and values side
+/// by side), attention's output, the MLP's expansion (the Llama family's gate and up side by
+/// side) and the MLP's projection back.
+pub(crate) const PRODUCTS: usize = 4;
+const QKV: usize = 0;
+const ATTN_OUT: usize = 1;
+const FC: usize = 2;
+const DOWN: usize = 3;
+
+/// The layers packed into each product, in column order.
+fn products(arch: chatforge_model::Arch) -> [&'static [Linear]; PRODUCTS] {
+    if arch.is_llama() {
+        [
+            &[Linear::Q, Linear::K, Linear::V],
+            &[Linear::AttnOut],
+            &[Linear::Gate, Linear::MlpUp],
+            &[Linear::MlpDown],
+        ]
+    } else {
+        [
+            &[Linear::AttnQkv],
+            &[Linear::AttnOut],
+            &[Linear::MlpUp],
+            &[Linear::MlpDown],
+        ]
+    }
+}
+
+/// Where `linear` sits in the decoder: its product and first column there.
+pub(crate) fn product_of(cfg: &GptConfig, linear: Linear) -> Result<(usize, usize)> {
+    for (p, parts) in products(cfg.arch).iter().enumerate() {
+        let mut col = 0;
+        for &l in *parts {
+            if l == linear {
+                return Ok((p, col));
+            }
+            col += l.shape(cfg).1;
+        }
+    }
+    Err(Error::Invalid(format!(
+        "{linear:?} is not a layer of a {:?} model",
+        cfg.arch
+    )))
 }
 
 /// A GPT ready for generation.
@@ -157,29 +199,22 @@ impl Engine {
         let llama = arch.is_llama();
         let layers = (0..cfg.n_layer)
             .map(|i| {
-                let (c_attn, c_attn_b) = if llama {
-                    linear(i, &[Linear::Q, Linear::K, Linear::V])?
-                } else {
-                    linear(i, &[Linear::AttnQkv])?
-                };
-                let (attn_proj, attn_proj_b) = linear(i, &[Linear::AttnOut])?;
-                let (c_fc, c_fc_b) = if llama {
-                    linear(i, &[Linear::Gate, Linear::MlpUp])?
-                } else {
-                    linear(i, &[Linear::MlpUp])?
-                };
-                let (mlp_proj, mlp_proj_b) = linear(i, &[Linear::MlpDown])?;
+                let mut mats = Vec::with_capacity(PRODUCTS);
+                let mut biases = Vec::with_capacity(PRODUCTS);
+                for parts in products(arch) {
+                    let (m, b) = linear(i, parts)?;
+                    mats.push(m);
+                    biases.push(b);
+                }
                 Ok(Layer {
                     ln_1: norm(&|p| Slot::BlockNorm(i, LayerNormOf::Attn, p))?,
-                    c_attn,
-                    c_attn_b,
-                    attn_proj,
-                    attn_proj_b,
                     ln_2: norm(&|p| Slot::BlockNorm(i, LayerNormOf::Mlp, p))?,
-                    c_fc,
-                    c_fc_b,
-                    mlp_proj,
-                    mlp_proj_b,
+                    mats: mats
+                        .try_into()
+                        .map_err(|_| Error::Invalid("four products a block".into()))?,
+                    biases: biases
+                        .try_into()
+                        .map_err(|_| Error::Invalid("four products a block".into()))?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -233,7 +268,7 @@ impl Engine {
         let layers: usize = self
             .layers
             .iter()
-            .map(|l| l.c_attn.bytes() + l.attn_proj.bytes() + l.c_fc.bytes() + l.mlp_proj.bytes())
+            .map(|l| l.mats.iter().map(Matrix::bytes).sum::<usize>())
             .sum();
         layers + self.lm_head.as_ref().unwrap_or(&self.wte).bytes()
     }
@@ -254,8 +289,23 @@ impl Engine {
         tokens: &[&[u32]],
         all_logits: bool,
     ) -> Result<Vec<f32>> {
-        if seqs.len() != tokens.len() {
-            return Err(Error::Invalid("one token list per sequence".into()));
+        self.forward_adapted(seqs, tokens, &[], all_logits)
+    }
+
+    /// [`forward`](Self::forward) with a LoRA adapter per sequence (`adapters[i]` for `seqs[i]`;
+    /// none for a sequence past the list's end), applied unmerged, so sequences of one base with
+    /// different adapters share the pass over the weights.
+    pub fn forward_adapted(
+        &self,
+        seqs: &mut [&mut Sequence],
+        tokens: &[&[u32]],
+        adapters: &[Option<&Adapter>],
+        all_logits: bool,
+    ) -> Result<Vec<f32>> {
+        if seqs.len() != tokens.len() || adapters.len() > seqs.len() {
+            return Err(Error::Invalid(
+                "one token list (and at most one adapter) per sequence".into(),
+            ));
         }
         let cfg = &self.cfg;
         let (c, n_ctx, kv, w) = (cfg.n_embd, cfg.n_ctx, cfg.kv_dim(), cfg.qkv_dim());
@@ -302,9 +352,26 @@ impl Engine {
         let mut proj = vec![0f32; m * c];
         let mut fc = vec![0f32; m * cfg.mlp_in_dim()];
         let mut act = vec![0f32; if rms { m * inner } else { 0 }];
+        // Each sequence's rows, for its adapter.
+        let mut spans = Vec::with_capacity(adapters.len());
+        let mut start = 0;
+        for (a, t) in adapters.iter().zip(tokens) {
+            if let Some(a) = a {
+                spans.push((*a, start..start + t.len()));
+            }
+            start += t.len();
+        }
+        let product = |li: usize, p: usize, input: &[f32], out: &mut [f32]| {
+            let l = &self.layers[li];
+            kernels::matmul(input, m, &l.mats[p], l.biases[p].as_deref(), out);
+            let width = l.mats[p].n_out();
+            for (a, rows) in &spans {
+                a.apply(li, p, input, out, width, rows.clone());
+            }
+        };
         for (li, l) in self.layers.iter().enumerate() {
             norm(&x, &l.ln_1, eps, rms, &mut h);
-            kernels::matmul(&h, m, &l.c_attn, l.c_attn_b.as_deref(), &mut qkv);
+            product(li, QKV, &h, &mut qkv);
             if let Some(tables) = &rope {
                 rotate(&mut qkv, tables, cfg);
             }
@@ -315,10 +382,10 @@ impl Engine {
                 seqs[s].v[li].extend_from_slice(&row[c + kv..]);
             }
             self.attention(seqs, li, &rows, &qkv, &mut att);
-            kernels::matmul(&att, m, &l.attn_proj, l.attn_proj_b.as_deref(), &mut proj);
+            product(li, ATTN_OUT, &att, &mut proj);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
             norm(&x, &l.ln_2, eps, rms, &mut h);
-            kernels::matmul(&h, m, &l.c_fc, l.c_fc_b.as_deref(), &mut fc);
+            product(li, FC, &h, &mut fc);
             let hidden = if rms {
                 swiglu(&fc, inner, &mut act);
                 &act
@@ -326,7 +393,7 @@ impl Engine {
                 gelu(&mut fc, cfg.activation);
                 &fc
             };
-            kernels::matmul(hidden, m, &l.mlp_proj, l.mlp_proj_b.as_deref(), &mut proj);
+            product(li, DOWN, hidden, &mut proj);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         }
         for (seq, toks) in seqs.iter_mut().zip(tokens) {

@@ -1,15 +1,13 @@
 //! Generation: many prompts decoded together, each with its own cache, sampler and stop rules.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
-use chatforge_data::Rng;
 use chatforge_tokenizer::ChatTokenizer;
 use serde::Serialize;
 
-use crate::engine::{Engine, Sequence};
+use crate::batch::{Admission, Batch, Event};
+use crate::engine::Engine;
 use crate::sampling::Sampling;
-use crate::stream::{StopText, TextStream};
 use crate::{Error, Result};
 
 /// Tokens a prompt may take so that `max_new` tokens (at most half the context) still fit after it.
@@ -41,8 +39,10 @@ pub enum Finish {
     Length,
     /// The model's context is full.
     Context,
-    /// Interrupted (Ctrl-C).
+    /// Interrupted (Ctrl-C, or a client that left).
     Cancelled,
+    /// The request's time ran out.
+    Timeout,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -59,31 +59,9 @@ pub struct Output {
     pub tokens_per_s: f64,
 }
 
-struct Slot {
-    req: usize,
-    seq: Sequence,
-    rng: Rng,
-    seen: Vec<u32>,
-    seen_mask: Vec<bool>,
-    ids: Vec<u32>,
-    stream: TextStream,
-    stop: StopText,
-    logits: Vec<f32>,
-    started: Instant,
-    prompt_done: Option<Instant>,
-    finish: Option<Finish>,
-}
-
-impl Slot {
-    fn note(&mut self, id: u32) {
-        if let Some(seen) = self.seen_mask.get_mut(id as usize)
-            && !*seen
-        {
-            *seen = true;
-            self.seen.push(id);
-        }
-    }
-}
+/// Prompt tokens a step of [`generate`] feeds at most: every admitted prompt at once (it is a
+/// batch job; a server interleaves smaller pieces with its replies).
+const GENERATE_PREFILL: usize = usize::MAX;
 
 /// Runs `requests`, up to `batch_size` at a time (a finished one makes room for the next), and
 /// returns their outputs in input order. `on_text(i, piece)` receives each request's text as it
@@ -97,7 +75,6 @@ pub fn generate(
     mut on_text: impl FnMut(usize, &str),
 ) -> Result<Vec<Output>> {
     let n_ctx = engine.config().n_ctx;
-    let vocab = engine.config().vocab_size;
     for (i, r) in requests.iter().enumerate() {
         r.sampling.validate()?;
         if r.prompt.is_empty() {
@@ -112,128 +89,22 @@ pub fn generate(
         }
     }
     let mut outputs: Vec<Option<Output>> = vec![None; requests.len()];
+    let mut batch = Batch::new(GENERATE_PREFILL);
     let mut next = 0;
-    let mut active: Vec<Slot> = Vec::new();
     let batch_size = batch_size.max(1);
     loop {
-        // Admit waiting requests and run their prompts in one pass.
-        let mut admitted = Vec::new();
-        while active.len() + admitted.len() < batch_size && next < requests.len() {
-            let r = &requests[next];
-            let mut slot = Slot {
-                req: next,
-                seq: engine.new_sequence(),
-                rng: Rng::new(r.sampling.seed),
-                seen: Vec::new(),
-                seen_mask: vec![false; vocab],
-                ids: Vec::new(),
-                stream: TextStream::default(),
-                stop: StopText::new(&r.stop_strings),
-                logits: Vec::new(),
-                started: Instant::now(),
-                prompt_done: None,
-                finish: None,
-            };
-            r.prompt.iter().for_each(|&t| slot.note(t));
-            admitted.push(slot);
+        while batch.len() < batch_size && next < requests.len() {
+            batch.admit(engine, Admission::new(next, requests[next].clone()))?;
             next += 1;
         }
-        if !admitted.is_empty() {
-            let prompts: Vec<&[u32]> = admitted
-                .iter()
-                .map(|s| requests[s.req].prompt.as_slice())
-                .collect();
-            let mut seqs: Vec<&mut Sequence> = admitted.iter_mut().map(|s| &mut s.seq).collect();
-            let logits = engine.forward(&mut seqs, &prompts, false)?;
-            let now = Instant::now();
-            for (s, l) in admitted.iter_mut().zip(logits.chunks(vocab)) {
-                s.logits = l.to_vec();
-                s.prompt_done = Some(now);
-            }
-            active.extend(admitted);
-        }
-        if active.is_empty() {
+        if batch.is_empty() {
             break;
         }
-        // Pick each slot's next token; finished slots leave.
-        let cancelled = cancel.is_some_and(|c| c.load(Ordering::Relaxed));
-        for slot in &mut active {
-            let r = &requests[slot.req];
-            if cancelled {
-                slot.finish = Some(Finish::Cancelled);
-                continue;
-            }
-            if slot.ids.len() >= r.max_new_tokens {
-                slot.finish = Some(Finish::Length);
-                continue;
-            }
-            let id = r.sampling.pick(&mut slot.logits, &slot.seen, &mut slot.rng);
-            if r.stop_ids.contains(&id) {
-                slot.finish = Some(Finish::Stop);
-                continue;
-            }
-            slot.ids.push(id);
-            slot.note(id);
-            if let Some(tok) = tok {
-                let piece = slot.stream.push(tok, id)?;
-                if slot.stop.push(&piece) {
-                    slot.finish = Some(Finish::StopString);
-                }
-                let ready = slot.stop.ready();
-                if !ready.is_empty() {
-                    on_text(slot.req, ready);
-                }
-            }
-            if slot.finish.is_none() && slot.ids.len() >= r.max_new_tokens {
-                slot.finish = Some(Finish::Length);
-            } else if slot.finish.is_none() && slot.seq.len() + 1 > n_ctx {
-                slot.finish = Some(Finish::Context);
-            }
-        }
-        let mut still = Vec::with_capacity(active.len());
-        for mut slot in active.drain(..) {
-            let Some(finish) = slot.finish else {
-                still.push(slot);
-                continue;
-            };
-            if let Some(tok) = tok
-                && finish != Finish::StopString
-            {
-                let tail = slot.stream.finish(tok)?;
-                slot.stop.push(&tail);
-            }
-            let rest = slot.stop.rest().to_string();
-            if !rest.is_empty() {
-                on_text(slot.req, &rest);
-            }
-            let end = Instant::now();
-            let decode = slot.prompt_done.map_or(0.0, |t| (end - t).as_secs_f64());
-            outputs[slot.req] = Some(Output {
-                text: slot.stop.text().to_string(),
-                finish,
-                prompt_tokens: requests[slot.req].prompt.len(),
-                seconds: (end - slot.started).as_secs_f64(),
-                // The first new token comes from the prompt's pass; each later one from a step.
-                tokens_per_s: if decode > 0.0 {
-                    slot.ids.len().saturating_sub(1) as f64 / decode
-                } else {
-                    0.0
-                },
-                ids: std::mem::take(&mut slot.ids),
-            });
-        }
-        active = still;
-        if active.is_empty() {
-            continue;
-        }
-        // Feed every active slot its newest token, all in one pass over the weights.
-        let feed: Vec<[u32; 1]> = active.iter().map(|s| [s.ids[s.ids.len() - 1]]).collect();
-        let feed_refs: Vec<&[u32]> = feed.iter().map(|f| f.as_slice()).collect();
-        let mut seqs: Vec<&mut Sequence> = active.iter_mut().map(|s| &mut s.seq).collect();
-        let logits = engine.forward(&mut seqs, &feed_refs, false)?;
-        for (s, l) in active.iter_mut().zip(logits.chunks(vocab)) {
-            s.logits.copy_from_slice(l);
-        }
+        let stop = cancel.is_some_and(|c| c.load(Ordering::Relaxed));
+        batch.step(engine, tok, stop, |&i, event| match event {
+            Event::Text(piece) => on_text(i, piece),
+            Event::Done(out) => outputs[i] = Some(out),
+        })?;
     }
     outputs
         .into_iter()

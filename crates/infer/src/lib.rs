@@ -1,6 +1,8 @@
 //! Generation and evaluation: the decoder with a KV cache per sequence, sampling, streaming text
 //! with stop strings, batched generation, chat sessions, and the evaluation metrics.
 
+pub mod adapter;
+pub mod batch;
 pub mod chat;
 pub mod completion;
 pub mod engine;
@@ -13,6 +15,7 @@ pub mod source;
 pub mod stream;
 pub mod tasks;
 
+pub use adapter::Adapter;
 pub use chat::ChatSession;
 pub use chatforge_run::gguf;
 pub use engine::{Engine, Sequence, WeightType};

@@ -32,6 +32,15 @@ impl TextStream {
         Ok(new)
     }
 
+    /// Tokens pushed so far.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
     /// Whatever is still held back (an incomplete character at the end), decoded as it is.
     pub fn finish(&mut self, tok: &ChatTokenizer) -> Result<String> {
         let before = tok.decode(&self.ids[self.prefix..self.read], true)?;
