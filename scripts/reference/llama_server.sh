@@ -20,7 +20,7 @@ if [ ! -x "$out/bin/llama-server" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check cmake==4.4.5 >&2
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
-  "$venv/bin/pip" download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+  "$venv/bin/pip" download --quiet --disable-pip-version-check --no-deps --no-binary llama-cpp-python \
     -d "$work" "llama-cpp-python==$version" >&2
   tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
   src=$(echo "$work"/llama_cpp_python-*/vendor/llama.cpp)

@@ -12,6 +12,22 @@ use crate::sampling::Sampling;
 use crate::source::{LoadedModel, template_stop_strings};
 use crate::{Error, Result};
 
+/// A reply's text as it streams: the plain template puts a space after "Assistant:", so the
+/// reply starts at its first word.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReplyText {
+    started: bool,
+}
+
+impl ReplyText {
+    /// The piece to show (`None` while only leading spaces have come).
+    pub fn piece<'a>(&mut self, piece: &'a str) -> Option<&'a str> {
+        let piece = if self.started { piece } else { piece.trim_start() };
+        self.started |= !piece.is_empty();
+        (!piece.is_empty()).then_some(piece)
+    }
+}
+
 /// The state of a chat; the model is passed to each call, so it can change between turns (a
 /// persona's adapter, say).
 #[derive(Debug, Clone)]
@@ -100,15 +116,10 @@ impl ChatSession {
         }
     }
 
-    /// Sends a user message and generates the reply, passing its text to `on_text` as it comes.
-    /// The reply joins the history (an interrupted one too, as far as it got).
-    pub fn send(
-        &mut self,
-        model: &LoadedModel,
-        user: &str,
-        cancel: Option<&AtomicBool>,
-        mut on_text: impl FnMut(&str),
-    ) -> Result<Output> {
+    /// Adds a user message and returns the request for the reply (the prompt with the history
+    /// trimmed to fit, the template's stops and the user's, this turn's seed). The reply is
+    /// recorded with [`ChatSession::record_reply`]; on an error the message is not kept.
+    pub fn request(&mut self, model: &LoadedModel, user: &str) -> Result<Request> {
         self.conversation.messages.push(Message::new(Role::User, user));
         let prompt = match self.prompt(model) {
             Ok(p) => p,
@@ -132,27 +143,42 @@ impl ChatSession {
             stop_strings: stops,
         };
         self.turns += 1;
-        // The plain template puts a space after "Assistant:"; the reply starts at its first word.
-        let mut started = false;
-        let mut out = generate(
-            &model.engine,
-            Some(tok),
-            std::slice::from_ref(&req),
-            1,
-            cancel,
-            |_, piece| {
-                let piece = if started { piece } else { piece.trim_start() };
-                if !piece.is_empty() {
-                    started = true;
-                    on_text(piece);
-                }
-            },
-        )?;
-        let mut out = out.pop().ok_or_else(|| Error::Invalid("no reply".into()))?;
+        Ok(req)
+    }
+
+    /// Adds the reply to the history, trimmed as [`ReplyText`] shows it.
+    pub fn record_reply(&mut self, out: &mut Output) {
         out.text = out.text.trim().to_string();
         self.conversation
             .messages
             .push(Message::new(Role::Assistant, out.text.clone()));
+    }
+
+    /// Sends a user message and generates the reply, passing its text to `on_text` as it comes.
+    /// The reply joins the history (an interrupted one too, as far as it got).
+    pub fn send(
+        &mut self,
+        model: &LoadedModel,
+        user: &str,
+        cancel: Option<&AtomicBool>,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<Output> {
+        let req = self.request(model, user)?;
+        let mut reply = ReplyText::default();
+        let mut out = generate(
+            &model.engine,
+            Some(&model.tokenizer),
+            std::slice::from_ref(&req),
+            1,
+            cancel,
+            |_, piece| {
+                if let Some(p) = reply.piece(piece) {
+                    on_text(p);
+                }
+            },
+        )?;
+        let mut out = out.pop().ok_or_else(|| Error::Invalid("no reply".into()))?;
+        self.record_reply(&mut out);
         Ok(out)
     }
 

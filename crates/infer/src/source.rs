@@ -101,6 +101,19 @@ impl LoadedModel {
         Ok(())
     }
 
+    /// The adapter `name` (a folder, or a name in the run's `adapters/`) to apply per sequence
+    /// on this model's weights ([`Engine::forward_adapted`](crate::Engine::forward_adapted)).
+    /// Refused when the weights already carry an adapter (a LoRA run's own checkpoint).
+    pub fn open_adapter(&self, name: &str) -> Result<crate::Adapter> {
+        if let Some(own) = &self.adapter {
+            return Err(Error::Invalid(format!(
+                "this model is the LoRA adapter {} on its base: adapter {name:?} does not apply on top",
+                own.display()
+            )));
+        }
+        crate::Adapter::open(&find_adapter(&self.root, name)?, &self.config)
+    }
+
     /// The adapter of a persona, by its folder name or its persona name (`Alice B.` → `alice-b`).
     pub fn persona_adapter(&self, name: &str) -> Option<String> {
         let names = self.adapter_names();

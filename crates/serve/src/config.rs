@@ -37,8 +37,22 @@ pub struct ApiConfig {
     /// A connection that has not sent a whole request head within this long (a new one, or an
     /// idle kept-alive one) is closed.
     pub header_timeout_s: f64,
-    /// Chat completions generated at once; more get 429 with Retry-After.
+    /// `/v1/completions` requests scored or generated at once (each on a thread of its own);
+    /// more get 429 with Retry-After.
     pub max_generations: usize,
+    /// Replies one model decodes together (continuous batching); later requests queue.
+    pub max_batch: usize,
+    /// Chat requests a model queues beyond its batch; more get 429 with Retry-After.
+    pub max_queue: usize,
+    /// Models kept loaded for generation; the least recently used leaves first.
+    pub max_models: usize,
+    /// How long a request waits for its model to load before it gets 503 with Retry-After.
+    pub load_wait_s: f64,
+    /// A generation request's time limit, queueing included; then it ends with 504 (or an error
+    /// event in a stream).
+    pub request_timeout_s: f64,
+    /// Prompt tokens a decode step feeds at most, so a long prompt does not stall the others.
+    pub prefill_tokens: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +116,12 @@ impl Default for ApiConfig {
             max_connections: 512,
             header_timeout_s: 10.0,
             max_generations: 4,
+            max_batch: 32,
+            max_queue: 128,
+            max_models: 2,
+            load_wait_s: 60.0,
+            request_timeout_s: 600.0,
+            prefill_tokens: 512,
         }
     }
 }
@@ -257,12 +277,21 @@ impl ServeConfig {
             ));
         }
         let a = &self.api;
-        if a.max_connections == 0
-            || a.max_generations == 0
+        if [
+            a.max_connections,
+            a.max_generations,
+            a.max_batch,
+            a.max_queue,
+            a.max_models,
+            a.prefill_tokens,
+        ]
+        .contains(&0)
             || !(a.header_timeout_s > 0.0 && a.header_timeout_s.is_finite())
+            || !(a.request_timeout_s > 0.0 && a.request_timeout_s.is_finite())
+            || !(a.load_wait_s >= 0.0 && a.load_wait_s.is_finite())
         {
             return Err(Error::Config(
-                "api.max_connections and api.max_generations must be at least 1, api.header_timeout_s positive".into(),
+                "api.max_connections, max_generations, max_batch, max_queue, max_models and prefill_tokens must be at least 1, api.header_timeout_s and request_timeout_s positive, api.load_wait_s not negative".into(),
             ));
         }
         let w = &self.worker;

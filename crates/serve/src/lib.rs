@@ -8,6 +8,8 @@ pub mod http;
 pub mod jobs;
 pub mod log;
 pub mod logs;
+pub mod metrics;
+pub mod models;
 pub mod paths;
 pub mod redis_store;
 pub mod store;

@@ -98,13 +98,17 @@ pub async fn completions(
             st.cfg.api.max_generations
         ))
     })?;
-    let (cache, root, id) = (st.models.clone(), st.cfg.data_root.clone(), req.model.clone());
+    let model = st
+        .models
+        .get(&req.model, &dir, &st.cfg.data_root)
+        .await?
+        .model
+        .clone();
     // A client that goes away drops this future and with it the guard that stops the work.
     let gone = Arc::new(AtomicBool::new(false));
     let _stop_on_drop = StopOnDrop(gone.clone());
     let choices = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let model = cache.get(&id, None, &dir, &root)?;
         let tok = &model.tokenizer;
         let mut choices = Vec::new();
         let mut usage = (0, 0);

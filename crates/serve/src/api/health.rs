@@ -23,6 +23,49 @@ pub fn router() -> Router<AppState> {
         )
         .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// Jobs counted per state at most (a scrape stays cheap however many the store keeps).
+const JOBS_COUNTED: usize = 100_000;
+
+/// `GET /metrics`: Prometheus' text format.
+async fn metrics(State(st): State<AppState>) -> Response {
+    use crate::store::JobState;
+    let lease = st.cfg.worker.lease_s;
+    let jobs = blocking(&st, |s| {
+        [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Succeeded,
+            JobState::Failed,
+            JobState::Cancelled,
+        ]
+        .into_iter()
+        .map(|state| Ok((state.as_str(), s.list(None, Some(state), JOBS_COUNTED)?.len())))
+        .collect()
+    })
+    .await
+    .unwrap_or_default();
+    let workers = blocking(&st, move |s| s.live_workers(now() - lease))
+        .await
+        .unwrap_or_default();
+    let models = st
+        .models
+        .loaded()
+        .iter()
+        .map(|m| (m.id.clone(), m.waiting(), m.running()))
+        .collect();
+    let gauges = crate::metrics::Gauges {
+        models,
+        jobs,
+        workers,
+    };
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        st.metrics.render(&gauges),
+    )
+        .into_response()
 }
 
 /// Readiness: the store answers, the data root is writable, a worker heartbeated within a

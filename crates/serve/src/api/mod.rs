@@ -37,20 +37,23 @@ pub struct AppState {
     pub cfg: Arc<ServeConfig>,
     /// Cancelled at shutdown, so open log streams end and the server can stop.
     pub shutdown: CancellationToken,
-    /// Models that `/v1/chat/completions` has loaded.
-    pub models: Arc<openai::ModelCache>,
-    /// Generations running at once (`api.max_generations`); more get 429.
+    /// Models loaded for generation, each with its decode thread.
+    pub models: Arc<crate::models::Models>,
+    /// `/v1/completions` requests running at once (`api.max_generations`); more get 429.
     pub generations: Arc<tokio::sync::Semaphore>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {
     pub fn new(store: Arc<dyn JobStore>, cfg: ServeConfig, shutdown: CancellationToken) -> AppState {
+        let metrics: Arc<crate::metrics::Metrics> = Default::default();
         AppState {
             store,
             generations: Arc::new(tokio::sync::Semaphore::new(cfg.api.max_generations)),
+            models: Arc::new(crate::models::Models::new(&cfg.api, metrics.clone())),
+            metrics,
             cfg: Arc::new(cfg),
             shutdown,
-            models: Default::default(),
         }
     }
 }
@@ -76,6 +79,10 @@ pub enum ApiError {
     Invalid(String),
     /// 429: the queue is full, or too many generations run; come back later.
     Busy(String),
+    /// 503: the model is still loading; come back later.
+    Loading(String),
+    /// 504: a generation ran out of time.
+    Timeout(String),
     /// 500: logged in full where it happens; the client gets a generic message.
     Internal,
 }
@@ -95,6 +102,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Loading(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -107,7 +116,9 @@ impl ApiError {
             | ApiError::TooLarge(m)
             | ApiError::UnsupportedMediaType(m)
             | ApiError::Invalid(m)
-            | ApiError::Busy(m) => m,
+            | ApiError::Busy(m)
+            | ApiError::Loading(m)
+            | ApiError::Timeout(m) => m,
             ApiError::Unauthorized => "missing or wrong bearer token".into(),
             ApiError::MethodNotAllowed => "this route does not take that method".into(),
             ApiError::Internal => "internal error".into(),
@@ -121,7 +132,7 @@ impl IntoResponse for ApiError {
         let mut r = (status, axum::Json(json!({ "error": self.message() }))).into_response();
         let h = r.headers_mut();
         match status {
-            StatusCode::TOO_MANY_REQUESTS => {
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
             }
             StatusCode::UNAUTHORIZED => {
@@ -237,6 +248,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn(openai::error_shape))
         .with_state(state)
@@ -266,6 +278,18 @@ async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response 
         return next.run(req).await;
     }
     ApiError::Unauthorized.into_response()
+}
+
+/// Counts each answered request by its route pattern (not its path: ids would make the label set
+/// unbounded) and status, for `/metrics`.
+async fn count(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let r = next.run(req).await;
+    st.metrics.request(&route, r.status().as_u16());
+    r
 }
 
 async fn enqueue(st: &AppState, spec: Spec, timeout_s: Option<f64>) -> ApiResult<Job> {

@@ -5,8 +5,9 @@
 //! and `stream` are honoured. Other OpenAI fields are accepted and ignored, as clients send many.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -16,13 +17,15 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chatforge_data::{Message, Role};
-use chatforge_infer::{ChatSession, Checkpoint, Finish, LoadedModel, Sampling, WeightType};
+use chatforge_infer::chat::ReplyText;
+use chatforge_infer::{ChatSession, Finish, Output, Sampling};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, JsonBody};
 use chatforge_run::RunDir;
 
+use crate::models::{Gen, Submission};
 use crate::paths::Area;
 
 #[derive(Deserialize)]
@@ -43,6 +46,11 @@ pub struct ChatRequest {
     stop: Option<Stop>,
     #[serde(default)]
     stream: bool,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    /// Replies wanted (1 to 16): the prompt runs once, each reply samples from its own seed.
+    #[serde(default)]
+    n: Option<usize>,
     /// chatforge's: answer as this persona (its adapter when the run has one, otherwise the
     /// persona instruction `Respond as NAME:`).
     #[serde(default)]
@@ -53,6 +61,15 @@ pub struct ChatRequest {
     #[serde(flatten)]
     _ignored: HashMap<String, Value>,
 }
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// Replies one chat request may ask for.
+const MAX_N: usize = 16;
 
 #[derive(Deserialize)]
 struct ChatMessage {
@@ -75,41 +92,6 @@ impl Stop {
             Some(Stop::One(s)) => vec![s],
             Some(Stop::Many(v)) => v,
         }
-    }
-}
-
-/// Loaded models by id and adapter; a few stay in memory between requests.
-#[derive(Default)]
-pub struct ModelCache(Mutex<Vec<(String, Arc<LoadedModel>)>>);
-
-const CACHED_MODELS: usize = 3;
-
-impl ModelCache {
-    pub(super) fn get(
-        &self,
-        id: &str,
-        adapter: Option<&str>,
-        path: &std::path::Path,
-        root: &std::path::Path,
-    ) -> Result<Arc<LoadedModel>, ApiError> {
-        let key = format!("{id}#{}", adapter.unwrap_or(""));
-        if let Ok(c) = self.0.lock()
-            && let Some((_, m)) = c.iter().find(|(k, _)| *k == key)
-        {
-            return Ok(m.clone());
-        }
-        let m = Arc::new(
-            LoadedModel::open_with(path, &Checkpoint::Best, None, adapter, WeightType::F32)
-                .map_err(|e| ApiError::Invalid(crate::paths::scrub(&format!("model: {e}"), root)))?,
-        );
-        if let Ok(mut c) = self.0.lock() {
-            c.retain(|(k, _)| *k != key);
-            c.push((key, m.clone()));
-            if c.len() > CACHED_MODELS {
-                c.remove(0);
-            }
-        }
-        Ok(m)
     }
 }
 
@@ -217,11 +199,67 @@ async fn list_models(State(st): State<AppState>) -> Result<Response, ApiError> {
     Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
 }
 
+/// What a chat request's `model` (and `persona`) name: the model to load, where it is, and the
+/// adapter to apply. `model` is a run or export id, `RUN:ADAPTER`, or a persona's name (the
+/// newest run with an adapter for it); `persona` picks that persona's adapter of the run when it
+/// has one (then the persona instruction is not added).
+async fn resolve(
+    st: &AppState,
+    model: &str,
+    persona: Option<&str>,
+) -> Result<(String, std::path::PathBuf, Option<String>), ApiError> {
+    if let Some((run, adapter)) = model.split_once(':') {
+        return Ok((run.to_string(), model_path(st, run)?, Some(adapter.to_string())));
+    }
+    match model_path(st, model) {
+        Ok(path) => {
+            let adapter = persona.and_then(|p| persona_adapter(&path, p));
+            Ok((model.to_string(), path, adapter))
+        }
+        Err(ApiError::NotFound(msg)) => {
+            let runs = super::blocking(st, |s| {
+                s.list(
+                    Some(crate::store::JobKind::Train),
+                    Some(crate::store::JobState::Succeeded),
+                    1000,
+                )
+            })
+            .await?;
+            let root = st.cfg.data_root.clone();
+            let name = model.to_string();
+            let found = super::off_thread(move || {
+                Ok(runs.iter().find_map(|j| {
+                    let dir = Area::Runs.dir(&root, &j.target).ok()?;
+                    persona_adapter(&dir, &name).map(|a| (j.target.clone(), dir, a))
+                }))
+            })
+            .await?;
+            match found {
+                Some((run, dir, adapter)) => Ok((run, dir, Some(adapter))),
+                None => Err(ApiError::NotFound(format!(
+                    "{msg}, nor a persona with an adapter"
+                ))),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The adapter folder of persona `name` (its name or folder name) in persona run `dir`.
+fn persona_adapter(dir: &std::path::Path, name: &str) -> Option<String> {
+    let run = chatforge_data::personas::PersonaRun::read(dir).ok().flatten()?;
+    let slug = chatforge_data::personas::slug(name);
+    run.personas
+        .iter()
+        .find(|p| p.name == name || p.adapter == name || p.adapter == slug)
+        .map(|p| p.adapter.clone())
+        .filter(|a| chatforge_model::lora::is_adapter_dir(&RunDir::new(dir).adapter(a)))
+}
+
 pub async fn chat_completions(
     State(st): State<AppState>,
     JsonBody(req): JsonBody<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    let dir = model_path(&st, &req.model)?;
     let (last, history) = req
         .messages
         .split_last()
@@ -242,35 +280,30 @@ pub async fn chat_completions(
     if max_new == 0 {
         return Err(invalid("max_tokens: must be at least 1"));
     }
-    // Each generation takes the machine's cores; beyond the bound, ask the client to come back.
-    let permit = st.generations.clone().try_acquire_owned().map_err(|_| {
-        ApiError::Busy(format!(
-            "{} generations are running, the most this server runs at once: retry shortly",
-            st.cfg.api.max_generations
-        ))
-    })?;
-    let cache = st.models.clone();
+    let n = req.n.unwrap_or(1);
+    if n == 0 || n > MAX_N.min(st.cfg.api.max_batch) {
+        return Err(invalid(format!("n: 1 to {}", MAX_N.min(st.cfg.api.max_batch))));
+    }
     let persona = req.persona.clone().filter(|p| !p.trim().is_empty());
-    let (model, adapter) = {
-        let (id, dir, root, persona) = (
-            req.model.clone(),
-            dir.clone(),
-            st.cfg.data_root.clone(),
-            persona.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            let base = cache.get(&id, None, &dir, &root)?;
-            // A persona with its own adapter (`adapters/NAME` of a persona run) answers with it.
-            match persona.as_deref().and_then(|p| base.persona_adapter(p)) {
-                Some(a) => Ok::<_, ApiError>((cache.get(&id, Some(&a), &dir, &root)?, true)),
-                None => Ok((base, false)),
-            }
-        })
-        .await
-        .map_err(|e| internal(format!("loading a model: {e}")))??
+    let (id, dir, adapter_name) = resolve(&st, &req.model, persona.as_deref()).await?;
+    let served = st.models.get(&id, &dir, &st.cfg.data_root).await?;
+    let adapter = match adapter_name.clone() {
+        Some(a) => {
+            let s = served.clone();
+            let root = st.cfg.data_root.clone();
+            Some(
+                super::off_thread(move || {
+                    s.adapter(&a)
+                        .map_err(|e| invalid(crate::paths::scrub(&format!("model: {e}"), &root)))
+                })
+                .await?,
+            )
+        }
+        None => None,
     };
+    let model = served.model.clone();
     let mut session = ChatSession::new(Default::default(), sampling, max_new.min(model.config.n_ctx));
-    if !adapter {
+    if adapter.is_none() {
         session.set_persona(persona.as_deref());
     }
     session.set_channel(req.channel.as_deref());
@@ -281,76 +314,199 @@ pub async fn chat_completions(
             .messages
             .push(Message::new(role(&m.role)?, m.content.clone()));
     }
-    let user = last.content.clone();
-    let id = format!("chatcmpl-{}", crate::new_id());
-    let created = crate::now() as u64;
-    let run = req.model.clone();
-    let finish = |f: Finish| match f {
-        Finish::Length | Finish::Context => "length",
-        _ => "stop",
+    let request = session
+        .request(&model, &last.content)
+        .map_err(|e| invalid(e.to_string()))?;
+    let prompt_tokens = request.prompt.len();
+    let timeout = st.cfg.api.request_timeout_s;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cancel = Arc::new(AtomicBool::new(false));
+    served.submit(Submission {
+        request,
+        n,
+        adapter,
+        cancel: cancel.clone(),
+        deadline: Instant::now() + Duration::from_secs_f64(timeout),
+        events: tx,
+    })?;
+    // A client that goes away drops this future (or the stream), and with it the guard that
+    // ends the replies at the next step.
+    let stop_on_drop = StopOnDrop(cancel);
+    let reply = Reply {
+        id: format!("chatcmpl-{}", crate::new_id()),
+        created: crate::now() as u64,
+        model: req.model.clone(),
+        prompt_tokens,
+        timeout,
     };
     if !req.stream {
-        // A client that goes away drops this future, and with it the guard that stops the
-        // generation at its next token.
-        let gone = Arc::new(AtomicBool::new(false));
-        let _stop_on_drop = StopOnDrop(gone.clone());
-        let out = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            session.send(&model, &user, Some(&gone), |_| {})
-        })
-        .await
-        .map_err(|e| internal(format!("generating: {e}")))?
-        .map_err(|e| invalid(e.to_string()))?;
+        let mut texts = vec![String::new(); n];
+        let mut outs: Vec<Option<Output>> = vec![None; n];
+        while outs.iter().any(Option::is_none) {
+            match rx.recv().await {
+                Some(Gen::Text(..)) => {}
+                Some(Gen::Done(i, out)) => {
+                    if out.finish == Finish::Timeout {
+                        return Err(ApiError::Timeout(reply.timed_out()));
+                    }
+                    texts[i] = out.text.trim().to_string();
+                    outs[i] = Some(out);
+                }
+                Some(Gen::Failed(msg)) => return Err(invalid(msg)),
+                None => return Err(internal("the decode thread ended".into())),
+            }
+        }
+        drop(stop_on_drop);
+        let outs: Vec<Output> = outs.into_iter().flatten().collect();
+        let choices: Vec<Value> = outs
+            .iter()
+            .zip(texts)
+            .enumerate()
+            .map(|(i, (o, text))| {
+                json!({"index": i, "message": {"role": "assistant", "content": text},
+                       "finish_reason": finish_reason(o.finish)})
+            })
+            .collect();
+        let completion: usize = outs.iter().map(|o| o.ids.len()).sum();
         return Ok(axum::Json(json!({
-            "id": id, "object": "chat.completion", "created": created, "model": run,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
-                         "finish_reason": finish(out.finish)}],
-            "usage": {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.ids.len(),
-                      "total_tokens": out.prompt_tokens + out.ids.len()},
+            "id": reply.id, "object": "chat.completion", "created": reply.created,
+            "model": reply.model, "choices": choices, "usage": reply.usage(completion),
         }))
         .into_response());
     }
-    // Streaming: chunks as the text comes; a client that goes away stops the generation.
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
-    let gone = Arc::new(AtomicBool::new(false));
-    let chunk = {
-        let (id, run) = (id.clone(), run.clone());
-        move |delta: Value, reason: Option<&str>| {
-            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": run,
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]})
-        }
+    let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+    let mut events: Vec<String> = (0..n)
+        .map(|i| {
+            reply
+                .chunk(i, json!({"role": "assistant", "content": ""}), None)
+                .to_string()
+        })
+        .collect();
+    events.reverse();
+    let state = Streaming {
+        rx,
+        reply,
+        queued: events,
+        trims: vec![ReplyText::default(); n],
+        left: n,
+        completion: 0,
+        include_usage,
+        done: false,
+        _stop: stop_on_drop,
     };
-    let _ = tx.send(chunk(json!({"role": "assistant"}), None));
-    {
-        let (tx, gone, chunk) = (tx.clone(), gone.clone(), chunk.clone());
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let result = session.send(&model, &user, Some(&gone), |piece| {
-                if tx.send(chunk(json!({"content": piece}), None)).is_err() {
-                    gone.store(true, Ordering::Relaxed);
-                }
-            });
-            let last = match result {
-                Ok(out) => chunk(json!({}), Some(finish(out.finish))),
-                Err(e) => json!({"error": {"message": e.to_string()}}),
-            };
-            let _ = tx.send(last);
-        });
-    }
-    drop(tx);
-    let stream = futures_util::stream::unfold((rx, false), |(mut rx, done)| async move {
-        if done {
-            return None;
-        }
-        match rx.recv().await {
-            Some(v) => Some((
-                Ok::<_, std::convert::Infallible>(SseEvent::default().data(v.to_string())),
-                (rx, false),
-            )),
-            None => Some((Ok(SseEvent::default().data("[DONE]")), (rx, true))),
-        }
+    let stream = futures_util::stream::unfold(state, |mut s| async move {
+        let data = s.next().await?;
+        Some((
+            Ok::<_, std::convert::Infallible>(SseEvent::default().data(data)),
+            s,
+        ))
     });
     Ok(Sse::new(stream).into_response())
+}
+
+/// OpenAI's `finish_reason` for how a reply ended.
+fn finish_reason(f: Finish) -> &'static str {
+    match f {
+        Finish::Length | Finish::Context => "length",
+        _ => "stop",
+    }
+}
+
+/// What every response and chunk of one request repeats.
+struct Reply {
+    id: String,
+    created: u64,
+    model: String,
+    prompt_tokens: usize,
+    timeout: f64,
+}
+
+impl Reply {
+    fn chunk(&self, i: usize, delta: Value, reason: Option<&str>) -> Value {
+        json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+               "model": self.model, "choices": [{"index": i, "delta": delta, "finish_reason": reason}]})
+    }
+
+    fn usage(&self, completion: usize) -> Value {
+        json!({"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+               "total_tokens": self.prompt_tokens + completion})
+    }
+
+    fn timed_out(&self) -> String {
+        format!(
+            "the request ran out of its {} s (api.request_timeout_s)",
+            self.timeout
+        )
+    }
+}
+
+/// A streamed chat reply: the decode thread's events as SSE data lines, then `[DONE]`.
+struct Streaming {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Gen>,
+    reply: Reply,
+    /// Lines ready to send, last first.
+    queued: Vec<String>,
+    trims: Vec<ReplyText>,
+    left: usize,
+    completion: usize,
+    include_usage: bool,
+    done: bool,
+    _stop: StopOnDrop,
+}
+
+impl Streaming {
+    async fn next(&mut self) -> Option<String> {
+        loop {
+            if let Some(v) = self.queued.pop() {
+                return Some(v);
+            }
+            if self.done {
+                return None;
+            }
+            if self.left == 0 {
+                self.done = true;
+                self.queued.push("[DONE]".into());
+                if self.include_usage {
+                    let mut last = self.reply.chunk(0, json!({}), None);
+                    last["choices"] = json!([]);
+                    last["usage"] = self.reply.usage(self.completion);
+                    self.queued.push(last.to_string());
+                }
+                continue;
+            }
+            match self.rx.recv().await {
+                Some(Gen::Text(i, piece)) => {
+                    if let Some(p) = self.trims[i].piece(&piece) {
+                        return Some(self.reply.chunk(i, json!({"content": p}), None).to_string());
+                    }
+                }
+                Some(Gen::Done(i, out)) => {
+                    self.left -= 1;
+                    self.completion += out.ids.len();
+                    if out.finish == Finish::Timeout {
+                        let msg = self.reply.timed_out();
+                        self.left = 0;
+                        self.include_usage = false;
+                        return Some(json!({"error": {"message": msg, "code": "504"}}).to_string());
+                    }
+                    return Some(
+                        self.reply
+                            .chunk(i, json!({}), Some(finish_reason(out.finish)))
+                            .to_string(),
+                    );
+                }
+                Some(Gen::Failed(msg)) => {
+                    self.left = 0;
+                    self.include_usage = false;
+                    return Some(json!({"error": {"message": msg}}).to_string());
+                }
+                None => {
+                    self.left = 0;
+                    self.include_usage = false;
+                }
+            }
+        }
+    }
 }
 
 /// Sets the flag when dropped: the handler's future is dropped when its client disconnects.
