@@ -627,7 +627,16 @@ fn generations_are_bounded_and_stop_when_their_client_leaves() {
     let d = data_root();
     let root = d.path().join("root");
     let port = free_port();
-    let _server = serve(&root, port, 1, &[], &[("CHATFORGE__API__MAX_GENERATIONS", "1")]);
+    let _server = serve(
+        &root,
+        port,
+        1,
+        &[],
+        &[
+            ("CHATFORGE__API__MAX_BATCH", "1"),
+            ("CHATFORGE__API__MAX_QUEUE", "1"),
+        ],
+    );
     let tok = tokenizer(port);
     let mut body = train_body(&tok, 3, 3);
     body["model"]["n_ctx"] = json!(1024);
@@ -651,7 +660,7 @@ fn generations_are_bounded_and_stop_when_their_client_leaves() {
             (r.json()["usage"]["completion_tokens"].as_u64().unwrap() >= 600).then(|| (seed, t0.elapsed()))
         })
         .expect("a long reply");
-    // While one generation runs, a second is told to come back.
+    // While one generation runs and one waits, a third is told to come back.
     let body = ask(seed).to_string();
     let send = move || {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -665,13 +674,15 @@ fn generations_are_bounded_and_stop_when_their_client_leaves() {
     };
     let first = send();
     std::thread::sleep(full / 4);
+    let second = send();
+    std::thread::sleep(full / 10);
     let r = post(port, "/v1/chat/completions", &ask(seed));
     assert_eq!(r.status, 429, "{}", text(&r));
     assert_eq!(r.json()["error"]["type"], "rate_limit_error");
     assert!(r.header("retry-after").is_some());
-    // The client goes away: its generation stops, and the slot frees long before the reply
-    // would have ended.
-    drop(first);
+    // The clients go away: the generation stops, the waiting one never starts, and the place
+    // frees long before the reply would have ended.
+    drop((first, second));
     let t0 = Instant::now();
     loop {
         let r = post(

@@ -142,7 +142,16 @@ pub(super) fn model_path(st: &AppState, id: &str) -> Result<std::path::PathBuf, 
     let not_id = || invalid(format!("model: {id:?} is not a run or export id"));
     let run = Area::Runs.dir(root, id).map_err(|_| not_id())?;
     if run.is_dir() {
-        if !RunDir::new(&run).best().is_dir() && chatforge_infer::source::checkpoints(&run).is_empty() {
+        let persona_base = || {
+            chatforge_data::personas::PersonaRun::read(&run)
+                .ok()
+                .flatten()
+                .is_some_and(|p| p.base.is_some())
+        };
+        if !RunDir::new(&run).best().is_dir()
+            && chatforge_infer::source::checkpoints(&run).is_empty()
+            && !persona_base()
+        {
             return Err(ApiError::NotFound(format!("no trained run {id:?}")));
         }
         return Ok(run);
@@ -209,6 +218,8 @@ async fn resolve(
     persona: Option<&str>,
 ) -> Result<(String, std::path::PathBuf, Option<String>), ApiError> {
     if let Some((run, adapter)) = model.split_once(':') {
+        crate::paths::check_id(adapter)
+            .map_err(|_| invalid(format!("model: {adapter:?} is not an adapter name")))?;
         return Ok((run.to_string(), model_path(st, run)?, Some(adapter.to_string())));
     }
     match model_path(st, model) {
@@ -217,20 +228,27 @@ async fn resolve(
             Ok((model.to_string(), path, adapter))
         }
         Err(ApiError::NotFound(msg)) => {
-            let runs = super::blocking(st, |s| {
-                s.list(
-                    Some(crate::store::JobKind::Train),
-                    Some(crate::store::JobState::Succeeded),
-                    1000,
-                )
-            })
-            .await?;
             let root = st.cfg.data_root.clone();
             let name = model.to_string();
             let found = super::off_thread(move || {
-                Ok(runs.iter().find_map(|j| {
-                    let dir = Area::Runs.dir(&root, &j.target).ok()?;
-                    persona_adapter(&dir, &name).map(|a| (j.target.clone(), dir, a))
+                // The newest run first; a bounded number of them, each resolved as an id is
+                // (no symlink out of the data root).
+                let mut dirs: Vec<(std::time::SystemTime, std::path::PathBuf)> =
+                    std::fs::read_dir(root.join(Area::Runs.as_str()))
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .take(MAX_RUNS_SEARCHED)
+                        .filter_map(|e| {
+                            let dir = Area::Runs.dir(&root, e.file_name().to_str()?).ok()?;
+                            Some((e.metadata().ok()?.modified().ok()?, dir))
+                        })
+                        .collect();
+                dirs.sort_by(|a, b| b.0.cmp(&a.0));
+                Ok(dirs.into_iter().find_map(|(_, dir)| {
+                    let adapter = persona_adapter(&dir, &name)?;
+                    let id = dir.file_name()?.to_str()?.to_string();
+                    Some((id, dir, adapter))
                 }))
             })
             .await?;
@@ -244,6 +262,9 @@ async fn resolve(
         Err(e) => Err(e),
     }
 }
+
+/// Runs looked through for a persona named as a model, at most.
+const MAX_RUNS_SEARCHED: usize = 1000;
 
 /// The adapter folder of persona `name` (its name or folder name) in persona run `dir`.
 fn persona_adapter(dir: &std::path::Path, name: &str) -> Option<String> {
