@@ -244,7 +244,7 @@ async fn resolve(
                             Some((e.metadata().ok()?.modified().ok()?, dir))
                         })
                         .collect();
-                dirs.sort_by(|a, b| b.0.cmp(&a.0));
+                dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
                 Ok(dirs.into_iter().find_map(|(_, dir)| {
                     let adapter = persona_adapter(&dir, &name)?;
                     let id = dir.file_name()?.to_str()?.to_string();
