@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use chatforge_base::Rng;
 use chatforge_export::GgufQuant;
 use chatforge_infer::{Checkpoint, LoadedModel, Request, Sampling, WeightType, generate};
+use chatforge_model::layout::Slot;
 use chatforge_model::{GptConfig, init_weights};
 
 use crate::{GgufBench, json_of, median, rayon_threads};
@@ -101,7 +102,7 @@ fn ours(file: &Path, wt: WeightType, args: &GgufBench) -> anyhow::Result<f64> {
 }
 
 /// An HF folder of `cfg` with random weights and a small byte-level BPE tokenizer (GGUF needs one;
-/// the rows past it are placeholder tokens).
+/// the rows past it are placeholder tokens, never picked).
 pub(crate) fn model_folder(dir: &Path, cfg: &GptConfig) -> anyhow::Result<std::path::PathBuf> {
     let folder = dir.join("model");
     std::fs::create_dir_all(&folder)?;
@@ -122,7 +123,15 @@ pub(crate) fn model_folder(dir: &Path, cfg: &GptConfig) -> anyhow::Result<std::p
     )?;
     std::fs::write(folder.join("tokenizer.json"), tok.to_json()?)?;
     std::fs::write(folder.join("config.json"), cfg.to_hf().to_string())?;
-    let weights = init_weights(cfg, &mut Rng::new(0))?;
+    let mut weights = init_weights(cfg, &mut Rng::new(0))?;
+    // The embedding rows past the tokenizer's are zero, so (the head tied or not, its logits
+    // there are zero) greedy decoding picks real tokens and replies have text.
+    let known = tok.vocab_size() * cfg.n_embd;
+    for slot in [Slot::TokenEmbedding, Slot::LmHead] {
+        if let Some(t) = weights.get_mut(&slot.name(cfg.arch)) {
+            t.data_mut()[known..].iter_mut().for_each(|x| *x = 0.0);
+        }
+    }
     let sorted: std::collections::BTreeMap<_, _> = weights.into_iter().collect();
     chatforge_model::save_weights(&sorted, &folder.join("model.safetensors"))
         .context("writing the bench model")?;

@@ -9,6 +9,7 @@ macro_rules! say {
     };
 }
 
+mod chat_serve;
 mod eval;
 mod finetune;
 mod generate;
@@ -39,8 +40,11 @@ pub enum BenchCommand {
     /// Multiple-choice task scoring (documents/s) on SmolLM2-135M's shape, beside
     /// lm-evaluation-harness's hf backend
     Eval(EvalBench),
-    /// The service under load: request latency while a run trains, and the training's slowdown
-    Serve(serve::ServeBench),
+    /// Chat serving: concurrent streaming clients (1, 8, 32) on one GGUF file, aggregate tokens/s
+    /// and time to first token, beside llama.cpp's llama-server with continuous batching
+    Serve(chat_serve::ChatServeBench),
+    /// The job API under load: request latency while a run trains, and the training's slowdown
+    Api(serve::ServeBench),
     /// The machine's f32 matrix-product peak (GFLOP/s) with the gemm crate, beside torch.mm
     Sgemm(SgemmBench),
     /// Every speed target at once: sgemm, training (pre-training and SFT, three runs each),
@@ -221,7 +225,8 @@ pub fn run(cmd: BenchCommand, purge_freed_memory: fn(bool)) -> anyhow::Result<()
         BenchCommand::Gguf(args) => gguf::run(&args),
         BenchCommand::Eval(args) => eval::run(&args),
         BenchCommand::Finetune(args) => finetune::run(&args, purge_freed_memory),
-        BenchCommand::Serve(args) => serve::run(&args),
+        BenchCommand::Serve(args) => chat_serve::run(&args),
+        BenchCommand::Api(args) => serve::run(&args),
         BenchCommand::Sgemm(args) => sgemm_bench(&args),
         BenchCommand::All(args) => all_bench(&args),
     }
