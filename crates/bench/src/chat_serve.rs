@@ -132,7 +132,10 @@ fn level(port: u16, body: &Value, clients: usize) -> anyhow::Result<(f64, f64, f
             })
             .collect();
         hs.into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a client panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a client panicked")))
+            })
             .collect()
     });
     let wall = t0.elapsed().as_secs_f64();
@@ -175,7 +178,14 @@ pub(crate) fn run(args: &ChatServeBench) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let _ours = Server(
         Command::new(&exe)
-            .args(["serve", "--workers", "0", "--bind", &format!("127.0.0.1:{port}"), "--data-root"])
+            .args([
+                "serve",
+                "--workers",
+                "0",
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                "--data-root",
+            ])
             .arg(dir.path().join("root"))
             .env("CHATFORGE__API__MAX_BATCH", max.to_string())
             .env("CHATFORGE__API__MAX_QUEUE", (4 * max).to_string())

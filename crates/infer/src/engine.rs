@@ -12,7 +12,7 @@
 use chatforge_model::kernels::{
     gelu_fast, layer_norm_row, rms_norm_row, rope_angles, rotate_heads, simd::vectorized, swiglu_row,
 };
-use chatforge_model::layout::{Linear, Norm as LayerNormOf, Part, Slot};
+use chatforge_model::layout::{self, Linear, Norm as LayerNormOf, Part, Slot};
 use chatforge_model::{Activation, GptConfig, Tensor, Weights};
 use rayon::prelude::*;
 
@@ -37,37 +37,16 @@ struct Layer {
     biases: [Option<Vec<f32>>; PRODUCTS],
 }
 
-/// A block's products in the decoder, in order: attention's input (queries, keys and values side
-/// by side), attention's output, the MLP's expansion (the Llama family's gate and up side by
-/// side) and the MLP's projection back.
+/// A block's products ([`chatforge_model::layout::products`]).
 pub(crate) const PRODUCTS: usize = 4;
 const QKV: usize = 0;
 const ATTN_OUT: usize = 1;
 const FC: usize = 2;
 const DOWN: usize = 3;
 
-/// The layers packed into each product, in column order.
-fn products(arch: chatforge_model::Arch) -> [&'static [Linear]; PRODUCTS] {
-    if arch.is_llama() {
-        [
-            &[Linear::Q, Linear::K, Linear::V],
-            &[Linear::AttnOut],
-            &[Linear::Gate, Linear::MlpUp],
-            &[Linear::MlpDown],
-        ]
-    } else {
-        [
-            &[Linear::AttnQkv],
-            &[Linear::AttnOut],
-            &[Linear::MlpUp],
-            &[Linear::MlpDown],
-        ]
-    }
-}
-
 /// Where `linear` sits in the decoder: its product and first column there.
 pub(crate) fn product_of(cfg: &GptConfig, linear: Linear) -> Result<(usize, usize)> {
-    for (p, parts) in products(cfg.arch).iter().enumerate() {
+    for (p, parts) in layout::products(cfg.arch).iter().enumerate() {
         let mut col = 0;
         for &l in *parts {
             if l == linear {
@@ -201,7 +180,7 @@ impl Engine {
             .map(|i| {
                 let mut mats = Vec::with_capacity(PRODUCTS);
                 let mut biases = Vec::with_capacity(PRODUCTS);
-                for parts in products(arch) {
+                for parts in layout::products(arch) {
                     let (m, b) = linear(i, parts)?;
                     mats.push(m);
                     biases.push(b);

@@ -344,6 +344,27 @@ impl Slot {
 
 /// Whether a family stores a linear weight `(out, in)` (`nn.Linear`) rather than `(in, out)`
 /// (GPT-2's Conv1D).
+/// A block's products as both engines compute them, in order: attention's input (queries, keys
+/// and values side by side), attention's output, the MLP's expansion (the Llama family's gate and
+/// up side by side) and the MLP's projection back; each lists its layers in column order.
+pub fn products(arch: Arch) -> [&'static [Linear]; 4] {
+    if arch.is_llama() {
+        [
+            &[Linear::Q, Linear::K, Linear::V],
+            &[Linear::AttnOut],
+            &[Linear::Gate, Linear::MlpUp],
+            &[Linear::MlpDown],
+        ]
+    } else {
+        [
+            &[Linear::AttnQkv],
+            &[Linear::AttnOut],
+            &[Linear::MlpUp],
+            &[Linear::MlpDown],
+        ]
+    }
+}
+
 pub fn linear_out_in(arch: Arch) -> bool {
     arch.is_llama()
 }

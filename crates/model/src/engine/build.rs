@@ -131,21 +131,7 @@ impl Model {
             }
             out
         };
-        let groups: [&[Linear]; 4] = if arch.is_llama() {
-            [
-                &[Linear::Q, Linear::K, Linear::V],
-                &[Linear::AttnOut],
-                &[Linear::Gate, Linear::MlpUp],
-                &[Linear::MlpDown],
-            ]
-        } else {
-            [
-                &[Linear::AttnQkv],
-                &[Linear::AttnOut],
-                &[Linear::MlpUp],
-                &[Linear::MlpDown],
-            ]
-        };
+        let groups = crate::layout::products(arch);
         let layers = (0..cfg.n_layer)
             .map(|i| -> Result<LayerParams> {
                 // A fused product's weight and bias start at its first part's: the layout keeps
