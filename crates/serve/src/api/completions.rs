@@ -9,7 +9,6 @@ use std::sync::atomic::AtomicBool;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use chatforge_infer::Finish;
 use chatforge_infer::completion::{CompletionOptions, complete};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -148,10 +147,7 @@ pub async fn completions(
                     "text_offset": offsets,
                 })
             });
-            let finish = match c.finish {
-                Finish::Length | Finish::Context => "length",
-                _ => "stop",
-            };
+            let finish = super::openai::finish_reason(c.finish);
             choices
                 .push(json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}));
         }

@@ -426,7 +426,7 @@ pub async fn chat_completions(
 }
 
 /// OpenAI's `finish_reason` for how a reply ended.
-fn finish_reason(f: Finish) -> &'static str {
+pub(super) fn finish_reason(f: Finish) -> &'static str {
     match f {
         Finish::Length | Finish::Context => "length",
         _ => "stop",
