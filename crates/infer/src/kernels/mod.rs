@@ -5,8 +5,8 @@
 //! matrix once, front to back: a `(in, out)` matrix is split into bands of whole rows, one band per
 //! core, each accumulating a partial product that is summed at the end; a `(out, in)` matrix (the
 //! output head, tied to the embedding) is split into bands of output rows, each a run of dot
-//! products. Many rows at once (a prompt) go to the `gemm` crate instead, which is compute-bound
-//! and blocked for caches.
+//! products. Many rows at once (a prompt, or a batch of many sequences) go to the register tiles
+//! of [`tile`], which are compute-bound and read each matrix in place.
 //!
 //! The inner loops are plain Rust, compiled three times (AVX-512, AVX2+FMA, baseline) and chosen at
 //! run time from the CPU's features, so the default build is fast on every x86-64 machine.
@@ -17,7 +17,7 @@
 
 use rayon::prelude::*;
 
-/// Up to this many rows use the streaming kernels; more go to `gemm`.
+/// Up to this many rows use the streaming kernels; more go to the register tiles of [`tile`].
 const SMALL_M: usize = 8;
 
 /// Inputs per q8 block: each output's weights are quantised in runs of this many, with one scale.
@@ -232,8 +232,9 @@ impl Matrix {
         }
     }
 
-    /// The matrix as plain row-major f32 `(rows, cols)`.
-    fn to_f32(&self) -> std::borrow::Cow<'_, [f32]> {
+    /// The matrix as plain row-major f32 `(rows, cols)` (tests compare the kernels with it).
+    #[cfg(test)]
+    pub(crate) fn to_f32(&self) -> std::borrow::Cow<'_, [f32]> {
         let flat = match &self.store {
             Store::F32(v) => std::borrow::Cow::Borrowed(v.as_slice()),
             Store::Bf16(v) => std::borrow::Cow::Owned(v.iter().map(|w| w.to_f32()).collect()),
@@ -287,6 +288,7 @@ pub fn pack_panels<T: Copy + Default>(w: &[T], k: usize, n: usize) -> Vec<T> {
     out
 }
 
+#[cfg(test)]
 fn unpack_panels(packed: &[f32], k: usize, n: usize) -> Vec<f32> {
     let mut out = vec![0f32; k * n];
     for (p, panel) in packed.chunks(k * PANEL).enumerate() {
@@ -520,6 +522,8 @@ multiversion!(fn dot_band(x: &[f32], k: usize, w: &[E], v0: usize, out: &mut [f3
 multiversion!(fn panel_q8_band(x: &[f32], k: usize, rows: usize, panel: &[E], scales: &[f32], out: &mut [f32]) => panel_q8_rows);
 multiversion!(fn dot_q8_band(x: &[f32], k: usize, w: &[E], scales: &[f32], v0: usize, out: &mut [f32]) => dot_q8_rows);
 
+mod tile;
+
 /// One head of attention for one query: scores against `n` cached keys, softmax, weighted sum of
 /// the values. Keys and values are rows of width `c`, the head's part at `off..off + q.len()`.
 #[inline(always)]
@@ -618,7 +622,7 @@ pub fn matmul(x: &[f32], m: usize, w: &Matrix, bias: Option<&[f32]>, out: &mut [
     debug_assert_eq!(x.len(), m * k);
     debug_assert_eq!(out.len(), m * n);
     if m > SMALL_M {
-        gemm_f32(x, m, w, out);
+        tile::many_rows(x, m, w, out);
     } else {
         match (&w.store, w.layout) {
             (Store::F32(v), Layout::InOut) => streaming_in_out(x, m, v, &[], k, n, out),
@@ -715,12 +719,6 @@ fn streaming_out_in<E: Elem>(
             out[r * n + v] = val;
         }
     }
-}
-
-fn gemm_f32(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
-    let (k, n) = (w.n_in(), w.n_out());
-    // W as (k, n): InOut unpacked is that already; OutIn is (n, k), read transposed.
-    chatforge_model::kernels::matmul_into(x, m, k, &w.to_f32(), n, w.layout == Layout::OutIn, out);
 }
 
 #[cfg(test)]

@@ -74,6 +74,7 @@ fn every_path_matches_the_naive_product() {
         (3, 300, 77),
         (8, 129, 600),
         (20, 65, 33),
+        (33, 130, 515),
         (1, 1024, 300),
     ] {
         let x = data(m * k, 1);
@@ -155,4 +156,60 @@ fn bf16_rounds_to_nearest_even() {
     assert_eq!(Bf16::from_f32(1.0 + 3.0 / 256.0).to_f32(), 1.0 + 4.0 / 256.0);
     assert!(Bf16::from_f32(f32::NAN).to_f32().is_nan());
     assert_eq!(Bf16::from_f32(f32::INFINITY).to_f32(), f32::INFINITY);
+}
+
+/// Not a test: GFLOP/s of `matmul` by rows, for tuning (`cargo test --release -p chatforge-infer
+/// --lib kernels::tests::throughput -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn throughput() {
+    for (k, n, layout) in [
+        (768, 2304, Layout::InOut),
+        (3072, 768, Layout::InOut),
+        (768, 50257, Layout::OutIn),
+    ] {
+        let (rows, cols) = match layout {
+            Layout::InOut => (k, n),
+            Layout::OutIn => (n, k),
+        };
+        let mat = Matrix::new(data(k * n, 2), rows, cols, layout, WeightType::F32);
+        let plain = data(k * n, 2);
+        for m in [1, 4, 8, 9, 16, 32, 64, 256] {
+            let x = data(m * k, 1);
+            let mut out = vec![0f32; m * n];
+            matmul(&x, m, &mat, None, &mut out);
+            // The best of 7 runs of 5 (the machine is shared).
+            let s = (0..7)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    for _ in 0..5 {
+                        matmul(&x, m, &mat, None, &mut out);
+                    }
+                    t.elapsed().as_secs_f64() / 5.0
+                })
+                .fold(f64::MAX, f64::min);
+            let g = (0..7)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    chatforge_model::kernels::matmul_into(
+                        &x,
+                        m,
+                        k,
+                        &plain,
+                        n,
+                        layout == Layout::OutIn,
+                        &mut out,
+                    );
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::MAX, f64::min);
+            let gf = |s: f64| 2.0 * (m * k * n) as f64 / s / 1e9;
+            println!(
+                "{k}x{n} {layout:?} m {m:>3}: {:6.2} ms, {:6.1} GFLOP/s (gemm crate, plain: {:6.1})",
+                s * 1e3,
+                gf(s),
+                gf(g)
+            );
+        }
+    }
 }
