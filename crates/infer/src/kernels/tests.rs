@@ -213,3 +213,52 @@ fn throughput() {
         }
     }
 }
+
+/// Not a test: the streaming kernels' share of the machine's read bandwidth at one row, over
+/// matrices that do not fit in cache (`… kernels::tests::bandwidth -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn bandwidth() {
+    let (k, n) = (768, 3072);
+    for layout in [Layout::InOut, Layout::OutIn] {
+        let (rows, cols) = if layout == Layout::InOut { (k, n) } else { (n, k) };
+        let mats: Vec<Matrix> = (0..24)
+            .map(|s| Matrix::new(data(k * n, s), rows, cols, layout, WeightType::F32))
+            .collect();
+        let bytes: usize = mats.iter().map(Matrix::bytes).sum();
+        let x = data(k, 1);
+        let mut out = vec![0f32; n];
+        let best = |f: &mut dyn FnMut()| {
+            (0..5)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::MAX, f64::min)
+        };
+        let s = best(&mut || mats.iter().for_each(|w| matmul(&x, 1, w, None, &mut out)));
+        let sum = best(&mut || {
+            let t: f32 = mats
+                .par_iter()
+                .map(|w| match &w.store {
+                    Store::F32(v) => v
+                        .chunks_exact(16)
+                        .fold([0f32; 16], |mut a, c| {
+                            a.iter_mut().zip(c).for_each(|(a, c)| *a += c);
+                            a
+                        })
+                        .iter()
+                        .sum::<f32>(),
+                    _ => 0.0,
+                })
+                .sum();
+            std::hint::black_box(t);
+        });
+        println!(
+            "{layout:?}: matmul {:.1} GB/s, parallel sum {:.1} GB/s",
+            bytes as f64 / s / 1e9,
+            bytes as f64 / sum / 1e9
+        );
+    }
+}
