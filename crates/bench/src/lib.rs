@@ -264,6 +264,7 @@ impl Step {
                 self.lr,
                 1.0,
                 dropout,
+                &chatforge_train::Solo,
             )?;
             if i >= self.warmup {
                 times.push(t0.elapsed().as_secs_f64());

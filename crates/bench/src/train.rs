@@ -146,6 +146,7 @@ fn run_dpo(args: &TrainBench) -> anyhow::Result<()> {
             6e-4,
             1.0,
             &mut dropout,
+            &chatforge_train::Solo,
         )?;
         if i >= args.warmup {
             times.push(t0.elapsed().as_secs_f64());

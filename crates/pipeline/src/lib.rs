@@ -215,6 +215,28 @@ fn tokenize_into(tok: &mut Tokenizer, run: &RunDir, input: &Path, shard: &Path) 
     Ok(())
 }
 
+/// The config [`prepare`] made, for the other processes of a multi-process run, which must not
+/// write the run directory: imported inputs become the shards process 0 wrote.
+pub fn prepared(job: &TrainJob, run: &RunDir) -> Result<TrainConfig> {
+    let mut config = job.config.clone();
+    let t = &mut config.train;
+    for (slot, shard) in [(&mut t.data, run.train_shard()), (&mut t.val, run.val_shard())] {
+        if slot
+            .as_deref()
+            .is_some_and(|p| !chatforge_data::Shard::is_shard(p))
+        {
+            if !shard.is_file() {
+                return Err(Error::Invalid(format!(
+                    "{} is missing: process 0 writes it first",
+                    shard.display()
+                )));
+            }
+            *slot = Some(shard);
+        }
+    }
+    Ok(config)
+}
+
 /// prepare → train → evaluate (when `evaluate`) into the run directory `run`. Events go to
 /// `on_event` as they happen; `stop` ends training after the current step, with a checkpoint.
 pub fn train_run(

@@ -5,6 +5,7 @@
 mod checkpoint;
 mod config;
 mod events;
+mod group;
 mod optim;
 mod pairs;
 mod plot;
@@ -16,10 +17,11 @@ mod tensorboard;
 pub use checkpoint::{CheckpointState, read_state};
 pub use config::{Adapter, Mode, TrainConfig, TrainSettings};
 pub use events::{Event, line_step};
+pub use group::{Group, Solo};
 pub use optim::{AdamW, AdamWConfig, clip_grad_norm, lr_at};
 pub use pairs::PairTraining;
 pub use plot::{loss_plot, read_curves};
-pub use run::{StepLoss, StepOutcome, TrainSummary, optimizer_step, train, unigram_baseline};
+pub use run::{StepLoss, StepOutcome, TrainSummary, optimizer_step, train, train_in, unigram_baseline};
 pub use start::{check_memory, init_config, load_init};
 
 use std::path::PathBuf;

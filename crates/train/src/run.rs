@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{self, CheckpointState, write_json};
 use crate::events::{Event, Log, trim_log};
+use crate::group::{Group, Solo};
 use crate::optim::{AdamW, clip_grad_norm, lr_at};
 use crate::pairs::PairTraining;
 use crate::preference::PrefMetrics;
@@ -56,9 +57,9 @@ pub enum StepLoss<'a> {
     Pairs(&'a mut PairTraining),
 }
 
-/// One optimizer step on the engine: `micro` batches from `next`, gradients accumulated (each
-/// micro-batch's mean loss / `micro`), clipped to `clip`, AdamW at `lr`; dropout masks from the
-/// `dropout` stream.
+/// One optimizer step on the engine: `micro` batches from `next` in each process of `group`,
+/// gradients accumulated (each micro-batch's mean loss / all the group's micro-batches) and summed
+/// over the group, clipped to `clip`, AdamW at `lr`; dropout masks from the `dropout` stream.
 #[allow(clippy::too_many_arguments)] // the step's whole state, passed explicitly
 pub fn optimizer_step(
     engine: &mut TrainEngine,
@@ -70,6 +71,7 @@ pub fn optimizer_step(
     lr: f64,
     clip: f64,
     dropout: &mut Rng,
+    group: &dyn Group,
 ) -> Result<StepOutcome> {
     engine.zero_grad();
     let (mut loss_sum, mut used, mut positions) = (0f64, 0usize, 0usize);
@@ -77,7 +79,7 @@ pub fn optimizer_step(
     for _ in 0..micro {
         let batch = next();
         positions += batch.batch_size * batch.seq_len;
-        let scale = 1.0 / micro as f32;
+        let scale = 1.0 / (micro * group.size()) as f32;
         let loss = match &mut objective {
             StepLoss::Tokens(mode) => engine.forward_backward(&step_batch(&batch, *mode), scale, dropout)?,
             StepLoss::Pairs(p) => match p.micro_step(engine, &batch, scale, dropout)? {
@@ -92,6 +94,12 @@ pub fn optimizer_step(
             loss_sum += loss;
             used += 1;
         }
+    }
+    if group.size() > 1 {
+        group.sum_f32(&mut engine.grads);
+        let mut totals = [loss_sum, used as f64, positions as f64];
+        group.sum_f64(&mut totals);
+        (loss_sum, used, positions) = (totals[0], totals[1] as usize, totals[2] as usize);
     }
     let grad_norm = clip_grad_norm(&mut engine.grads, clip);
     if used == 0 {
@@ -115,14 +123,21 @@ pub fn optimizer_step(
 
 /// Mean loss over the validation batches, weighted by the positions that carry loss (`None`
 /// when none does); no backward, no dropout.
-fn val_loss(engine: &mut TrainEngine, batches: &[Batch], mode: Mode) -> Result<Option<f64>> {
-    let (mut total, mut count) = (0f64, 0usize);
-    for batch in batches {
+/// Each process of `group` scores its share of the batches.
+fn val_loss(
+    engine: &mut TrainEngine,
+    batches: &[Batch],
+    mode: Mode,
+    group: &dyn Group,
+) -> Result<Option<f64>> {
+    let mut totals = [0f64; 2]; // loss summed, positions
+    for batch in batches.iter().skip(group.rank()).step_by(group.size()) {
         let (sum, n) = engine.eval_loss(&step_batch(batch, mode))?;
-        total += sum;
-        count += n;
+        totals[0] += sum;
+        totals[1] += n as f64;
     }
-    Ok((count > 0).then(|| total / count as f64))
+    group.sum_f64(&mut totals);
+    Ok((totals[1] > 0.0).then(|| totals[0] / totals[1]))
 }
 
 /// A batch as the engine takes it: the weights are the positions that carry loss in `mode`.
@@ -174,7 +189,7 @@ struct Setup {
 
 /// Resolves the config (vocabulary from the shard, the model from `--init`, QLoRA's
 /// quantisation), checks it against the machine, finds the weights and builds the engine.
-fn set_up(cfg: &TrainConfig, run: &Path, resume: bool) -> Result<Setup> {
+fn set_up(cfg: &TrainConfig, run: &Path, resume: bool, group: &dyn Group) -> Result<Setup> {
     let mut cfg = cfg.clone();
     let data = cfg
         .train
@@ -193,7 +208,11 @@ fn set_up(cfg: &TrainConfig, run: &Path, resume: bool) -> Result<Setup> {
     })?;
     // What a crash left half-written (a checkpoint's or best/'s temporary, a log being trimmed).
     let mut warnings: Vec<String> = Vec::new();
-    for dir in [run.to_path_buf(), RunDir::new(run).checkpoints()] {
+    let writer = group.rank() == 0;
+    for dir in [run.to_path_buf(), RunDir::new(run).checkpoints()]
+        .into_iter()
+        .filter(|_| writer)
+    {
         for name in chatforge_data::clear_leftovers(&dir)? {
             warnings.push(format!("cleared {name}, left by a crash"));
         }
@@ -201,6 +220,12 @@ fn set_up(cfg: &TrainConfig, run: &Path, resume: bool) -> Result<Setup> {
     // LoRA: the base always comes from --init and stays frozen; the adapter is what trains.
     // QLoRA is LoRA on a quantised base (q4 unless the config says q8); plain LoRA never quantises.
     let t = cfg.train.clone();
+    if group.size() > 1 && t.mode.pairs() {
+        return Err(Error::Config(format!(
+            "mode {:?} runs in one process: preference tuning over MPI is not supported yet",
+            t.mode
+        )));
+    }
     if shard.is_pairs() != t.mode.pairs() {
         return Err(Error::Config(if shard.is_pairs() {
             format!(
@@ -398,19 +423,42 @@ pub fn train(
     on_event: &mut dyn FnMut(&Event),
     stop: &AtomicBool,
 ) -> Result<TrainSummary> {
+    train_in(cfg, run, resume, on_event, stop, &Solo)
+}
+
+/// [`train`] as one process of `group` (data parallelism). Every step takes `micro` micro-batches
+/// in each process: the sampler's stream is dealt out in turn (micro-batch `j` of a step to
+/// process `j mod size`), so the processes read disjoint parts of it, and its state after a step is
+/// the same in each and the same as one process that accumulated all of them. Process 0 writes
+/// the log, the checkpoints and the manifest and gets the events; a checkpoint resumes in a group
+/// of any size.
+pub fn train_in(
+    cfg: &TrainConfig,
+    run: &Path,
+    resume: bool,
+    on_event: &mut dyn FnMut(&Event),
+    stop: &AtomicBool,
+    group: &dyn Group,
+) -> Result<TrainSummary> {
     let started = Instant::now();
-    let mut s = set_up(cfg, run, resume)?;
+    let mut s = set_up(cfg, run, resume, group)?;
     let dir = RunDir::new(run);
-    let mut log = open_log(&dir, s.step)?;
+    // Process 0 writes the run directory; the others only train.
+    let writer = group.rank() == 0;
+    let mut log = writer.then(|| open_log(&dir, s.step)).transpose()?;
     // TensorBoard's copy of the numbers: a failure there is a warning, never the run's end.
-    let mut tb = match crate::tensorboard::EventFile::create(&dir.tensorboard(), s.step) {
-        Ok(f) => Some(f),
-        Err(e) => {
+    let mut tb = match writer.then(|| crate::tensorboard::EventFile::create(&dir.tensorboard(), s.step)) {
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => {
             s.warnings.push(format!("no TensorBoard events: {e}"));
             None
         }
+        None => None,
     };
     let mut emit = |e: Event| {
+        let Some(log) = log.as_mut() else {
+            return;
+        };
         log.write(&e);
         if let Some(f) = tb.as_mut()
             && let Err(err) = f.write(&e)
@@ -432,15 +480,20 @@ pub fn train(
     }
     let (cfg, t) = (s.cfg.clone(), s.cfg.train.clone());
     let mut sampler = BatchSampler::resume(&s.shard, sampler_config(&cfg, s.seq_len, true), s.sampler)?;
+    // Micro-batches per step in each process: train.tokens_per_step is the whole group's.
     let micro = t
         .tokens_per_step
-        .map_or(1, |n| n.div_ceil(t.batch_size * s.seq_len).max(1));
+        .map_or(1, |n| n.div_ceil(t.batch_size * s.seq_len * group.size()).max(1));
     let steps = t.max_steps.unwrap_or_else(|| {
         let rows = t.epochs.unwrap_or(1.0) * sampler.rows_in_epoch() as f64;
-        (rows / (t.batch_size * micro) as f64).ceil().max(1.0) as u64
+        (rows / (t.batch_size * micro * group.size()) as f64)
+            .ceil()
+            .max(1.0) as u64
     });
-    write_manifest(&dir, &cfg, &s.data, "running")?;
-    write_json(&dir.config(), &cfg.model.to_hf())?;
+    if writer {
+        write_manifest(&dir, &cfg, &s.data, "running", group.size())?;
+        write_json(&dir.config(), &cfg.model.to_hf())?;
+    }
     let trainable = s
         .specs
         .iter()
@@ -472,16 +525,29 @@ pub fn train(
             Some(p) => StepLoss::Pairs(p),
             None => StepLoss::Tokens(t.mode),
         };
+        // This process's share of the stream: every size()-th micro-batch, from its rank on.
+        let (rank, size) = (group.rank(), group.size());
+        let next = || {
+            let mut mine = sampler.next_batch();
+            for j in 1..size {
+                let b = sampler.next_batch();
+                if j == rank {
+                    mine = b;
+                }
+            }
+            mine
+        };
         let out = optimizer_step(
             &mut s.engine,
             &s.specs,
             &mut s.opt,
-            || sampler.next_batch(),
+            next,
             micro,
             objective,
             lr,
             t.grad_clip,
             &mut s.dropout,
+            group,
         )?;
         step += 1;
         let (loss, grad_norm) = (out.loss, out.grad_norm);
@@ -503,14 +569,17 @@ pub fn train(
             elapsed_s: started.elapsed().as_secs_f64(),
             metrics: out.metrics,
         });
-        let mut stop_reason = stop.load(Ordering::Relaxed).then(|| "stop requested".to_string());
+        // A stop asked of any process stops them all, after the same step.
+        let mut asked = [f64::from(u8::from(stop.load(Ordering::Relaxed)))];
+        group.sum_f64(&mut asked);
+        let mut stop_reason = (asked[0] > 0.0).then(|| "stop requested".to_string());
         if !s.val_batches.is_empty() && (step % t.eval_every == 0 || step == steps) {
             let (val, metrics) = match s.pairs.as_mut() {
                 Some(p) => match p.validate(&mut s.engine, &s.val_batches)? {
                     Some((loss, m)) => (Some(loss), Some(m)),
                     None => (None, None),
                 },
-                None => (val_loss(&mut s.engine, &s.val_batches, t.mode)?, None),
+                None => (val_loss(&mut s.engine, &s.val_batches, t.mode, group)?, None),
             };
             if let Some(v) = val.filter(|v| !v.is_finite()) {
                 let what = format!("validation loss {v}");
@@ -521,7 +590,9 @@ pub fn train(
             let improved = !val.is_nan() && s.best.is_none_or(|b| val < b);
             if improved {
                 (s.best, s.since_best) = (Some(val), 0);
-                save(&s, &dir.best(), step, &sampler, None)?;
+                if writer {
+                    save(&s, &dir.best(), step, &sampler, None)?;
+                }
             } else {
                 s.since_best += 1;
             }
@@ -540,7 +611,7 @@ pub fn train(
                 ));
             }
         }
-        if step % t.checkpoint_every == 0 || step == steps || stop_reason.is_some() {
+        if writer && (step % t.checkpoint_every == 0 || step == steps || stop_reason.is_some()) {
             let ckpt = dir.checkpoint(step);
             save(&s, &ckpt, step, &sampler, Some(&s.opt))?;
             checkpoint::prune(run, t.keep_last)?;
@@ -560,7 +631,11 @@ pub fn train(
     }
     summary.steps = step;
     summary.best_val_loss = s.best;
-    finish(&s, &dir, step, &mut summary, started, &mut emit)?;
+    if writer {
+        finish(&s, &dir, step, &mut summary, started, group.size(), &mut emit)?;
+    }
+    // The others end when the run directory is complete.
+    group.barrier();
     Ok(summary)
 }
 
@@ -592,6 +667,7 @@ fn finish(
     step: u64,
     summary: &mut TrainSummary,
     started: Instant,
+    processes: usize,
     emit: &mut dyn FnMut(Event),
 ) -> Result<()> {
     if let (Some(name), Some(_)) = (&s.cfg.train.adapter_name, &s.lora) {
@@ -625,10 +701,17 @@ fn finish(
     } else {
         "done"
     };
-    write_manifest(run, &s.cfg, &s.data, status)
+    write_manifest(run, &s.cfg, &s.data, status, processes)
 }
 
-fn write_manifest(run: &RunDir, cfg: &TrainConfig, data: &Path, status: &str) -> Result<()> {
+/// The run's manifest; `processes` is the size of the group that trained it (MPI's world size).
+fn write_manifest(
+    run: &RunDir,
+    cfg: &TrainConfig,
+    data: &Path,
+    status: &str,
+    processes: usize,
+) -> Result<()> {
     let input = |p: &Path| -> Result<serde_json::Value> {
         let sidecar = chatforge_tokenizer::TokenizeReport::sidecar(p);
         let meta = std::fs::read_to_string(&sidecar)
@@ -643,7 +726,8 @@ fn write_manifest(run: &RunDir, cfg: &TrainConfig, data: &Path, status: &str) ->
         "inputs": {"train": input(data)?, "val": cfg.train.val.as_deref().map(input).transpose()?},
         "seed": cfg.train.seed,
         "versions": {"chatforge": env!("CARGO_PKG_VERSION")},
-        "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "threads": rayon::current_num_threads(),
+        "processes": processes,
         "dtype": "F32",
     });
     write_json(&run.manifest(), &manifest)

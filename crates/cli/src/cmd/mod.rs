@@ -1,5 +1,7 @@
 pub mod chat;
 pub mod data;
+#[cfg(feature = "mpi")]
+pub mod dist;
 pub mod eval;
 pub mod export;
 pub mod generate;

@@ -23,6 +23,9 @@ pub struct TrainArgs {
     /// The run directory
     #[arg(short, long)]
     pub out: PathBuf,
+    /// Threads for the matrix products [default: every core; under MPI, the cores ÷ the processes on this machine]
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// pretrain (loss on every token), sft (on the assistant's turns), lora or qlora; dpo or orpo (preference pairs) [default: the config's, else sft]
     #[arg(long, value_parser = super::parse::<Mode>)]
     pub mode: Option<Mode>,
@@ -353,8 +356,19 @@ pub fn report_metrics(run: &Path, m: &chatforge_infer::eval::Metrics) {
 }
 
 pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
+    if let Some(n) = args.threads {
+        set_threads(n)?;
+    }
+    let launched = chatforge_mpi::launched_size();
+    if let Some(n) = launched.filter(|_| !chatforge_mpi::ENABLED) {
+        anyhow::bail!(chatforge_mpi::refusal(n));
+    }
     args.tokenizer = args.tokenizer.map(|t| super::hub::tokenizer(&t)).transpose()?;
     let cfg = args.config()?;
+    #[cfg(feature = "mpi")]
+    if launched.is_some() {
+        return super::dist::run(&args, &cfg);
+    }
     if let Some(strategy) = args.persona_strategy {
         return super::personas::train(cfg, strategy, &args.out, &args);
     }
@@ -369,4 +383,13 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
         !args.no_eval,
     )?;
     Ok(())
+}
+
+/// The matrix products' thread count, before anything starts them.
+pub fn set_threads(n: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(n > 0, "--threads must be at least 1");
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("--threads {n}: {e}"))
 }
