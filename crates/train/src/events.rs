@@ -31,6 +31,9 @@ pub enum Event {
         tokens_per_s: f64,
         epoch: f64,
         elapsed_s: f64,
+        /// Processes of a group (MPI): the step's seconds summing gradients across them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sync_s: Option<f64>,
         /// Preference modes: `rewards/chosen`, `rewards/margins`, `logps/chosen`, … (TRL's names).
         #[serde(flatten)]
         metrics: Option<PrefMetrics>,

@@ -48,6 +48,8 @@ pub struct StepOutcome {
     pub positions: usize,
     /// Preference modes: the step's metrics (TRL's names), means over its pairs.
     pub metrics: Option<PrefMetrics>,
+    /// In a group of processes: seconds spent summing the gradients and scalars across them.
+    pub sync_s: Option<f64>,
 }
 
 /// What a step's loss is: next-token cross-entropy on the positions `Mode` says, or a preference
@@ -76,10 +78,21 @@ pub fn optimizer_step(
     engine.zero_grad();
     let (mut loss_sum, mut used, mut positions) = (0f64, 0usize, 0usize);
     let mut parts = Vec::new();
-    for _ in 0..micro {
+    let (size, start) = (group.size(), dropout.state());
+    let mut stride = 0;
+    for i in 0..micro {
         let batch = next();
         positions += batch.batch_size * batch.seq_len;
-        let scale = 1.0 / (micro * group.size()) as f32;
+        let scale = 1.0 / (micro * size) as f32;
+        // In a group, micro-batch i of this process is micro-batch i·size + rank of the step: its
+        // dropout masks are the ones one process would draw for it.
+        let mut own = None;
+        if size > 1 {
+            stride = engine.dropout_stride(batch.batch_size, batch.seq_len);
+            let j = (i * size + group.rank()) as u64;
+            own = Some(Rng::from_state(start.wrapping_add(j.wrapping_mul(stride))));
+        }
+        let dropout = own.as_mut().unwrap_or(&mut *dropout);
         let loss = match &mut objective {
             StepLoss::Tokens(mode) => engine.forward_backward(&step_batch(&batch, *mode), scale, dropout)?,
             StepLoss::Pairs(p) => match p.micro_step(engine, &batch, scale, dropout)? {
@@ -95,11 +108,15 @@ pub fn optimizer_step(
             used += 1;
         }
     }
-    if group.size() > 1 {
+    let mut sync_s = None;
+    if size > 1 {
+        let t0 = std::time::Instant::now();
+        *dropout = Rng::from_state(start.wrapping_add(((micro * size) as u64).wrapping_mul(stride)));
         group.sum_f32(&mut engine.grads);
         let mut totals = [loss_sum, used as f64, positions as f64];
         group.sum_f64(&mut totals);
         (loss_sum, used, positions) = (totals[0], totals[1] as usize, totals[2] as usize);
+        sync_s = Some(t0.elapsed().as_secs_f64());
     }
     let grad_norm = clip_grad_norm(&mut engine.grads, clip);
     if used == 0 {
@@ -118,6 +135,7 @@ pub fn optimizer_step(
         grad_norm,
         positions,
         metrics: (!parts.is_empty()).then(|| PrefMetrics::mean(&parts)),
+        sync_s,
     })
 }
 
@@ -567,6 +585,7 @@ pub fn train_in(
             tokens_per_s: out.positions as f64 / t0.elapsed().as_secs_f64(),
             epoch: sampler.epoch_progress(),
             elapsed_s: started.elapsed().as_secs_f64(),
+            sync_s: out.sync_s,
             metrics: out.metrics,
         });
         // A stop asked of any process stops them all, after the same step.

@@ -443,6 +443,15 @@ impl TrainEngine {
         self.grads.par_chunks_mut(1 << 16).for_each(|g| g.fill(0.0));
     }
 
+    /// How far one micro-batch of `b × t` positions moves the dropout stream, as a difference of
+    /// [`Rng::state`] (0 without dropout): the processes of a data-parallel group each start their
+    /// micro-batch at its place in the stream one process would draw.
+    pub fn dropout_stride(&mut self, b: usize, t: usize) -> u64 {
+        let mut rng = Rng::new(0);
+        draw_masks(&self.model, &mut self.acts, &mut rng, b, t);
+        rng.state()
+    }
+
     /// Forward and backward of one micro-batch: returns its weighted mean cross-entropy (NaN when
     /// no position carries loss, and then no gradient) and adds `scale ×` its gradient to `grads`.
     /// Dropout masks come from `rng`, which moves past them as the oracle's forward moves it.

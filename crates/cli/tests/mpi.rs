@@ -1,0 +1,353 @@
+//! One training run over MPI processes (`mpirun -np 2 chatforge train …`), as a cluster user runs
+//! it: 2 processes with micro-batch B train exactly as 1 process accumulating 2 micro-batches of B
+//! (pre-training, SFT and LoRA); a run killed in one process, or as a whole, resumes from its last
+//! checkpoint with any number of processes and gives the same losses. Built with `--features mpi`
+//! (`.ci/run` runs it so); the default build refuses an MPI launch with a clear message.
+
+#![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use chatforge_testkit::root;
+
+fn chatforge(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_chatforge"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A tokenizer and the sample conversations' training and validation shards in `d`.
+fn shards(d: &Path) {
+    let sample = root().join("data/sample");
+    for args in [
+        vec!["data", "import", sample.to_str().unwrap(), "-o", "train.jsonl"],
+        vec![
+            "tokenizer",
+            "train",
+            "--vocab-size",
+            "600",
+            "--input",
+            "train.jsonl",
+            "-o",
+            "tok",
+        ],
+        vec![
+            "data",
+            "tokenize",
+            "train.jsonl",
+            "--tokenizer",
+            "tok",
+            "-o",
+            "train.bin",
+        ],
+        vec![
+            "data",
+            "tokenize",
+            "train.val.jsonl",
+            "--tokenizer",
+            "tok",
+            "-o",
+            "val.bin",
+        ],
+    ] {
+        ok(chatforge(&args, d), &args.join(" "));
+    }
+}
+
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_build_without_mpi_refuses_an_mpi_launch() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    shards(d);
+    for var in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_chatforge"))
+            .args([
+                "train",
+                "--data",
+                "train.bin",
+                "--mode",
+                "pretrain",
+                "--max-steps",
+                "2",
+                "-o",
+                "run",
+            ])
+            .env(var, "2")
+            .current_dir(d)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}: trained anyway");
+        assert!(
+            err.contains("built without MPI") && err.contains("--features mpi"),
+            "{var}: {err}"
+        );
+        assert!(
+            !d.join("run").exists(),
+            "{var}: the refused run wrote its directory"
+        );
+    }
+    // One process of a launcher (a batch script's own step) trains as usual.
+    let cfg = "[model]\nvocab_size = 0\nn_ctx = 16\nn_layer = 1\nn_head = 2\nn_embd = 16\n[train]\nmax_steps = 2\nbatch_size = 2\n";
+    std::fs::write(d.join("cfg.toml"), cfg).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chatforge"))
+        .args([
+            "train",
+            "--config",
+            "cfg.toml",
+            "--data",
+            "train.bin",
+            "--mode",
+            "pretrain",
+            "-o",
+            "run",
+        ])
+        .env("SLURM_STEP_NUM_TASKS", "1")
+        .current_dir(d)
+        .output()
+        .unwrap();
+    ok(out, "one process under Slurm");
+}
+
+#[cfg(feature = "mpi")]
+mod with_mpi {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::process::{Child, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// `mpirun -np n chatforge args…` (as root in CI, more processes than cores allowed, not
+    /// pinned to one core each).
+    fn mpirun(n: usize, args: &[&str], cwd: &Path) -> Command {
+        let mut c = Command::new("mpirun");
+        c.args([
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "--bind-to",
+            "none",
+            "-np",
+        ])
+        .arg(n.to_string())
+        .arg(env!("CARGO_BIN_EXE_chatforge"))
+        .args(args)
+        .current_dir(cwd);
+        c
+    }
+
+    /// step → loss, and step → validation loss, the last record of each.
+    fn curves(run: &Path) -> (BTreeMap<u64, f64>, BTreeMap<u64, f64>) {
+        let text = std::fs::read_to_string(run.join("logs.jsonl")).unwrap_or_default();
+        let (mut steps, mut evals) = (BTreeMap::new(), BTreeMap::new());
+        for v in text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        {
+            match v["event"].as_str() {
+                Some("step") => steps.insert(v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()),
+                Some("eval") => evals.insert(v["step"].as_u64().unwrap(), v["val_loss"].as_f64().unwrap()),
+                _ => None,
+            };
+        }
+        (steps, evals)
+    }
+
+    fn assert_same(a: &BTreeMap<u64, f64>, b: &BTreeMap<u64, f64>, what: &str) {
+        assert_eq!(
+            a.keys().collect::<Vec<_>>(),
+            b.keys().collect::<Vec<_>>(),
+            "{what}: steps"
+        );
+        for (s, (x, y)) in a.keys().zip(a.values().zip(b.values())) {
+            assert!(
+                (x - y).abs() <= 1e-5 * x.abs().max(1e-3),
+                "{what}: step {s}: {x} vs {y}"
+            );
+        }
+    }
+
+    const STEPS: u64 = 50;
+
+    /// The run's settings: micro-batches of 4 × 32 tokens, 256 tokens a step (one process
+    /// accumulates 2 micro-batches; each of 2 processes takes 1).
+    const CONFIG: &str = r#"
+[model]
+vocab_size = 0
+n_ctx = 32
+n_layer = 2
+n_head = 2
+n_embd = 32
+
+[train]
+max_steps = 50
+batch_size = 4
+tokens_per_step = 256
+lr = 3e-3
+warmup_steps = 5
+eval_every = 10
+checkpoint_every = 10
+seed = 5
+"#;
+
+    fn train_args<'a>(mode: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut a = vec![
+            "train",
+            "--config",
+            "cfg.toml",
+            "--data",
+            "train.bin",
+            "--val",
+            "val.bin",
+            "--mode",
+            mode,
+            "-o",
+            out,
+            "--no-eval",
+        ];
+        a.extend_from_slice(extra);
+        a
+    }
+
+    #[test]
+    fn two_processes_train_as_one_accumulating_two_micro_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        shards(d);
+        std::fs::write(d.join("cfg.toml"), CONFIG).unwrap();
+        let cases: [(&str, Vec<&str>); 3] = [
+            ("pretrain", vec![]),
+            ("sft", vec!["--init", "pretrain-1"]),
+            ("lora", vec!["--init", "pretrain-1", "--lora-rank", "4"]),
+        ];
+        for (mode, extra) in cases {
+            let (one, two) = (format!("{mode}-1"), format!("{mode}-2"));
+            ok(
+                chatforge(&train_args(mode, &one, &extra), d),
+                &format!("{mode}, 1 process"),
+            );
+            let out = ok(
+                mpirun(2, &train_args(mode, &two, &extra), d).output().unwrap(),
+                &format!("{mode}, 2 processes"),
+            );
+            assert!(out.contains("2 processes × 1 threads"), "{out}");
+            let ((s1, e1), (s2, e2)) = (curves(&d.join(&one)), curves(&d.join(&two)));
+            assert_eq!(s1.len(), STEPS as usize, "{mode}");
+            assert_same(&s1, &s2, &format!("{mode} training loss"));
+            assert_same(&e1, &e2, &format!("{mode} validation loss"));
+            let manifest: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(d.join(&two).join("manifest.json")).unwrap())
+                    .unwrap();
+            assert_eq!(manifest["processes"], 2, "{mode}");
+            assert_eq!(manifest["status"], "done", "{mode}");
+        }
+        // LoRA's adapter is written once, by process 0, in PEFT's layout.
+        assert!(d.join("lora-2/checkpoints").is_dir());
+    }
+
+    /// Waits until the run at `run` has logged `step`, while `child` runs.
+    fn wait_for_step(child: &mut Child, run: &Path, step: u64) {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while curves(run).0.keys().max().copied().unwrap_or(0) < step {
+            assert!(Instant::now() < deadline, "never reached step {step}");
+            assert!(child.try_wait().unwrap().is_none(), "ended before step {step}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The pids of the chatforge processes working in `cwd` whose MPI rank is `rank`.
+    fn rank_pids(rank: usize, cwd: &Path) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+                continue;
+            };
+            let exe = std::fs::read_link(entry.path().join("exe")).unwrap_or_default();
+            let mine = env
+                .split(|&b| b == 0)
+                .any(|v| v == format!("OMPI_COMM_WORLD_RANK={rank}").as_bytes());
+            let here = std::fs::read_link(entry.path().join("cwd")).is_ok_and(|c| c == cwd);
+            if mine && here && exe.file_name().is_some_and(|n| n == "chatforge") {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    #[test]
+    fn a_killed_process_ends_the_run_and_any_number_of_processes_resumes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        shards(d);
+        std::fs::write(d.join("cfg.toml"), CONFIG).unwrap();
+        let args = |out: &'static str| train_args("pretrain", out, &[]);
+        // The whole run in one process, as the reference.
+        ok(chatforge(&args("whole"), d), "the whole run");
+        let (want, want_eval) = curves(&d.join("whole"));
+
+        // 2 processes; process 1 is killed past step 15: the job ends with an error.
+        let mut child = mpirun(2, &args("killed"), d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_step(&mut child, &d.join("killed"), 15);
+        let pids = rank_pids(1, d);
+        assert_eq!(pids.len(), 1, "process 1 of the job");
+        for pid in pids {
+            Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success(), "the job went on without process 1");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("signal 9") || err.contains("Killed"),
+            "no clear error: {err}"
+        );
+        let checkpoints = std::fs::read_dir(d.join("killed/checkpoints")).unwrap().count();
+        assert!(checkpoints >= 1, "no checkpoint before the kill");
+
+        // One process resumes it and finishes with the losses of the run never killed.
+        let mut resume = args("killed");
+        resume.push("--resume");
+        ok(chatforge(&resume, d), "resume in 1 process");
+        let (got, got_eval) = curves(&d.join("killed"));
+        assert_same(&want, &got, "killed with 2, resumed with 1");
+        assert_same(&want_eval, &got_eval, "validation, killed with 2, resumed with 1");
+
+        // A 1-process run killed (mpirun's whole job, here the launcher itself) resumes in 2.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chatforge"))
+            .args(args("killed1"))
+            .current_dir(d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_step(&mut child, &d.join("killed1"), 25);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let mut resume = args("killed1");
+        resume.push("--resume");
+        ok(mpirun(2, &resume, d).output().unwrap(), "resume in 2 processes");
+        let (got, _) = curves(&d.join("killed1"));
+        assert_same(&want, &got, "killed with 1, resumed with 2");
+    }
+}
