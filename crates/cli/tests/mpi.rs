@@ -6,20 +6,14 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
 
-use std::path::Path;
 use std::process::{Command, Output};
 
-use chatforge_testkit::root;
+mod common;
 
-fn chatforge(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_chatforge"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap()
-}
+use common::sample_shards;
 
-fn ok(out: Output, what: &str) -> String {
+/// `what` (an `mpirun` job) succeeded: its standard output.
+fn succeeded(out: Output, what: &str) -> String {
     assert!(
         out.status.success(),
         "{what} failed:\n{}\n{}",
@@ -29,50 +23,12 @@ fn ok(out: Output, what: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// A tokenizer and the sample conversations' training and validation shards in `d`.
-fn shards(d: &Path) {
-    let sample = root().join("data/sample");
-    for args in [
-        vec!["data", "import", sample.to_str().unwrap(), "-o", "train.jsonl"],
-        vec![
-            "tokenizer",
-            "train",
-            "--vocab-size",
-            "600",
-            "--input",
-            "train.jsonl",
-            "-o",
-            "tok",
-        ],
-        vec![
-            "data",
-            "tokenize",
-            "train.jsonl",
-            "--tokenizer",
-            "tok",
-            "-o",
-            "train.bin",
-        ],
-        vec![
-            "data",
-            "tokenize",
-            "train.val.jsonl",
-            "--tokenizer",
-            "tok",
-            "-o",
-            "val.bin",
-        ],
-    ] {
-        ok(chatforge(&args, d), &args.join(" "));
-    }
-}
-
 #[cfg(not(feature = "mpi"))]
 #[test]
 fn a_build_without_mpi_refuses_an_mpi_launch() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    shards(d);
+    sample_shards(d, 600);
     for var in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"] {
         let out = Command::new(env!("CARGO_BIN_EXE_chatforge"))
             .args([
@@ -120,13 +76,15 @@ fn a_build_without_mpi_refuses_an_mpi_launch() {
         .current_dir(d)
         .output()
         .unwrap();
-    ok(out, "one process under Slurm");
+    succeeded(out, "one process under Slurm");
 }
 
 #[cfg(feature = "mpi")]
 mod with_mpi {
+    use super::common::ok;
     use super::*;
     use std::collections::BTreeMap;
+    use std::path::Path;
     use std::process::{Child, Stdio};
     use std::time::{Duration, Instant};
 
@@ -225,7 +183,7 @@ seed = 5
     fn two_processes_train_as_one_accumulating_two_micro_batches() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        shards(d);
+        sample_shards(d, 600);
         std::fs::write(d.join("cfg.toml"), CONFIG).unwrap();
         let cases: [(&str, Vec<&str>); 3] = [
             ("pretrain", vec![]),
@@ -234,11 +192,8 @@ seed = 5
         ];
         for (mode, extra) in cases {
             let (one, two) = (format!("{mode}-1"), format!("{mode}-2"));
-            ok(
-                chatforge(&train_args(mode, &one, &extra), d),
-                &format!("{mode}, 1 process"),
-            );
-            let out = ok(
+            ok(&train_args(mode, &one, &extra), d, None);
+            let out = succeeded(
                 mpirun(2, &train_args(mode, &two, &extra), d).output().unwrap(),
                 &format!("{mode}, 2 processes"),
             );
@@ -293,11 +248,11 @@ seed = 5
     fn a_killed_process_ends_the_run_and_any_number_of_processes_resumes_it() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        shards(d);
+        sample_shards(d, 600);
         std::fs::write(d.join("cfg.toml"), CONFIG).unwrap();
         let args = |out: &'static str| train_args("pretrain", out, &[]);
         // The whole run in one process, as the reference.
-        ok(chatforge(&args("whole"), d), "the whole run");
+        ok(&args("whole"), d, None);
         let (want, want_eval) = curves(&d.join("whole"));
 
         // 2 processes; process 1 is killed past step 15: the job ends with an error.
@@ -328,7 +283,7 @@ seed = 5
         // One process resumes it and finishes with the losses of the run never killed.
         let mut resume = args("killed");
         resume.push("--resume");
-        ok(chatforge(&resume, d), "resume in 1 process");
+        ok(&resume, d, None);
         let (got, got_eval) = curves(&d.join("killed"));
         assert_same(&want, &got, "killed with 2, resumed with 1");
         assert_same(&want_eval, &got_eval, "validation, killed with 2, resumed with 1");
@@ -346,7 +301,7 @@ seed = 5
         child.wait().unwrap();
         let mut resume = args("killed1");
         resume.push("--resume");
-        ok(mpirun(2, &resume, d).output().unwrap(), "resume in 2 processes");
+        succeeded(mpirun(2, &resume, d).output().unwrap(), "resume in 2 processes");
         let (got, _) = curves(&d.join("killed1"));
         assert_same(&want, &got, "killed with 1, resumed with 2");
     }

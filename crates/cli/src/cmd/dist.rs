@@ -10,7 +10,7 @@ use chatforge_pipeline::{TrainJob, evaluate_run, prepare, prepared};
 use chatforge_run::RunDir;
 use chatforge_train::{Group, TrainConfig};
 
-use super::train::{TrainArgs, report_metrics, reporter, set_threads};
+use super::train::{TrainArgs, print_summary, report_metrics, reporter, set_threads};
 
 pub fn run(args: &TrainArgs, cfg: &TrainConfig) -> anyhow::Result<()> {
     let world = World::init().context("MPI was initialised already")?;
@@ -56,14 +56,7 @@ fn train(args: &TrainArgs, cfg: &TrainConfig, world: &World) -> anyhow::Result<(
         rayon::current_num_threads()
     );
     let summary = chatforge_train::train_in(&config, &args.out, args.resume, &mut reporter(), &stop, world)?;
-    say!(
-        "{} steps in {:.1} s; last training loss {}, best validation loss {}; run in {}",
-        summary.steps,
-        summary.seconds,
-        summary.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
-        summary.best_val_loss.map_or("-".into(), |l| format!("{l:.4}")),
-        args.out.display()
-    );
+    print_summary(&summary, &args.out);
     if !args.no_eval && config.train.val.is_some() {
         match evaluate_run(&config, &args.out) {
             Ok(m) => report_metrics(&args.out, &m),

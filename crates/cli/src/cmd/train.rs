@@ -273,15 +273,7 @@ pub fn run_training(
     let outcome = train_run(&job, out, resume, evaluate, &mut report, &AtomicBool::new(false));
     crate::purge_freed_memory(false);
     let outcome = outcome?;
-    let summary = &outcome.summary;
-    say!(
-        "{} steps in {:.1} s; last training loss {}, best validation loss {}; run in {}",
-        summary.steps,
-        summary.seconds,
-        summary.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
-        summary.best_val_loss.map_or("-".into(), |l| format!("{l:.4}")),
-        out.display()
-    );
+    print_summary(&outcome.summary, out);
     if let Some(m) = &outcome.metrics {
         say!("\nevaluation of the best checkpoint:");
         report_metrics(out, m);
@@ -299,6 +291,18 @@ pub fn run_training(
         eprintln!("warning: no sample replies: {e:#}");
     }
     Ok(outcome)
+}
+
+/// The line that ends a run: steps, time, losses, where it is.
+pub fn print_summary(summary: &chatforge_train::TrainSummary, out: &Path) {
+    say!(
+        "{} steps in {:.1} s; last training loss {}, best validation loss {}; run in {}",
+        summary.steps,
+        summary.seconds,
+        summary.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        summary.best_val_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        out.display()
+    );
 }
 
 /// After preference tuning: the starting model's and the tuned model's greedy replies to the

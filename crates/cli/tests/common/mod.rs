@@ -124,58 +124,53 @@ checkpoint_every = 30
 seed = 3
 "#;
 
+/// In `d`: the sample conversations (`train.jsonl`, `train.val.jsonl`), a tokenizer of `vocab`
+/// tokens trained on them (`tok`) and their shards (`train.bin`, `val.bin`).
+pub fn sample_shards(d: &Path, vocab: usize) {
+    let sample = root().join("data/sample");
+    let vocab = vocab.to_string();
+    for args in [
+        vec!["data", "import", sample.to_str().unwrap(), "-o", "train.jsonl"],
+        vec![
+            "tokenizer",
+            "train",
+            "--vocab-size",
+            &vocab,
+            "--input",
+            "train.jsonl",
+            "-o",
+            "tok",
+        ],
+        vec![
+            "data",
+            "tokenize",
+            "train.jsonl",
+            "--tokenizer",
+            "tok",
+            "-o",
+            "train.bin",
+        ],
+        vec![
+            "data",
+            "tokenize",
+            "train.val.jsonl",
+            "--tokenizer",
+            "tok",
+            "-o",
+            "val.bin",
+        ],
+    ] {
+        ok(&args, d, None);
+    }
+}
+
 /// A trained run shared by the tests of this file: (directory, run path).
 pub fn trained() -> &'static (tempfile::TempDir, PathBuf) {
     static RUN: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     RUN.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let sample = root().join("data/sample");
-        ok(
-            &["data", "import", sample.to_str().unwrap(), "-o", "train.jsonl"],
-            d,
-            None,
-        );
-        ok(
-            &[
-                "tokenizer",
-                "train",
-                "--vocab-size",
-                "500",
-                "--input",
-                "train.jsonl",
-                "-o",
-                "tok",
-            ],
-            d,
-            None,
-        );
-        ok(
-            &[
-                "data",
-                "tokenize",
-                "train.jsonl",
-                "--tokenizer",
-                "tok",
-                "-o",
-                "train.bin",
-            ],
-            d,
-            None,
-        );
-        ok(
-            &[
-                "data",
-                "tokenize",
-                "train.val.jsonl",
-                "--tokenizer",
-                "tok",
-                "-o",
-                "val.bin",
-            ],
-            d,
-            None,
-        );
+        sample_shards(d, 500);
         std::fs::write(d.join("cfg.toml"), CONFIG).unwrap();
         let out = ok(
             &[
