@@ -76,7 +76,12 @@ enum Command {
     Bench(chatforge_bench::BenchCommand),
     /// One job of the service, in its own process (started by a worker; speaks JSON lines)
     #[command(name = "__job", hide = true)]
-    Job,
+    Job {
+        /// The job, for a job of several processes (through the MPI launcher, which gives
+        /// stdin to the first only); otherwise the first line of stdin
+        #[arg(long)]
+        start: Option<String>,
+    },
 }
 
 /// mimalloc's `mi_option_purge_delay`: the option just before `mi_option_use_numa_nodes` in
@@ -144,9 +149,9 @@ fn run() -> anyhow::Result<()> {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Pipeline(a) => cmd::pipeline::run(a),
         Command::Bench(c) => chatforge_bench::run(c, purge_freed_memory),
-        Command::Job => {
+        Command::Job { start } => {
             // The result went to the worker on stdout; the exit status only repeats it.
-            if !chatforge_serve::task::run_child(cmd::interrupt_flag()) {
+            if !cmd::job(start.as_deref()) {
                 std::process::exit(1);
             }
             Ok(())

@@ -79,6 +79,43 @@ fn a_build_without_mpi_refuses_an_mpi_launch() {
     succeeded(out, "one process under Slurm");
 }
 
+/// A service without an MPI launcher refuses a train request for several processes, with a JSON
+/// error that says what to set; one process is the default.
+#[test]
+fn the_service_refuses_processes_it_cannot_launch() {
+    use common::service::*;
+    let d = data_root();
+    let root = d.path().join("root");
+    let port = free_port();
+    let _server = serve(&root, port, 0, &[], &[]);
+    let mut body = train_body("data/train.jsonl", 4, 2);
+    body["processes"] = serde_json::json!(2);
+    let r = post(port, "/runs/train", &body);
+    assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
+    let msg = r.json()["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        msg.contains("processes") && msg.contains("worker.mpi_launcher"),
+        "{}",
+        r.json()
+    );
+    body["processes"] = serde_json::json!(0);
+    assert_eq!(post(port, "/runs/train", &body).status, 422);
+    // A launcher without the bound's raise, or a bound without a launcher, is a configuration
+    // error at start.
+    let out = Command::new(env!("CARGO_BIN_EXE_chatforge"))
+        .args(["serve", "--data-root"])
+        .arg(&root)
+        .env("CHATFORGE__WORKER__MAX_PROCESSES", "2")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("worker.mpi_launcher"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[cfg(feature = "mpi")]
 mod with_mpi {
     use super::common::ok;
@@ -304,5 +341,131 @@ seed = 5
         succeeded(mpirun(2, &resume, d).output().unwrap(), "resume in 2 processes");
         let (got, _) = curves(&d.join("killed1"));
         assert_same(&want, &got, "killed with 1, resumed with 2");
+    }
+
+    /// The chatforge job processes (`chatforge __job`, not their launcher) of the service whose
+    /// data root is `root`.
+    fn job_processes(root: &Path) -> Vec<u32> {
+        let root = root.to_string_lossy();
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            let exe = std::fs::read_link(entry.path().join("exe")).unwrap_or_default();
+            let ours = String::from_utf8_lossy(&cmdline).contains(root.as_ref());
+            if ours && args.contains(&&b"__job"[..]) && exe.file_name().is_some_and(|n| n == "chatforge") {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// A train request asking for 2 processes: the worker launches them through `mpirun`, and
+    /// the run trains as one process accumulating 2 micro-batches; the run's status follows it;
+    /// a cancelled job of 2 processes stops both, with a checkpoint.
+    #[test]
+    fn the_service_runs_a_train_job_of_two_processes() {
+        use crate::common::service::*;
+        let d = data_root();
+        let root = d.path().join("root");
+        let port = free_port();
+        let launcher = "mpirun --allow-run-as-root --oversubscribe --bind-to none";
+        let _server = serve(
+            &root,
+            port,
+            1,
+            &[],
+            &[
+                ("CHATFORGE__WORKER__MPI_LAUNCHER", launcher),
+                ("CHATFORGE__WORKER__MAX_PROCESSES", "2"),
+            ],
+        );
+        let tok = tokenizer(port);
+        let body = |processes: u64, steps: u64| {
+            let mut b = train_body(&tok, steps, 10);
+            b["train"]["tokens_per_step"] = serde_json::json!(8 * 64 * 2);
+            b["processes"] = serde_json::json!(processes);
+            b
+        };
+        let submit = |b: &serde_json::Value| {
+            let r = post(port, "/runs/train", b);
+            assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+            r.json()["run_id"].as_str().unwrap().to_string()
+        };
+        let one = submit(&body(1, 20));
+        let st = wait_state(port, &one, &["succeeded", "failed"], 300);
+        assert_eq!(st["state"], "succeeded", "{st}");
+        let two = submit(&body(2, 20));
+        let st = wait_state(port, &two, &["succeeded", "failed"], 300);
+        assert_eq!(st["state"], "succeeded", "{st}");
+        assert_eq!(st["progress"]["step"], 20, "{st}");
+        let (run1, run2) = (root.join("runs").join(&one), root.join("runs").join(&two));
+        let ((s1, e1), (s2, e2)) = (curves(&run1), curves(&run2));
+        assert_eq!(s1.len(), 20);
+        assert_same(&s1, &s2, "service: training loss, 1 and 2 processes");
+        assert_same(&e1, &e2, "service: validation loss, 1 and 2 processes");
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run2.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["processes"], 2);
+        // Process 1 killed mid-run: the attempt fails, and the next resumes from the last
+        // checkpoint with 2 processes again, to the losses of the run never killed.
+        let killed = submit(&body(2, 60));
+        let run = root.join("runs").join(&killed);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while curves(&run).0.keys().max().copied().unwrap_or(0) < 12 {
+            assert!(Instant::now() < deadline, "the 2-process job never trained");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let rank1: Vec<u32> = job_processes(&root)
+            .into_iter()
+            .filter(|pid| {
+                let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                env.split(|&b| b == 0).any(|v| v == b"OMPI_COMM_WORLD_RANK=1")
+            })
+            .collect();
+        assert_eq!(rank1.len(), 1, "process 1 of the job");
+        Command::new("kill")
+            .args(["-KILL", &rank1[0].to_string()])
+            .status()
+            .unwrap();
+        let st = wait_state(port, &killed, &["succeeded", "failed"], 300);
+        assert_eq!(st["state"], "succeeded", "{st}");
+        assert_eq!(st["attempts"], 2, "{st}");
+        let reference = submit(&body(1, 60));
+        let st = wait_state(port, &reference, &["succeeded", "failed"], 300);
+        assert_eq!(st["state"], "succeeded", "{st}");
+        let (want, got) = (curves(&root.join("runs").join(&reference)), curves(&run));
+        assert_same(&want.0, &got.0, "service: killed in 2 processes, resumed in 2");
+        assert_same(&want.1, &got.1, "service: validation, killed and resumed");
+
+        // More than the bound is refused.
+        let r = post(port, "/runs/train", &body(3, 20));
+        assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
+
+        // Cancelled mid-run: both processes stop, the run keeps a checkpoint, resume finishes it.
+        let long = submit(&body(2, 2000));
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while curves(&root.join("runs").join(&long)).0.len() < 3 {
+            assert!(Instant::now() < deadline, "the 2-process job never trained");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(job_processes(&root).len(), 2, "two job processes");
+        let r = post(port, &format!("/runs/{long}/cancel"), &serde_json::json!({}));
+        assert!(r.status < 300, "{}", String::from_utf8_lossy(&r.body));
+        let st = wait_state(port, &long, &["cancelled", "failed"], 120);
+        assert_eq!(st["state"], "cancelled", "{st}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !job_processes(&root).is_empty() {
+            assert!(Instant::now() < deadline, "job processes left behind");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let checkpoints = root.join("runs").join(&long).join("checkpoints");
+        assert!(
+            std::fs::read_dir(&checkpoints).unwrap().count() >= 1,
+            "no checkpoint"
+        );
     }
 }

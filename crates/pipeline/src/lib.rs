@@ -247,14 +247,39 @@ pub fn train_run(
     on_event: &mut dyn FnMut(&Event),
     stop: &AtomicBool,
 ) -> Result<Outcome> {
+    train_run_in(job, run, resume, evaluate, on_event, stop, &chatforge_train::Solo)
+}
+
+/// [`train_run`] as one process of `group` (MPI, docs/scaling.md): process 0 prepares the run
+/// directory while the others wait, then all train; process 0 alone evaluates.
+pub fn train_run_in(
+    job: &TrainJob,
+    run: &Path,
+    resume: Resume,
+    evaluate: bool,
+    on_event: &mut dyn FnMut(&Event),
+    stop: &AtomicBool,
+    group: &dyn chatforge_train::Group,
+) -> Result<Outcome> {
     let dir = RunDir::new(run);
+    // Decided by each process before any of them writes.
     let resume = match resume {
         Resume::No => false,
         Resume::Yes => true,
         Resume::IfCheckpoints => dir.checkpoints().is_dir(),
     };
-    let config = prepare(job, &dir, resume)?;
-    let summary = chatforge_train::train(&config, run, resume, on_event, stop)?;
+    let config = if group.rank() == 0 {
+        let config = prepare(job, &dir, resume);
+        // The others wait for the shards whether or not they could be made (they then fail to
+        // find them, and the job ends with process 0's error).
+        group.barrier();
+        config?
+    } else {
+        group.barrier();
+        prepared(job, &dir)?
+    };
+    let summary = chatforge_train::train_in(&config, run, resume, on_event, stop, group)?;
+    let evaluate = evaluate && group.rank() == 0;
     let (metrics, eval_error) = if evaluate {
         match evaluate_run(&config, run) {
             Ok(m) => (Some(m), None),

@@ -92,6 +92,25 @@ pub struct WorkerConfig {
     /// A job asked to stop (cancel, timeout, shutdown) that is still running after this long is
     /// killed; it resumes from its last checkpoint.
     pub stop_grace_s: f64,
+    /// The MPI launcher a train job of several processes is started with, before `-n N
+    /// chatforge __job` (e.g. `mpirun --bind-to none`, or `srun --mpi=pmix` inside an
+    /// allocation); needs a chatforge built with `--features mpi` (docs/scaling.md).
+    pub mpi_launcher: Option<String>,
+    /// The most processes a train request may ask for (`processes`); more than 1 needs
+    /// `mpi_launcher`.
+    pub max_processes: usize,
+}
+
+impl WorkerConfig {
+    /// `mpi_launcher` as a program and its arguments (empty when unset).
+    pub fn mpi_launcher(&self) -> Vec<String> {
+        self.mpi_launcher
+            .as_deref()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
 }
 
 impl Default for ServeConfig {
@@ -150,6 +169,8 @@ impl Default for WorkerConfig {
             job_timeout_s: None,
             isolate: true,
             stop_grace_s: 120.0,
+            mpi_launcher: None,
+            max_processes: 1,
         }
     }
 }
@@ -300,6 +321,12 @@ impl ServeConfig {
                 "worker.lease_s ({}) must exceed worker.heartbeat_s ({}) > 0, and poll_s, stop_grace_s > 0",
                 w.lease_s, w.heartbeat_s
             )));
+        }
+        if w.max_processes == 0 || (w.max_processes > 1 && (w.mpi_launcher().is_empty() || !w.isolate)) {
+            return Err(Error::Config(
+                "worker.max_processes: at least 1; more than 1 needs worker.mpi_launcher and worker.isolate"
+                    .into(),
+            ));
         }
         let named = |q: &str| {
             !q.is_empty()

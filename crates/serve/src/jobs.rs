@@ -79,6 +79,10 @@ pub struct TrainRequest {
     /// Per-job time limit, seconds.
     #[serde(default)]
     pub timeout_s: Option<f64>,
+    /// Processes that train the run together over MPI [default: 1]; up to `worker.max_processes`
+    /// (docs/scaling.md).
+    #[serde(default)]
+    pub processes: Option<usize>,
 }
 
 /// What a worker runs: the resolved spec, stored with the job.
@@ -96,6 +100,9 @@ pub enum Spec {
     Train {
         config: Box<TrainConfig>,
         tokenizer: Option<PathBuf>,
+        /// Over MPI when more than one.
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        processes: usize,
     },
     /// Evaluates a run's best checkpoint into `runs/<run>/eval/metrics.json`.
     Evaluate { run: String },
@@ -153,7 +160,23 @@ impl ExportRequest {
     }
 }
 
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
 impl Spec {
+    /// How many processes run the job.
+    pub fn processes(&self) -> usize {
+        match self {
+            Spec::Train { processes, .. } => *processes,
+            _ => 1,
+        }
+    }
+
     pub fn kind(&self) -> JobKind {
         match self {
             Spec::Tokenizer { .. } => JobKind::Tokenizer,
@@ -221,7 +244,8 @@ impl TokenizerRequest {
 }
 
 impl TrainRequest {
-    pub fn resolve(&self, root: &Path) -> Result<Spec> {
+    /// The spec of the job, with paths inside `root`; `max_processes` is the worker's bound.
+    pub fn resolve(&self, root: &Path, max_processes: usize) -> Result<Spec> {
         // The defaults are the CLI's (one table: `TrainConfig::default()`); the request overrides.
         let mut cfg = TrainConfig {
             model: self.model.clone().unwrap_or_default(),
@@ -265,6 +289,21 @@ impl TrainRequest {
             && (s.is_nan() || s <= 0.0)
         {
             return Err(Error::Invalid("timeout_s: must be positive".into()));
+        }
+        let processes = self.processes.unwrap_or(1);
+        if processes == 0 || processes > max_processes {
+            return Err(Error::Invalid(match max_processes {
+                1 => format!(
+                    "processes: {processes}, but this service trains each run in one process \
+                     (set worker.mpi_launcher and worker.max_processes; docs/scaling.md)"
+                ),
+                n => format!("processes: {processes} is outside 1..={n} (worker.max_processes)"),
+            }));
+        }
+        if processes > 1 && cfg.train.mode.pairs() {
+            return Err(Error::Invalid(
+                "processes: preference tuning runs in one process".into(),
+            ));
         }
         let tokenizer = match self.tokenizer.as_deref() {
             None => None,
@@ -311,6 +350,7 @@ impl TrainRequest {
         Ok(Spec::Train {
             config: Box::new(cfg),
             tokenizer,
+            processes,
         })
     }
 }
@@ -395,7 +435,15 @@ pub fn execute(
     root: &Path,
     stop: &AtomicBool,
     progress: &Mutex<Progress>,
+    group: &dyn chatforge_train::Group,
 ) -> Result<()> {
+    if group.size() != spec.processes() {
+        return Err(Error::Invalid(format!(
+            "the job is for {} processes, and {} were started",
+            spec.processes(),
+            group.size()
+        )));
+    }
     match spec {
         Spec::Tokenizer {
             inputs,
@@ -447,7 +495,9 @@ pub fn execute(
             result.map_err(|e| Error::Invalid(format!("tokenizer training failed: {e}")))?;
             Ok(())
         }
-        Spec::Train { config, tokenizer } => {
+        Spec::Train {
+            config, tokenizer, ..
+        } => {
             let run = root.join("runs").join(target);
             let mut job = chatforge_pipeline::TrainJob {
                 config: (**config).clone(),
@@ -466,7 +516,7 @@ pub fn execute(
             // A run that has a checkpoint (an earlier attempt, killed or cancelled) continues
             // from it; evaluation is a job of its own (`POST /runs/{id}/evaluate`).
             let resume = chatforge_pipeline::Resume::IfCheckpoints;
-            chatforge_pipeline::train_run(&job, &run, resume, false, &mut on_event, stop)
+            chatforge_pipeline::train_run_in(&job, &run, resume, false, &mut on_event, stop, group)
                 .map_err(|e| Error::Invalid(format!("training failed: {e}")))?;
             Ok(())
         }

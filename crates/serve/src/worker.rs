@@ -71,7 +71,14 @@ impl Worker {
             self.record(&job.id, &Outcome::Failed("the job's spec is unreadable".into()));
             return;
         };
-        let mut task = match Task::start(&self.isolation, spec, &job.target, &self.cfg.data_root, &progress) {
+        let mut task = match Task::start(
+            &self.isolation,
+            &self.cfg.worker.mpi_launcher(),
+            spec,
+            &job.target,
+            &self.cfg.data_root,
+            &progress,
+        ) {
             Ok(t) => t,
             Err(e) => {
                 log::error(

@@ -6,8 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use chatforge_mpi::World;
-use chatforge_pipeline::{TrainJob, evaluate_run, prepare, prepared};
-use chatforge_run::RunDir;
+use chatforge_pipeline::{Resume, TrainJob, train_run_in};
 use chatforge_train::{Group, TrainConfig};
 
 use super::train::{TrainArgs, print_summary, report_metrics, reporter, set_threads};
@@ -29,25 +28,17 @@ fn train(args: &TrainArgs, cfg: &TrainConfig, world: &World) -> anyhow::Result<(
         "--persona-strategy trains one run per persona: run it in one process"
     );
     if args.threads.is_none() {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        set_threads((cores / world.local_size()).max(1))?;
+        default_threads(world)?;
     }
     let job = TrainJob {
         config: cfg.clone(),
         tokenizer: args.tokenizer.clone(),
     };
-    let dir = RunDir::new(&args.out);
-    let config = if world.rank() == 0 {
-        let config = prepare(&job, &dir, args.resume)?;
-        world.barrier();
-        config
-    } else {
-        world.barrier();
-        prepared(&job, &dir)?
-    };
+    let resume = if args.resume { Resume::Yes } else { Resume::No };
     let stop = AtomicBool::new(false);
+    let evaluate = !args.no_eval && cfg.train.val.is_some();
     if world.rank() != 0 {
-        chatforge_train::train_in(&config, &args.out, args.resume, &mut |_| {}, &stop, world)?;
+        train_run_in(&job, &args.out, resume, false, &mut |_| {}, &stop, world)?;
         return Ok(());
     }
     say!(
@@ -55,13 +46,37 @@ fn train(args: &TrainArgs, cfg: &TrainConfig, world: &World) -> anyhow::Result<(
         world.size(),
         rayon::current_num_threads()
     );
-    let summary = chatforge_train::train_in(&config, &args.out, args.resume, &mut reporter(), &stop, world)?;
-    print_summary(&summary, &args.out);
-    if !args.no_eval && config.train.val.is_some() {
-        match evaluate_run(&config, &args.out) {
-            Ok(m) => report_metrics(&args.out, &m),
-            Err(e) => eprintln!("warning: no evaluation: {e}"),
-        }
+    let outcome = train_run_in(&job, &args.out, resume, evaluate, &mut reporter(), &stop, world)?;
+    print_summary(&outcome.summary, &args.out);
+    if let Some(m) = &outcome.metrics {
+        report_metrics(&args.out, m);
+    }
+    if let Some(e) = &outcome.eval_error {
+        eprintln!("warning: no evaluation: {e}");
     }
     Ok(())
+}
+
+/// The machine's cores shared out among this job's processes on it.
+fn default_threads(world: &World) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    set_threads((cores / world.local_size()).max(1))
+}
+
+/// `chatforge __job` started by a worker through `mpirun` for a train job that asks for several
+/// processes: every process runs the job as one of the group; process 0 speaks to the worker.
+pub fn job(start: Option<&str>, stop: &'static AtomicBool) -> bool {
+    let world = match World::init() {
+        Some(w) => w,
+        None => return false,
+    };
+    if let Err(e) = default_threads(&world) {
+        eprintln!("error: {e:#}");
+    }
+    let ok = chatforge_serve::task::run_child(stop, start, &world);
+    if !ok && world.size() > 1 {
+        // The others would wait for this process at the next all-reduce.
+        world.abort(1);
+    }
+    ok
 }

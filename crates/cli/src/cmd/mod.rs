@@ -206,3 +206,19 @@ where
 {
     s.parse().map_err(|e: T::Err| e.to_string())
 }
+
+/// `chatforge __job`: one job of the service, in this process (a worker started it), or as one
+/// of the processes of an MPI launch the worker made for a train job. Whether it succeeded.
+pub fn job(start: Option<&str>) -> bool {
+    let stop = interrupt_flag();
+    match chatforge_mpi::launched_size() {
+        None => chatforge_serve::task::run_child(stop, start, &chatforge_train::Solo),
+        #[cfg(feature = "mpi")]
+        Some(_) => dist::job(start, stop),
+        #[cfg(not(feature = "mpi"))]
+        Some(n) => {
+            chatforge_serve::task::report_failure(chatforge_mpi::refusal(n));
+            false
+        }
+    }
+}

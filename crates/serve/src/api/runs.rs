@@ -40,7 +40,8 @@ pub fn router() -> Router<AppState> {
 async fn train_run(State(st): State<AppState>, JsonBody(req): JsonBody<TrainRequest>) -> ApiResult<Response> {
     let root = st.cfg.data_root.clone();
     let timeout_s = req.timeout_s;
-    let spec = off_thread(move || req.resolve(&root).map_err(|e| scrubbed(e, &root))).await?;
+    let max = st.cfg.worker.max_processes;
+    let spec = off_thread(move || req.resolve(&root, max).map_err(|e| scrubbed(e, &root))).await?;
     let job = enqueue(&st, spec, timeout_s).await?;
     Ok((
         StatusCode::ACCEPTED,
