@@ -18,4 +18,11 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.requirements.sha256" 2>/dev/n
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req" >&2
   echo "$want" > "$venv/.requirements.sha256"
 fi
+# The Python package's build and test tools, added to the venv when they change.
+pkg="$here/requirements-package.txt"
+want_pkg=$(sha256sum "$pkg" | cut -d' ' -f1)
+if [ "$(cat "$venv/.package-requirements.sha256" 2>/dev/null)" != "$want_pkg" ]; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$pkg" >&2
+  echo "$want_pkg" > "$venv/.package-requirements.sha256"
+fi
 echo "$venv/bin/python"

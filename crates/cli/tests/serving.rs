@@ -224,10 +224,30 @@ fn a_model_that_loads_answers_503_then_its_queue_is_bounded() {
         let body = ask("llama", None, "Tell me everything.", 400, false).to_string();
         send_raw(port, &body)
     };
+    // Each is waited for in the metrics (decoding, then queued), not for a fixed time: a busy
+    // machine may take longer to admit them.
+    let gauge = |name: &str| {
+        let m = String::from_utf8(get(port, "/metrics").body).unwrap();
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{model=\"llama\"}} ")))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let until = |what: &str, ok: &dyn Fn() -> bool| {
+        let t0 = std::time::Instant::now();
+        while !ok() {
+            assert!(t0.elapsed().as_secs() < 30, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
     let first = long(port);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    until("the first reply never decoded", &|| {
+        gauge("chatforge_running_sequences") == 1
+    });
     let second = long(port);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    until("the second reply never queued", &|| {
+        gauge("chatforge_queue_depth") == 1
+    });
     let r = post(port, "/v1/chat/completions", &ask("llama", None, "Hi", 3, false));
     assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["error"]["type"], "rate_limit_error");

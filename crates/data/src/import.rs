@@ -54,6 +54,21 @@ pub struct FileReport {
     pub first_errors: Vec<String>,
 }
 
+/// The share of conversations `data import` holds out for validation by default.
+pub const VAL_SPLIT: f64 = 0.05;
+
+/// The seed of `data import`'s validation split by default.
+pub const SPLIT_SEED: u64 = 7;
+
+/// Where `data import` writes the validation split of `out`: `x.jsonl` → `x.val.jsonl`.
+pub fn val_path_for(out: &Path) -> PathBuf {
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    out.with_file_name(format!("{stem}.val.jsonl"))
+}
+
 /// What `data import` writes beside an output made from a chat export: `<output>.import.json`,
 /// the [`ChatExportReport`] (consent applied, threads, what was dropped), which the studio shows.
 pub const IMPORT_REPORT_SUFFIX: &str = ".import.json";

@@ -24,8 +24,8 @@ pub use conversation::{Conversation, Message, Role, domain_tag};
 pub use error::{Error, Pos, Result};
 pub use formats::{Container, DataFormat, Detected, FieldMap, FileRead, ReadOptions, read_file, read_rows};
 pub use import::{
-    FileReport, IMPORT_REPORT_SUFFIX, ImportOptions, ImportReport, collect_inputs, import,
-    import_report_path, split,
+    FileReport, IMPORT_REPORT_SUFFIX, ImportOptions, ImportReport, SPLIT_SEED, VAL_SPLIT, collect_inputs,
+    import, import_report_path, split, val_path_for,
 };
 pub use io::{
     ContentHash, atomic_dir, atomic_write, clear_leftovers, parse_jsonl_line, read_capped, read_jsonl,

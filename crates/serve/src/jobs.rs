@@ -237,8 +237,12 @@ impl TokenizerRequest {
                 .transpose()?,
             kind,
             vocab_size: self.vocab_size,
-            min_frequency: self.min_frequency.unwrap_or(2),
-            seed: self.seed.unwrap_or(1337),
+            min_frequency: self
+                .min_frequency
+                .unwrap_or(chatforge_tokenizer::TrainOptions::default().min_frequency),
+            seed: self
+                .seed
+                .unwrap_or(chatforge_tokenizer::TrainOptions::default().seed),
         })
     }
 }

@@ -51,10 +51,10 @@ pub struct ImportArgs {
     #[arg(long)]
     pub val_out: Option<PathBuf>,
     /// Fraction held out for validation; 0 writes no validation file
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = chatforge_data::VAL_SPLIT)]
     pub val_split: f64,
     /// Seed of the validation split
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = chatforge_data::SPLIT_SEED)]
     pub seed: u64,
     /// Force the record format instead of detecting it
     #[arg(long, value_parser = super::parse::<DataFormat>, help = format!("Force the record format: {}", DataFormat::NAMES))]
@@ -231,15 +231,6 @@ pub fn load_tokenizer(path: &Path) -> anyhow::Result<ChatTokenizer> {
     ChatTokenizer::load(&path).context("loading the tokenizer")
 }
 
-/// `x.jsonl` → `x.val.jsonl`.
-pub fn val_path_for(out: &Path) -> PathBuf {
-    let stem = out
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    out.with_file_name(format!("{stem}.val.jsonl"))
-}
-
 /// Inputs with each `hf://datasets/…` address replaced by the split's files, fetched into the
 /// Hugging Face cache.
 fn hub_datasets(inputs: &[PathBuf], split: &str, revision: Option<&str>) -> anyhow::Result<Vec<PathBuf>> {
@@ -349,7 +340,10 @@ pub fn import_cmd(args: &ImportArgs) -> anyhow::Result<()> {
         })?;
     }
     if args.val_split > 0.0 {
-        let val_out = args.val_out.clone().unwrap_or_else(|| val_path_for(&args.out));
+        let val_out = args
+            .val_out
+            .clone()
+            .unwrap_or_else(|| chatforge_data::val_path_for(&args.out));
         write_jsonl(&val_out, &val)?;
         say!(
             "wrote {} validation {what} to {} (seed {})",
