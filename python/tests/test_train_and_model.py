@@ -217,3 +217,21 @@ def test_the_quickstart_example_runs(tmp_path: Path) -> None:
     assert (tmp_path / "q" / "export-hf" / "config.json").is_file()
     assert any((tmp_path / "q" / "export-gguf").glob("*.gguf"))
     assert json.loads((tmp_path / "q" / "chat" / "manifest.json").read_text())["config"]["train"]["mode"] == "sft"
+
+
+def test_a_model_by_hub_id() -> None:
+    """A Llama-family model by Hub id (fetched from the fixture Hub the harness serves), decoding
+    as the same folder loaded locally, through its own chat template."""
+    import os
+
+    repo = os.environ.get("CHATFORGE_TEST_HUB_MODEL")
+    if not repo:
+        pytest.skip("no fixture Hub (crates/cli/tests/python.rs serves one)")
+    hub = chatforge.Model.load(repo)
+    local = chatforge.Model.load(os.environ["CHATFORGE_TEST_HUB_FOLDER"])
+    assert hub.info["chat"]
+    greedy = {"temperature": 0, "max_new_tokens": 6}
+    assert hub.chat("Hi", **greedy) == local.chat("Hi", **greedy)
+    assert hub.tokenizer.encode("Hello world") == local.tokenizer.encode("Hello world")
+    with pytest.raises(chatforge.ChatforgeError, match="not-there"):
+        chatforge.Model.load("HuggingFaceTB/not-there")

@@ -1,13 +1,19 @@
 //! The Python package (`python/`): built with maturin into the reference venv, then its pytest
 //! suite (`python/tests`), which also compares runs, imports and error messages with this build's
-//! `chatforge` binary.
+//! `chatforge` binary, and loads a Llama-family model by Hub id from a fixture Hub.
 
 #![allow(clippy::unwrap_used)] // tests: a failure should panic with its message
 
 use std::path::Path;
 use std::process::Command;
 
+use chatforge_testkit::hub::FixtureHub;
 use chatforge_testkit::root;
+
+mod common;
+
+/// The fixture Hub's model: a tiny random Llama laid out as SmolLM2-Instruct's folder.
+const HUB_MODEL: &str = "HuggingFaceTB/SmolLM2-tiny-Instruct";
 
 /// `what` succeeded, or the test fails with its output.
 fn check(out: std::process::Output, what: &str) -> String {
@@ -38,10 +44,40 @@ fn the_python_package_passes_its_tests() {
         .output()
         .unwrap();
     check(build, "maturin develop");
+    let dir = tempfile::tempdir().unwrap();
+    let folder = common::llama_folder(
+        dir.path(),
+        "smol",
+        chatforge_model::GptConfig {
+            n_ctx: 128,
+            ..chatforge_model::GptConfig::llama_tiny(0)
+        },
+    );
+    let hub = FixtureHub::start();
+    let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    hub.publish(HUB_MODEL, &refs);
     let tests = Command::new(&python)
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])
         .current_dir(root().join("python"))
         .env("CHATFORGE_BIN", env!("CARGO_BIN_EXE_chatforge"))
+        .env("CHATFORGE_TEST_HUB_MODEL", HUB_MODEL)
+        .env("CHATFORGE_TEST_HUB_FOLDER", &folder)
+        .env("HF_ENDPOINT", hub.endpoint())
+        .env("HF_HUB_CACHE", dir.path().join("hf-cache"))
+        .env("HF_HOME", dir.path().join("hf-home"))
+        .env("HF_HUB_OFFLINE", "0")
+        .env_remove("HF_TOKEN")
         .env("PATH", &path)
         .output()
         .unwrap();
