@@ -10,8 +10,8 @@ use chatforge_model::{GptConfig, LoraConfig, init_weights, param_specs, take_fla
 use chatforge_train::{AdamW, AdamWConfig, Mode};
 
 use crate::{
-    FinetuneBench, Step, current_rss_mb, json_of, median, peak_rss_mb, random_batch, rayon_threads,
-    reset_peak_rss,
+    FinetuneBench, Step, current_rss_mb, json_of, median, peak_rss_mb, profile_line, random_batch,
+    rayon_threads, reset_peak_rss,
 };
 
 pub(crate) fn run(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow::Result<()> {
@@ -77,6 +77,9 @@ pub(crate) fn run(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow:
                         .map_or(String::new(), |m| format!(", engine holds {m:.0} MB")),
                 );
             };
+            if let Some(p) = r["profile"].as_str() {
+                say!("{:<18} {p}", "");
+            }
             line(
                 "chatforge",
                 &r,
@@ -164,6 +167,7 @@ fn child(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow::Result<(
     let times = step.time(&mut engine, &specs, &mut opt, &mut dropout, || {
         random_batch(&mut rng, b, t, v)
     })?;
+    let profile = profile_line(&times);
     let s = median(times);
     say!(
         "{}",
@@ -175,6 +179,7 @@ fn child(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow::Result<(
             "step_s": s,
             "peak_rss_mb": peak_rss_mb(),
             "model_rss_mb": model_rss,
+            "profile": profile,
         })
     );
     Ok(())

@@ -251,7 +251,10 @@ impl Step {
         mut next: impl FnMut() -> chatforge_data::Batch,
     ) -> anyhow::Result<Vec<f64>> {
         let mut times = Vec::with_capacity(self.steps);
+        let _ = chatforge_model::profile::take();
         for i in 0..self.warmup + self.steps {
+            // The timed steps' time by kernel family (see `profile_line`).
+            chatforge_model::profile::enable(i >= self.warmup);
             let batch = next();
             let t0 = std::time::Instant::now();
             chatforge_train::optimizer_step(
@@ -270,8 +273,27 @@ impl Step {
                 times.push(t0.elapsed().as_secs_f64());
             }
         }
+        chatforge_model::profile::enable(false);
         Ok(times)
     }
+}
+
+/// The share of the timed steps' time (`times`) per kernel family, from the spans counted while
+/// they ran (`chatforge_model::profile`); "other" is what no family covers.
+pub(crate) fn profile_line(times: &[f64]) -> String {
+    let total: f64 = times.iter().sum();
+    let families = chatforge_model::profile::take();
+    let covered: f64 = families.iter().map(|(_, s)| s).sum();
+    let mut parts: Vec<String> = families
+        .iter()
+        .filter(|(_, s)| *s > 0.0)
+        .map(|(f, s)| format!("{} {:.0}%", f.name(), 100.0 * s / total))
+        .collect();
+    parts.push(format!(
+        "other {:.0}%",
+        100.0 * (total - covered).max(0.0) / total
+    ));
+    format!("step time by kernel family: {}", parts.join(", "))
 }
 
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {

@@ -9,7 +9,7 @@ use chatforge_model::{GptConfig, init_weights, param_specs, take_flat};
 use chatforge_train::preference::Objective;
 use chatforge_train::{AdamW, AdamWConfig, Mode, PairTraining, StepLoss, optimizer_step};
 
-use crate::{Step, TrainBench, json_of, median, peak_rss_mb, random_batch, sgemm_gflops};
+use crate::{Step, TrainBench, json_of, median, peak_rss_mb, profile_line, random_batch, sgemm_gflops};
 
 /// The fastest of the PyTorch references (SDPA and plain attention), each in its own process,
 /// run before ours: a child forked after our peak would report our peak as its own (Linux
@@ -221,6 +221,7 @@ pub(crate) fn run(args: &TrainBench) -> anyhow::Result<()> {
         steps: args.steps,
     };
     let times = step.time(&mut engine, &specs, &mut opt, &mut dropout, next_batch)?;
+    let profile = profile_line(&times);
     let s = median(times);
     let tps = (b * t) as f64 / s;
     let gflops = flops_per_token * tps / 1e9;
@@ -232,6 +233,7 @@ pub(crate) fn run(args: &TrainBench) -> anyhow::Result<()> {
         100.0 * gflops / peak,
         peak_rss_mb()
     );
+    say!("            {profile}");
     if let Some(best) = best_torch {
         say!("ratio: chatforge / fastest PyTorch = {:.2}x", tps / best);
     }

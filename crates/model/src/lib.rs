@@ -11,6 +11,7 @@ pub mod llama;
 pub mod lora;
 pub mod memory;
 mod params;
+pub mod profile;
 pub mod quant;
 mod tensor;
 

@@ -118,6 +118,7 @@ pub fn optimizer_step(
         (loss_sum, used, positions) = (totals[0], totals[1] as usize, totals[2] as usize);
         sync_s = Some(t0.elapsed().as_secs_f64());
     }
+    let optimizer = chatforge_model::profile::span(chatforge_model::profile::Family::Optimizer);
     let grad_norm = clip_grad_norm(&mut engine.grads, clip);
     if used == 0 {
         // No position carried loss: no parameter has a gradient, so none moves.
@@ -125,6 +126,7 @@ pub fn optimizer_step(
     } else {
         opt.update(specs, &mut engine.params, &engine.grads, &engine.offsets, lr);
     }
+    drop(optimizer);
     Ok(StepOutcome {
         loss: if used == 0 {
             f64::NAN

@@ -247,6 +247,7 @@ pub(super) fn attention_bwd(
     dims: Dims,
     mask: Option<&Mask>,
 ) {
+    let _span = span(Family::Attention);
     let t = batch.t;
     let (c, h, d, w, g) = (dims.c, dims.h, dims.d, dims.w, dims.g);
     let kvh = h / g;
@@ -358,6 +359,7 @@ pub(super) fn attention_fwd(
     scratch: &mut [f32],
     mask: Option<&Mask>,
 ) {
+    let _span = span(Family::Attention);
     let t = batch.t;
     let (c, h, d, w) = (dims.c, dims.h, dims.d, dims.w);
     let kh = |hi: usize| hi / dims.g;

@@ -195,6 +195,7 @@ impl Grads<'_> {
 /// `dwide ⊙= gelu'(fch)`, one loop per activation so each is vectorised with its function inlined.
 #[inline]
 fn gelu_backward(dwide: &mut [f32], fch: &[f32], act: Activation) {
+    let _span = span(Family::Activation);
     match act {
         Activation::GeluTanh => scale_by(dwide, fch, |x| gelu_fast_grad(Activation::GeluTanh, x)),
         Activation::GeluErf => scale_by(dwide, fch, |x| gelu_fast_grad(Activation::GeluErf, x)),

@@ -166,8 +166,14 @@ pub(super) fn layer_forward(k: &Block<'_>, input: &[f32], a: &mut LayerActs, s: 
         drop_in(lm, 2, xdrop),
     );
     match cfg.activation {
-        Activation::GeluTanh => map_into(&mut a.fch_act, &a.fch, |x| gelu_fast(Activation::GeluTanh, x)),
-        Activation::GeluErf => map_into(&mut a.fch_act, &a.fch, |x| gelu_fast(Activation::GeluErf, x)),
+        Activation::GeluTanh => {
+            let _span = span(Family::Activation);
+            map_into(&mut a.fch_act, &a.fch, |x| gelu_fast(Activation::GeluTanh, x))
+        }
+        Activation::GeluErf => {
+            let _span = span(Family::Activation);
+            map_into(&mut a.fch_act, &a.fch, |x| gelu_fast(Activation::GeluErf, x))
+        }
         Activation::Silu => swiglu_fwd(&mut a.fch_act, &a.fch, cfg.n_inner),
     }
     // res3 = res2 + gelu · Wfcproj + b
@@ -197,6 +203,7 @@ pub(super) fn loss_and_dlogits(
     batch: &StepBatch<'_>,
     scale: f32,
 ) -> f64 {
+    let _span = span(Family::Loss);
     logits[..rows.len() * v]
         .par_chunks_mut(v)
         .zip(rows.par_iter())

@@ -100,6 +100,7 @@ pub(super) fn linear_fwd(
     u: &mut [f32],
     drop: DropIn<'_>,
 ) {
+    let _span = span(Family::Gemm);
     let (i, o) = (lin.n_in, lin.n_out);
     let (wts, trainable) = (w.wts, w.trainable);
     fill_bias(out, lin.b.map(|b| &wts[b..b + o]), o);
@@ -176,6 +177,7 @@ impl Grads<'_> {
         u: &[f32],
         drop: DropIn<'_>,
     ) {
+        let _span = span(Family::Gemm);
         let (wts, quant, frozen, n) = (self.w.wts, self.w.quant, self.w.frozen, self.n);
         let (i, o) = (lin.n_in, lin.n_out);
         if !frozen {

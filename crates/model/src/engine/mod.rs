@@ -25,6 +25,7 @@ use crate::kernels::simd::vectorized;
 use crate::kernels::{
     gelu_fast, gelu_fast_grad, layer_norm_row, rms_norm_row, rope_angles, rotate_heads, swiglu_row,
 };
+use crate::profile::{Family, span};
 use crate::quant::QuantWeight;
 use crate::{Activation, Error, GptConfig, LoraConfig, ParamSpec, Result, param_specs};
 use chatforge_base::Rng;

@@ -35,6 +35,7 @@ pub(super) fn layer_norm_fwd(
     eps: f32,
     rms: bool,
 ) {
+    let _span = span(Family::Norm);
     out.par_chunks_mut(c * ROWS_PER_TASK)
         .zip(st.par_chunks_mut(ROWS_PER_TASK))
         .zip(x.par_chunks(c * ROWS_PER_TASK))
@@ -66,6 +67,7 @@ pub(super) fn layer_norm_bwd(
     c: usize,
     rms: bool,
 ) {
+    let _span = span(Family::Norm);
     // Partial sums per task, added in task order: the same result on every run.
     let parts: Vec<(Vec<f32>, Vec<f32>)> = dx
         .par_chunks_mut(c * ROWS_PER_TASK)
@@ -229,6 +231,7 @@ pub(super) fn rope_tables(cos: &mut [f32], sin: &mut [f32], positions: &[u32], i
 /// SwiGLU: `act = silu(gate) · up` per row, where a row of `fch` is `[gate | up]` (`inner` each).
 #[inline]
 pub(super) fn swiglu_fwd(act: &mut [f32], fch: &[f32], inner: usize) {
+    let _span = span(Family::Activation);
     act.par_chunks_mut(inner * ROWS_PER_TASK)
         .zip(fch.par_chunks(2 * inner * ROWS_PER_TASK))
         .for_each(|(o, x)| {
@@ -243,6 +246,7 @@ pub(super) fn swiglu_fwd(act: &mut [f32], fch: &[f32], inner: usize) {
 /// SwiGLU's backward: from `dact`, the gradient of `[gate | up]` into `dfch`.
 #[inline]
 pub(super) fn swiglu_bwd(dfch: &mut [f32], dact: &[f32], fch: &[f32], inner: usize) {
+    let _span = span(Family::Activation);
     dfch.par_chunks_mut(2 * inner * ROWS_PER_TASK)
         .zip(dact.par_chunks(inner * ROWS_PER_TASK))
         .zip(fch.par_chunks(2 * inner * ROWS_PER_TASK))

@@ -180,6 +180,7 @@ pub unsafe fn gemm_raw(dst: Out, lhs: In, rhs: In, how: Gemm) {
 /// [`gemm_raw`] on slices: `dst`'s view `d` gets `lhs`'s view `l` times `rhs`'s view `r`.
 #[inline]
 pub fn gemm(dst: &mut [f32], d: View, lhs: &[f32], l: View, rhs: &[f32], r: View, how: Gemm) {
+    let _span = crate::profile::span(crate::profile::Family::Gemm);
     #[allow(unsafe_code)]
     // SAFETY: a unique borrow cannot alias the shared ones, and the lengths are the slices'.
     unsafe {
