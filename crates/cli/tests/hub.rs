@@ -37,30 +37,13 @@ fn succeeds(out: Output, what: &str) -> String {
     String::from_utf8(out.stdout).unwrap() + &String::from_utf8(out.stderr).unwrap()
 }
 
-/// Publishes every file of the HF folder `dir` as `repo` on the fixture Hub.
-fn publish_folder(fixture: &FixtureHub, repo: &str, dir: &Path) -> String {
-    let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
-        .collect();
-    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
-    fixture.publish(repo, &refs)
-}
-
 #[test]
 fn train_and_generate_from_a_hub_id() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     tiny_model_and_chats(d);
     let fixture = FixtureHub::start();
-    let commit = publish_folder(&fixture, "org/tiny-gpt2", &d.join("hf"));
+    let commit = fixture.publish_folder("org/tiny-gpt2", &d.join("hf"));
     let cache = d.join("hf-cache");
 
     // Fine-tune by Hub id on a JSON file, with the model's own tokenizer (no --tokenizer), as the
@@ -143,18 +126,7 @@ fn train_and_generate_from_a_hub_id() {
             ..chatforge_model::GptConfig::llama_tiny(0)
         },
     );
-    let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&smol)
-        .unwrap()
-        .map(|e| {
-            let p = e.unwrap().path();
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
-        .collect();
-    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
-    fixture.publish("HuggingFaceTB/SmolLM2-tiny-Instruct", &refs);
+    fixture.publish_folder("HuggingFaceTB/SmolLM2-tiny-Instruct", &smol);
     let out = hub_exec(
         &[
             "generate",
@@ -221,7 +193,7 @@ fn the_service_trains_from_a_hub_id() {
     let d = dir.path();
     tiny_model_and_chats(d);
     let fixture = FixtureHub::start();
-    let commit = publish_folder(&fixture, "org/tiny-gpt2", &d.join("hf"));
+    let commit = fixture.publish_folder("org/tiny-gpt2", &d.join("hf"));
     let root = d.join("root");
     std::fs::create_dir_all(root.join("data")).unwrap();
     std::fs::copy(d.join("chats.json"), root.join("data/chats.json")).unwrap();
@@ -276,7 +248,7 @@ fn the_service_trains_from_a_hub_id() {
             ..chatforge_model::GptConfig::llama_tiny(0)
         },
     );
-    publish_folder(&fixture, "org/tiny-smol", &smol);
+    fixture.publish_folder("org/tiny-smol", &smol);
     let lora = serde_json::json!({"init": "org/tiny-smol", "data": "data/chats.json", "mode": "lora",
         "train": {"max_steps": 2, "batch_size": 2}});
     let r = post(port, "/runs/train", &lora);

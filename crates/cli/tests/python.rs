@@ -54,19 +54,7 @@ fn the_python_package_passes_its_tests() {
         },
     );
     let hub = FixtureHub::start();
-    let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&folder)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
-        .collect();
-    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
-    hub.publish(HUB_MODEL, &refs);
+    hub.publish_folder(HUB_MODEL, &folder);
     let tests = Command::new(&python)
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])
         .current_dir(root().join("python"))

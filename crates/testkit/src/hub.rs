@@ -120,6 +120,23 @@ impl FixtureHub {
         commit
     }
 
+    /// Publishes every file of the folder `dir` (an HF folder) as a new commit of `repo`.
+    pub fn publish_folder(&self, repo: &str, dir: &std::path::Path) -> String {
+        let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .map(|p| {
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
+            .collect();
+        let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+        self.publish(repo, &refs)
+    }
+
     /// Points a branch or tag of `repo` at `commit`.
     pub fn tag(&self, repo: &str, name: &str, commit: &str) {
         let mut st = self.state.lock().unwrap();
