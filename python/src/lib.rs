@@ -420,7 +420,6 @@ fn eight() -> usize {
 
 /// The requests of `args` for `m`, as `chatforge generate` builds them.
 fn requests(m: &LoadedModel, args: &DecodeArgs) -> PyResult<Vec<Request>> {
-    let tok = &m.tokenizer;
     let raw = args.raw.unwrap_or(!m.chat);
     let sampling = m.generation.resolve(chatforge_infer::SamplingGiven {
         temperature: args.temperature,
@@ -430,7 +429,7 @@ fn requests(m: &LoadedModel, args: &DecodeArgs) -> PyResult<Vec<Request>> {
         seed: Some(args.seed),
     });
     sampling.validate().map_err(err)?;
-    let max_new_tokens = args.max_new_tokens.or(m.generation.max_new_tokens).unwrap_or(200);
+    let max_new_tokens = m.generation.max_new_tokens(args.max_new_tokens);
     let opts = RenderOptions {
         system: args.system.clone(),
         persona: args.persona.clone().map_or(Persona::None, Persona::Fixed),
@@ -439,28 +438,8 @@ fn requests(m: &LoadedModel, args: &DecodeArgs) -> PyResult<Vec<Request>> {
     args.conversations
         .iter()
         .map(|c| {
-            let (prompt, stop_ids, mut stops) = if raw {
-                let text: Vec<&str> = c.messages.iter().map(|m| m.content.as_str()).collect();
-                (
-                    tok.encode(&text.join("\n")).map_err(err)?,
-                    tok.end_of_text().into_iter().collect(),
-                    Vec::new(),
-                )
-            } else {
-                (
-                    tok.render_prompt(c, &opts).map_err(err)?,
-                    tok.stop_ids(),
-                    chatforge_infer::source::template_stop_strings(tok),
-                )
-            };
-            stops.extend(args.stop.iter().cloned());
-            Ok(Request {
-                prompt,
-                max_new_tokens,
-                sampling,
-                stop_ids,
-                stop_strings: stops,
-            })
+            m.request(c, raw, &opts, sampling, max_new_tokens, &args.stop)
+                .map_err(err)
         })
         .collect()
 }

@@ -151,6 +151,11 @@ pub struct GenerationConfig {
 }
 
 impl GenerationConfig {
+    /// Tokens a reply gets at most: `given`, else this config's, else chatforge's default (200).
+    pub fn max_new_tokens(&self, given: Option<usize>) -> usize {
+        given.or(self.max_new_tokens).unwrap_or(200)
+    }
+
     /// The first `generation_config.json` found in `dirs`, or nothing said.
     pub fn find(dirs: &[&std::path::Path]) -> GenerationConfig {
         dirs.iter()

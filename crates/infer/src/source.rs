@@ -37,6 +37,43 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    /// The request for the reply to `conv`, as `chatforge generate` makes it: through the chat
+    /// template (stopping at its end tokens and strings), or with `raw` its messages as plain text
+    /// (stopping at end-of-text); `stops` are further stop strings.
+    pub fn request(
+        &self,
+        conv: &chatforge_data::Conversation,
+        raw: bool,
+        opts: &chatforge_tokenizer::RenderOptions,
+        sampling: crate::Sampling,
+        max_new_tokens: usize,
+        stops: &[String],
+    ) -> Result<crate::Request> {
+        let tok = &self.tokenizer;
+        let (prompt, stop_ids, mut stop_strings) = if raw {
+            let text: Vec<&str> = conv.messages.iter().map(|m| m.content.as_str()).collect();
+            (
+                tok.encode(&text.join("\n"))?,
+                tok.end_of_text().into_iter().collect(),
+                Vec::new(),
+            )
+        } else {
+            (
+                tok.render_prompt(conv, opts)?,
+                tok.stop_ids(),
+                template_stop_strings(tok),
+            )
+        };
+        stop_strings.extend(stops.iter().cloned());
+        Ok(crate::Request {
+            prompt,
+            max_new_tokens,
+            sampling,
+            stop_ids,
+            stop_strings,
+        })
+    }
+
     /// Loads `path` (a run, an HF folder or a GGUF file); `tokenizer` overrides the one found
     /// beside it.
     pub fn open(

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use chatforge_data::{Conversation, Role};
-use chatforge_infer::{LoadedModel, Request, eval::read_prompts, generate, source::template_stop_strings};
+use chatforge_infer::{LoadedModel, Request, eval::read_prompts, generate};
 use clap::Args;
 use serde::Serialize;
 
@@ -65,22 +65,17 @@ fn user_text(c: &Conversation) -> String {
 
 /// Token ids of each prompt, and the requests built from them.
 fn requests(args: &GenerateArgs, m: &LoadedModel, convs: &[Conversation]) -> anyhow::Result<Vec<Request>> {
-    let tok = &m.tokenizer;
     let raw = args.raw || !(m.chat || args.chat);
     let sampling = args.sampling.sampling(m)?;
     let n_ctx = m.config.n_ctx;
     let opts = args.condition.options();
+    let max_new = args.sampling.max_new_tokens(m);
     convs
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let (mut prompt, stop_ids, mut stops) = if raw {
-                let text: Vec<&str> = c.messages.iter().map(|m| m.content.as_str()).collect();
-                (tok.encode(&text.join("\n"))?, tok.end_of_text().into_iter().collect(), Vec::new())
-            } else {
-                (tok.render_prompt(c, &opts)?, tok.stop_ids(), template_stop_strings(tok))
-            };
-            stops.extend(args.sampling.stop.iter().cloned());
+            let mut req = m.request(c, raw, &opts, sampling, max_new, &args.sampling.stop)?;
+            let prompt = &mut req.prompt;
             if prompt.len() >= n_ctx {
                 if !args.truncate {
                     anyhow::bail!(
@@ -89,17 +84,11 @@ fn requests(args: &GenerateArgs, m: &LoadedModel, convs: &[Conversation]) -> any
                         prompt.len()
                     );
                 }
-                let keep = chatforge_infer::prompt_budget(n_ctx, args.sampling.max_new_tokens(m));
+                let keep = chatforge_infer::prompt_budget(n_ctx, max_new);
                 eprintln!("warning: prompt {} cut from {} to its last {keep} tokens", i + 1, prompt.len());
                 prompt.drain(..prompt.len() - keep);
             }
-            Ok(Request {
-                prompt,
-                max_new_tokens: args.sampling.max_new_tokens(m),
-                sampling,
-                stop_ids,
-                stop_strings: stops,
-            })
+            Ok(req)
         })
         .collect()
 }

@@ -142,7 +142,7 @@ impl SamplingArgs {
     }
 
     pub fn max_new_tokens(&self, m: &chatforge_infer::LoadedModel) -> usize {
-        self.max_new_tokens.or(m.generation.max_new_tokens).unwrap_or(200)
+        m.generation.max_new_tokens(self.max_new_tokens)
     }
 }
 
