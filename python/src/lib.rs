@@ -628,23 +628,16 @@ impl Drop for Stream {
 }
 
 /// Evaluates a run's checkpoint (loss, perplexity, BLEU, ROUGE on its validation data, or on
-/// `val`): the metrics as JSON; a run's own evaluation is also written to `eval/metrics.json`.
+/// `val`, a validation shard): the metrics as JSON, also written to the run's `eval/metrics.json`.
 #[pyfunction]
 #[pyo3(signature = (run, val=None, checkpoint="best"))]
 fn evaluate(py: Python<'_>, run: PathBuf, val: Option<PathBuf>, checkpoint: &str) -> PyResult<String> {
     let checkpoint: Checkpoint = checkpoint.parse().map_err(err)?;
     py.detach(|| {
         let cfg = chatforge_pipeline::run_config(&run).unwrap_or_default();
-        if val.is_none() && checkpoint == Checkpoint::Best && cfg.train.val.is_some() {
-            return to_json(&chatforge_pipeline::evaluate_run(&cfg, &run).map_err(err)?);
-        }
-        let m = LoadedModel::open(&run, &checkpoint, None, WeightType::F32).map_err(err)?;
-        let loss_on = match cfg.train.mode {
-            chatforge_train::Mode::Pretrain => chatforge_infer::eval::LossOn::All,
-            _ => chatforge_infer::eval::LossOn::Assistant,
-        };
-        let val = val.or(cfg.train.val);
-        let (metrics, _) = chatforge_infer::eval::evaluate_run(&m, val.as_deref(), loss_on).map_err(err)?;
+        let val = val.or_else(|| cfg.train.val.clone());
+        let metrics =
+            chatforge_pipeline::evaluate_checkpoint(&cfg, &run, &checkpoint, val.as_deref()).map_err(err)?;
         to_json(&metrics)
     })
 }

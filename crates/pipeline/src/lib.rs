@@ -299,13 +299,29 @@ pub fn train_run_in(
 /// from (found through the shard's sidecar) and the default test prompts; loss on the assistant's
 /// tokens unless the run pre-trained. Writes `eval/metrics.json`.
 pub fn evaluate_run(cfg: &TrainConfig, run: &Path) -> Result<Metrics> {
-    use chatforge_infer::{Checkpoint, LoadedModel, WeightType};
-    let m = LoadedModel::open(run, &Checkpoint::Best, None, WeightType::F32)?;
+    evaluate_checkpoint(
+        cfg,
+        run,
+        &chatforge_infer::Checkpoint::Best,
+        cfg.train.val.as_deref(),
+    )
+}
+
+/// [`evaluate_run`] of any checkpoint, on `val` (a validation shard; `None`: the default prompts
+/// only), written to the run's `eval/metrics.json` as `chatforge eval` writes it.
+pub fn evaluate_checkpoint(
+    cfg: &TrainConfig,
+    run: &Path,
+    checkpoint: &chatforge_infer::Checkpoint,
+    val: Option<&Path>,
+) -> Result<Metrics> {
+    use chatforge_infer::{LoadedModel, WeightType};
+    let m = LoadedModel::open(run, checkpoint, None, WeightType::F32)?;
     let loss_on = match cfg.train.mode {
         Mode::Pretrain => LossOn::All,
         _ => LossOn::Assistant,
     };
-    let (metrics, _) = chatforge_infer::eval::evaluate_run(&m, cfg.train.val.as_deref(), loss_on)?;
+    let (metrics, _) = chatforge_infer::eval::evaluate_run(&m, val, loss_on)?;
     Ok(metrics)
 }
 
