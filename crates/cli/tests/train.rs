@@ -9,21 +9,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chatforge_testkit::root;
+mod common;
 
-fn chatforge(args: &[&str], cwd: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_chatforge"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "chatforge {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use common::{ok, sample_shards};
 
 /// step → loss, the last record of each step (a resumed run redoes the steps after its checkpoint).
 fn losses(run: &Path) -> BTreeMap<u64, f64> {
@@ -60,48 +48,7 @@ seed = 11
 fn sigkill_then_resume_gives_identical_losses() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let sample = root().join("data/sample");
-    chatforge(
-        &["data", "import", sample.to_str().unwrap(), "-o", "train.jsonl"],
-        d,
-    );
-    chatforge(
-        &[
-            "tokenizer",
-            "train",
-            "--vocab-size",
-            "600",
-            "--input",
-            "train.jsonl",
-            "-o",
-            "tok",
-        ],
-        d,
-    );
-    chatforge(
-        &[
-            "data",
-            "tokenize",
-            "train.jsonl",
-            "--tokenizer",
-            "tok",
-            "-o",
-            "train.bin",
-        ],
-        d,
-    );
-    chatforge(
-        &[
-            "data",
-            "tokenize",
-            "train.val.jsonl",
-            "--tokenizer",
-            "tok",
-            "-o",
-            "val.bin",
-        ],
-        d,
-    );
+    sample_shards(d, 600);
     std::fs::write(d.join("cfg.toml"), CONFIG).unwrap();
     let args = |out: &str| -> Vec<String> {
         [
@@ -120,7 +67,11 @@ fn sigkill_then_resume_gives_identical_losses() {
         .collect()
     };
 
-    let full_out = chatforge(&args("full").iter().map(String::as_str).collect::<Vec<_>>(), d);
+    let full_out = ok(
+        &args("full").iter().map(String::as_str).collect::<Vec<_>>(),
+        d,
+        None,
+    );
     assert!(full_out.contains("36 steps"), "{full_out}");
     let full = losses(&d.join("full"));
     assert_eq!(full.len(), 36);
@@ -147,7 +98,7 @@ fn sigkill_then_resume_gives_identical_losses() {
     let before = losses(&d.join("killed"));
     assert!(before.len() < 36, "killed too late to test anything");
 
-    let resumed_out = chatforge(
+    let resumed_out = ok(
         &{
             let mut a = args("killed");
             a.push("--resume".into());
@@ -157,6 +108,7 @@ fn sigkill_then_resume_gives_identical_losses() {
         .map(String::as_str)
         .collect::<Vec<_>>(),
         d,
+        None,
     );
     assert!(resumed_out.contains("resuming from"), "{resumed_out}");
     let after = losses(&d.join("killed"));
