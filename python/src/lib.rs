@@ -3,7 +3,7 @@
 //! turns into dicts and classes; the long calls (training, decoding, export) run with the GIL
 //! released, training and streamed replies on threads of their own.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -200,12 +200,6 @@ impl Tokenizer {
     }
 }
 
-/// The default config (the CLI's, `chatforge train` without a config file), as JSON.
-#[pyfunction]
-fn default_config() -> PyResult<String> {
-    to_json(&TrainConfig::default())
-}
-
 /// A config file's text (TOML, or JSON) over the defaults, checked; as JSON: every key when
 /// `resolve`, else only the keys the text sets (so that settings derived from others, such as
 /// `n_kv_head` from `n_head`, follow later changes).
@@ -352,11 +346,6 @@ impl Training {
     /// Asks the run to stop after the current step; it saves a checkpoint first.
     fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
-    }
-
-    #[getter]
-    fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
     }
 
     /// Whether the run's thread has ended (every event was sent by then).
@@ -674,17 +663,6 @@ fn export(
     })
 }
 
-/// The run directory's files, as the CLI's `--help` names them (for the Python layer's paths).
-#[pyfunction]
-fn run_files(run: PathBuf) -> PyResult<String> {
-    let dir = chatforge_run::RunDir::new(&run);
-    let path = |p: &Path| p.display().to_string();
-    to_json(&serde_json::json!({
-        "logs": path(&dir.logs()), "manifest": path(&dir.manifest()), "metrics": path(&dir.metrics()),
-        "tokenizer": path(&dir.tokenizer()), "checkpoints": path(&dir.checkpoints()),
-    }))
-}
-
 #[pymodule]
 fn _chatforge(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ChatforgeError", m.py().get_type::<ChatforgeError>())?;
@@ -693,13 +671,11 @@ fn _chatforge(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(write_data, m)?)?;
     m.add_function(wrap_pyfunction!(val_path_for, m)?)?;
     m.add("VAL_SPLIT", chatforge_data::VAL_SPLIT)?;
-    m.add_function(wrap_pyfunction!(default_config, m)?)?;
     m.add_function(wrap_pyfunction!(parse_config, m)?)?;
     m.add_function(wrap_pyfunction!(preset, m)?)?;
     m.add_function(wrap_pyfunction!(validate_config, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(export, m)?)?;
-    m.add_function(wrap_pyfunction!(run_files, m)?)?;
     m.add_class::<Tokenizer>()?;
     m.add_class::<Training>()?;
     m.add_class::<Model>()?;
