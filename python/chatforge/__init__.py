@@ -134,7 +134,6 @@ class Training:
         self._events: List[Dict[str, Any]] = []
         self._error: Optional[BaseException] = None
         self._pump: Optional[threading.Thread] = None
-        self._lock = threading.Lock()
 
     @property
     def out(self) -> Path:
