@@ -28,6 +28,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 p = argparse.ArgumentParser()
 p.add_argument("--mode", choices=["full", "lora", "qlora"], default="full")
 p.add_argument("--gc", action="store_true")
+p.add_argument("--bf16", action="store_true", help="forward and loss under torch.autocast(bfloat16)")
 p.add_argument("--batch", type=int, default=4)
 p.add_argument("--seq", type=int, default=128)
 p.add_argument("--rank", type=int, default=8)
@@ -86,8 +87,9 @@ for i in range(args.warmup + args.steps):
     idx = torch.randint(0, V, (B, T))
     targets = torch.randint(0, V, (B, T))
     t0 = time.perf_counter()
-    logits = model(input_ids=idx).logits
-    loss = F.cross_entropy(logits.view(-1, V), targets.view(-1))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+        logits = model(input_ids=idx).logits
+        loss = F.cross_entropy(logits.float().view(-1, V), targets.view(-1))
     loss.backward()
     torch.nn.utils.clip_grad_norm_(trainable, 1.0)
     opt.step()

@@ -1,6 +1,6 @@
 """PyTorch reference for `chatforge bench train`: the same model, batch and optimizer.
 
-usage: bench_train_torch.py [--attention sdpa|math] [--steps 10] [--warmup 3] [--threads 2] [--sft]
+usage: bench_train_torch.py [--attention sdpa|math] [--steps 10] [--warmup 3] [--threads 2] [--sft] [--bf16]
 Bench model: vocab 4096, context 256, 6 layers, 6 heads, width 384, MLP 4x erf-GELU, pre-LayerNorm,
 biases, tied embeddings, batch 8, f32, AdamW (betas 0.9/0.95, weight decay 0.1), random tokens.
 Attention by scaled_dot_product_attention (sdpa) or plain math; one variant per process, so peak RSS
@@ -8,6 +8,8 @@ is the variant's own. Prints one JSON line: median tokens/s, achieved GFLOP/s, p
 With --sft, each row packs four documents (40, 72, 56 and 88 tokens): attention is causal within a
 document (a block-diagonal mask), positions restart with each, and only the second half of each
 document carries loss, as chatforge's SFT batches are.
+With --bf16, forward and loss run under torch.autocast("cpu", dtype=torch.bfloat16): the linear layers'
+products (forward and backward) in bf16, weights and AdamW's state in f32, as chatforge's --precision bf16.
 """
 import argparse
 import json
@@ -26,6 +28,7 @@ p.add_argument("--warmup", type=int, default=3)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--attention", choices=["sdpa", "math"], default="sdpa")
 p.add_argument("--sft", action="store_true")
+p.add_argument("--bf16", action="store_true")
 args = p.parse_args()
 torch.set_num_threads(args.threads)
 V, T, L, H, C, B = 4096, 256, 6, 6, 384, 8
@@ -100,7 +103,8 @@ def run(sdpa):
         if args.sft:
             y = y.masked_fill(~LOSS.expand(B, T), -100)
         t0 = time.perf_counter()
-        loss = model(x, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            loss = model(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -109,7 +113,7 @@ def run(sdpa):
             times.append(time.perf_counter() - t0)
     s = statistics.median(times)
     return {
-        "impl": "pytorch-" + ("sdpa" if sdpa else "math") + ("-sft" if args.sft else ""),
+        "impl": "pytorch-" + ("sdpa" if sdpa else "math") + ("-sft" if args.sft else "") + ("-bf16" if args.bf16 else ""),
         "torch": torch.__version__,
         "tokens_per_s": B * T / s,
         "gflops": flops_per_token * B * T / s / 1e9,

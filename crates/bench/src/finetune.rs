@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::bail;
 use chatforge_base::Rng;
 use chatforge_model::engine::TrainEngine;
-use chatforge_model::{GptConfig, LoraConfig, init_weights, param_specs, take_flat};
+use chatforge_model::{GptConfig, LoraConfig, Precision, init_weights, param_specs, take_flat};
 use chatforge_train::{AdamW, AdamWConfig, Mode};
 
 use crate::{
@@ -23,12 +23,15 @@ pub(crate) fn run(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow:
         if let Some(t) = &args.lora_targets {
             targets = t.clone();
         }
+        let prec = crate::train::precision_of(args.precision)?;
         say!(
-            "{} shape ({:.0} M parameters), batch {}×{}, f32 compute, AdamW, random tokens; LoRA rank {} on {}",
+            "{} shape ({:.0} M parameters), batch {}×{}, {} products ({}), AdamW, random tokens; LoRA rank {} on {}",
             args.model,
             cfg.n_params() as f64 / 1e6,
             args.batch,
             args.seq,
+            prec.name(),
+            prec.kernel(),
             args.rank,
             targets.join(", ")
         );
@@ -58,7 +61,8 @@ pub(crate) fn run(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow:
             ])
             .args(&shared)
             .args(["--lora-targets", &targets.join(",")])
-            .args(["--quant", &format!("{:?}", args.quant).to_lowercase()]);
+            .args(["--quant", &format!("{:?}", args.quant).to_lowercase()])
+            .args(["--precision", prec.name()]);
             let r = json_of(&mut cmd, &format!("bench finetune --modes {mode}"))?;
             let tps = r["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
             if mode == "full" {
@@ -99,7 +103,8 @@ pub(crate) fn run(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow:
                     .args(&shared)
                     .args(["--model", &args.model])
                     .args(["--targets", &targets.join(",")])
-                    .args(["--threads", &rayon_threads().to_string()]);
+                    .args(["--threads", &rayon_threads().to_string()])
+                    .args((prec == Precision::Bf16).then_some("--bf16"));
                 let t = json_of(&mut cmd, "scripts/reference/bench_finetune_torch.py")?;
                 let torch_tps = t["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
                 let who = format!("torch {}", t["torch"].as_str().unwrap_or("?"));
@@ -143,6 +148,7 @@ fn child(args: &FinetuneBench, purge_freed_memory: fn(bool)) -> anyhow::Result<(
         }
         other => bail!("unknown mode {other:?} (expected full, lora or qlora, optionally with -gc)"),
     };
+    let engine = engine.with_precision(crate::train::precision_of(args.precision)?);
     let mut engine = if checkpoint { engine.checkpointed() } else { engine };
     let trainable: usize = specs.iter().map(|s| s.shape.iter().product::<usize>()).sum();
     // What the model holds from here on; the training peak is measured from this point.

@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, bail};
+use chatforge_model::kernels::Precision;
 use clap::{Args, Subcommand};
 
 #[derive(Subcommand)]
@@ -98,6 +99,10 @@ pub struct FinetuneBench {
     /// for each mode (PyTorch has no CPU QLoRA, so qlora runs alone)
     #[arg(long)]
     pub reference_python: Option<PathBuf>,
+    /// The weight products' inputs: f32, bf16 (the PyTorch reference runs under
+    /// autocast(bfloat16) too), or auto (bf16 where the CPU has AVX-512 BF16)
+    #[arg(long, default_value = "f32")]
+    pub precision: chatforge_model::PrecisionSetting,
     /// Internal: run one mode in this process and print its JSON line
     #[arg(long, hide = true)]
     pub child: bool,
@@ -184,6 +189,10 @@ pub struct TrainBench {
     /// DPOTrainer, scripts/reference/bench_dpo_trl.py) [default: pretrain]
     #[arg(long)]
     pub mode: Option<String>,
+    /// The weight products' inputs: f32, bf16 (PyTorch runs under autocast(bfloat16) too), or
+    /// auto (bf16 where the CPU has AVX-512 BF16)
+    #[arg(long, default_value = "f32")]
+    pub precision: chatforge_model::PrecisionSetting,
 }
 
 #[derive(Args)]
@@ -401,13 +410,21 @@ pub(crate) fn all_bench(args: &AllBench) -> anyhow::Result<()> {
 
 /// GFLOP/s of the gemm crate on an `n³` f32 product, all cores, best of `runs`.
 pub(crate) fn sgemm_gflops(n: usize, runs: usize) -> f64 {
+    gemm_gflops(n, runs, Precision::F32)
+}
+
+/// GFLOP/s of the training engine's products on an `n³` product with inputs in `prec`, all
+/// cores, best of `runs`.
+pub(crate) fn gemm_gflops(n: usize, runs: usize, prec: Precision) -> f64 {
+    use chatforge_model::kernels::gemm::{Gemm, View, gemm};
     let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
     let bm: Vec<f32> = (0..n * n).map(|i| (i % 5) as f32 * 0.1).collect();
     let mut c = vec![0f32; n * n];
+    let v = View::rows(0, n, n, n);
     let mut best = f64::INFINITY;
     for _ in 0..runs.max(1) + 1 {
         let t0 = std::time::Instant::now();
-        chatforge_model::kernels::matmul_into(&a, n, n, &bm, n, false, &mut c);
+        gemm(&mut c, v, &a, v, &bm, v, Gemm::all(false, prec));
         best = best.min(t0.elapsed().as_secs_f64());
     }
     2.0 * (n as f64).powi(3) / best / 1e9
@@ -415,23 +432,26 @@ pub(crate) fn sgemm_gflops(n: usize, runs: usize) -> f64 {
 
 pub(crate) fn sgemm_bench(args: &SgemmBench) -> anyhow::Result<()> {
     say!(
-        "f32 matrix products n×n·n×n, {} thread(s), best of 5",
+        "matrix products n×n·n×n, {} thread(s), best of 5",
         rayon_threads()
     );
+    say!("bf16 products: {}", Precision::Bf16.kernel());
     for &n in &args.sizes {
         let ours = sgemm_gflops(n, 5);
-        let mut line = format!("n = {n:>5}: gemm crate {ours:>6.1} GFLOP/s");
+        let half = gemm_gflops(n, 5, Precision::Bf16);
+        let mut line = format!("n = {n:>5}: gemm crate {ours:>6.1} GFLOP/s, bf16 {half:>6.1} GFLOP/s");
         if let Some(py) = &args.reference_python {
             let mut cmd = Command::new(py);
             cmd.arg("-c").arg(format!(
-                "import json, time, torch\ntorch.set_num_threads({})\nn = {n}\na = torch.rand(n, n); b = torch.rand(n, n)\nbest = 1e9\nfor _ in range(6):\n    t = time.perf_counter(); torch.mm(a, b); best = min(best, time.perf_counter() - t)\nprint(json.dumps({{'gflops': 2 * n ** 3 / best / 1e9, 'torch': torch.__version__}}))",
+                "import json, time, torch\ntorch.set_num_threads({})\nn = {n}\na = torch.rand(n, n); b = torch.rand(n, n)\ndef rate(a, b):\n    best = 1e9\n    for _ in range(6):\n        t = time.perf_counter(); torch.mm(a, b); best = min(best, time.perf_counter() - t)\n    return 2 * n ** 3 / best / 1e9\nprint(json.dumps({{'gflops': rate(a, b), 'bf16': rate(a.bfloat16(), b.bfloat16()), 'torch': torch.__version__}}))",
                 rayon_threads()
             ));
             let r = json_of(&mut cmd, "torch.mm")?;
             line += &format!(
-                ", torch {} mm {:>6.1} GFLOP/s",
+                ", torch {} mm {:>6.1} GFLOP/s, bf16 {:>6.1} GFLOP/s",
                 r["torch"].as_str().unwrap_or("?"),
-                r["gflops"].as_f64().unwrap_or(f64::NAN)
+                r["gflops"].as_f64().unwrap_or(f64::NAN),
+                r["bf16"].as_f64().unwrap_or(f64::NAN)
             );
         }
         say!("{line}");

@@ -5,11 +5,11 @@ use std::process::Command;
 
 use chatforge_base::Rng;
 use chatforge_model::engine::TrainEngine;
-use chatforge_model::{GptConfig, init_weights, param_specs, take_flat};
+use chatforge_model::{GptConfig, Precision, init_weights, param_specs, take_flat};
 use chatforge_train::preference::Objective;
 use chatforge_train::{AdamW, AdamWConfig, Mode, PairTraining, StepLoss, optimizer_step};
 
-use crate::{Step, TrainBench, json_of, median, peak_rss_mb, profile_line, random_batch, sgemm_gflops};
+use crate::{Step, TrainBench, gemm_gflops, json_of, median, peak_rss_mb, profile_line, random_batch};
 
 /// The fastest of the PyTorch references (SDPA and plain attention), each in its own process,
 /// run before ours: a child forked after our peak would report our peak as its own (Linux
@@ -30,7 +30,8 @@ fn torch_reference(args: &TrainBench) -> anyhow::Result<Option<f64>> {
                 "--warmup",
                 &args.warmup.to_string(),
             ])
-            .args(args.sft.then_some("--sft"));
+            .args(args.sft.then_some("--sft"))
+            .args((precision(args)? == Precision::Bf16).then_some("--bf16"));
         let r = json_of(&mut cmd, "scripts/reference/bench_train_torch.py")?;
         let rt = r["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
         best = best.max(rt);
@@ -44,6 +45,16 @@ fn torch_reference(args: &TrainBench) -> anyhow::Result<Option<f64>> {
         );
     }
     Ok(Some(best))
+}
+
+/// The precision `--precision` runs on this CPU.
+pub(crate) fn precision(args: &TrainBench) -> anyhow::Result<Precision> {
+    precision_of(args.precision)
+}
+
+/// The precision a bench's `--precision` runs on this CPU.
+pub(crate) fn precision_of(setting: chatforge_model::PrecisionSetting) -> anyhow::Result<Precision> {
+    setting.resolve().map_err(|e| anyhow::anyhow!("--precision: {e}"))
 }
 
 /// The bench model's optimizer, as the references configure theirs.
@@ -182,7 +193,8 @@ pub(crate) fn run(args: &TrainBench) -> anyhow::Result<()> {
     let (b, t, v) = (8usize, cfg.n_ctx, cfg.vocab_size);
     let specs = param_specs(&cfg);
     let flat = take_flat(&specs, &mut init_weights(&cfg, &mut Rng::new(0))?)?;
-    let mut engine = TrainEngine::new(&cfg, b, t, flat)?;
+    let prec = precision(args)?;
+    let mut engine = TrainEngine::new(&cfg, b, t, flat)?.with_precision(prec);
     let mut opt = AdamW::for_lengths(BENCH_ADAMW, specs.iter().map(|s| s.shape.iter().product()));
     let mut dropout = Rng::new(0);
     let mut rng = Rng::new(1);
@@ -225,12 +237,17 @@ pub(crate) fn run(args: &TrainBench) -> anyhow::Result<()> {
     let s = median(times);
     let tps = (b * t) as f64 / s;
     let gflops = flops_per_token * tps / 1e9;
-    let peak = sgemm_gflops(1024, 3);
+    let peak = gemm_gflops(1024, 3, prec);
     say!(
-        "chatforge   bench model ({:.1} M parameters, batch {b}×{t}{}, f32, AdamW, engine): {tps:.0} tokens/s, {gflops:.1} GFLOP/s ({:.0}% of this machine's sgemm peak, {peak:.0} GFLOP/s at 1024³), {s:.3} s/step, peak RSS {:.0} MB",
+        "chatforge   bench model ({:.1} M parameters, batch {b}×{t}{}, {}, AdamW, engine): {tps:.0} tokens/s, {gflops:.1} GFLOP/s ({:.0}% of this machine's {} gemm peak, {peak:.0} GFLOP/s at 1024³), {s:.3} s/step, peak RSS {:.0} MB",
         cfg.n_params() as f64 / 1e6,
         if sft { " SFT packed" } else { "" },
+        match prec {
+            Precision::F32 => "f32".to_string(),
+            Precision::Bf16 => format!("bf16 products ({})", prec.kernel()),
+        },
         100.0 * gflops / peak,
+        prec.name(),
         peak_rss_mb()
     );
     say!("            {profile}");

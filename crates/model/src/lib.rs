@@ -11,6 +11,7 @@ pub mod llama;
 pub mod lora;
 pub mod memory;
 mod params;
+pub mod precision;
 pub mod profile;
 pub mod quant;
 mod tensor;
@@ -22,6 +23,7 @@ pub use params::{
     Init, ParamSpec, Weights, check_weights, init_specs, init_weights, load_hf, load_weights, param_specs,
     read_hf_config, save_weights, take_flat, weights_file, weights_files,
 };
+pub use precision::{Precision, PrecisionSetting};
 pub use tensor::{Tensor, bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
 
 use std::path::PathBuf;

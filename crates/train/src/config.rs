@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use chatforge_model::{GptConfig, LoraConfig};
+use chatforge_model::{GptConfig, LoraConfig, PrecisionSetting};
 use serde::{Deserialize, Serialize};
 
 use crate::{AdamWConfig, Error, Result};
@@ -144,6 +144,10 @@ pub struct TrainSettings {
     /// Recompute each block's activations in backward instead of keeping them (long contexts).
     #[serde(alias = "gradient_checkpointing")]
     pub grad_checkpoint: bool,
+    /// The weight products' inputs: f32, bf16 (AVX-512 BF16; weights and optimizer state stay
+    /// f32) or auto (bf16 where the CPU has it). Also `bf16 = true` (Hugging Face's flag).
+    #[serde(alias = "bf16")]
+    pub precision: PrecisionSetting,
     /// Kept so configs that set it still load: training always runs on the engine (plain
     /// buffers, hand-written backward), and `false` (the removed autograd path) is refused.
     pub engine: bool,
@@ -204,6 +208,7 @@ impl Default for TrainSettings {
             seed: 1337,
             adapter_name: None,
             grad_checkpoint: false,
+            precision: PrecisionSetting::F32,
             engine: true,
         }
     }
@@ -335,6 +340,7 @@ impl TrainConfig {
         self.model.validate().map_err(|e| Error::Config(e.to_string()))?;
         let t = &self.train;
         let bad = |m: String| Err(Error::Config(m));
+        t.precision.resolve().map_err(Error::Config)?;
         if !t.engine {
             return bad(
                 "train.engine = false: the autograd path is gone; the engine trains every mode".into(),

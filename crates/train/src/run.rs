@@ -379,6 +379,7 @@ fn build(
     } else {
         engine
     };
+    let engine = engine.with_precision(t.precision.resolve().map_err(Error::Config)?);
     let mut opt = AdamW::for_lengths(t.adamw(), specs.iter().map(|s| s.shape.iter().product()));
     if let Some(r) = &mut resumed {
         (opt.m, opt.v) = std::mem::take(&mut r.moments);
@@ -750,6 +751,7 @@ fn write_manifest(
         "threads": rayon::current_num_threads(),
         "processes": processes,
         "dtype": "F32",
+        "precision": cfg.train.precision.resolve().ok().map(|p| serde_json::json!({"products": p.name(), "kernel": p.kernel()})),
     });
     write_json(&run.manifest(), &manifest)
 }

@@ -76,6 +76,7 @@ fn changed(default: &Value, key: &str) -> Value {
             "arch" => "llama",
             "mode" => "pretrain",
             "quant" => "q8",
+            "precision" => "bf16",
             _ => "x",
         }),
         _ => match key {

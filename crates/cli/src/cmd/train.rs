@@ -88,6 +88,11 @@ pub struct TrainArgs {
     /// contexts, about a third more compute per step
     #[arg(long)]
     pub grad_checkpoint: bool,
+    /// The weight products' inputs: f32; bf16 (AVX-512 BF16's `vdpbf16ps`, about twice the
+    /// multiply-adds; weights, gradients and optimizer state stay f32; refused on a CPU without
+    /// it); auto (bf16 where the CPU has it) [default: the config's, else f32]
+    #[arg(long, value_parser = super::parse::<chatforge_model::PrecisionSetting>)]
+    pub precision: Option<chatforge_model::PrecisionSetting>,
     /// Train personas from chat conversations (`--data` is the JSONL of `data import --format
     /// chat-export`): unified (one voice), instruction ("Respond as NAME:"), or adapters (one LoRA
     /// adapter per persona, on --init)
@@ -123,6 +128,7 @@ impl TrainArgs {
         t.beta = self.beta.unwrap_or(t.beta);
         t.label_smoothing = self.label_smoothing.unwrap_or(t.label_smoothing);
         t.grad_checkpoint |= self.grad_checkpoint;
+        t.precision = self.precision.unwrap_or(t.precision);
         let l = &mut cfg.lora;
         if let Some(r) = self.lora_rank {
             l.rank = r;

@@ -25,14 +25,14 @@ pub(super) fn backward(
     // With fewer rows, dlnf's rows go through `dres` (zeroed below before its own use).
     let dlnf = if all { &mut s.dnarrow } else { &mut s.dres };
     if rows > 0 {
-        mm(
+        gemm(
             dlnf,
             View::rows(0, rows, c, c),
             &acts.logits,
             View::rows(0, rows, v, v),
             wts,
             View::rows(m.head, v, c, c),
-            false,
+            w.how(false),
         );
     }
     if !all {
@@ -47,14 +47,14 @@ pub(super) fn backward(
             });
     }
     if !frozen && rows > 0 {
-        mm(
+        gemm(
             grads,
             View::rows(m.head, v, c, c),
             &acts.logits,
             View::rows(0, rows, v, v).t(),
             if all { &acts.lnf } else { &acts.lnf_rows },
             View::rows(0, rows, c, c),
-            true,
+            w.how(true),
         );
     }
     s.dres.par_chunks_mut(1 << 14).for_each(|x| x.fill(0.0));

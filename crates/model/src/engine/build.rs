@@ -183,6 +183,7 @@ impl Model {
             },
             p: cfg.dropout,
             lora_p: lora.map_or(0.0, |l| l.dropout),
+            prec: Precision::F32,
         })
     }
 

@@ -74,14 +74,14 @@ pub(super) fn forward(m: &Model, params: &[f32], acts: &mut Acts, s: &mut Scratc
             .for_each(|(dst, &i)| dst.copy_from_slice(&lnf[i * c..(i + 1) * c]));
         &acts.lnf_rows
     };
-    mm(
+    gemm(
         &mut acts.logits,
         View::rows(0, rows, v, v),
         lnf,
         View::rows(0, rows, c, c),
         w.wts,
         View::rows(m.head, v, c, c).t(),
-        false,
+        w.how(false),
     );
 }
 

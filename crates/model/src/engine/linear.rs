@@ -105,14 +105,14 @@ pub(super) fn linear_fwd(
     let (wts, trainable) = (w.wts, w.trainable);
     fill_bias(out, lin.b.map(|b| &wts[b..b + o]), o);
     let (wbuf, wv) = weight_of(wts, w.quant, wq, lin);
-    mm(
+    gemm(
         out,
         View::rows(0, n, o, o),
         x,
         View::rows(0, n, i, i),
         wbuf,
         wv,
-        true,
+        w.how(true),
     );
     if lin.ad.iter().all(Option::is_none) {
         return;
@@ -144,9 +144,8 @@ pub(super) fn linear_fwd(
             trainable,
             View::rows(ad.b, ad.n_out, r, r).t(),
             Gemm {
-                acc: true,
                 beta: ad.scale,
-                par: true,
+                ..Gemm::ADD
             },
         );
     }
@@ -186,36 +185,36 @@ impl Grads<'_> {
                 bias_grad(&mut grads[b..b + o], dy, o);
             }
             if lin.t {
-                mm(
+                gemm(
                     grads,
                     View::rows(lin.w, o, i, i),
                     dy,
                     View::rows(0, n, o, o).t(),
                     x,
                     View::rows(0, n, i, i),
-                    true,
+                    self.w.how(true),
                 );
             } else {
-                mm(
+                gemm(
                     grads,
                     View::rows(lin.w, i, o, o),
                     x,
                     View::rows(0, n, i, i).t(),
                     dy,
                     View::rows(0, n, o, o),
-                    true,
+                    self.w.how(true),
                 );
             }
         }
         let (wbuf, wv) = weight_of(wts, quant, self.wq, lin);
-        mm(
+        gemm(
             dx,
             View::rows(0, n, i, i),
             dy,
             View::rows(0, n, o, o),
             wbuf,
             wv.t(),
-            false,
+            self.w.how(false),
         );
         if lin.ad.iter().any(Option::is_some) {
             self.adapters(dx, dy, x, lin, u, drop);
@@ -248,9 +247,8 @@ impl Grads<'_> {
                 u,
                 View::rows(0, n, r, r),
                 Gemm {
-                    acc: true,
                     beta: ad.scale,
-                    par: true,
+                    ..Gemm::ADD
                 },
             );
             gemm(
@@ -261,9 +259,8 @@ impl Grads<'_> {
                 trainable,
                 View::rows(ad.b, ad.n_out, r, r),
                 Gemm {
-                    acc: false,
                     beta: ad.scale,
-                    par: true,
+                    ..Gemm::SET
                 },
             );
             mm(

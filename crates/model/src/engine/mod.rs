@@ -20,7 +20,7 @@ use crate::layout::{self, Linear, Norm, Part, Slot};
 use rayon::prelude::*;
 
 use crate::kernels::fast_math as fm;
-use crate::kernels::gemm::{Gemm, In, Out, SendPtr, View, gemm, gemm_raw, mm};
+use crate::kernels::gemm::{Gemm, In, Out, Precision, SendPtr, View, gemm, gemm_raw, mm};
 use crate::kernels::simd::vectorized;
 use crate::kernels::{
     gelu_fast, gelu_fast_grad, layer_norm_row, rms_norm_row, rope_angles, rotate_heads, swiglu_row,
@@ -216,6 +216,8 @@ struct Model {
     /// Dropout rates: the model's and the adapters' inputs'.
     p: f32,
     lora_p: f32,
+    /// The weight products' inputs: f32, or bf16 (sums and weights stay f32).
+    prec: Precision,
 }
 
 /// The weights a step reads: the model's (the frozen base with LoRA, else the trainable
@@ -226,6 +228,7 @@ struct Params<'a> {
     trainable: &'a [f32],
     quant: &'a [QuantWeight],
     frozen: bool,
+    prec: Precision,
 }
 
 impl<'a> Params<'a> {
@@ -234,6 +237,12 @@ impl<'a> Params<'a> {
     fn norm(&self, at: (usize, Option<usize>), c: usize) -> (&'a [f32], Option<&'a [f32]>) {
         let wts = self.wts;
         (&wts[at.0..at.0 + c], at.1.map(|b| &wts[b..b + c]))
+    }
+
+    /// A weight product on all cores (`dst += …` when `acc`), in the model's precision.
+    #[inline]
+    fn how(&self, acc: bool) -> Gemm {
+        Gemm::all(acc, self.prec)
     }
 }
 
@@ -244,6 +253,7 @@ impl Model {
             trainable,
             quant: &self.quant,
             frozen: self.frozen,
+            prec: self.prec,
         }
     }
 }
@@ -341,6 +351,19 @@ impl TrainEngine {
     ) -> Result<TrainEngine> {
         lora.validate_for(cfg.arch)?;
         Self::build(cfg, b, t, base, Some((lora, adapters)))
+    }
+
+    /// The weight products' inputs in `prec` (f32 by default): bf16 rounds the activations,
+    /// gradients and weights each product reads, while the weights, their gradients and the
+    /// optimizer's state stay f32 (mixed precision: PyTorch's `autocast(bfloat16)`).
+    pub fn with_precision(mut self, prec: Precision) -> TrainEngine {
+        self.model.prec = prec;
+        self
+    }
+
+    /// The weight products' precision.
+    pub fn precision(&self) -> Precision {
+        self.model.prec
     }
 
     /// Gradient checkpointing (Chen et al. 2016): keep only each block's output, and in backward

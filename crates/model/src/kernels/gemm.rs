@@ -3,6 +3,8 @@
 //! engine, the decoder's prompt path and the benches; and the pointer wrapper that hands disjoint
 //! regions of one buffer to parallel tasks.
 
+pub use crate::precision::Precision;
+
 /// A pointer that may cross threads: each task writes a region no other task touches.
 #[derive(Clone, Copy)]
 pub struct SendPtr(pub *mut f32);
@@ -95,12 +97,14 @@ impl In {
     }
 }
 
-/// How a product is written: `dst = (acc ? dst : 0) + beta · lhs · rhs`, on all cores when `par`.
+/// How a product is written: `dst = (acc ? dst : 0) + beta · lhs · rhs`, on all cores when `par`,
+/// its inputs in `prec`.
 #[derive(Debug, Clone, Copy)]
 pub struct Gemm {
     pub acc: bool,
     pub beta: f32,
     pub par: bool,
+    pub prec: Precision,
 }
 
 impl Gemm {
@@ -109,13 +113,26 @@ impl Gemm {
         acc: false,
         beta: 1.0,
         par: true,
+        prec: Precision::F32,
     };
     /// `dst += lhs · rhs` on all cores.
     pub const ADD: Gemm = Gemm {
         acc: true,
         beta: 1.0,
         par: true,
+        prec: Precision::F32,
     };
+
+    /// `dst = (acc ? dst : 0) + lhs · rhs` on all cores, inputs in `prec`.
+    #[inline]
+    pub fn all(acc: bool, prec: Precision) -> Gemm {
+        Gemm {
+            acc,
+            beta: 1.0,
+            par: true,
+            prec,
+        }
+    }
 
     /// `dst = (acc ? dst : 0) + beta · lhs · rhs` on the calling thread (inside a parallel task).
     #[inline]
@@ -124,11 +141,12 @@ impl Gemm {
             acc,
             beta,
             par: false,
+            prec: Precision::F32,
         }
     }
 }
 
-/// The product `how` says, with the `gemm` crate.
+/// The product `how` says: with the `gemm` crate in f32, with [`super::bf16`] in bf16.
 ///
 /// # Safety
 /// Each pointer addresses a buffer of its `len` values; `dst` does not overlap `lhs` or `rhs`,
@@ -146,6 +164,11 @@ pub unsafe fn gemm_raw(dst: Out, lhs: In, rhs: In, how: Gemm) {
         d.fits(dst.len) && l.fits(lhs.len) && r.fits(rhs.len),
         "matmul view out of bounds"
     );
+    if how.prec == Precision::Bf16 {
+        // SAFETY: the caller's contract and the bounds checked above.
+        unsafe { super::bf16::gemm(dst, lhs, rhs, how, super::bf16::tile()) };
+        return;
+    }
     let threads = if how.par { rayon::current_num_threads() } else { 1 };
     // SAFETY: the caller's contract and the bounds checked above.
     unsafe {
