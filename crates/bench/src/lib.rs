@@ -361,7 +361,13 @@ pub(crate) fn all_bench(args: &AllBench) -> anyhow::Result<()> {
     say!("── sgemm ──");
     bench_child(&["sgemm", "--sizes", "1024"], py)?;
     let mut summary = Vec::new();
-    for (name, extra) in [("training", None), ("SFT training", Some("--sft"))] {
+    let mut variants: Vec<(&str, &[&str])> = vec![("training", &[]), ("SFT training", &["--sft"])];
+    // bf16 beside PyTorch's autocast(bfloat16), where this CPU has AVX-512 BF16.
+    if chatforge_model::PrecisionSetting::Bf16.resolve().is_ok() {
+        variants.push(("training, bf16", &["--precision", "bf16"]));
+        variants.push(("SFT training, bf16", &["--sft", "--precision", "bf16"]));
+    }
+    for (name, extra) in variants {
         say!("\n── {name}: bench model, {} runs ──", args.runs);
         let mut ratios = Vec::new();
         for _ in 0..args.runs.max(1) {
