@@ -211,49 +211,96 @@ fn pack_b_panel(b: &Src, k0: usize, kp: usize, j0: usize, out: &mut [u32]) {
     }
 }
 
-/// Packs rows `i0..i0 + MR` and inputs `k0..k0 + 2·kp` of `a` as one panel:
-/// `out[p·MR + i] = pair(a[i0 + i][k0 + 2p], a[i0 + i][k0 + 2p + 1])`.
+/// How a left panel holds its pairs: row after row (`out[i·kp + p]`, a row-major operand's
+/// layout, packed without a transpose), or pair after pair (`out[p·MR + i]`, a transposed one's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ALayout {
+    Rows,
+    Pairs,
+}
+
+impl ALayout {
+    fn of(a: &Src) -> ALayout {
+        if a.cs == 1 { ALayout::Rows } else { ALayout::Pairs }
+    }
+}
+
+/// Packs rows `i0..i0 + MR` and inputs `k0..k0 + 2·kp` of `a` as one panel in its
+/// [`ALayout`]: pair `(i, p)` is `pair(a[i0 + i][k0 + 2p], a[i0 + i][k0 + 2p + 1])`.
 #[inline(always)]
 fn pack_a_panel(a: &Src, i0: usize, k0: usize, kp: usize, out: &mut [u32]) {
-    if a.cs == 1 {
-        // Row-major: each row's pairs are contiguous.
-        let runs: [Option<&[f32]>; MR] = std::array::from_fn(|i| a.run(i0 + i, k0, 2 * kp, true));
-        transpose_pairs(&runs, kp, out, MR, |i, p| {
-            pair(a.at(i0 + i, k0 + 2 * p), a.at(i0 + i, k0 + 2 * p + 1))
-        });
-    } else {
-        // Transposed (`Xᵀ` of a weight gradient): a tile's rows are contiguous along each input.
-        for p in 0..kp {
-            let o = &mut out[p * MR..(p + 1) * MR];
-            match (
-                a.run(i0, k0 + 2 * p, MR, false),
-                a.run(i0, k0 + 2 * p + 1, MR, false),
-            ) {
-                (Some(x0), Some(x1)) => interleave(o, x0, x1),
-                _ => {
-                    for (i, o) in o.iter_mut().enumerate() {
+    if ALayout::of(a) == ALayout::Rows {
+        // Row-major: each row's pairs are contiguous, and so are the panel's.
+        for (i, o) in out.chunks_exact_mut(kp).enumerate().take(MR) {
+            match a.run(i0 + i, k0, 2 * kp, true) {
+                Some(run) => {
+                    for (o, two) in o.iter_mut().zip(run.chunks_exact(2)) {
+                        *o = pair(two[0], two[1]);
+                    }
+                }
+                None => {
+                    for (p, o) in o.iter_mut().enumerate() {
                         *o = pair(a.at(i0 + i, k0 + 2 * p), a.at(i0 + i, k0 + 2 * p + 1));
                     }
                 }
             }
         }
+    } else {
+        // Transposed (`Xᵀ` of a weight gradient): a tile's rows are contiguous along each input.
+        for p in 0..kp {
+            pack_a_pairs(a, i0, k0 + 2 * p, &mut out[p * MR..(p + 1) * MR]);
+        }
     }
 }
 
-/// [`pack_a_panel`] and [`pack_b_panel`] compiled for AVX-512 (the closures `vectorized` takes
+/// Rows `i0..i0 + MR` of the pair of inputs `k, k + 1` of a transposed `a`, interleaved.
+#[inline(always)]
+fn pack_a_pairs(a: &Src, i0: usize, k: usize, o: &mut [u32]) {
+    match (a.run(i0, k, MR, false), a.run(i0, k + 1, MR, false)) {
+        (Some(x0), Some(x1)) => interleave(o, x0, x1),
+        _ => {
+            for (i, o) in o.iter_mut().enumerate() {
+                *o = pair(a.at(i0 + i, k), a.at(i0 + i, k + 1));
+            }
+        }
+    }
+}
+
+/// Packs the panels of rows `i0..` (as many as `out` holds, `kp · MR` pairs each) and inputs
+/// `k0..k0 + 2·kp` of `a`. A transposed operand is read pair of inputs by pair of inputs across
+/// all the panels, so each input's run of rows streams once instead of once per panel.
+#[inline(always)]
+fn pack_a_block(a: &Src, i0: usize, k0: usize, kp: usize, out: &mut [u32]) {
+    if ALayout::of(a) == ALayout::Rows {
+        for (ti, panel) in out.chunks_exact_mut(kp * MR).enumerate() {
+            pack_a_panel(a, i0 + ti * MR, k0, kp, panel);
+        }
+        return;
+    }
+    let tiles = out.len() / (kp * MR);
+    for p in 0..kp {
+        for ti in 0..tiles {
+            let o = &mut out[ti * kp * MR + p * MR..][..MR];
+            pack_a_pairs(a, i0 + ti * MR, k0 + 2 * p, o);
+        }
+    }
+}
+
+/// [`pack_a_block`] and [`pack_b_panel`] compiled for AVX-512 (the closures `vectorized` takes
 /// are too large for the compiler to inline into its AVX-512 copy).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 fn pack_avx512(a_side: bool, x: &Src, (r0, k0, kp): (usize, usize, usize), out: &mut [u32]) {
     if a_side {
-        pack_a_panel(x, r0, k0, kp, out);
+        pack_a_block(x, r0, k0, kp, out);
     } else {
         pack_b_panel(x, k0, kp, r0, out);
     }
 }
 
-/// Packs one panel of the left operand (`a_side`: rows from `r0`) or of the right one (columns
-/// from `r0`), inputs `k0..k0 + 2·kp`, with the widest vectors this CPU has.
+/// Packs the panels of the left operand from row `r0` (`a_side`, as many as `out` holds) or one
+/// panel of the right one (columns from `r0`), inputs `k0..k0 + 2·kp`, with the widest vectors
+/// this CPU has.
 fn pack_panel(a_side: bool, x: &Src, (r0, k0, kp): (usize, usize, usize), out: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
     if super::simd::isa() == super::simd::Isa::Avx512 {
@@ -266,7 +313,7 @@ fn pack_panel(a_side: bool, x: &Src, (r0, k0, kp): (usize, usize, usize), out: &
     }
     vectorized(|| {
         if a_side {
-            pack_a_panel(x, r0, k0, kp, out);
+            pack_a_block(x, r0, k0, kp, out);
         } else {
             pack_b_panel(x, k0, kp, r0, out);
         }
@@ -275,13 +322,17 @@ fn pack_panel(a_side: bool, x: &Src, (r0, k0, kp): (usize, usize, usize), out: &
 
 /// The sums of one tile, emulated: `c[i·NR + j] = Σ_p a_p,i · b_p,j` over packed pairs.
 #[inline(always)]
-fn tile_emulated(kp: usize, a: &[u32], b: &[u32], c: &mut [f32; MR * NR]) {
+fn tile_emulated(kp: usize, (a, layout): (&[u32], ALayout), b: &[u32], c: &mut [f32; MR * NR]) {
     c.fill(0.0);
     let lo = |x: u32| f32::from_bits(x << 16);
     let hi = |x: u32| f32::from_bits(x & 0xFFFF_0000);
     for p in 0..kp {
-        let (ap, bp) = (&a[p * MR..(p + 1) * MR], &b[p * NR..(p + 1) * NR]);
-        for (i, &x) in ap.iter().enumerate() {
+        let bp = &b[p * NR..(p + 1) * NR];
+        for i in 0..MR {
+            let x = match layout {
+                ALayout::Rows => a[i * kp + p],
+                ALayout::Pairs => a[p * MR + i],
+            };
             let (a0, a1) = (lo(x), hi(x));
             let row = &mut c[i * NR..(i + 1) * NR];
             for (s, &y) in row.iter_mut().zip(bp) {
@@ -298,20 +349,22 @@ fn tile_emulated(kp: usize, a: &[u32], b: &[u32], c: &mut [f32; MR * NR]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[allow(unsafe_code)]
-unsafe fn tile_native(kp: usize, a: &[u32], b: &[u32], c: &mut [f32; MR * NR]) {
+unsafe fn tile_native<const ROWS: bool>(kp: usize, a: &[u32], b: &[u32], c: &mut [f32; MR * NR]) {
     use std::arch::x86_64::*;
     debug_assert!(a.len() >= kp * MR && b.len() >= kp * NR);
     let (a, b) = (a.as_ptr(), b.as_ptr());
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    // Pair `(i, p)` is at `a[i·kp + p]` (rows) or `a[p·MR + i]` (pairs).
+    let (row_step, pair_step) = if ROWS { (kp, 1) } else { (1, MR) };
     // SAFETY: the reads stay inside the panels (the caller's contract); the casts reinterpret
     // 512 bits as 32 bf16.
     unsafe {
         for p in 0..kp {
             let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR).cast()));
             let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16).cast()));
-            let ap = a.add(p * MR);
+            let ap = a.add(p * pair_step);
             for (i, acc) in acc.iter_mut().enumerate() {
-                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(i) as i32));
+                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(i * row_step) as i32));
                 acc[0] = _mm512_dpbf16_ps(acc[0], x, b0);
                 acc[1] = _mm512_dpbf16_ps(acc[1], x, b1);
             }
@@ -423,6 +476,7 @@ pub(super) unsafe fn gemm(dst: Out, lhs: In, rhs: In, how: Gemm, tile: Tile) {
     }
     let tile = if native() { tile } else { Tile::Emulated };
     let (a, b) = (Src::of(lhs), Src::of(rhs));
+    let layout = ALayout::of(&a);
     let passes = passes(k);
     let panels = n.div_ceil(NR);
     // Pass `s` of the packed right operand starts at `start(s)`: `kp` pairs × all panels.
@@ -481,9 +535,7 @@ pub(super) unsafe fn gemm(dst: Out, lhs: In, rhs: In, how: Gemm, tile: Tile) {
                 for (s, &(k0, len)) in passes.iter().enumerate() {
                     let kp = kp_of(len);
                     ap.resize(tiles * kp * MR, 0);
-                    for (ti, out) in ap.chunks_exact_mut(kp * MR).enumerate() {
-                        pack_panel(true, &a, (i0 + ti * MR, k0, kp), out);
-                    }
+                    pack_panel(true, &a, (i0, k0, kp), ap);
                     let add = s > 0 || how.acc;
                     for jp in p0..p1 {
                         let panel = &bp[start(k0) + jp * kp * NR..][..kp * NR];
@@ -492,8 +544,13 @@ pub(super) unsafe fn gemm(dst: Out, lhs: In, rhs: In, how: Gemm, tile: Tile) {
                                 #[cfg(target_arch = "x86_64")]
                                 // SAFETY: `Tile::Native` is only chosen where `native()` holds
                                 // (see `gemm_raw`); the panels hold `kp` pairs.
-                                Tile::Native => unsafe { tile_native(kp, apanel, panel, &mut c) },
-                                _ => vectorized(|| tile_emulated(kp, apanel, panel, &mut c)),
+                                Tile::Native => unsafe {
+                                    match layout {
+                                        ALayout::Rows => tile_native::<true>(kp, apanel, panel, &mut c),
+                                        ALayout::Pairs => tile_native::<false>(kp, apanel, panel, &mut c),
+                                    }
+                                },
+                                _ => vectorized(|| tile_emulated(kp, (apanel, layout), panel, &mut c)),
                             }
                             write(&out, i0 + ti * MR, jp * NR, &c, add, how.beta);
                         }
