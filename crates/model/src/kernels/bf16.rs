@@ -454,13 +454,12 @@ thread_local! {
 }
 
 /// The passes over the inputs: `k` split evenly into passes of at most [`KC`], each even.
-fn passes(k: usize) -> Vec<(usize, usize)> {
+fn passes(k: usize) -> impl Iterator<Item = (usize, usize)> + Clone {
     let n = k.div_ceil(KC).max(1);
     let kc = k.div_ceil(n).next_multiple_of(2);
     (0..n)
-        .map(|p| (p * kc, kc.min(k.saturating_sub(p * kc))))
+        .map(move |p| (p * kc, kc.min(k.saturating_sub(p * kc))))
         .filter(|&(_, len)| len > 0)
-        .collect()
 }
 
 /// `dst = (how.acc ? dst : 0) + how.beta · lhs · rhs` with bf16 inputs, on all cores when
@@ -486,27 +485,18 @@ pub(super) unsafe fn gemm(dst: Out, lhs: In, rhs: In, how: Gemm, tile: Tile) {
     let mut packed_b = PACKED_B.take();
     {
         let bp = &mut packed_b;
-        let total: usize = passes.iter().map(|&(_, len)| kp_of(len) * panels * NR).sum();
-        bp.resize(total, 0);
-        // Pack the right operand: every (pass, panel) is independent.
-        let chunks: Vec<(usize, usize, usize)> = passes
-            .iter()
-            .flat_map(|&(k0, len)| (0..panels).map(move |jp| (k0, len, jp)))
-            .collect();
-        let mut slices: Vec<&mut [u32]> = Vec::with_capacity(chunks.len());
-        let mut rest: &mut [u32] = bp;
-        for &(_, len, _) in &chunks {
-            let (head, tail) = rest.split_at_mut(kp_of(len) * NR);
-            slices.push(head);
-            rest = tail;
-        }
-        let pack = |(&(k0, len, jp), out): (&(usize, usize, usize), &mut &mut [u32])| {
-            pack_panel(false, &b, (jp * NR, k0, kp_of(len)), out);
-        };
-        if how.par {
-            chunks.par_iter().zip(slices.par_iter_mut()).for_each(pack);
-        } else {
-            chunks.iter().zip(slices.iter_mut()).for_each(pack);
+        bp.resize(k.div_ceil(2) * panels * NR, 0);
+        // Pack the right operand: pass after pass, its panels independent (each pass's `kp`
+        // pairs × all panels start at `start(k0)`).
+        for (k0, len) in passes.clone() {
+            let kp = kp_of(len);
+            let region = &mut bp[start(k0)..start(k0) + kp * panels * NR];
+            let pack = |(jp, out): (usize, &mut [u32])| pack_panel(false, &b, (jp * NR, k0, kp), out);
+            if how.par {
+                region.par_chunks_mut(kp * NR).enumerate().for_each(pack);
+            } else {
+                region.chunks_mut(kp * NR).enumerate().for_each(pack);
+            }
         }
         let bp: &[u32] = bp;
         // Tasks: row blocks of MC, and column blocks when there are too few row blocks to share.
@@ -532,7 +522,7 @@ pub(super) unsafe fn gemm(dst: Out, lhs: In, rhs: In, how: Gemm, tile: Tile) {
                 let ap = &mut packed_a;
                 let tiles = (i1 - i0).div_ceil(MR);
                 let mut c = [0f32; MR * NR];
-                for (s, &(k0, len)) in passes.iter().enumerate() {
+                for (s, (k0, len)) in passes.clone().enumerate() {
                     let kp = kp_of(len);
                     ap.resize(tiles * kp * MR, 0);
                     pack_panel(true, &a, (i0, k0, kp), ap);
@@ -693,8 +683,9 @@ mod tests {
         }
         assert!(f32::from_bits(bf(f32::NAN) << 16).is_nan());
         assert!(f32::from_bits(bf(-f32::NAN) << 16).is_nan());
-        assert_eq!(passes(1), vec![(0, 1)]);
-        assert_eq!(passes(800), vec![(0, 800)]);
-        assert_eq!(passes(2500), vec![(0, 834), (834, 834), (1668, 832)]);
+        let all = |k| passes(k).collect::<Vec<_>>();
+        assert_eq!(all(1), vec![(0, 1)]);
+        assert_eq!(all(800), vec![(0, 800)]);
+        assert_eq!(all(2500), vec![(0, 834), (834, 834), (1668, 832)]);
     }
 }
