@@ -187,16 +187,18 @@ pub(super) fn tile_softmax(
             let row = &mut p[i * t + tile.s..i * t + tile.r1];
             let n = i - tile.s + 1;
             vectorized(|| {
-                let (max, inv) = stats.get(i).unwrap_or_else(|| {
-                    let max = row[..n]
-                        .iter()
-                        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
-                    let sum: f32 = row[..n].iter().map(|&x| fm::exp(x - max)).sum();
-                    (max, 1.0 / sum)
-                });
-                row[..n].iter_mut().for_each(|x| *x = fm::exp(*x - max) * inv);
+                // The same two roundings either way: `exp(x − max)`, then `· inv`.
+                match stats.get(i) {
+                    Some((max, inv)) => row[..n].iter_mut().for_each(|x| *x = fm::exp(*x - max) * inv),
+                    None => {
+                        let max = fm::max(&row[..n]);
+                        row[..n].iter_mut().for_each(|x| *x = fm::exp(*x - max));
+                        let inv = 1.0 / fm::sum(&row[..n]);
+                        row[..n].iter_mut().for_each(|x| *x *= inv);
+                        stats.put(i, (max, inv));
+                    }
+                }
                 row[n..].fill(0.0);
-                stats.put(i, (max, inv));
             });
         }
     }
@@ -223,7 +225,7 @@ fn softmax_grad(p: &[f32], dp: &mut [f32], mask: Option<(&Mask, usize)>, t: usiz
             let span = i * t + tile.s..i * t + tile.r1;
             let (prow, drow) = (&p[span.clone()], &mut dp[span]);
             let n = i - tile.s + 1;
-            let dot: f32 = prow[..n].iter().zip(&drow[..n]).map(|(p, d)| p * d).sum();
+            let dot = fm::sum_of(&prow[..n], &drow[..n], |p, d| p * d);
             for (d, &p) in drow.iter_mut().zip(prow) {
                 *d = p * (*d - dot);
             }

@@ -9,6 +9,52 @@ const LN2_LO: f32 = 1.428_606_8e-6;
 /// 1.5 · 2²³: adding and subtracting it rounds to the nearest integer in f32.
 const ROUND: f32 = 12_582_912.0;
 
+/// Lanes of the reductions below: as many partial results as an AVX-512 vector holds.
+const LANES: usize = 16;
+
+/// `Σ f(xᵢ, yᵢ)` over `x` and `y` (of equal length) in [`LANES`] interleaved partial sums, so
+/// the compiler vectorises it (a plain `sum` is one chain it may not reorder); the order is
+/// fixed, so the result repeats bit for bit.
+#[inline(always)]
+pub fn sum_of(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (xs, ys) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
+    let (xr, yr) = (xs.remainder(), ys.remainder());
+    for (a, b) in xs.zip(ys) {
+        for ((s, &a), &b) in acc.iter_mut().zip(a).zip(b) {
+            *s += f(a, b);
+        }
+    }
+    for ((s, &a), &b) in acc.iter_mut().zip(xr).zip(yr) {
+        *s += f(a, b);
+    }
+    acc.iter().sum()
+}
+
+/// `Σ xᵢ` (as [`sum_of`]).
+#[inline(always)]
+pub fn sum(x: &[f32]) -> f32 {
+    sum_of(x, x, |a, _| a)
+}
+
+/// The largest of `x` (−∞ when empty), in [`LANES`] interleaved partial maxima.
+#[inline(always)]
+pub fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let xs = x.chunks_exact(LANES);
+    let rest = xs.remainder();
+    for c in xs {
+        for (m, &v) in acc.iter_mut().zip(c) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    for (m, &v) in acc.iter_mut().zip(rest) {
+        *m = if v > *m { v } else { *m };
+    }
+    acc.iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
 /// `eˣ`, for `x` in about [−87.3, 88.3] (inputs beyond are clamped: about 1e-38 and 2e38).
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
@@ -101,5 +147,24 @@ mod tests {
         assert_eq!(erf(0.0), 0.0);
         assert_eq!(tanh(20.0), 1.0);
         assert_eq!(tanh(-20.0), -1.0);
+    }
+
+    #[test]
+    fn lane_reductions_match_plain_ones() {
+        for n in [0usize, 1, 15, 16, 17, 100, 257] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37).collect();
+            let y: Vec<f32> = (0..n).map(|i| ((i * 11 % 23) as f32 - 11.0) * 0.5).collect();
+            let want: f64 = x.iter().map(|&v| f64::from(v)).sum();
+            let mag: f64 = x.iter().map(|&v| f64::from(v).abs()).sum();
+            assert!(
+                (f64::from(sum(&x)) - want).abs() <= 1e-6 * mag.max(1.0),
+                "sum of {n}"
+            );
+            let dot: f64 = x.iter().zip(&y).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+            let got = f64::from(sum_of(&x, &y, |a, b| a * b));
+            assert!((got - dot).abs() <= 1e-5 * mag.max(1.0) * 6.0, "dot of {n}");
+            let plain = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            assert_eq!(max(&x), plain, "max of {n}");
+        }
     }
 }
