@@ -114,10 +114,8 @@ impl TrainEngine {
 #[inline]
 pub(super) fn exp_row(row: &mut [f32]) -> (f32, f32) {
     vectorized(|| {
-        let max = row
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+        let max = fm::max(row);
         row.iter_mut().for_each(|x| *x = fm::exp(*x - max));
-        (max, row.iter().sum::<f32>())
+        (max, fm::sum(row))
     })
 }

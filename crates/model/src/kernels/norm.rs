@@ -1,12 +1,14 @@
 //! Layer normalisation of one row: its statistics and the normalised, scaled and shifted values.
 //! The training engine keeps the statistics for backward; the decoder only needs the values.
 
+use super::fast_math as fm;
+
 /// A row's `(mean, 1/√(var + eps))`.
 #[inline]
 pub fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = fm::sum(row) / n;
+    let var = fm::sum_of(row, row, |v, _| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -33,7 +35,7 @@ pub fn layer_norm_row(x: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, out: &m
 /// `(0, 1/√(mean(x²) + eps))`, the statistics [`layer_norm_row`] returns with a mean of 0.
 #[inline]
 pub fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> (f32, f32) {
-    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let ms = fm::sum_of(x, x, |v, _| v * v) / x.len() as f32;
     let rstd = 1.0 / (ms + eps).sqrt();
     for i in 0..x.len() {
         out[i] = x[i] * rstd * w[i];
