@@ -198,20 +198,8 @@ seed = 5
 "#;
 
     fn train_args<'a>(mode: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-        let mut a = vec![
-            "train",
-            "--config",
-            "cfg.toml",
-            "--data",
-            "train.bin",
-            "--val",
-            "val.bin",
-            "--mode",
-            mode,
-            "-o",
-            out,
-            "--no-eval",
-        ];
+        let mut a = common::TRAIN_ON_SAMPLE.to_vec();
+        a.extend(["--mode", mode, "-o", out, "--no-eval"]);
         a.extend_from_slice(extra);
         a
     }

@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{CONFIG, sample_shards};
+use common::{CONFIG, TRAIN_ON_SAMPLE, sample_shards};
 
 /// Trains `CONFIG` (80 steps, no dropout) on the sample shards with `args` added and `env` set;
 /// returns the run's step losses, last validation loss and manifest, or the error output.
@@ -21,21 +21,12 @@ fn train(
     env: &[(&str, &str)],
 ) -> Result<(Vec<f64>, f64, serde_json::Value), String> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatforge"));
-    cmd.args([
-        "train",
-        "--config",
-        "cfg.toml",
-        "--data",
-        "train.bin",
-        "--val",
-        "val.bin",
-        "-o",
-        out,
-    ])
-    .args(args)
-    .current_dir(d)
-    .stdin(Stdio::null())
-    .env_remove(chatforge_model::precision::EMULATE_ENV);
+    cmd.args(TRAIN_ON_SAMPLE)
+        .args(["-o", out])
+        .args(args)
+        .current_dir(d)
+        .stdin(Stdio::null())
+        .env_remove(chatforge_model::precision::EMULATE_ENV);
     for (k, v) in env {
         cmd.env(k, v);
     }

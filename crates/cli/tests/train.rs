@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{ok, sample_shards};
+use common::{TRAIN_ON_SAMPLE, ok, sample_shards};
 
 /// step → loss, the last record of each step (a resumed run redoes the steps after its checkpoint).
 fn losses(run: &Path) -> BTreeMap<u64, f64> {
@@ -51,20 +51,11 @@ fn sigkill_then_resume_gives_identical_losses() {
     sample_shards(d, 600);
     std::fs::write(d.join("cfg.toml"), CONFIG).unwrap();
     let args = |out: &str| -> Vec<String> {
-        [
-            "train",
-            "--config",
-            "cfg.toml",
-            "--data",
-            "train.bin",
-            "--val",
-            "val.bin",
-            "-o",
-            out,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        TRAIN_ON_SAMPLE
+            .iter()
+            .chain(&["-o", out])
+            .map(|s| s.to_string())
+            .collect()
     };
 
     let full_out = ok(

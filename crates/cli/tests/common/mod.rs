@@ -124,6 +124,18 @@ checkpoint_every = 30
 seed = 3
 "#;
 
+/// `chatforge train` on what [`sample_shards`] makes, with `cfg.toml` (the arguments every test
+/// that trains on the sample corpus starts with).
+pub const TRAIN_ON_SAMPLE: [&str; 7] = [
+    "train",
+    "--config",
+    "cfg.toml",
+    "--data",
+    "train.bin",
+    "--val",
+    "val.bin",
+];
+
 /// In `d`: the sample conversations (`train.jsonl`, `train.val.jsonl`), a tokenizer of `vocab`
 /// tokens trained on them (`tok`) and their shards (`train.bin`, `val.bin`).
 pub fn sample_shards(d: &Path, vocab: usize) {
@@ -173,19 +185,7 @@ pub fn trained() -> &'static (tempfile::TempDir, PathBuf) {
         sample_shards(d, 500);
         std::fs::write(d.join("cfg.toml"), CONFIG).unwrap();
         let out = ok(
-            &[
-                "train",
-                "--config",
-                "cfg.toml",
-                "--data",
-                "train.bin",
-                "--val",
-                "val.bin",
-                "--tokenizer",
-                "tok",
-                "-o",
-                "run",
-            ],
+            &[&TRAIN_ON_SAMPLE[..], &["--tokenizer", "tok", "-o", "run"]].concat(),
             d,
             None,
         );
