@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 mod common;
-use common::{exec, fails, ok, trained};
+use common::{TRAIN_ON_SAMPLE, exec, fails, ok, trained};
 
 fn replies(stdout: &str) -> Vec<&str> {
     stdout
@@ -324,31 +324,28 @@ fn lora_runs_adapters_and_merge_agree() {
     let base = run.to_str().unwrap();
     let out = ok(
         &[
-            "train",
-            "--config",
-            "cfg.toml",
-            "--data",
-            "train.bin",
-            "--val",
-            "val.bin",
-            "--mode",
-            "lora",
-            "--init",
-            base,
-            "--lora-rank",
-            "4",
-            "--lora-targets",
-            "c_attn,c_fc",
-            "--max-steps",
-            "20",
-            "--lr",
-            "1e-2",
-            "--adapter-name",
-            "alice",
-            "--no-eval",
-            "-o",
-            "lora",
-        ],
+            &TRAIN_ON_SAMPLE[..],
+            &[
+                "--mode",
+                "lora",
+                "--init",
+                base,
+                "--lora-rank",
+                "4",
+                "--lora-targets",
+                "c_attn,c_fc",
+                "--max-steps",
+                "20",
+                "--lr",
+                "1e-2",
+                "--adapter-name",
+                "alice",
+                "--no-eval",
+                "-o",
+                "lora",
+            ],
+        ]
+        .concat(),
         d,
         None,
     );
@@ -436,26 +433,23 @@ fn lora_runs_adapters_and_merge_agree() {
     // QLoRA from the command line, with gradient checkpointing; the run generates.
     let out = ok(
         &[
-            "train",
-            "--config",
-            "cfg.toml",
-            "--data",
-            "train.bin",
-            "--val",
-            "val.bin",
-            "--mode",
-            "qlora",
-            "--quant",
-            "q8",
-            "--grad-checkpoint",
-            "--init",
-            base,
-            "--max-steps",
-            "4",
-            "--no-eval",
-            "-o",
-            "qlora",
-        ],
+            &TRAIN_ON_SAMPLE[..],
+            &[
+                "--mode",
+                "qlora",
+                "--quant",
+                "q8",
+                "--grad-checkpoint",
+                "--init",
+                base,
+                "--max-steps",
+                "4",
+                "--no-eval",
+                "-o",
+                "qlora",
+            ],
+        ]
+        .concat(),
         d,
         None,
     );
