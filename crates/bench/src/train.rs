@@ -31,7 +31,7 @@ fn torch_reference(args: &TrainBench) -> anyhow::Result<Option<f64>> {
                 &args.warmup.to_string(),
             ])
             .args(args.sft.then_some("--sft"))
-            .args((precision(args)? == Precision::Bf16).then_some("--bf16"));
+            .args((precision_of(args.precision)? == Precision::Bf16).then_some("--bf16"));
         let r = json_of(&mut cmd, "scripts/reference/bench_train_torch.py")?;
         let rt = r["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
         best = best.max(rt);
@@ -45,11 +45,6 @@ fn torch_reference(args: &TrainBench) -> anyhow::Result<Option<f64>> {
         );
     }
     Ok(Some(best))
-}
-
-/// The precision `--precision` runs on this CPU.
-pub(crate) fn precision(args: &TrainBench) -> anyhow::Result<Precision> {
-    precision_of(args.precision)
 }
 
 /// The precision a bench's `--precision` runs on this CPU.
@@ -193,7 +188,7 @@ pub(crate) fn run(args: &TrainBench) -> anyhow::Result<()> {
     let (b, t, v) = (8usize, cfg.n_ctx, cfg.vocab_size);
     let specs = param_specs(&cfg);
     let flat = take_flat(&specs, &mut init_weights(&cfg, &mut Rng::new(0))?)?;
-    let prec = precision(args)?;
+    let prec = precision_of(args.precision)?;
     let mut engine = TrainEngine::new(&cfg, b, t, flat)?.with_precision(prec);
     let mut opt = AdamW::for_lengths(BENCH_ADAMW, specs.iter().map(|s| s.shape.iter().product()));
     let mut dropout = Rng::new(0);

@@ -225,30 +225,23 @@ impl ALayout {
     }
 }
 
-/// Packs rows `i0..i0 + MR` and inputs `k0..k0 + 2·kp` of `a` as one panel in its
-/// [`ALayout`]: pair `(i, p)` is `pair(a[i0 + i][k0 + 2p], a[i0 + i][k0 + 2p + 1])`.
+/// Packs rows `i0..i0 + MR` and inputs `k0..k0 + 2·kp` of a row-major `a` as one panel in
+/// [`ALayout::Rows`]: `out[i·kp + p] = pair(a[i0 + i][k0 + 2p], a[i0 + i][k0 + 2p + 1])`. Each
+/// row's pairs are contiguous in `a`, and so are the panel's.
 #[inline(always)]
-fn pack_a_panel(a: &Src, i0: usize, k0: usize, kp: usize, out: &mut [u32]) {
-    if ALayout::of(a) == ALayout::Rows {
-        // Row-major: each row's pairs are contiguous, and so are the panel's.
-        for (i, o) in out.chunks_exact_mut(kp).enumerate().take(MR) {
-            match a.run(i0 + i, k0, 2 * kp, true) {
-                Some(run) => {
-                    for (o, two) in o.iter_mut().zip(run.chunks_exact(2)) {
-                        *o = pair(two[0], two[1]);
-                    }
-                }
-                None => {
-                    for (p, o) in o.iter_mut().enumerate() {
-                        *o = pair(a.at(i0 + i, k0 + 2 * p), a.at(i0 + i, k0 + 2 * p + 1));
-                    }
+fn pack_a_rows(a: &Src, i0: usize, k0: usize, kp: usize, out: &mut [u32]) {
+    for (i, o) in out.chunks_exact_mut(kp).enumerate().take(MR) {
+        match a.run(i0 + i, k0, 2 * kp, true) {
+            Some(run) => {
+                for (o, two) in o.iter_mut().zip(run.chunks_exact(2)) {
+                    *o = pair(two[0], two[1]);
                 }
             }
-        }
-    } else {
-        // Transposed (`Xᵀ` of a weight gradient): a tile's rows are contiguous along each input.
-        for p in 0..kp {
-            pack_a_pairs(a, i0, k0 + 2 * p, &mut out[p * MR..(p + 1) * MR]);
+            None => {
+                for (p, o) in o.iter_mut().enumerate() {
+                    *o = pair(a.at(i0 + i, k0 + 2 * p), a.at(i0 + i, k0 + 2 * p + 1));
+                }
+            }
         }
     }
 }
@@ -267,13 +260,14 @@ fn pack_a_pairs(a: &Src, i0: usize, k: usize, o: &mut [u32]) {
 }
 
 /// Packs the panels of rows `i0..` (as many as `out` holds, `kp · MR` pairs each) and inputs
-/// `k0..k0 + 2·kp` of `a`. A transposed operand is read pair of inputs by pair of inputs across
-/// all the panels, so each input's run of rows streams once instead of once per panel.
+/// `k0..k0 + 2·kp` of `a`, in its [`ALayout`]. A transposed operand (`Xᵀ` of a weight gradient)
+/// is read pair of inputs by pair of inputs across all the panels, so each input's run of rows
+/// streams once instead of once per panel.
 #[inline(always)]
 fn pack_a_block(a: &Src, i0: usize, k0: usize, kp: usize, out: &mut [u32]) {
     if ALayout::of(a) == ALayout::Rows {
         for (ti, panel) in out.chunks_exact_mut(kp * MR).enumerate() {
-            pack_a_panel(a, i0 + ti * MR, k0, kp, panel);
+            pack_a_rows(a, i0 + ti * MR, k0, kp, panel);
         }
         return;
     }
@@ -286,16 +280,22 @@ fn pack_a_block(a: &Src, i0: usize, k0: usize, kp: usize, out: &mut [u32]) {
     }
 }
 
-/// [`pack_a_block`] and [`pack_b_panel`] compiled for AVX-512 (the closures `vectorized` takes
-/// are too large for the compiler to inline into its AVX-512 copy).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-fn pack_avx512(a_side: bool, x: &Src, (r0, k0, kp): (usize, usize, usize), out: &mut [u32]) {
+/// [`pack_a_block`] (`a_side`) or [`pack_b_panel`].
+#[inline(always)]
+fn pack_either(a_side: bool, x: &Src, (r0, k0, kp): (usize, usize, usize), out: &mut [u32]) {
     if a_side {
         pack_a_block(x, r0, k0, kp, out);
     } else {
         pack_b_panel(x, k0, kp, r0, out);
     }
+}
+
+/// [`pack_either`] compiled for AVX-512 (the closures `vectorized` takes are too large for the
+/// compiler to inline into its AVX-512 copy).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+fn pack_avx512(a_side: bool, x: &Src, at: (usize, usize, usize), out: &mut [u32]) {
+    pack_either(a_side, x, at, out);
 }
 
 /// Packs the panels of the left operand from row `r0` (`a_side`, as many as `out` holds) or one
@@ -311,13 +311,7 @@ fn pack_panel(a_side: bool, x: &Src, (r0, k0, kp): (usize, usize, usize), out: &
         };
         return;
     }
-    vectorized(|| {
-        if a_side {
-            pack_a_block(x, r0, k0, kp, out);
-        } else {
-            pack_b_panel(x, k0, kp, r0, out);
-        }
-    });
+    vectorized(|| pack_either(a_side, x, (r0, k0, kp), out));
 }
 
 /// The sums of one tile, emulated: `c[i·NR + j] = Σ_p a_p,i · b_p,j` over packed pairs.

@@ -109,23 +109,13 @@ pub struct Gemm {
 
 impl Gemm {
     /// `dst = lhs · rhs` on all cores.
-    pub const SET: Gemm = Gemm {
-        acc: false,
-        beta: 1.0,
-        par: true,
-        prec: Precision::F32,
-    };
+    pub const SET: Gemm = Gemm::all(false, Precision::F32);
     /// `dst += lhs · rhs` on all cores.
-    pub const ADD: Gemm = Gemm {
-        acc: true,
-        beta: 1.0,
-        par: true,
-        prec: Precision::F32,
-    };
+    pub const ADD: Gemm = Gemm::all(true, Precision::F32);
 
     /// `dst = (acc ? dst : 0) + lhs · rhs` on all cores, inputs in `prec`.
     #[inline]
-    pub fn all(acc: bool, prec: Precision) -> Gemm {
+    pub const fn all(acc: bool, prec: Precision) -> Gemm {
         Gemm {
             acc,
             beta: 1.0,
